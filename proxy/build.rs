@@ -7,14 +7,17 @@ fn main() {
     // mosnctl passes the commit explicitly so that builds from a source tarball
     // (no .git) still say where they came from; fall back to asking git.
     println!("cargo:rerun-if-env-changed=MOSN_GIT_COMMIT");
-    let commit = std::env::var("MOSN_GIT_COMMIT").ok().filter(|c| !c.is_empty()).unwrap_or_else(|| {
-        Command::new("git")
-            .args(["rev-parse", "--short=12", "HEAD"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_else(|| "unknown".into())
-    });
+    let commit = std::env::var("MOSN_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| {
+            Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_else(|| "unknown".into())
+        });
     println!("cargo:rustc-env=MOSN_GIT_COMMIT={commit}");
 }

@@ -1,0 +1,8 @@
+//! `mosnctl build`.
+/// Arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+/// Run.
+pub fn run(_: Args) -> anyhow::Result<()> {
+    Ok(())
+}
