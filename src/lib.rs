@@ -8,6 +8,7 @@ pub mod build;
 pub mod cli;
 pub mod elf;
 pub mod fsutil;
+pub mod gzip;
 pub mod pack;
 pub mod serve;
 pub mod targets;

@@ -47,13 +47,33 @@ pub fn print_error(err: &anyhow::Error) {
         eprintln!();
         eprintln!("Caused by:");
         for c in causes {
-            for (i, line) in c.lines().enumerate() {
-                if i == 0 {
-                    eprintln!("  {line}");
+            for line in c.lines() {
+                if line.is_empty() {
+                    eprintln!();
                 } else {
                     eprintln!("  {line}");
                 }
             }
         }
+    }
+}
+
+/// Resolves when the user presses Ctrl-C or the process gets SIGTERM.
+pub async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
