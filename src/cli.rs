@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 
 /// Build the mosn sidecar, pack it for Istio's build and turn it into proxyv2 images.
 #[derive(Debug, Parser)]
-#[command(name = "mosnctl", version, about, long_about = None, propagate_version = true)]
+#[command(name = "mosnctl", version, about, long_about = None)]
 pub struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -39,5 +39,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ServeArtifacts(args) => crate::serve::run(args),
         Command::Artifacts(args) => crate::serve::run_artifacts(args),
         Command::Inspect(args) => crate::elf::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -29,6 +29,13 @@ pub fn write_atomic_with(
         .suffix(".tmp")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    // tempfile creates 0600; outputs are meant to be read by others (served, docker-copied).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
     fill(tmp.as_file_mut()).with_context(|| format!("cannot write {}", path.display()))?;
     tmp.as_file().sync_all().ok();
     tmp.persist(path).with_context(|| {
