@@ -99,12 +99,23 @@ pub struct Request {
     pub version: String,
     /// Linux binary.
     pub linux: PathBuf,
-    /// macOS binary, if any (may be the Linux one when the user asked for that).
-    pub macos: Option<PathBuf>,
+    /// What goes into the macOS tarball.
+    pub macos: MacOs,
     /// Output directory.
     pub out: PathBuf,
     /// Member mtime.
     pub mtime: u64,
+}
+
+/// The source of `mosn-macos.tar.gz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MacOs {
+    /// A macOS binary.
+    Binary(PathBuf),
+    /// The Linux binary, because the user asked for it explicitly.
+    FromLinux,
+    /// No macOS tarball.
+    Skip,
 }
 
 /// `mosnctl pack`.
@@ -146,25 +157,25 @@ pub fn resolve(args: &Args) -> Result<Request> {
         }
     };
     let macos = if let Some(p) = &args.macos {
-        Some(p.clone())
+        MacOs::Binary(p.clone())
     } else if let Some(p) = ["macos-amd64", "macos-arm64"]
         .iter()
         .map(|t| built(t))
         .find(|p| p.is_file())
     {
-        Some(p)
+        MacOs::Binary(p)
     } else if args.macos_from_linux {
         tracing::warn!(
             "packing the Linux binary as {MACOS} (--macos-from-linux): it will not run on macOS"
         );
-        Some(linux.clone())
+        MacOs::FromLinux
     } else {
         tracing::warn!(
             "no macOS build in {}: skipping {MACOS} (Istio only fetches it on macOS hosts; \
              build with --target macos-amd64, or pass --macos-from-linux)",
             args.dist.join(&version).display()
         );
-        None
+        MacOs::Skip
     };
     Ok(Request {
         version,
@@ -187,10 +198,8 @@ pub fn pack(req: &Request) -> Result<Release> {
     }
     let macos_path = req.out.join(MACOS);
     match &req.macos {
-        Some(p) if p == &req.linux => {
-            files.push(write_tarball(&req.out, MACOS, &linux_tgz, &linux_sha)?)
-        }
-        Some(p) => {
+        MacOs::FromLinux => files.push(write_tarball(&req.out, MACOS, &linux_tgz, &linux_sha)?),
+        MacOs::Binary(p) => {
             let mac = read_binary(p, Format::MachO, "--macos")?;
             let sha = fsutil::sha256_hex(&mac);
             files.push(write_tarball(
@@ -200,7 +209,7 @@ pub fn pack(req: &Request) -> Result<Release> {
                 &sha,
             )?);
         }
-        None => {
+        MacOs::Skip => {
             // A stale tarball from an earlier pack would be served as if it were current.
             if macos_path.exists() {
                 std::fs::remove_file(&macos_path)
