@@ -29,6 +29,12 @@ pub enum Command {
     Artifacts(crate::serve::ArtifactsArgs),
     /// Report the architecture, glibc needs and dynamic loader of a binary.
     Inspect(crate::elf::Args),
+    /// Add the mosn binary to a proxyv2 base image (daemonless by default).
+    Overlay(crate::image::overlay::Args),
+    /// Print the istioctl flags (or IstioOperator YAML) that install Istio with a mosn image.
+    IstioArgs(crate::image::istio::ArgsArgs),
+    /// Rewrite `istioctl kube-inject` output so sidecars run /usr/local/bin/mosn.
+    InjectRewrite(crate::image::istio::RewriteArgs),
 }
 
 /// Run the parsed command line.
@@ -39,6 +45,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ServeArtifacts(args) => crate::serve::run(args),
         Command::Artifacts(args) => crate::serve::run_artifacts(args),
         Command::Inspect(args) => crate::elf::run(args),
+        Command::Overlay(args) => crate::image::overlay::run(args),
+        Command::IstioArgs(args) => crate::image::istio::run_args(args),
+        Command::InjectRewrite(args) => crate::image::istio::run_rewrite(args),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod elf;
 pub mod fsutil;
 pub mod gzip;
+pub mod image;
 pub mod pack;
 pub mod serve;
 pub mod targets;
