@@ -1,0 +1,1 @@
+//! The admin API (Envoy-compatible endpoints on the bootstrap's admin address).

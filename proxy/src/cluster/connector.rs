@@ -1,0 +1,160 @@
+//! The upstream connector: TCP with connect timeout and Envoy's `upstream_cx_*` accounting, and
+//! the `max_connections` circuit breaker.
+
+use super::stats::ClusterStats;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Boxed error type used across the data path.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a connection could not be made; the router maps these to response flags.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// `max_connections` reached (UO).
+    Overflow,
+    /// `connect_timeout` elapsed (UF).
+    Timeout,
+    /// The connect failed (UF).
+    Failed(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Overflow => write!(f, "upstream connection overflow"),
+            ConnectError::Timeout => write!(f, "upstream connect timeout"),
+            ConnectError::Failed(e) => write!(f, "upstream connect error: {e}"),
+        }
+    }
+}
+impl std::error::Error for ConnectError {}
+
+/// A TCP connector that counts connections for one cluster.
+#[derive(Clone, Debug)]
+pub struct CountingConnector {
+    inner: HttpConnector,
+    stats: Arc<ClusterStats>,
+    timeout: Duration,
+    max_connections: u64,
+}
+
+impl CountingConnector {
+    /// A connector with the cluster's connect timeout and connection limit.
+    pub fn new(stats: Arc<ClusterStats>, timeout: Duration, max_connections: u64) -> Self {
+        let mut inner = HttpConnector::new();
+        inner.set_nodelay(true);
+        inner.enforce_http(false);
+        CountingConnector {
+            inner,
+            stats,
+            timeout,
+            max_connections,
+        }
+    }
+}
+
+impl tower_service::Service<http::Uri> for CountingConnector {
+    type Response = Counted;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Counted, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let stats = self.stats.clone();
+        if stats.cx_active.get() >= self.max_connections {
+            stats.cx_overflow.inc();
+            return Box::pin(async { Err(ConnectError::Overflow.into()) });
+        }
+        let fut = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(io)) => {
+                    stats.cx_total.inc();
+                    stats.cx_active.inc();
+                    Ok(Counted { io, stats })
+                }
+                Ok(Err(e)) => {
+                    stats.cx_connect_fail.inc();
+                    let msg = std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| e.to_string());
+                    Err(ConnectError::Failed(msg).into())
+                }
+                Err(_) => {
+                    stats.cx_connect_fail.inc();
+                    stats.cx_connect_timeout.inc();
+                    Err(ConnectError::Timeout.into())
+                }
+            }
+        })
+    }
+}
+
+/// A connection that decrements `upstream_cx_active` when closed.
+#[derive(Debug)]
+pub struct Counted {
+    io: TokioIo<TcpStream>,
+    stats: Arc<ClusterStats>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.stats.cx_active.dec();
+        self.stats.cx_destroy.inc();
+    }
+}
+
+impl Connection for Counted {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl Read for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl Write for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}

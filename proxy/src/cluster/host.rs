@@ -1,0 +1,59 @@
+//! Upstream hosts and the host set a load balancer picks from.
+
+use super::outlier::HostOutlier;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One upstream endpoint.
+#[derive(Debug)]
+pub struct Host {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The endpoint's hostname (DNS clusters), used for auto host rewrite.
+    pub hostname: String,
+    /// `load_balancing_weight` (≥ 1).
+    pub weight: u32,
+    /// EDS priority (0 is preferred).
+    pub priority: u32,
+    /// Requests in flight to this host (LEAST_REQUEST).
+    pub active_rq: AtomicU64,
+    /// Outlier-detection state.
+    pub outlier: HostOutlier,
+}
+
+impl Host {
+    /// A host with the given weight.
+    pub fn new(addr: SocketAddr, hostname: String, weight: u32, priority: u32) -> Self {
+        Host {
+            addr,
+            hostname,
+            weight: weight.max(1),
+            priority,
+            active_rq: AtomicU64::new(0),
+            outlier: HostOutlier::default(),
+        }
+    }
+
+    /// Requests in flight.
+    pub fn active(&self) -> u64 {
+        self.active_rq.load(Ordering::Relaxed)
+    }
+}
+
+/// Guard that counts a request as active on a host until dropped.
+#[derive(Debug)]
+pub struct ActiveRequest(pub std::sync::Arc<Host>);
+
+impl ActiveRequest {
+    /// Start counting.
+    pub fn new(h: std::sync::Arc<Host>) -> Self {
+        h.active_rq.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(h)
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.active_rq.fetch_sub(1, Ordering::Relaxed);
+    }
+}

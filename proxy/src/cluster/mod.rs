@@ -1,0 +1,425 @@
+//! Upstream clusters: STATIC, STRICT_DNS, LOGICAL_DNS, EDS (endpoints from `load_assignment`
+//! here; xDS later) and ORIGINAL_DST, each with a pooled hyper client, circuit breakers,
+//! outlier detection and Envoy's per-cluster stats.
+
+pub mod connector;
+mod dns;
+pub mod host;
+pub mod outlier;
+pub mod stats;
+
+use crate::config::{decode, opt_duration};
+use crate::lb::{HostSet, LbContext, LbPolicy};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use connector::{BoxError, CountingConnector};
+use envoy_types::pb::envoy::config::cluster::v3 as cpb;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upb;
+use host::Host;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use outlier::OutlierConfig;
+use stats::ClusterStats;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Request body type sent upstream.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The pooled client of a cluster.
+pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
+
+/// How a cluster finds its hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// Fixed addresses.
+    Static,
+    /// Every address of every hostname, refreshed.
+    StrictDns,
+    /// The first address of the hostname, refreshed.
+    LogicalDns,
+    /// Endpoint discovery (from `load_assignment` until xDS delivers).
+    Eds,
+    /// The downstream connection's original destination (or an HTTP header).
+    OriginalDst {
+        /// Header to read the destination from, when `use_http_header` is set.
+        header: Option<http::HeaderName>,
+        /// `upstream_port_override`.
+        port_override: Option<u16>,
+    },
+}
+
+/// Upstream HTTP version choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 prior knowledge (h2c).
+    Http2,
+    /// Whatever the downstream request used.
+    UseDownstream,
+}
+
+/// Circuit breaker thresholds of the DEFAULT priority (Envoy defaults 1024 / 1024 / 1024 / 3).
+#[derive(Debug)]
+pub struct Breakers {
+    /// `max_connections`.
+    pub max_connections: u64,
+    /// `max_pending_requests`.
+    pub max_pending: u64,
+    /// `max_requests`.
+    pub max_requests: u64,
+    /// `max_retries` (concurrent retries).
+    pub max_retries: u64,
+    /// Retries in flight.
+    pub active_retries: AtomicU64,
+}
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Name.
+    pub name: String,
+    /// Discovery type.
+    pub discovery: Discovery,
+    /// LB policy.
+    pub lb: LbPolicy,
+    hosts: ArcSwap<HostSet>,
+    /// DNS targets (hostname, port, weight, priority) for DNS clusters.
+    dns_targets: Vec<(String, u16, u32, u32)>,
+    dns_refresh: Duration,
+    /// Unix-socket endpoints (`pipe`), kept for the xDS/SDS clients.
+    pub pipes: Vec<String>,
+    h1: UpstreamClient,
+    h2: UpstreamClient,
+    /// Upstream protocol.
+    pub protocol: UpstreamProtocol,
+    /// Circuit breakers.
+    pub breakers: Breakers,
+    /// Outlier detection, if configured.
+    pub outlier: Option<OutlierConfig>,
+    /// Stats.
+    pub stats: Arc<ClusterStats>,
+    /// The proto as configured (for `/config_dump`).
+    pub proto: cpb::Cluster,
+}
+
+impl Cluster {
+    /// Build a cluster from its proto. DNS resolution starts with [`Cluster::start`].
+    pub fn from_proto(
+        c: &cpb::Cluster,
+        store: &Arc<crate::stats::Stats>,
+    ) -> Result<Arc<Self>, String> {
+        use cpb::cluster::ClusterDiscoveryType as D;
+        let kind = match &c.cluster_discovery_type {
+            Some(D::Type(t)) => *t,
+            None => 0,
+            Some(D::ClusterType(t)) => {
+                return Err(format!("custom cluster type {} unsupported", t.name))
+            }
+        };
+        let mut lb = LbPolicy::from_proto(c)?;
+        let discovery = match kind {
+            0 => Discovery::Static,
+            1 => Discovery::StrictDns,
+            2 => Discovery::LogicalDns,
+            3 => Discovery::Eds,
+            4 => {
+                let (mut header, mut port_override) = (None, None);
+                if let Some(cpb::cluster::LbConfig::OriginalDstLbConfig(o)) = &c.lb_config {
+                    if o.use_http_header {
+                        let n = if o.http_header_name.is_empty() {
+                            "x-envoy-original-dst-host"
+                        } else {
+                            &o.http_header_name
+                        };
+                        header = Some(
+                            http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                                .map_err(|_| "bad http_header_name")?,
+                        );
+                    }
+                    port_override = o.upstream_port_override.as_ref().map(|p| p.value as u16);
+                }
+                lb = LbPolicy::ClusterProvided;
+                Discovery::OriginalDst {
+                    header,
+                    port_override,
+                }
+            }
+            t => return Err(format!("cluster type {t} unsupported")),
+        };
+        if lb == LbPolicy::ClusterProvided && !matches!(discovery, Discovery::OriginalDst { .. }) {
+            return Err("CLUSTER_PROVIDED lb_policy needs an ORIGINAL_DST cluster".into());
+        }
+        let mut static_hosts = Vec::new();
+        let mut dns_targets = Vec::new();
+        let mut pipes = Vec::new();
+        if let Some(la) = &c.load_assignment {
+            for group in &la.endpoints {
+                for ep in &group.lb_endpoints {
+                    // Unhealthy, draining and timed-out endpoints take no traffic.
+                    if matches!(ep.health_status, 2..=4) {
+                        continue;
+                    }
+                    let weight = ep
+                        .load_balancing_weight
+                        .as_ref()
+                        .map(|w| w.value)
+                        .unwrap_or(1);
+                    let Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
+                        continue;
+                    };
+                    match address(e.address.as_ref())? {
+                        Addr::Pipe(p) => pipes.push(p),
+                        Addr::Socket(host, port) => match host.parse::<std::net::IpAddr>() {
+                            Ok(ip)
+                                if !matches!(
+                                    discovery,
+                                    Discovery::StrictDns | Discovery::LogicalDns
+                                ) =>
+                            {
+                                static_hosts.push(Arc::new(Host::new(
+                                    SocketAddr::new(ip, port),
+                                    e.hostname.clone(),
+                                    weight,
+                                    group.priority,
+                                )))
+                            }
+                            _ if matches!(
+                                discovery,
+                                Discovery::StrictDns | Discovery::LogicalDns
+                            ) =>
+                            {
+                                dns_targets.push((host, port, weight, group.priority))
+                            }
+                            _ => {
+                                return Err(format!(
+                                    "{host:?} is not an IP address (cluster type needs IPs)"
+                                ))
+                            }
+                        },
+                    }
+                }
+            }
+        }
+        if discovery == Discovery::LogicalDns && dns_targets.len() > 1 {
+            return Err("LOGICAL_DNS clusters take exactly one endpoint".into());
+        }
+        let protocol = upstream_protocol(c)?;
+        let stats = ClusterStats::new(store, &c.name);
+        let breakers = breakers(c.circuit_breakers.as_ref());
+        let connect_timeout = opt_duration(&c.connect_timeout)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(5));
+        let connector =
+            CountingConnector::new(stats.clone(), connect_timeout, breakers.max_connections);
+        let client = |h2: bool| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .timer(TokioTimer::new())
+                .http2_only(h2)
+                .build(connector.clone())
+        };
+        let set = HostSet::new(static_hosts, &lb);
+        let cluster = Cluster {
+            name: c.name.clone(),
+            discovery,
+            hosts: ArcSwap::from_pointee(set),
+            dns_targets,
+            dns_refresh: opt_duration(&c.dns_refresh_rate)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(5)),
+            pipes,
+            h1: client(false),
+            h2: client(true),
+            protocol,
+            breakers,
+            outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
+            stats,
+            proto: c.clone(),
+            lb,
+        };
+        cluster.update_membership();
+        Ok(Arc::new(cluster))
+    }
+
+    /// Start background work (DNS refresh). Must run inside the Tokio runtime.
+    pub fn start(self: &Arc<Self>) {
+        if matches!(self.discovery, Discovery::StrictDns | Discovery::LogicalDns)
+            && !self.dns_targets.is_empty()
+        {
+            dns::spawn(Arc::downgrade(self));
+        }
+    }
+
+    /// The current host set.
+    pub fn hosts(&self) -> Arc<HostSet> {
+        self.hosts.load_full()
+    }
+
+    /// Replace the host set (DNS refresh now; EDS updates next).
+    pub fn set_hosts(&self, hosts: Vec<Arc<Host>>) {
+        self.hosts.store(Arc::new(HostSet::new(hosts, &self.lb)));
+        self.update_membership();
+    }
+
+    fn update_membership(&self) {
+        let set = self.hosts.load();
+        self.stats.membership_total.set(set.all.len() as u64);
+        let now = std::time::Instant::now();
+        self.stats.membership_healthy.set(
+            set.all
+                .iter()
+                .filter(|h| !h.outlier.is_ejected(now))
+                .count() as u64,
+        );
+    }
+
+    /// Pick a host with the cluster's LB policy.
+    pub fn choose(&self, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
+        self.hosts.load().choose(&self.lb, ctx)
+    }
+
+    /// The client for a request that arrived over `downstream` HTTP version.
+    pub fn client(&self, downstream: http::Version) -> &UpstreamClient {
+        match self.protocol {
+            UpstreamProtocol::Http1 => &self.h1,
+            UpstreamProtocol::Http2 => &self.h2,
+            UpstreamProtocol::UseDownstream if downstream == http::Version::HTTP_2 => &self.h2,
+            UpstreamProtocol::UseDownstream => &self.h1,
+        }
+    }
+
+    /// Whether requests to this cluster go out as HTTP/2.
+    pub fn is_h2(&self, downstream: http::Version) -> bool {
+        std::ptr::eq(self.client(downstream), &self.h2)
+    }
+
+    /// Record an upstream result for outlier detection. `status` None = local-origin failure.
+    pub fn record_result(&self, host: &Host, status: Option<u16>) {
+        let Some(cfg) = &self.outlier else { return };
+        if status.is_some_and(|s| s < 500) {
+            host.outlier.success();
+            return;
+        }
+        if let Some(reason) = host.outlier.failure(status, cfg) {
+            let now = std::time::Instant::now();
+            let set = self.hosts.load();
+            let ejected = set.all.iter().filter(|h| h.outlier.is_ejected(now)).count();
+            // max_ejection_percent caps ejections, but one host may always be ejected.
+            if ejected > 0 && ejected * 100 >= set.all.len() * cfg.max_ejection_percent as usize {
+                return;
+            }
+            host.outlier.eject(cfg, now);
+            self.stats.ejections_total.inc();
+            match reason {
+                outlier::Ejection::Consecutive5xx => self.stats.ejections_5xx.inc(),
+                outlier::Ejection::ConsecutiveGateway => self.stats.ejections_gateway.inc(),
+            }
+            tracing::info!(cluster = %self.name, host = %host.addr, ?reason, "outlier ejected");
+        }
+        let now = std::time::Instant::now();
+        let set = self.hosts.load();
+        let ejected = set.all.iter().filter(|h| h.outlier.is_ejected(now)).count() as u64;
+        self.stats.ejections_active.set(ejected);
+        self.stats
+            .membership_healthy
+            .set(set.all.len() as u64 - ejected);
+    }
+
+    /// Try to take a retry slot (`max_retries` breaker); release it with [`Cluster::end_retry`].
+    pub fn begin_retry(&self) -> bool {
+        let n = self.breakers.active_retries.fetch_add(1, Ordering::Relaxed);
+        if n >= self.breakers.max_retries {
+            self.breakers.active_retries.fetch_sub(1, Ordering::Relaxed);
+            self.stats.rq_retry_overflow.inc();
+            return false;
+        }
+        true
+    }
+
+    /// Release a retry slot.
+    pub fn end_retry(&self) {
+        self.breakers.active_retries.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn breakers(cb: Option<&cpb::CircuitBreakers>) -> Breakers {
+    let t = cb.and_then(|c| c.thresholds.iter().find(|t| t.priority == 0));
+    let v = |f: fn(&cpb::circuit_breakers::Thresholds) -> Option<u32>, d: u64| {
+        t.and_then(f).map(u64::from).unwrap_or(d)
+    };
+    Breakers {
+        max_connections: v(|t| t.max_connections.as_ref().map(|x| x.value), 1024),
+        max_pending: v(|t| t.max_pending_requests.as_ref().map(|x| x.value), 1024),
+        max_requests: v(|t| t.max_requests.as_ref().map(|x| x.value), 1024),
+        max_retries: v(|t| t.max_retries.as_ref().map(|x| x.value), 3),
+        active_retries: AtomicU64::new(0),
+    }
+}
+
+fn upstream_protocol(c: &cpb::Cluster) -> Result<UpstreamProtocol, String> {
+    use upb::http_protocol_options::{
+        explicit_http_config::ProtocolConfig as P, UpstreamProtocolOptions as U,
+    };
+    for (name, any) in &c.typed_extension_protocol_options {
+        if any.type_url != <upb::HttpProtocolOptions as prost::Name>::type_url() {
+            tracing::debug!(cluster = %c.name, option = %name, "protocol option ignored");
+            continue;
+        }
+        let o: upb::HttpProtocolOptions = decode::unpack(any)?;
+        return Ok(match o.upstream_protocol_options {
+            Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
+                Some(P::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                Some(P::Http3ProtocolOptions(_)) => {
+                    return Err("HTTP/3 upstreams are not supported".into())
+                }
+                _ => UpstreamProtocol::Http1,
+            },
+            Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
+            // Auto needs ALPN over TLS; in plaintext Envoy speaks HTTP/1.1.
+            _ => UpstreamProtocol::Http1,
+        });
+    }
+    // protocol_selection USE_DOWNSTREAM_PROTOCOL (deprecated field) or http2_protocol_options.
+    if c.protocol_selection == 1 {
+        return Ok(UpstreamProtocol::UseDownstream);
+    }
+    Ok(if c.http2_protocol_options.is_some() {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    })
+}
+
+/// A decoded `core.v3.Address`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    /// host (IP or name) and port.
+    Socket(String, u16),
+    /// Unix socket path (relative paths resolve from the working directory).
+    Pipe(String),
+}
+
+/// Decode an Address proto.
+pub fn address(a: Option<&core::Address>) -> Result<Addr, String> {
+    use core::address::Address as A;
+    use core::socket_address::PortSpecifier as P;
+    match a.and_then(|a| a.address.as_ref()) {
+        Some(A::SocketAddress(s)) => match &s.port_specifier {
+            Some(P::PortValue(p)) => Ok(Addr::Socket(
+                s.address.clone(),
+                u16::try_from(*p).map_err(|_| format!("bad port {p}"))?,
+            )),
+            Some(P::NamedPort(n)) => Err(format!("named port {n:?} unsupported")),
+            None => Ok(Addr::Socket(s.address.clone(), 0)),
+        },
+        Some(A::Pipe(p)) => Ok(Addr::Pipe(p.path.clone())),
+        Some(A::EnvoyInternalAddress(_)) => Err("internal addresses are not supported".into()),
+        None => Err("address missing".into()),
+    }
+}

@@ -1,0 +1,190 @@
+//! Proto3-JSON decoding of Envoy protos through envoy-types' own descriptor set.
+//!
+//! envoy-types has the prost structs but no JSON; prost-reflect reads proto3 JSON into a
+//! `DynamicMessage` which we transcode into the typed struct. Any `@type` that the pool does not
+//! know (Istio's TypedStruct-wrapped wasm, metadata exchange, alpn, authn, ...) would make
+//! prost-reflect fail, so a pre-pass turns such an object into a `google.protobuf.Struct` Any that
+//! remembers the original type URL; consumers see it as "skipped" and `/config_dump` restores it.
+
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
+use serde_json::{Map, Value};
+use std::sync::OnceLock;
+
+/// The type URL of `google.protobuf.Struct`, used to park unknown typed configs.
+pub const STRUCT_URL: &str = "type.googleapis.com/google.protobuf.Struct";
+/// Field inside the parked Struct that keeps the original `@type`.
+pub const ORIGINAL_TYPE_FIELD: &str = "original_type_url";
+
+static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_types.bin"));
+
+/// The descriptor pool of every Envoy v3 / xds / udpa type that envoy-types compiled.
+pub fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS).expect("envoy-types descriptor set"))
+}
+
+/// Whether the pool can decode `type_url`.
+pub fn known_type(type_url: &str) -> bool {
+    let name = type_url.rsplit('/').next().unwrap_or(type_url);
+    pool().get_message_by_name(name).is_some()
+}
+
+/// Replace every Any whose type is unknown with a parked Struct; returns the parked type URLs.
+pub fn park_unknown_types(v: &mut Value, parked: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::String(t)) = map.get("@type") {
+                if !known_type(t) {
+                    let t = t.clone();
+                    tracing::debug!(type_url = %t, "skipping typed_config of an unknown type");
+                    let mut fields: Map<String, Value> = std::mem::take(map);
+                    fields.remove("@type");
+                    fields.insert(ORIGINAL_TYPE_FIELD.into(), Value::String(t.clone()));
+                    map.insert("@type".into(), Value::String(STRUCT_URL.into()));
+                    map.insert("value".into(), Value::Object(fields));
+                    parked.push(t);
+                    return;
+                }
+            }
+            for child in map.values_mut() {
+                park_unknown_types(child, parked);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| park_unknown_types(c, parked)),
+        _ => {}
+    }
+}
+
+/// Undo [`park_unknown_types`] in a JSON dump so operators see the original typed config.
+pub fn unpark(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let parked = map.get("@type").and_then(Value::as_str) == Some(STRUCT_URL)
+                && map
+                    .get("value")
+                    .and_then(|x| x.get(ORIGINAL_TYPE_FIELD))
+                    .is_some();
+            if parked {
+                if let Some(Value::Object(mut fields)) = map.remove("value") {
+                    let t = fields.remove(ORIGINAL_TYPE_FIELD).unwrap_or(Value::Null);
+                    map.clear();
+                    map.insert("@type".into(), t);
+                    map.extend(fields);
+                }
+            }
+            map.values_mut().for_each(unpark);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unpark),
+        _ => {}
+    }
+}
+
+/// Decode proto3 JSON into the typed message `M`. With `strict`, unknown fields are errors.
+pub fn from_json<M: prost::Message + prost::Name + Default>(
+    value: &Value,
+    strict: bool,
+) -> Result<M, String> {
+    let desc = pool()
+        .get_message_by_name(&M::full_name())
+        .ok_or_else(|| format!("{} is not in the descriptor pool", M::full_name()))?;
+    let opts = DeserializeOptions::new().deny_unknown_fields(strict);
+    let dm =
+        DynamicMessage::deserialize_with_options(desc, value, &opts).map_err(|e| e.to_string())?;
+    dm.transcode_to::<M>().map_err(|e| e.to_string())
+}
+
+/// Decode an Any's payload (`type_url` must match `M`).
+pub fn unpack<M: prost::Message + prost::Name + Default>(
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> Result<M, String> {
+    if any.type_url != M::type_url() {
+        return Err(format!("expected {}, got {}", M::type_url(), any.type_url));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("{}: {e}", M::full_name()))
+}
+
+/// Whether an Any is an unknown type that the loader parked (see module docs).
+pub fn parked_type(any: &envoy_types::pb::google::protobuf::Any) -> Option<String> {
+    if any.type_url != STRUCT_URL {
+        return None;
+    }
+    let s: envoy_types::pb::google::protobuf::Struct =
+        prost::Message::decode(any.value.as_slice()).ok()?;
+    match s.fields.get(ORIGINAL_TYPE_FIELD)?.kind.as_ref()? {
+        envoy_types::pb::google::protobuf::value::Kind::StringValue(t) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+/// Encode a typed message as Envoy-style proto3 JSON (snake_case field names).
+pub fn to_json<M: prost::Message + prost::Name>(msg: &M) -> Value {
+    let Some(desc) = pool().get_message_by_name(&M::full_name()) else {
+        return Value::Null;
+    };
+    let Ok(dm) = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()) else {
+        return Value::Null;
+    };
+    let opts = SerializeOptions::new().use_proto_field_name(true);
+    let mut v = dm
+        .serialize_with_options(serde_json::value::Serializer, &opts)
+        .unwrap_or(Value::Null);
+    unpark(&mut v);
+    v
+}
+
+/// Remove trailing commas before `}` or `]` outside strings: one real Istio 1.5 bootstrap had one.
+pub fn strip_trailing_commas(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let (mut in_str, mut esc) = (false, false);
+    for (i, c) in s.char_indices() {
+        if in_str {
+            if esc {
+                esc = false;
+            } else if c == '\\' {
+                esc = true;
+            } else if c == '"' {
+                in_str = false;
+            }
+        } else if c == '"' {
+            in_str = true;
+        } else if c == ',' {
+            let next = b[i + 1..].iter().find(|x| !x.is_ascii_whitespace());
+            if matches!(next, Some(b'}') | Some(b']')) {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn trailing_commas_outside_strings() {
+        let s = strip_trailing_commas(r#"{"a": [1,2,], "b": ",}", }"#);
+        assert_eq!(
+            serde_json::from_str::<Value>(&s).unwrap(),
+            json!({"a":[1,2],"b":",}"})
+        );
+    }
+
+    #[test]
+    fn park_and_unpark_round_trip() {
+        let orig = json!({"name": "istio.stats", "typed_config": {
+            "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+            "type_url": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "value": {"config": {"vm_config": {"runtime": "envoy.wasm.runtime.null"}}}}});
+        let mut v = orig.clone();
+        let mut parked = vec![];
+        park_unknown_types(&mut v, &mut parked);
+        assert_eq!(parked, vec!["type.googleapis.com/udpa.type.v1.TypedStruct"]);
+        assert_eq!(v["typed_config"]["@type"], STRUCT_URL);
+        unpark(&mut v);
+        assert_eq!(v, orig);
+    }
+}

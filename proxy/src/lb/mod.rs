@@ -1,0 +1,379 @@
+//! Load balancing: ROUND_ROBIN (weighted), LEAST_REQUEST (power of two choices), RANDOM,
+//! RING_HASH and MAGLEV. A [`HostSet`] is immutable and rebuilt whenever a cluster's hosts change,
+//! so per-set tables (RR sequence, ring, Maglev table) are computed once.
+
+pub mod hash;
+
+use crate::cluster::host::Host;
+use envoy_types::pb::envoy::config::cluster::v3 as cpb;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A cluster's LB policy with its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Power of `choice_count` choices by active requests.
+    LeastRequest {
+        /// Number of random picks compared (default 2).
+        choice_count: u32,
+    },
+    /// Weighted random.
+    Random,
+    /// Ketama-style ring.
+    RingHash {
+        /// Minimum ring size (default 1024).
+        min_size: u64,
+        /// Maximum ring size (default 8M).
+        max_size: u64,
+    },
+    /// Maglev table.
+    Maglev {
+        /// Table size, a prime (default 65537).
+        table_size: u64,
+    },
+    /// The cluster picks the host itself (ORIGINAL_DST).
+    ClusterProvided,
+}
+
+impl LbPolicy {
+    /// From the Cluster proto.
+    pub fn from_proto(c: &cpb::Cluster) -> Result<Self, String> {
+        use cpb::cluster::LbConfig;
+        Ok(match c.lb_policy {
+            0 => LbPolicy::RoundRobin,
+            1 => LbPolicy::LeastRequest {
+                choice_count: match &c.lb_config {
+                    Some(LbConfig::LeastRequestLbConfig(l)) => {
+                        l.choice_count.as_ref().map(|v| v.value.max(2)).unwrap_or(2)
+                    }
+                    _ => 2,
+                },
+            },
+            2 => {
+                let (mut min_size, mut max_size) = (1024, 8 * 1024 * 1024);
+                if let Some(LbConfig::RingHashLbConfig(r)) = &c.lb_config {
+                    min_size = r
+                        .minimum_ring_size
+                        .as_ref()
+                        .map(|v| v.value)
+                        .unwrap_or(min_size);
+                    max_size = r
+                        .maximum_ring_size
+                        .as_ref()
+                        .map(|v| v.value)
+                        .unwrap_or(max_size);
+                }
+                if min_size > max_size {
+                    return Err("ring hash minimum_ring_size exceeds maximum_ring_size".into());
+                }
+                LbPolicy::RingHash { min_size, max_size }
+            }
+            3 => LbPolicy::Random,
+            5 => LbPolicy::Maglev {
+                table_size: match &c.lb_config {
+                    Some(LbConfig::MaglevLbConfig(m)) => {
+                        m.table_size.as_ref().map(|v| v.value).unwrap_or(65537)
+                    }
+                    _ => 65537,
+                },
+            },
+            6 => LbPolicy::ClusterProvided,
+            p => return Err(format!("lb_policy {p} is not supported")),
+        })
+    }
+
+    fn is_hash(&self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
+}
+
+/// Per-request inputs to host selection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LbContext<'a> {
+    /// Hash from the route's hash policy (RING_HASH/MAGLEV); random when absent.
+    pub hash: Option<u64>,
+    /// Hosts to avoid (retries with previous_hosts).
+    pub exclude: &'a [std::net::SocketAddr],
+}
+
+/// Hosts of one priority with their precomputed LB tables.
+#[derive(Debug)]
+struct Level {
+    hosts: Vec<Arc<Host>>,
+    /// Weighted RR sequence (indices), or empty when all weights are equal.
+    rr_seq: Vec<u32>,
+    rr_next: AtomicUsize,
+    ring: Vec<(u64, u32)>,
+    maglev: Vec<u32>,
+    equal_weights: bool,
+}
+
+/// An immutable set of hosts grouped by priority.
+#[derive(Debug)]
+pub struct HostSet {
+    levels: Vec<Level>,
+    /// All hosts (admin `/clusters`, outlier accounting).
+    pub all: Vec<Arc<Host>>,
+}
+
+impl HostSet {
+    /// Build the set and the tables `policy` needs.
+    pub fn new(hosts: Vec<Arc<Host>>, policy: &LbPolicy) -> Self {
+        let mut prios: Vec<u32> = hosts.iter().map(|h| h.priority).collect();
+        prios.sort_unstable();
+        prios.dedup();
+        let levels = prios
+            .into_iter()
+            .map(|p| {
+                let hs: Vec<Arc<Host>> =
+                    hosts.iter().filter(|h| h.priority == p).cloned().collect();
+                let equal_weights = hs.windows(2).all(|w| w[0].weight == w[1].weight);
+                Level {
+                    rr_seq: if equal_weights {
+                        Vec::new()
+                    } else {
+                        smooth_wrr(&hs)
+                    },
+                    // Envoy starts round robin at a random offset so that many proxies do not
+                    // hit the same first host.
+                    rr_next: AtomicUsize::new(fastrand::usize(..hs.len().max(1))),
+                    ring: match policy {
+                        LbPolicy::RingHash { min_size, max_size } => {
+                            hash::build_ring(&hs, *min_size, *max_size)
+                        }
+                        _ => Vec::new(),
+                    },
+                    maglev: match policy {
+                        LbPolicy::Maglev { table_size } => hash::build_maglev(&hs, *table_size),
+                        _ => Vec::new(),
+                    },
+                    equal_weights,
+                    hosts: hs,
+                }
+            })
+            .collect();
+        HostSet { levels, all: hosts }
+    }
+
+    /// Whether there are no hosts at all.
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// Pick a host. Ejected hosts are skipped unless more than half of a priority level is
+    /// ejected (Envoy's 50% panic threshold), in which case all of that level is used.
+    pub fn choose(&self, policy: &LbPolicy, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
+        let now = Instant::now();
+        for level in &self.levels {
+            let ejected: Vec<bool> = level
+                .hosts
+                .iter()
+                .map(|h| h.outlier.is_ejected(now))
+                .collect();
+            let n_ejected = ejected.iter().filter(|e| **e).count();
+            let panic = n_ejected * 2 > level.hosts.len();
+            if n_ejected == level.hosts.len()
+                && self.levels.len() > 1
+                && !std::ptr::eq(level, self.levels.last().unwrap())
+            {
+                continue; // spill to the next priority
+            }
+            let usable =
+                |i: usize| (panic || !ejected[i]) && !ctx.exclude.contains(&level.hosts[i].addr);
+            if let Some(i) = level.pick(policy, ctx, &usable) {
+                return Some(level.hosts[i].clone());
+            }
+            // Everything excluded by retry predicates: fall back to any non-ejected host.
+            let fallback = |i: usize| panic || !ejected[i];
+            if let Some(i) = level.pick(
+                policy,
+                &LbContext {
+                    exclude: &[],
+                    ..*ctx
+                },
+                &fallback,
+            ) {
+                return Some(level.hosts[i].clone());
+            }
+        }
+        None
+    }
+}
+
+impl Level {
+    fn pick(
+        &self,
+        policy: &LbPolicy,
+        ctx: &LbContext<'_>,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let n = self.hosts.len();
+        if n == 0 {
+            return None;
+        }
+        if policy.is_hash() {
+            let h = ctx.hash.unwrap_or_else(|| fastrand::u64(..));
+            let start = match policy {
+                LbPolicy::RingHash { .. } => hash::ring_lookup(&self.ring, h),
+                _ => (!self.maglev.is_empty())
+                    .then(|| self.maglev[(h % self.maglev.len() as u64) as usize] as usize),
+            }?;
+            // Walk on from the hashed host when it cannot be used (ejected / tried before).
+            return (0..n).map(|k| (start + k) % n).find(|i| usable(*i));
+        }
+        match policy {
+            LbPolicy::LeastRequest { choice_count } => {
+                let cands: Vec<usize> = (0..n).filter(|i| usable(*i)).collect();
+                if cands.is_empty() {
+                    return None;
+                }
+                let mut best: Option<usize> = None;
+                for _ in 0..*choice_count {
+                    let c = if self.equal_weights {
+                        cands[fastrand::usize(..cands.len())]
+                    } else {
+                        weighted_random(&self.hosts, &cands)?
+                    };
+                    // Weighted least request: compare active / weight.
+                    let score = |i: usize| {
+                        (self.hosts[i].active() + 1) as f64 / self.hosts[i].weight as f64
+                    };
+                    if best.is_none_or(|b| score(c) < score(b)) {
+                        best = Some(c);
+                    }
+                }
+                best
+            }
+            LbPolicy::Random => {
+                let cands: Vec<usize> = (0..n).filter(|i| usable(*i)).collect();
+                weighted_random(&self.hosts, &cands)
+            }
+            _ => {
+                // Round robin (also the fallback for ClusterProvided sets).
+                let len = if self.rr_seq.is_empty() {
+                    n
+                } else {
+                    self.rr_seq.len()
+                };
+                for _ in 0..len {
+                    let k = self.rr_next.fetch_add(1, Ordering::Relaxed) % len;
+                    let i = if self.rr_seq.is_empty() {
+                        k
+                    } else {
+                        self.rr_seq[k] as usize
+                    };
+                    if usable(i) {
+                        return Some(i);
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+fn weighted_random(hosts: &[Arc<Host>], cands: &[usize]) -> Option<usize> {
+    let total: u64 = cands.iter().map(|i| hosts[*i].weight as u64).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut r = fastrand::u64(..total);
+    for i in cands {
+        let w = hosts[*i].weight as u64;
+        if r < w {
+            return Some(*i);
+        }
+        r -= w;
+    }
+    None
+}
+
+/// Smooth weighted round robin (interleaved, exact proportions over one cycle). Weights are
+/// scaled down so that a cycle stays small.
+fn smooth_wrr(hosts: &[Arc<Host>]) -> Vec<u32> {
+    let total: u64 = hosts.iter().map(|h| h.weight as u64).sum();
+    let scale = total.div_ceil(4096).max(1);
+    let weights: Vec<i64> = hosts
+        .iter()
+        .map(|h| ((h.weight as u64 / scale).max(1)) as i64)
+        .collect();
+    let sum: i64 = weights.iter().sum();
+    let mut current = vec![0i64; hosts.len()];
+    let mut seq = Vec::with_capacity(sum as usize);
+    for _ in 0..sum {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (**c, -(*i as i64)))
+            .unwrap();
+        current[best] -= sum;
+        seq.push(best as u32);
+    }
+    seq
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(weights: &[u32]) -> Vec<Arc<Host>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Arc::new(Host::new(
+                    format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                    String::new(),
+                    *w,
+                    0,
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn smooth_wrr_is_exact_and_interleaved() {
+        let seq = smooth_wrr(&hosts(&[5, 1, 1]));
+        // nginx's smooth WRR order for 5:1:1 spreads the light hosts out.
+        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn hash_policies_are_sticky_and_skip_excluded() {
+        for p in [
+            LbPolicy::RingHash {
+                min_size: 1024,
+                max_size: 1 << 23,
+            },
+            LbPolicy::Maglev { table_size: 65537 },
+        ] {
+            let set = HostSet::new(hosts(&[1, 1, 1, 1]), &p);
+            let ctx = LbContext {
+                hash: Some(42),
+                exclude: &[],
+            };
+            let a = set.choose(&p, &ctx).unwrap().addr;
+            for _ in 0..10 {
+                assert_eq!(set.choose(&p, &ctx).unwrap().addr, a);
+            }
+            let ex = [a];
+            let b = set
+                .choose(
+                    &p,
+                    &LbContext {
+                        hash: Some(42),
+                        exclude: &ex,
+                    },
+                )
+                .unwrap()
+                .addr;
+            assert_ne!(a, b);
+        }
+    }
+}

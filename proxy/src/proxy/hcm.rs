@@ -1,0 +1,155 @@
+//! The compiled `http_connection_manager` network filter config.
+
+use super::fault::FaultConfig;
+use crate::config::{decode, opt_duration};
+use crate::route::RouteConfig;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hpb;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the HCM gets its routes.
+#[derive(Debug, Clone)]
+pub enum RouteSource {
+    /// Inline `route_config`.
+    Inline(Arc<RouteConfig>),
+    /// RDS by name, looked up in the snapshot.
+    Rds(String),
+}
+
+/// An HTTP filter in the HCM chain that we act on.
+#[derive(Debug, Clone)]
+pub enum HttpFilter {
+    /// Fault injection (listener-level config; routes may override).
+    Fault(Arc<FaultConfig>),
+    /// CORS (policies come from routes/vhosts).
+    Cors,
+    /// The router (terminal).
+    Router,
+}
+
+/// Downstream codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Sniff HTTP/1.1 vs h2c preface.
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only.
+    Http2,
+}
+
+/// Compiled HCM.
+#[derive(Debug, Clone)]
+pub struct HcmConfig {
+    /// `stat_prefix` for `http.<prefix>.*`.
+    pub stat_prefix: String,
+    /// Routes.
+    pub routes: RouteSource,
+    /// The filters we implement, in order; unknown Istio filters are skipped.
+    pub filters: Vec<HttpFilter>,
+    /// Codec.
+    pub codec: Codec,
+    /// `stream_idle_timeout` (default 5 min; 0 disables).
+    pub stream_idle_timeout: Option<Duration>,
+    /// `request_timeout` (default none).
+    pub request_timeout: Option<Duration>,
+    /// Connection idle timeout (`common_http_protocol_options.idle_timeout`, default 1 h).
+    pub idle_timeout: Option<Duration>,
+    /// Strip any port from Host before vhost matching.
+    pub strip_any_host_port: bool,
+    /// Strip the port if it equals the listener's port.
+    pub strip_matching_host_port: bool,
+    /// `server` header for local replies.
+    pub server_name: String,
+    /// Names of filters that were skipped (unknown types), for diagnostics.
+    pub skipped: Vec<String>,
+}
+
+impl HcmConfig {
+    /// Decode and compile.
+    pub fn from_any(any: &envoy_types::pb::google::protobuf::Any) -> Result<Self, String> {
+        let h: hpb::HttpConnectionManager = decode::unpack(any)?;
+        Self::from_proto(&h)
+    }
+
+    /// Compile from the proto.
+    pub fn from_proto(h: &hpb::HttpConnectionManager) -> Result<Self, String> {
+        use hpb::http_connection_manager::RouteSpecifier as R;
+        let routes = match &h.route_specifier {
+            Some(R::RouteConfig(rc)) => RouteSource::Inline(Arc::new(RouteConfig::from_proto(rc)?)),
+            Some(R::Rds(r)) => RouteSource::Rds(r.route_config_name.clone()),
+            Some(R::ScopedRoutes(_)) => return Err("scoped_routes are not supported".into()),
+            None => return Err("http_connection_manager without routes".into()),
+        };
+        let mut filters = Vec::new();
+        let mut skipped = Vec::new();
+        for f in &h.http_filters {
+            if f.disabled {
+                continue;
+            }
+            let any = match &f.config_type {
+                Some(hpb::http_filter::ConfigType::TypedConfig(a)) => Some(a),
+                _ => None,
+            };
+            if let Some(t) = any.and_then(decode::parked_type) {
+                tracing::debug!(filter = %f.name, type_url = %t, "skipping HTTP filter of an unknown type");
+                skipped.push(f.name.clone());
+                continue;
+            }
+            let type_url = any.map(|a| a.type_url.as_str()).unwrap_or("");
+            match (f.name.as_str(), type_url.rsplit('/').next().unwrap_or("")) {
+                (_, "envoy.extensions.filters.http.router.v3.Router")
+                | ("envoy.filters.http.router" | "envoy.router", "") => {
+                    filters.push(HttpFilter::Router)
+                }
+                (_, "envoy.extensions.filters.http.fault.v3.HttpFault") => filters.push(
+                    HttpFilter::Fault(Arc::new(FaultConfig::from_any(any.unwrap())?)),
+                ),
+                (_, "envoy.extensions.filters.http.cors.v3.Cors")
+                | ("envoy.filters.http.cors" | "envoy.cors", _) => filters.push(HttpFilter::Cors),
+                (name, t) => {
+                    // Istio's allowlisted extras (alpn, grpc_stats, compressor, ...) are
+                    // accepted and skipped rather than rejected.
+                    tracing::debug!(filter = %name, type_url = %t, "HTTP filter not implemented; skipped");
+                    skipped.push(name.to_string());
+                }
+            }
+        }
+        let strip_any_host_port = matches!(
+            h.strip_port_mode,
+            Some(hpb::http_connection_manager::StripPortMode::StripAnyHostPort(true))
+        );
+        Ok(HcmConfig {
+            stat_prefix: h.stat_prefix.clone(),
+            routes,
+            filters,
+            codec: match h.codec_type {
+                1 => Codec::Http1,
+                2 => Codec::Http2,
+                0 => Codec::Auto,
+                c => return Err(format!("codec_type {c} (HTTP/3) unsupported")),
+            },
+            stream_idle_timeout: match &h.stream_idle_timeout {
+                Some(d) => Some(crate::config::duration(d)).filter(|d| !d.is_zero()),
+                None => Some(Duration::from_secs(300)),
+            },
+            request_timeout: opt_duration(&h.request_timeout).filter(|d| !d.is_zero()),
+            idle_timeout: match h
+                .common_http_protocol_options
+                .as_ref()
+                .and_then(|o| o.idle_timeout.as_ref())
+            {
+                Some(d) => Some(crate::config::duration(d)).filter(|d| !d.is_zero()),
+                None => Some(Duration::from_secs(3600)),
+            },
+            strip_any_host_port,
+            strip_matching_host_port: h.strip_matching_host_port,
+            server_name: if h.server_name.is_empty() {
+                "envoy".into()
+            } else {
+                h.server_name.clone()
+            },
+            skipped,
+        })
+    }
+}

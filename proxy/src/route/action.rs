@@ -1,0 +1,491 @@
+//! Route actions: forward (cluster choice, rewrites, timeouts, retries, hashing), redirect and
+//! direct response.
+
+use super::headers::HeaderPolicy;
+use super::matcher::full_regex;
+use crate::config::{duration, opt_duration};
+use envoy_types::pb::envoy::config::route::v3 as rpb;
+use regex::Regex;
+use std::time::Duration;
+
+/// What a matched route does.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Forward upstream.
+    Forward(Box<ForwardAction>),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer directly.
+    Direct {
+        /// HTTP status.
+        status: u16,
+        /// Body (may be empty).
+        body: bytes::Bytes,
+    },
+}
+
+/// One entry of `weighted_clusters`.
+#[derive(Debug, Clone)]
+pub struct WeightedTarget {
+    /// Cluster name (empty when `cluster_header` is used).
+    pub name: String,
+    /// Take the cluster name from this request header instead.
+    pub cluster_header: Option<http::HeaderName>,
+    /// Weight.
+    pub weight: u64,
+    /// Header mutations at weighted-cluster level.
+    pub headers: HeaderPolicy,
+    /// `host_rewrite_literal` at weighted-cluster level.
+    pub host_rewrite: Option<String>,
+}
+
+/// Which cluster a forward goes to.
+#[derive(Debug, Clone)]
+pub enum ClusterTarget {
+    /// A fixed cluster.
+    Name(String),
+    /// The cluster named by a request header.
+    Header(http::HeaderName),
+    /// A weighted choice. `total` is `total_weight` or the sum of the weights.
+    Weighted {
+        /// Entries with weight > 0.
+        targets: Vec<WeightedTarget>,
+        /// Sum used to pick.
+        total: u64,
+    },
+}
+
+/// A hash policy element for RING_HASH/MAGLEV.
+#[derive(Debug, Clone)]
+pub enum HashKey {
+    /// Hash a request header.
+    Header(http::HeaderName),
+    /// Hash a cookie's value.
+    Cookie(String),
+    /// Hash the downstream source IP.
+    SourceIp,
+    /// Hash a query parameter.
+    Query(String),
+}
+
+/// A hash policy entry and whether it is terminal.
+#[derive(Debug, Clone)]
+pub struct HashPolicy {
+    /// What to hash.
+    pub key: HashKey,
+    /// Stop at this policy if it produced a hash.
+    pub terminal: bool,
+}
+
+/// Retry conditions (`retry_on`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// Any 5xx response (and resets/connect failures, as in Envoy).
+    pub five_xx: bool,
+    /// 502, 503, 504 (and resets/connect failures).
+    pub gateway_error: bool,
+    /// Connection to upstream failed.
+    pub connect_failure: bool,
+    /// Upstream refused an HTTP/2 stream.
+    pub refused_stream: bool,
+    /// Upstream reset (no response).
+    pub reset: bool,
+    /// Status in `retriable_status_codes`.
+    pub retriable_status_codes: bool,
+    /// gRPC `unavailable` / `cancelled` / `deadline-exceeded` / `resource-exhausted`.
+    pub grpc: [bool; 4],
+}
+
+/// `RetryPolicy`.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Conditions.
+    pub on: RetryOn,
+    /// Retries after the first try.
+    pub num_retries: u32,
+    /// Timeout of each try.
+    pub per_try_timeout: Option<Duration>,
+    /// Status codes for `retriable-status-codes`.
+    pub status_codes: Vec<u16>,
+    /// `envoy.retry_host_predicates.previous_hosts`: do not pick a host tried before.
+    pub skip_previous_hosts: bool,
+    /// How often host selection may be redone to avoid a previous host.
+    pub host_selection_attempts: u32,
+    /// Base backoff interval (Envoy default 25 ms).
+    pub backoff_base: Duration,
+    /// Maximum backoff interval (default 10× base).
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    /// Convert the proto form.
+    pub fn from_proto(p: &rpb::RetryPolicy) -> Self {
+        let mut on = RetryOn::default();
+        for cond in p.retry_on.split(',').map(str::trim) {
+            match cond {
+                "5xx" => on.five_xx = true,
+                "gateway-error" => on.gateway_error = true,
+                "connect-failure" => on.connect_failure = true,
+                "refused-stream" => on.refused_stream = true,
+                "reset" => on.reset = true,
+                "retriable-status-codes" => on.retriable_status_codes = true,
+                "unavailable" => on.grpc[0] = true,
+                "cancelled" => on.grpc[1] = true,
+                "deadline-exceeded" => on.grpc[2] = true,
+                "resource-exhausted" => on.grpc[3] = true,
+                "" => {}
+                other => tracing::debug!("retry_on {other:?} is not supported; ignored"),
+            }
+        }
+        let base = p
+            .retry_back_off
+            .as_ref()
+            .and_then(|b| opt_duration(&b.base_interval))
+            .unwrap_or(Duration::from_millis(25));
+        let max = p
+            .retry_back_off
+            .as_ref()
+            .and_then(|b| opt_duration(&b.max_interval))
+            .unwrap_or(base * 10);
+        RetryPolicy {
+            on,
+            num_retries: p.num_retries.as_ref().map(|n| n.value).unwrap_or(1),
+            per_try_timeout: opt_duration(&p.per_try_timeout).filter(|d| !d.is_zero()),
+            status_codes: p.retriable_status_codes.iter().map(|c| *c as u16).collect(),
+            skip_previous_hosts: p
+                .retry_host_predicate
+                .iter()
+                .any(|h| h.name == "envoy.retry_host_predicates.previous_hosts"),
+            host_selection_attempts: p.host_selection_retry_max_attempts.clamp(1, 100) as u32,
+            backoff_base: base,
+            backoff_max: max,
+        }
+    }
+
+    /// Whether a response status makes the try retriable.
+    pub fn retry_status(&self, status: u16, grpc_status: Option<u32>) -> bool {
+        (self.on.five_xx && status >= 500)
+            || (self.on.gateway_error && matches!(status, 502..=504))
+            || (self.on.retriable_status_codes && self.status_codes.contains(&status))
+            || grpc_status.is_some_and(|g| {
+                (self.on.grpc[0] && g == 14)
+                    || (self.on.grpc[1] && g == 1)
+                    || (self.on.grpc[2] && g == 4)
+                    || (self.on.grpc[3] && g == 8)
+            })
+    }
+
+    /// Whether a connect failure is retriable.
+    pub fn retry_connect_failure(&self) -> bool {
+        self.on.connect_failure || self.on.five_xx || self.on.gateway_error || self.on.reset
+    }
+
+    /// Whether a reset (no response, per-try timeout) is retriable.
+    pub fn retry_reset(&self) -> bool {
+        self.on.reset || self.on.five_xx || self.on.gateway_error
+    }
+}
+
+/// Forwarding parameters of a route.
+#[derive(Debug, Clone)]
+pub struct ForwardAction {
+    /// Which cluster.
+    pub target: ClusterTarget,
+    /// `prefix_rewrite`.
+    pub prefix_rewrite: Option<String>,
+    /// `regex_rewrite`.
+    pub regex_rewrite: Option<(Regex, String)>,
+    /// `host_rewrite_literal`.
+    pub host_rewrite: Option<String>,
+    /// Whole-request timeout; `None` disables it (`timeout: 0s`). Envoy's default is 15 s.
+    pub timeout: Option<Duration>,
+    /// Stream idle timeout for this route.
+    pub idle_timeout: Option<Duration>,
+    /// Route-level retry policy.
+    pub retry: Option<RetryPolicy>,
+    /// Hash policies for consistent-hash LBs.
+    pub hash_policy: Vec<HashPolicy>,
+    /// Status when the cluster does not exist (503 or 404).
+    pub cluster_not_found: u16,
+}
+
+impl ForwardAction {
+    /// Convert the proto form.
+    pub fn from_proto(a: &rpb::RouteAction) -> Result<Self, String> {
+        use rpb::route_action::ClusterSpecifier as C;
+        use rpb::route_action::HostRewriteSpecifier as H;
+        let target = match &a.cluster_specifier {
+            Some(C::Cluster(c)) => ClusterTarget::Name(c.clone()),
+            Some(C::ClusterHeader(h)) => ClusterTarget::Header(header_name(h)?),
+            Some(C::WeightedClusters(w)) => {
+                let mut targets = Vec::new();
+                for c in &w.clusters {
+                    let weight = c.weight.as_ref().map(|w| w.value as u64).unwrap_or(0);
+                    if weight == 0 {
+                        continue;
+                    }
+                    let host_rewrite = c.host_rewrite_specifier.as_ref().map(|h| match h {
+                        rpb::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(h) => h.clone(),
+                    });
+                    targets.push(WeightedTarget {
+                        name: c.name.clone(),
+                        cluster_header: if c.cluster_header.is_empty() {
+                            None
+                        } else {
+                            Some(header_name(&c.cluster_header)?)
+                        },
+                        weight,
+                        headers: HeaderPolicy::from_proto(
+                            &c.request_headers_to_add,
+                            &c.request_headers_to_remove,
+                            &c.response_headers_to_add,
+                            &c.response_headers_to_remove,
+                        )?,
+                        host_rewrite,
+                    });
+                }
+                let sum: u64 = targets.iter().map(|t| t.weight).sum();
+                let total = match &w.total_weight {
+                    Some(t) if t.value > 0 => {
+                        if sum != t.value as u64 {
+                            return Err(format!(
+                                "weighted_clusters weights sum to {sum}, total_weight is {}",
+                                t.value
+                            ));
+                        }
+                        t.value as u64
+                    }
+                    _ => sum,
+                };
+                if total == 0 {
+                    return Err("weighted_clusters has no cluster with a weight".into());
+                }
+                ClusterTarget::Weighted { targets, total }
+            }
+            Some(C::ClusterSpecifierPlugin(p)) => {
+                return Err(format!("cluster_specifier_plugin {p} unsupported"))
+            }
+            Some(C::InlineClusterSpecifierPlugin(_)) => {
+                return Err("inline cluster_specifier_plugin unsupported".into())
+            }
+            None => return Err("route action without a cluster specifier".into()),
+        };
+        let regex_rewrite = match &a.regex_rewrite {
+            Some(r) => {
+                let pat = r.pattern.as_ref().ok_or("regex_rewrite without pattern")?;
+                let re = Regex::new(&pat.regex).map_err(|e| format!("regex_rewrite: {e}"))?;
+                Some((re, envoy_substitution(&r.substitution)))
+            }
+            None => None,
+        };
+        let hash_policy = a
+            .hash_policy
+            .iter()
+            .filter_map(|h| {
+                use rpb::route_action::hash_policy::PolicySpecifier as P;
+                let key = match h.policy_specifier.as_ref()? {
+                    P::Header(hd) => HashKey::Header(header_name(&hd.header_name).ok()?),
+                    P::Cookie(c) => HashKey::Cookie(c.name.clone()),
+                    P::ConnectionProperties(c) if c.source_ip => HashKey::SourceIp,
+                    P::QueryParameter(q) => HashKey::Query(q.name.clone()),
+                    _ => return None,
+                };
+                Some(HashPolicy {
+                    key,
+                    terminal: h.terminal,
+                })
+            })
+            .collect();
+        Ok(ForwardAction {
+            target,
+            prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
+            regex_rewrite,
+            host_rewrite: match &a.host_rewrite_specifier {
+                Some(H::HostRewriteLiteral(h)) => Some(h.clone()),
+                _ => None,
+            },
+            timeout: match &a.timeout {
+                Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+                None => Some(Duration::from_secs(15)),
+            },
+            idle_timeout: opt_duration(&a.idle_timeout).filter(|d| !d.is_zero()),
+            retry: a.retry_policy.as_ref().map(RetryPolicy::from_proto),
+            hash_policy,
+            cluster_not_found: if a.cluster_not_found_response_code == 1 {
+                404
+            } else {
+                503
+            },
+        })
+    }
+
+    /// Rewrite the path for this route. `matched_prefix` is the route's prefix, if any.
+    pub fn rewrite_path(
+        &self,
+        path_and_query: &str,
+        matched_prefix: Option<&str>,
+    ) -> Option<String> {
+        if let (Some(new), Some(prefix)) = (&self.prefix_rewrite, matched_prefix) {
+            // Case-insensitive routes match regardless of case, so cut by length.
+            let rest = path_and_query.get(prefix.len()..).unwrap_or("");
+            return Some(format!("{new}{rest}"));
+        }
+        if let Some((re, sub)) = &self.regex_rewrite {
+            let (path, query) = match path_and_query.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (path_and_query, None),
+            };
+            let new = re.replace_all(path, sub.as_str());
+            return Some(match query {
+                Some(q) => format!("{new}?{q}"),
+                None => new.into_owned(),
+            });
+        }
+        None
+    }
+}
+
+/// Envoy (RE2) writes capture references as `\1`; the regex crate wants `${1}`.
+fn envoy_substitution(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(|d| d.is_ascii_digit()) => {
+                out.push_str(&format!("${{{}}}", chars.next().unwrap()));
+            }
+            '\\' if chars.peek() == Some(&'\\') => {
+                chars.next();
+                out.push('\\');
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn header_name(s: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("bad header name {s:?}"))
+}
+
+/// A redirect answer.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    scheme: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    path: Option<String>,
+    prefix: Option<String>,
+    regex: Option<(Regex, String)>,
+    /// Status code (301, 302, 303, 307, 308).
+    pub status: u16,
+    strip_query: bool,
+}
+
+impl Redirect {
+    /// Convert the proto form.
+    pub fn from_proto(r: &rpb::RedirectAction) -> Result<Self, String> {
+        use rpb::redirect_action::{PathRewriteSpecifier as P, SchemeRewriteSpecifier as S};
+        let (mut path, mut prefix, mut regex) = (None, None, None);
+        match &r.path_rewrite_specifier {
+            Some(P::PathRedirect(p)) => path = Some(p.clone()),
+            Some(P::PrefixRewrite(p)) => prefix = Some(p.clone()),
+            Some(P::RegexRewrite(rr)) => {
+                let pat = rr.pattern.as_ref().ok_or("regex_rewrite without pattern")?;
+                regex = Some((
+                    full_regex(&pat.regex)?,
+                    envoy_substitution(&rr.substitution),
+                ));
+            }
+            Some(P::PathRewrite(_)) => return Err("path_rewrite in redirect unsupported".into()),
+            None => {}
+        }
+        Ok(Redirect {
+            scheme: match &r.scheme_rewrite_specifier {
+                Some(S::HttpsRedirect(true)) => Some("https".into()),
+                Some(S::SchemeRedirect(s)) => Some(s.clone()),
+                _ => None,
+            },
+            host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
+            port: (r.port_redirect != 0).then_some(r.port_redirect as u16),
+            path,
+            prefix,
+            regex,
+            status: match r.response_code {
+                1 => 302,
+                2 => 303,
+                3 => 307,
+                4 => 308,
+                _ => 301,
+            },
+            strip_query: r.strip_query,
+        })
+    }
+
+    /// The Location for a request to `scheme://host` + `path_and_query`.
+    pub fn location(
+        &self,
+        scheme: &str,
+        host: &str,
+        path_and_query: &str,
+        matched_prefix: Option<&str>,
+    ) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or(scheme);
+        let (orig_host, orig_port) = split_host_port(host);
+        let host_part = self.host.as_deref().unwrap_or(orig_host);
+        let port = match self.port {
+            Some(p) => Some(p),
+            // A scheme change drops the old port; a host change keeps no port either.
+            None if self.scheme.is_some() || self.host.is_some() => None,
+            None => orig_port,
+        };
+        let default_port = matches!((scheme, port), ("http", Some(80)) | ("https", Some(443)));
+        let authority = match port {
+            Some(p) if !default_port => format!("{host_part}:{p}"),
+            _ => host_part.to_string(),
+        };
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q)),
+            None => (path_and_query.to_string(), None),
+        };
+        let mut new_path = if let Some(p) = &self.path {
+            p.clone()
+        } else if let (Some(pre), Some(m)) = (&self.prefix, matched_prefix) {
+            format!("{pre}{}", path.get(m.len()..).unwrap_or(""))
+        } else if let Some((re, sub)) = &self.regex {
+            re.replace_all(&path, sub.as_str()).into_owned()
+        } else {
+            path
+        };
+        // path_redirect may carry its own query; otherwise keep the original unless stripped.
+        if !new_path.contains('?') && !self.strip_query {
+            if let Some(q) = query {
+                new_path = format!("{new_path}?{q}");
+            }
+        } else if self.strip_query {
+            if let Some(i) = new_path.find('?') {
+                new_path.truncate(i);
+            }
+        }
+        format!("{scheme}://{authority}{new_path}")
+    }
+}
+
+/// Split `host[:port]` (IPv6 `[a::b]:port` aware).
+pub fn split_host_port(host: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((h, p)) = rest.split_once(']') {
+            let port = p.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (&host[..h.len() + 2], port);
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (host, None),
+        },
+        _ => (host, None),
+    }
+}

@@ -1,0 +1,324 @@
+//! Envoy's request matchers: StringMatcher, HeaderMatcher (every form, including the deprecated
+//! `exact_match` that Istio 1.10 emits, and `invert_match`), query parameters and path matching.
+
+use envoy_types::pb::envoy::config::route::v3 as rpb;
+use envoy_types::pb::envoy::r#type::matcher::v3 as mpb;
+use http::HeaderMap;
+use regex::Regex;
+
+/// Compile an Envoy RE2 regex so it must match the whole input, as Envoy's `safe_regex` does.
+pub fn full_regex(re: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{re})$")).map_err(|e| format!("bad regex {re:?}: {e}"))
+}
+
+/// `envoy.type.matcher.v3.StringMatcher`.
+#[derive(Debug, Clone)]
+pub enum StringMatch {
+    /// Exact comparison.
+    Exact(String, bool),
+    /// Prefix comparison.
+    Prefix(String, bool),
+    /// Suffix comparison.
+    Suffix(String, bool),
+    /// Substring comparison.
+    Contains(String, bool),
+    /// Full-string regex (ignore_case does not apply, as in Envoy).
+    Regex(Regex),
+}
+
+impl StringMatch {
+    /// Convert the proto form.
+    pub fn from_proto(m: &mpb::StringMatcher) -> Result<Self, String> {
+        use mpb::string_matcher::MatchPattern as P;
+        let ic = m.ignore_case;
+        let low = |s: &String| {
+            if ic {
+                s.to_ascii_lowercase()
+            } else {
+                s.clone()
+            }
+        };
+        Ok(match &m.match_pattern {
+            Some(P::Exact(s)) => StringMatch::Exact(low(s), ic),
+            Some(P::Prefix(s)) => StringMatch::Prefix(low(s), ic),
+            Some(P::Suffix(s)) => StringMatch::Suffix(low(s), ic),
+            Some(P::Contains(s)) => StringMatch::Contains(low(s), ic),
+            Some(P::SafeRegex(r)) => StringMatch::Regex(full_regex(&r.regex)?),
+            Some(P::Custom(c)) => {
+                return Err(format!("custom string matcher {} unsupported", c.name))
+            }
+            None => return Err("string matcher without a pattern".into()),
+        })
+    }
+
+    /// Whether `v` matches.
+    pub fn matches(&self, v: &str) -> bool {
+        let cmp = |ic: bool| -> std::borrow::Cow<'_, str> {
+            if ic {
+                v.to_ascii_lowercase().into()
+            } else {
+                v.into()
+            }
+        };
+        match self {
+            StringMatch::Exact(s, ic) => cmp(*ic) == s.as_str(),
+            StringMatch::Prefix(s, ic) => cmp(*ic).starts_with(s.as_str()),
+            StringMatch::Suffix(s, ic) => cmp(*ic).ends_with(s.as_str()),
+            StringMatch::Contains(s, ic) => cmp(*ic).contains(s.as_str()),
+            StringMatch::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+/// How a header value is compared.
+#[derive(Debug, Clone)]
+enum HeaderKind {
+    /// Deprecated `exact_match`: an empty value matches any present header.
+    Value(String),
+    Regex(Regex),
+    Range(i64, i64),
+    Present(bool),
+    Str(StringMatch),
+}
+
+/// `envoy.config.route.v3.HeaderMatcher`.
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    name: http::HeaderName,
+    kind: HeaderKind,
+    invert: bool,
+    missing_as_empty: bool,
+}
+
+impl HeaderMatch {
+    /// Convert the proto form.
+    pub fn from_proto(h: &rpb::HeaderMatcher) -> Result<Self, String> {
+        use rpb::header_matcher::HeaderMatchSpecifier as S;
+        let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("bad header name {:?}", h.name))?;
+        let kind = match &h.header_match_specifier {
+            Some(S::ExactMatch(v)) => HeaderKind::Value(v.clone()),
+            Some(S::SafeRegexMatch(r)) => HeaderKind::Regex(full_regex(&r.regex)?),
+            Some(S::RangeMatch(r)) => HeaderKind::Range(r.start, r.end),
+            Some(S::PresentMatch(p)) => HeaderKind::Present(*p),
+            Some(S::PrefixMatch(p)) => HeaderKind::Str(StringMatch::Prefix(p.clone(), false)),
+            Some(S::SuffixMatch(p)) => HeaderKind::Str(StringMatch::Suffix(p.clone(), false)),
+            Some(S::ContainsMatch(p)) => HeaderKind::Str(StringMatch::Contains(p.clone(), false)),
+            Some(S::StringMatch(m)) => HeaderKind::Str(StringMatch::from_proto(m)?),
+            // No specifier: Envoy treats it as "header present".
+            None => HeaderKind::Present(true),
+        };
+        Ok(HeaderMatch {
+            name,
+            kind,
+            invert: h.invert_match,
+            missing_as_empty: h.treat_missing_header_as_empty,
+        })
+    }
+
+    /// Envoy's `HeaderUtility::matchHeaders`: values of a repeated header are joined by ",".
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut vals = headers.get_all(&self.name).iter().peekable();
+        let value: Option<String> = if vals.peek().is_none() {
+            None
+        } else {
+            Some(
+                vals.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+        };
+        let value = match value {
+            Some(v) => v,
+            None if self.missing_as_empty => String::new(),
+            None => {
+                // A missing header only satisfies a presence test (inverted or not).
+                return match self.kind {
+                    HeaderKind::Present(p) => p == self.invert,
+                    _ => false,
+                };
+            }
+        };
+        let m = match &self.kind {
+            HeaderKind::Value(v) => v.is_empty() || *v == value,
+            HeaderKind::Regex(r) => r.is_match(&value),
+            HeaderKind::Range(s, e) => value.parse::<i64>().is_ok_and(|n| n >= *s && n < *e),
+            HeaderKind::Present(p) => *p,
+            HeaderKind::Str(s) => s.matches(&value),
+        };
+        m != self.invert
+    }
+}
+
+/// `envoy.config.route.v3.QueryParameterMatcher`.
+#[derive(Debug, Clone)]
+pub struct QueryMatch {
+    name: String,
+    /// `None` means present_match.
+    value: Option<StringMatch>,
+}
+
+impl QueryMatch {
+    /// Convert the proto form.
+    pub fn from_proto(q: &rpb::QueryParameterMatcher) -> Result<Self, String> {
+        use rpb::query_parameter_matcher::QueryParameterMatchSpecifier as S;
+        let value = match &q.query_parameter_match_specifier {
+            Some(S::StringMatch(m)) => Some(StringMatch::from_proto(m)?),
+            Some(S::PresentMatch(_)) | None => None,
+        };
+        Ok(QueryMatch {
+            name: q.name.clone(),
+            value,
+        })
+    }
+
+    /// Whether the first occurrence of the parameter in `query` matches.
+    pub fn matches(&self, query: Option<&str>) -> bool {
+        let Some(q) = query else { return false };
+        for pair in q.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if percent_decode(k) == self.name {
+                return match &self.value {
+                    None => true,
+                    Some(m) => m.matches(&percent_decode(v)),
+                };
+            }
+        }
+        false
+    }
+}
+
+/// Decode %XX escapes (and `+` as space, as query strings use it).
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(c) => {
+                        out.push(c);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The path part of a route match.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// `prefix`.
+    Prefix(String),
+    /// `path` (exact).
+    Exact(String),
+    /// `path_separated_prefix`: the prefix followed by end, `/`, `?` or `#`.
+    SeparatedPrefix(String),
+    /// `safe_regex` on the path without the query.
+    Regex(Regex),
+}
+
+/// `envoy.config.route.v3.RouteMatch`.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    /// The path specifier.
+    pub path: PathMatch,
+    case_sensitive: bool,
+    headers: Vec<HeaderMatch>,
+    query: Vec<QueryMatch>,
+    grpc: bool,
+}
+
+impl RouteMatch {
+    /// Convert the proto form.
+    pub fn from_proto(m: &rpb::RouteMatch) -> Result<Self, String> {
+        use rpb::route_match::PathSpecifier as P;
+        let case_sensitive = m.case_sensitive.as_ref().map(|b| b.value).unwrap_or(true);
+        let norm = |s: &String| {
+            if case_sensitive {
+                s.clone()
+            } else {
+                s.to_ascii_lowercase()
+            }
+        };
+        let path = match &m.path_specifier {
+            Some(P::Prefix(p)) => PathMatch::Prefix(norm(p)),
+            Some(P::Path(p)) => PathMatch::Exact(norm(p)),
+            Some(P::PathSeparatedPrefix(p)) => PathMatch::SeparatedPrefix(norm(p)),
+            Some(P::SafeRegex(r)) => PathMatch::Regex(full_regex(&r.regex)?),
+            Some(P::ConnectMatcher(_)) => return Err("connect_matcher is not supported".into()),
+            Some(P::PathMatchPolicy(p)) => {
+                return Err(format!("path_match_policy {} unsupported", p.name))
+            }
+            None => return Err("route match without a path specifier".into()),
+        };
+        Ok(RouteMatch {
+            path,
+            case_sensitive,
+            headers: m
+                .headers
+                .iter()
+                .map(HeaderMatch::from_proto)
+                .collect::<Result<_, _>>()?,
+            query: m
+                .query_parameters
+                .iter()
+                .map(QueryMatch::from_proto)
+                .collect::<Result<_, _>>()?,
+            grpc: m.grpc.is_some(),
+        })
+    }
+
+    /// Whether a request with this path (query included, as in `:path`) and headers matches.
+    pub fn matches(&self, path_and_query: &str, headers: &HeaderMap) -> bool {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let path = path.split('#').next().unwrap_or(path);
+        let folded;
+        let cmp = if self.case_sensitive {
+            path
+        } else {
+            folded = path.to_ascii_lowercase();
+            &folded
+        };
+        let path_ok = match &self.path {
+            // Envoy matches prefixes against the whole :path, query included.
+            PathMatch::Prefix(p) => {
+                if self.case_sensitive {
+                    path_and_query.starts_with(p.as_str())
+                } else {
+                    path_and_query.to_ascii_lowercase().starts_with(p.as_str())
+                }
+            }
+            PathMatch::Exact(p) => cmp == p,
+            PathMatch::SeparatedPrefix(p) => {
+                cmp.starts_with(p.as_str())
+                    && matches!(cmp.as_bytes().get(p.len()), None | Some(b'/'))
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        };
+        path_ok
+            && (!self.grpc || is_grpc(headers))
+            && self.headers.iter().all(|h| h.matches(headers))
+            && self.query.iter().all(|q| q.matches(query))
+    }
+}
+
+/// Whether the request is gRPC (content-type application/grpc*).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
