@@ -1,0 +1,241 @@
+//! `mosnctl overlay` against real peers: docker-registry, skopeo and umoci.
+
+mod image_harness;
+
+use image_harness::*;
+use serde_json::Value;
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// A registry holding the Docker-typed base at `base:docker`.
+fn registry_with_docker_base() -> (Registry, tempfile::TempDir, Value) {
+    let reg = Registry::start(Auth::None);
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("base.tar");
+    let config = docker_archive_base(&archive, "amd64");
+    push_archive(&archive, &format!("{}/base:docker", reg.host()));
+    (reg, tmp, config)
+}
+
+fn overlay(tmp: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut c = mosnctl(&empty_docker_config(tmp));
+    c.arg("overlay")
+        .arg("--binary")
+        .arg(test_binary())
+        .args(args);
+    run(c)
+}
+
+#[test]
+fn push_keeps_docker_types_config_fields_and_mounts_base_layers() {
+    let (reg, tmp, base_cfg) = registry_with_docker_base();
+    let dst = format!("{}/proxyv2:mosn", reg.host());
+    let out = overlay(
+        tmp.path(),
+        &[
+            "--base",
+            &format!("{}/base:docker", reg.host()),
+            "--tag",
+            &dst,
+            "--push",
+        ],
+    );
+    assert!(out.status.success());
+    let digest = printed_digest(&String::from_utf8(out.stdout).unwrap());
+
+    // The registry holds exactly the manifest we reported.
+    let raw = skopeo_raw(&dst, false, None);
+    assert_eq!(format!("sha256:{}", sha256_hex(&raw)), digest);
+    let m: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(m["mediaType"], DOCKER_MANIFEST, "Docker family kept");
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    assert_eq!(layers[1]["mediaType"], DOCKER_LAYER_GZIP);
+    assert!(m.get("annotations").is_none());
+
+    // The config differs from the base only by one diff_id and one history entry.
+    let cfg: Value = serde_json::from_slice(&skopeo_raw(&dst, true, None)).unwrap();
+    let mut stripped = cfg.clone();
+    stripped["rootfs"]["diff_ids"].as_array_mut().unwrap().pop();
+    let added = stripped["history"].as_array_mut().unwrap().pop().unwrap();
+    assert_eq!(
+        serde_json::to_string(&stripped).unwrap(),
+        serde_json::to_string(&base_cfg).unwrap(),
+        "every base field (Healthcheck, Shell, OnBuild, container_config, ...) kept in order"
+    );
+    assert_eq!(added["created_by"], "mosnctl overlay /usr/local/bin/mosn");
+    assert_eq!(added["created"], base_cfg["created"]);
+
+    // Base layers were mounted, not uploaded again.
+    let log = reg.log();
+    let base_layer = layers[0]["digest"].as_str().unwrap().replace(':', "%3A");
+    let mount =
+        format!("\"POST /v2/proxyv2/blobs/uploads/?mount={base_layer}&from=base HTTP/1.1\" 201");
+    assert!(log.contains(&mount), "base layer mounted (201): {log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("PUT /v2/proxyv2/blobs/uploads/")
+                && l.contains(&format!("digest={base_layer}"))),
+        "base layer not uploaded again: {log}"
+    );
+
+    // skopeo verifies every blob on copy; umoci unpacks the file with mode 0755, owner root.
+    let layout = tmp.path().join("pulled");
+    let out = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{dst}"),
+        &format!("oci:{}:v1", layout.display()),
+    ]);
+    assert!(out.status.success());
+    let (bytes, stat) = umoci_mosn(&layout, "v1", tmp.path());
+    assert_eq!(bytes, std::fs::read(test_binary()).unwrap());
+    assert_eq!(stat, "755 0 0 0");
+}
+
+#[test]
+fn same_binary_and_base_give_the_same_digest() {
+    let (reg, tmp, _) = registry_with_docker_base();
+    let base = format!("{}/base:docker", reg.host());
+    let mut digests = Vec::new();
+    for tag in ["a", "b"] {
+        let out = overlay(
+            tmp.path(),
+            &[
+                "--base",
+                &base,
+                "--tag",
+                &format!("{}/r{tag}:x", reg.host()),
+                "--push",
+            ],
+        );
+        assert!(out.status.success());
+        digests.push(printed_digest(&String::from_utf8(out.stdout).unwrap()));
+    }
+    assert_eq!(digests[0], digests[1]);
+
+    // SOURCE_DATE_EPOCH changes mtime and created, and is itself reproducible.
+    let mut epoch_digests = Vec::new();
+    for tag in ["c", "d"] {
+        let mut c = mosnctl(&empty_docker_config(tmp.path()));
+        c.env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["overlay", "--base", &base, "--push", "--binary"])
+            .arg(test_binary())
+            .args(["--tag", &format!("{}/r{tag}:x", reg.host())]);
+        epoch_digests.push(printed_digest(&ok(c)));
+    }
+    assert_eq!(epoch_digests[0], epoch_digests[1]);
+    assert_ne!(epoch_digests[0], digests[0]);
+    let cfg: Value =
+        serde_json::from_slice(&skopeo_raw(&format!("{}/rc:x", reg.host()), true, None)).unwrap();
+    assert_eq!(cfg["created"], "2023-11-14T22:13:20Z");
+}
+
+#[test]
+fn oci_layout_base_to_oci_layout_and_docker_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    umoci_base(&base, "v1");
+    let out_dir = tmp.path().join("out");
+    let out = overlay(
+        tmp.path(),
+        &[
+            "--base",
+            &format!("oci:{}:v1", base.display()),
+            "--tag",
+            "example.com/mosn/proxyv2:v2",
+            "--output",
+            &format!("oci:{}:v2", out_dir.display()),
+        ],
+    );
+    assert!(out.status.success());
+    let (bytes, stat) = umoci_mosn(&out_dir, "v2", tmp.path());
+    assert_eq!(bytes, std::fs::read(test_binary()).unwrap());
+    assert_eq!(stat, "755 0 0 0");
+    let inspect = skopeo(&["inspect", &format!("oci:{}:v2", out_dir.display())]);
+    assert!(inspect.status.success());
+    let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 2);
+
+    // docker-archive: the dual shape; skopeo reads it, and its manifest.json is docker load's.
+    let archive = tmp.path().join("out.tar");
+    let out = overlay(
+        tmp.path(),
+        &[
+            "--base",
+            &format!("oci:{}:v1", base.display()),
+            "--tag",
+            "example.com/mosn/proxyv2:v2",
+            "--output",
+            &format!("docker-archive:{}", archive.display()),
+        ],
+    );
+    assert!(out.status.success());
+    let inspect = skopeo(&["inspect", &format!("docker-archive:{}", archive.display())]);
+    assert!(inspect.status.success());
+    let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 2);
+    let mut ar = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    let mut names = Vec::new();
+    let mut manifest_json = None;
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        if name == "manifest.json" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+            manifest_json = Some(s);
+        }
+        names.push(name);
+    }
+    assert!(names.contains(&"oci-layout".to_string()) && names.contains(&"index.json".to_string()));
+    let mj: Value = serde_json::from_str(&manifest_json.unwrap()).unwrap();
+    assert_eq!(mj[0]["RepoTags"][0], "example.com/mosn/proxyv2:v2");
+    assert_eq!(mj[0]["Layers"].as_array().unwrap().len(), 2);
+    // No temporary files left next to the outputs.
+    for d in [tmp.path(), out_dir.as_path()] {
+        for e in std::fs::read_dir(d).unwrap() {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!n.ends_with(".tmp"), "leftover {n}");
+        }
+    }
+}
+
+#[test]
+fn docker_archive_base_pushes_its_layers() {
+    let reg = Registry::start(Auth::None);
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("base.tar");
+    docker_archive_base(&archive, "amd64");
+    let dst = format!("{}/fromarchive:v1", reg.host());
+    let out = overlay(
+        tmp.path(),
+        &[
+            "--base",
+            &format!("docker-archive:{}", archive.display()),
+            "--tag",
+            &dst,
+            "--push",
+        ],
+    );
+    assert!(out.status.success());
+    let layout = tmp.path().join("pulled");
+    let out = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{dst}"),
+        &format!("oci:{}:v1", layout.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "every blob is in the registry and verifies"
+    );
+    let (bytes, _) = umoci_mosn(&layout, "v1", tmp.path());
+    assert_eq!(bytes, std::fs::read(test_binary()).unwrap());
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(data))
+}
