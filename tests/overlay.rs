@@ -239,3 +239,271 @@ fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     format!("{:x}", sha2::Sha256::digest(data))
 }
+
+/// Push the amd64 and arm64 Docker bases plus a stand-in attestation manifest, and an OCI
+/// index over them at `base:multi`.
+fn multi_arch_base(reg: &Registry, tmp: &std::path::Path) -> Value {
+    let mut entries = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let archive = tmp.join(format!("{arch}.tar"));
+        docker_archive_base(&archive, arch);
+        let image = format!("{}/base:{arch}", reg.host());
+        push_archive(&archive, &image);
+        let raw = skopeo_raw(&image, false, None);
+        entries.push(serde_json::json!({
+            "mediaType": DOCKER_MANIFEST,
+            "digest": format!("sha256:{}", sha256_hex(&raw)),
+            "size": raw.len(),
+            "platform": {"architecture": arch, "os": "linux"}
+        }));
+    }
+    let att = format!("{}/base:att", reg.host());
+    push_archive(&tmp.join("amd64.tar"), &att);
+    let raw = skopeo_raw(&att, false, None);
+    entries.push(serde_json::json!({
+        "mediaType": DOCKER_MANIFEST,
+        "digest": format!("sha256:{}", sha256_hex(&raw)),
+        "size": raw.len(),
+        "platform": {"architecture": "unknown", "os": "unknown"},
+        "annotations": {
+            "vnd.docker.reference.type": "attestation-manifest",
+            "vnd.docker.reference.digest": entries[0]["digest"].clone()
+        }
+    }));
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries
+    });
+    curl_put_manifest(
+        &reg.host(),
+        "base",
+        "multi",
+        "application/vnd.oci.image.index.v1+json",
+        &serde_json::to_vec(&index).unwrap(),
+    );
+    index
+}
+
+#[test]
+fn multi_arch_index_overlays_matching_platforms_and_drops_attestations() {
+    let reg = Registry::start(Auth::None);
+    let tmp = tempfile::tempdir().unwrap();
+    let base_index = multi_arch_base(&reg, tmp.path());
+    let arm = fake_arm64_binary(tmp.path());
+    let base = format!("{}/base:multi", reg.host());
+
+    // Both architectures: two children, same index type, attestation gone.
+    let dst = format!("{}/multi:both", reg.host());
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.args([
+        "overlay", "--base", &base, "--tag", &dst, "--push", "--binary",
+    ])
+    .arg(test_binary())
+    .arg("--binary")
+    .arg(&arm);
+    let digest = printed_digest(&ok(c));
+    let raw = skopeo_raw(&dst, false, None);
+    assert_eq!(format!("sha256:{}", sha256_hex(&raw)), digest);
+    let idx: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(idx["mediaType"], base_index["mediaType"]);
+    let children = idx["manifests"].as_array().unwrap();
+    assert_eq!(children.len(), 2, "attestation dropped: {idx}");
+    for (child, arch) in children.iter().zip(["amd64", "arm64"]) {
+        assert_eq!(child["platform"]["architecture"], arch);
+        assert!(child.get("annotations").is_none());
+        let m: Value = serde_json::from_slice(&skopeo_raw(
+            &format!("{}/multi@{}", reg.host(), child["digest"].as_str().unwrap()),
+            false,
+            None,
+        ))
+        .unwrap();
+        assert_eq!(m["mediaType"], DOCKER_MANIFEST);
+        assert_eq!(m["layers"].as_array().unwrap().len(), 2);
+    }
+    assert_ne!(children[0]["digest"], children[1]["digest"]);
+    let out = skopeo(&[
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{dst}"),
+        &format!("oci:{}:all", tmp.path().join("all").display()),
+    ]);
+    assert!(out.status.success(), "every blob of every child verifies");
+
+    // One architecture: one child.
+    let dst1 = format!("{}/multi:amd64", reg.host());
+    let out = overlay(tmp.path(), &["--base", &base, "--tag", &dst1, "--push"]);
+    assert!(out.status.success());
+    let idx: Value = serde_json::from_slice(&skopeo_raw(&dst1, false, None)).unwrap();
+    assert_eq!(idx["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(idx["manifests"][0]["platform"]["architecture"], "amd64");
+
+    // A platform the base lacks is an error that lists what it has.
+    let out = overlay(
+        tmp.path(),
+        &[
+            "--base",
+            &base,
+            "--tag",
+            &dst1,
+            "--push",
+            "--platform",
+            "linux/s390x",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no platform linux/s390x") && err.contains("linux/arm64"),
+        "{err}"
+    );
+
+    // A single-platform base for another architecture.
+    let out = overlay(
+        tmp.path(),
+        &[
+            "--base",
+            &format!("{}/base:arm64", reg.host()),
+            "--tag",
+            &dst1,
+            "--push",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the base is for linux/arm64, but the binary is for linux/amd64"),
+        "{err}"
+    );
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn each_failure_has_its_own_message() {
+    let (reg, tmp, _) = registry_with_docker_base();
+    let dst = format!("{}/err:v1", reg.host());
+
+    let out = overlay(
+        tmp.path(),
+        &[
+            "--base",
+            &format!("{}/base:nope", reg.host()),
+            "--tag",
+            &dst,
+            "--push",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("base:nope not found"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = overlay(
+        tmp.path(),
+        &["--base", &format!("{dead}/x:y"), "--tag", &dst, "--push"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains(&format!("cannot reach the registry {dead}")));
+
+    let out = overlay(
+        tmp.path(),
+        &[
+            "--base",
+            &format!("{}/base:docker", reg.host()),
+            "--tag",
+            &dst,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("nothing to do"));
+
+    let base = format!("{}/base:docker", reg.host());
+    let cases: [(&str, &[u8], u32, &str); 2] = [
+        ("not-exec", b"\x7fELF", 0o644, "is not executable"),
+        (
+            "script",
+            b"#!/bin/sh\necho hi\n",
+            0o755,
+            "is not an ELF executable",
+        ),
+    ];
+    for (name, data, mode, msg) in cases {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, data).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut c = mosnctl(&empty_docker_config(tmp.path()));
+        c.args([
+            "overlay", "--base", &base, "--tag", &dst, "--push", "--binary",
+        ])
+        .arg(&p);
+        let out = run(c);
+        assert!(!out.status.success());
+        assert!(stderr_of(&out).contains(msg), "{}", stderr_of(&out));
+    }
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.args([
+        "overlay", "--base", &base, "--tag", &dst, "--push", "--binary",
+    ])
+    .arg(tmp.path().join("missing"));
+    let out = run(c);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("does not exist"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn disk_full_leaves_no_partial_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = tmp.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    let base = tmp.path().join("base");
+    umoci_base(&base, "v1");
+    let archive = small.join("out.tar");
+    let out = overlay(
+        tmp.path(),
+        &[
+            "--base",
+            &format!("oci:{}:v1", base.display()),
+            "--tag",
+            "x/y:z",
+            "--output",
+            &format!("docker-archive:{}", archive.display()),
+        ],
+    );
+    let left: Vec<_> = std::fs::read_dir(&small)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    assert!(
+        !out.status.success(),
+        "a 256 KiB disk cannot hold the archive"
+    );
+    assert!(
+        stderr_of(&out).contains("No space left on device"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(left.is_empty(), "nothing left behind: {left:?}");
+}
