@@ -41,6 +41,19 @@ pub enum MountOutcome {
     Refused(StatusCode),
 }
 
+/// "Cannot reach" with the cause and a remedy.
+fn unreachable(api_host: &str, e: reqwest::Error, allow_http: bool) -> anyhow::Error {
+    anyhow!(e).context(format!(
+        "cannot reach the registry {api_host}\n\n\
+         help: check the address and that the registry is running{}",
+        if allow_http {
+            ""
+        } else {
+            "; for a plain-HTTP registry pass --insecure"
+        }
+    ))
+}
+
 /// The `errors` of a distribution error body, as one line.
 fn error_text(body: &[u8]) -> String {
     let v: serde_json::Value = match serde_json::from_slice(body) {
@@ -92,7 +105,7 @@ impl Registry {
         let http = builder.build().context("cannot set up the HTTP client")?;
         let creds = auth::lookup(name);
         tracing::debug!(registry = name, ?creds, "connecting");
-        let mut last_err = None;
+        let mut https_err: Option<reqwest::Error> = None;
         for scheme in if allow_http {
             &["https", "http"][..]
         } else {
@@ -100,38 +113,43 @@ impl Registry {
         } {
             let base = Url::parse(&format!("{scheme}://{api_host}/"))
                 .with_context(|| format!("`{api_host}` is not a registry host"))?;
-            match http.get(base.join("v2/")?).send().await {
-                Ok(resp) => {
-                    let reg = Registry {
-                        http,
-                        base,
-                        name: name.to_string(),
-                        creds,
-                        scopes,
-                        authorization: Mutex::new(None),
-                    };
-                    match resp.status() {
-                        s if s.is_success() => {}
-                        StatusCode::UNAUTHORIZED => reg.authenticate(&resp).await?,
-                        s => {
-                            bail!("{api_host} does not look like a registry: GET /v2/ answered {s}")
-                        }
-                    }
-                    return Ok(reg);
+            let resp = match http.get(base.join("v2/")?).send().await {
+                Ok(resp) => resp,
+                Err(e) if https_err.is_none() => {
+                    https_err = Some(e);
+                    continue;
                 }
-                Err(e) => last_err = Some(e),
+                Err(e) => return Err(unreachable(api_host, https_err.unwrap_or(e), allow_http)),
+            };
+            let status = resp.status();
+            if !status.is_success() && status != StatusCode::UNAUTHORIZED {
+                // Plain HTTP to a TLS port answers 400: the HTTPS error is the real story.
+                if let Some(e) = https_err {
+                    return Err(anyhow!(e).context(format!(
+                        "cannot talk TLS to the registry {api_host}, and plain HTTP answered {status}\n\n\
+                         help: for a private CA pass --ca-file CA.pem (or --insecure to skip verification)"
+                    )));
+                }
+                bail!("{api_host} does not look like a registry: GET /v2/ answered {status}");
             }
+            let reg = Registry {
+                http,
+                base,
+                name: name.to_string(),
+                creds,
+                scopes,
+                authorization: Mutex::new(None),
+            };
+            if status == StatusCode::UNAUTHORIZED {
+                reg.authenticate(&resp).await?;
+            }
+            return Ok(reg);
         }
-        let e = last_err.expect("at least one scheme was tried");
-        Err(anyhow!(e).context(format!(
-            "cannot reach the registry {api_host}\n\n\
-             help: check the address and that the registry is running{}",
-            if allow_http {
-                ""
-            } else {
-                "; for a plain-HTTP registry pass --insecure"
-            }
-        )))
+        Err(unreachable(
+            api_host,
+            https_err.expect("https was tried"),
+            allow_http,
+        ))
     }
 
     /// Answer a 401's challenge: remember a Basic header or fetch a bearer token.
