@@ -192,9 +192,19 @@ pub fn pack(req: &Request) -> Result<Release> {
     let linux_sha = fsutil::sha256_hex(&linux);
     let linux_tgz = tarball(&linux, req.mtime)?;
     let mut files = Vec::new();
-    // The CentOS tarball holds the same binary: compress once, write twice.
+    // The CentOS tarball holds the same binary: compress and hash once, write twice.
+    let linux_packed = Packed {
+        name: LINUX.into(),
+        sha256: fsutil::sha256_hex(&linux_tgz),
+        size: linux_tgz.len() as u64,
+        binary_sha256: linux_sha.clone(),
+    };
     for name in [LINUX, CENTOS] {
-        files.push(write_tarball(&req.out, name, &linux_tgz, &linux_sha)?);
+        fsutil::write_atomic(&req.out.join(name), &linux_tgz)?;
+        files.push(Packed {
+            name: name.into(),
+            ..linux_packed.clone()
+        });
     }
     let macos_path = req.out.join(MACOS);
     match &req.macos {
