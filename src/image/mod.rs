@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod engine;
+pub mod inject;
 pub mod istio;
 pub mod layer;
 pub mod layout;
