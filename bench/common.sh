@@ -4,6 +4,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cargo build --release -q -p mosnctl --manifest-path "$ROOT/Cargo.toml"
 MOSNCTL="${CARGO_TARGET_DIR:-$ROOT/target}/release/mosnctl"
 WORK="$(mktemp -d /tmp/mosnctl-bench.XXXXXX)"
+chmod 755 "$WORK" # nginx workers run as www-data
 trap 'rm -rf "$WORK"; kill $(jobs -p) 2>/dev/null || true' EXIT
 
 # A ~40 MB ELF made of real machine code: shared libraries back to back. Compresses like a

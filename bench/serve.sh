@@ -24,9 +24,11 @@ trap 'nginx -c "$WORK/nginx.conf" -p "$WORK" -s stop 2>/dev/null; kill $(jobs -p
 "$MOSNCTL" serve-artifacts --dir "$WORK/release" --addr 127.0.0.1:18182 >/dev/null 2>"$WORK/mosnctl-access.log" &
 sleep 1
 
-rate() { # bytes/s from wrk's "Transfer/sec"
-  wrk -t2 -c"$CONNS" -d"$DURATION" "$1" | awk '/Transfer\/sec/ {v=$2; u=substr(v,length(v)-1); n=v+0;
-    m=(u=="GB")?1073741824:(u=="MB")?1048576:(u=="KB")?1024:1; printf "%.0f\n", n*m}'
+rate() { # bytes/s from wrk's "Transfer/sec"; refuses runs with error answers
+  local out; out=$(wrk -t2 -c"$CONNS" -d"$DURATION" "$1")
+  if grep -q "Non-2xx" <<<"$out"; then echo "error answers from $1:" >&2; echo "$out" >&2; exit 1; fi
+  awk '/Transfer\/sec/ {v=$2; u=substr(v,length(v)-1); n=v+0;
+    m=(u=="GB")?1073741824:(u=="MB")?1048576:(u=="KB")?1024:1; printf "%.0f\n", n*m}' <<<"$out"
 }
 n=$(rate http://127.0.0.1:18181/mosn.tar.gz); m=$(rate http://127.0.0.1:18182/mosn.tar.gz)
 n2=$(rate http://127.0.0.1:18181/mosn.tar.gz); m2=$(rate http://127.0.0.1:18182/mosn.tar.gz)
