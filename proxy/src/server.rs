@@ -1,12 +1,279 @@
-//! Process lifecycle: runtime, listeners, admin, drain and signals.
+//! Process lifecycle: the Tokio runtime (`--concurrency` workers), admin and listeners, the
+//! `server.state` gauge pilot-agent polls, drain and shutdown.
 
 use crate::cli::Options;
-use crate::config::{LoadedBootstrap, Snapshot};
-use crate::stats::Stats;
-use std::sync::Arc;
+use crate::config::{ConfigStore, LoadedBootstrap, Snapshot};
+use crate::proxy::RunningListener;
+use crate::stats::{server_state, Stat, Stats};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How the process is asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// `/quitquitquit`: exit now.
+    Quit,
+    /// SIGTERM/SIGINT: drain for `--drain-time-s`, then exit.
+    Terminate,
+}
+
+/// Shared state of a running proxy.
+#[derive(Debug)]
+pub struct Server {
+    /// The current config snapshot.
+    pub store: Arc<ConfigStore>,
+    /// All stats.
+    pub stats: Arc<Stats>,
+    /// Command line.
+    pub opts: Options,
+    /// Start time (uptime).
+    pub started: Instant,
+    /// `--drain-time-s` (default 600 s as in Envoy).
+    pub drain_time: Duration,
+    /// Worker threads.
+    pub concurrency: usize,
+    /// Bound listeners.
+    pub listeners: Mutex<Vec<Arc<RunningListener>>>,
+    /// Bound admin address.
+    pub admin_addr: Mutex<Option<SocketAddr>>,
+    /// Set by `/healthcheck/fail`.
+    pub healthcheck_failed: AtomicBool,
+    state: Arc<Stat>,
+    live: Arc<Stat>,
+    shutdown: watch::Sender<Option<Shutdown>>,
+}
+
+impl Server {
+    /// Build the shared state; nothing is bound yet.
+    pub fn new(opts: Options, snap: Snapshot, stats: Arc<Stats>) -> Arc<Self> {
+        let state = stats.gauge("server.state");
+        state.set(server_state::PRE_INITIALIZING);
+        let concurrency = match opts.concurrency {
+            Some(n) if n > 0 => n,
+            _ => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        };
+        stats.gauge("server.concurrency").set(concurrency as u64);
+        stats.gauge("server.hot_restart_epoch").set(0);
+        let live = stats.gauge("server.live");
+        let (shutdown, _) = watch::channel(None);
+        Arc::new(Server {
+            store: ConfigStore::new(snap),
+            drain_time: Duration::from_secs(opts.drain_time_s.unwrap_or(600)),
+            opts,
+            stats,
+            started: Instant::now(),
+            concurrency,
+            listeners: Mutex::new(Vec::new()),
+            admin_addr: Mutex::new(None),
+            healthcheck_failed: AtomicBool::new(false),
+            state,
+            live,
+            shutdown,
+        })
+    }
+
+    /// Bind admin and listeners and start serving (inside the runtime).
+    pub async fn start(self: &Arc<Self>) -> Result<(), String> {
+        let snap = self.store.load();
+        for c in snap.clusters.values() {
+            c.start();
+        }
+        let boot = snap.bootstrap.clone();
+        if let Some(a) = boot
+            .as_ref()
+            .and_then(|b| b.proto.admin.as_ref())
+            .and_then(|a| a.address.as_ref())
+        {
+            match crate::cluster::address(Some(a))? {
+                crate::cluster::Addr::Socket(ip, port) => {
+                    let ip: std::net::IpAddr = ip
+                        .parse()
+                        .map_err(|_| format!("admin address {ip:?} is not an IP"))?;
+                    let bound = crate::admin::serve(self.clone(), SocketAddr::new(ip, port))
+                        .await
+                        .map_err(|e| format!("cannot bind admin {ip}:{port}: {e}"))?;
+                    *self.admin_addr.lock().unwrap() = Some(bound);
+                }
+                crate::cluster::Addr::Pipe(p) => {
+                    return Err(format!("admin on a pipe ({p}) is not supported"))
+                }
+            }
+        }
+        for l in snap.listeners.iter().filter(|l| l.bind) {
+            let running = crate::proxy::bind(l.clone(), self.store.clone(), self.stats.clone())
+                .await
+                .map_err(|e| format!("cannot bind listener {} on {}: {e}", l.name, l.address))?;
+            self.listeners.lock().unwrap().push(running);
+        }
+        self.stats
+            .gauge("listener_manager.total_listeners_active")
+            .set(snap.listeners.len() as u64);
+        self.stats
+            .gauge("cluster_manager.active_clusters")
+            .set(snap.clusters.len() as u64);
+        self.stats.gauge("listener_manager.workers_started").set(1);
+        let dynamic = boot
+            .as_ref()
+            .and_then(|b| b.proto.dynamic_resources.as_ref())
+            .is_some_and(|d| {
+                d.lds_config.is_some() || d.cds_config.is_some() || d.ads_config.is_some()
+            });
+        if dynamic {
+            // Waiting for the initial xDS config; the xDS client flips this to LIVE.
+            self.state.set(server_state::INITIALIZING);
+            tracing::warn!("bootstrap asks for xDS, which this build does not implement yet; staying INITIALIZING");
+        } else {
+            // A static bootstrap is the complete initial config: count it as the first
+            // CDS/LDS update so pilot-agent's readiness check (which needs both > 0) passes.
+            self.stats
+                .counter("cluster_manager.cds.update_success")
+                .inc();
+            self.stats
+                .counter("listener_manager.lds.update_success")
+                .inc();
+            self.mark_live();
+        }
+        self.stats.counter("cluster_manager.cds.update_rejected");
+        self.stats.counter("listener_manager.lds.update_rejected");
+        Ok(())
+    }
+
+    /// Initial configuration applied and listeners serving: `server.state` becomes LIVE.
+    pub fn mark_live(&self) {
+        self.state.set(server_state::LIVE);
+        self.live.set(1);
+    }
+
+    /// Envoy's state value.
+    pub fn state(&self) -> u64 {
+        self.state.get()
+    }
+
+    /// Envoy's state name (`ServerInfo.State`).
+    pub fn state_name(&self) -> &'static str {
+        match self.state() {
+            server_state::LIVE => "LIVE",
+            server_state::DRAINING => "DRAINING",
+            server_state::PRE_INITIALIZING => "PRE_INITIALIZING",
+            _ => "INITIALIZING",
+        }
+    }
+
+    /// `POST /drain_listeners`: inbound-only and/or graceful as in Envoy. Graceful drains
+    /// connections now and stops accepting after the drain time; otherwise stop at once.
+    pub fn drain_listeners(self: &Arc<Self>, inbound_only: bool, graceful: bool) {
+        let targets: Vec<Arc<RunningListener>> = self
+            .listeners
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| !inbound_only || l.config.proto.traffic_direction == 1)
+            .cloned()
+            .collect();
+        if graceful {
+            self.state.set(server_state::DRAINING);
+            self.live.set(0);
+            for l in &targets {
+                l.drain();
+            }
+            let wait = self.drain_time;
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                targets.iter().for_each(|l| l.stop());
+            });
+        } else {
+            for l in &targets {
+                l.stop();
+                l.drain();
+            }
+        }
+    }
+
+    /// Ask the process to end.
+    pub fn shutdown(&self, how: Shutdown) {
+        self.shutdown.send_replace(Some(how));
+    }
+
+    /// Wait until asked to end (signal or admin), drain if needed, and stop listeners.
+    pub async fn wait(self: &Arc<Self>) -> i32 {
+        let mut rx = self.shutdown.subscribe();
+        let how = tokio::select! {
+            r = rx.wait_for(|s| s.is_some()) => r.ok().and_then(|s| *s).unwrap_or(Shutdown::Quit),
+            _ = terminate_signal() => Shutdown::Terminate,
+        };
+        if how == Shutdown::Terminate {
+            tracing::info!(
+                "terminating: draining listeners for up to {:?}",
+                self.drain_time
+            );
+            self.state.set(server_state::DRAINING);
+            self.live.set(0);
+            let all: Vec<_> = self.listeners.lock().unwrap().clone();
+            all.iter().for_each(|l| l.drain());
+            let deadline = Instant::now() + self.drain_time;
+            // Exit early once every downstream connection has closed.
+            while Instant::now() < deadline
+                && all
+                    .iter()
+                    .any(|l| l.connections.load(Ordering::Relaxed) > 0)
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        for l in self.listeners.lock().unwrap().iter() {
+            l.stop();
+            l.drain();
+        }
+        0
+    }
+}
+
+async fn terminate_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
 
 /// Run the proxy until it is told to stop; returns the exit code.
-pub fn run(_opts: Options, _boot: LoadedBootstrap, _snap: Snapshot, _stats: Arc<Stats>) -> i32 {
-    eprintln!("mosn: serving is not implemented yet");
-    1
+pub fn run(opts: Options, _boot: LoadedBootstrap, snap: Snapshot, stats: Arc<Stats>) -> i32 {
+    let server = Server::new(opts.clone(), snap, stats);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(server.concurrency)
+        .thread_name("mosn-worker")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mosn: cannot start runtime: {e}");
+            return 1;
+        }
+    };
+    let code = rt.block_on(async {
+        if let Err(e) = server.start().await {
+            eprintln!("mosn: {e}");
+            return 1;
+        }
+        if opts.mode == crate::cli::Mode::InitOnly {
+            return 0;
+        }
+        tracing::info!(admin = ?server.admin_addr.lock().unwrap(), "mosn started ({} workers)", server.concurrency);
+        server.wait().await
+    });
+    // Do not wait for in-flight tasks (idle keep-alive connections) after the drain.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    code
 }

@@ -4,6 +4,7 @@
 
 pub mod connector;
 mod dns;
+pub mod h2pool;
 pub mod host;
 pub mod outlier;
 pub mod stats;
@@ -94,7 +95,8 @@ pub struct Cluster {
     /// Unix-socket endpoints (`pipe`), kept for the xDS/SDS clients.
     pub pipes: Vec<String>,
     h1: UpstreamClient,
-    h2: UpstreamClient,
+    /// HTTP/2 connections.
+    pub h2: Arc<h2pool::H2Pool>,
     /// Upstream protocol.
     pub protocol: UpstreamProtocol,
     /// Circuit breakers.
@@ -216,14 +218,11 @@ impl Cluster {
             .unwrap_or(Duration::from_secs(5));
         let connector =
             CountingConnector::new(stats.clone(), connect_timeout, breakers.max_connections);
-        let client = |h2: bool| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .timer(TokioTimer::new())
-                .http2_only(h2)
-                .build(connector.clone())
-        };
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .timer(TokioTimer::new())
+            .build(connector.clone());
         let set = HostSet::new(static_hosts, &lb);
         let cluster = Cluster {
             name: c.name.clone(),
@@ -234,8 +233,8 @@ impl Cluster {
                 .filter(|d| !d.is_zero())
                 .unwrap_or(Duration::from_secs(5)),
             pipes,
-            h1: client(false),
-            h2: client(true),
+            h1,
+            h2: h2pool::H2Pool::new(connector),
             protocol,
             breakers,
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
@@ -284,19 +283,18 @@ impl Cluster {
         self.hosts.load().choose(&self.lb, ctx)
     }
 
-    /// The client for a request that arrived over `downstream` HTTP version.
-    pub fn client(&self, downstream: http::Version) -> &UpstreamClient {
-        match self.protocol {
-            UpstreamProtocol::Http1 => &self.h1,
-            UpstreamProtocol::Http2 => &self.h2,
-            UpstreamProtocol::UseDownstream if downstream == http::Version::HTTP_2 => &self.h2,
-            UpstreamProtocol::UseDownstream => &self.h1,
-        }
+    /// The pooled HTTP/1.1 client.
+    pub fn h1(&self) -> &UpstreamClient {
+        &self.h1
     }
 
-    /// Whether requests to this cluster go out as HTTP/2.
+    /// Whether a request that arrived over `downstream` goes upstream as HTTP/2.
     pub fn is_h2(&self, downstream: http::Version) -> bool {
-        std::ptr::eq(self.client(downstream), &self.h2)
+        match self.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::UseDownstream => downstream == http::Version::HTTP_2,
+        }
     }
 
     /// Record an upstream result for outlier detection. `status` None = local-origin failure.

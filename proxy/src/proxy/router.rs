@@ -1,0 +1,407 @@
+//! The router filter: host selection, upstream request, timeouts and Envoy's retry semantics.
+
+use super::body::{BoxBody, Guarded, RequestBody};
+use super::local_reply::{Flag, LocalReply};
+use crate::cluster::connector::{BoxError, ConnectError};
+use crate::cluster::host::{ActiveRequest, Host};
+use crate::cluster::{Cluster, Discovery};
+use crate::lb::{hash, LbContext};
+use crate::route::action::{ForwardAction, RetryPolicy};
+use crate::stats::Stat;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Request facts the router needs besides the request itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Downstream {
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Original destination of the connection (ORIGINAL_DST clusters).
+    pub original_dst: SocketAddr,
+}
+
+/// Why one attempt failed.
+enum AttemptError {
+    Connect(LocalReply),
+    Reset(String),
+    PerTryTimeout,
+}
+
+/// Keeps `upstream_rq_active` and the host's active count right until the response ends.
+struct RqGuard {
+    active: Arc<Stat>,
+    _host: ActiveRequest,
+}
+
+impl Drop for RqGuard {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+/// Forward `parts`/`body` to `cluster` per `action`; `retry` is the effective retry policy.
+pub async fn forward(
+    cluster: Arc<Cluster>,
+    action: &ForwardAction,
+    retry: Option<&RetryPolicy>,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    down: Downstream,
+) -> Result<Response<BoxBody>, LocalReply> {
+    let stats = cluster.stats.clone();
+    // Circuit breakers: requests, and (approximated for pooled HTTP/1) pending requests.
+    let active = stats.rq_active.get();
+    if active >= cluster.breakers.max_requests {
+        stats.rq_pending_overflow.inc();
+        return Err(LocalReply::reset("overflow", Flag::UpstreamOverflow));
+    }
+    if stats.cx_active.get() >= cluster.breakers.max_connections
+        && active.saturating_sub(stats.cx_active.get()) >= cluster.breakers.max_pending
+    {
+        stats.rq_pending_overflow.inc();
+        return Err(LocalReply::reset("overflow", Flag::UpstreamOverflow));
+    }
+    let retries = retry.map(|r| r.num_retries).unwrap_or(0);
+    let mut body = RequestBody::prepare(body, retries > 0).await.map_err(|e| {
+        LocalReply::new(
+            400,
+            format!("bad request body: {e}"),
+            Flag::DownstreamConnectionTermination,
+        )
+    })?;
+    let started = Instant::now();
+    let deadline = action.timeout.map(|t| started + t);
+    if let Some(t) = action.timeout {
+        if let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string()) {
+            parts.headers.insert("x-envoy-expected-rq-timeout-ms", v);
+        }
+    }
+    let (path, query) = match parts.uri.path_and_query() {
+        Some(pq) => (pq.as_str().to_string(), pq.query().map(str::to_string)),
+        None => ("/".to_string(), None),
+    };
+    let hash = if action.hash_policy.is_empty() {
+        None
+    } else {
+        hash::compute(
+            &action.hash_policy,
+            &parts.headers,
+            query.as_deref(),
+            Some(down.peer.ip()),
+        )
+    };
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempt = 0u32;
+    let mut in_retry = false;
+    loop {
+        let exclude: &[SocketAddr] = if retry.is_some_and(|r| r.skip_previous_hosts) {
+            &tried
+        } else {
+            &[]
+        };
+        let host = match pick_host(&cluster, &parts.headers, down, hash, exclude) {
+            Some(h) => h,
+            None => {
+                stats.cx_none_healthy.inc();
+                end_retry(&cluster, &mut in_retry);
+                return Err(LocalReply::no_healthy_upstream());
+            }
+        };
+        tried.push(host.addr);
+        let Some(req_body) = body.take() else {
+            end_retry(&cluster, &mut in_retry);
+            return Err(LocalReply::reset(
+                "connection termination",
+                Flag::UpstreamRemoteReset,
+            ));
+        };
+        let req = build_request(&cluster, &parts, &path, &host, req_body);
+        let per_try = retry.and_then(|r| r.per_try_timeout);
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let wait = match (per_try, remaining) {
+            (Some(p), Some(r)) => Some(p.min(r)),
+            (p, r) => p.or(r),
+        };
+        stats.rq_total.inc();
+        stats.rq_active.inc();
+        let guard = RqGuard {
+            active: stats.rq_active.clone(),
+            _host: ActiveRequest::new(host.clone()),
+        };
+        let outcome = send(&cluster, &host, req, down, wait).await;
+        let global_expired = deadline.is_some_and(|d| Instant::now() >= d);
+        let can_retry = attempt < retries && body.replayable() && !global_expired;
+        match outcome {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                cluster.record_result(&host, Some(status));
+                stats.response(status);
+                let grpc = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                let retriable = retry.is_some_and(|r| r.retry_status(status, grpc));
+                if retriable
+                    && can_retry
+                    && next_retry(&cluster, retry.unwrap(), attempt, &mut in_retry).await
+                {
+                    attempt += 1;
+                    continue;
+                }
+                if in_retry {
+                    stats.rq_retry_success.inc();
+                }
+                end_retry(&cluster, &mut in_retry);
+                let (mut rp, rb) = resp.into_parts();
+                strip_hop_by_hop(&mut rp.headers);
+                if let Ok(v) = HeaderValue::from_str(&started.elapsed().as_millis().to_string()) {
+                    rp.headers.insert("x-envoy-upstream-service-time", v);
+                }
+                let body = Guarded::wrap(super::body::boxed(rb), guard);
+                return Ok(Response::from_parts(rp, body));
+            }
+            Err(e) => {
+                drop(guard);
+                cluster.record_result(&host, None);
+                let (reply, retriable) = match e {
+                    AttemptError::Connect(r) => {
+                        let retriable = r.flags.contains(&Flag::UpstreamConnectionFailure)
+                            && retry.is_some_and(|p| p.retry_connect_failure());
+                        (r, retriable)
+                    }
+                    AttemptError::Reset(reason) => {
+                        let refused = reason.contains("refused");
+                        let retriable = retry
+                            .is_some_and(|p| p.retry_reset() || (refused && p.on.refused_stream));
+                        (
+                            LocalReply::reset(&reason, Flag::UpstreamRemoteReset),
+                            retriable,
+                        )
+                    }
+                    AttemptError::PerTryTimeout if global_expired || per_try.is_none() => {
+                        stats.rq_timeout.inc();
+                        end_retry(&cluster, &mut in_retry);
+                        return Err(LocalReply::timeout());
+                    }
+                    AttemptError::PerTryTimeout => {
+                        stats.rq_per_try_timeout.inc();
+                        (
+                            LocalReply::timeout(),
+                            retry.is_some_and(|p| p.retry_reset()),
+                        )
+                    }
+                };
+                if retriable
+                    && can_retry
+                    && next_retry(&cluster, retry.unwrap(), attempt, &mut in_retry).await
+                {
+                    attempt += 1;
+                    continue;
+                }
+                end_retry(&cluster, &mut in_retry);
+                if global_expired {
+                    stats.rq_timeout.inc();
+                    return Err(LocalReply::timeout());
+                }
+                let mut reply = reply;
+                if retriable && attempt > 0 {
+                    reply.flags.push(Flag::UpstreamRetryLimitExceeded);
+                }
+                return Err(reply);
+            }
+        }
+    }
+}
+
+/// Take a retry slot and back off (Envoy: random in [0, base × 2^attempt], capped).
+async fn next_retry(
+    cluster: &Cluster,
+    policy: &RetryPolicy,
+    attempt: u32,
+    in_retry: &mut bool,
+) -> bool {
+    if !*in_retry {
+        if !cluster.begin_retry() {
+            return false;
+        }
+        *in_retry = true;
+    }
+    cluster.stats.rq_retry.inc();
+    let ceiling = policy
+        .backoff_base
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(policy.backoff_max);
+    let ms = ceiling.as_millis() as u64;
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=ms))).await;
+    }
+    true
+}
+
+fn end_retry(cluster: &Cluster, in_retry: &mut bool) {
+    if std::mem::take(in_retry) {
+        cluster.end_retry();
+    }
+}
+
+fn pick_host(
+    cluster: &Cluster,
+    headers: &HeaderMap,
+    down: Downstream,
+    hash: Option<u64>,
+    exclude: &[SocketAddr],
+) -> Option<Arc<Host>> {
+    if let Discovery::OriginalDst {
+        header,
+        port_override,
+    } = &cluster.discovery
+    {
+        let mut addr = match header {
+            Some(h) => headers.get(h)?.to_str().ok()?.parse::<SocketAddr>().ok()?,
+            None => down.original_dst,
+        };
+        if let Some(p) = port_override {
+            addr.set_port(*p);
+        }
+        return Some(Arc::new(Host::new(addr, String::new(), 1, 0)));
+    }
+    cluster.choose(&LbContext { hash, exclude })
+}
+
+fn build_request(
+    cluster: &Cluster,
+    parts: &http::request::Parts,
+    path: &str,
+    host: &Host,
+    body: BoxBody,
+) -> Request<BoxBody> {
+    let h2 = cluster.is_h2(parts.version);
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    let authority = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| host.addr.to_string());
+    let uri = if h2 {
+        headers.remove(http::header::HOST);
+        format!("http://{authority}{path}")
+    } else {
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            headers.insert(http::header::HOST, v);
+        }
+        format!("http://{}{path}", host.addr)
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    *req.version_mut() = if h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    *req.headers_mut() = headers;
+    req
+}
+
+async fn send(
+    cluster: &Cluster,
+    host: &Host,
+    req: Request<BoxBody>,
+    _down: Downstream,
+    wait: Option<Duration>,
+) -> Result<Response<Incoming>, AttemptError> {
+    let fut = async {
+        if cluster.is_h2(req.version()) {
+            let mut sender = cluster.h2.sender(host.addr).await.map_err(connect_error)?;
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| AttemptError::Reset(reset_reason(&e)))
+        } else {
+            cluster.h1().request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    connect_error(e.into())
+                } else {
+                    AttemptError::Reset(reset_reason(&e))
+                }
+            })
+        }
+    };
+    match wait {
+        Some(w) => tokio::time::timeout(w, fut)
+            .await
+            .unwrap_or(Err(AttemptError::PerTryTimeout)),
+        None => fut.await,
+    }
+}
+
+fn connect_error(e: BoxError) -> AttemptError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(s) = src {
+        if let Some(c) = s.downcast_ref::<ConnectError>() {
+            return AttemptError::Connect(match c {
+                ConnectError::Overflow => LocalReply::reset("overflow", Flag::UpstreamOverflow),
+                _ => LocalReply::reset("connection failure", Flag::UpstreamConnectionFailure),
+            });
+        }
+        src = s.source();
+    }
+    AttemptError::Connect(LocalReply::reset(
+        "connection failure",
+        Flag::UpstreamConnectionFailure,
+    ))
+}
+
+fn reset_reason(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    if msg.contains("REFUSED_STREAM") || msg.contains("refused stream") {
+        "remote refused stream reset".into()
+    } else {
+        format!("remote reset ({msg})")
+    }
+}
+
+/// Remove connection-level headers that must not be forwarded.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h
+        .get(http::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    {
+        for name in conn.split(',') {
+            let name = name.trim();
+            if !name.is_empty()
+                && !name.eq_ignore_ascii_case("close")
+                && !name.eq_ignore_ascii_case("keep-alive")
+            {
+                h.remove(name);
+            }
+        }
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        h.remove(name);
+    }
+    // "te: trailers" is meaningful for gRPC; anything else is hop-by-hop.
+    if h.get(http::header::TE)
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
+        h.remove(http::header::TE);
+    }
+}

@@ -1,0 +1,305 @@
+//! The HTTP connection manager for one request: route lookup, fault and CORS filters, the
+//! route's action, header mutations at every level, and Envoy's local replies.
+
+use super::body::{full, BoxBody};
+use super::hcm::HttpFilter;
+use super::local_reply::{Flag, LocalReply};
+use super::router::{self, Downstream};
+use super::ConnCtx;
+use crate::route::action::{split_host_port, Action, ClusterTarget, ForwardAction, WeightedTarget};
+use crate::route::headers::HeaderPolicy;
+use crate::route::{Route, RouteConfig, VirtualHost};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+/// Handle one downstream request; never fails (errors become local replies).
+pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<BoxBody> {
+    let stats = &ctx.stats;
+    stats.rq_total.inc();
+    stats.rq_active.inc();
+    let mut resp = match route_request(&ctx, req).await {
+        Ok(r) => r,
+        Err(reply) => reply.into_response(&ctx.hcm.server_name),
+    };
+    stats.rq_active.dec();
+    stats.status(resp.status().as_u16());
+    if *ctx.draining.borrow() {
+        // Draining: ask HTTP/1 clients to reconnect elsewhere (h2 gets GOAWAY from hyper).
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// The Host used for virtual-host matching.
+fn request_host(ctx: &ConnCtx, req: &Request<Incoming>) -> String {
+    let raw = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let (host, port) = split_host_port(&raw);
+    if ctx.hcm.strip_any_host_port
+        || (ctx.hcm.strip_matching_host_port && port == Some(ctx.listener_port))
+    {
+        return host.to_string();
+    }
+    raw
+}
+
+/// Pick the cluster of a forward action (weighted choice, cluster header).
+fn choose_cluster<'a>(
+    a: &'a ForwardAction,
+    headers: &HeaderMap,
+) -> (Option<String>, Option<&'a WeightedTarget>) {
+    let from_header = |h: &http::HeaderName| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    match &a.target {
+        ClusterTarget::Name(n) => (Some(n.clone()), None),
+        ClusterTarget::Header(h) => (from_header(h), None),
+        ClusterTarget::Weighted { targets, total } => {
+            let mut r = fastrand::u64(0..*total);
+            for t in targets {
+                if r < t.weight {
+                    let name = match &t.cluster_header {
+                        Some(h) => from_header(h),
+                        None => Some(t.name.clone()),
+                    };
+                    return (name, Some(t));
+                }
+                r -= t.weight;
+            }
+            (None, None)
+        }
+    }
+}
+
+/// Header policies from most to least specific (Envoy's default order, so the route
+/// configuration level wins conflicts).
+fn policies<'a>(
+    wt: Option<&'a WeightedTarget>,
+    route: &'a Route,
+    vh: &'a VirtualHost,
+    rc: &'a RouteConfig,
+) -> Vec<&'a HeaderPolicy> {
+    let mut v = Vec::with_capacity(4);
+    if let Some(w) = wt {
+        v.push(&w.headers);
+    }
+    v.extend([&route.headers, &vh.headers, &rc.headers]);
+    v
+}
+
+async fn route_request(
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody>, LocalReply> {
+    let snap = ctx.store.load();
+    let no_route = || LocalReply::new(404, "", Flag::NoRoute);
+    let Some(rc) = snap.route_config(&ctx.hcm) else {
+        ctx.stats.no_route.inc();
+        return Err(no_route());
+    };
+    let host = request_host(ctx, &req);
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let Some((vh, route)) = rc.route(&host, &path, req.headers()) else {
+        ctx.stats.no_route.inc();
+        return Err(no_route());
+    };
+    let (cluster_name, wt) = match &route.action {
+        Action::Forward(a) => choose_cluster(a, req.headers()),
+        _ => (None, None),
+    };
+    let mut flags = Vec::new();
+    let mut cors = None;
+    for f in &ctx.hcm.filters {
+        match f {
+            HttpFilter::Fault(listener_cfg) => {
+                let cfg = route
+                    .filters
+                    .fault
+                    .as_ref()
+                    .or(vh.filters.fault.as_ref())
+                    .unwrap_or(listener_cfg);
+                let d = cfg.decide(req.headers(), cluster_name.as_deref());
+                if let Some(delay) = d.delay {
+                    ctx.stats.fault_delays.inc();
+                    flags.push(Flag::DelayInjected);
+                    tokio::time::sleep(delay).await;
+                }
+                if let Some((status, grpc)) = d.abort {
+                    ctx.stats.fault_aborts.inc();
+                    flags.push(Flag::FaultInjected);
+                    let mut reply = LocalReply {
+                        status,
+                        body: d.body,
+                        flags,
+                    }
+                    .into_response(&ctx.hcm.server_name);
+                    if let Some(g) = grpc {
+                        let h = reply.headers_mut();
+                        h.insert(
+                            http::header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/grpc"),
+                        );
+                        h.insert("grpc-status", HeaderValue::from(g));
+                        h.insert(
+                            "grpc-message",
+                            HeaderValue::from_static("fault filter abort"),
+                        );
+                    }
+                    return Ok(reply);
+                }
+            }
+            HttpFilter::Cors => {
+                if let Some(p) = route.filters.cors.as_ref().or(vh.filters.cors.as_ref()) {
+                    match p.preflight(req.method(), req.headers()) {
+                        Some(Some(h)) => {
+                            let mut r = Response::new(full(""));
+                            *r.headers_mut() = h;
+                            return Ok(r);
+                        }
+                        Some(None) => return Ok(Response::new(full(""))),
+                        None => cors = Some(p.clone()),
+                    }
+                }
+            }
+            HttpFilter::Router => break,
+        }
+    }
+    let levels = policies(wt, route, vh, &rc);
+    let req_headers_for_cors = cors.as_ref().map(|_| req.headers().clone());
+    let mut resp = match &route.action {
+        Action::Direct { status, body } => {
+            ctx.stats.direct_response.inc();
+            let mut r = Response::new(full(body.clone()));
+            *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            if !body.is_empty() {
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain"),
+                );
+            }
+            r
+        }
+        Action::Redirect(rd) => {
+            let loc = rd.location("http", &host, &path, route.matched_prefix());
+            let mut r = Response::new(full(""));
+            *r.status_mut() =
+                StatusCode::from_u16(rd.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = HeaderValue::from_str(&loc) {
+                r.headers_mut().insert(http::header::LOCATION, v);
+            }
+            r
+        }
+        Action::Forward(a) => {
+            let Some(name) = cluster_name else {
+                return Err(LocalReply::new(a.cluster_not_found, "", Flag::NoCluster));
+            };
+            let Some(cluster) = snap.clusters.get(&name).cloned() else {
+                return Err(LocalReply::new(a.cluster_not_found, "", Flag::NoCluster));
+            };
+            let (mut parts, body) = req.into_parts();
+            prepare_upstream_headers(&mut parts, a, wt, route, &path, &levels);
+            let retry = a.retry.as_ref().or(vh.retry.as_ref());
+            let down = Downstream {
+                peer: ctx.peer,
+                original_dst: ctx.original_dst,
+            };
+            match router::forward(cluster, a, retry, parts, body, down).await {
+                Ok(r) => r,
+                Err(mut reply) => {
+                    reply.flags.splice(0..0, flags);
+                    let mut r = reply.into_response(&ctx.hcm.server_name);
+                    levels
+                        .iter()
+                        .for_each(|p| p.response.apply(r.headers_mut()));
+                    return Ok(r);
+                }
+            }
+        }
+    };
+    levels
+        .iter()
+        .for_each(|p| p.response.apply(resp.headers_mut()));
+    if let (Some(p), Some(h)) = (cors, req_headers_for_cors) {
+        p.decorate(&h, resp.headers_mut());
+    }
+    Ok(resp)
+}
+
+fn prepare_upstream_headers(
+    parts: &mut http::request::Parts,
+    a: &ForwardAction,
+    wt: Option<&WeightedTarget>,
+    route: &Route,
+    path: &str,
+    levels: &[&HeaderPolicy],
+) {
+    let h = &mut parts.headers;
+    if !h.contains_key("x-forwarded-proto") {
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !h.contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(&uuid4()) {
+            h.insert("x-request-id", v);
+        }
+    }
+    if let Some(new) = a.rewrite_path(path, route.matched_prefix()) {
+        if let Ok(uri) = http::Uri::builder().path_and_query(new.as_str()).build() {
+            let mut p = http::uri::Parts::from(uri);
+            p.scheme = parts.uri.scheme().cloned();
+            p.authority = parts.uri.authority().cloned();
+            if let Ok(u) = http::Uri::from_parts(p) {
+                parts.uri = u;
+            }
+        }
+    }
+    if let Some(host) = wt
+        .and_then(|w| w.host_rewrite.as_ref())
+        .or(a.host_rewrite.as_ref())
+    {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            h.insert(http::header::HOST, v);
+            if let Ok(auth) = host.parse::<http::uri::Authority>() {
+                let mut p = parts.uri.clone().into_parts();
+                if p.authority.is_some() {
+                    p.authority = Some(auth);
+                    if let Ok(u) = http::Uri::from_parts(p) {
+                        parts.uri = u;
+                    }
+                }
+            }
+        }
+    }
+    for p in levels {
+        p.request.apply(&mut parts.headers);
+    }
+}
+
+/// A random RFC 4122 version-4 UUID, as Envoy generates for `x-request-id`.
+pub fn uuid4() -> String {
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
