@@ -1,0 +1,329 @@
+//! Shared test harness: in-process upstreams (HTTP/1.1 + h2c), an in-process proxy built from a
+//! JSON bootstrap, and small HTTP clients. Everything listens on 127.0.0.1 port 0.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mosn::config::{decode_bootstrap, Snapshot};
+use mosn::server::Server;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Generous bound so a broken test fails instead of hanging.
+pub const HANG: Duration = Duration::from_secs(20);
+
+/// An in-process upstream that echoes what it received as JSON.
+///
+/// Behaviour is driven by request headers so one server serves many tests:
+/// `x-test-status: N` answers N; `x-test-fail-on: NAME` answers 503 only on upstream NAME;
+/// `x-test-reset-on: NAME` closes the connection without answering on upstream NAME;
+/// `x-test-delay-ms: N` waits first; `x-test-hold` waits until [`Upstream::release`].
+pub struct Upstream {
+    /// Listening address.
+    pub addr: SocketAddr,
+    /// Name reported in `x-upstream`.
+    pub name: String,
+    /// Requests served.
+    pub hits: Arc<AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Upstream {
+    /// Requests served so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+    /// Let held requests go.
+    pub fn release(&self) {
+        self.release.notify_waiters();
+    }
+}
+
+/// Start an upstream.
+pub async fn upstream(name: &str) -> Upstream {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (n, h, r) = (name.to_string(), hits.clone(), release.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (n, h, r) = (n.clone(), h.clone(), r.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let (n, h, r) = (n.clone(), h.clone(), r.clone());
+                    async move { echo(req, &n, &h, &r).await }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        name: name.to_string(),
+        hits,
+        release,
+    }
+}
+
+async fn echo(
+    req: http::Request<Incoming>,
+    name: &str,
+    hits: &AtomicUsize,
+    release: &tokio::sync::Notify,
+) -> Result<http::Response<Full<Bytes>>, std::io::Error> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let hdr = |k: &str| {
+        req.headers()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if hdr("x-test-reset-on").as_deref() == Some(name) {
+        return Err(std::io::Error::other("reset as asked"));
+    }
+    if let Some(ms) = hdr("x-test-delay-ms").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if hdr("x-test-hold").is_some() {
+        release.notified().await;
+    }
+    let mut status = hdr("x-test-status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200u16);
+    if hdr("x-test-fail-on").as_deref() == Some(name) {
+        status = 503;
+    }
+    let mut headers = serde_json::Map::new();
+    for k in req.headers().keys() {
+        let all: Vec<&str> = req
+            .headers()
+            .get_all(k)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
+        headers.insert(k.to_string(), json!(all.join(",")));
+    }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let info = json!({
+        "upstream": name,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(""),
+        "authority": parts.uri.authority().map(|a| a.to_string()),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": body.len(),
+    });
+    let mut resp = http::Response::new(Full::new(Bytes::from(info.to_string())));
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut()
+        .insert("x-upstream-remove-me", "yes".parse().unwrap());
+    Ok(resp)
+}
+
+/// A running in-process proxy.
+pub struct Proxy {
+    /// The server.
+    pub server: Arc<Server>,
+}
+
+impl Proxy {
+    /// Address of a bound listener by name.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        let ls = self.server.listeners.lock().unwrap();
+        ls.iter()
+            .find(|l| l.config.name == name)
+            .unwrap_or_else(|| panic!("no listener {name}"))
+            .local_addr
+    }
+    /// The admin address.
+    pub fn admin(&self) -> SocketAddr {
+        self.server.admin_addr.lock().unwrap().expect("admin bound")
+    }
+    /// A stat value (0 if absent).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.server.stats.value(name).unwrap_or(0)
+    }
+}
+
+/// Start a proxy from a bootstrap JSON value.
+pub async fn proxy(boot: Value) -> Proxy {
+    let loaded = decode_bootstrap(boot, true).expect("bootstrap decodes");
+    let stats = mosn::stats::Stats::new();
+    let snap = Snapshot::build(&loaded, &stats).expect("snapshot builds");
+    let server = Server::new(mosn::cli::Options::default(), snap, stats);
+    server.start().await.expect("server starts");
+    Proxy { server }
+}
+
+/// A STATIC cluster over `addrs` with optional extra fields merged in.
+pub fn cluster(name: &str, addrs: &[SocketAddr], extra: Value) -> Value {
+    cluster_weighted(
+        name,
+        &addrs.iter().map(|a| (*a, 1)).collect::<Vec<_>>(),
+        extra,
+    )
+}
+
+/// A STATIC cluster with endpoint weights.
+pub fn cluster_weighted(name: &str, addrs: &[(SocketAddr, u32)], extra: Value) -> Value {
+    let eps: Vec<Value> = addrs
+        .iter()
+        .map(|(a, w)| {
+            json!({"endpoint": {"address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}}},
+                   "load_balancing_weight": w})
+        })
+        .collect();
+    let mut c = json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": eps}]}});
+    mosn::config::merge(&mut c, extra);
+    c
+}
+
+/// An HCM listener named `name` on 127.0.0.1:0 with these virtual hosts and HTTP filters
+/// (the router is appended).
+pub fn listener(name: &str, vhosts: Value, mut filters: Vec<Value>, extra_hcm: Value) -> Value {
+    filters.push(json!({"name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        "route_config": {"name": format!("{name}_routes"), "virtual_hosts": vhosts},
+        "http_filters": filters,
+    });
+    mosn::config::merge(&mut hcm, extra_hcm);
+    json!({"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]})
+}
+
+/// A bootstrap with an admin on port 0.
+pub fn bootstrap(listeners: Vec<Value>, clusters: Vec<Value>) -> Value {
+    json!({"node": {"id": "test~127.0.0.1~test.default~default.svc.cluster.local", "cluster": "test"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters}})
+}
+
+/// A response as seen by a test.
+#[derive(Debug)]
+pub struct Resp {
+    /// Status.
+    pub status: u16,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body text.
+    pub body: String,
+}
+
+impl Resp {
+    /// Body as JSON (the echo upstream's report).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} {}", self.status, self.body))
+    }
+    /// A response header.
+    pub fn header(&self, k: &str) -> Option<&str> {
+        self.headers.get(k).and_then(|v| v.to_str().ok())
+    }
+    /// Which upstream answered.
+    pub fn upstream(&self) -> String {
+        self.header("x-upstream").unwrap_or("").to_string()
+    }
+}
+
+/// Send a request over a fresh HTTP/1.1 (or h2c when `h2`) connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    h2: bool,
+) -> Resp {
+    let fut = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut req = http::Request::builder().method(method);
+        req = if h2 {
+            req.uri(format!(
+                "http://{}{path}",
+                headers
+                    .iter()
+                    .find(|(k, _)| *k == "host")
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or(addr.to_string())
+            ))
+        } else {
+            req.uri(path)
+        };
+        let mut has_host = false;
+        for (k, v) in headers {
+            if *k == "host" {
+                has_host = true;
+                if h2 {
+                    continue;
+                }
+            }
+            req = req.header(*k, *v);
+        }
+        if !has_host && !h2 {
+            req = req.header("host", addr.to_string());
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        let resp = if h2 {
+            let (mut s, c) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(c);
+            s.send_request(req).await.unwrap()
+        } else {
+            let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(c);
+            s.send_request(req).await.unwrap()
+        };
+        let (parts, b) = resp.into_parts();
+        let body = b.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    };
+    tokio::time::timeout(HANG, fut).await.expect("request hung")
+}
+
+/// GET over HTTP/1.1.
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    request(addr, "GET", path, headers, "", false).await
+}
+
+/// An address where nothing listens (bound then closed).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Binomial bounds: is `k` successes of `n` within 5 standard deviations of `p`?
+pub fn within_binomial(k: usize, n: usize, p: f64) -> bool {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (k as f64 - mean).abs() <= 5.0 * sd.max(0.5)
+}

@@ -1,0 +1,267 @@
+//! End-to-end routing through the proxy: virtual hosts, matchers, actions and header mutations.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+fn hv(k: &str, v: &str) -> serde_json::Value {
+    json!({"header": {"key": k, "value": v}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_hosts_matchers_and_actions() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let vhosts = json!([
+        {"name": "reviews", "domains": ["reviews", "reviews.default.svc.cluster.local:9080", "10.0.0.1"],
+         "routes": [
+            {"match": {"prefix": "/", "headers": [{"name": "end-user", "exact_match": "jason"}]}, "route": {"cluster": "b"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]},
+        {"name": "wild", "domains": ["*.example.com", "api.*"],
+         "request_headers_to_add": [hv("x-level", "vhost")],
+         "response_headers_to_add": [hv("x-resp-level", "vhost")],
+         "routes": [
+            {"match": {"path": "/exact"}, "route": {"cluster": "b"}},
+            {"match": {"prefix": "/CaSe", "case_sensitive": false}, "route": {"cluster": "b"}},
+            {"match": {"safe_regex": {"regex": "/re/[0-9]+"}}, "route": {"cluster": "b"}},
+            {"match": {"prefix": "/q", "query_parameters": [{"name": "v", "string_match": {"exact": "2"}}]}, "route": {"cluster": "b"}},
+            {"match": {"prefix": "/h", "headers": [
+                {"name": "x-inv", "string_match": {"exact": "no"}, "invert_match": true},
+                {"name": "x-range", "range_match": {"start": 10, "end": 20}},
+                {"name": "x-absent", "present_match": false},
+                {"name": "x-pre", "prefix_match": "ab"},
+                {"name": "x-ci", "string_match": {"exact": "MiXeD", "ignore_case": true}},
+                {"name": "x-re", "safe_regex_match": {"regex": "v[0-9]"}}]}, "route": {"cluster": "b"}},
+            {"match": {"prefix": "/rewrite/"}, "route": {"cluster": "a", "prefix_rewrite": "/new/", "host_rewrite_literal": "rewritten.local"},
+             "request_headers_to_add": [hv("x-level", "route")],
+             "request_headers_to_remove": ["x-drop-me"],
+             "response_headers_to_add": [hv("x-resp-level", "route")],
+             "response_headers_to_remove": ["x-upstream-remove-me"]},
+            {"match": {"prefix": "/regex/"}, "route": {"cluster": "a", "regex_rewrite": {"pattern": {"regex": "^/regex/([a-z]+)/(\\d+)$"}, "substitution": "/\\2/\\1"}}},
+            {"match": {"prefix": "/direct"}, "direct_response": {"status": 418, "body": {"inline_string": "teapot"}}},
+            {"match": {"prefix": "/redirect"}, "redirect": {"host_redirect": "elsewhere.example.com", "path_redirect": "/moved", "response_code": "FOUND"}},
+            {"match": {"prefix": "/byheader"}, "route": {"cluster_header": "x-cluster"}},
+            {"match": {"prefix": "/missing"}, "route": {"cluster": "no-such-cluster"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]},
+        {"name": "default", "domains": ["*"], "routes": [{"match": {"prefix": "/only"}, "route": {"cluster": "a"}}]}
+    ]);
+    let mut l = listener("l", vhosts, vec![], json!({}));
+    l["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["request_headers_to_add"] =
+        json!([hv("x-level", "global")]);
+    l["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+        ["response_headers_to_add"] =
+        json!([{"header": {"key": "x-resp-level", "value": "global"}, "append": false}]);
+    let p = proxy(bootstrap(
+        vec![l],
+        vec![
+            cluster("a", &[a.addr], json!({})),
+            cluster("b", &[b.addr], json!({})),
+        ],
+    ))
+    .await;
+    let addr = p.addr("l");
+    let up = |r: &Resp| r.upstream();
+
+    // Domains: exact with and without port, IP, wildcards, default.
+    assert_eq!(up(&get(addr, "/", &[("host", "reviews")]).await), "a");
+    assert_eq!(
+        up(&get(
+            addr,
+            "/",
+            &[("host", "reviews.default.svc.cluster.local:9080")]
+        )
+        .await),
+        "a"
+    );
+    assert_eq!(up(&get(addr, "/", &[("host", "10.0.0.1")]).await), "a");
+    assert_eq!(
+        get(addr, "/", &[("host", "reviews:9999")]).await.status,
+        404,
+        "port must match"
+    );
+    assert_eq!(
+        up(&get(addr, "/exact", &[("host", "x.example.com")]).await),
+        "b"
+    );
+    assert_eq!(
+        up(&get(addr, "/exact", &[("host", "api.anything")]).await),
+        "b"
+    );
+    assert_eq!(
+        get(addr, "/exact", &[("host", "example.com")]).await.status,
+        404,
+        "*.x needs a label"
+    );
+    assert_eq!(up(&get(addr, "/only", &[("host", "other")]).await), "a");
+    let nr = get(addr, "/nothing", &[("host", "other")]).await;
+    assert_eq!(
+        (nr.status, nr.header("x-mosn-response-flags")),
+        (404, Some("NR"))
+    );
+
+    // Header match with the deprecated exact_match (Istio 1.10's reviews-test-v2).
+    assert_eq!(
+        up(&get(addr, "/", &[("host", "reviews"), ("end-user", "jason")]).await),
+        "b"
+    );
+    assert_eq!(
+        up(&get(addr, "/", &[("host", "reviews"), ("end-user", "json")]).await),
+        "a"
+    );
+
+    let w = |path: &'static str| async move { up(&get(addr, path, &[("host", "w.example.com")]).await) };
+    assert_eq!(w("/exact").await, "b");
+    assert_eq!(w("/exact?x=1").await, "b", "path match ignores the query");
+    assert_eq!(w("/exact/more").await, "a");
+    assert_eq!(w("/case/x").await, "b", "case-insensitive prefix");
+    assert_eq!(w("/re/123").await, "b");
+    assert_eq!(w("/re/12a").await, "a", "regex must match the whole path");
+    assert_eq!(w("/q?a=1&v=2").await, "b");
+    assert_eq!(w("/q?v=3").await, "a");
+
+    let hdrs_ok = [
+        ("host", "w.example.com"),
+        ("x-inv", "yes"),
+        ("x-range", "15"),
+        ("x-pre", "abc"),
+        ("x-ci", "mixed"),
+        ("x-re", "v7"),
+    ];
+    assert_eq!(up(&get(addr, "/h", &hdrs_ok).await), "b");
+    for (i, bad) in [
+        ("x-inv", "no"),
+        ("x-range", "20"),
+        ("x-pre", "ba"),
+        ("x-ci", "other"),
+        ("x-re", "v77"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut h = hdrs_ok.to_vec();
+        h.retain(|(k, _)| k != &bad.0);
+        h.push(*bad);
+        assert_eq!(up(&get(addr, "/h", &h).await), "a", "case {i}: {bad:?}");
+    }
+    let mut with_absent = hdrs_ok.to_vec();
+    with_absent.push(("x-absent", "1"));
+    assert_eq!(
+        up(&get(addr, "/h", &with_absent).await),
+        "a",
+        "present_match false"
+    );
+
+    // Rewrites and header mutations (route config level wins on conflicts).
+    let r = get(
+        addr,
+        "/rewrite/x?y=1",
+        &[("host", "w.example.com"), ("x-drop-me", "1")],
+    )
+    .await;
+    let j = r.json();
+    assert_eq!(j["path"], "/new/x?y=1");
+    assert_eq!(j["headers"]["host"], "rewritten.local");
+    assert!(j["headers"].get("x-drop-me").is_none());
+    assert_eq!(
+        j["headers"]["x-level"], "route,vhost,global",
+        "appended most specific first"
+    );
+    assert!(j["headers"]["x-request-id"].as_str().unwrap().len() == 36);
+    assert_eq!(j["headers"]["x-forwarded-proto"], "http");
+    assert_eq!(r.header("x-resp-level"), Some("global"));
+    assert!(r.headers.get("x-upstream-remove-me").is_none());
+    assert!(r.header("x-envoy-upstream-service-time").is_some());
+    assert_eq!(
+        get(addr, "/regex/abc/42", &[("host", "w.example.com")])
+            .await
+            .json()["path"],
+        "/42/abc"
+    );
+
+    let d = get(addr, "/direct", &[("host", "w.example.com")]).await;
+    assert_eq!((d.status, d.body.as_str()), (418, "teapot"));
+    assert_eq!(d.header("x-resp-level"), Some("global"));
+    let rd = get(addr, "/redirect?q=1", &[("host", "api.x:8080")]).await;
+    assert_eq!(rd.status, 302);
+    assert_eq!(
+        rd.header("location"),
+        Some("http://elsewhere.example.com/moved?q=1")
+    );
+
+    assert_eq!(
+        up(&get(
+            addr,
+            "/byheader",
+            &[("host", "w.example.com"), ("x-cluster", "b")]
+        )
+        .await),
+        "b"
+    );
+    let nc = get(
+        addr,
+        "/byheader",
+        &[("host", "w.example.com"), ("x-cluster", "zzz")],
+    )
+    .await;
+    assert_eq!(
+        (nc.status, nc.header("x-mosn-response-flags")),
+        (503, Some("NC"))
+    );
+    assert_eq!(
+        get(addr, "/missing", &[("host", "w.example.com")])
+            .await
+            .status,
+        503
+    );
+    assert!(p.stat("http.l.no_route") >= 2);
+    assert!(p.stat("cluster.b.upstream_rq_200") >= 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_downstream_and_upstream() {
+    let a = upstream("a").await;
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/h2up"}, "route": {"cluster": "h2"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "h1"}}]}]);
+    let h2opts = json!({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}});
+    let p = proxy(bootstrap(
+        vec![listener("l", vh, vec![], json!({}))],
+        vec![
+            cluster("h1", &[a.addr], json!({})),
+            cluster("h2", &[a.addr], h2opts),
+        ],
+    ))
+    .await;
+    let addr = p.addr("l");
+    // h2c in, HTTP/1.1 out.
+    let r = request(addr, "POST", "/x", &[("host", "svc.local")], "hello", true).await;
+    let j = r.json();
+    assert_eq!(
+        (
+            r.status,
+            j["version"].as_str(),
+            j["headers"]["host"].as_str()
+        ),
+        (200, Some("HTTP/1.1"), Some("svc.local"))
+    );
+    assert_eq!(j["body_len"], 5);
+    // HTTP/1.1 in, h2c out, :authority is the request's host, connection reused.
+    for _ in 0..3 {
+        let r = get(addr, "/h2up", &[("host", "svc.local:9080")]).await;
+        let j = r.json();
+        assert_eq!(
+            (j["version"].as_str(), j["authority"].as_str()),
+            (Some("HTTP/2.0"), Some("svc.local:9080"))
+        );
+    }
+    assert_eq!(
+        p.stat("cluster.h2.upstream_cx_total"),
+        1,
+        "one multiplexed h2 connection"
+    );
+    // h2c both ways.
+    let r = request(addr, "GET", "/h2up", &[("host", "svc.local")], "", true).await;
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+}
