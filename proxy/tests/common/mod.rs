@@ -22,7 +22,7 @@ pub const HANG: Duration = Duration::from_secs(20);
 /// Behaviour is driven by request headers so one server serves many tests:
 /// `x-test-status: N` answers N; `x-test-fail-on: NAME` answers 503 only on upstream NAME;
 /// `x-test-reset-on: NAME` closes the connection without answering on upstream NAME;
-/// `x-test-delay-ms: N` waits first; `x-test-hold` waits until [`Upstream::release`].
+/// `x-test-delay-ms: N` waits first; `x-test-slow-on: NAME` waits 30 s on upstream NAME; `x-test-hold` waits until [`Upstream::release`].
 pub struct Upstream {
     /// Listening address.
     pub addr: SocketAddr,
@@ -94,6 +94,9 @@ async fn echo(
     }
     if let Some(ms) = hdr("x-test-delay-ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if hdr("x-test-slow-on").as_deref() == Some(name) {
+        tokio::time::sleep(Duration::from_secs(30)).await;
     }
     if hdr("x-test-hold").is_some() {
         release.notified().await;

@@ -1,0 +1,163 @@
+//! Retries, timeouts and Envoy's failure answers, against real upstreams and dead ports.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+fn retry(on: &str, n: u32, extra: serde_json::Value) -> serde_json::Value {
+    let mut r = json!({"retry_on": on, "num_retries": n,
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+        "retry_back_off": {"base_interval": "0.001s"}});
+    mosn::config::merge(&mut r, extra);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_timeouts_and_failure_answers() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let dead = dead_addr();
+    let route = |prefix: &str, cluster: &str, r: serde_json::Value| {
+        let mut action = json!({"cluster": cluster});
+        if !r.is_null() {
+            action["retry_policy"] = r;
+        }
+        json!({"match": {"prefix": prefix}, "route": action})
+    };
+    let routes = json!([
+        route("/5xx", "ab", retry("5xx", 1, json!({}))),
+        route("/gw", "ab", retry("gateway-error", 1, json!({}))),
+        route("/codes", "ab", retry("retriable-status-codes", 1, json!({"retriable_status_codes": [409]}))),
+        route("/reset", "ab", retry("reset", 1, json!({}))),
+        route("/noretry", "a", serde_json::Value::Null),
+        route("/connect", "deadfirst", retry("connect-failure", 3, json!({}))),
+        route("/dead", "dead", serde_json::Value::Null),
+        route("/empty", "empty", serde_json::Value::Null),
+        route("/pertry", "ab", retry("5xx", 1, json!({"per_try_timeout": "0.3s"}))),
+        {"match": {"prefix": "/timeout"}, "route": {"cluster": "a", "timeout": "0.3s"}},
+        {"match": {"prefix": "/notimeout"}, "route": {"cluster": "a", "timeout": "0s"}},
+    ]);
+    let clusters = vec![
+        cluster("ab", &[a.addr, b.addr], json!({})),
+        cluster("a", &[a.addr], json!({})),
+        cluster("deadfirst", &[dead, a.addr], json!({})),
+        cluster("dead", &[dead], json!({})),
+        json!({"name": "empty", "type": "STATIC", "connect_timeout": "1s"}),
+    ];
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
+            vec![],
+            json!({}),
+        )],
+        clusters,
+    ))
+    .await;
+    let addr = p.addr("l");
+    let flags = |r: &Resp| r.header("x-mosn-response-flags").unwrap_or("").to_string();
+
+    // 5xx on one host is retried on the other (previous_hosts), whichever RR picks first.
+    for _ in 0..4 {
+        let r = get(addr, "/5xx", &[("x-test-fail-on", "a")]).await;
+        assert_eq!((r.status, r.upstream().as_str()), (200, "b"));
+    }
+    assert!(p.stat("cluster.ab.upstream_rq_retry") >= 2);
+    assert!(p.stat("cluster.ab.upstream_rq_retry_success") >= 2);
+    // Exhausted: the upstream's own 503 comes back after 1 + num_retries tries.
+    let before = a.hits() + b.hits();
+    assert_eq!(
+        get(addr, "/5xx", &[("x-test-status", "503")]).await.status,
+        503
+    );
+    assert_eq!(a.hits() + b.hits() - before, 2);
+    // gateway-error retries 502 but not 500.
+    let before = a.hits() + b.hits();
+    assert_eq!(
+        get(addr, "/gw", &[("x-test-status", "500")]).await.status,
+        500
+    );
+    assert_eq!(a.hits() + b.hits() - before, 1);
+    let before = a.hits() + b.hits();
+    assert_eq!(
+        get(addr, "/gw", &[("x-test-status", "502")]).await.status,
+        502
+    );
+    assert_eq!(a.hits() + b.hits() - before, 2);
+    // retriable-status-codes.
+    let before = a.hits() + b.hits();
+    assert_eq!(
+        get(addr, "/codes", &[("x-test-status", "409")])
+            .await
+            .status,
+        409
+    );
+    assert_eq!(a.hits() + b.hits() - before, 2);
+    let before = a.hits() + b.hits();
+    assert_eq!(
+        get(addr, "/codes", &[("x-test-status", "503")])
+            .await
+            .status,
+        503
+    );
+    assert_eq!(a.hits() + b.hits() - before, 1);
+    // Upstream resets: retried with `reset`, a 503 UR without a retry policy.
+    for _ in 0..2 {
+        let r = get(addr, "/reset", &[("x-test-reset-on", "a")]).await;
+        assert_eq!((r.status, r.upstream().as_str()), (200, "b"));
+    }
+    let r = get(addr, "/noretry", &[("x-test-reset-on", "a")]).await;
+    assert_eq!((r.status, flags(&r).as_str()), (503, "UR"));
+    assert!(
+        r.body
+            .starts_with("upstream connect error or disconnect/reset before headers"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        get(addr, "/noretry", &[("x-test-status", "503")])
+            .await
+            .status,
+        503
+    );
+
+    // Connect failures: retried to the live host; without retries 503 UF.
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/connect", &[]).await.status, 200);
+    }
+    let r = get(addr, "/dead", &[]).await;
+    assert_eq!((r.status, flags(&r).as_str()), (503, "UF"));
+    assert!(
+        r.body.ends_with("reset reason: connection failure"),
+        "{}",
+        r.body
+    );
+    assert!(p.stat("cluster.dead.upstream_cx_connect_fail") >= 1);
+    let r = get(addr, "/empty", &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_str(), flags(&r).as_str()),
+        (503, "no healthy upstream", "UH")
+    );
+
+    // Per-try timeout moves on to the other host; the global timeout answers 504 UT.
+    for _ in 0..2 {
+        let r = get(addr, "/pertry", &[("x-test-slow-on", "a")]).await;
+        assert_eq!((r.status, r.upstream().as_str()), (200, "b"));
+    }
+    assert!(p.stat("cluster.ab.upstream_rq_per_try_timeout") >= 1);
+    let r = get(addr, "/timeout", &[("x-test-slow-on", "a")]).await;
+    assert_eq!(
+        (r.status, r.body.as_str(), flags(&r).as_str()),
+        (504, "upstream request timeout", "UT")
+    );
+    assert_eq!(p.stat("cluster.a.upstream_rq_timeout"), 1);
+    // timeout: 0s disables the route timeout.
+    assert_eq!(
+        get(addr, "/notimeout", &[("x-test-delay-ms", "500")])
+            .await
+            .status,
+        200
+    );
+    // The proxy is still healthy after all of that.
+    assert_eq!(get(addr, "/noretry", &[]).await.status, 200);
+}
