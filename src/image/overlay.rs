@@ -178,7 +178,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     if args.smoke {
         let tag = Reference::parse(&args.tag)?;
-        rt.block_on(super::engine::smoke(&tag.familiar()))?;
+        let out = rt.block_on(super::engine::smoke(&tag.familiar(), &tag.registry))?;
+        eprintln!(
+            "smoke test passed: /usr/local/bin/mosn --version printed {:?}",
+            out.trim()
+        );
     }
     let secs = start.elapsed().as_secs_f64();
     for o in &outcomes {
@@ -370,7 +374,8 @@ pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("image.tar");
         output::write_archive(&file, &tag, &source, &built).await?;
-        let id = super::engine::load(&file).await?;
+        let diff_id = built.images[0].layer.diff_id.clone();
+        let id = super::engine::load(&file, &tag.familiar(), &diff_id).await?;
         outcomes.push(Outcome {
             digest: id,
             destination: format!("docker engine {}", tag.familiar()),

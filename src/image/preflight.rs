@@ -4,7 +4,7 @@
 
 use std::io::Read;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::overlay::Binary;
 use super::source::Source;
@@ -35,12 +35,22 @@ pub async fn check_glibc(
         let blob = source.blob(&l.digest).await?;
         let found = tokio::task::spawn_blocking(move || find_glibc(&blob)).await??;
         if let Some((v, path)) = found {
-            crate::elf::check_runs_on(&binary.info, v).with_context(|| {
-                format!(
-                    "the base image has glibc {v} ({path}), too old for {}",
+            let info = &binary.info;
+            if let Some(interp) = info.interpreter.as_deref().filter(|i| i.contains("musl")) {
+                bail!(
+                    "{} needs the musl loader {interp}, but the base image has glibc {v} ({path})\n\n\
+                     help: link it statically (`mosnctl build` does)",
                     binary.path.display()
-                )
-            })?;
+                );
+            }
+            if let Some(need) = info.max_glibc.filter(|need| *need > v) {
+                bail!(
+                    "{} needs glibc {need}, but the base image has glibc {v} ({path})\n\n\
+                     help: build it statically (`mosnctl build` does), or pick a base with glibc {need} \
+                     or newer; --skip-glibc-check skips this check",
+                    binary.path.display()
+                );
+            }
             return Ok(GlibcFinding::Found(v, path));
         }
     }

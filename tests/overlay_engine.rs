@@ -1,0 +1,164 @@
+//! The engine path against a private dockerd: `--engine` build + push, `--load` of the
+//! daemonless docker-archive, and `--smoke` runs of `mosn --version` in the results.
+//! Needs root (dockerd); `MOSNCTL_SKIP_ENGINE_TESTS=1` skips it.
+
+mod image_harness;
+
+use image_harness::*;
+use serde_json::Value;
+
+#[test]
+fn engine_build_push_load_and_smoke() {
+    let Some(dockerd) = Dockerd::start() else {
+        return;
+    };
+    let reg = Registry::start(Auth::None);
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("base.tar");
+    docker_archive_base(&archive, "amd64");
+    let base = format!("{}/base:docker", reg.host());
+    push_archive(&archive, &base);
+
+    // --engine: docker build FROM the base, push, then run mosn --version in it.
+    let dst = format!("{}/engine:v1", reg.host());
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.env("DOCKER_HOST", dockerd.host())
+        .args([
+            "overlay", "--engine", "--base", &base, "--tag", &dst, "--push", "--smoke", "--binary",
+        ])
+        .arg(test_binary());
+    let out = run(c);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("printed \"mosn test 1.0\""));
+    let digest = printed_digest(&String::from_utf8(out.stdout).unwrap());
+    let raw = skopeo_raw(&dst, false, None);
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&raw)),
+        digest,
+        "push digest from the stream"
+    );
+    let m: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(
+        m["layers"].as_array().unwrap().len(),
+        2,
+        "one layer added: {m}"
+    );
+    let layout = tmp.path().join("engine-pulled");
+    let out = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{dst}"),
+        &format!("oci:{}:v1", layout.display()),
+    ]);
+    assert!(out.status.success());
+    let (bytes, stat) = umoci_mosn(&layout, "v1", tmp.path());
+    assert_eq!(bytes, std::fs::read(test_binary()).unwrap());
+    assert!(stat.starts_with("755 0 0"), "{stat}");
+
+    // --load: the daemonless archive through the image-load API; smoke-tested too.
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.env("DOCKER_HOST", dockerd.host())
+        .args([
+            "overlay",
+            "--base",
+            &base,
+            "--tag",
+            "example.com/mosn/loaded:v1",
+            "--load",
+            "--smoke",
+            "--binary",
+        ])
+        .arg(test_binary());
+    let out = run(c);
+    assert!(out.status.success());
+    let img = dockerd.api("/images/example.com/mosn/loaded:v1/json");
+    let layers = img["RootFS"]["Layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    let cfg = img["Config"].clone();
+    assert_eq!(
+        cfg["Entrypoint"][0], "/usr/local/bin/pilot-agent",
+        "base config kept"
+    );
+    assert_eq!(cfg["User"], "1337");
+
+    // A push error inside the engine's stream fails the command (nothing listens there).
+    let dead = format!("127.0.0.1:{}/nowhere:v1", free_port());
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.env("DOCKER_HOST", dockerd.host())
+        .args([
+            "overlay", "--engine", "--base", &base, "--tag", &dead, "--push", "--binary",
+        ])
+        .arg(test_binary());
+    let out = run(c);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("docker push"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A dynamically linked binary: the glibc preflight reads the base's layers and finds
+    // glibc 2.27, older than the host's build needs.
+    let dynamic = tmp.path().join("dyn-mosn");
+    let src = tmp.path().join("dyn.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\nint main(void){puts(\"dyn\");return 0;}\n",
+    )
+    .unwrap();
+    let gcc = std::process::Command::new("gcc")
+        .arg("-o")
+        .arg(&dynamic)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(gcc.success());
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.env("DOCKER_HOST", dockerd.host())
+        .args([
+            "overlay",
+            "--base",
+            &base,
+            "--tag",
+            "example.com/mosn/dyn:v1",
+            "--load",
+            "--smoke",
+            "--binary",
+        ])
+        .arg(&dynamic);
+    let out = run(c);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("but the base image has glibc 2.27 (lib/x86_64-linux-gnu/libc-2.27.so)"),
+        "{err}"
+    );
+
+    // Past the preflight, the smoke test catches it: the base has no dynamic loader.
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.env("DOCKER_HOST", dockerd.host())
+        .args([
+            "overlay",
+            "--skip-glibc-check",
+            "--base",
+            &base,
+            "--tag",
+            "example.com/mosn/dyn:v1",
+            "--load",
+            "--smoke",
+            "--binary",
+        ])
+        .arg(&dynamic);
+    let out = run(c);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("smoke test") || err.contains("smoke-test"),
+        "{err}"
+    );
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(data))
+}
