@@ -185,6 +185,9 @@ async fn run_cargo(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // Its own process group, so that stopping it reaches every rustc it started.
+    #[cfg(unix)]
+    cmd.process_group(0);
     if profile == Profile::Release {
         cmd.arg("--release");
     }
@@ -237,8 +240,8 @@ async fn run_cargo(
             },
             _ = &mut interrupt => {
                 pb.finish_and_clear();
-                let _ = child.kill().await;
-                bail!("interrupted: cargo was stopped and nothing was written");
+                stop_group(&mut child).await;
+                bail!("interrupted: cargo and its compilers were stopped and nothing was written");
             }
         }
     }
@@ -257,6 +260,24 @@ async fn run_cargo(
             manifest.display()
         )
     })
+}
+
+/// Stop a child that leads its own process group: SIGTERM to the group, then SIGKILL to
+/// whatever is left after a grace period.
+pub async fn stop_group(child: &mut tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        let group = -(pid as libc::pid_t);
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory is shared.
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await;
+        // The leader may be gone while compilers it started still run: always sweep the group.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        if waited.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
 }
 
 /// From one line of cargo's JSON messages: the crate compiled, and the executable when the

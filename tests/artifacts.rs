@@ -385,3 +385,94 @@ fn glibc_check_flags_a_binary_that_needs_a_newer_glibc() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("static, no dynamic loader"));
 }
+
+/// (pid, parent pid, command name) of every process, from /proc.
+fn processes() -> Vec<(u32, u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ..."; comm may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        if rest.first() == Some(&"Z") {
+            continue;
+        }
+        let ppid = rest.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        out.push((pid, ppid, stat[open + 1..close].to_string()));
+    }
+    out
+}
+
+fn descendants(root: u32) -> Vec<(u32, String)> {
+    let all = processes();
+    let mut found = vec![];
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (pid, ppid, name) in &all {
+            if *ppid == p {
+                found.push((*pid, name.clone()));
+                frontier.push(*pid);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn interrupted_build_stops_the_compilers_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("dist");
+    let mut c = mosnctl();
+    // A release build: nothing else in the tests builds one, so it really compiles.
+    c.args(["build", "--profile", "release", "--out"]).arg(&out);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    let tree = loop {
+        let d = descendants(child.id());
+        // A real compilation, not cargo's short `rustc -vV` probes.
+        let compiling = d.iter().any(|(pid, n)| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            n.starts_with("rustc") && cmdline.contains("--crate-name") && !cmdline.contains("___")
+        });
+        if compiling {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            break descendants(child.id());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rustc started: {d:?}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "build ended before it could be interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("interrupted"), "{err}");
+    // Every cargo and rustc it had started is gone by the time mosnctl has exited. A compiler
+    // orphaned by killing only cargo would still be running (it only dies when it next writes
+    // to cargo's closed pipe).
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let gone = |pid: u32| processes().iter().all(|(p, _, _)| *p != pid);
+    let left: Vec<_> = tree.iter().filter(|(p, _)| !gone(*p)).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!out.exists(), "an interrupted build wrote output");
+}
