@@ -152,8 +152,13 @@ fn bearer_tokens_from_the_challenge_realm() {
     assert!(raw.status.success());
     assert_eq!(format!("sha256:{}", sha256_hex(&raw.stdout)), digest);
 
-    // One token for both repositories, push scope first; the base layer was mounted.
-    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    // The destination's token covers both repositories, push scope first (for the mount);
+    // the base is read with its own pull-only token. The base layer was mounted.
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(
+        reqs[1],
+        "service=test-registry&scope=repository%3Abase%3Apull"
+    );
     let push = reqs[0]
         .find("repository%3Ateam%2Fproxyv2%3Apull%2Cpush")
         .unwrap();
@@ -164,4 +169,78 @@ fn bearer_tokens_from_the_challenge_realm() {
         "{}",
         reg.log()
     );
+}
+
+#[test]
+fn refused_mount_falls_back_to_upload() {
+    // This token server grants only the first scope: the destination's token (push first)
+    // cannot pull from the base repository, so the registry refuses the mount with 401.
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start_with(tmp.path(), "bob", "pw", true);
+    let reg = Registry::start(Auth::Token {
+        realm: tokens.realm.clone(),
+        cert: tokens.cert.clone(),
+    });
+    let archive = tmp.path().join("base.tar");
+    docker_archive_base(&archive, "amd64");
+    push_archive_with(
+        &archive,
+        &format!("{}/base:v1", reg.host()),
+        &["--dest-creds=bob:pw", "--dest-tls-verify=false"],
+    );
+    let dst = format!("{}/other:v1", reg.host());
+    let cfg = docker_config(tmp.path(), &reg.host(), "bob", "pw");
+    let mut c = mosnctl(&cfg);
+    c.args(["overlay", "--base", &format!("{}/base:v1", reg.host())])
+        .args(["--tag", &dst, "--push", "--binary"])
+        .arg(test_binary());
+    ok(c);
+    let log = reg.log();
+    assert!(
+        log.contains("&from=base HTTP/1.1\" 401"),
+        "mount refused: {log}"
+    );
+    let out = skopeo(&[
+        "copy",
+        "--src-creds=bob:pw",
+        "--src-tls-verify=false",
+        &format!("docker://{dst}"),
+        &format!("oci:{}:v1", tmp.path().join("pulled").display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "the uploaded base layer is there and verifies"
+    );
+}
+
+#[test]
+fn base_on_another_registry_is_copied_without_recompression() {
+    let a = Registry::start(Auth::None);
+    let b = Registry::start(Auth::None);
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("base.tar");
+    docker_archive_base(&archive, "amd64");
+    let base = format!("{}/base:v1", a.host());
+    push_archive(&archive, &base);
+    let dst = format!("{}/copied:v1", b.host());
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.args([
+        "overlay", "--base", &base, "--tag", &dst, "--push", "--binary",
+    ])
+    .arg(test_binary());
+    ok(c);
+    let base_m: serde_json::Value =
+        serde_json::from_slice(&skopeo_raw(&base, false, None)).unwrap();
+    let new_m: serde_json::Value = serde_json::from_slice(&skopeo_raw(&dst, false, None)).unwrap();
+    assert_eq!(
+        base_m["layers"][0], new_m["layers"][0],
+        "same compressed base layer"
+    );
+    let out = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{dst}"),
+        &format!("oci:{}:v1", tmp.path().join("pulled").display()),
+    ]);
+    assert!(out.status.success());
 }

@@ -235,18 +235,18 @@ pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
     };
     let source = match &base_loc {
         Location::Registry(r) => {
-            let registry = match &dest {
-                Some(d) if d.name == r.registry => d.clone(),
-                _ => Arc::new(
-                    Registry::connect(
-                        &r.registry,
-                        r.api_host(),
-                        vec![format!("repository:{}:pull", r.repository)],
-                        &opts,
-                    )
-                    .await?,
-                ),
-            };
+            // Its own client (pull scope only) even on the destination's registry: some
+            // token servers honour only the first scope, and the destination's token asks
+            // for push first. A refused mount then falls back to reading through this one.
+            let registry = Arc::new(
+                Registry::connect(
+                    &r.registry,
+                    r.api_host(),
+                    vec![format!("repository:{}:pull", r.repository)],
+                    &opts,
+                )
+                .await?,
+            );
             Source::Registry {
                 registry,
                 reference: r.clone(),

@@ -483,6 +483,12 @@ pub struct TokenServer {
 impl TokenServer {
     /// Start it on a loopback port; it accepts only `user:pass`.
     pub fn start(dir: &Path, user: &str, pass: &str) -> TokenServer {
+        Self::start_with(dir, user, pass, false)
+    }
+
+    /// Like [`TokenServer::start`]; `first_scope_only` grants only the first requested
+    /// scope, as some registries' token servers do.
+    pub fn start_with(dir: &Path, user: &str, pass: &str, first_scope_only: bool) -> TokenServer {
         let (cert, key) = self_signed(dir, "token");
         let der = Command::new("openssl")
             .args(["x509", "-outform", "DER", "-in"])
@@ -500,7 +506,14 @@ impl TokenServer {
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
         );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = (expected, x5c, key, requests.clone(), user.to_string());
+        let state = (
+            expected,
+            x5c,
+            key,
+            requests.clone(),
+            user.to_string(),
+            first_scope_only,
+        );
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -552,10 +565,11 @@ type TokenState = (
     PathBuf,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     String,
+    bool,
 );
 
 fn token(
-    (expected, x5c, key, requests, user): TokenState,
+    (expected, x5c, key, requests, user, first_scope_only): TokenState,
     query: String,
     headers: axum::http::HeaderMap,
 ) -> (axum::http::StatusCode, String) {
@@ -585,6 +599,7 @@ fn token(
                 json!({"type": t, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}),
             )
         })
+        .take(if first_scope_only { 1 } else { usize::MAX })
         .collect();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
