@@ -7,6 +7,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use std::sync::Arc;
 use std::time::Duration;
 
+type RouterProto = envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+type FaultProto = envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+type CorsProto = envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
+
+fn full_name<M: prost::Name>() -> String {
+    M::full_name()
+}
+
 /// Where the HCM gets its routes.
 #[derive(Debug, Clone)]
 pub enum RouteSource {
@@ -96,17 +104,22 @@ impl HcmConfig {
                 skipped.push(f.name.clone());
                 continue;
             }
-            let type_url = any.map(|a| a.type_url.as_str()).unwrap_or("");
-            match (f.name.as_str(), type_url.rsplit('/').next().unwrap_or("")) {
-                (_, "envoy.extensions.filters.http.router.v3.Router")
-                | ("envoy.filters.http.router" | "envoy.router", "") => {
+            let t = any
+                .map(|a| a.type_url.rsplit('/').next().unwrap_or(""))
+                .unwrap_or("");
+            match (f.name.as_str(), t) {
+                _ if t == full_name::<RouterProto>() => filters.push(HttpFilter::Router),
+                ("envoy.filters.http.router" | "envoy.router", "") => {
                     filters.push(HttpFilter::Router)
                 }
-                (_, "envoy.extensions.filters.http.fault.v3.HttpFault") => filters.push(
-                    HttpFilter::Fault(Arc::new(FaultConfig::from_any(any.unwrap())?)),
-                ),
-                (_, "envoy.extensions.filters.http.cors.v3.Cors")
-                | ("envoy.filters.http.cors" | "envoy.cors", _) => filters.push(HttpFilter::Cors),
+                _ if t == full_name::<FaultProto>() => filters.push(HttpFilter::Fault(Arc::new(
+                    FaultConfig::from_any(any.unwrap())?,
+                ))),
+                ("envoy.filters.http.fault" | "envoy.fault", "") => {
+                    filters.push(HttpFilter::Fault(Default::default()))
+                }
+                _ if t == full_name::<CorsProto>() => filters.push(HttpFilter::Cors),
+                ("envoy.filters.http.cors" | "envoy.cors", "") => filters.push(HttpFilter::Cors),
                 (name, t) => {
                     // Istio's allowlisted extras (alpn, grpc_stats, compressor, ...) are
                     // accepted and skipped rather than rejected.

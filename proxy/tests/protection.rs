@@ -1,0 +1,248 @@
+//! Circuit breakers, outlier detection, the fault filter and CORS.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+async fn wait_hits(up: &Upstream, n: usize) {
+    let deadline = Instant::now() + HANG;
+    while up.hits() < n {
+        assert!(
+            Instant::now() < deadline,
+            "upstream {} never got {n} requests",
+            up.name
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn release_all(up: &Upstream, tasks: Vec<tokio::task::JoinHandle<Resp>>) -> Vec<Resp> {
+    while tasks.iter().any(|t| !t.is_finished()) {
+        up.release();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breakers_overflow_with_503_uo() {
+    let a = upstream("a").await;
+    let routes = json!([
+        {"match": {"prefix": "/rq"}, "route": {"cluster": "maxrq", "timeout": "0s"}},
+        {"match": {"prefix": "/cx"}, "route": {"cluster": "maxcx", "timeout": "0s"}}]);
+    let cb = |k: &str| json!({"circuit_breakers": {"thresholds": [{k: 1}]}});
+    let clusters = vec![
+        cluster("maxrq", &[a.addr], cb("max_requests")),
+        cluster("maxcx", &[a.addr], cb("max_connections")),
+    ];
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
+            vec![],
+            json!({}),
+        )],
+        clusters,
+    ))
+    .await;
+    let addr = p.addr("l");
+
+    for (path, stat) in [
+        ("/rq", "cluster.maxrq.upstream_rq_pending_overflow"),
+        ("/cx", "cluster.maxcx.upstream_cx_overflow"),
+    ] {
+        let before = a.hits();
+        let held = tokio::spawn(async move { get(addr, path, &[("x-test-hold", "1")]).await });
+        wait_hits(&a, before + 1).await;
+        let r = get(addr, path, &[]).await;
+        assert_eq!(
+            (r.status, r.header("x-mosn-response-flags")),
+            (503, Some("UO")),
+            "{path}: {}",
+            r.body
+        );
+        assert!(p.stat(stat) >= 1, "{stat}");
+        let done = release_all(&a, vec![held]).await;
+        assert_eq!(done[0].status, 200);
+        // Capacity is back once the held request finished.
+        assert_eq!(get(addr, path, &[]).await.status, 200, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_failing_host() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "ab"}}]);
+    let od = json!({"outlier_detection": {"consecutive_5xx": 2, "base_ejection_time": "60s",
+        "max_ejection_percent": 100, "interval": "1s"}});
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
+            vec![],
+            json!({}),
+        )],
+        vec![cluster("ab", &[a.addr, b.addr], od)],
+    ))
+    .await;
+    let addr = p.addr("l");
+    let mut failures = 0;
+    for _ in 0..6 {
+        if get(addr, "/", &[("x-test-fail-on", "a")]).await.status == 503 {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 2, "host a is ejected after two consecutive 5xx");
+    assert_eq!(
+        p.stat("cluster.ab.outlier_detection.ejections_enforced_total"),
+        1
+    );
+    assert_eq!(p.stat("cluster.ab.outlier_detection.ejections_active"), 1);
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/", &[]).await.upstream(), "b");
+    }
+    let clusters = get(p.admin(), "/clusters", &[]).await.body;
+    assert!(
+        clusters.contains(&format!(
+            "ab::{}::health_flags::/failed_outlier_check",
+            a.addr
+        )),
+        "{clusters}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_filter_and_cors() {
+    let a = upstream("a").await;
+    let fault = |cfg: serde_json::Value| {
+        let mut f = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"});
+        mosn::config::merge(&mut f, cfg);
+        json!({"envoy.filters.http.fault": f})
+    };
+    let cors = json!({"envoy.filters.http.cors": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": "http://good.example"}], "allow_methods": "GET,POST",
+        "allow_headers": "x-a", "expose_headers": "x-upstream", "max_age": "600", "allow_credentials": true}});
+    let routes = json!([
+        {"match": {"prefix": "/abort"}, "route": {"cluster": "a"},
+         "typed_per_filter_config": fault(json!({"abort": {"http_status": 418, "percentage": {"numerator": 100}}}))},
+        {"match": {"prefix": "/half"}, "route": {"cluster": "a"},
+         "typed_per_filter_config": fault(json!({"abort": {"http_status": 503, "percentage": {"numerator": 50}}}))},
+        {"match": {"prefix": "/delay"}, "route": {"cluster": "a"},
+         "typed_per_filter_config": fault(json!({"delay": {"fixed_delay": "0.05s", "percentage": {"numerator": 100}}}))},
+        {"match": {"prefix": "/hdr"}, "route": {"cluster": "a"},
+         "typed_per_filter_config": fault(json!({"abort": {"header_abort": {}, "percentage": {"numerator": 100}}}))},
+        {"match": {"prefix": "/cors"}, "route": {"cluster": "a"}, "typed_per_filter_config": cors},
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]);
+    let filters = vec![
+        json!({"name": "istio.stats", "typed_config": {"@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+            "type_url": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "value": {"config": {}}}}),
+        json!({"name": "envoy.filters.http.cors", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}),
+        json!({"name": "envoy.filters.http.fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}),
+    ];
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
+            filters,
+            json!({}),
+        )],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let addr = p.addr("l");
+
+    let before = a.hits();
+    let r = get(addr, "/abort", &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_str(), r.header("x-mosn-response-flags")),
+        (418, "fault filter abort", Some("FI"))
+    );
+    assert_eq!(
+        a.hits(),
+        before,
+        "aborted requests never reach the upstream"
+    );
+    let n = 400;
+    let mut aborted = 0;
+    for _ in 0..n {
+        if get(addr, "/half", &[]).await.status == 503 {
+            aborted += 1;
+        }
+    }
+    assert!(within_binomial(aborted, n, 0.5), "{aborted}/{n}");
+    assert_eq!(get(addr, "/delay", &[]).await.status, 200);
+    assert_eq!(p.stat("http.l.fault.delays_injected"), 1);
+    assert_eq!(
+        get(addr, "/hdr", &[("x-envoy-fault-abort-request", "429")])
+            .await
+            .status,
+        429
+    );
+    assert_eq!(
+        get(addr, "/hdr", &[]).await.status,
+        200,
+        "no header, no abort"
+    );
+    assert_eq!(
+        get(addr, "/other", &[]).await.status,
+        200,
+        "the empty listener config injects nothing"
+    );
+
+    // CORS preflight from an allowed origin is answered by the proxy.
+    let before = a.hits();
+    let pre = [
+        ("origin", "http://good.example"),
+        ("access-control-request-method", "POST"),
+    ];
+    let r = request(addr, "OPTIONS", "/cors", &pre, "", false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://good.example")
+    );
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET,POST"));
+    assert_eq!(r.header("access-control-max-age"), Some("600"));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(a.hits(), before);
+    // A disallowed origin's preflight is forwarded without CORS headers.
+    let r = request(
+        addr,
+        "OPTIONS",
+        "/cors",
+        &[
+            ("origin", "http://evil.example"),
+            ("access-control-request-method", "POST"),
+        ],
+        "",
+        false,
+    )
+    .await;
+    assert_eq!(
+        (
+            r.upstream().as_str(),
+            r.header("access-control-allow-origin")
+        ),
+        ("a", None)
+    );
+    let r = get(addr, "/cors", &[("origin", "http://good.example")]).await;
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://good.example")
+    );
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("x-upstream")
+    );
+    assert_eq!(
+        get(addr, "/cors", &[("origin", "http://evil.example")])
+            .await
+            .header("access-control-allow-origin"),
+        None
+    );
+}
