@@ -66,6 +66,8 @@ fn push_keeps_docker_types_config_fields_and_mounts_base_layers() {
     );
     assert_eq!(added["created_by"], "mosnctl overlay /usr/local/bin/mosn");
     assert_eq!(added["created"], base_cfg["created"]);
+    let comment = added["comment"].as_str().unwrap();
+    assert!(comment.starts_with("mosn test 1.0 (sha256:"), "{comment}");
 
     // Base layers were mounted, not uploaded again.
     let log = reg.log();

@@ -6,6 +6,7 @@
 //! knows nothing about mosn.
 
 pub mod archive;
+pub mod binary;
 pub mod engine;
 pub mod inject;
 pub mod istio;

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use serde_json::Value;
 
+pub use super::binary::Binary;
 use super::layer::{Layer, LayerOptions};
 use super::mutate::{self, ConfigEdit};
 use super::output::{self, Child, Overlaid};
@@ -19,7 +20,6 @@ use super::reference::{Location, Reference};
 use super::registry::{ClientOptions, Registry};
 use super::source::Source;
 use super::{Descriptor, Platform};
-use crate::elf::{BinaryInfo, Format};
 
 /// `mosnctl overlay`.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,76 +69,6 @@ pub struct Args {
     pub profile: crate::build::Profile,
 }
 
-/// A binary to put into the image, checked.
-#[derive(Debug, Clone)]
-pub struct Binary {
-    /// Where it is.
-    pub path: PathBuf,
-    /// What it needs.
-    pub info: BinaryInfo,
-    /// `sha256:` of its bytes, recorded in the history comment.
-    pub digest: String,
-    /// Version string for the history comment, when known (built by mosnctl).
-    pub version: Option<String>,
-}
-
-/// Check a binary: it must exist, be executable and be a Linux ELF file.
-pub fn check_binary(path: &std::path::Path) -> Result<Binary> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).with_context(|| {
-        format!("the binary {} does not exist\n\nhelp: build it with `mosnctl build`, or leave out --binary to build it now", path.display())
-    })?;
-    if !meta.is_file() {
-        bail!("the binary {} is not a regular file", path.display());
-    }
-    if meta.permissions().mode() & 0o111 == 0 {
-        bail!(
-            "the binary {} is not executable\n\nhelp: chmod +x {}",
-            path.display(),
-            path.display()
-        );
-    }
-    let info = crate::elf::inspect(path)
-        .with_context(|| format!("the binary {} is not an ELF executable", path.display()))?;
-    if info.format != Format::Elf {
-        bail!(
-            "the binary {} is a {:?} executable, not a Linux ELF one\n\n\
-             help: build it for linux (`mosnctl build --target linux-amd64`)",
-            path.display(),
-            info.format
-        );
-    }
-    Ok(Binary {
-        path: path.to_path_buf(),
-        digest: format!("sha256:{}", crate::fsutil::sha256_file(path)?),
-        info,
-        version: None,
-    })
-}
-
-/// Hook: build the proxy when no --binary is given, as `mosnctl build` does (static
-/// linux-amd64 into `dist/`).
-pub fn build_default_binary(profile: crate::build::Profile) -> Result<Binary> {
-    let args = crate::build::Args {
-        targets: vec!["linux-amd64".into()],
-        profile,
-        out: PathBuf::from("dist"),
-        min_glibc: "2.27".parse().expect("static version"),
-        source: None,
-    };
-    let rt = tokio::runtime::Runtime::new()?;
-    let built = rt
-        .block_on(crate::build::build(&args))
-        .context("cannot build the proxy (pass --binary to use an existing one)")?;
-    let b = built
-        .into_iter()
-        .next()
-        .context("the build produced no binary")?;
-    let mut bin = check_binary(&b.path)?;
-    bin.version = Some(b.info.version);
-    Ok(bin)
-}
-
 /// What a finished overlay reports.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -160,11 +90,11 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let binaries = if args.binary.is_empty() {
-        vec![build_default_binary(args.profile)?]
+        super::binary::build_for(&args.platform, args.profile)?
     } else {
         args.binary
             .iter()
-            .map(|p| check_binary(p))
+            .map(|p| super::binary::check(p))
             .collect::<Result<Vec<_>>>()?
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -533,7 +463,7 @@ fn mutate_all(
     for child in children {
         let layer = layers[child.binary.info.oci_arch()].clone();
         let comment = match &child.binary.version {
-            Some(v) => format!("mosn {v} ({})", child.binary.digest),
+            Some(v) => format!("{v} ({})", child.binary.digest),
             None => format!("mosn binary {}", child.binary.digest),
         };
         let config = Bytes::from(mutate::edit_config(
