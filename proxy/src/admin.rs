@@ -68,7 +68,9 @@ fn params(q: Option<&str>) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
+            // A literal '+' stays '+': filters are regexes and pilot-agent sends them raw.
+            let dec = |x: &str| percent_decode(&x.replace('+', "%2B"));
+            (dec(k), dec(v))
         })
         .collect()
 }

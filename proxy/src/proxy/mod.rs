@@ -236,10 +236,9 @@ async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
+    // A connection accepted while draining still gets its request answered (with
+    // `Connection: close`, see service::handle) instead of being shut before it is read.
     let already = *draining.borrow();
-    if already {
-        conn.as_mut().graceful_shutdown();
-    }
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {

@@ -168,6 +168,7 @@ impl Proxy {
 
 /// Start a proxy from a bootstrap JSON value.
 pub async fn proxy(boot: Value) -> Proxy {
+    mosn::logging::init(Some("warning"), None);
     let loaded = decode_bootstrap(boot, true).expect("bootstrap decodes");
     let stats = mosn::stats::Stats::new();
     let snap = Snapshot::build(&loaded, &stats).expect("snapshot builds");
