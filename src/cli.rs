@@ -35,6 +35,8 @@ pub enum Command {
     IstioArgs(crate::image::istio::ArgsArgs),
     /// Rewrite `istioctl kube-inject` output so sidecars run /usr/local/bin/mosn.
     InjectRewrite(crate::image::istio::RewriteArgs),
+    /// Apply (or check, or revert) the wasm-disable patch on an istio/istio checkout.
+    PatchIstio(crate::istio::PatchArgs),
 }
 
 /// Run the parsed command line.
@@ -48,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Overlay(args) => crate::image::overlay::run(args),
         Command::IstioArgs(args) => crate::image::istio::run_args(args),
         Command::InjectRewrite(args) => crate::image::istio::run_rewrite(args),
+        Command::PatchIstio(args) => crate::istio::run_patch(args),
     }
 }
 

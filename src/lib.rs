@@ -10,6 +10,7 @@ pub mod elf;
 pub mod fsutil;
 pub mod gzip;
 pub mod image;
+pub mod istio;
 pub mod pack;
 pub mod serve;
 pub mod targets;
