@@ -80,9 +80,15 @@ impl Server {
     /// Bind admin and listeners and start serving (inside the runtime).
     pub async fn start(self: &Arc<Self>) -> Result<(), String> {
         let snap = self.store.load();
-        for c in snap.clusters.values() {
-            c.start();
-        }
+        // Like Envoy's cluster manager init: DNS clusters are ready after their first
+        // resolution round; bounded so an unreachable resolver cannot block start-up.
+        let inits: Vec<_> = snap.clusters.values().filter_map(|c| c.start()).collect();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            for rx in inits {
+                let _ = rx.await;
+            }
+        })
+        .await;
         let boot = snap.bootstrap.clone();
         if let Some(a) = boot
             .as_ref()

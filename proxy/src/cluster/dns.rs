@@ -3,10 +3,28 @@
 
 use super::host::Host;
 use super::{Cluster, Discovery};
+use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
-/// Spawn the refresh loop.
-pub fn spawn(cluster: Weak<Cluster>) {
+/// Keep the addresses `dns_lookup_family` allows (AUTO prefers IPv6, as in Envoy).
+pub fn filter_family(addrs: Vec<SocketAddr>, family: i32) -> Vec<SocketAddr> {
+    let (v4, v6): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv4());
+    match family {
+        1 => v4,
+        2 => v6,
+        3 if !v4.is_empty() => v4,
+        3 => v6,
+        4 => v4.into_iter().chain(v6).collect(),
+        _ if !v6.is_empty() => v6,
+        _ => v4,
+    }
+}
+
+/// Spawn the refresh loop; the receiver fires after the first resolution round (success or
+/// not), which is when Envoy considers a DNS cluster initialised.
+pub fn spawn(cluster: Weak<Cluster>) -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
     tokio::spawn(async move {
         loop {
             let Some(c) = cluster.upgrade() else { return };
@@ -15,7 +33,7 @@ pub fn spawn(cluster: Weak<Cluster>) {
             for (name, port, weight, prio) in &c.dns_targets {
                 match tokio::net::lookup_host((name.as_str(), *port)).await {
                     Ok(addrs) => {
-                        let mut addrs: Vec<_> = addrs.collect();
+                        let mut addrs = filter_family(addrs.collect(), c.dns_family);
                         addrs.dedup();
                         if c.discovery == Discovery::LogicalDns {
                             addrs.truncate(1);
@@ -45,9 +63,13 @@ pub fn spawn(cluster: Weak<Cluster>) {
                     c.set_hosts(hosts);
                 }
             }
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(());
+            }
             let wait = c.dns_refresh;
             drop(c);
             tokio::time::sleep(wait).await;
         }
     });
+    rx
 }

@@ -92,6 +92,8 @@ pub struct Cluster {
     /// DNS targets (hostname, port, weight, priority) for DNS clusters.
     dns_targets: Vec<(String, u16, u32, u32)>,
     dns_refresh: Duration,
+    /// `dns_lookup_family`.
+    dns_family: i32,
     /// Unix-socket endpoints (`pipe`), kept for the xDS/SDS clients.
     pub pipes: Vec<String>,
     h1: UpstreamClient,
@@ -232,6 +234,7 @@ impl Cluster {
             dns_refresh: opt_duration(&c.dns_refresh_rate)
                 .filter(|d| !d.is_zero())
                 .unwrap_or(Duration::from_secs(5)),
+            dns_family: c.dns_lookup_family,
             pipes,
             h1,
             h2: h2pool::H2Pool::new(connector),
@@ -246,13 +249,15 @@ impl Cluster {
         Ok(Arc::new(cluster))
     }
 
-    /// Start background work (DNS refresh). Must run inside the Tokio runtime.
-    pub fn start(self: &Arc<Self>) {
+    /// Start background work (DNS refresh). Must run inside the Tokio runtime. The returned
+    /// receiver fires once the cluster is initialised (first DNS round done).
+    pub fn start(self: &Arc<Self>) -> Option<tokio::sync::oneshot::Receiver<()>> {
         if matches!(self.discovery, Discovery::StrictDns | Discovery::LogicalDns)
             && !self.dns_targets.is_empty()
         {
-            dns::spawn(Arc::downgrade(self));
+            return Some(dns::spawn(Arc::downgrade(self)));
         }
+        None
     }
 
     /// The current host set.

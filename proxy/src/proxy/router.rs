@@ -260,10 +260,11 @@ fn pick_host(
         port_override,
     } = &cluster.discovery
     {
-        let mut addr = match header {
-            Some(h) => headers.get(h)?.to_str().ok()?.parse::<SocketAddr>().ok()?,
-            None => down.original_dst,
-        };
+        // The header overrides; without a usable one, the connection's original destination.
+        let mut addr = header
+            .as_ref()
+            .and_then(|h| headers.get(h)?.to_str().ok()?.parse::<SocketAddr>().ok())
+            .unwrap_or(down.original_dst);
         if let Some(p) = port_override {
             addr.set_port(*p);
         }

@@ -22,7 +22,7 @@ pub const HANG: Duration = Duration::from_secs(20);
 /// Behaviour is driven by request headers so one server serves many tests:
 /// `x-test-status: N` answers N; `x-test-fail-on: NAME` answers 503 only on upstream NAME;
 /// `x-test-reset-on: NAME` closes the connection without answering on upstream NAME;
-/// `x-test-delay-ms: N` waits first; `x-test-slow-on: NAME` waits 30 s on upstream NAME; `x-test-hold` waits until [`Upstream::release`].
+/// `x-test-delay-ms: N` waits first; `x-test-slow-on: NAME` waits 30 s on upstream NAME; `x-test-hold` waits until [`Upstream::release`]; `x-test-trailers` adds grpc-status trailers.
 pub struct Upstream {
     /// Listening address.
     pub addr: SocketAddr,
@@ -81,7 +81,7 @@ async fn echo(
     name: &str,
     hits: &AtomicUsize,
     release: &tokio::sync::Notify,
-) -> Result<http::Response<Full<Bytes>>, std::io::Error> {
+) -> Result<http::Response<Trailered>, std::io::Error> {
     hits.fetch_add(1, Ordering::SeqCst);
     let hdr = |k: &str| {
         req.headers()
@@ -107,6 +107,7 @@ async fn echo(
     if hdr("x-test-fail-on").as_deref() == Some(name) {
         status = 503;
     }
+    let trailers = hdr("x-test-trailers").is_some();
     let mut headers = serde_json::Map::new();
     for k in req.headers().keys() {
         let all: Vec<&str> = req
@@ -132,13 +133,36 @@ async fn echo(
         "headers": headers,
         "body_len": body.len(),
     });
-    let mut resp = http::Response::new(Full::new(Bytes::from(info.to_string())));
+    let mut resp = http::Response::new(Trailered(Some(Bytes::from(info.to_string())), trailers));
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
     resp.headers_mut()
         .insert("x-upstream", name.parse().unwrap());
     resp.headers_mut()
         .insert("x-upstream-remove-me", "yes".parse().unwrap());
     Ok(resp)
+}
+
+/// A body of one chunk, optionally followed by gRPC-style trailers.
+pub struct Trailered(Option<Bytes>, bool);
+
+impl hyper::body::Body for Trailered {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        if let Some(b) = self.0.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b))));
+        }
+        if std::mem::take(&mut self.1) {
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", "0".parse().unwrap());
+            t.insert("grpc-message", "ok".parse().unwrap());
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::trailers(t))));
+        }
+        std::task::Poll::Ready(None)
+    }
 }
 
 /// A running in-process proxy.
@@ -233,6 +257,8 @@ pub struct Resp {
     pub headers: http::HeaderMap,
     /// Body text.
     pub body: String,
+    /// Trailers, if any.
+    pub trailers: Option<http::HeaderMap>,
 }
 
 impl Resp {
@@ -304,11 +330,14 @@ pub async fn request(
             s.send_request(req).await.unwrap()
         };
         let (parts, b) = resp.into_parts();
-        let body = b.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let collected = b.collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        let body = collected.to_bytes();
         Resp {
             status: parts.status.as_u16(),
             headers: parts.headers,
             body: String::from_utf8_lossy(&body).into_owned(),
+            trailers,
         }
     };
     tokio::time::timeout(HANG, fut).await.expect("request hung")

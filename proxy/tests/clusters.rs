@@ -1,0 +1,140 @@
+//! Cluster types and endpoint handling: STRICT_DNS / LOGICAL_DNS, EDS from load_assignment with
+//! priorities and health status, ORIGINAL_DST, and gRPC-style trailers through h2c.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+fn route_all(prefix: &str, cluster: &str) -> serde_json::Value {
+    json!({"match": {"prefix": prefix}, "route": {"cluster": cluster}})
+}
+
+fn ep(addr: std::net::SocketAddr, health: &str) -> serde_json::Value {
+    json!({"endpoint": {"address": {"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}}},
+        "health_status": health})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_eds_and_original_dst_clusters() {
+    let (a, b, c) = (
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    );
+    let dns = |name: &str, kind: &str, port: u16| {
+        json!({"name": name, "type": kind, "connect_timeout": "1s", "dns_lookup_family": "V4_ONLY",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "localhost", "port_value": port}}}}]}]}})
+    };
+    let eds = |name: &str, groups: serde_json::Value| {
+        json!({"name": name, "type": "EDS", "connect_timeout": "1s",
+            "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}, "service_name": name},
+            "load_assignment": {"cluster_name": name, "endpoints": groups}})
+    };
+    let clusters = vec![
+        dns("strict", "STRICT_DNS", a.addr.port()),
+        dns("logical", "LOGICAL_DNS", b.addr.port()),
+        eds(
+            "eds",
+            json!([
+            {"priority": 0, "lb_endpoints": [ep(a.addr, "UNHEALTHY"), ep(c.addr, "HEALTHY")]},
+            {"priority": 1, "lb_endpoints": [ep(b.addr, "HEALTHY")]}]),
+        ),
+        eds(
+            "failover",
+            json!([
+            {"priority": 0, "lb_endpoints": [ep(a.addr, "DRAINING")]},
+            {"priority": 1, "lb_endpoints": [ep(b.addr, "UNKNOWN")]}]),
+        ),
+        json!({"name": "orig", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s",
+            "original_dst_lb_config": {"use_http_header": true}}),
+    ];
+    let routes = json!([
+        route_all("/strict", "strict"),
+        route_all("/logical", "logical"),
+        route_all("/eds", "eds"),
+        route_all("/failover", "failover"),
+        route_all("/orig", "orig")
+    ]);
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
+            vec![],
+            json!({}),
+        )],
+        clusters,
+    ))
+    .await;
+    let addr = p.addr("l");
+    // DNS clusters are initialised (first resolution done) before the proxy reports started.
+    assert_eq!(get(addr, "/strict", &[]).await.upstream(), "a");
+    assert_eq!(get(addr, "/logical", &[]).await.upstream(), "b");
+    assert_eq!(
+        p.stat("cluster.strict.membership_total"),
+        1,
+        "V4_ONLY keeps 127.0.0.1 only"
+    );
+    for _ in 0..6 {
+        assert_eq!(
+            get(addr, "/eds", &[]).await.upstream(),
+            "c",
+            "unhealthy skipped, priority 0 preferred"
+        );
+        assert_eq!(
+            get(addr, "/failover", &[]).await.upstream(),
+            "b",
+            "no usable host at priority 0"
+        );
+    }
+    let target = a.addr.to_string();
+    assert_eq!(
+        get(addr, "/orig", &[("x-envoy-original-dst-host", &target)])
+            .await
+            .upstream(),
+        "a"
+    );
+    let target = c.addr.to_string();
+    assert_eq!(
+        get(addr, "/orig", &[("x-envoy-original-dst-host", &target)])
+            .await
+            .upstream(),
+        "c"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_trailers_pass_through_h2() {
+    let a = upstream("a").await;
+    let h2 = json!({"http2_protocol_options": {}});
+    let routes = json!([{"match": {"prefix": "/pkg.Svc/", "grpc": {}}, "route": {"cluster": "grpc", "timeout": "0s"}}]);
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
+            vec![],
+            json!({}),
+        )],
+        vec![cluster("grpc", &[a.addr], h2)],
+    ))
+    .await;
+    let addr = p.addr("l");
+    let hdrs = [
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("x-test-trailers", "1"),
+    ];
+    let r = request(addr, "POST", "/pkg.Svc/Call", &hdrs, "\0\0\0\0\0", true).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+    assert_eq!(r.json()["headers"]["te"], "trailers");
+    let t = r.trailers.expect("trailers forwarded");
+    assert_eq!(t.get("grpc-status").unwrap(), "0");
+    // The grpc route match requires a gRPC content-type.
+    assert_eq!(
+        request(addr, "POST", "/pkg.Svc/Call", &[], "", true)
+            .await
+            .status,
+        404
+    );
+}
