@@ -208,13 +208,15 @@ impl Check {
             for (i, s) in f.states.iter().enumerate() {
                 if *s == HunkState::Mismatch {
                     let h = &f.patch.hunks[i];
-                    let first = h
+                    // The first changed line, numbered as in the original file.
+                    let (line, first) = h
                         .lines
                         .iter()
-                        .find(|(k, _)| *k == '-')
-                        .or_else(|| h.lines.first())
-                        .map(|(_, l)| l.as_str())
-                        .unwrap_or("");
+                        .filter(|(k, _)| *k != '+')
+                        .enumerate()
+                        .find(|(_, (k, _))| *k == '-')
+                        .map(|(n, (_, l))| (h.old_start + n, l.as_str()))
+                        .unwrap_or((h.old_start, ""));
                     let _ = writeln!(
                         bad,
                         "  {}: {} matches neither the original nor the patched text \
@@ -222,7 +224,7 @@ impl Check {
                         f.rel,
                         diff::hunk_name(&f.patch, i),
                         first.trim(),
-                        h.old_start
+                        line
                     );
                 }
             }
@@ -231,7 +233,7 @@ impl Check {
             return Ok(());
         }
         bail!(
-            "the patch {} does not fit {}; nothing was changed:\n{}\n\
+            "the patch {} does not fit {}; nothing was changed:\n{}\n\n\
              help: the checkout differs from the Istio release the patch was written for; check \
              out a supported tag ({}) or restore these files with `git checkout -- FILE`",
             self.name,
