@@ -70,15 +70,20 @@ async fn ensure_base_layer(
     repo: String,
     source: Arc<Source>,
     d: Descriptor,
-) -> Result<u64> {
+    pb: indicatif::ProgressBar,
+) -> Result<()> {
     if dest.blob_exists(&repo, &d.digest).await? {
-        return Ok(d.size);
+        pb.inc(d.size);
+        return Ok(());
     }
     let mut session = None;
     if let Some((reg, from)) = source.registry_repo() {
         if reg == dest.name {
             match dest.mount(&repo, &d.digest, from).await? {
-                MountOutcome::Mounted => return Ok(d.size),
+                MountOutcome::Mounted => {
+                    pb.inc(d.size);
+                    return Ok(());
+                }
                 MountOutcome::Session(url) => session = Some(url),
                 // distribution answers 401 when the token lacks pull on `from`: upload instead.
                 MountOutcome::Refused(s) => {
@@ -88,8 +93,8 @@ async fn ensure_base_layer(
         }
     }
     let data = source.blob(&d.digest).await?;
-    dest.upload(&repo, &d.digest, data, session).await?;
-    Ok(d.size)
+    dest.upload(&repo, &d.digest, data, session, Some(&pb))
+        .await
 }
 
 /// Push everything; returns the digest of what the tag points at.
@@ -117,15 +122,15 @@ pub async fn push(
             _tmp: None,
         }),
     });
-    let total: u64 = built
-        .images
-        .iter()
-        .map(|i| {
-            i.base_layers.iter().map(|l| l.size).sum::<u64>()
-                + i.layer.blob.len() as u64
-                + i.config.len() as u64
-        })
-        .sum();
+    let mut sizes = std::collections::HashMap::new();
+    for i in &built.images {
+        for l in &i.base_layers {
+            sizes.insert(l.digest.as_str(), l.size);
+        }
+        sizes.insert(i.layer.digest.as_str(), i.layer.blob.len() as u64);
+        sizes.insert(i.config_digest.as_str(), i.config.len() as u64);
+    }
+    let total: u64 = sizes.values().sum();
     let pb = progress.add(super::overlay::bar("upload"));
     pb.set_length(total);
 
@@ -138,33 +143,42 @@ pub async fn push(
             if !queued.insert(l.digest.clone()) {
                 continue;
             }
-            let (dest, repo, source, l, sem) = (
+            let (dest, repo, source, l, sem, pb) = (
                 dest.clone(),
                 repo.clone(),
                 source.clone(),
                 l.clone(),
                 sem.clone(),
+                pb.clone(),
             );
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await?;
-                ensure_base_layer(dest, repo, source, l).await
+                ensure_base_layer(dest, repo, source, l, pb).await
             });
         }
     }
     while let Some(r) = set.join_next().await {
-        pb.inc(r.context("an upload task panicked")??);
+        r.context("an upload task panicked")??;
     }
+    // The new layer (once per architecture) and each config: skipped when present.
+    let mut blobs: Vec<(&str, &Bytes)> = Vec::new();
     for img in &built.images {
-        if !dest.blob_exists(&repo, &img.layer.digest).await? {
-            dest.upload(&repo, &img.layer.digest, img.layer.blob.clone(), None)
+        for (d, b) in [
+            (img.layer.digest.as_str(), &img.layer.blob),
+            (img.config_digest.as_str(), &img.config),
+        ] {
+            if !blobs.iter().any(|(x, _)| *x == d) {
+                blobs.push((d, b));
+            }
+        }
+    }
+    for (digest, data) in blobs {
+        if dest.blob_exists(&repo, digest).await? {
+            pb.inc(data.len() as u64);
+        } else {
+            dest.upload(&repo, digest, data.clone(), None, Some(&pb))
                 .await?;
         }
-        pb.inc(img.layer.blob.len() as u64);
-        if !dest.blob_exists(&repo, &img.config_digest).await? {
-            dest.upload(&repo, &img.config_digest, img.config.clone(), None)
-                .await?;
-        }
-        pb.inc(img.config.len() as u64);
     }
     pb.finish_and_clear();
     let top = match &built.index {

@@ -89,6 +89,11 @@ pub fn run(args: Args) -> Result<()> {
              help: add --push, --output oci:DIR, --output docker-archive:FILE or --load"
         );
     }
+    if args.smoke && !(args.load || args.engine || args.push) {
+        bail!(
+            "--smoke runs the image in the Docker engine, so it needs --load, --push or --engine"
+        );
+    }
     let binaries = if args.binary.is_empty() {
         super::binary::build_for(&args.platform, args.profile)?
     } else {

@@ -41,6 +41,26 @@ pub enum MountOutcome {
     Refused(StatusCode),
 }
 
+/// A request body that advances `pb` as hyper pulls 256 KiB chunks from it.
+fn progress_body(
+    data: Bytes,
+    pb: indicatif::ProgressBar,
+    counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> reqwest::Body {
+    const CHUNK: usize = 256 * 1024;
+    let chunks: Vec<Bytes> = (0..data.len())
+        .step_by(CHUNK)
+        .map(|i| data.slice(i..(i + CHUNK).min(data.len())))
+        .collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks.into_iter().map(
+        move |c| {
+            pb.inc(c.len() as u64);
+            counted.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, std::io::Error>(c)
+        },
+    )))
+}
+
 /// "Cannot reach" with the cause and a remedy.
 fn unreachable(api_host: &str, e: reqwest::Error, allow_http: bool) -> anyhow::Error {
     anyhow!(e).context(format!(
@@ -188,6 +208,19 @@ impl Registry {
         headers: &[(&str, &str)],
         body: Option<Bytes>,
     ) -> Result<reqwest::Response> {
+        self.send_with(method, url, headers, body, None).await
+    }
+
+    /// [`Registry::send`], streaming the body in chunks that advance `progress`.
+    async fn send_with(
+        &self,
+        method: Method,
+        url: Url,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+        progress: Option<&indicatif::ProgressBar>,
+    ) -> Result<reqwest::Response> {
+        let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut reauthed = false;
         let mut attempt = 0;
         loop {
@@ -199,8 +232,17 @@ impl Registry {
             if let Some(a) = self.authorization.lock().expect("not poisoned").clone() {
                 req = req.header(reqwest::header::AUTHORIZATION, a);
             }
-            if let Some(b) = &body {
-                req = req.body(b.clone());
+            match (&body, progress) {
+                (Some(b), Some(pb)) => {
+                    // A retry takes back what the failed attempt counted (bars are shared
+                    // by parallel uploads, so no absolute positions).
+                    pb.dec(counted.swap(0, std::sync::atomic::Ordering::Relaxed));
+                    req = req
+                        .header(reqwest::header::CONTENT_LENGTH, b.len())
+                        .body(progress_body(b.clone(), pb.clone(), counted.clone()));
+                }
+                (Some(b), None) => req = req.body(b.clone()),
+                (None, _) => {}
             }
             match req.send().await {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
@@ -374,6 +416,7 @@ impl Registry {
         digest: &str,
         data: Bytes,
         session: Option<Url>,
+        progress: Option<&indicatif::ProgressBar>,
     ) -> Result<()> {
         let what = format!("cannot upload blob {digest} to {}/{repo}", self.name);
         let mut url = match session {
@@ -396,11 +439,12 @@ impl Registry {
         // Location may already carry a query (`_state`): add to it, never concatenate.
         url.query_pairs_mut().append_pair("digest", digest);
         let resp = self
-            .send(
+            .send_with(
                 Method::PUT,
                 url,
                 &[("Content-Type", "application/octet-stream")],
                 Some(data),
+                progress,
             )
             .await?;
         if resp.status() != StatusCode::CREATED {
