@@ -4,6 +4,8 @@
 pub mod action;
 pub mod headers;
 pub mod matcher;
+#[cfg(test)]
+mod tests;
 
 use crate::proxy::cors::CorsPolicy;
 use crate::proxy::fault::FaultConfig;

@@ -1,0 +1,169 @@
+//! Matcher and action semantics checked without sockets.
+
+use super::action::{split_host_port, Action, Redirect};
+use super::matcher::{HeaderMatch, QueryMatch, StringMatch};
+use super::RouteConfig;
+use crate::config::decode::from_json;
+use envoy_types::pb::envoy::config::route::v3 as rpb;
+use http::HeaderMap;
+use serde_json::json;
+
+fn rc(v: serde_json::Value) -> RouteConfig {
+    RouteConfig::from_proto(&from_json::<rpb::RouteConfiguration>(&v, true).unwrap()).unwrap()
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    h
+}
+
+fn hm(v: serde_json::Value) -> HeaderMatch {
+    HeaderMatch::from_proto(&from_json::<rpb::HeaderMatcher>(&v, true).unwrap()).unwrap()
+}
+
+#[test]
+fn vhost_selection_precedence() {
+    let vh = |name: &str, domains: serde_json::Value| json!({"name": name, "domains": domains, "routes": []});
+    let c = rc(json!({"virtual_hosts": [
+        vh("exact", json!(["foo.bar.com"])), vh("suffix", json!(["*.bar.com"])), vh("longsuffix", json!(["*.foo.bar.com"])),
+        vh("prefix", json!(["foo.*"])), vh("longprefix", json!(["foo.bar.*"])), vh("any", json!(["*"]))]}));
+    let pick = |h: &str| c.select_vhost(h).map(|v| v.name.clone()).unwrap();
+    assert_eq!(pick("foo.bar.com"), "exact");
+    assert_eq!(pick("FOO.bar.com"), "exact", "hosts are case-insensitive");
+    assert_eq!(pick("x.foo.bar.com"), "longsuffix");
+    assert_eq!(pick("x.bar.com"), "suffix");
+    assert_eq!(pick("foo.bar.org"), "longprefix");
+    assert_eq!(pick("foo.org"), "prefix");
+    assert_eq!(pick("other"), "any");
+    let dup = from_json::<rpb::RouteConfiguration>(
+        &json!({"virtual_hosts": [vh("a", json!(["x"])), vh("b", json!(["x"]))]}),
+        true,
+    )
+    .unwrap();
+    assert!(
+        RouteConfig::from_proto(&dup).is_err(),
+        "duplicate domains are rejected"
+    );
+    let ip = rc(
+        json!({"ignore_port_in_host_matching": true, "virtual_hosts": [vh("a", json!(["svc"]))]}),
+    );
+    assert!(ip.select_vhost("svc:8080").is_some());
+}
+
+#[test]
+fn header_matcher_missing_header_semantics() {
+    let empty = headers(&[]);
+    // A missing header matches only `present_match: false` (or an inverted `present_match: true`).
+    assert!(hm(json!({"name": "x", "present_match": false})).matches(&empty));
+    assert!(hm(json!({"name": "x", "present_match": true, "invert_match": true})).matches(&empty));
+    assert!(!hm(json!({"name": "x", "exact_match": "a", "invert_match": true})).matches(&empty));
+    assert!(!hm(json!({"name": "x", "exact_match": ""})).matches(&empty));
+    assert!(hm(
+        json!({"name": "x", "string_match": {"exact": ""}, "treat_missing_header_as_empty": true})
+    )
+    .matches(&empty));
+    // Deprecated exact_match "" matches any present value; repeated values are joined by ','.
+    assert!(hm(json!({"name": "x", "exact_match": ""})).matches(&headers(&[("x", "anything")])));
+    assert!(
+        hm(json!({"name": "x", "exact_match": "a,b"})).matches(&headers(&[("x", "a"), ("x", "b")]))
+    );
+    assert!(hm(json!({"name": "x", "suffix_match": "end"})).matches(&headers(&[("x", "the end")])));
+    assert!(
+        !hm(json!({"name": "x", "range_match": {"start": 0, "end": 10}}))
+            .matches(&headers(&[("x", "ten")]))
+    );
+    assert!(
+        hm(json!({"name": "x", "range_match": {"start": -10, "end": 0}}))
+            .matches(&headers(&[("x", "-3")]))
+    );
+    assert!(
+        hm(json!({"name": "X-Upper", "exact_match": "v"})).matches(&headers(&[("x-upper", "v")]))
+    );
+}
+
+#[test]
+fn string_and_query_matchers() {
+    let sm = |v: serde_json::Value| {
+        StringMatch::from_proto(
+            &from_json::<envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher>(&v, true)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert!(sm(json!({"prefix": "AB", "ignore_case": true})).matches("abc"));
+    assert!(!sm(json!({"prefix": "AB"})).matches("abc"));
+    assert!(sm(json!({"safe_regex": {"regex": "a.c"}})).matches("abc"));
+    assert!(
+        !sm(json!({"safe_regex": {"regex": "a.c"}})).matches("abcd"),
+        "regex is anchored"
+    );
+    let qm = |v: serde_json::Value| {
+        QueryMatch::from_proto(&from_json::<rpb::QueryParameterMatcher>(&v, true).unwrap()).unwrap()
+    };
+    let q = qm(json!({"name": "k", "string_match": {"exact": "a b"}}));
+    assert!(q.matches(Some("x=1&k=a%20b")));
+    assert!(!q.matches(Some("k=ab")));
+    assert!(!q.matches(None));
+    assert!(qm(json!({"name": "flag", "present_match": true})).matches(Some("flag")));
+}
+
+#[test]
+fn weighted_total_weight_must_add_up() {
+    let r = |total: u32| {
+        json!({"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {
+            "weighted_clusters": {"total_weight": total, "clusters": [{"name": "a", "weight": 30}, {"name": "b", "weight": 70}]}}}]}]})
+    };
+    let ok = from_json::<rpb::RouteConfiguration>(&r(100), true).unwrap();
+    assert!(RouteConfig::from_proto(&ok).is_ok());
+    let bad = from_json::<rpb::RouteConfiguration>(&r(90), true).unwrap();
+    assert!(RouteConfig::from_proto(&bad)
+        .unwrap_err()
+        .contains("total_weight"));
+}
+
+#[test]
+fn redirects_and_host_ports() {
+    let redirect = |v: serde_json::Value| {
+        Redirect::from_proto(&from_json::<rpb::RedirectAction>(&v, true).unwrap()).unwrap()
+    };
+    assert_eq!(
+        redirect(json!({"https_redirect": true})).location("http", "a.com:80", "/p?q", None),
+        "https://a.com/p?q"
+    );
+    assert_eq!(
+        redirect(json!({"scheme_redirect": "https", "port_redirect": 8443}))
+            .location("http", "a.com", "/p", None),
+        "https://a.com:8443/p"
+    );
+    assert_eq!(
+        redirect(json!({"prefix_rewrite": "/new", "strip_query": true})).location(
+            "http",
+            "a.com:8080",
+            "/old/x?q=1",
+            Some("/old")
+        ),
+        "http://a.com:8080/new/x"
+    );
+    assert_eq!(redirect(json!({"regex_rewrite": {"pattern": {"regex": "^/(\\w+)/(\\w+)$"}, "substitution": "/\\2/\\1"}})).location("http", "h", "/a/b", None), "http://h/b/a");
+    assert_eq!(
+        redirect(json!({"response_code": "PERMANENT_REDIRECT"})).status,
+        308
+    );
+    assert_eq!(split_host_port("[::1]:8080"), ("[::1]", Some(8080)));
+    assert_eq!(split_host_port("::1"), ("::1", None));
+    assert_eq!(split_host_port("h:x"), ("h:x", None));
+    let c = rc(
+        json!({"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]}),
+    );
+    assert!(matches!(
+        c.route("h", "/", &HeaderMap::new()).unwrap().1.action,
+        Action::Direct { status: 200, .. }
+    ));
+}
