@@ -123,3 +123,62 @@ pub fn duration(d: &envoy_types::pb::google::protobuf::Duration) -> Duration {
 pub fn opt_duration(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Option<Duration> {
     d.as_ref().map(duration)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_is_proto_merge_from() {
+        let mut base = json!({"node": {"id": "a", "metadata": {"x": 1}}, "static_resources": {"clusters": [{"name": "c1"}]}});
+        merge(
+            &mut base,
+            json!({"node": {"id": "b"}, "static_resources": {"clusters": [{"name": "c2"}]}}),
+        );
+        assert_eq!(base["node"], json!({"id": "b", "metadata": {"x": 1}}));
+        assert_eq!(
+            base["static_resources"]["clusters"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn load_yaml_file_with_config_yaml_and_overrides() {
+        let dir = std::env::temp_dir().join(format!("mosn-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("b.yaml");
+        std::fs::write(&file, "node: {id: from-file, cluster: c}\nstatic_resources:\n  clusters:\n  - {name: one, type: STATIC}\n").unwrap();
+        let opts = Options {
+            config_path: Some(file.clone()),
+            config_yaml: Some(
+                "static_resources: {clusters: [{name: two, type: STRICT_DNS}]}".into(),
+            ),
+            service_node: Some("sidecar~1.2.3.4~x.ns~ns.svc.cluster.local".into()),
+            ..Default::default()
+        };
+        let b = load(&opts).unwrap();
+        let names: Vec<_> = b
+            .proto
+            .static_resources
+            .as_ref()
+            .unwrap()
+            .clusters
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(names, ["one", "two"]);
+        assert_eq!(
+            b.proto.node.as_ref().unwrap().id,
+            "sidecar~1.2.3.4~x.ns~ns.svc.cluster.local"
+        );
+        assert_eq!(b.proto.node.as_ref().unwrap().cluster, "c");
+        // Unknown fields: strict fails, so the loader warns and decodes leniently.
+        assert!(decode_bootstrap(json!({"node": {"id": "x"}, "future_field": 1}), true).is_ok());
+        assert!(decode_bootstrap(json!({"node": "not an object"}), true).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

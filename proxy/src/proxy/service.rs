@@ -18,13 +18,15 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<BoxBo
     let stats = &ctx.stats;
     stats.rq_total.inc();
     stats.rq_active.inc();
+    let h1 = req.version() < http::Version::HTTP_2;
     let mut resp = match route_request(&ctx, req).await {
         Ok(r) => r,
         Err(reply) => reply.into_response(&ctx.hcm.server_name),
     };
     stats.rq_active.dec();
     stats.status(resp.status().as_u16());
-    if *ctx.draining.borrow() {
+    // `Connection` is illegal in HTTP/2; hyper sends GOAWAY for h2 connections instead.
+    if h1 && *ctx.draining.borrow() {
         // Draining: ask HTTP/1 clients to reconnect elsewhere (h2 gets GOAWAY from hyper).
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
