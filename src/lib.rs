@@ -15,3 +15,4 @@ pub mod pack;
 pub mod serve;
 pub mod targets;
 pub mod ui;
+pub mod xds;
