@@ -333,6 +333,38 @@ fn multi_arch_index_overlays_matching_platforms_and_drops_attestations() {
     ]);
     assert!(out.status.success(), "every blob of every child verifies");
 
+    // The same into an OCI layout: an OCI index (children converted to OCI types) that
+    // skopeo reads and copies with every blob verified.
+    let layout = tmp.path().join("multi-oci");
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.args(["overlay", "--base", &base, "--tag", &dst, "--binary"])
+        .arg(test_binary())
+        .arg("--binary")
+        .arg(&arm)
+        .arg("--output")
+        .arg(format!("oci:{}:multi", layout.display()));
+    ok(c);
+    let out = skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci:{}:multi", layout.display()),
+    ]);
+    assert!(out.status.success());
+    let idx: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(idx["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(idx["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        idx["manifests"][1]["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    let out = skopeo(&[
+        "copy",
+        "--all",
+        &format!("oci:{}:multi", layout.display()),
+        &format!("oci:{}:copy", tmp.path().join("multi-copy").display()),
+    ]);
+    assert!(out.status.success());
+
     // One architecture: one child.
     let dst1 = format!("{}/multi:amd64", reg.host());
     let out = overlay(tmp.path(), &["--base", &base, "--tag", &dst1, "--push"]);
