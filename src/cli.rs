@@ -37,6 +37,8 @@ pub enum Command {
     InjectRewrite(crate::image::istio::RewriteArgs),
     /// Apply (or check, or revert) the wasm-disable patch on an istio/istio checkout.
     PatchIstio(crate::istio::PatchArgs),
+    /// Build a proxyv2 image with mosn through Istio's own `make docker.proxyv2` (Istio 1.10).
+    BuildImage(crate::istio::BuildImageArgs),
     /// Replay an Envoy config_dump over ADS (xDS server) and write bootstraps that use it.
     Xds(crate::xds::Args),
 }
@@ -53,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::IstioArgs(args) => crate::image::istio::run_args(args),
         Command::InjectRewrite(args) => crate::image::istio::run_rewrite(args),
         Command::PatchIstio(args) => crate::istio::run_patch(args),
+        Command::BuildImage(args) => crate::istio::run_build_image(args),
         Command::Xds(args) => crate::xds::run(args),
     }
 }

@@ -8,8 +8,13 @@
 //! - [`patch`]: check, apply and revert on a checkout, all or nothing.
 //! - [`env`], [`plan`], [`make`], [`engine`], [`build_image`]: the `build-image` recipe.
 
+pub mod build_image;
 pub mod diff;
+pub mod engine;
+pub mod env;
+pub mod make;
 pub mod patch;
+pub mod plan;
 pub mod supported;
 pub mod version;
 
@@ -19,6 +24,8 @@ use anyhow::Result;
 
 use diff::Direction;
 use patch::{Choice, TreeState};
+
+pub use build_image::{run_build_image, BuildImageArgs};
 
 /// `mosnctl patch-istio`.
 #[derive(Debug, Clone, clap::Args)]
