@@ -3,9 +3,16 @@
 
 use crate::config::opt_duration;
 use envoy_types::pb::envoy::config::cluster::v3 as cpb;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// Milliseconds since a process-wide base instant (+1 so that 0 can mean "not ejected").
+fn ms(t: Instant) -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    t.saturating_duration_since(base).as_millis() as u64 + 1
+}
 
 /// Cluster-level outlier detection settings (Envoy defaults applied).
 #[derive(Debug, Clone)]
@@ -50,7 +57,8 @@ pub struct HostOutlier {
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
     times_ejected: AtomicU32,
-    ejected_until: Mutex<Option<Instant>>,
+    /// Ejection end as [`ms`], 0 when not ejected. An atomic because every host pick reads it.
+    ejected_until: AtomicU64,
 }
 
 /// Why a host was ejected.
@@ -65,15 +73,17 @@ pub enum Ejection {
 impl HostOutlier {
     /// Whether the host is currently ejected. An expired ejection is lifted here.
     pub fn is_ejected(&self, now: Instant) -> bool {
-        let mut g = self.ejected_until.lock().unwrap();
-        match *g {
-            Some(t) if t > now => true,
-            Some(_) => {
-                *g = None;
-                false
-            }
-            None => false,
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
         }
+        if ms(now) < until {
+            return true;
+        }
+        let _ = self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
     /// Record a successful (non-5xx) response.
@@ -108,7 +118,7 @@ impl HostOutlier {
     pub fn eject(&self, cfg: &OutlierConfig, now: Instant) {
         let times = self.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
         let dur = (cfg.base_ejection * times).min(cfg.max_ejection.max(cfg.base_ejection));
-        *self.ejected_until.lock().unwrap() = Some(now + dur);
+        self.ejected_until.store(ms(now + dur), Ordering::Relaxed);
         self.consecutive_5xx.store(0, Ordering::Relaxed);
         self.consecutive_gateway.store(0, Ordering::Relaxed);
     }

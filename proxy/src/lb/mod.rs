@@ -168,12 +168,13 @@ impl HostSet {
     pub fn choose(&self, policy: &LbPolicy, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
         let now = Instant::now();
         for level in &self.levels {
-            let ejected: Vec<bool> = level
+            // No allocation on the hot path: the ejection check is one atomic load per host.
+            let n_ejected = level
                 .hosts
                 .iter()
-                .map(|h| h.outlier.is_ejected(now))
-                .collect();
-            let n_ejected = ejected.iter().filter(|e| **e).count();
+                .filter(|h| h.outlier.is_ejected(now))
+                .count();
+            let ejected = |i: usize| n_ejected > 0 && level.hosts[i].outlier.is_ejected(now);
             let panic = n_ejected * 2 > level.hosts.len();
             if n_ejected == level.hosts.len()
                 && self.levels.len() > 1
@@ -182,12 +183,12 @@ impl HostSet {
                 continue; // spill to the next priority
             }
             let usable =
-                |i: usize| (panic || !ejected[i]) && !ctx.exclude.contains(&level.hosts[i].addr);
+                |i: usize| (panic || !ejected(i)) && !ctx.exclude.contains(&level.hosts[i].addr);
             if let Some(i) = level.pick(policy, ctx, &usable) {
                 return Some(level.hosts[i].clone());
             }
             // Everything excluded by retry predicates: fall back to any non-ejected host.
-            let fallback = |i: usize| panic || !ejected[i];
+            let fallback = |i: usize| panic || !ejected(i);
             if let Some(i) = level.pick(
                 policy,
                 &LbContext {
