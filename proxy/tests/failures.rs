@@ -36,6 +36,7 @@ async fn retries_timeouts_and_failure_answers() {
         route("/pertry", "ab", retry("5xx", 1, json!({"per_try_timeout": "0.3s"}))),
         {"match": {"prefix": "/timeout"}, "route": {"cluster": "a", "timeout": "0.3s"}},
         {"match": {"prefix": "/notimeout"}, "route": {"cluster": "a", "timeout": "0s"}},
+        {"match": {"prefix": "/idle"}, "route": {"cluster": "a", "timeout": "0s", "idle_timeout": "0.3s"}},
     ]);
     let clusters = vec![
         cluster("ab", &[a.addr, b.addr], json!({})),
@@ -158,6 +159,13 @@ async fn retries_timeouts_and_failure_answers() {
             .status,
         200
     );
+    // A route idle_timeout bounds the wait for a silent upstream: 504 SI.
+    let r = get(addr, "/idle", &[("x-test-slow-on", "a")]).await;
+    assert_eq!(
+        (r.status, r.body.as_str(), flags(&r).as_str()),
+        (504, "stream timeout", "SI")
+    );
+    assert_eq!(get(addr, "/idle", &[]).await.status, 200);
     // The proxy is still healthy after all of that.
     assert_eq!(get(addr, "/noretry", &[]).await.status, 200);
 }

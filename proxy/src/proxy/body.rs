@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -171,6 +172,53 @@ impl<G: Unpin> Body for Guarded<G> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+/// A response body that fails if no frame arrives for `idle` (route `idle_timeout` /
+/// HCM `stream_idle_timeout`); the failure resets the downstream stream.
+pub struct IdleBody {
+    inner: BoxBody,
+    idle: std::time::Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleBody {
+    /// Wrap `inner`.
+    pub fn wrap(inner: BoxBody, idle: std::time::Duration) -> BoxBody {
+        IdleBody {
+            inner,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+        }
+        .boxed_unsync()
+    }
+}
+
+impl Body for IdleBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                let deadline = tokio::time::Instant::now() + self.idle;
+                self.sleep.as_mut().reset(deadline);
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err("stream idle timeout".into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()

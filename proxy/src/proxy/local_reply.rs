@@ -28,6 +28,8 @@ pub enum Flag {
     FaultInjected,
     /// Downstream connection termination.
     DownstreamConnectionTermination,
+    /// Stream idle timeout.
+    StreamIdleTimeout,
 }
 
 impl Flag {
@@ -45,6 +47,7 @@ impl Flag {
             Flag::DelayInjected => "DI",
             Flag::FaultInjected => "FI",
             Flag::DownstreamConnectionTermination => "DC",
+            Flag::StreamIdleTimeout => "SI",
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct Downstream {
     pub peer: SocketAddr,
     /// Original destination of the connection (ORIGINAL_DST clusters).
     pub original_dst: SocketAddr,
+    /// The HCM's `stream_idle_timeout` (a route's `idle_timeout` overrides it).
+    pub stream_idle: Option<Duration>,
 }
 
 /// Why one attempt failed.
@@ -28,6 +30,7 @@ enum AttemptError {
     Connect(LocalReply),
     Reset(String),
     PerTryTimeout,
+    Idle,
 }
 
 /// Keeps `upstream_rq_active` and the host's active count right until the response ends.
@@ -72,6 +75,7 @@ pub async fn forward(
             Flag::DownstreamConnectionTermination,
         )
     })?;
+    let idle = action.idle_timeout.or(down.stream_idle);
     let started = Instant::now();
     let deadline = action.timeout.map(|t| started + t);
     if let Some(t) = action.timeout {
@@ -125,13 +129,26 @@ pub async fn forward(
             (Some(p), Some(r)) => Some(p.min(r)),
             (p, r) => p.or(r),
         };
+        // The stream idle timeout also bounds the wait for response headers.
+        let idle_first = idle.is_some_and(|i| wait.is_none_or(|w| i < w));
         stats.rq_total.inc();
         stats.rq_active.inc();
         let guard = RqGuard {
             active: stats.rq_active.clone(),
             _host: ActiveRequest::new(host.clone()),
         };
-        let outcome = send(&cluster, &host, req, down, wait).await;
+        let outcome = match send(
+            &cluster,
+            &host,
+            req,
+            down,
+            if idle_first { idle } else { wait },
+        )
+        .await
+        {
+            Err(AttemptError::PerTryTimeout) if idle_first => Err(AttemptError::Idle),
+            o => o,
+        };
         let global_expired = deadline.is_some_and(|d| Instant::now() >= d);
         let can_retry = attempt < retries && body.replayable() && !global_expired;
         match outcome {
@@ -161,7 +178,10 @@ pub async fn forward(
                 if let Ok(v) = HeaderValue::from_str(&started.elapsed().as_millis().to_string()) {
                     rp.headers.insert("x-envoy-upstream-service-time", v);
                 }
-                let body = Guarded::wrap(super::body::boxed(rb), guard);
+                let mut body = Guarded::wrap(super::body::boxed(rb), guard);
+                if let Some(i) = idle {
+                    body = super::body::IdleBody::wrap(body, i);
+                }
                 return Ok(Response::from_parts(rp, body));
             }
             Err(e) => {
@@ -181,6 +201,14 @@ pub async fn forward(
                             LocalReply::reset(&reason, Flag::UpstreamRemoteReset),
                             retriable,
                         )
+                    }
+                    AttemptError::Idle => {
+                        end_retry(&cluster, &mut in_retry);
+                        return Err(LocalReply::new(
+                            504,
+                            "stream timeout",
+                            Flag::StreamIdleTimeout,
+                        ));
                     }
                     AttemptError::PerTryTimeout if global_expired || per_try.is_none() => {
                         stats.rq_timeout.inc();

@@ -218,6 +218,7 @@ async fn route_request(
             let down = Downstream {
                 peer: ctx.peer,
                 original_dst: ctx.original_dst,
+                stream_idle: ctx.hcm.stream_idle_timeout,
             };
             match router::forward(cluster, a, retry, parts, body, down).await {
                 Ok(r) => r,
