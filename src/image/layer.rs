@@ -1,11 +1,12 @@
-//! The one new layer: a deterministic tar holding `usr/local/bin/mosn`, gzip-compressed, with
-//! the diff_id (over the tar) and the blob digest (over the gzip stream) computed in one pass.
+//! The one new layer: a deterministic tar holding `usr/local/bin/mosn`, gzip-compressed in
+//! parallel, with the diff_id (over the tar) and the blob digest (over the gzip stream).
 
-use std::io::{self, Read, Write};
+use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
-use flate2::{Compression, GzBuilder};
+use flate2::{Compress, Compression, FlushCompress, Status};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
@@ -28,40 +29,55 @@ pub struct Layer {
 pub struct LayerOptions {
     /// Entry mtime (`SOURCE_DATE_EPOCH`, or 0).
     pub mtime: u64,
-    /// gzip level 0-9 (flate2's pure-Rust backend; pinned, since output depends on it).
+    /// gzip level 0-9; with the flate2 backend and [`CHUNK`], it decides the blob bytes.
     pub level: u32,
 }
 
-/// Hash everything written through it, then pass it on.
-struct HashWriter<W> {
-    inner: W,
-    hash: Sha256,
-}
-
-impl<W: Write> Write for HashWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
+/// Deflate input is cut into chunks of this size, compressed in parallel and joined (the
+/// pigz technique). Part of the reproducibility contract: changing it changes the bytes.
+pub const CHUNK: usize = 1 << 20;
 
 /// Build the layer for `binary` at [`MOSN_PATH`] (mode 0755, uid/gid 0).
 ///
 /// No parent-directory entries are written: they would replace the base's `/usr/local/bin`
-/// metadata when the layers are stacked.
+/// metadata when the layers are stacked. The file is read once into the tar bytes; the
+/// diff_id (sha256) and gzip CRC are computed on one thread while the chunks are deflated on
+/// the others, then the blob digest is taken over the assembled gzip stream.
 pub fn build(binary: &Path, opts: LayerOptions, progress: &ProgressBar) -> Result<Layer> {
+    let tar = tar_bytes(binary, opts.mtime)?;
+    progress.set_length(tar.len() as u64);
+    let level = opts.level.min(9);
+    let ((diff_id, crc), body) = std::thread::scope(|s| {
+        let hashes = s.spawn(|| {
+            let diff_id = format!("sha256:{}", crate::fsutil::hex(&Sha256::digest(&tar)));
+            (diff_id, crc32fast::hash(&tar))
+        });
+        let body = deflate_parallel(&tar, level, progress);
+        (hashes.join().expect("hash thread panicked"), body)
+    });
+    let mut blob = Vec::with_capacity(body.len() + 18);
+    // Magic, deflate, no flags, mtime 0, no extra flags, OS "unknown": nothing
+    // machine-specific in the header.
+    blob.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
+    blob.extend_from_slice(&body);
+    blob.extend_from_slice(&crc.to_le_bytes());
+    blob.extend_from_slice(&(tar.len() as u32).to_le_bytes());
+    let digest = format!("sha256:{}", crate::fsutil::hex(&Sha256::digest(&blob)));
+    Ok(Layer {
+        blob: bytes::Bytes::from(blob),
+        digest,
+        diff_id,
+    })
+}
+
+/// The uncompressed layer: one ustar entry, padding, and the two-block trailer.
+fn tar_bytes(binary: &Path, mtime: u64) -> Result<Vec<u8>> {
     let mut file =
         std::fs::File::open(binary).with_context(|| format!("cannot open {}", binary.display()))?;
     let size = file
         .metadata()
         .with_context(|| format!("cannot stat {}", binary.display()))?
         .len();
-    progress.set_length(size);
-
     let mut header = tar::Header::new_ustar();
     header
         .set_path(MOSN_PATH)
@@ -71,53 +87,85 @@ pub fn build(binary: &Path, opts: LayerOptions, progress: &ProgressBar) -> Resul
     header.set_mode(0o755);
     header.set_uid(0);
     header.set_gid(0);
-    header.set_mtime(opts.mtime);
+    header.set_mtime(mtime);
     header.set_username("root").expect("short name");
     header.set_groupname("root").expect("short name");
     header.set_cksum();
-
-    // tar -> sha256 (diff_id) -> gzip -> sha256 (digest) -> memory.
-    let blob_sink = HashWriter {
-        inner: Vec::with_capacity(size as usize / 2 + 4096),
-        hash: Sha256::new(),
-    };
-    // mtime 0, no file name, so the gzip header carries nothing machine-specific.
-    let gz = GzBuilder::new()
-        .mtime(0)
-        .write(blob_sink, Compression::new(opts.level.min(9)));
-    let mut tar_sink = HashWriter {
-        inner: gz,
-        hash: Sha256::new(),
-    };
-    tar_sink.write_all(header.as_bytes())?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut copied = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", binary.display()))?;
-        if n == 0 {
-            break;
-        }
-        tar_sink.write_all(&buf[..n])?;
-        copied += n as u64;
-        progress.set_position(copied);
-    }
+    let pad = (512 - (size % 512) as usize) % 512;
+    let mut tar = Vec::with_capacity(512 + size as usize + pad + 1024);
+    tar.extend_from_slice(header.as_bytes());
+    let read = file
+        .read_to_end(&mut tar)
+        .with_context(|| format!("cannot read {}", binary.display()))?;
     anyhow::ensure!(
-        copied == size,
+        read as u64 == size,
         "{} changed size while it was being read",
         binary.display()
     );
-    let pad = (512 - (size % 512) as usize) % 512;
-    tar_sink.write_all(&vec![0u8; pad + 1024])?;
-    let diff_id = format!("sha256:{}", crate::fsutil::hex(&tar_sink.hash.finalize()));
-    let blob_sink = tar_sink.inner.finish().context("gzip failed")?;
-    let digest = format!("sha256:{}", crate::fsutil::hex(&blob_sink.hash.finalize()));
-    Ok(Layer {
-        blob: bytes::Bytes::from(blob_sink.inner),
-        digest,
-        diff_id,
-    })
+    tar.resize(tar.len() + pad + 1024, 0);
+    Ok(tar)
+}
+
+/// Raw deflate of `data` in [`CHUNK`]s on all cores; every chunk but the last ends with a
+/// sync flush (byte-aligned, no final bit), so the parts join into one deflate stream.
+fn deflate_parallel(data: &[u8], level: u32, progress: &ProgressBar) -> Vec<u8> {
+    let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
+    let last = chunks.len().saturating_sub(1);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, chunks.len().max(1));
+    let next = AtomicUsize::new(0);
+    let mut parts: Vec<Vec<u8>> = vec![Vec::new(); chunks.len()];
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(chunk) = chunks.get(i) else {
+                            return done;
+                        };
+                        done.push((i, deflate(chunk, level, i == last)));
+                        progress.inc(chunk.len() as u64);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, part) in h.join().expect("deflate worker panicked") {
+                parts[i] = part;
+            }
+        }
+    });
+    parts.concat()
+}
+
+fn deflate(input: &[u8], level: u32, last: bool) -> Vec<u8> {
+    let mut c = Compress::new(Compression::new(level), false);
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
+    let mut out = Vec::with_capacity(input.len() / 2 + 1024);
+    loop {
+        if out.capacity() - out.len() < 4096 {
+            out.reserve(out.capacity().max(64 * 1024));
+        }
+        let consumed = c.total_in() as usize;
+        let status = c
+            .compress_vec(&input[consumed..], &mut out, flush)
+            .expect("deflate of in-memory data cannot fail");
+        let finished = match flush {
+            FlushCompress::Finish => status == Status::StreamEnd,
+            // Flushed once all input is in and the output buffer was not the limit.
+            _ => c.total_in() as usize == input.len() && out.len() < out.capacity(),
+        };
+        if finished {
+            return out;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,5 +203,25 @@ mod tests {
         assert_eq!(h.mode().unwrap(), 0o755);
         assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
         assert_ne!(layer_of(b"\x7fELF hello", 1).diff_id, a.diff_id);
+    }
+
+    #[test]
+    fn multi_chunk_layers_are_valid_gzip_for_system_gzip() {
+        let data: Vec<u8> = (0..3 * CHUNK + 12345)
+            .map(|i| ((i * 7919) % 251) as u8 ^ (i / 4096) as u8)
+            .collect();
+        let a = layer_of(&data, 7);
+        assert_eq!(a.digest, layer_of(&data, 7).digest, "deterministic");
+        let dir = tempfile::tempdir().unwrap();
+        let gz = dir.path().join("layer.tar.gz");
+        std::fs::write(&gz, &a.blob).unwrap();
+        let out = std::process::Command::new("gzip")
+            .arg("-dc")
+            .arg(&gz)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "gzip -t: {out:?}");
+        assert_eq!(crate::image::digest_of(&out.stdout), a.diff_id);
+        assert_eq!(&out.stdout[512..512 + data.len()], &data[..]);
     }
 }

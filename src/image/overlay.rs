@@ -237,13 +237,15 @@ pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
             level: args.compression_level,
         };
         let pb2 = pb.clone();
+        let t = std::time::Instant::now();
         let layer =
             tokio::task::spawn_blocking(move || super::layer::build(&bin, lopts, &pb2)).await??;
         pb.finish_and_clear();
         tracing::info!(
-            "layer {} for {arch}: {} bytes compressed, diff_id {}",
+            "layer {} for {arch}: {} bytes compressed in {} ms, diff_id {}",
             layer.digest,
             layer.blob.len(),
+            t.elapsed().as_millis(),
             layer.diff_id
         );
         layers.insert(arch, Arc::new(layer));
@@ -260,7 +262,9 @@ pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
             false,
             mtime,
         )?;
+        let t = std::time::Instant::now();
         let digest = output::push(dest, &tag, &source, &built, &progress).await?;
+        tracing::info!("pushed {tag} in {} ms", t.elapsed().as_millis());
         outcomes.push(Outcome {
             digest,
             destination: tag.to_string(),
