@@ -76,6 +76,13 @@ fn push_keeps_docker_types_config_fields_and_mounts_base_layers() {
         format!("\"POST /v2/proxyv2/blobs/uploads/?mount={base_layer}&from=base HTTP/1.1\" 201");
     assert!(log.contains(&mount), "base layer mounted (201): {log}");
     assert!(
+        !log.contains(&format!(
+            "\"GET /v2/base/blobs/{}",
+            layers[0]["digest"].as_str().unwrap()
+        )),
+        "base layers never downloaded: {log}"
+    );
+    assert!(
         !log.lines()
             .any(|l| l.contains("PUT /v2/proxyv2/blobs/uploads/")
                 && l.contains(&format!("digest={base_layer}"))),

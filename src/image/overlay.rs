@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, value_name = "REF")]
     pub base: String,
     /// The mosn binary to add; repeat for several architectures. Without it, the proxy is
-    /// built first (static linux-amd64), as `mosnctl build` does.
+    /// built first, as `mosnctl build` does (static; for each --platform, else linux-amd64).
     #[arg(long, value_name = "PATH")]
     pub binary: Vec<PathBuf>,
     /// Name of the result: where --push pushes, and the name inside local outputs.
