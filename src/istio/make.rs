@@ -128,8 +128,9 @@ pub async fn run(inv: &Invocation, log: &Path, label: &str, group: &Group) -> Re
         .cloned()
         .collect();
     bail!(
-        "`{}` failed ({status}); its last lines:\n{}\n\nhelp: the whole output is in {}",
-        inv.display(),
+        "`make {}` failed ({status}); its last lines:\n{}\n\n\
+         help: the whole output, and the full command and environment, are in {}",
+        inv.args.first().map(String::as_str).unwrap_or(""),
         last.iter()
             .map(|l| format!("  | {l}"))
             .collect::<Vec<_>>()
