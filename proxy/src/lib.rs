@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod stats;
+pub mod xds;
 
 /// The one-line version string: crate version, git commit and target triple.
 ///

@@ -1,0 +1,513 @@
+//! Validating an update (all or nothing, so a NACK leaves the last good config in place),
+//! committing it to the [`XdsState`], and building the next [`Snapshot`] from the statics plus
+//! the warm dynamic resources.
+
+use super::config::{initial_fetch_timeout, DEFAULT_INITIAL_FETCH_TIMEOUT};
+use super::state::{
+    ClusterEntry, EndpointEntry, ListenerEntry, Meta, RouteEntry, Warming, XdsState,
+};
+use super::Kind;
+use crate::cluster::host::Host;
+use crate::cluster::{address, Addr, Cluster, Discovery};
+use crate::config::{decode, ListenerConfig, LoadedBootstrap, Snapshot};
+use crate::route::RouteConfig;
+use crate::stats::Stats;
+use envoy_types::pb::envoy::config::cluster::v3 as cpb;
+use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
+use envoy_types::pb::envoy::config::listener::v3 as lpb;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hpb;
+use envoy_types::pb::google::protobuf::Any;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One resource of a response.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The name the response gives it (delta); SotW names come from the resource itself.
+    pub name: Option<String>,
+    /// Its version (per resource in delta, the response's in SotW).
+    pub version: String,
+    /// The resource.
+    pub any: Any,
+}
+
+/// A response, independent of the protocol variant.
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// Type.
+    pub kind: Kind,
+    /// Added or updated resources.
+    pub resources: Vec<Incoming>,
+    /// Explicitly removed names (delta).
+    pub removed: Vec<String>,
+    /// The set is complete: remove what is absent (SotW CDS and LDS).
+    pub complete: bool,
+    /// `version_info` / `system_version_info`.
+    pub version: String,
+}
+
+/// The bootstrap's static resources, which xDS never replaces.
+#[derive(Debug, Clone)]
+pub struct Statics {
+    /// Static clusters.
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Static listeners.
+    pub listeners: Vec<Arc<ListenerConfig>>,
+    /// The bootstrap.
+    pub bootstrap: Option<Arc<LoadedBootstrap>>,
+}
+
+impl Statics {
+    /// Take the statics from the snapshot the server started with.
+    pub fn from_snapshot(s: &Snapshot) -> Self {
+        Statics {
+            clusters: s.clusters.clone(),
+            listeners: s.listeners.clone(),
+            bootstrap: s.bootstrap.clone(),
+        }
+    }
+
+    /// Whether a listener name is static.
+    pub fn is_static_listener(&self, name: &str) -> bool {
+        self.listeners.iter().any(|l| l.name == name)
+    }
+}
+
+const RESOURCE_WRAPPER: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
+
+/// Decode a resource, unwrapping `discovery.v3.Resource` if the server wrapped it.
+fn unpack<M: prost::Message + prost::Name + Default>(any: &Any) -> Result<M, String> {
+    if any.type_url == RESOURCE_WRAPPER {
+        let r: envoy_types::pb::envoy::service::discovery::v3::Resource =
+            prost::Message::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+        return unpack(r.resource.as_ref().ok_or("empty Resource wrapper")?);
+    }
+    decode::unpack(any)
+}
+
+/// Decode every resource of `upd` as `M`, checking names and duplicates.
+fn decode_all<M: prost::Message + prost::Name + Default>(
+    upd: &Update,
+    what: &str,
+    name_of: fn(&M) -> &str,
+) -> Result<Vec<(M, String)>, String> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(upd.resources.len());
+    for (i, r) in upd.resources.iter().enumerate() {
+        let label = r.name.clone().unwrap_or_else(|| format!("#{i}"));
+        let m: M = unpack(&r.any).map_err(|e| format!("{what} {label:?}: {e}"))?;
+        let name = name_of(&m).to_string();
+        if name.is_empty() {
+            return Err(format!("{what} {label:?} has no name"));
+        }
+        if r.name.as_ref().is_some_and(|n| *n != name) {
+            return Err(format!("{what} {label:?} is named {name:?} inside"));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(format!("duplicate {what} {name:?}"));
+        }
+        out.push((m, r.version.clone()));
+    }
+    Ok(out)
+}
+
+/// The names an update carries (for per-resource stats), best effort.
+pub fn names(upd: &Update) -> Vec<String> {
+    fn n<M: prost::Message + prost::Name + Default>(a: &Any, f: fn(&M) -> &str) -> String {
+        unpack::<M>(a)
+            .map(|m| f(&m).to_string())
+            .unwrap_or_default()
+    }
+    upd.resources
+        .iter()
+        .map(|r| match (&r.name, upd.kind) {
+            (Some(n), _) => n.clone(),
+            (None, Kind::Eds) => n::<ClusterLoadAssignment>(&r.any, |c| &c.cluster_name),
+            (None, Kind::Rds) => n::<RouteConfiguration>(&r.any, |c| &c.name),
+            (None, Kind::Cds) => n::<cpb::Cluster>(&r.any, |c| &c.name),
+            (None, Kind::Lds) => n::<lpb::Listener>(&r.any, |c| &c.name),
+        })
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Validate `upd` and, only if all of it is good, commit it. `Ok(true)` when anything changed;
+/// `Err` names the resource and the problem (the NACK's `error_detail`).
+pub fn accept(
+    state: &mut XdsState,
+    upd: &Update,
+    statics: &Statics,
+    stats: &Arc<Stats>,
+    current: &Snapshot,
+) -> Result<bool, String> {
+    match upd.kind {
+        Kind::Cds => accept_clusters(state, upd, statics, stats),
+        Kind::Eds => accept_endpoints(state, upd, current),
+        Kind::Lds => accept_listeners(state, upd, statics),
+        Kind::Rds => accept_routes(state, upd),
+    }
+}
+
+/// Names to remove: absent from a complete set, or listed as removed.
+fn removals<V>(have: &BTreeMap<String, V>, upd: &Update, seen: &BTreeSet<String>) -> Vec<String> {
+    if upd.complete {
+        have.keys()
+            .filter(|n| !seen.contains(*n))
+            .cloned()
+            .collect()
+    } else {
+        upd.removed
+            .iter()
+            .filter(|n| have.contains_key(*n))
+            .cloned()
+            .collect()
+    }
+}
+
+fn accept_clusters(
+    state: &mut XdsState,
+    upd: &Update,
+    statics: &Statics,
+    stats: &Arc<Stats>,
+) -> Result<bool, String> {
+    let decoded = decode_all::<cpb::Cluster>(upd, "cluster", |c| &c.name)?;
+    let seen: BTreeSet<String> = decoded.iter().map(|(c, _)| c.name.clone()).collect();
+    let mut changed = Vec::new();
+    for (c, version) in decoded {
+        if statics.clusters.contains_key(&c.name) {
+            return Err(format!(
+                "cluster {:?} is a static cluster and cannot be replaced by CDS",
+                c.name
+            ));
+        }
+        if state.clusters.get(&c.name).is_some_and(|e| e.proto == c) {
+            continue; // unchanged: keep the running cluster, its pools and outlier state
+        }
+        let cluster =
+            Cluster::from_proto(&c, stats).map_err(|e| format!("cluster {:?}: {e}", c.name))?;
+        let (eds_name, timeout) = match (&cluster.discovery, &c.eds_cluster_config) {
+            (Discovery::Eds, eds) => {
+                let svc = eds.as_ref().map(|e| e.service_name.as_str()).unwrap_or("");
+                let name = if svc.is_empty() { &c.name } else { svc };
+                let timeout = eds
+                    .as_ref()
+                    .and_then(|e| e.eds_config.as_ref())
+                    .map(initial_fetch_timeout)
+                    .unwrap_or(Some(DEFAULT_INITIAL_FETCH_TIMEOUT));
+                (Some(name.to_string()), timeout)
+            }
+            _ => (None, None),
+        };
+        if let Some(cla) = eds_name.as_ref().and_then(|n| state.endpoints.get(n)) {
+            // Validated when the assignment was accepted.
+            if let Ok(h) = hosts(&cla.proto, &[]) {
+                cluster.set_hosts(h);
+            }
+        }
+        changed.push(ClusterEntry {
+            proto: c,
+            cluster,
+            eds_name,
+            warming: Warming::new(timeout),
+            meta: Meta::now(&version),
+        });
+    }
+    let removed = removals(&state.clusters, upd, &seen);
+    let any = !changed.is_empty() || !removed.is_empty();
+    for e in changed {
+        // DNS clusters start resolving once accepted (a rejected one is just dropped).
+        let _ = e.cluster.start();
+        state.clusters.insert(e.proto.name.clone(), e);
+    }
+    for n in removed {
+        state.clusters.remove(&n);
+    }
+    Ok(any)
+}
+
+fn accept_endpoints(
+    state: &mut XdsState,
+    upd: &Update,
+    current: &Snapshot,
+) -> Result<bool, String> {
+    let decoded =
+        decode_all::<ClusterLoadAssignment>(upd, "cluster load assignment", |c| &c.cluster_name)?;
+    let mut changed = Vec::new();
+    for (cla, version) in decoded {
+        hosts(&cla, &[])
+            .map_err(|e| format!("cluster load assignment {:?}: {e}", cla.cluster_name))?;
+        if state
+            .endpoints
+            .get(&cla.cluster_name)
+            .is_some_and(|e| e.proto == cla)
+        {
+            continue;
+        }
+        changed.push((cla, version));
+    }
+    let removed: Vec<String> = upd
+        .removed
+        .iter()
+        .filter(|n| state.endpoints.contains_key(*n))
+        .cloned()
+        .collect();
+    let any = !changed.is_empty() || !removed.is_empty();
+    for n in removed {
+        state.endpoints.remove(&n);
+        set_cluster_hosts(state, current, &n, None);
+    }
+    for (cla, version) in changed {
+        let name = cla.cluster_name.clone();
+        state.endpoints.insert(
+            name.clone(),
+            EndpointEntry {
+                proto: cla,
+                meta: Meta::now(&version),
+            },
+        );
+        let cla = state.endpoints[&name].proto.clone();
+        set_cluster_hosts(state, current, &name, Some(&cla));
+    }
+    Ok(any)
+}
+
+/// Give every cluster that reads EDS resource `name` (accepted ones and older versions still
+/// serving in the current snapshot) its new hosts, keeping existing host objects.
+fn set_cluster_hosts(
+    state: &XdsState,
+    current: &Snapshot,
+    name: &str,
+    cla: Option<&ClusterLoadAssignment>,
+) {
+    let mut targets: Vec<&Arc<Cluster>> = state
+        .clusters
+        .values()
+        .filter(|c| c.eds_name.as_deref() == Some(name))
+        .map(|c| &c.cluster)
+        .collect();
+    for c in current.clusters.values() {
+        if c.discovery == Discovery::Eds
+            && eds_name(&c.proto) == name
+            && !targets.iter().any(|t| Arc::ptr_eq(t, c))
+        {
+            targets.push(c);
+        }
+    }
+    for c in targets {
+        let new = match cla {
+            Some(cla) => hosts(cla, &c.hosts().all).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        c.set_hosts(new);
+    }
+}
+
+fn eds_name(c: &cpb::Cluster) -> &str {
+    match &c.eds_cluster_config {
+        Some(e) if !e.service_name.is_empty() => &e.service_name,
+        _ => &c.name,
+    }
+}
+
+/// The serving hosts of an assignment; a host equal to one in `keep` (address, weight,
+/// priority) is reused so its outlier state and request counts carry over.
+pub fn hosts(cla: &ClusterLoadAssignment, keep: &[Arc<Host>]) -> Result<Vec<Arc<Host>>, String> {
+    let mut out = Vec::new();
+    for group in &cla.endpoints {
+        for ep in &group.lb_endpoints {
+            // Unhealthy, draining and timed-out endpoints take no traffic.
+            if matches!(ep.health_status, 2..=4) {
+                continue;
+            }
+            let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
+                continue;
+            };
+            let addr = match address(e.address.as_ref())? {
+                Addr::Socket(ip, port) => SocketAddr::new(
+                    ip.parse()
+                        .map_err(|_| format!("endpoint address {ip:?} is not an IP"))?,
+                    port,
+                ),
+                Addr::Pipe(p) => return Err(format!("pipe endpoint {p:?} is not supported")),
+            };
+            let weight = ep
+                .load_balancing_weight
+                .as_ref()
+                .map(|w| w.value)
+                .unwrap_or(1)
+                .max(1);
+            let reuse = keep
+                .iter()
+                .find(|h| h.addr == addr && h.weight == weight && h.priority == group.priority);
+            out.push(match reuse {
+                Some(h) => h.clone(),
+                None => Arc::new(Host::new(addr, e.hostname.clone(), weight, group.priority)),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn accept_listeners(state: &mut XdsState, upd: &Update, statics: &Statics) -> Result<bool, String> {
+    let decoded = decode_all::<lpb::Listener>(upd, "listener", |l| &l.name)?;
+    let seen: BTreeSet<String> = decoded.iter().map(|(l, _)| l.name.clone()).collect();
+    let mut changed = Vec::new();
+    for (l, version) in decoded {
+        if statics.is_static_listener(&l.name) {
+            return Err(format!(
+                "listener {:?} is a static listener and cannot be replaced by LDS",
+                l.name
+            ));
+        }
+        if state.listeners.get(&l.name).is_some_and(|e| e.proto == l) {
+            continue; // unchanged: keeps its socket and connections
+        }
+        let config =
+            ListenerConfig::from_proto(&l).map_err(|e| format!("listener {:?}: {e}", l.name))?;
+        let (rds, timeout) = rds_of(&l).map_err(|e| format!("listener {:?}: {e}", l.name))?;
+        changed.push(ListenerEntry {
+            proto: l,
+            config: Arc::new(config),
+            rds,
+            warming: Warming::new(timeout),
+            meta: Meta::now(&version),
+        });
+    }
+    let removed = removals(&state.listeners, upd, &seen);
+    let any = !changed.is_empty() || !removed.is_empty();
+    for e in changed {
+        state.listeners.insert(e.proto.name.clone(), e);
+    }
+    for n in removed {
+        state.listeners.remove(&n);
+    }
+    Ok(any)
+}
+
+/// The RDS names (with stat prefixes) of every HCM in a listener, and the shortest RDS
+/// `initial_fetch_timeout` among them (`None` = wait forever).
+type RdsRefs = (Vec<(String, String)>, Option<Duration>);
+
+fn rds_of(l: &lpb::Listener) -> Result<RdsRefs, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut timeout: Option<Option<Duration>> = None;
+    for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+        for f in &chain.filters {
+            let Some(lpb::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                continue;
+            };
+            if any.type_url != <hpb::HttpConnectionManager as prost::Name>::type_url() {
+                continue;
+            }
+            let h: hpb::HttpConnectionManager = decode::unpack(any)?;
+            if let Some(hpb::http_connection_manager::RouteSpecifier::Rds(r)) = &h.route_specifier {
+                if r.route_config_name.is_empty() {
+                    return Err("rds without route_config_name".into());
+                }
+                let t = r
+                    .config_source
+                    .as_ref()
+                    .map(initial_fetch_timeout)
+                    .unwrap_or(Some(DEFAULT_INITIAL_FETCH_TIMEOUT));
+                timeout = Some(match (timeout.flatten(), t) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                });
+                if !out.iter().any(|(n, _)| *n == r.route_config_name) {
+                    out.push((r.route_config_name.clone(), h.stat_prefix.clone()));
+                }
+            }
+        }
+    }
+    Ok((out, timeout.flatten()))
+}
+
+fn accept_routes(state: &mut XdsState, upd: &Update) -> Result<bool, String> {
+    let decoded = decode_all::<RouteConfiguration>(upd, "route configuration", |r| &r.name)?;
+    let mut changed = Vec::new();
+    for (r, version) in decoded {
+        if state.routes.get(&r.name).is_some_and(|e| e.proto == r) {
+            continue;
+        }
+        let config = RouteConfig::from_proto(&r)
+            .map_err(|e| format!("route configuration {:?}: {e}", r.name))?;
+        changed.push(RouteEntry {
+            proto: r,
+            config: Arc::new(config),
+            meta: Meta::now(&version),
+        });
+    }
+    let removed: Vec<String> = upd
+        .removed
+        .iter()
+        .filter(|n| state.routes.contains_key(*n))
+        .cloned()
+        .collect();
+    let any = !changed.is_empty() || !removed.is_empty();
+    for e in changed {
+        state.routes.insert(e.proto.name.clone(), e);
+    }
+    for n in removed {
+        state.routes.remove(&n);
+    }
+    Ok(any)
+}
+
+/// Counts of a built snapshot, for the manager gauges.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    /// Clusters waiting for endpoints.
+    pub warming_clusters: usize,
+    /// Listeners waiting for routes.
+    pub warming_listeners: usize,
+}
+
+/// The next snapshot: statics, then every warm dynamic resource. A cold resource that has an
+/// older version in `prev` keeps serving that version until the new one warms.
+pub fn build(state: &XdsState, statics: &Statics, prev: &Snapshot) -> (Snapshot, Counts) {
+    let mut counts = Counts::default();
+    let mut clusters = statics.clusters.clone();
+    for (name, e) in &state.clusters {
+        if state.cluster_warm(e) {
+            clusters.insert(name.clone(), e.cluster.clone());
+        } else {
+            counts.warming_clusters += 1;
+            if let Some(old) = prev.clusters.get(name) {
+                clusters.insert(name.clone(), old.clone());
+            }
+        }
+    }
+    let mut listeners = statics.listeners.clone();
+    for (name, e) in &state.listeners {
+        if state.listener_warm(e) {
+            listeners.push(e.config.clone());
+        } else {
+            counts.warming_listeners += 1;
+            if let Some(old) = prev
+                .listeners
+                .iter()
+                .find(|l| l.name == *name && !statics.is_static_listener(name))
+            {
+                listeners.push(old.clone());
+            }
+        }
+    }
+    let routes = state
+        .routes
+        .iter()
+        .map(|(n, e)| (n.clone(), e.config.clone()))
+        .collect();
+    // Fields the static half may add later keep their defaults until xDS fills them.
+    #[allow(clippy::needless_update)]
+    let snap = Snapshot {
+        clusters,
+        listeners,
+        routes,
+        bootstrap: statics.bootstrap.clone(),
+        ..Default::default()
+    };
+    (snap, counts)
+}

@@ -1,0 +1,208 @@
+//! The protocol-independent half of the client: what to subscribe, accepting updates, the
+//! initialisation order (CDS → EDS → LDS → RDS) and swapping snapshots.
+//!
+//! [`sotw`](super::sotw) and [`delta`](super::delta) translate messages to [`Update`]s, call
+//! [`Engine::handle`], ACK or NACK, and then send whatever [`Engine::wanted`] says changed.
+
+use super::apply::{self, Statics, Update};
+use super::config::AdsConfig;
+use super::listeners::DynamicListeners;
+use super::state::XdsState;
+use super::stats::XdsStats;
+use super::Kind;
+use crate::server::Server;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often warming and initial-fetch deadlines are checked.
+pub const TICK: Duration = Duration::from_millis(200);
+
+/// The client's state across streams.
+#[derive(Debug)]
+pub struct Engine {
+    /// The server whose snapshot this client feeds.
+    pub server: Arc<Server>,
+    /// Bootstrap settings.
+    pub cfg: AdsConfig,
+    /// Accepted resources.
+    pub state: XdsState,
+    /// The bootstrap's static resources.
+    pub statics: Statics,
+    /// Subscription stats.
+    pub stats: XdsStats,
+    listeners: DynamicListeners,
+    /// Initial clusters are warm (or CDS timed out): LDS may be requested.
+    clusters_ready: bool,
+    /// Initial listeners are warm (or LDS timed out).
+    listeners_ready: bool,
+    live: bool,
+    cds_deadline: Option<Instant>,
+    lds_deadline: Option<Instant>,
+}
+
+impl Engine {
+    /// A fresh engine; the statics are the server's current snapshot.
+    pub fn new(server: Arc<Server>, cfg: AdsConfig) -> Self {
+        let statics = Statics::from_snapshot(&server.store.load());
+        let stats = XdsStats::new(&server.stats);
+        let now = Instant::now();
+        let mut e = Engine {
+            cds_deadline: cfg.cds_timeout.map(|t| now + t),
+            lds_deadline: None,
+            clusters_ready: !cfg.cds,
+            listeners_ready: !cfg.lds,
+            live: false,
+            server,
+            cfg,
+            state: XdsState::default(),
+            statics,
+            stats,
+            listeners: DynamicListeners::default(),
+        };
+        e.progress();
+        e
+    }
+
+    /// The names to subscribe to for `k` now: `None` = not (yet); an empty set for CDS/LDS
+    /// means wildcard.
+    pub fn wanted(&self, k: Kind) -> Option<BTreeSet<String>> {
+        match k {
+            Kind::Cds => self.cfg.cds.then(BTreeSet::new),
+            Kind::Lds => (self.cfg.lds && self.clusters_ready).then(BTreeSet::new),
+            Kind::Eds => self.cfg.cds.then(|| self.state.eds_names()),
+            Kind::Rds => self.cfg.lds.then(|| self.state.rds_names()),
+        }
+    }
+
+    /// Accept (commit, swap, ACK) or reject (NACK, nothing changes) one update.
+    pub async fn handle(&mut self, upd: Update) -> Result<(), String> {
+        let kind = upd.kind;
+        let names = match kind {
+            Kind::Eds | Kind::Rds => apply::names(&upd),
+            _ => Vec::new(),
+        };
+        let subs: Vec<_> = if names.is_empty() {
+            vec![self.stats.resource(kind, "", None)]
+        } else {
+            names
+                .iter()
+                .map(|n| {
+                    let prefix = self.state.rds_prefix(n);
+                    self.stats.resource(kind, n, prefix.as_deref())
+                })
+                .collect()
+        };
+        subs.iter().for_each(|s| s.attempt.inc());
+        let current = self.server.store.load();
+        let result = apply::accept(
+            &mut self.state,
+            &upd,
+            &self.statics,
+            &self.server.stats,
+            &current,
+        );
+        drop(current);
+        match result {
+            Ok(changed) => {
+                subs.iter().for_each(|s| s.accepted(&upd.version));
+                let ty = self.state.ty(kind);
+                ty.version = upd.version.clone();
+                ty.received = true;
+                tracing::info!(
+                    "{} update accepted (version {:?}, {} resources{})",
+                    kind.short(),
+                    upd.version,
+                    upd.resources.len(),
+                    if changed { "" } else { ", no change" }
+                );
+                if changed {
+                    if matches!(kind, Kind::Cds | Kind::Lds) {
+                        self.state.prune_unsubscribed();
+                    }
+                    self.rebuild().await;
+                }
+                self.progress();
+                Ok(())
+            }
+            Err(e) => {
+                subs.iter().for_each(|s| s.rejected.inc());
+                tracing::warn!(
+                    "{} update rejected (version {:?}): {e}",
+                    kind.short(),
+                    upd.version
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Check warming and initial-fetch deadlines; true if subscriptions may have changed.
+    pub async fn tick(&mut self) -> bool {
+        let now = Instant::now();
+        if self.state.expire_warming(now) {
+            self.rebuild().await;
+        }
+        let before = self.clusters_ready;
+        self.progress();
+        before != self.clusters_ready
+    }
+
+    /// Build the next snapshot, swap it in, and bind/drain dynamic listeners.
+    async fn rebuild(&mut self) {
+        let prev = self.server.store.load();
+        let (snap, counts) = apply::build(&self.state, &self.statics, &prev);
+        drop(prev);
+        let (nc, nl) = (snap.clusters.len(), snap.listeners.len());
+        self.server.store.swap(snap);
+        let cur = self.server.store.load();
+        self.listeners
+            .reconcile(&self.server, &cur, &self.statics)
+            .await;
+        self.stats.active_clusters.set(nc as u64);
+        self.stats.active_listeners.set(nl as u64);
+        self.stats
+            .warming_clusters
+            .set(counts.warming_clusters as u64);
+        self.stats
+            .warming_listeners
+            .set(counts.warming_listeners as u64);
+    }
+
+    /// Advance initialisation: clusters ready → request LDS; listeners ready → LIVE.
+    fn progress(&mut self) {
+        let now = Instant::now();
+        if !self.clusters_ready {
+            let cds = &self.state.types[Kind::Cds.idx()];
+            if cds.received && self.state.clusters_all_warm() {
+                self.clusters_ready = true;
+            } else if self.cds_deadline.is_some_and(|d| now >= d) {
+                tracing::warn!(
+                    "initial CDS/EDS not complete within initial_fetch_timeout; continuing"
+                );
+                self.stats.init_fetch_timeout[0].inc();
+                self.clusters_ready = true;
+            }
+            if self.clusters_ready {
+                self.lds_deadline = self.cfg.lds_timeout.map(|t| now + t);
+            }
+        }
+        if self.clusters_ready && !self.listeners_ready {
+            let lds = &self.state.types[Kind::Lds.idx()];
+            if lds.received && self.state.listeners_all_warm() {
+                self.listeners_ready = true;
+            } else if self.lds_deadline.is_some_and(|d| now >= d) {
+                tracing::warn!(
+                    "initial LDS/RDS not complete within initial_fetch_timeout; continuing"
+                );
+                self.stats.init_fetch_timeout[1].inc();
+                self.listeners_ready = true;
+            }
+        }
+        if self.clusters_ready && self.listeners_ready && !self.live {
+            self.live = true;
+            tracing::info!("initial xDS configuration applied; server is LIVE");
+            self.server.mark_live();
+        }
+    }
+}

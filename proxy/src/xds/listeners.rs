@@ -1,0 +1,94 @@
+//! Dynamic listeners around a snapshot swap: bind new ones, keep unchanged ones (same
+//! `Arc<ListenerConfig>`, so same socket and connections), drain removed and replaced ones.
+//!
+//! Static listeners are bound by `server.rs` at start-up and never touched here.
+
+use super::apply::Statics;
+use crate::config::{ListenerConfig, Snapshot};
+use crate::proxy::RunningListener;
+use crate::server::Server;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The listeners this client bound, by name.
+#[derive(Debug, Default)]
+pub struct DynamicListeners {
+    bound: HashMap<String, Arc<RunningListener>>,
+}
+
+impl DynamicListeners {
+    /// Make the bound dynamic listeners match `snap`.
+    pub async fn reconcile(&mut self, server: &Arc<Server>, snap: &Snapshot, statics: &Statics) {
+        let wanted: Vec<&Arc<ListenerConfig>> = snap
+            .listeners
+            .iter()
+            .filter(|l| l.bind && !statics.is_static_listener(&l.name))
+            .collect();
+        let gone: Vec<String> = self
+            .bound
+            .keys()
+            .filter(|n| !wanted.iter().any(|l| l.name == **n))
+            .cloned()
+            .collect();
+        for n in gone {
+            if let Some(old) = self.bound.remove(&n) {
+                tracing::info!(listener = %n, "listener removed; draining");
+                retire(server, &old);
+            }
+        }
+        for l in wanted {
+            if let Some(old) = self.bound.get(&l.name) {
+                if Arc::ptr_eq(&old.config, l) {
+                    continue;
+                }
+                tracing::info!(listener = %l.name, "listener changed; draining the old one");
+                retire(server, old);
+                self.bound.remove(&l.name);
+            }
+            match bind(server, l).await {
+                Ok(r) => {
+                    tracing::info!(listener = %l.name, addr = %r.local_addr, "listener added");
+                    server.listeners.lock().unwrap().push(r.clone());
+                    self.bound.insert(l.name.clone(), r);
+                }
+                Err(e) => {
+                    server
+                        .stats
+                        .counter("listener_manager.listener_create_failure")
+                        .inc();
+                    tracing::error!(listener = %l.name, "cannot bind {}: {e}", l.address);
+                }
+            }
+        }
+    }
+}
+
+/// Stop accepting, drain open connections, and forget the listener.
+fn retire(server: &Server, old: &Arc<RunningListener>) {
+    old.stop();
+    old.drain();
+    server
+        .listeners
+        .lock()
+        .unwrap()
+        .retain(|r| !Arc::ptr_eq(r, old));
+}
+
+/// Bind, retrying briefly while a replaced listener on the same address lets go of it (its
+/// accept loop drops the socket asynchronously after `stop`).
+async fn bind(
+    server: &Arc<Server>,
+    l: &Arc<ListenerConfig>,
+) -> std::io::Result<Arc<RunningListener>> {
+    let mut tries = 0;
+    loop {
+        match crate::proxy::bind(l.clone(), server.store.clone(), server.stats.clone()).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
+}
