@@ -109,10 +109,16 @@ pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
     let name = tag.familiar();
     let mut buildargs = HashMap::new();
     buildargs.insert("BASE", base.to_string());
+    // Pull the base unless the engine already has it (a locally built base stays usable).
+    let pull = if docker.inspect_image(&base.familiar()).await.is_ok() {
+        ""
+    } else {
+        "1"
+    };
     let options = q::BuildImageOptionsBuilder::default()
         .dockerfile("Dockerfile")
         .t(&name)
-        .pull("1")
+        .pull(pull)
         .rm(true)
         .forcerm(true)
         .buildargs(&buildargs)

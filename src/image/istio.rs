@@ -27,6 +27,8 @@ pub enum Format {
     Flags,
     /// An IstioOperator manifest.
     Operator,
+    /// `--set` flags for the istiod (istio-discovery) Helm chart.
+    Helm,
 }
 
 /// `mosnctl inject-rewrite`.
@@ -58,6 +60,14 @@ pub fn flags(image: &str) -> Result<String> {
     ))
 }
 
+/// The `--set` flags for the istiod Helm chart (its values have no `values.` prefix).
+pub fn helm(image: &str) -> Result<String> {
+    Ok(format!(
+        "--set global.proxy.image={} --set meshConfig.defaultConfig.binaryPath={MOSN}",
+        image_value(image)?
+    ))
+}
+
 /// The IstioOperator manifest.
 pub fn operator(image: &str) -> Result<String> {
     let image = image_value(image)?;
@@ -84,6 +94,7 @@ pub fn run_args(args: ArgsArgs) -> Result<()> {
     match args.format {
         Format::Flags => println!("{}", flags(&args.image)?),
         Format::Operator => print!("{}", operator(&args.image)?),
+        Format::Helm => println!("{}", helm(&args.image)?),
     }
     Ok(())
 }
@@ -150,5 +161,8 @@ mod tests {
         );
         assert!(flags("Bad Ref").is_err());
         assert!(operator("me/p:v").unwrap().contains("image: \"me/p:v\""));
+        assert!(helm("me/p:v")
+            .unwrap()
+            .starts_with("--set global.proxy.image=me/p:v "));
     }
 }
