@@ -90,6 +90,13 @@ fn htpasswd_over_tls() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!all.contains("s3cret-pw"), "secret leaked");
+    use base64::Engine as _;
+    let header = base64::engine::general_purpose::STANDARD.encode("alice:s3cret-pw");
+    assert!(!all.contains(&header), "Authorization header leaked");
+    assert!(
+        all.contains("TRACE") || all.contains("DEBUG"),
+        "-vv logged: {all}"
+    );
     let digest = printed_digest(&String::from_utf8(out.stdout).unwrap());
     let raw = skopeo(&[
         "inspect",
