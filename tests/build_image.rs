@@ -245,6 +245,31 @@ fn blocklisted_values_and_later_istio_are_refused_up_front() {
 }
 
 #[test]
+fn drifted_checkout_is_refused_before_any_work() {
+    let istio = git_tree("1.10.6");
+    let init = istio.path().join("bin/init.sh");
+    let drifted = std::fs::read_to_string(&init).unwrap().replace(
+        "for plugin in stats metadata_exchange",
+        "for plugin in stats",
+    );
+    std::fs::write(&init, drifted).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("dist");
+    let before = snapshot(istio.path());
+    let mut c = mosnctl(&empty_docker_config(work.path()));
+    args(&mut c, istio.path(), &out, "acme", "t");
+    let o = run(c);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        err.contains("bin/init.sh: hunk #1 (@@ -135,14 +135,14 @@)"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert_eq!(snapshot(istio.path()), before);
+}
+
+#[test]
 fn missing_tools_are_reported_before_any_work() {
     let istio = git_tree("1.10.6");
     let work = tempfile::tempdir().unwrap();
@@ -409,10 +434,7 @@ fn standin_make_failure_and_interrupt() {
     );
     assert!(!err.contains("  | line 10\n"), "only the last lines: {err}");
     let log = out.join("build-image.log");
-    assert!(
-        err.contains(&format!("are in {}", log.display())),
-        "{err}"
-    );
+    assert!(err.contains(&format!("are in {}", log.display())), "{err}");
     assert!(std::fs::read_to_string(&log).unwrap().contains("line 1\n"));
 
     // Ctrl-C while make runs: the whole process group and the server stop.
