@@ -403,7 +403,7 @@ fn standin_make_builds_verifies_and_pushes_through_real_engine_and_registry() {
 }
 
 #[test]
-fn standin_make_failure_and_interrupt() {
+fn standin_make_failure_missing_binary_and_interrupt() {
     let Some(dockerd) = Dockerd::start() else {
         return;
     };
@@ -436,6 +436,27 @@ fn standin_make_failure_and_interrupt() {
     let log = out.join("build-image.log");
     assert!(err.contains(&format!("are in {}", log.display())), "{err}");
     assert!(std::fs::read_to_string(&log).unwrap().contains("line 1\n"));
+
+    // An image without /usr/local/bin/mosn (what 1.14+'s builder makes of SIDECAR=mosn):
+    // the stand-in copies the binary to /usr/local/bin/envoy instead.
+    let istio = git_tree("1.10.6");
+    let envoy: Vec<String> = STANDIN_MAKEFILE
+        .iter()
+        .map(|l| l.replace("/usr/local/bin/$(SIDECAR)\\n", "/usr/local/bin/envoy\\n"))
+        .collect();
+    assert!(envoy.iter().any(|l| l.contains("/usr/local/bin/envoy")));
+    std::fs::write(istio.path().join("Makefile"), envoy.join("\n") + "\n").unwrap();
+    let mut c = mosnctl(&empty_docker_config(work.path()));
+    args(&mut c, istio.path(), &out, "acme", "envoy-only");
+    c.env("DOCKER_HOST", dockerd.host());
+    let o = run(c);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        err.contains("error: the image has no /usr/local/bin/mosn"),
+        "{err}"
+    );
+    assert!(err.contains("mosnctl overlay"), "{err}");
 
     // Ctrl-C while make runs: the whole process group and the server stop.
     let istio = git_tree("1.10.6");

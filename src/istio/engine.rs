@@ -77,13 +77,17 @@ async fn copy_out(docker: &Docker, container: &str) -> Result<(u32, u64)> {
     );
     let mut tar_bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.with_context(|| {
-            format!(
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => bail!(
                 "the image has no {MOSN_PATH}\n\n\
                  help: make docker.proxyv2 did not use SIDECAR=mosn; on Istio 1.14 or later it \
                  cannot (tools/docker-builder hard-codes envoy): use `mosnctl overlay`"
-            )
-        })?;
+            ),
+            Err(e) => return Err(e).context(format!("cannot copy {MOSN_PATH} out of the image")),
+        };
         tar_bytes.extend_from_slice(&chunk);
     }
     let mut archive = tar::Archive::new(&tar_bytes[..]);
