@@ -52,14 +52,59 @@ const FAILING_MAKEFILE: &[&str] = &[
 ];
 
 /// A stand-in `docker.proxyv2` that records its environment, starts a long `sleep` in make's
-/// process group and waits.
+/// process group and a stand-in build container whose docker CLI does not forward signals
+/// (`--sig-proxy=false`, so only mosnctl's clean-up can stop it), and waits.
 const HANGING_MAKEFILE: &[&str] = &[
     "clean:",
     "\t@true",
     "docker.proxyv2:",
     "\tenv | sort > env.txt",
+    "\tdocker run --rm --sig-proxy=false --net=host $(STANDIN_BUILD_TOOLS) & \\",
     "\tsleep 300 & echo $$! > sleep.pid; wait",
 ];
+
+/// The stand-in build-tools image: a static program that waits for a signal. Its name starts
+/// like Istio's (`gcr.io/istio-testing/build-tools`), which is how mosnctl recognises it.
+const STANDIN_BUILD_TOOLS: &str = "gcr.io/istio-testing/build-tools:stand-in";
+
+fn build_standin_build_tools(dockerd: &Dockerd, dir: &Path) {
+    std::fs::write(
+        dir.join("pause.c"),
+        "#include <unistd.h>\nint main(void){pause();return 0;}\n",
+    )
+    .unwrap();
+    let gcc = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(dir.join("pause"))
+        .arg(dir.join("pause.c"))
+        .status()
+        .expect("gcc is installed");
+    assert!(gcc.success());
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY pause /pause\nENTRYPOINT [\"/pause\"]\n",
+    )
+    .unwrap();
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", STANDIN_BUILD_TOOLS])
+        .arg(dir)
+        .env("DOCKER_HOST", dockerd.host())
+        .env("DOCKER_BUILDKIT", "0")
+        .status()
+        .unwrap();
+    assert!(built.success());
+}
+
+/// Ids of the running containers.
+fn running_containers(dockerd: &Dockerd) -> Vec<String> {
+    dockerd
+        .api("/containers/json")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["Id"].as_str().unwrap().to_string())
+        .collect()
+}
 
 fn write_makefile(dir: &Path, lines: &[&str]) {
     std::fs::write(dir.join("Makefile"), lines.join("\n") + "\n").unwrap();
@@ -458,12 +503,17 @@ fn standin_make_failure_missing_binary_and_interrupt() {
     );
     assert!(err.contains("mosnctl overlay"), "{err}");
 
-    // Ctrl-C while make runs: the whole process group and the server stop.
+    // Ctrl-C while make runs: the whole process group, the build container and the server
+    // stop.
+    let ctx = work.path().join("build-tools");
+    std::fs::create_dir_all(&ctx).unwrap();
+    build_standin_build_tools(&dockerd, &ctx);
     let istio = git_tree("1.10.6");
     write_makefile(istio.path(), HANGING_MAKEFILE);
     let mut c = mosnctl(&empty_docker_config(work.path()));
     args(&mut c, istio.path(), &out, "acme", "t");
     c.env("DOCKER_HOST", dockerd.host())
+        .env("STANDIN_BUILD_TOOLS", STANDIN_BUILD_TOOLS)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = c.spawn().unwrap();
@@ -478,6 +528,14 @@ fn standin_make_failure_missing_binary_and_interrupt() {
         assert!(Instant::now() < deadline, "make never started its sleep");
         std::thread::sleep(Duration::from_millis(50));
     }
+    while running_containers(&dockerd).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the stand-in build container never ran"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let container = running_containers(&dockerd)[0][..12].to_string();
     let sleep_pid = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
@@ -516,6 +574,14 @@ fn standin_make_failure_missing_binary_and_interrupt() {
     assert!(
         !alive(&sleep_pid),
         "make's child sleep {sleep_pid} survived"
+    );
+    assert!(
+        err.contains(&format!("the build container(s) {container} killed")),
+        "{err}"
+    );
+    assert!(
+        running_containers(&dockerd).is_empty(),
+        "the build container survived"
     );
     let probe = Command::new("curl")
         .args(["-s", "-o", "/dev/null", &url])

@@ -125,10 +125,12 @@ pub async fn build_image(args: BuildImageArgs) -> Result<()> {
     // `build` stops cargo on Ctrl-C itself; everything after it is stopped from here.
     let built = build(&plan).await?;
     let running = Arc::new(Running::default());
+    // Containers created from here on are this run's (a second early, for clock rounding).
+    let since = unix_now() - 1;
     let checkout = (plan.istio.clone(), plan.patch.clone(), plan.patch_text);
     let result = tokio::select! {
         r = steps(&mut plan, built, &running) => r,
-        _ = crate::ui::interrupted() => Err(interrupted(&checkout, &running).await),
+        _ = crate::ui::interrupted() => Err(interrupted(&checkout, &running, since).await),
     };
     // On every path: the server goes, and file-mode copies leave the checkout.
     if let Some(server) = running.server.lock().await.take() {
@@ -316,20 +318,32 @@ async fn steps(plan: &mut Plan, bins: Binaries, running: &Running) -> Result<()>
 async fn interrupted(
     (istio, name, text): &(PathBuf, String, &'static str),
     running: &Running,
+    since: i64,
 ) -> anyhow::Error {
     let step = *running.step.lock().unwrap_or_else(|e| e.into_inner());
     let stopped_make = running.group.stop(Duration::from_secs(5)).await;
+    let killed = if stopped_make {
+        super::engine::kill_build_containers(since).await
+    } else {
+        Vec::new()
+    };
     if let Some(server) = running.server.lock().await.take() {
         let _ = server.stop().await;
     }
     let state = patch::check(istio, name, text)
         .map(|c| c.describe())
         .unwrap_or_else(|e| format!("unreadable ({e})"));
-    let make_note = if stopped_make {
-        "make and everything it started (its process group) were stopped; out/ may hold a \
-         partial build, which the next build-image removes with `make clean`"
-    } else {
-        "make was not running"
+    let make_note = match (stopped_make, killed.is_empty()) {
+        (false, _) => "make was not running".to_string(),
+        (true, true) => "make and everything it started (its process group) were stopped; \
+             out/ may hold a partial build, which the next build-image removes with `make clean`"
+            .to_string(),
+        (true, false) => format!(
+            "make and everything it started (its process group) were stopped, and the build \
+             container(s) {} killed; out/ may hold a partial build, which the next build-image \
+             removes with `make clean`",
+            killed.join(", ")
+        ),
     };
     anyhow::anyhow!(
         "interrupted during {step}: {make_note}; the file server was stopped\n\n\
@@ -339,4 +353,10 @@ async fn interrupted(
         istio.display(),
         istio.display()
     )
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

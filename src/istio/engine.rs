@@ -10,6 +10,9 @@ use futures_util::StreamExt;
 
 use crate::image::reference::Reference;
 
+/// The image Istio's `common/scripts/run.sh` runs make in (the tag varies by release).
+pub const BUILD_TOOLS: &str = "gcr.io/istio-testing/build-tools";
+
 /// Where Istio's Dockerfile puts the sidecar for `SIDECAR=mosn`.
 pub const MOSN_PATH: &str = "/usr/local/bin/mosn";
 
@@ -129,4 +132,37 @@ pub async fn retag(docker: &Docker, image: &str, target: &Reference) -> Result<(
 /// Push with the overlay code's push (credentials from docker's config.json and helpers).
 pub async fn push(docker: &Docker, target: &Reference) -> Result<String> {
     crate::image::engine::push(docker, target).await
+}
+
+/// After an interrupt: kill build-tools containers created since `since` (unix seconds).
+/// The docker CLI normally forwards the SIGTERM to its container, but one that outlived the
+/// grace period (or runs with --sig-proxy=false) would keep building. Best effort: returns
+/// the short ids of the containers killed.
+pub async fn kill_build_containers(since: i64) -> Vec<String> {
+    let Ok(docker) = crate::image::engine::connect().await else {
+        return Vec::new();
+    };
+    let running = docker
+        .list_containers(None::<q::ListContainersOptions>)
+        .await
+        .unwrap_or_default();
+    let mut killed = Vec::new();
+    for c in running {
+        let ours = c
+            .image
+            .as_deref()
+            .is_some_and(|i| i.starts_with(BUILD_TOOLS))
+            && c.created.unwrap_or(0) >= since;
+        let Some(id) = c.id.filter(|_| ours) else {
+            continue;
+        };
+        if docker
+            .kill_container(&id, None::<q::KillContainerOptions>)
+            .await
+            .is_ok()
+        {
+            killed.push(id.chars().take(12).collect());
+        }
+    }
+    killed
 }
