@@ -33,7 +33,9 @@ impl H2Pool {
         // connection instead of racing to open several.
         let mut conns = self.conns.lock().await;
         if let Some(s) = conns.get(&addr) {
-            if !s.is_closed() && s.is_ready() {
+            // A busy connection (max concurrent streams) is still reused: the caller waits
+            // for a stream slot with `ready()`.
+            if !s.is_closed() {
                 return Ok(s.clone());
             }
             conns.remove(&addr);

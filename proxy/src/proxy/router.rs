@@ -348,6 +348,11 @@ async fn send(
     let fut = async {
         if cluster.is_h2(req.version()) {
             let mut sender = cluster.h2.sender(host.addr).await.map_err(connect_error)?;
+            // Wait for a free stream slot (SETTINGS_MAX_CONCURRENT_STREAMS).
+            sender
+                .ready()
+                .await
+                .map_err(|e| AttemptError::Reset(reset_reason(&e)))?;
             sender
                 .send_request(req)
                 .await
