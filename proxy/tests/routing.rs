@@ -160,6 +160,7 @@ async fn virtual_hosts_matchers_and_actions() {
     .await;
     let j = r.json();
     assert_eq!(j["path"], "/new/x?y=1");
+    assert_eq!(j["headers"]["x-envoy-original-path"], "/rewrite/x?y=1");
     assert_eq!(j["headers"]["host"], "rewritten.local");
     assert!(j["headers"].get("x-drop-me").is_none());
     assert_eq!(

@@ -260,6 +260,10 @@ fn prepare_upstream_headers(
         }
     }
     if let Some(new) = a.rewrite_path(path, route.matched_prefix()) {
+        // As Envoy's router does unless suppress_envoy_headers is set.
+        if let Ok(v) = HeaderValue::from_str(path) {
+            h.insert("x-envoy-original-path", v);
+        }
         if let Ok(uri) = http::Uri::builder().path_and_query(new.as_str()).build() {
             let mut p = http::uri::Parts::from(uri);
             p.scheme = parts.uri.scheme().cloned();
