@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -122,9 +122,15 @@ pub async fn build_image(args: BuildImageArgs) -> Result<()> {
     if let Some(dir) = plan.log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    // A fresh log per run; each make invocation appends its command, environment and output.
+    std::fs::write(
+        &plan.log,
+        format!("# mosnctl build-image for {}\n", plan.istio.display()),
+    )
+    .with_context(|| format!("cannot write the log {}", plan.log.display()))?;
     // `build` stops cargo on Ctrl-C itself; everything after it is stopped from here.
     let built = build(&plan).await?;
-    let running = Arc::new(Running::default());
+    let running = Running::default();
     // Containers created from here on are this run's (a second early, for clock rounding).
     let since = unix_now() - 1;
     let checkout = (plan.istio.clone(), plan.patch.clone(), plan.patch_text);
@@ -327,9 +333,13 @@ async fn interrupted(
     } else {
         Vec::new()
     };
-    if let Some(server) = running.server.lock().await.take() {
-        let _ = server.stop().await;
-    }
+    let server_note = match running.server.lock().await.take() {
+        Some(server) => {
+            let _ = server.stop().await;
+            "; the file server was stopped"
+        }
+        None => "",
+    };
     let state = patch::check(istio, name, text)
         .map(|c| c.describe())
         .unwrap_or_else(|e| format!("unreadable ({e})"));
@@ -346,7 +356,7 @@ async fn interrupted(
         ),
     };
     anyhow::anyhow!(
-        "interrupted during {step}: {make_note}; the file server was stopped\n\n\
+        "interrupted during {step}: {make_note}{server_note}\n\n\
          the checkout {} is {state}\n\n\
          help: run build-image again to continue, or `mosnctl patch-istio --istio {} --revert` \
          to restore Istio's files",
