@@ -582,3 +582,43 @@ async fn node_overrides_from_the_command_line() {
     assert!(node.metadata.unwrap().fields.contains_key("ISTIO_VERSION"));
     let _ = std::fs::remove_file(&file);
 }
+
+/// A real Istio sidecar's EDS resources (`/config_dump?include_eds`, Istio master, copied from
+/// the shared vectors) are accepted and show under `/clusters`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_istio_endpoints_are_accepted() {
+    let dump: Value =
+        serde_json::from_str(include_str!("xds_client/endpoints-configdump.json")).unwrap();
+    let mut cds = Vec::new();
+    let mut eds = Vec::new();
+    for e in dump["configs"][0]["dynamic_endpoint_configs"]
+        .as_array()
+        .unwrap()
+    {
+        let mut cla = e["endpoint_config"].clone();
+        cla.as_object_mut().unwrap().remove("@type");
+        let name = cla["cluster_name"].as_str().unwrap().to_string();
+        cds.push(eds_cluster(&name, "0s", json!({})));
+        eds.push(pack_cla(cla));
+    }
+    assert_eq!(eds.len(), 32);
+    let ads = Ads::new();
+    let xds = ads.serve_tcp().await;
+    ads.put(CDS, cds);
+    let ver = ads.put(EDS, eds);
+    let p = start_proxy(tcp(xds), true).await;
+    ads.reply(EDS, ver).await.expect("real EDS accepted");
+    let deadline = Instant::now() + HANG;
+    while p.server.state_name() != "LIVE" {
+        assert!(Instant::now() < deadline, "not LIVE");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snap = p.server.store.load();
+    let reviews = &snap.clusters["outbound|9080||reviews.default.svc.cluster.local"];
+    assert_eq!(reviews.hosts().all.len(), 3);
+    let clusters = get(p.admin(), "/clusters", &[]).await.body;
+    assert!(
+        clusters.contains("outbound|9080||reviews.default.svc.cluster.local::10.244.0.192:9080"),
+        "{clusters}"
+    );
+}

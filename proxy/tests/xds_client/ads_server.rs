@@ -174,6 +174,7 @@ async fn delta_stream(
     // type → (wildcard, names); type → name → version the client holds.
     let mut subs: BTreeMap<String, (bool, BTreeSet<String>)> = BTreeMap::new();
     let mut sent: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut fresh: BTreeSet<String> = BTreeSet::new();
     loop {
         tokio::select! {
             m = inb.message() => {
@@ -181,6 +182,7 @@ async fn delta_stream(
                 sh.record(&req.response_nonce, req.error_detail.as_ref());
                 let ty = req.type_url.clone();
                 if !subs.contains_key(&ty) {
+                    fresh.insert(ty.clone()); // the first request is always answered
                     let wild = wildcard(&ty) && req.resource_names_subscribe.is_empty();
                     subs.insert(ty.clone(), (wild, BTreeSet::new()));
                     sent.insert(ty.clone(), req.initial_resource_versions.clone().into_iter().collect());
@@ -230,7 +232,7 @@ async fn delta_stream(
                 .cloned()
                 .collect();
             have.retain(|n, _| cur.contains_key(n));
-            if resources.is_empty() && removed.is_empty() {
+            if resources.is_empty() && removed.is_empty() && !fresh.remove(ty) {
                 continue;
             }
             let resp = DeltaDiscoveryResponse {

@@ -67,6 +67,11 @@ pub fn cla(name: &str, addrs: &[SocketAddr]) -> (String, Any) {
         "cluster_name": name, "endpoints": [{"locality": {}, "lb_endpoints": eps, "load_balancing_weight": addrs.len().max(1)}]}))
 }
 
+/// A `ClusterLoadAssignment` from its JSON.
+pub fn pack_cla(v: Value) -> (String, Any) {
+    pack::<envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment>(v)
+}
+
 /// EDS: each subset holds only its pod; the unsubsetted cluster holds all three.
 pub fn endpoints(ups: &[Upstream]) -> Vec<(String, Any)> {
     let all: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
