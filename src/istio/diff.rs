@@ -170,6 +170,11 @@ fn parse_hunk(lines: &[&str], at: usize) -> Result<(Hunk, usize)> {
         no_eol(&mut hunk);
         i += 1;
     }
+    // Without context, an insertion's pre-image (or a deletion's post-image) is empty and
+    // matches anywhere, so applied and not applied could not be told apart.
+    if hunk.pre().is_empty() || hunk.post().is_empty() {
+        bail!("hunk `{header}` has no context lines (make the diff with context, e.g. -U3)");
+    }
     Ok((hunk, i))
 }
 
@@ -266,9 +271,8 @@ pub fn states(fp: &FilePatch, text: &Text) -> Vec<HunkState> {
         // Both images start at the same place in the current file.
         let expect = (h.old_start.saturating_sub(1) as isize + delta).max(0) as usize;
         // Exact place first for both images, then the nearest elsewhere.
-        let state = if pre.is_empty() && post.is_empty() {
-            HunkState::Mismatch
-        } else if let Some(p) = exact(&text.lines, &pre, expect, from) {
+        // Neither image is empty (`parse` refuses hunks without context).
+        let state = if let Some(p) = exact(&text.lines, &pre, expect, from) {
             HunkState::Original(p)
         } else if let Some(p) = exact(&text.lines, &post, expect, from) {
             HunkState::Patched(p)
@@ -432,6 +436,7 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert!(parse("hello\n").is_err());
+        assert!(parse("--- a/x\n+++ b/x\n@@ -1,0 +2,1 @@\n+new\n").is_err());
         assert!(parse("--- a/x\n+++ b/x\n@@ -1,2 +1,2 @@\n a\n").is_err());
     }
 }
