@@ -241,18 +241,40 @@ async fn nack(delta: bool) {
     );
     let prefix = "http.outbound_0.0.0.0_9080.rds.9080";
     assert!(p.stat(&format!("{prefix}.update_rejected")) >= 1);
-    // A malformed cluster: NACKed, the others keep serving.
+    // A malformed cluster is NACKed; the valid ones of the same response are applied (as in
+    // Envoy, so one unusable resource does not freeze all updates) and the others keep serving.
     let mut cs = clusters("0s");
     cs.push(eds_cluster(
         "bad",
         "0s",
         json!({"lb_policy": "CLUSTER_PROVIDED"}),
     ));
+    cs.push(eds_cluster(&reviews("v5"), "0s", json!({})));
     let ver = ads.put(CDS, cs);
     let err = ads.reply(CDS, ver).await.expect_err("bad cluster NACKed");
-    assert!(err.contains("\"bad\""), "{err}");
+    assert!(err.contains("\"bad\"") && !err.contains("v5"), "{err}");
     assert!(p.stat("cluster_manager.cds.update_rejected") >= 1);
     assert_eq!(count(&send(addr, 10, &[]).await, "v1"), 10);
+    // v5's endpoints are malformed: NACKed naming them, and v5 stops waiting for them.
+    let mut eps = endpoints(&ups);
+    eps.push(pack_cla(json!({"cluster_name": reviews("v5"), "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {"address": "reviews-v5.default", "port_value": 9080}}}}]}]})));
+    let ver = ads.put(EDS, eps);
+    let err = ads.reply(EDS, ver).await.expect_err("bad endpoints NACKed");
+    assert!(
+        err.contains(&reviews("v5")) && err.contains("not an IP"),
+        "{err}"
+    );
+    let deadline = Instant::now() + HANG;
+    while !p.server.store.load().clusters.contains_key(&reviews("v5")) {
+        assert!(Instant::now() < deadline, "v5 still warming");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        p.stat(&format!("cluster.{}.update_rejected", reviews("v5"))),
+        1
+    );
+    assert!(p.stat(&format!("cluster.{}.update_success", reviews("v1"))) >= 1);
     // A good update after the NACK is applied.
     let ver = ads.put(RDS, route(Vs::TestV2, false));
     ads.reply(RDS, ver).await.unwrap();

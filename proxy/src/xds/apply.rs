@@ -1,6 +1,6 @@
-//! Validating an update (all or nothing, so a NACK leaves the last good config in place),
-//! committing it to the [`XdsState`], and building the next [`Snapshot`] from the statics plus
-//! the warm dynamic resources.
+//! Validating an update resource by resource (a rejected resource keeps its last good version;
+//! the NACK names it), committing the valid ones to the [`XdsState`], and building the next
+//! [`Snapshot`] from the statics plus the warm dynamic resources.
 
 use super::config::{initial_fetch_timeout, DEFAULT_INITIAL_FETCH_TIMEOUT};
 use super::state::{
@@ -88,30 +88,73 @@ fn unpack<M: prost::Message + prost::Name + Default>(any: &Any) -> Result<M, Str
     decode::unpack(any)
 }
 
-/// Decode every resource of `upd` as `M`, checking names and duplicates.
+/// What applying an update did: whether anything changed, and the resources rejected (their
+/// last good version stays in place) as (name, error). As in Envoy, the good resources of a
+/// response are applied even when others in it are rejected, so one resource this proxy cannot
+/// use does not freeze every later update of its type.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Something was added, changed or removed.
+    pub changed: bool,
+    /// Rejected resources: (name, error naming the resource and the problem).
+    pub rejected: Vec<(String, String)>,
+}
+
+impl Outcome {
+    /// The NACK's `error_detail` message; `None` means ACK.
+    pub fn error(&self) -> Option<String> {
+        if self.rejected.is_empty() {
+            return None;
+        }
+        let all: Vec<&str> = self.rejected.iter().map(|(_, e)| e.as_str()).collect();
+        Some(all.join("; "))
+    }
+
+    fn reject(&mut self, name: &str, error: String) {
+        self.rejected.push((name.to_string(), error));
+    }
+}
+
+/// Decode every resource of `upd` as `M`. Undecodable, unnamed and duplicate ones are
+/// rejected into `out`. Returns the decoded resources with their versions, and every name
+/// seen (rejected ones included, so that a complete set does not remove their old version).
 fn decode_all<M: prost::Message + prost::Name + Default>(
     upd: &Update,
     what: &str,
     name_of: fn(&M) -> &str,
-) -> Result<Vec<(M, String)>, String> {
+    out: &mut Outcome,
+) -> (Vec<(M, String)>, BTreeSet<String>) {
     let mut seen = BTreeSet::new();
-    let mut out = Vec::with_capacity(upd.resources.len());
+    let mut decoded = Vec::with_capacity(upd.resources.len());
     for (i, r) in upd.resources.iter().enumerate() {
         let label = r.name.clone().unwrap_or_else(|| format!("#{i}"));
-        let m: M = unpack(&r.any).map_err(|e| format!("{what} {label:?}: {e}"))?;
+        if let Some(n) = &r.name {
+            seen.insert(n.clone());
+        }
+        let m: M = match unpack(&r.any) {
+            Ok(m) => m,
+            Err(e) => {
+                out.reject(&label, format!("{what} {label:?}: {e}"));
+                continue;
+            }
+        };
         let name = name_of(&m).to_string();
         if name.is_empty() {
-            return Err(format!("{what} {label:?} has no name"));
+            out.reject(&label, format!("{what} {label:?} has no name"));
+            continue;
         }
         if r.name.as_ref().is_some_and(|n| *n != name) {
-            return Err(format!("{what} {label:?} is named {name:?} inside"));
+            out.reject(&label, format!("{what} {label:?} is named {name:?} inside"));
+            continue;
         }
-        if !seen.insert(name.clone()) {
-            return Err(format!("duplicate {what} {name:?}"));
+        if decoded.iter().any(|(d, _)| name_of(d) == name) {
+            out.reject(&name, format!("duplicate {what} {name:?}"));
+            continue;
         }
-        out.push((m, r.version.clone()));
+        seen.insert(name);
+        decoded.push((m, r.version.clone()));
     }
-    Ok(out)
+    (decoded, seen)
 }
 
 /// The names an update carries (for per-resource stats), best effort.
@@ -134,21 +177,22 @@ pub fn names(upd: &Update) -> Vec<String> {
         .collect()
 }
 
-/// Validate `upd` and, only if all of it is good, commit it. `Ok(true)` when anything changed;
-/// `Err` names the resource and the problem (the NACK's `error_detail`).
+/// Apply the valid resources of `upd` to `state`; see [`Outcome`].
 pub fn accept(
     state: &mut XdsState,
     upd: &Update,
     statics: &Statics,
     stats: &Arc<Stats>,
     current: &Snapshot,
-) -> Result<bool, String> {
-    match upd.kind {
-        Kind::Cds => accept_clusters(state, upd, statics, stats),
-        Kind::Eds => accept_endpoints(state, upd, current),
-        Kind::Lds => accept_listeners(state, upd, statics),
-        Kind::Rds => accept_routes(state, upd),
-    }
+) -> Outcome {
+    let mut out = Outcome::default();
+    out.changed = match upd.kind {
+        Kind::Cds => accept_clusters(state, upd, statics, stats, &mut out),
+        Kind::Eds => accept_endpoints(state, upd, current, &mut out),
+        Kind::Lds => accept_listeners(state, upd, statics, &mut out),
+        Kind::Rds => accept_routes(state, upd, &mut out),
+    };
+    out
 }
 
 /// Names to remove: absent from a complete set, or listed as removed.
@@ -172,22 +216,31 @@ fn accept_clusters(
     upd: &Update,
     statics: &Statics,
     stats: &Arc<Stats>,
-) -> Result<bool, String> {
-    let decoded = decode_all::<cpb::Cluster>(upd, "cluster", |c| &c.name)?;
-    let seen: BTreeSet<String> = decoded.iter().map(|(c, _)| c.name.clone()).collect();
+    out: &mut Outcome,
+) -> bool {
+    let (decoded, seen) = decode_all::<cpb::Cluster>(upd, "cluster", |c| &c.name, out);
     let mut changed = Vec::new();
     for (c, version) in decoded {
         if statics.clusters.contains_key(&c.name) {
-            return Err(format!(
-                "cluster {:?} is a static cluster and cannot be replaced by CDS",
-                c.name
-            ));
+            out.reject(
+                &c.name,
+                format!(
+                    "cluster {:?} is a static cluster and cannot be replaced by CDS",
+                    c.name
+                ),
+            );
+            continue;
         }
         if state.clusters.get(&c.name).is_some_and(|e| e.proto == c) {
             continue; // unchanged: keep the running cluster, its pools and outlier state
         }
-        let cluster =
-            Cluster::from_proto(&c, stats).map_err(|e| format!("cluster {:?}: {e}", c.name))?;
+        let cluster = match Cluster::from_proto(&c, stats) {
+            Ok(c) => c,
+            Err(e) => {
+                out.reject(&c.name, format!("cluster {:?}: {e}", c.name));
+                continue;
+            }
+        };
         let (eds_name, timeout) = match (&cluster.discovery, &c.eds_cluster_config) {
             (Discovery::Eds, eds) => {
                 let svc = eds.as_ref().map(|e| e.service_name.as_str()).unwrap_or("");
@@ -202,8 +255,14 @@ fn accept_clusters(
             _ => (None, None),
         };
         if let Some(cla) = eds_name.as_ref().and_then(|n| state.endpoints.get(n)) {
-            // Validated when the assignment was accepted.
-            if let Ok(h) = hosts(&cla.proto, &[]) {
+            // Validated when the assignment was accepted; the hosts of the version being
+            // replaced carry over (outlier state, request counts).
+            let keep = state
+                .clusters
+                .get(&c.name)
+                .map(|e| e.cluster.hosts().all.clone())
+                .unwrap_or_default();
+            if let Ok(h) = hosts(&cla.proto, &keep) {
                 cluster.set_hosts(h);
             }
         }
@@ -225,20 +284,28 @@ fn accept_clusters(
     for n in removed {
         state.clusters.remove(&n);
     }
-    Ok(any)
+    any
 }
 
 fn accept_endpoints(
     state: &mut XdsState,
     upd: &Update,
     current: &Snapshot,
-) -> Result<bool, String> {
-    let decoded =
-        decode_all::<ClusterLoadAssignment>(upd, "cluster load assignment", |c| &c.cluster_name)?;
+    out: &mut Outcome,
+) -> bool {
+    let (decoded, _) = decode_all::<ClusterLoadAssignment>(
+        upd,
+        "cluster load assignment",
+        |c| &c.cluster_name,
+        out,
+    );
     let mut changed = Vec::new();
     for (cla, version) in decoded {
-        hosts(&cla, &[])
-            .map_err(|e| format!("cluster load assignment {:?}: {e}", cla.cluster_name))?;
+        if let Err(e) = hosts(&cla, &[]) {
+            let n = &cla.cluster_name;
+            out.reject(n, format!("cluster load assignment {n:?}: {e}"));
+            continue;
+        }
         if state
             .endpoints
             .get(&cla.cluster_name)
@@ -271,7 +338,7 @@ fn accept_endpoints(
         let cla = state.endpoints[&name].proto.clone();
         set_cluster_hosts(state, current, &name, Some(&cla));
     }
-    Ok(any)
+    any
 }
 
 /// Give every cluster that reads EDS resource `name` (accepted ones and older versions still
@@ -351,23 +418,36 @@ pub fn hosts(cla: &ClusterLoadAssignment, keep: &[Arc<Host>]) -> Result<Vec<Arc<
     Ok(out)
 }
 
-fn accept_listeners(state: &mut XdsState, upd: &Update, statics: &Statics) -> Result<bool, String> {
-    let decoded = decode_all::<lpb::Listener>(upd, "listener", |l| &l.name)?;
-    let seen: BTreeSet<String> = decoded.iter().map(|(l, _)| l.name.clone()).collect();
+fn accept_listeners(
+    state: &mut XdsState,
+    upd: &Update,
+    statics: &Statics,
+    out: &mut Outcome,
+) -> bool {
+    let (decoded, seen) = decode_all::<lpb::Listener>(upd, "listener", |l| &l.name, out);
     let mut changed = Vec::new();
     for (l, version) in decoded {
         if statics.is_static_listener(&l.name) {
-            return Err(format!(
-                "listener {:?} is a static listener and cannot be replaced by LDS",
-                l.name
-            ));
+            out.reject(
+                &l.name,
+                format!(
+                    "listener {:?} is a static listener and cannot be replaced by LDS",
+                    l.name
+                ),
+            );
+            continue;
         }
         if state.listeners.get(&l.name).is_some_and(|e| e.proto == l) {
             continue; // unchanged: keeps its socket and connections
         }
-        let config =
-            ListenerConfig::from_proto(&l).map_err(|e| format!("listener {:?}: {e}", l.name))?;
-        let (rds, timeout) = rds_of(&l).map_err(|e| format!("listener {:?}: {e}", l.name))?;
+        let compiled = ListenerConfig::from_proto(&l).and_then(|c| Ok((c, rds_of(&l)?)));
+        let (config, (rds, timeout)) = match compiled {
+            Ok(x) => x,
+            Err(e) => {
+                out.reject(&l.name, format!("listener {:?}: {e}", l.name));
+                continue;
+            }
+        };
         changed.push(ListenerEntry {
             proto: l,
             config: Arc::new(config),
@@ -384,7 +464,7 @@ fn accept_listeners(state: &mut XdsState, upd: &Update, statics: &Statics) -> Re
     for n in removed {
         state.listeners.remove(&n);
     }
-    Ok(any)
+    any
 }
 
 /// The RDS names (with stat prefixes) of every HCM in a listener, and the shortest RDS
@@ -425,15 +505,21 @@ fn rds_of(l: &lpb::Listener) -> Result<RdsRefs, String> {
     Ok((out, timeout.flatten()))
 }
 
-fn accept_routes(state: &mut XdsState, upd: &Update) -> Result<bool, String> {
-    let decoded = decode_all::<RouteConfiguration>(upd, "route configuration", |r| &r.name)?;
+fn accept_routes(state: &mut XdsState, upd: &Update, out: &mut Outcome) -> bool {
+    let (decoded, _) =
+        decode_all::<RouteConfiguration>(upd, "route configuration", |r| &r.name, out);
     let mut changed = Vec::new();
     for (r, version) in decoded {
         if state.routes.get(&r.name).is_some_and(|e| e.proto == r) {
             continue;
         }
-        let config = RouteConfig::from_proto(&r)
-            .map_err(|e| format!("route configuration {:?}: {e}", r.name))?;
+        let config = match RouteConfig::from_proto(&r) {
+            Ok(c) => c,
+            Err(e) => {
+                out.reject(&r.name, format!("route configuration {:?}: {e}", r.name));
+                continue;
+            }
+        };
         changed.push(RouteEntry {
             proto: r,
             config: Arc::new(config),
@@ -453,7 +539,7 @@ fn accept_routes(state: &mut XdsState, upd: &Update) -> Result<bool, String> {
     for n in removed {
         state.routes.remove(&n);
     }
-    Ok(any)
+    any
 }
 
 /// Counts of a built snapshot, for the manager gauges.

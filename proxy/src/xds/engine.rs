@@ -8,7 +8,7 @@ use super::apply::{self, Statics, Update};
 use super::config::AdsConfig;
 use super::listeners::DynamicListeners;
 use super::state::XdsState;
-use super::stats::XdsStats;
+use super::stats::{SubStats, XdsStats};
 use super::Kind;
 use crate::server::Server;
 use std::collections::BTreeSet;
@@ -75,27 +75,25 @@ impl Engine {
         }
     }
 
-    /// Accept (commit, swap, ACK) or reject (NACK, nothing changes) one update.
+    /// Apply one update: the valid resources are committed and swapped in; `Err` (the NACK's
+    /// `error_detail`) names the rejected ones, which keep their last good version.
     pub async fn handle(&mut self, upd: Update) -> Result<(), String> {
         let kind = upd.kind;
-        let names = match kind {
-            Kind::Eds | Kind::Rds => apply::names(&upd),
-            _ => Vec::new(),
-        };
-        let subs: Vec<_> = if names.is_empty() {
-            vec![self.stats.resource(kind, "", None)]
-        } else {
-            names
-                .iter()
+        // CDS/LDS count per response under the manager; EDS/RDS per resource, as Envoy does.
+        let per_resource: Vec<(String, SubStats)> = match kind {
+            Kind::Cds | Kind::Lds => vec![(String::new(), self.stats.resource(kind, "", None))],
+            Kind::Eds | Kind::Rds => apply::names(&upd)
+                .into_iter()
                 .map(|n| {
-                    let prefix = self.state.rds_prefix(n);
-                    self.stats.resource(kind, n, prefix.as_deref())
+                    let prefix = self.state.rds_prefix(&n);
+                    let s = self.stats.resource(kind, &n, prefix.as_deref());
+                    (n, s)
                 })
-                .collect()
+                .collect(),
         };
-        subs.iter().for_each(|s| s.attempt.inc());
+        per_resource.iter().for_each(|(_, s)| s.attempt.inc());
         let current = self.server.store.load();
-        let result = apply::accept(
+        let out = apply::accept(
             &mut self.state,
             &upd,
             &self.statics,
@@ -103,30 +101,43 @@ impl Engine {
             &current,
         );
         drop(current);
-        match result {
-            Ok(changed) => {
-                subs.iter().for_each(|s| s.accepted(&upd.version));
-                let ty = self.state.ty(kind);
-                ty.version = upd.version.clone();
-                ty.received = true;
+        let error = out.error();
+        for (n, s) in &per_resource {
+            let bad = error.is_some() && (n.is_empty() || out.rejected.iter().any(|(r, _)| r == n));
+            if bad {
+                s.rejected.inc();
+            } else {
+                s.accepted(&upd.version);
+            }
+        }
+        // Even a rejected fetch completes initialisation (as in Envoy): what waited for it
+        // goes on without it instead of blocking start-up forever.
+        self.state.ty(kind).received = true;
+        let mut rebuild = out.changed;
+        if out.changed && matches!(kind, Kind::Cds | Kind::Lds) {
+            self.state.prune_unsubscribed();
+        }
+        if error.is_some() {
+            let names: Vec<String> = out.rejected.iter().map(|(n, _)| n.clone()).collect();
+            rebuild |= self.state.give_up_warming(kind, &names);
+        }
+        if rebuild {
+            self.rebuild().await;
+        }
+        self.progress();
+        match error {
+            None => {
+                self.state.ty(kind).version = upd.version.clone();
                 tracing::info!(
                     "{} update accepted (version {:?}, {} resources{})",
                     kind.short(),
                     upd.version,
                     upd.resources.len(),
-                    if changed { "" } else { ", no change" }
+                    if out.changed { "" } else { ", no change" }
                 );
-                if changed {
-                    if matches!(kind, Kind::Cds | Kind::Lds) {
-                        self.state.prune_unsubscribed();
-                    }
-                    self.rebuild().await;
-                }
-                self.progress();
                 Ok(())
             }
-            Err(e) => {
-                subs.iter().for_each(|s| s.rejected.inc());
+            Some(e) => {
                 tracing::warn!(
                     "{} update rejected (version {:?}): {e}",
                     kind.short(),

@@ -211,6 +211,42 @@ impl XdsState {
         any
     }
 
+    /// After a rejected EDS or RDS update naming `names`: stop waiting for them, so the
+    /// clusters and listeners that depend on them serve without (Envoy does the same).
+    pub fn give_up_warming(&mut self, kind: Kind, names: &[String]) -> bool {
+        let mut any = false;
+        match kind {
+            Kind::Eds => {
+                let eps = &self.endpoints;
+                for c in self.clusters.values_mut() {
+                    let cold = c
+                        .eds_name
+                        .as_ref()
+                        .is_some_and(|n| names.contains(n) && !eps.contains_key(n));
+                    if cold && !c.warming.timed_out {
+                        c.warming.timed_out = true;
+                        any = true;
+                    }
+                }
+            }
+            Kind::Rds => {
+                let routes = &self.routes;
+                for l in self.listeners.values_mut() {
+                    let cold = l
+                        .rds
+                        .iter()
+                        .any(|(n, _)| names.contains(n) && !routes.contains_key(n));
+                    if cold && !l.warming.timed_out {
+                        l.warming.timed_out = true;
+                        any = true;
+                    }
+                }
+            }
+            Kind::Cds | Kind::Lds => {}
+        }
+        any
+    }
+
     /// Whether every accepted cluster is warm.
     pub fn clusters_all_warm(&self) -> bool {
         self.clusters.values().all(|c| self.cluster_warm(c))
