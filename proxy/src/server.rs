@@ -221,7 +221,9 @@ impl Server {
             self.live.set(0);
             let all: Vec<_> = self.listeners.lock().unwrap().clone();
             all.iter().for_each(|l| l.drain());
-            let deadline = Instant::now() + self.drain_time;
+            let deadline = Instant::now()
+                .checked_add(self.drain_time)
+                .unwrap_or_else(Instant::now);
             // Exit early once every downstream connection has closed.
             while Instant::now() < deadline
                 && all

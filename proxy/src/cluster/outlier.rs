@@ -117,8 +117,15 @@ impl HostOutlier {
     /// Eject now for `base × times ejected` (capped by max).
     pub fn eject(&self, cfg: &OutlierConfig, now: Instant) {
         let times = self.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
-        let dur = (cfg.base_ejection * times).min(cfg.max_ejection.max(cfg.base_ejection));
-        self.ejected_until.store(ms(now + dur), Ordering::Relaxed);
+        // Durations come from config: saturate instead of overflowing.
+        let dur = cfg
+            .base_ejection
+            .saturating_mul(times)
+            .min(cfg.max_ejection.max(cfg.base_ejection));
+        let until = now
+            .checked_add(dur)
+            .unwrap_or(now + Duration::from_secs(86400 * 365));
+        self.ejected_until.store(ms(until), Ordering::Relaxed);
         self.consecutive_5xx.store(0, Ordering::Relaxed);
         self.consecutive_gateway.store(0, Ordering::Relaxed);
     }

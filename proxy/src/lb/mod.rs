@@ -66,20 +66,31 @@ impl LbPolicy {
                         .map(|v| v.value)
                         .unwrap_or(max_size);
                 }
-                if min_size > max_size {
-                    return Err("ring hash minimum_ring_size exceeds maximum_ring_size".into());
+                // Envoy's proto limits: both at most 8M entries.
+                if min_size > max_size || max_size > 8 * 1024 * 1024 {
+                    return Err(format!(
+                        "ring hash sizes must satisfy minimum ({min_size}) <= maximum ({max_size}) <= 8388608"
+                    ));
                 }
                 LbPolicy::RingHash { min_size, max_size }
             }
             3 => LbPolicy::Random,
-            5 => LbPolicy::Maglev {
-                table_size: match &c.lb_config {
+            5 => {
+                let table_size = match &c.lb_config {
                     Some(LbConfig::MaglevLbConfig(m)) => {
                         m.table_size.as_ref().map(|v| v.value).unwrap_or(65537)
                     }
                     _ => 65537,
-                },
-            },
+                };
+                // Maglev's permutations only cover the table when its size is prime; Envoy
+                // also caps it at 5000011.
+                if table_size > 5_000_011 || !is_prime(table_size) {
+                    return Err(format!(
+                        "maglev table_size {table_size} must be a prime <= 5000011"
+                    ));
+                }
+                LbPolicy::Maglev { table_size }
+            }
             6 => LbPolicy::ClusterProvided,
             p => return Err(format!("lb_policy {p} is not supported")),
         })
@@ -274,6 +285,10 @@ impl Level {
             }
         }
     }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 fn weighted_random(hosts: &[Arc<Host>], cands: &[usize]) -> Option<usize> {

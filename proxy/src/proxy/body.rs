@@ -210,7 +210,10 @@ impl Body for IdleBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                let deadline = tokio::time::Instant::now() + self.idle;
+                let now = tokio::time::Instant::now();
+                let deadline = now
+                    .checked_add(self.idle)
+                    .unwrap_or(now + std::time::Duration::from_secs(86400 * 365));
                 self.sleep.as_mut().reset(deadline);
                 Poll::Ready(r)
             }
