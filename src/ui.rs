@@ -36,25 +36,36 @@ pub fn spinner(msg: impl Into<String>) -> ProgressBar {
     pb
 }
 
-/// Print an error the way cargo does: `error: top`, then each cause on its own line.
-/// Text after a blank line in a message (a `help:` section) is kept as is.
+/// Print an error the way cargo does: `error: top`, then each cause on its own line, and the
+/// `help:` lines of every message last, so the remedy is what the user reads at the end.
 pub fn print_error(err: &anyhow::Error) {
-    let mut chain = err.chain();
-    if let Some(top) = chain.next() {
-        eprintln!("error: {top}");
+    let (mut texts, mut helps) = (Vec::new(), Vec::new());
+    for msg in err.chain().map(|c| c.to_string()) {
+        let mut text = Vec::new();
+        for line in msg.lines() {
+            if line.trim_start().starts_with("help:") || line.trim_start().starts_with("note:") {
+                helps.push(line.trim_start().to_string());
+            } else {
+                text.push(line);
+            }
+        }
+        texts.push(text.join("\n").trim_end().to_string());
     }
-    let causes: Vec<String> = chain.map(|c| c.to_string()).collect();
+    let mut texts = texts.into_iter().filter(|t| !t.is_empty());
+    eprintln!("error: {}", texts.next().unwrap_or_default());
+    let causes: Vec<String> = texts.collect();
     if !causes.is_empty() {
-        eprintln!();
-        eprintln!("Caused by:");
+        eprintln!("\nCaused by:");
         for c in causes {
             for line in c.lines() {
-                if line.is_empty() {
-                    eprintln!();
-                } else {
-                    eprintln!("  {line}");
-                }
+                eprintln!("  {line}");
             }
+        }
+    }
+    if !helps.is_empty() {
+        eprintln!();
+        for h in helps {
+            eprintln!("{h}");
         }
     }
 }
