@@ -83,10 +83,11 @@ pub struct Outcome {
 /// `mosnctl overlay`.
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
-    if !args.push && args.output.is_none() && !args.load {
+    // --engine alone keeps the built image in the engine, which is a result too.
+    if !args.push && args.output.is_none() && !args.load && !args.engine {
         bail!(
             "nothing to do: the result would be thrown away\n\n\
-             help: add --push, --output oci:DIR, --output docker-archive:FILE or --load"
+             help: add --push, --output oci:DIR, --output docker-archive:FILE, --load or --engine"
         );
     }
     if args.smoke && !(args.load || args.engine || args.push) {
