@@ -266,3 +266,31 @@ async fn h2c_downstream_and_upstream() {
     let r = request(addr, "GET", "/h2up", &[("host", "svc.local")], "", true).await;
     assert_eq!(r.json()["version"], "HTTP/2.0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_downstream_connections_close_after_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]);
+    let hcm = json!({"common_http_protocol_options": {"idle_timeout": "0.2s"}});
+    let p = proxy(bootstrap(vec![listener("l", vh, vec![], hcm)], vec![])).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr("l")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Read the response, then keep reading: the proxy closes the idle connection (EOF).
+    let mut buf = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(HANG, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200 OK"));
+    assert!(closed, "idle connection was not closed");
+}

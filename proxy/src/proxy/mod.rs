@@ -222,7 +222,14 @@ async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
     let _ = stream.set_nodelay(true);
     let mut draining = ctx.draining.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    // hyper's header-read timer also runs while a keep-alive connection waits for its next
+    // request, so it doubles as the HCM connection idle_timeout (Envoy: 1 h, no separate
+    // header timeout by default) instead of hyper's 30 s default.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(ctx.hcm.idle_timeout);
     builder.http2().timer(TokioTimer::new());
     let builder = match ctx.hcm.codec {
         Codec::Auto => builder,
