@@ -251,3 +251,102 @@ fn base_on_another_registry_is_copied_without_recompression() {
     ]);
     assert!(out.status.success());
 }
+
+#[test]
+fn credentials_from_cred_helpers_and_creds_store() {
+    let reg = Registry::start(Auth::HtpasswdTls {
+        user: "carol".into(),
+        pass: "helper-pw".into(),
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let cert_dir = reg.cert_dir().unwrap();
+    let archive = tmp.path().join("base.tar");
+    docker_archive_base(&archive, "amd64");
+    let base = format!("{}/base:v1", reg.host());
+    push_archive_with(
+        &archive,
+        &base,
+        &[
+            "--dest-creds=carol:helper-pw",
+            &format!("--dest-cert-dir={}", cert_dir.display()),
+        ],
+    );
+    // A real credential helper on PATH (the docker-credential-* protocol: `get`, server on
+    // stdin, JSON on stdout); it answers only for this registry.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-testhelper");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\n[ \"$server\" = \"{}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"carol\",\"Secret\":\"helper-pw\"}}' \"$server\"\n",
+            reg.host()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let ca = reg.cert.clone().unwrap();
+
+    for (name, config) in [
+        (
+            "credHelpers",
+            serde_json::json!({"credHelpers": {reg.host(): "testhelper"}}),
+        ),
+        (
+            "credsStore",
+            serde_json::json!({"credsStore": "testhelper"}),
+        ),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let dst = format!("{}/{}:v1", reg.host(), name.to_lowercase());
+        let mut c = mosnctl(&dir);
+        c.env("PATH", &path)
+            .args([
+                "overlay",
+                "--base",
+                &base,
+                "--tag",
+                &dst,
+                "--push",
+                "--ca-file",
+            ])
+            .arg(&ca)
+            .arg("--binary")
+            .arg(test_binary());
+        ok(c);
+    }
+
+    // A helper that is not installed: the 401 says which credential source was tried.
+    let dir = tmp.path().join("missing-helper");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::json!({"credHelpers": {reg.host(): "nosuchhelper"}}).to_string(),
+    )
+    .unwrap();
+    let mut c = mosnctl(&dir);
+    c.env("PATH", &path)
+        .args([
+            "overlay",
+            "--base",
+            &base,
+            "--tag",
+            &format!("{}/x:v1", reg.host()),
+        ])
+        .args(["--push", "--ca-file"])
+        .arg(&ca)
+        .arg("--binary")
+        .arg(test_binary());
+    let out = run(c);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("401") && err.contains("credential helper"),
+        "{err}"
+    );
+}
