@@ -346,7 +346,7 @@ fn credentials_from_cred_helpers_and_creds_store() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("401") && err.contains("credential helper"),
+        err.contains("401") && err.contains("credential helper `docker-credential-nosuchhelper`"),
         "{err}"
     );
 }

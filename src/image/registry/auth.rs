@@ -80,9 +80,24 @@ pub fn lookup(registry: &str) -> Credentials {
         }
         Err(e) => Credentials {
             secret: Secret::Anonymous,
-            source: format!("no credentials (none for {key} in {path}: {e})"),
+            source: match configured_helper(&path, key) {
+                Some(h) => format!(
+                    "no credentials (credential helper `docker-credential-{h}` for {key}, named in {path}: {e})"
+                ),
+                None => format!("no credentials (none for {key} in {path}: {e})"),
+            },
         },
     }
+}
+
+/// The helper config.json names for `key` (`credHelpers`, else `credsStore`), for messages.
+fn configured_helper(path: &str, key: &str) -> Option<String> {
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    cfg.get("credHelpers")
+        .and_then(|h| h.get(key))
+        .or_else(|| cfg.get("credsStore"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 /// A parsed `WWW-Authenticate` challenge.
