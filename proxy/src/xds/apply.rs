@@ -322,54 +322,54 @@ fn accept_endpoints(
         .cloned()
         .collect();
     let any = !changed.is_empty() || !removed.is_empty();
+    if !any {
+        return false;
+    }
+    let targets = eds_index(state, current);
+    let set = |name: &str, cla: Option<&ClusterLoadAssignment>| {
+        for c in targets.get(name).into_iter().flatten() {
+            let new = match cla {
+                Some(cla) => hosts(cla, &c.hosts().all).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            c.set_hosts(new);
+        }
+    };
     for n in removed {
         state.endpoints.remove(&n);
-        set_cluster_hosts(state, current, &n, None);
+        set(&n, None);
     }
     for (cla, version) in changed {
-        let name = cla.cluster_name.clone();
-        state.endpoints.insert(
-            name.clone(),
-            EndpointEntry {
-                proto: cla,
-                meta: Meta::now(&version),
-            },
-        );
-        let cla = state.endpoints[&name].proto.clone();
-        set_cluster_hosts(state, current, &name, Some(&cla));
+        set(&cla.cluster_name, Some(&cla));
+        let entry = EndpointEntry {
+            proto: cla,
+            meta: Meta::now(&version),
+        };
+        state
+            .endpoints
+            .insert(entry.proto.cluster_name.clone(), entry);
     }
-    any
+    true
 }
 
-/// Give every cluster that reads EDS resource `name` (accepted ones and older versions still
-/// serving in the current snapshot) its new hosts, keeping existing host objects.
-fn set_cluster_hosts(
-    state: &XdsState,
-    current: &Snapshot,
-    name: &str,
-    cla: Option<&ClusterLoadAssignment>,
-) {
-    let mut targets: Vec<&Arc<Cluster>> = state
-        .clusters
-        .values()
-        .filter(|c| c.eds_name.as_deref() == Some(name))
-        .map(|c| &c.cluster)
-        .collect();
-    for c in current.clusters.values() {
-        if c.discovery == Discovery::Eds
-            && eds_name(&c.proto) == name
-            && !targets.iter().any(|t| Arc::ptr_eq(t, c))
-        {
-            targets.push(c);
+/// EDS name → every cluster that reads it: the accepted ones, and older versions still serving
+/// in the current snapshot (they get the new endpoints too until they are replaced).
+fn eds_index(state: &XdsState, current: &Snapshot) -> HashMap<String, Vec<Arc<Cluster>>> {
+    let mut index: HashMap<String, Vec<Arc<Cluster>>> = HashMap::new();
+    for c in state.clusters.values() {
+        if let Some(n) = &c.eds_name {
+            index.entry(n.clone()).or_default().push(c.cluster.clone());
         }
     }
-    for c in targets {
-        let new = match cla {
-            Some(cla) => hosts(cla, &c.hosts().all).unwrap_or_default(),
-            None => Vec::new(),
-        };
-        c.set_hosts(new);
+    for c in current.clusters.values() {
+        if c.discovery == Discovery::Eds {
+            let v = index.entry(eds_name(&c.proto).to_string()).or_default();
+            if !v.iter().any(|t| Arc::ptr_eq(t, c)) {
+                v.push(c.clone());
+            }
+        }
     }
+    index
 }
 
 fn eds_name(c: &cpb::Cluster) -> &str {

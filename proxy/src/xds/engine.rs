@@ -85,7 +85,9 @@ impl Engine {
             Kind::Eds | Kind::Rds => apply::names(&upd)
                 .into_iter()
                 .map(|n| {
-                    let prefix = self.state.rds_prefix(&n);
+                    let prefix = (kind == Kind::Rds)
+                        .then(|| self.state.rds_prefix(&n))
+                        .flatten();
                     let s = self.stats.resource(kind, &n, prefix.as_deref());
                     (n, s)
                 })
