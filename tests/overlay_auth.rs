@@ -176,6 +176,34 @@ fn bearer_tokens_from_the_challenge_realm() {
         "{}",
         reg.log()
     );
+
+    // An identity token (OAuth2 refresh token) in config.json: POSTed as a refresh grant.
+    let dir = tmp.path().join("idtoken");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::json!({"auths": {reg.host(): {"identitytoken": identity_token("bob")}}})
+            .to_string(),
+    )
+    .unwrap();
+    tokens.requests.lock().unwrap().clear();
+    let mut c = mosnctl(&dir);
+    c.args([
+        "overlay",
+        "--base",
+        &base,
+        "--tag",
+        &format!("{}/team/idtoken:v1", reg.host()),
+    ])
+    .args(["--push", "--binary"])
+    .arg(test_binary());
+    ok(c);
+    let reqs = tokens.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert!(
+        reqs.iter().all(|r| r.contains("grant_type=refresh_token")),
+        "{reqs:?}"
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ mod token;
 #[allow(unused_imports)]
 pub use dockerd::Dockerd;
 #[allow(unused_imports)]
-pub use token::TokenServer;
+pub use token::{identity_token, TokenServer};
 
 /// The `mosnctl` binary with an empty docker config (no host credentials leak in) and no
 /// `SOURCE_DATE_EPOCH` unless a test sets one.

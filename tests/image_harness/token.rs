@@ -62,14 +62,20 @@ impl TokenServer {
                 .build()
                 .unwrap();
             rt.block_on(async move {
+                let post_state = state.clone();
                 let app = axum::Router::new().route(
                     "/token",
                     axum::routing::get(
                         move |q: axum::extract::RawQuery, h: axum::http::HeaderMap| {
                             let state = state.clone();
-                            async move { token(state, q.0.unwrap_or_default(), h) }
+                            async move { token(state, q.0.unwrap_or_default(), h, false) }
                         },
-                    ),
+                    )
+                    // OAuth2 refresh-token grant (docker's `identitytoken`): form body.
+                    .post(move |h: axum::http::HeaderMap, body: String| {
+                        let state = post_state.clone();
+                        async move { token(state, body, h, true) }
+                    }),
                 );
                 let l = tokio::net::TcpListener::from_std(listener).unwrap();
                 axum::serve(l, app)
@@ -114,13 +120,29 @@ fn token(
     (expected, x5c, key, requests, user, first_scope_only): TokenState,
     query: String,
     headers: axum::http::HeaderMap,
+    oauth: bool,
 ) -> (axum::http::StatusCode, String) {
     requests.lock().unwrap().push(query.clone());
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if auth != expected {
+    let authorized = if oauth {
+        let decoded: Vec<String> = query
+            .split('&')
+            .map(|kv| {
+                percent_encoding::percent_decode_str(&kv.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let refresh = format!("refresh_token={}", identity_token(&user));
+        decoded.iter().any(|kv| kv == "grant_type=refresh_token")
+            && decoded.iter().any(|kv| *kv == refresh)
+    } else {
+        auth == expected
+    };
+    if !authorized {
         return (
             axum::http::StatusCode::UNAUTHORIZED,
             r#"{"details":"bad credentials"}"#.into(),
@@ -177,6 +199,15 @@ fn token(
     );
     (
         axum::http::StatusCode::OK,
-        json!({"token": jwt, "expires_in": 300}).to_string(),
+        if oauth {
+            json!({"access_token": jwt, "expires_in": 300}).to_string()
+        } else {
+            json!({"token": jwt, "expires_in": 300}).to_string()
+        },
     )
+}
+
+/// The refresh token (docker's `identitytoken`) this server accepts for `user`.
+pub fn identity_token(user: &str) -> String {
+    format!("idtoken-{user}")
 }

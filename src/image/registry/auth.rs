@@ -240,8 +240,14 @@ pub async fn fetch_token(
         .with_context(|| format!("the token server at {realm} sent no token"))
 }
 
+/// Form encoding: everything but the unreserved characters of RFC 3986.
 fn urlencode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, FORM).to_string()
 }
 
 /// `json()` without reqwest's `json` feature.
