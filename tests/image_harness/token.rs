@@ -138,7 +138,7 @@ fn token(
             .collect();
         let refresh = format!("refresh_token={}", identity_token(&user));
         decoded.iter().any(|kv| kv == "grant_type=refresh_token")
-            && decoded.iter().any(|kv| *kv == refresh)
+            && decoded.contains(&refresh)
     } else {
         auth == expected
     };
