@@ -129,7 +129,11 @@ async fn drive<H: Handler>(
             msg = incoming.message() => match msg {
                 // Requests read the latest state without marking it seen, so the change
                 // branch still runs for it and pushes other types that moved meanwhile.
-                Ok(Some(req)) => handler.on_request(req, &changes.borrow().clone()),
+                // (Clone the Arc first so the watch lock is not held while handling.)
+                Ok(Some(req)) => {
+                    let state = changes.borrow().clone();
+                    handler.on_request(req, &state)
+                }
                 Ok(None) => break "client closed the stream".to_string(),
                 Err(status) => break format!("stream error: {status}"),
             },
