@@ -86,10 +86,16 @@ impl Kind {
 
 /// Start the ADS client for a started server whose bootstrap has an `ads_config`.
 ///
-/// Returns `None` (after logging why) when the bootstrap asks for no ADS or for a form this
-/// client does not speak. The task runs until the runtime ends; it marks the server LIVE once
-/// the initial CDS and LDS are applied (or their initial-fetch timeouts pass).
+/// Call it inside the runtime, after the static listeners are bound. Returns `None` (after
+/// logging why) when the bootstrap asks for no ADS or for a form this client does not speak,
+/// and when this server already has a client (so a second call is harmless). The task runs until
+/// the runtime ends; it marks the server LIVE once the initial CDS and LDS are applied (or
+/// their initial-fetch timeouts pass).
 pub fn start(server: &Arc<Server>) -> Option<JoinHandle<()>> {
+    // The client's connection gauge doubles as the per-server "already started" mark.
+    if server.stats.value(stats::CONNECTED).is_some() {
+        return None;
+    }
     let snap = server.store.load();
     let boot = snap.bootstrap.clone()?;
     let cfg = match AdsConfig::from_bootstrap(&boot.proto) {
@@ -100,6 +106,7 @@ pub fn start(server: &Arc<Server>) -> Option<JoinHandle<()>> {
             return None;
         }
     };
+    server.stats.gauge(stats::CONNECTED).set(0);
     let server = server.clone();
     Some(tokio::spawn(client::run(server, cfg)))
 }

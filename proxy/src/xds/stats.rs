@@ -10,6 +10,9 @@ use crate::stats::{Kind as StatKind, Stat, Stats};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+/// `control_plane.connected_state`: 1 while an ADS stream is up.
+pub const CONNECTED: &str = "control_plane.connected_state";
+
 /// The four stats of one subscription.
 #[derive(Debug, Clone)]
 pub struct SubStats {
@@ -70,7 +73,7 @@ impl XdsStats {
             store: store.clone(),
             cds: SubStats::with(c("cluster_manager.cds")),
             lds: SubStats::with(c("listener_manager.lds")),
-            connected: store.gauge("control_plane.connected_state"),
+            connected: store.gauge(CONNECTED),
             warming_clusters: store.gauge("cluster_manager.warming_clusters"),
             active_clusters: store.gauge("cluster_manager.active_clusters"),
             warming_listeners: store.gauge("listener_manager.total_listeners_warming"),
