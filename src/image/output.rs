@@ -106,22 +106,8 @@ pub async fn push(
     progress: &indicatif::MultiProgress,
 ) -> Result<String> {
     let repo = tag.repository.clone();
-    // Sources are cheap handles; share one across the copy tasks.
-    let source = Arc::new(match source {
-        Source::Registry {
-            registry,
-            reference,
-        } => Source::Registry {
-            registry: registry.clone(),
-            reference: reference.clone(),
-        },
-        Source::Local(store) => Source::Local(super::source::LocalStore {
-            dir: store.dir.clone(),
-            extra: store.extra.clone(),
-            root: store.root.clone(),
-            _tmp: None,
-        }),
-    });
+    // Sources are cheap handles; the copy tasks share one.
+    let source = Arc::new(source.clone());
     let mut sizes = std::collections::HashMap::new();
     for i in &built.images {
         for l in &i.base_layers {

@@ -188,8 +188,8 @@ pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
                 reference: r.clone(),
             }
         }
-        Location::Oci(dir, t) => Source::Local(super::layout::open(dir, t.as_deref())?),
-        Location::DockerArchive(f) => Source::Local(super::archive::open(f)?),
+        Location::Oci(dir, t) => Source::Local(Arc::new(super::layout::open(dir, t.as_deref())?)),
+        Location::DockerArchive(f) => Source::Local(Arc::new(super::archive::open(f)?)),
     };
 
     let (root_raw, root_mt) = source.root().await?;

@@ -62,7 +62,8 @@ impl LocalStore {
     }
 }
 
-/// A base image.
+/// A base image; cloning is cheap (shared handles).
+#[derive(Clone)]
 pub enum Source {
     /// In a registry (only manifests and the config are fetched when pushing there).
     Registry {
@@ -72,7 +73,7 @@ pub enum Source {
         reference: Reference,
     },
     /// An OCI layout or docker-archive.
-    Local(LocalStore),
+    Local(Arc<LocalStore>),
 }
 
 impl Source {
