@@ -202,6 +202,26 @@ fn oci_layout_base_to_oci_layout_and_docker_archive() {
     let mj: Value = serde_json::from_str(&manifest_json.unwrap()).unwrap();
     assert_eq!(mj[0]["RepoTags"][0], "example.com/mosn/proxyv2:v2");
     assert_eq!(mj[0]["Layers"].as_array().unwrap().len(), 2);
+    // Our dual-shape archive is itself a base (read through its OCI part).
+    let again = tmp.path().join("again");
+    let out = overlay(
+        tmp.path(),
+        &[
+            "--base",
+            &format!("docker-archive:{}", archive.display()),
+            "--tag",
+            "example.com/mosn/proxyv2:v3",
+            "--output",
+            &format!("oci:{}:v3", again.display()),
+        ],
+    );
+    assert!(out.status.success());
+    let inspect = skopeo(&["inspect", &format!("oci:{}:v3", again.display())]);
+    let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 3);
+    let (bytes, _) = umoci_mosn(&again, "v3", tmp.path());
+    assert_eq!(bytes, std::fs::read(test_binary()).unwrap());
+
     // No temporary files left next to the outputs.
     for d in [tmp.path(), out_dir.as_path()] {
         for e in std::fs::read_dir(d).unwrap() {
