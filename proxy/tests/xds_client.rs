@@ -194,7 +194,51 @@ async fn sotw_over_unix_socket_routes_bookinfo_and_acks() {
     let ack = reqs.iter().rev().find(|r| r.type_url == RDS).unwrap();
     assert_eq!(ack.version_info, ads.0.cfg.borrow().version.to_string());
     assert!(!ack.response_nonce.is_empty() && ack.error_detail.is_none());
+    // /config_dump shows the xDS resources as dynamic, with versions.
+    let d = dump(&p);
+    let version = |v: &Value| v["version_info"].as_str().unwrap().parse::<u64>().unwrap();
+    let c = section(&d, "ClustersConfigDump");
+    let active = c["dynamic_active_clusters"].as_array().unwrap();
+    assert_eq!(active.len(), 5);
+    assert!(active
+        .iter()
+        .all(|a| version(a) >= 1 && a["last_updated"].is_string()));
+    assert_eq!(active[0]["cluster"]["@type"], CDS);
+    assert_eq!(
+        c["static_clusters"].as_array().unwrap().len(),
+        1,
+        "xds-grpc only"
+    );
+    let l = section(&d, "ListenersConfigDump");
+    assert_eq!(l["dynamic_listeners"][0]["name"], LISTENER);
+    assert_eq!(
+        l["dynamic_listeners"][0]["active_state"]["listener"]["name"],
+        LISTENER
+    );
+    let r = section(&d, "RoutesConfigDump");
+    assert_eq!(
+        r["dynamic_route_configs"][0]["route_config"]["name"],
+        "9080"
+    );
+    let e = section(&d, "EndpointsConfigDump");
+    assert_eq!(e["dynamic_endpoint_configs"].as_array().unwrap().len(), 4);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `/config_dump?include_eds` as the admin renders it with the client's dynamic sections.
+fn dump(p: &Proxy) -> Value {
+    let d = mosn::admin::config_dump(&p.server, true);
+    mosn::xds::dump::augment(&p.server, d, true)
+}
+
+fn section<'a>(d: &'a Value, ty: &str) -> &'a Value {
+    let url = format!("type.googleapis.com/envoy.admin.v3.{ty}");
+    d["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["@type"] == url.as_str())
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,6 +542,8 @@ async fn clusters_and_listeners_warm_before_use() {
     assert!(!ads.0.sotw.lock().unwrap().iter().any(|r| r.type_url == LDS));
     assert_ne!(p.server.state_name(), "LIVE");
     assert!(!p.server.store.load().clusters.contains_key(&reviews("v3")));
+    let warming = section(&dump(&p), "ClustersConfigDump")["dynamic_warming_clusters"].clone();
+    assert_eq!(warming[0]["cluster"]["name"], reviews("v3").as_str());
 
     // Its endpoints arrive: LDS, RDS, LIVE.
     ads.put(EDS, endpoints(&ups));

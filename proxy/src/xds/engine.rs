@@ -127,9 +127,12 @@ impl Engine {
             self.rebuild().await;
         }
         self.progress();
+        if error.is_none() {
+            self.state.ty(kind).version = upd.version.clone();
+        }
+        self.publish();
         match error {
             None => {
-                self.state.ty(kind).version = upd.version.clone();
                 tracing::info!(
                     "{} update accepted (version {:?}, {} resources{})",
                     kind.short(),
@@ -155,10 +158,16 @@ impl Engine {
         let now = Instant::now();
         if self.state.expire_warming(now) {
             self.rebuild().await;
+            self.publish();
         }
         let before = self.clusters_ready;
         self.progress();
         before != self.clusters_ready
+    }
+
+    /// Publish what is accepted for `/config_dump`.
+    fn publish(&self) {
+        super::dump::publish(&self.server.store, super::dump::View::of(&self.state));
     }
 
     /// Build the next snapshot, swap it in, and bind/drain dynamic listeners.

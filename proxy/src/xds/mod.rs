@@ -8,6 +8,7 @@
 //! - [`state`] holds the accepted resources, versions and warming state,
 //! - [`apply`] validates updates (ACK/NACK), builds a new [`Snapshot`] and swaps it in,
 //! - [`listeners`] binds, keeps and drains the dynamic listeners around each swap,
+//! - [`dump`] publishes what was accepted for `/config_dump`'s dynamic sections,
 //! - [`stats`] keeps Envoy's `update_attempt`/`update_success`/`update_rejected`/`version`.
 //!
 //! Start it with [`start`] once the server has bound its static listeners.
@@ -18,6 +19,7 @@ pub mod apply;
 pub mod client;
 pub mod config;
 pub mod delta;
+pub mod dump;
 pub mod engine;
 pub mod listeners;
 pub mod sotw;
