@@ -221,8 +221,8 @@ async fn nack_is_recorded_with_error_detail_and_previous_version_kept() {
         (c3.type_url.as_str(), c3.version_info.as_str()),
         (CLUSTER, "3")
     );
-    // An ACK carrying the stale nonce of version 2 is ignored; the real one counts.
-    s.ack(&c2, &[]).await;
+    // A late NACK (the stale nonce of version 2) is recorded but triggers nothing.
+    s.nack(&c2, "1", "late").await;
     s.ack(&c3, &[]).await;
     let st = server
         .wait_for(WAIT, |all| ts(all, 1, CLUSTER).acks == 2)
@@ -230,7 +230,9 @@ async fn nack_is_recorded_with_error_detail_and_previous_version_kept() {
         .unwrap();
     let t = ts(&st, 1, CLUSTER);
     assert_eq!(t.acked_version.as_deref(), Some("3"));
-    assert_eq!((t.requests, t.responses, t.nacks), (5, 3, 1));
+    assert_eq!(t.last_error.as_deref(), Some("late"));
+    assert_eq!(t.nacked_version.as_deref(), Some("2"));
+    assert_eq!((t.requests, t.responses, t.nacks), (5, 3, 2));
     server.shutdown().await.unwrap();
 }
 
@@ -273,6 +275,49 @@ async fn sotw_over_unix_socket_large_messages_and_shutdown_removes_socket() {
         "the stream ends on shutdown"
     );
     assert!(!sock.exists(), "the socket is removed");
+}
+
+/// The proxy's client tests push a config every 100 ms; here as fast as possible, so ACKs
+/// routinely carry stale nonces. The client ends on the last version and nothing is NACKed.
+#[tokio::test]
+async fn back_to_back_updates_end_on_the_last_version() {
+    let server = start("127.0.0.1:0", bookinfo("v1")).await;
+    let mut s = Sotw::open(tcp_channel(server.listen()).await).await;
+    let rds = s.subscribe(ROUTE, &["9080"]).await;
+    s.ack(&rds, &["9080"]).await;
+    let pusher = {
+        let cache = server.cache().clone();
+        tokio::spawn(async move {
+            for i in 0..100 {
+                let to = ["v1", "v2", "v3"][i % 3];
+                let mut r = route_json(to);
+                r["virtual_hosts"][0]["routes"][0]["name"] = json!(format!("update-{i}"));
+                cache.update(only(ROUTE, &[r])).unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    pusher.await.unwrap();
+    let last = server.cache().version(ROUTE).unwrap();
+    assert_eq!(last, "101");
+    loop {
+        let r = s.recv().await;
+        s.ack(&r, &["9080"]).await;
+        if r.version_info == last {
+            break;
+        }
+    }
+    let st = server
+        .wait_for(WAIT, |all| {
+            ts(all, 1, ROUTE).acked_version.as_deref() == Some(last.as_str())
+        })
+        .await
+        .unwrap();
+    let t = ts(&st, 1, ROUTE);
+    assert_eq!(t.nacks, 0);
+    // Every response was ACKed, most with a stale nonce: recorded, but nothing resent.
+    assert_eq!(t.acks, t.responses, "{t:?}");
+    server.shutdown().await.unwrap();
 }
 
 // ---------- delta ----------

@@ -5,8 +5,9 @@
 //! protocol doc):
 //! - a request without `response_nonce` (re)starts a subscription and always gets an answer
 //!   once the type is in the cache;
-//! - a request whose nonce is not the last one sent for the type is stale and ignored;
-//! - with the current nonce, `error_detail` means NACK, otherwise ACK of `version_info`;
+//! - `error_detail` means NACK, otherwise a request with a nonce ACKs `version_info`;
+//! - a request whose nonce is not the last one sent for the type is stale: its ACK/NACK is
+//!   recorded, but its resource names are ignored and nothing is sent;
 //! - an empty name list means wildcard for CDS and LDS; `*` means wildcard for any type;
 //! - a response goes out only when the subscribed (name, content) set differs from the last
 //!   one sent, so an ACK, a NACK, or an update of another type causes no resend.
@@ -18,6 +19,9 @@ use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use std::collections::{BTreeMap, BTreeSet};
 use tracing::{debug, info};
+
+/// Recent responses remembered per type, to attribute late ACKs and NACKs.
+const MAX_VERSIONS: usize = 32;
 
 /// One SotW stream's protocol state.
 #[derive(Debug)]
@@ -35,6 +39,8 @@ struct Sub {
     /// (name, content hash) of everything in the last response; `None` before the first.
     sent_view: Option<Vec<(String, String)>>,
     nonce: Option<String>,
+    /// nonce -> type version of recent responses, to name what a late NACK rejected.
+    versions: BTreeMap<u64, String>,
 }
 
 impl Sotw {
@@ -82,6 +88,10 @@ impl Sotw {
         let nonce = self.nonce.to_string();
         sub.sent_view = Some(view);
         sub.nonce = Some(nonce.clone());
+        sub.versions.insert(self.nonce, resources.version.clone());
+        while sub.versions.len() > MAX_VERSIONS {
+            sub.versions.pop_first();
+        }
         let names: Vec<String> = selected.iter().map(|r| r.name.clone()).collect();
         let response = DiscoveryResponse {
             version_info: resources.version.clone(),
@@ -126,26 +136,23 @@ impl Handler for Sotw {
         let sub = self.types.entry(type_url.clone()).or_default();
         let initial = req.response_nonce.is_empty();
         if !initial {
-            if sub.nonce.as_deref() != Some(req.response_nonce.as_str()) {
-                debug!(
-                    stream = id,
-                    type_url,
-                    nonce = req.response_nonce,
-                    "stale nonce, ignored"
-                );
-                return Vec::new();
-            }
+            // ACKs and NACKs are recorded even when stale (the client did accept or reject
+            // that response), but a stale request changes no subscription (xDS protocol).
+            let stale = sub.nonce.as_deref() != Some(req.response_nonce.as_str());
+            let answered = req.response_nonce.parse::<u64>().ok();
+            let version = answered.and_then(|n| sub.versions.get(&n).cloned());
             let ts = self.status.types.entry(type_url.clone()).or_default();
             if let Some(err) = &req.error_detail {
                 ts.nacks += 1;
-                ts.nacked_version = ts.sent_version.clone();
+                ts.nacked_version = version.clone();
                 ts.last_error = Some(err.message.clone());
                 info!(
                     stream = id,
                     type_url,
-                    rejected = ts.sent_version.as_deref().unwrap_or(""),
+                    rejected = version.as_deref().unwrap_or("?"),
                     kept = req.version_info,
                     nonce = req.response_nonce,
+                    stale,
                     error_detail = err.message,
                     "NACK"
                 );
@@ -157,8 +164,12 @@ impl Handler for Sotw {
                     type_url,
                     version = req.version_info,
                     nonce = req.response_nonce,
+                    stale,
                     "ACK"
                 );
+            }
+            if stale {
+                return Vec::new();
             }
         } else {
             info!(
