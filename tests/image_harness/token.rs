@@ -137,8 +137,7 @@ fn token(
             })
             .collect();
         let refresh = format!("refresh_token={}", identity_token(&user));
-        decoded.iter().any(|kv| kv == "grant_type=refresh_token")
-            && decoded.contains(&refresh)
+        decoded.iter().any(|kv| kv == "grant_type=refresh_token") && decoded.contains(&refresh)
     } else {
         auth == expected
     };
