@@ -408,7 +408,10 @@ async fn select_children<'a>(
             continue;
         }
         let Some(binary) = binary_for(&platform) else {
-            tracing::info!("skipping {platform}: no binary for it");
+            // Keeping it would publish a platform without mosn; say so loudly.
+            tracing::warn!(
+                "leaving {platform} out of the result: no binary for it (give one with another --binary)"
+            );
             continue;
         };
         let desc = Descriptor::from_json(entry)?;
