@@ -581,6 +581,7 @@ async fn cli_serve_replays_a_full_dump_and_stops_on_sigterm() {
     let dump_path = dir.path().join("dump.json");
     std::fs::write(&dump_path, full_dump().to_string()).unwrap();
     let sock = dir.path().join("XDS");
+    let boot_path = dir.path().join("envoy-rev0.json");
     let mut child = KillOnDrop(Some(
         mosnctl(&[
             "xds",
@@ -589,6 +590,9 @@ async fn cli_serve_replays_a_full_dump_and_stops_on_sigterm() {
             dump_path.to_str().unwrap(),
             "--listen",
             &format!("unix:{}", sock.display()),
+            "--delta",
+            "--bootstrap",
+            boot_path.to_str().unwrap(),
         ])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -644,4 +648,19 @@ async fn cli_serve_replays_a_full_dump_and_stops_on_sigterm() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("ACK"), "requests and ACKs are logged: {log}");
     assert!(!sock.exists(), "the socket is removed on exit");
+    // --bootstrap wrote a delta bootstrap for the bound socket.
+    let boot: Value = serde_json::from_slice(&std::fs::read(&boot_path).unwrap()).unwrap();
+    assert_eq!(
+        boot["dynamic_resources"]["ads_config"]["api_type"],
+        "DELTA_GRPC"
+    );
+    let xds = boot["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let pipe =
+        &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"];
+    assert_eq!(pipe["path"], sock.to_str().unwrap());
 }

@@ -218,3 +218,46 @@ impl Dump {
         self.resources.get(type_url).map(Vec::len).unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn active_wins_over_warming_and_draining_is_left_out() {
+        let l = |name: &str, port: u32| {
+            json!({"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": name,
+                   "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}}})
+        };
+        let dump = Dump::from_json(&json!({"configs": [
+            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": [
+                {"name": "a", "active_state": {"listener": l("a", 1)}, "warming_state": {"listener": l("a", 2)}},
+                {"name": "b", "warming_state": {"listener": l("b", 3)}},
+                {"name": "c", "draining_state": {"listener": l("c", 4)}}]},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": [
+                {"cluster": {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                             "name": "x", "connect_timeout": "soon"}}]}
+        ]}))
+        .unwrap();
+        let names: Vec<String> = dump.resources[LISTENER]
+            .iter()
+            .filter_map(proto::resource_name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        let a: envoy_types::pb::envoy::config::listener::v3::Listener =
+            prost::Message::decode(dump.resources[LISTENER][0].value.as_slice()).unwrap();
+        let port = a.address.unwrap().address.unwrap();
+        assert!(format!("{port:?}").contains("PortValue(1)"), "{port:?}");
+        assert_eq!(dump.count(CLUSTER), 0);
+        assert!(dump.warnings[0].contains("`x`"), "{:?}", dump.warnings);
+    }
+
+    #[test]
+    fn not_a_v3_dump() {
+        let v2 = json!({"configs": [{"@type": "type.googleapis.com/envoy.admin.v2alpha.ClustersConfigDump"}]});
+        assert!(format!("{:#}", Dump::from_json(&v2).unwrap_err()).contains("v2"));
+        let other = Dump::from_json(&json!({"listeners": []})).unwrap_err();
+        assert!(other.to_string().contains("help:"));
+    }
+}

@@ -247,3 +247,23 @@ impl Drop for ServerHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        let unix: Listen = "unix:./etc/istio/proxy/XDS".parse().unwrap();
+        assert_eq!(unix, Listen::Unix("./etc/istio/proxy/XDS".into()));
+        assert_eq!(unix.to_string(), "unix:./etc/istio/proxy/XDS");
+        let abs: Listen = "unix:///run/xds.sock".parse().unwrap();
+        assert_eq!(abs, Listen::Unix("/run/xds.sock".into()));
+        let tcp: Listen = "istiod.istio-system.svc:15012".parse().unwrap();
+        assert_eq!(tcp, Listen::Tcp("istiod.istio-system.svc:15012".into()));
+        for bad in ["unix:", "15010", "host:port", ":15010"] {
+            let err = bad.parse::<Listen>().unwrap_err().to_string();
+            assert!(err.contains("help:"), "{bad}: {err}");
+        }
+    }
+}
