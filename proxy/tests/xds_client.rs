@@ -471,6 +471,7 @@ async fn reconnects_resubscribes_and_keeps_config_while_down() {
         assert!(Instant::now() < deadline, "client never noticed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(p.stat("cluster_manager.cds.update_failure") >= 1);
     // The last good config keeps serving.
     let got = send(addr, 9, &[]).await;
     for v in ["v1", "v2", "v3"] {

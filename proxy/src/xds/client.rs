@@ -35,6 +35,7 @@ pub async fn run(server: Arc<Server>, cfg: AdsConfig) {
             Err(e) => (false, format!("cannot connect to {dial:?}: {e}")),
         };
         engine.stats.connected.set(0);
+        engine.stats.update_failure.iter().for_each(|s| s.inc());
         if got {
             failures = 0;
         }

@@ -119,3 +119,56 @@ pub fn initial_fetch_timeout(c: &core::ConfigSource) -> Option<Duration> {
         .unwrap_or(DEFAULT_INITIAL_FETCH_TIMEOUT);
     (!d.is_zero()).then_some(d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::decode_bootstrap;
+    use serde_json::json;
+
+    fn ads(dynamic: serde_json::Value) -> Result<Option<AdsConfig>, String> {
+        let b = json!({"node": {"id": "n", "cluster": "c"}, "dynamic_resources": dynamic});
+        AdsConfig::from_bootstrap(&decode_bootstrap(b, true).unwrap().proto)
+    }
+
+    fn grpc(api_type: &str) -> serde_json::Value {
+        json!({"api_type": api_type, "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]})
+    }
+
+    #[test]
+    fn protocols_timeouts_and_unsupported_forms() {
+        let src =
+            |t: &str| json!({"ads": {}, "initial_fetch_timeout": t, "resource_api_version": "V3"});
+        let c = ads(
+            json!({"ads_config": grpc("GRPC"), "cds_config": src("0s"), "lds_config": src("2s")}),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.api_type, ApiType::Sotw);
+        assert_eq!(c.target, Target::Cluster("xds-grpc".into()));
+        assert_eq!((c.cds, c.lds), (true, true));
+        assert_eq!(
+            (c.cds_timeout, c.lds_timeout),
+            (None, Some(Duration::from_secs(2)))
+        );
+        assert_eq!(c.node.user_agent_name, "envoy");
+        let d = ads(json!({"ads_config": grpc("DELTA_GRPC"), "cds_config": {"ads": {}}}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.api_type, ApiType::Delta);
+        assert_eq!(
+            (d.cds, d.lds, d.cds_timeout),
+            (true, false, Some(DEFAULT_INITIAL_FETCH_TIMEOUT))
+        );
+        assert!(ads(json!({})).unwrap().is_none());
+        assert!(ads(json!({"ads_config": grpc("REST")}))
+            .unwrap_err()
+            .contains("api_type"));
+        let path = json!({"ads_config": grpc("GRPC"), "cds_config": {"path_config_source": {"path": "/x"}}});
+        assert!(ads(path).unwrap_err().contains("cds_config"));
+        assert!(ads(json!({"lds_config": {"ads": {}}}))
+            .unwrap_err()
+            .contains("ads_config"));
+    }
+}

@@ -63,6 +63,9 @@ pub struct XdsStats {
     pub active_listeners: Arc<Stat>,
     /// `cluster_manager.cds.init_fetch_timeout` and `listener_manager.lds.init_fetch_timeout`.
     pub init_fetch_timeout: [Arc<Stat>; 2],
+    /// `cluster_manager.cds.update_failure` and `listener_manager.lds.update_failure`: the
+    /// stream failed or could not be opened.
+    pub update_failure: [Arc<Stat>; 2],
 }
 
 impl XdsStats {
@@ -81,6 +84,18 @@ impl XdsStats {
             init_fetch_timeout: [
                 store.counter("cluster_manager.cds.init_fetch_timeout"),
                 store.counter("listener_manager.lds.init_fetch_timeout"),
+            ],
+            update_failure: [
+                get(
+                    store,
+                    "cluster_manager.cds.update_failure",
+                    StatKind::Counter,
+                ),
+                get(
+                    store,
+                    "listener_manager.lds.update_failure",
+                    StatKind::Counter,
+                ),
             ],
         }
     }
