@@ -89,8 +89,13 @@ pub fn listeners() -> Vec<(String, Any)> {
 
 /// An outbound HCM listener on 127.0.0.1 port 0 reading route configuration `rds`.
 pub fn listener(name: &str, rds: &str, stat_prefix: &str) -> (String, Any) {
+    listener_on(name, rds, stat_prefix, 0)
+}
+
+/// The same on a given port.
+pub fn listener_on(name: &str, rds: &str, stat_prefix: &str, port: u16) -> (String, Any) {
     pack::<envoy_types::pb::envoy::config::listener::v3::Listener>(json!({
-        "name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
         "traffic_direction": "OUTBOUND",
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
