@@ -232,7 +232,8 @@ async fn delta_stream(
                 .cloned()
                 .collect();
             have.retain(|n, _| cur.contains_key(n));
-            if resources.is_empty() && removed.is_empty() && !fresh.remove(ty) {
+            let first = fresh.remove(ty);
+            if resources.is_empty() && removed.is_empty() && !first {
                 continue;
             }
             let resp = DeltaDiscoveryResponse {
