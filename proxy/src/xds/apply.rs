@@ -231,7 +231,7 @@ fn accept_clusters(
             );
             continue;
         }
-        if state.clusters.get(&c.name).is_some_and(|e| e.proto == c) {
+        if state.clusters.get(&c.name).is_some_and(|e| *e.proto == c) {
             continue; // unchanged: keep the running cluster, its pools and outlier state
         }
         let cluster = match Cluster::from_proto(&c, stats) {
@@ -267,7 +267,7 @@ fn accept_clusters(
             }
         }
         changed.push(ClusterEntry {
-            proto: c,
+            proto: Arc::new(c),
             cluster,
             eds_name,
             warming: Warming::new(timeout),
@@ -309,7 +309,7 @@ fn accept_endpoints(
         if state
             .endpoints
             .get(&cla.cluster_name)
-            .is_some_and(|e| e.proto == cla)
+            .is_some_and(|e| *e.proto == cla)
         {
             continue;
         }
@@ -342,7 +342,7 @@ fn accept_endpoints(
     for (cla, version) in changed {
         set(&cla.cluster_name, Some(&cla));
         let entry = EndpointEntry {
-            proto: cla,
+            proto: Arc::new(cla),
             meta: Meta::now(&version),
         };
         state
@@ -437,7 +437,7 @@ fn accept_listeners(
             );
             continue;
         }
-        if state.listeners.get(&l.name).is_some_and(|e| e.proto == l) {
+        if state.listeners.get(&l.name).is_some_and(|e| *e.proto == l) {
             continue; // unchanged: keeps its socket and connections
         }
         let compiled = ListenerConfig::from_proto(&l).and_then(|c| Ok((c, rds_of(&l)?)));
@@ -449,7 +449,7 @@ fn accept_listeners(
             }
         };
         changed.push(ListenerEntry {
-            proto: l,
+            proto: Arc::new(l),
             config: Arc::new(config),
             rds,
             warming: Warming::new(timeout),
@@ -510,7 +510,7 @@ fn accept_routes(state: &mut XdsState, upd: &Update, out: &mut Outcome) -> bool 
         decode_all::<RouteConfiguration>(upd, "route configuration", |r| &r.name, out);
     let mut changed = Vec::new();
     for (r, version) in decoded {
-        if state.routes.get(&r.name).is_some_and(|e| e.proto == r) {
+        if state.routes.get(&r.name).is_some_and(|e| *e.proto == r) {
             continue;
         }
         let config = match RouteConfig::from_proto(&r) {
@@ -521,7 +521,7 @@ fn accept_routes(state: &mut XdsState, upd: &Update, out: &mut Outcome) -> bool 
             }
         };
         changed.push(RouteEntry {
-            proto: r,
+            proto: Arc::new(r),
             config: Arc::new(config),
             meta: Meta::now(&version),
         });

@@ -28,7 +28,7 @@ pub struct Res<P> {
     /// Serving (`false`: warming).
     pub warm: bool,
     /// The proto.
-    pub proto: P,
+    pub proto: Arc<P>,
 }
 
 /// What the client has accepted, by name.
@@ -49,7 +49,7 @@ pub struct View {
 impl View {
     /// Take the view of `state`.
     pub fn of(state: &XdsState) -> Self {
-        fn res<P>(meta: &Meta, warm: bool, proto: P) -> Res<P> {
+        fn res<P>(meta: &Meta, warm: bool, proto: Arc<P>) -> Res<P> {
             Res {
                 meta: meta.clone(),
                 warm,
@@ -117,7 +117,7 @@ fn typed<M: prost::Message + prost::Name>(m: &M) -> Value {
 }
 
 fn entry<P: prost::Message + prost::Name>(key: &str, r: &Res<P>) -> Value {
-    json!({"version_info": r.meta.version, key: typed(&r.proto), "last_updated": rfc3339(r.meta.last_updated)})
+    json!({"version_info": r.meta.version, key: typed(&*r.proto), "last_updated": rfc3339(r.meta.last_updated)})
 }
 
 /// Move the xDS resources of an admin `/config_dump` out of its `static_*` lists into Envoy's

@@ -2,7 +2,8 @@
 //!
 //! Every resource keeps its proto (to detect "unchanged" by value, not by bytes: Go's proto
 //! marshalling orders map fields at random) next to what was compiled from it, so that an
-//! unchanged resource reuses the compiled object and its connection pools.
+//! unchanged resource reuses the compiled object and its connection pools. Protos are shared
+//! (`Arc`) so that publishing them for `/config_dump` after every update copies nothing.
 
 use super::Kind;
 use crate::cluster::Cluster;
@@ -67,7 +68,7 @@ impl Warming {
 #[derive(Debug, Clone)]
 pub struct ClusterEntry {
     /// The proto.
-    pub proto: cpb::Cluster,
+    pub proto: Arc<cpb::Cluster>,
     /// The compiled cluster (pools, outlier state, stats).
     pub cluster: Arc<Cluster>,
     /// The EDS service name for EDS clusters (`service_name`, else the cluster name).
@@ -82,7 +83,7 @@ pub struct ClusterEntry {
 #[derive(Debug, Clone)]
 pub struct ListenerEntry {
     /// The proto.
-    pub proto: lpb::Listener,
+    pub proto: Arc<lpb::Listener>,
     /// The compiled listener.
     pub config: Arc<ListenerConfig>,
     /// RDS names of all its HCMs, each with the HCM's stat prefix.
@@ -97,7 +98,7 @@ pub struct ListenerEntry {
 #[derive(Debug, Clone)]
 pub struct RouteEntry {
     /// The proto.
-    pub proto: RouteConfiguration,
+    pub proto: Arc<RouteConfiguration>,
     /// The compiled routes.
     pub config: Arc<RouteConfig>,
     /// Version and time.
@@ -108,7 +109,7 @@ pub struct RouteEntry {
 #[derive(Debug, Clone)]
 pub struct EndpointEntry {
     /// The proto.
-    pub proto: ClusterLoadAssignment,
+    pub proto: Arc<ClusterLoadAssignment>,
     /// Version and time.
     pub meta: Meta,
 }
