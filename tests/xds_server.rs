@@ -6,7 +6,8 @@ mod xds_support;
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient as SdsClient;
 use mosnctl::xds::{
     proto, Cache, Dump, Listen, Server, Snapshot, TypeStatus, CLUSTER, ENDPOINT, LISTENER, ROUTE,
     SECRET,
@@ -532,6 +533,8 @@ fn bootstrap_keeps_node_and_statics_and_points_at_the_server() {
     let addr = &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"];
     assert_eq!(addr["pipe"]["path"], "./etc/istio/proxy/XDS");
     assert_eq!(xds["http2_protocol_options"], json!({}));
+    let sds = &clusters[2]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"];
+    assert_eq!(sds["address"], *addr, "sds-grpc points at the same server");
     let ports: Vec<u64> = b["static_resources"]["listeners"]
         .as_array()
         .unwrap()
@@ -638,6 +641,35 @@ async fn cli_serve_replays_a_full_dump_and_stops_on_sigterm() {
     assert_eq!(names(&s.subscribe(ROUTE, &["9080"]).await), ["9080"]);
     assert_eq!(names(&s.subscribe(SECRET, &["default"]).await), ["default"]);
 
+    // The same listener answers SDS, as Istio's sds-grpc cluster asks for secrets.
+    let ch = unix_channel(&sock).await;
+    let mut sds = SdsClient::new(ch.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        type_url: SECRET.into(),
+        resource_names: vec!["default".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut secrets = sds
+        .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, secrets.message()).await.unwrap();
+    assert_eq!(names(&first.unwrap().unwrap()), ["default"]);
+    let fetched = sds
+        .fetch_secrets(DiscoveryRequest {
+            type_url: SECRET.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(names(&fetched), ["default"]);
+    drop(tx);
+
     let child = child.0.take().unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
@@ -645,7 +677,7 @@ async fn cli_serve_replays_a_full_dump_and_stops_on_sigterm() {
         .unwrap()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    assert!(out.status.success(), "{}: {log}", out.status);
     assert!(log.contains("ACK"), "requests and ACKs are logged: {log}");
     assert!(!sock.exists(), "the socket is removed on exit");
     // --bootstrap wrote a delta bootstrap for the bound socket.

@@ -53,7 +53,7 @@ impl Ads {
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
     }
 
-    fn spawn<H>(
+    pub(super) fn spawn<H>(
         &self,
         handler: H,
         incoming: Streaming<H::Request>,
@@ -73,12 +73,17 @@ impl Ads {
         ReceiverStream::new(rx)
     }
 
-    fn next_id(&self) -> u64 {
+    /// The cache being served.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub(super) fn next_id(&self) -> u64 {
         self.ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
 
-fn peer<T>(req: &Request<T>) -> String {
+pub(super) fn peer<T>(req: &Request<T>) -> String {
     req.remote_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|| "unix".into())
@@ -96,7 +101,7 @@ impl AggregatedDiscoveryService for Ads {
         let (id, peer) = (self.next_id(), peer(&req));
         info!(stream = id, peer, "SotW ADS stream opened");
         Ok(Response::new(
-            self.spawn(Sotw::new(id, peer), req.into_inner()),
+            self.spawn(Sotw::new(id, peer, "ADS"), req.into_inner()),
         ))
     }
 
@@ -107,7 +112,7 @@ impl AggregatedDiscoveryService for Ads {
         let (id, peer) = (self.next_id(), peer(&req));
         info!(stream = id, peer, "delta ADS stream opened");
         Ok(Response::new(
-            self.spawn(Delta::new(id, peer), req.into_inner()),
+            self.spawn(Delta::new(id, peer, "ADS"), req.into_inner()),
         ))
     }
 }

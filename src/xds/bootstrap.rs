@@ -3,7 +3,8 @@
 //! The node and the static parts (admin, static listeners and clusters, stats and runtime
 //! settings) come from the dump's `BootstrapConfigDump` when there is one, so the proxy
 //! looks to itself as it did in production; only the xDS cluster and `dynamic_resources`
-//! are replaced. The result is checked by decoding it strictly as a
+//! are replaced, and Istio's `sds-grpc` cluster is pointed at the same server, which answers
+//! SDS from the dump's secrets. The result is checked by decoding it strictly as a
 //! `envoy.config.bootstrap.v3.Bootstrap` before it is returned.
 
 use super::dump::Dump;
@@ -16,6 +17,9 @@ use std::net::SocketAddr;
 
 /// The xDS cluster name Istio uses; kept when the dump names none.
 pub const XDS_CLUSTER: &str = "xds-grpc";
+
+/// Istio's SDS cluster; when present it is pointed at our server as well.
+pub const SDS_CLUSTER: &str = "sds-grpc";
 
 /// Node fields Envoy fills in about itself; the proxy under test reports its own.
 const ENVOY_NODE_FIELDS: &[&str] = &[
@@ -65,6 +69,16 @@ pub fn build(dump: Option<&Dump>, xds: &Listen, delta: bool) -> Result<Value> {
         .as_array_mut()
         .context("static_resources.clusters is not a list")?;
     clusters.retain(|c| c.get("name").and_then(Value::as_str) != Some(cluster_name.as_str()));
+    // Secrets come from our server too (see xds::sds); other settings of that cluster stay.
+    for sds in clusters
+        .iter_mut()
+        .filter(|c| c.get("name").and_then(Value::as_str) == Some(SDS_CLUSTER))
+    {
+        let fresh = xds_cluster(SDS_CLUSTER, xds)?;
+        for key in ["type", "load_assignment"] {
+            sds[key] = fresh[key].clone();
+        }
+    }
     clusters.push(xds_cluster(&cluster_name, xds)?);
     obj.insert(
         "dynamic_resources".into(),

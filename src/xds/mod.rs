@@ -24,6 +24,7 @@ pub mod cache;
 pub mod delta;
 pub mod dump;
 pub mod proto;
+pub mod sds;
 pub mod server;
 pub mod sotw;
 pub mod status;
@@ -179,6 +180,14 @@ fn run_serve(args: ServeArgs) -> Result<()> {
     );
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
+        // Poll the signal future once so SIGTERM/Ctrl-C handlers exist before the socket
+        // does: a supervisor may stop us as soon as it sees the socket.
+        let mut stop = Box::pin(crate::ui::interrupted());
+        tokio::select! {
+            biased;
+            _ = &mut stop => return Ok(()),
+            _ = std::future::ready(()) => {}
+        }
         let server = Server::start(&listen, cache).await?;
         let bound = server.listen().clone();
         if let Some(path) = &args.bootstrap {
@@ -190,7 +199,7 @@ fn run_serve(args: ServeArgs) -> Result<()> {
             "Serving ADS on {bound}; point a proxy at it with:\n  mosnctl xds bootstrap --config-dump {} --xds {bound}{delta} --out bootstrap.json\nPress Ctrl-C to stop.",
             args.config_dump.display()
         );
-        server.run_until(crate::ui::interrupted()).await?;
+        server.run_until(stop).await?;
         tracing::info!("xDS server stopped");
         Ok(())
     })

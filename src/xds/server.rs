@@ -1,6 +1,7 @@
 //! Binding, running and stopping the ADS server, in-process or from the CLI.
 //!
-//! SotW and delta are two methods of the same gRPC service, so one listener serves both.
+//! SotW and delta are two methods of the same gRPC service, so one listener serves both;
+//! the SecretDiscoveryService (see [`super::sds`]) shares it too.
 
 use super::ads::Ads;
 use super::cache::{Cache, Snapshot};
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::StreamExt;
 
 /// Where the server listens (or, for a bootstrap, where the proxy connects).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,18 +65,20 @@ impl fmt::Display for Listen {
 pub struct Server;
 
 impl Server {
-    /// Bind `listen` and serve `cache` over ADS (SotW and delta) until the handle's
+    /// Bind `listen` and serve `cache` over ADS and SDS (SotW and delta) until the handle's
     /// [`ServerHandle::shutdown`] or drop. TCP port 0 picks a free port (see
     /// [`ServerHandle::listen`]). A stale unix socket file is replaced; a live one is an error.
     pub async fn start(listen: &Listen, cache: Cache) -> Result<ServerHandle> {
         let board = Board::default();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let service = Ads::new(cache.clone(), board.clone(), stop_rx.clone()).into_service();
+        let ads = Ads::new(cache.clone(), board.clone(), stop_rx.clone());
+        let router = tonic::transport::Server::builder()
+            .add_service(ads.clone().into_service())
+            .add_service(ads.into_sds_service());
         let mut signal = stop_rx;
         let shutdown = async move {
             let _ = signal.wait_for(|stop| *stop).await;
         };
-        let builder = tonic::transport::Server::builder();
         let (bound, socket, task) = match listen {
             Listen::Tcp(addr) => {
                 let sa: SocketAddr = addr.parse().with_context(|| {
@@ -84,18 +88,23 @@ impl Server {
                     .await
                     .with_context(|| format!("cannot listen on {sa}"))?;
                 let local = listener.local_addr()?;
-                let incoming = TcpListenerStream::new(listener);
-                let task = tokio::spawn(builder_serve(builder, service, incoming, shutdown));
+                // Small xDS messages go out at once rather than waiting for Nagle.
+                let incoming = TcpListenerStream::new(listener).map(|s| {
+                    s.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                });
+                let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
                 (Listen::Tcp(local.to_string()), None, task)
             }
             Listen::Unix(path) => {
                 let listener = bind_unix(path).await?;
                 let incoming = UnixListenerStream::new(listener);
-                let task = tokio::spawn(builder_serve(builder, service, incoming, shutdown));
+                let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
                 (Listen::Unix(path.clone()), Some(path.clone()), task)
             }
         };
-        tracing::info!(listen = %bound, "xDS server listening (ADS: SotW and delta)");
+        tracing::info!(listen = %bound, "xDS server listening (ADS and SDS, SotW and delta)");
         Ok(ServerHandle {
             listen: bound,
             cache,
@@ -105,27 +114,6 @@ impl Server {
             socket,
         })
     }
-}
-
-async fn builder_serve<I, IO, IE>(
-    builder: tonic::transport::Server,
-    service: envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer<Ads>,
-    incoming: I,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), tonic::transport::Error>
-where
-    I: tokio_stream::Stream<Item = Result<IO, IE>>,
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + tonic::transport::server::Connected
-        + Unpin
-        + Send
-        + 'static,
-    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    builder
-        .serve_with_incoming_shutdown(service, incoming, shutdown)
-        .await
 }
 
 /// Bind a unix socket, creating parent directories and replacing a stale socket file.

@@ -44,12 +44,13 @@ struct Sub {
 }
 
 impl Sotw {
-    /// A new stream with server id `id` from `peer`.
-    pub fn new(id: u64, peer: String) -> Self {
+    /// A new stream with server id `id` from `peer` on `service` ("ADS" or "SDS").
+    pub fn new(id: u64, peer: String, service: &'static str) -> Self {
         Self {
             status: StreamStatus {
                 id,
                 protocol: Protocol::Sotw,
+                service,
                 peer,
                 node_id: String::new(),
                 open: true,

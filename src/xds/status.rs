@@ -56,6 +56,8 @@ pub struct StreamStatus {
     pub id: u64,
     /// SotW or delta.
     pub protocol: Protocol,
+    /// The gRPC service: "ADS" (AggregatedDiscoveryService) or "SDS" (SecretDiscoveryService).
+    pub service: &'static str,
     /// The peer address (`unix` for unix sockets).
     pub peer: String,
     /// `node.id` from the first request that carried a node.
