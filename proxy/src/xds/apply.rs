@@ -98,6 +98,8 @@ pub struct Outcome {
     pub changed: bool,
     /// Rejected resources: (name, error naming the resource and the problem).
     pub rejected: Vec<(String, String)>,
+    /// Names of the resources the update carried (decodable ones), for per-resource stats.
+    pub names: Vec<String>,
 }
 
 impl Outcome {
@@ -151,30 +153,11 @@ fn decode_all<M: prost::Message + prost::Name + Default>(
             out.reject(&name, format!("duplicate {what} {name:?}"));
             continue;
         }
-        seen.insert(name);
+        seen.insert(name.clone());
+        out.names.push(name);
         decoded.push((m, r.version.clone()));
     }
     (decoded, seen)
-}
-
-/// The names an update carries (for per-resource stats), best effort.
-pub fn names(upd: &Update) -> Vec<String> {
-    fn n<M: prost::Message + prost::Name + Default>(a: &Any, f: fn(&M) -> &str) -> String {
-        unpack::<M>(a)
-            .map(|m| f(&m).to_string())
-            .unwrap_or_default()
-    }
-    upd.resources
-        .iter()
-        .map(|r| match (&r.name, upd.kind) {
-            (Some(n), _) => n.clone(),
-            (None, Kind::Eds) => n::<ClusterLoadAssignment>(&r.any, |c| &c.cluster_name),
-            (None, Kind::Rds) => n::<RouteConfiguration>(&r.any, |c| &c.name),
-            (None, Kind::Cds) => n::<cpb::Cluster>(&r.any, |c| &c.name),
-            (None, Kind::Lds) => n::<lpb::Listener>(&r.any, |c| &c.name),
-        })
-        .filter(|n| !n.is_empty())
-        .collect()
 }
 
 /// Apply the valid resources of `upd` to `state`; see [`Outcome`].

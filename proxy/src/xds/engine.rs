@@ -15,6 +15,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+static EMPTY: String = String::new();
+
 /// How often warming and initial-fetch deadlines are checked.
 pub const TICK: Duration = Duration::from_millis(200);
 
@@ -79,21 +81,6 @@ impl Engine {
     /// `error_detail`) names the rejected ones, which keep their last good version.
     pub async fn handle(&mut self, upd: Update) -> Result<(), String> {
         let kind = upd.kind;
-        // CDS/LDS count per response under the manager; EDS/RDS per resource, as Envoy does.
-        let per_resource: Vec<(String, SubStats)> = match kind {
-            Kind::Cds | Kind::Lds => vec![(String::new(), self.stats.resource(kind, "", None))],
-            Kind::Eds | Kind::Rds => apply::names(&upd)
-                .into_iter()
-                .map(|n| {
-                    let prefix = (kind == Kind::Rds)
-                        .then(|| self.state.rds_prefix(&n))
-                        .flatten();
-                    let s = self.stats.resource(kind, &n, prefix.as_deref());
-                    (n, s)
-                })
-                .collect(),
-        };
-        per_resource.iter().for_each(|(_, s)| s.attempt.inc());
         let current = self.server.store.load();
         let out = apply::accept(
             &mut self.state,
@@ -103,9 +90,29 @@ impl Engine {
             &current,
         );
         drop(current);
+        // CDS/LDS count per response under the manager; EDS/RDS per resource, as Envoy does.
+        let per_resource: Vec<(&String, SubStats)> = match kind {
+            Kind::Cds | Kind::Lds => vec![(&EMPTY, self.stats.resource(kind, "", None))],
+            Kind::Eds | Kind::Rds => out
+                .names
+                .iter()
+                .chain(out.rejected.iter().map(|(n, _)| n))
+                .filter(|n| !n.starts_with('#'))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .map(|n| {
+                    let prefix = (kind == Kind::Rds)
+                        .then(|| self.state.rds_prefix(n))
+                        .flatten();
+                    (n, self.stats.resource(kind, n, prefix.as_deref()))
+                })
+                .collect(),
+        };
+        per_resource.iter().for_each(|(_, s)| s.attempt.inc());
         let error = out.error();
         for (n, s) in &per_resource {
-            let bad = error.is_some() && (n.is_empty() || out.rejected.iter().any(|(r, _)| r == n));
+            let bad =
+                error.is_some() && (n.is_empty() || out.rejected.iter().any(|(r, _)| r == *n));
             if bad {
                 s.rejected.inc();
             } else {
