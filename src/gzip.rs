@@ -15,8 +15,15 @@ pub const LEVEL: u32 = 6;
 /// The fixed chunk size; changing it changes the output bytes.
 pub const CHUNK: usize = 1 << 20;
 
-/// gzip `data`, using all cores, deterministically.
+/// gzip `data` at [`LEVEL`], using all cores, deterministically.
 pub fn compress(data: &[u8]) -> Vec<u8> {
+    compress_with(data, LEVEL, &|_| {})
+}
+
+/// gzip `data` at `level` (0-9), calling `progress` with the input bytes of each finished
+/// chunk. The level is part of the reproducibility contract: it decides the bytes.
+pub fn compress_with(data: &[u8], level: u32, progress: &(dyn Fn(usize) + Sync)) -> Vec<u8> {
+    let level = level.min(9);
     let chunks: Vec<&[u8]> = if data.is_empty() {
         vec![data]
     } else {
@@ -38,7 +45,8 @@ pub fn compress(data: &[u8]) -> Vec<u8> {
                         if i >= chunks.len() {
                             return mine;
                         }
-                        mine.push((i, deflate_chunk(chunks[i], i == last)));
+                        mine.push((i, deflate_chunk(chunks[i], level, i == last)));
+                        progress(chunks[i].len());
                     }
                 })
             })
@@ -64,8 +72,8 @@ pub fn compress(data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn deflate_chunk(input: &[u8], last: bool) -> Vec<u8> {
-    let mut c = Compress::new(Compression::new(LEVEL), false);
+fn deflate_chunk(input: &[u8], level: u32, last: bool) -> Vec<u8> {
+    let mut c = Compress::new(Compression::new(level), false);
     let flush = if last {
         FlushCompress::Finish
     } else {

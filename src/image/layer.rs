@@ -1,17 +1,16 @@
 //! The one new layer: a deterministic tar holding `usr/local/bin/mosn`, gzip-compressed in
 //! parallel, with the diff_id (over the tar) and the blob digest (over the gzip stream).
 
-use std::io::Read;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
-use flate2::{Compress, Compression, FlushCompress, Status};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
+use crate::gzip;
+
 /// Where the binary lands inside the image (relative, as tar entries are).
-pub const MOSN_PATH: &str = "usr/local/bin/mosn";
+pub const MOSN_PATH: &str = crate::pack::MEMBER;
 
 /// A finished layer, compressed bytes held in memory (a proxy binary is tens of MB).
 #[derive(Debug, Clone)]
@@ -29,39 +28,27 @@ pub struct Layer {
 pub struct LayerOptions {
     /// Entry mtime (`SOURCE_DATE_EPOCH`, or 0).
     pub mtime: u64,
-    /// gzip level 0-9; with the flate2 backend and [`CHUNK`], it decides the blob bytes.
+    /// gzip level 0-9; with [`crate::gzip`]'s fixed chunking, it decides the blob bytes.
     pub level: u32,
 }
 
-/// Deflate input is cut into chunks of this size, compressed in parallel and joined (the
-/// pigz technique). Part of the reproducibility contract: changing it changes the bytes.
-pub const CHUNK: usize = 1 << 20;
-
-/// Build the layer for `binary` at [`MOSN_PATH`] (mode 0755, uid/gid 0).
+/// Build the layer for `binary` at [`MOSN_PATH`] (mode 0755, uid/gid 0), with the same tar
+/// member and the same deterministic parallel gzip as `mosnctl pack`.
 ///
 /// No parent-directory entries are written: they would replace the base's `/usr/local/bin`
-/// metadata when the layers are stacked. The file is read once into the tar bytes; the
-/// diff_id (sha256) and gzip CRC are computed on one thread while the chunks are deflated on
-/// the others, then the blob digest is taken over the assembled gzip stream.
+/// metadata when the layers are stacked. The diff_id (sha256 of the tar) is computed on one
+/// thread while the chunks are deflated on the others.
 pub fn build(binary: &Path, opts: LayerOptions, progress: &ProgressBar) -> Result<Layer> {
-    let tar = tar_bytes(binary, opts.mtime)?;
+    let bytes =
+        std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    let tar = crate::pack::tar_single(&bytes, opts.mtime)?;
+    drop(bytes);
     progress.set_length(tar.len() as u64);
-    let level = opts.level.min(9);
-    let ((diff_id, crc), body) = std::thread::scope(|s| {
-        let hashes = s.spawn(|| {
-            let diff_id = format!("sha256:{}", crate::fsutil::hex(&Sha256::digest(&tar)));
-            (diff_id, crc32fast::hash(&tar))
-        });
-        let body = deflate_parallel(&tar, level, progress);
-        (hashes.join().expect("hash thread panicked"), body)
+    let (diff_id, blob) = std::thread::scope(|s| {
+        let hash = s.spawn(|| format!("sha256:{}", crate::fsutil::hex(&Sha256::digest(&tar))));
+        let blob = gzip::compress_with(&tar, opts.level, &|n| progress.inc(n as u64));
+        (hash.join().expect("hash thread panicked"), blob)
     });
-    let mut blob = Vec::with_capacity(body.len() + 18);
-    // Magic, deflate, no flags, mtime 0, no extra flags, OS "unknown": nothing
-    // machine-specific in the header.
-    blob.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
-    blob.extend_from_slice(&body);
-    blob.extend_from_slice(&crc.to_le_bytes());
-    blob.extend_from_slice(&(tar.len() as u32).to_le_bytes());
     let digest = format!("sha256:{}", crate::fsutil::hex(&Sha256::digest(&blob)));
     Ok(Layer {
         blob: bytes::Bytes::from(blob),
@@ -70,107 +57,11 @@ pub fn build(binary: &Path, opts: LayerOptions, progress: &ProgressBar) -> Resul
     })
 }
 
-/// The uncompressed layer: one ustar entry, padding, and the two-block trailer.
-fn tar_bytes(binary: &Path, mtime: u64) -> Result<Vec<u8>> {
-    let mut file =
-        std::fs::File::open(binary).with_context(|| format!("cannot open {}", binary.display()))?;
-    let size = file
-        .metadata()
-        .with_context(|| format!("cannot stat {}", binary.display()))?
-        .len();
-    let mut header = tar::Header::new_ustar();
-    header
-        .set_path(MOSN_PATH)
-        .expect("static path fits a ustar header");
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_size(size);
-    header.set_mode(0o755);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(mtime);
-    header.set_username("root").expect("short name");
-    header.set_groupname("root").expect("short name");
-    header.set_cksum();
-    let pad = (512 - (size % 512) as usize) % 512;
-    let mut tar = Vec::with_capacity(512 + size as usize + pad + 1024);
-    tar.extend_from_slice(header.as_bytes());
-    let read = file
-        .read_to_end(&mut tar)
-        .with_context(|| format!("cannot read {}", binary.display()))?;
-    anyhow::ensure!(
-        read as u64 == size,
-        "{} changed size while it was being read",
-        binary.display()
-    );
-    tar.resize(tar.len() + pad + 1024, 0);
-    Ok(tar)
-}
-
-/// Raw deflate of `data` in [`CHUNK`]s on all cores; every chunk but the last ends with a
-/// sync flush (byte-aligned, no final bit), so the parts join into one deflate stream.
-fn deflate_parallel(data: &[u8], level: u32, progress: &ProgressBar) -> Vec<u8> {
-    let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
-    let last = chunks.len().saturating_sub(1);
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, chunks.len().max(1));
-    let next = AtomicUsize::new(0);
-    let mut parts: Vec<Vec<u8>> = vec![Vec::new(); chunks.len()];
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(chunk) = chunks.get(i) else {
-                            return done;
-                        };
-                        done.push((i, deflate(chunk, level, i == last)));
-                        progress.inc(chunk.len() as u64);
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            for (i, part) in h.join().expect("deflate worker panicked") {
-                parts[i] = part;
-            }
-        }
-    });
-    parts.concat()
-}
-
-fn deflate(input: &[u8], level: u32, last: bool) -> Vec<u8> {
-    let mut c = Compress::new(Compression::new(level), false);
-    let flush = if last {
-        FlushCompress::Finish
-    } else {
-        FlushCompress::Sync
-    };
-    let mut out = Vec::with_capacity(input.len() / 2 + 1024);
-    loop {
-        if out.capacity() - out.len() < 4096 {
-            out.reserve(out.capacity().max(64 * 1024));
-        }
-        let consumed = c.total_in() as usize;
-        let status = c
-            .compress_vec(&input[consumed..], &mut out, flush)
-            .expect("deflate of in-memory data cannot fail");
-        let finished = match flush {
-            FlushCompress::Finish => status == Status::StreamEnd,
-            // Flushed once all input is in and the output buffer was not the limit.
-            _ => c.total_in() as usize == input.len() && out.len() < out.capacity(),
-        };
-        if finished {
-            return out;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gzip::CHUNK;
+    use std::io::Read;
 
     fn layer_of(content: &[u8], mtime: u64) -> Layer {
         let dir = tempfile::tempdir().unwrap();
