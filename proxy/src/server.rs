@@ -275,6 +275,9 @@ pub fn run(opts: Options, _boot: LoadedBootstrap, snap: Snapshot, stats: Arc<Sta
             eprintln!("mosn: {e}");
             return 1;
         }
+        // Start-up decoding is done: hand its memory back before serving.
+        crate::config::decode::release_pool();
+        crate::config::decode::spawn_pool_reaper();
         if opts.mode == crate::cli::Mode::InitOnly {
             return 0;
         }

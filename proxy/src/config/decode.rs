@@ -8,7 +8,8 @@
 
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The type URL of `google.protobuf.Struct`, used to park unknown typed configs.
 pub const STRUCT_URL: &str = "type.googleapis.com/google.protobuf.Struct";
@@ -18,9 +19,55 @@ pub const ORIGINAL_TYPE_FIELD: &str = "original_type_url";
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_types.bin"));
 
 /// The descriptor pool of every Envoy v3 / xds / udpa type that envoy-types compiled.
-pub fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS).expect("envoy-types descriptor set"))
+///
+/// Decoded it weighs tens of MB, far more than the rest of a sidecar, and it is only needed
+/// while JSON is decoded or dumped. So it is cached while in use and dropped by
+/// [`release_pool`] (after start-up) and by the reaper [`spawn_pool_reaper`] starts (after a
+/// quiet minute); the next use decodes it again.
+pub fn pool() -> Arc<DescriptorPool> {
+    let mut cache = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((p, used)) = cache.as_mut() {
+        *used = Instant::now();
+        return p.clone();
+    }
+    let p = Arc::new(DescriptorPool::decode(DESCRIPTORS).expect("envoy-types descriptor set"));
+    *cache = Some((p.clone(), Instant::now()));
+    p
+}
+
+static POOL: Mutex<Option<(Arc<DescriptorPool>, Instant)>> = Mutex::new(None);
+
+/// Drop the cached pool (holders keep theirs) and return the memory to the OS.
+pub fn release_pool() {
+    let old = POOL.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(old);
+    trim_memory();
+}
+
+/// Drop the pool whenever it has not been used for a minute (runs on the current runtime).
+pub fn spawn_pool_reaper() {
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            let idle = POOL
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(|(_, used)| used.elapsed() > Duration::from_secs(60));
+            if idle {
+                release_pool();
+            }
+        }
+    });
+}
+
+/// Give memory freed after start-up (the descriptor pool, JSON trees) back to the OS.
+pub fn trim_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Whether the pool can decode `type_url`.
