@@ -3,18 +3,27 @@
 //!
 //! - [`dump`] reads a config dump into typed resources, [`proto`] does the JSON <-> proto work;
 //! - [`cache`] holds the versioned resources per type URL ([`Snapshot`] in, versions out);
-//! - [`ads`] is the gRPC service, with [`sotw`] and [`delta`] implementing the two protocols
-//!   and [`status`] publishing each stream's subscriptions and ACK/NACK state;
+//! - [`ads`] is the ADS gRPC service and [`sds`] the SDS one on the same listener, both driving
+//!   [`sotw`] or [`delta`] per stream, with [`status`] publishing each stream's
+//!   subscriptions and ACK/NACK state;
 //! - [`server`] binds TCP or unix listeners and returns a [`ServerHandle`] to push updates;
 //! - [`bootstrap`] writes an Envoy bootstrap that points a proxy at the server.
 //!
-//! In-process use (tests):
+//! In-process use (tests): start, push, wait for the client's ACK, push again.
 //! ```no_run
 //! # async fn f() -> anyhow::Result<()> {
-//! use mosnctl::xds::{Cache, Listen, Server, Snapshot};
+//! use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+//! use mosnctl::xds::{Cache, Server, Snapshot, CLUSTER};
+//! use std::time::Duration;
 //! let server = Server::start(&"127.0.0.1:0".parse()?, Cache::new()).await?;
-//! server.update(Snapshot::new().with_messages(Vec::<envoy_types::pb::envoy::config::cluster::v3::Cluster>::new()))?;
-//! println!("ADS on {}", server.listen());
+//! let c = Cluster { name: "outbound|9080||reviews.default.svc.cluster.local".into(), ..Default::default() };
+//! let v = server.update(Snapshot::new().with_messages([c]))?; // {CLUSTER: "1"}
+//! // ... point the proxy at server.listen() ...
+//! server
+//!     .wait_for(Duration::from_secs(30), |streams| {
+//!         streams.iter().any(|s| s.of(CLUSTER).acked_version.as_deref() == Some(v[CLUSTER].as_str()))
+//!     })
+//!     .await?;
 //! # Ok(()) }
 //! ```
 
