@@ -166,6 +166,30 @@ async fn retries_timeouts_and_failure_answers() {
         (504, "stream timeout", "SI")
     );
     assert_eq!(get(addr, "/idle", &[]).await.status, 200);
+    // ... and the gaps in a response body: a stalled body is cut off, the client sees an error.
+    let body_err = tokio::time::timeout(HANG, async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(c);
+        let req = http::Request::get("/idle")
+            .header("host", "x")
+            .header("x-test-stall-body", "1");
+        let resp = s
+            .send_request(
+                req.body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .is_err()
+    })
+    .await
+    .expect("stalled body was never cut off");
+    assert!(body_err);
     // The proxy is still healthy after all of that.
     assert_eq!(get(addr, "/noretry", &[]).await.status, 200);
 }

@@ -2,7 +2,7 @@
 
 use crate::stats::{Kind, Stat, Stats};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 /// `upstream_rq_<code>` and `upstream_rq_<N>xx` for one status code.
 type CodeStats = (Arc<Stat>, Arc<Stat>);
@@ -58,7 +58,7 @@ pub struct ClusterStats {
     pub ejections_5xx: Arc<Stat>,
     /// `outlier_detection.ejections_enforced_consecutive_gateway_failure`.
     pub ejections_gateway: Arc<Stat>,
-    codes: Mutex<HashMap<u16, CodeStats>>,
+    codes: RwLock<HashMap<u16, CodeStats>>,
 }
 
 impl ClusterStats {
@@ -94,30 +94,33 @@ impl ClusterStats {
             ejections_gateway: c(
                 "outlier_detection.ejections_enforced_consecutive_gateway_failure",
             ),
-            codes: Mutex::new(HashMap::new()),
+            codes: RwLock::new(HashMap::new()),
         })
     }
 
     /// Count a completed upstream response: `upstream_rq_<code>` and `upstream_rq_<N>xx`.
     pub fn response(&self, code: u16) {
-        let (a, b) = {
-            let mut m = self.codes.lock().unwrap();
-            m.entry(code)
-                .or_insert_with(|| {
-                    (
-                        self.store.cluster(
-                            &self.name,
-                            &format!("upstream_rq_{code}"),
-                            Kind::Counter,
-                        ),
-                        self.store.cluster(
-                            &self.name,
-                            &format!("upstream_rq_{}xx", code / 100),
-                            Kind::Counter,
-                        ),
-                    )
-                })
-                .clone()
+        let cached = self
+            .codes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&code)
+            .cloned();
+        let (a, b) = match cached {
+            Some(x) => x,
+            None => {
+                let x = (
+                    self.store
+                        .cluster(&self.name, &format!("upstream_rq_{code}"), Kind::Counter),
+                    self.store.cluster(
+                        &self.name,
+                        &format!("upstream_rq_{}xx", code / 100),
+                        Kind::Counter,
+                    ),
+                );
+                let mut m = self.codes.write().unwrap_or_else(|e| e.into_inner());
+                m.entry(code).or_insert(x).clone()
+            }
         };
         a.inc();
         b.inc();

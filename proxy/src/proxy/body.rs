@@ -183,22 +183,34 @@ impl<G: Unpin> Body for Guarded<G> {
 
 /// A response body that fails if no frame arrives for `idle` (route `idle_timeout` /
 /// HCM `stream_idle_timeout`); the failure resets the downstream stream.
+///
+/// The timer is re-armed lazily: frames only record the time, and the timer, when it fires
+/// early, moves itself to the real deadline (no timer-wheel update per frame).
 pub struct IdleBody {
     inner: BoxBody,
     idle: std::time::Duration,
+    last: tokio::time::Instant,
     sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl IdleBody {
     /// Wrap `inner`.
     pub fn wrap(inner: BoxBody, idle: std::time::Duration) -> BoxBody {
+        let last = tokio::time::Instant::now();
+        let sleep = Box::pin(tokio::time::sleep_until(deadline(last, idle)));
         IdleBody {
             inner,
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            last,
+            sleep,
         }
         .boxed_unsync()
     }
+}
+
+fn deadline(from: tokio::time::Instant, idle: std::time::Duration) -> tokio::time::Instant {
+    from.checked_add(idle)
+        .unwrap_or(from + std::time::Duration::from_secs(86400 * 365))
 }
 
 impl Body for IdleBody {
@@ -208,19 +220,19 @@ impl Body for IdleBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(r) => {
-                let now = tokio::time::Instant::now();
-                let deadline = now
-                    .checked_add(self.idle)
-                    .unwrap_or(now + std::time::Duration::from_secs(86400 * 365));
-                self.sleep.as_mut().reset(deadline);
-                Poll::Ready(r)
+        if let Poll::Ready(r) = Pin::new(&mut self.inner).poll_frame(cx) {
+            self.last = tokio::time::Instant::now();
+            return Poll::Ready(r);
+        }
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            Poll::Pending => match self.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err("stream idle timeout".into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            let due = deadline(self.last, self.idle);
+            if due <= tokio::time::Instant::now() {
+                return Poll::Ready(Some(Err("stream idle timeout".into())));
+            }
+            self.sleep.as_mut().reset(due);
         }
     }
     fn size_hint(&self) -> SizeHint {

@@ -15,17 +15,14 @@ use crate::stats::{Kind, Stat, Stats};
 use hcm::{Codec, HcmConfig};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// `http.<stat_prefix>.*` stats of one HCM.
 #[derive(Debug)]
 pub struct HcmStats {
-    store: Arc<Stats>,
-    prefix: String,
     /// `downstream_rq_total`.
     pub rq_total: Arc<Stat>,
     /// `downstream_rq_active`.
@@ -42,7 +39,8 @@ pub struct HcmStats {
     pub fault_delays: Arc<Stat>,
     /// `fault.aborts_injected`.
     pub fault_aborts: Arc<Stat>,
-    classes: Mutex<HashMap<u16, Arc<Stat>>>,
+    /// `downstream_rq_1xx` .. `downstream_rq_5xx`, registered up front (no lock per request).
+    classes: [Arc<Stat>; 5],
 }
 
 impl HcmStats {
@@ -51,8 +49,6 @@ impl HcmStats {
         let c = |s: &str| store.http(prefix, s, Kind::Counter);
         let g = |s: &str| store.http(prefix, s, Kind::Gauge);
         Arc::new(HcmStats {
-            store: store.clone(),
-            prefix: prefix.to_string(),
             rq_total: c("downstream_rq_total"),
             rq_active: g("downstream_rq_active"),
             cx_total: c("downstream_cx_total"),
@@ -61,27 +57,17 @@ impl HcmStats {
             direct_response: c("rq_direct_response"),
             fault_delays: c("fault.delays_injected"),
             fault_aborts: c("fault.aborts_injected"),
-            classes: Mutex::new(HashMap::new()),
+            classes: std::array::from_fn(|i| {
+                store.http(prefix, &format!("downstream_rq_{}xx", i + 1), Kind::Counter)
+            }),
         })
     }
 
     /// Count `downstream_rq_<N>xx`.
     pub fn status(&self, code: u16) {
-        let class = code / 100;
-        let s = self
-            .classes
-            .lock()
-            .unwrap()
-            .entry(class)
-            .or_insert_with(|| {
-                self.store.http(
-                    &self.prefix,
-                    &format!("downstream_rq_{class}xx"),
-                    Kind::Counter,
-                )
-            })
-            .clone();
-        s.inc();
+        if let Some(s) = self.classes.get((code / 100).wrapping_sub(1) as usize) {
+            s.inc();
+        }
     }
 }
 

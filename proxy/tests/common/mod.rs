@@ -22,7 +22,7 @@ pub const HANG: Duration = Duration::from_secs(20);
 /// Behaviour is driven by request headers so one server serves many tests:
 /// `x-test-status: N` answers N; `x-test-fail-on: NAME` answers 503 only on upstream NAME;
 /// `x-test-reset-on: NAME` closes the connection without answering on upstream NAME;
-/// `x-test-delay-ms: N` waits first; `x-test-slow-on: NAME` waits 30 s on upstream NAME; `x-test-hold` waits until [`Upstream::release`]; `x-test-trailers` adds grpc-status trailers.
+/// `x-test-delay-ms: N` waits first; `x-test-slow-on: NAME` waits 30 s on upstream NAME; `x-test-hold` waits until [`Upstream::release`]; `x-test-trailers` adds grpc-status trailers; `x-test-stall-body` never ends the body.
 pub struct Upstream {
     /// Listening address.
     pub addr: SocketAddr,
@@ -108,6 +108,7 @@ async fn echo(
         status = 503;
     }
     let trailers = hdr("x-test-trailers").is_some();
+    let hdr_stall = hdr("x-test-stall-body").is_some();
     let mut headers = serde_json::Map::new();
     for k in req.headers().keys() {
         let all: Vec<&str> = req
@@ -133,7 +134,12 @@ async fn echo(
         "headers": headers,
         "body_len": body.len(),
     });
-    let mut resp = http::Response::new(Trailered(Some(Bytes::from(info.to_string())), trailers));
+    let stall = hdr_stall;
+    let mut resp = http::Response::new(Trailered(
+        Some(Bytes::from(info.to_string())),
+        trailers,
+        stall,
+    ));
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
     resp.headers_mut()
         .insert("x-upstream", name.parse().unwrap());
@@ -142,8 +148,8 @@ async fn echo(
     Ok(resp)
 }
 
-/// A body of one chunk, optionally followed by gRPC-style trailers.
-pub struct Trailered(Option<Bytes>, bool);
+/// A body of one chunk, optionally followed by gRPC-style trailers, or by silence forever.
+pub struct Trailered(Option<Bytes>, bool, bool);
 
 impl hyper::body::Body for Trailered {
     type Data = Bytes;
@@ -154,6 +160,9 @@ impl hyper::body::Body for Trailered {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
         if let Some(b) = self.0.take() {
             return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b))));
+        }
+        if self.2 {
+            return std::task::Poll::Pending;
         }
         if std::mem::take(&mut self.1) {
             let mut t = http::HeaderMap::new();
