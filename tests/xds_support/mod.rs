@@ -2,6 +2,9 @@
 //! writes them (sidecar contract §5/§6), real tonic ADS clients for SotW and delta over TCP
 //! and unix sockets, and the shared vectors.
 
+// Each test binary that includes this module uses a different part of it.
+#![allow(dead_code)]
+
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient as Client;
 use envoy_types::pb::envoy::service::discovery::v3::{
