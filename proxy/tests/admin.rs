@@ -354,3 +354,47 @@ async fn istio_xdsproxy_bootstrap_static_listeners() {
     assert!(dump.contains("type.googleapis.com/udpa.type.v1.TypedStruct"));
     assert!(!dump.contains("original_type_url"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_inbound_only_keeps_outbound_serving() {
+    let a = upstream("a").await;
+    let routes = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
+    let mut inbound = listener("inbound", routes.clone(), vec![], json!({}));
+    inbound["traffic_direction"] = json!("INBOUND");
+    let mut outbound = listener("outbound", routes, vec![], json!({}));
+    outbound["traffic_direction"] = json!("OUTBOUND");
+    let p = proxy(bootstrap(
+        vec![inbound, outbound],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let (inb, outb) = (p.addr("inbound"), p.addr("outbound"));
+    let r = request(
+        p.admin(),
+        "POST",
+        "/drain_listeners?inboundonly",
+        &[],
+        "",
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let deadline = std::time::Instant::now() + HANG;
+    while tokio::net::TcpStream::connect(inb).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "inbound listener still accepting"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        get(outb, "/", &[]).await.status,
+        200,
+        "outbound keeps working"
+    );
+    assert_eq!(
+        p.stat("server.state"),
+        0,
+        "a non-graceful inbound drain leaves the server LIVE"
+    );
+}
