@@ -72,6 +72,7 @@ async fn retries_timeouts_and_failure_answers() {
         503
     );
     assert_eq!(a.hits() + b.hits() - before, 2);
+    assert_eq!(p.stat("cluster.ab.upstream_rq_retry_limit_exceeded"), 1);
     // gateway-error retries 502 but not 500.
     let before = a.hits() + b.hits();
     assert_eq!(

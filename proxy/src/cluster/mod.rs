@@ -222,7 +222,7 @@ impl Cluster {
             CountingConnector::new(stats.clone(), connect_timeout, breakers.max_connections);
         let h1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(upstream_idle_timeout(c)?)
             .timer(TokioTimer::new())
             .build(connector.clone());
         let set = HostSet::new(static_hosts, &lb);
@@ -363,6 +363,28 @@ fn breakers(cb: Option<&cpb::CircuitBreakers>) -> Breakers {
         max_retries: v(|t| t.max_retries.as_ref().map(|x| x.value), 3),
         active_retries: AtomicU64::new(0),
     }
+}
+
+/// Idle time after which a pooled upstream connection closes: `idle_timeout` of the
+/// HttpProtocolOptions extension or the cluster's `common_http_protocol_options`; Envoy's
+/// default is 1 h and 0 disables it.
+fn upstream_idle_timeout(c: &cpb::Cluster) -> Result<Option<Duration>, String> {
+    let mut opt = c
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|o| o.idle_timeout.clone());
+    for any in c.typed_extension_protocol_options.values() {
+        if any.type_url == <upb::HttpProtocolOptions as prost::Name>::type_url() {
+            let o: upb::HttpProtocolOptions = decode::unpack(any)?;
+            if let Some(t) = o.common_http_protocol_options.and_then(|c| c.idle_timeout) {
+                opt = Some(t);
+            }
+        }
+    }
+    Ok(match opt {
+        Some(d) => Some(crate::config::duration(&d)).filter(|d| !d.is_zero()),
+        None => Some(Duration::from_secs(3600)),
+    })
 }
 
 fn upstream_protocol(c: &cpb::Cluster) -> Result<UpstreamProtocol, String> {

@@ -44,6 +44,8 @@ pub struct ClusterStats {
     pub rq_retry_success: Arc<Stat>,
     /// `upstream_rq_retry_overflow`.
     pub rq_retry_overflow: Arc<Stat>,
+    /// `upstream_rq_retry_limit_exceeded`.
+    pub rq_retry_limit_exceeded: Arc<Stat>,
     /// `upstream_cx_none_healthy` (no host to pick).
     pub cx_none_healthy: Arc<Stat>,
     /// `membership_total`.
@@ -85,6 +87,7 @@ impl ClusterStats {
             rq_retry: c("upstream_rq_retry"),
             rq_retry_success: c("upstream_rq_retry_success"),
             rq_retry_overflow: c("upstream_rq_retry_overflow"),
+            rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
             cx_none_healthy: c("upstream_cx_none_healthy"),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),

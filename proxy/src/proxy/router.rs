@@ -169,7 +169,9 @@ pub async fn forward(
                     attempt += 1;
                     continue;
                 }
-                if in_retry {
+                if retriable && retries > 0 && attempt >= retries {
+                    stats.rq_retry_limit_exceeded.inc();
+                } else if in_retry && !retriable {
                     stats.rq_retry_success.inc();
                 }
                 end_retry(&cluster, &mut in_retry);
@@ -238,6 +240,9 @@ pub async fn forward(
                 let mut reply = reply;
                 if retriable && attempt > 0 {
                     reply.flags.push(Flag::UpstreamRetryLimitExceeded);
+                }
+                if retriable && retries > 0 && attempt >= retries {
+                    stats.rq_retry_limit_exceeded.inc();
                 }
                 return Err(reply);
             }
