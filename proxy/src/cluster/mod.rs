@@ -372,7 +372,7 @@ fn upstream_idle_timeout(c: &cpb::Cluster) -> Result<Option<Duration>, String> {
     let mut opt = c
         .common_http_protocol_options
         .as_ref()
-        .and_then(|o| o.idle_timeout.clone());
+        .and_then(|o| o.idle_timeout);
     for any in c.typed_extension_protocol_options.values() {
         if any.type_url == <upb::HttpProtocolOptions as prost::Name>::type_url() {
             let o: upb::HttpProtocolOptions = decode::unpack(any)?;
