@@ -9,6 +9,14 @@
 //! - [`proxy`] is the HTTP connection manager and router on top of hyper,
 //! - [`admin`] and [`stats`] serve the admin API that pilot-agent and istioctl use,
 //! - [`server`] ties listeners, admin and lifecycle (drain, signals) together.
+//!
+//! Runtime: one multi-threaded Tokio runtime with `--concurrency` workers runs everything
+//! (admin, listeners, upstream connections, DNS refresh); the main thread only blocks on it.
+//! No port is fixed: the admin and listener addresses come from the bootstrap.
+//!
+//! Config flow: bootstrap → [`config::Snapshot`] (compiled routes, clusters with their pools,
+//! listeners) → [`config::ConfigStore`]. Each request loads the current snapshot once and
+//! keeps that `Arc` to its end, so a swap never changes config under an in-flight request.
 
 // Istio 1.10 emits deprecated Envoy fields (exact_match, deprecated_v1, total_weight, ...);
 // reading them is the point, so the deprecation warnings of the generated protos are noise.
