@@ -294,3 +294,48 @@ async fn idle_downstream_connections_close_after_idle_timeout() {
     assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200 OK"));
     assert!(closed, "idle connection was not closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_upgrades_are_tunnelled_when_enabled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = upstream("a").await;
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
+    let up = json!({"upgrade_configs": [{"upgrade_type": "echo"}]});
+    let p = proxy(bootstrap(
+        vec![
+            listener("on", vh.clone(), vec![], up),
+            listener("off", vh, vec![], json!({})),
+        ],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let handshake = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(p.addr("on")).await.unwrap();
+    s.write_all(handshake).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(HANG, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for msg in [&b"ping"[..], b"second message"] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(HANG, s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+    // Without upgrade_configs the Upgrade headers are hop-by-hop and dropped: a plain answer.
+    let r = get(
+        p.addr("off"),
+        "/ws",
+        &[("connection", "upgrade"), ("upgrade", "echo")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["headers"].get("upgrade").is_none());
+}

@@ -71,6 +71,8 @@ pub struct HcmConfig {
     pub server_name: String,
     /// Names of filters that were skipped (unknown types), for diagnostics.
     pub skipped: Vec<String>,
+    /// Enabled `upgrade_configs` types, lower-cased (Istio enables `websocket`).
+    pub upgrades: Vec<String>,
 }
 
 impl HcmConfig {
@@ -163,6 +165,12 @@ impl HcmConfig {
                 h.server_name.clone()
             },
             skipped,
+            upgrades: h
+                .upgrade_configs
+                .iter()
+                .filter(|u| u.enabled.as_ref().is_none_or(|e| e.value))
+                .map(|u| u.upgrade_type.to_ascii_lowercase())
+                .collect(),
         })
     }
 }

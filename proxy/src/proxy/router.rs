@@ -55,6 +55,13 @@ pub async fn forward(
     down: Downstream,
 ) -> Result<Response<BoxBody>, LocalReply> {
     let stats = cluster.stats.clone();
+    // An allowed HTTP/1.1 upgrade (websocket): keep its headers and, on 101, splice the two
+    // upgraded connections together.
+    let upgrade = parts.extensions.remove::<Upgrade>().map(|u| u.0);
+    let mut down_upgrade = match upgrade {
+        Some(_) => parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+        None => None,
+    };
     // Circuit breakers: requests, and (approximated for pooled HTTP/1) pending requests.
     let active = stats.rq_active.get();
     if active >= cluster.breakers.max_requests {
@@ -122,7 +129,7 @@ pub async fn forward(
                 Flag::UpstreamRemoteReset,
             ));
         };
-        let req = build_request(&cluster, &parts, &path, &host, req_body);
+        let req = build_request(&cluster, &parts, &path, &host, req_body, upgrade.as_deref());
         let per_try = retry.and_then(|r| r.per_try_timeout);
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let wait = match (per_try, remaining) {
@@ -152,8 +159,19 @@ pub async fn forward(
         let global_expired = deadline.is_some_and(|d| Instant::now() >= d);
         let can_retry = attempt < retries && body.replayable() && !global_expired;
         match outcome {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let status = resp.status().as_u16();
+                if status == 101 {
+                    if let Some(down) = down_upgrade.take() {
+                        cluster.record_result(&host, Some(status));
+                        stats.response(status);
+                        end_retry(&cluster, &mut in_retry);
+                        let up = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+                        tokio::spawn(tunnel(down, up, guard));
+                        let (rp, _) = resp.into_parts();
+                        return Ok(Response::from_parts(rp, super::body::full("")));
+                    }
+                }
                 cluster.record_result(&host, Some(status));
                 stats.response(status);
                 let grpc = resp
@@ -250,6 +268,31 @@ pub async fn forward(
     }
 }
 
+/// The upgrade type of a request the HCM allows to upgrade (set by the HCM in extensions).
+#[derive(Debug, Clone)]
+pub struct Upgrade(pub String);
+
+/// Copy bytes both ways between the upgraded downstream and upstream connections; the request
+/// stays active (stats, least-request) until the tunnel closes.
+async fn tunnel(
+    down: hyper::upgrade::OnUpgrade,
+    up: Option<hyper::upgrade::OnUpgrade>,
+    guard: RqGuard,
+) {
+    let Some(up) = up else { return };
+    let (Ok(d), Ok(u)) = (down.await, up.await) else {
+        return;
+    };
+    let (mut d, mut u) = (
+        hyper_util::rt::TokioIo::new(d),
+        hyper_util::rt::TokioIo::new(u),
+    );
+    if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+        tracing::debug!("upgraded connection ended: {e}");
+    }
+    drop(guard);
+}
+
 /// Take a retry slot and back off (Envoy: random in [0, base × 2^attempt], capped).
 async fn next_retry(
     cluster: &Cluster,
@@ -312,10 +355,20 @@ fn build_request(
     path: &str,
     host: &Host,
     body: BoxBody,
+    upgrade: Option<&str>,
 ) -> Request<BoxBody> {
     let h2 = cluster.is_h2(parts.version);
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
+    if let (Some(t), false) = (upgrade, h2) {
+        if let Ok(v) = HeaderValue::from_str(t) {
+            headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+            headers.insert(http::header::UPGRADE, v);
+        }
+    }
     let authority = headers
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())

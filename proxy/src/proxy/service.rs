@@ -212,7 +212,11 @@ async fn route_request(
             let Some(cluster) = snap.clusters.get(&name).cloned() else {
                 return Err(LocalReply::new(a.cluster_not_found, "", Flag::NoCluster));
             };
+            let upgrade = upgrade_type(&req, &ctx.hcm.upgrades);
             let (mut parts, body) = req.into_parts();
+            if let Some(t) = upgrade {
+                parts.extensions.insert(router::Upgrade(t));
+            }
             prepare_upstream_headers(&mut parts, a, wt, route, &path, &levels);
             let retry = a.retry.as_ref().or(vh.retry.as_ref());
             let down = Downstream {
@@ -293,6 +297,28 @@ fn prepare_upstream_headers(
     for p in levels {
         p.request.apply(&mut parts.headers);
     }
+}
+
+/// The upgrade type of an HTTP/1.1 `Connection: upgrade` request, if the HCM allows it.
+fn upgrade_type(req: &Request<Incoming>, allowed: &[String]) -> Option<String> {
+    if req.version() != http::Version::HTTP_11 || allowed.is_empty() {
+        return None;
+    }
+    let h = req.headers();
+    let conn_upgrade = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    let t = h
+        .get(http::header::UPGRADE)?
+        .to_str()
+        .ok()?
+        .to_ascii_lowercase();
+    (conn_upgrade && allowed.contains(&t)).then_some(t)
 }
 
 /// A random RFC 4122 version-4 UUID, as Envoy generates for `x-request-id`.

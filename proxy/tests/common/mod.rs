@@ -19,7 +19,8 @@ pub const HANG: Duration = Duration::from_secs(20);
 
 /// An in-process upstream that echoes what it received as JSON.
 ///
-/// Behaviour is driven by request headers so one server serves many tests:
+/// Behaviour is driven by request headers so one server serves many tests (`upgrade: echo`
+/// switches protocols and echoes bytes):
 /// `x-test-status: N` answers N; `x-test-fail-on: NAME` answers 503 only on upstream NAME;
 /// `x-test-reset-on: NAME` closes the connection without answering on upstream NAME;
 /// `x-test-delay-ms: N` waits first; `x-test-slow-on: NAME` waits 30 s on upstream NAME; `x-test-hold` waits until [`Upstream::release`]; `x-test-trailers` adds grpc-status trailers; `x-test-stall-body` never ends the body.
@@ -63,7 +64,7 @@ pub async fn upstream(name: &str) -> Upstream {
                     async move { echo(req, &n, &h, &r).await }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
             });
         }
@@ -77,12 +78,31 @@ pub async fn upstream(name: &str) -> Upstream {
 }
 
 async fn echo(
-    req: http::Request<Incoming>,
+    mut req: http::Request<Incoming>,
     name: &str,
     hits: &AtomicUsize,
     release: &tokio::sync::Notify,
 ) -> Result<http::Response<Trailered>, std::io::Error> {
     hits.fetch_add(1, Ordering::SeqCst);
+    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+        // A minimal upgrade protocol: after 101, echo every byte back.
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = http::Response::new(Trailered(None, false, false));
+        *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        resp.headers_mut()
+            .insert("upgrade", "echo".parse().unwrap());
+        resp.headers_mut()
+            .insert("x-upstream", name.parse().unwrap());
+        return Ok(resp);
+    }
     let hdr = |k: &str| {
         req.headers()
             .get(k)
