@@ -236,6 +236,10 @@ pub struct RouteMatch {
     headers: Vec<HeaderMatch>,
     query: Vec<QueryMatch>,
     grpc: bool,
+    /// `runtime_fraction` (its default value; there is no runtime layer).
+    fraction: Option<crate::proxy::fault::Percent>,
+    /// `tls_context.presented: true` can never match: listeners here are plaintext.
+    needs_tls: bool,
 }
 
 impl RouteMatch {
@@ -275,6 +279,14 @@ impl RouteMatch {
                 .map(QueryMatch::from_proto)
                 .collect::<Result<_, _>>()?,
             grpc: m.grpc.is_some(),
+            fraction: m
+                .runtime_fraction
+                .as_ref()
+                .map(|f| crate::proxy::fault::Percent::from_proto(f.default_value.as_ref())),
+            needs_tls: m.tls_context.as_ref().is_some_and(|t| {
+                t.presented.as_ref().is_some_and(|p| p.value)
+                    || t.validated.as_ref().is_some_and(|v| v.value)
+            }),
         })
     }
 
@@ -309,9 +321,11 @@ impl RouteMatch {
             PathMatch::Regex(r) => r.is_match(path),
         };
         path_ok
+            && !self.needs_tls
             && (!self.grpc || is_grpc(headers))
             && self.headers.iter().all(|h| h.matches(headers))
             && self.query.iter().all(|q| q.matches(query))
+            && self.fraction.is_none_or(|f| f.sample())
     }
 }
 

@@ -167,3 +167,33 @@ fn redirects_and_host_ports() {
         Action::Direct { status: 200, .. }
     ));
 }
+
+#[test]
+fn runtime_fraction_and_tls_context() {
+    let c = rc(
+        json!({"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/none", "runtime_fraction": {"default_value": {"numerator": 0}, "runtime_key": "k"}}, "route": {"cluster": "frac"}},
+        {"match": {"prefix": "/half", "runtime_fraction": {"default_value": {"numerator": 50}, "runtime_key": "k"}}, "route": {"cluster": "frac"}},
+        {"match": {"prefix": "/tls", "tls_context": {"presented": true}}, "route": {"cluster": "tls"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "rest"}}]}]}),
+    );
+    let hits = |path: &str| {
+        (0..400)
+            .filter(|_| {
+                let (_, r) = c.route("h", path, &HeaderMap::new()).unwrap();
+                matches!(&r.action, Action::Forward(f) if matches!(&f.target, super::action::ClusterTarget::Name(n) if n == "frac"))
+            })
+            .count()
+    };
+    assert_eq!(hits("/none"), 0);
+    let half = hits("/half");
+    assert!(
+        (120..=280).contains(&half),
+        "50% runtime_fraction matched {half}/400"
+    );
+    let (_, r) = c.route("h", "/tls", &HeaderMap::new()).unwrap();
+    assert!(
+        matches!(&r.action, Action::Forward(f) if matches!(&f.target, super::action::ClusterTarget::Name(n) if n == "rest")),
+        "plaintext never matches tls_context.presented"
+    );
+}
