@@ -37,6 +37,8 @@ async fn retries_timeouts_and_failure_answers() {
         {"match": {"prefix": "/timeout"}, "route": {"cluster": "a", "timeout": "0.3s"}},
         {"match": {"prefix": "/notimeout"}, "route": {"cluster": "a", "timeout": "0s"}},
         {"match": {"prefix": "/idle"}, "route": {"cluster": "a", "timeout": "0s", "idle_timeout": "0.3s"}},
+        {"match": {"prefix": "/grpc"}, "route": {"cluster": "a", "timeout": "0.3s", "max_grpc_timeout": "0s"}},
+        {"match": {"prefix": "/capped"}, "route": {"cluster": "a", "timeout": "0s", "max_grpc_timeout": "0.3s"}},
     ]);
     let clusters = vec![
         cluster("ab", &[a.addr, b.addr], json!({})),
@@ -191,6 +193,28 @@ async fn retries_timeouts_and_failure_answers() {
     .await
     .expect("stalled body was never cut off");
     assert!(body_err);
+    // gRPC with max_grpc_timeout: grpc-timeout replaces the route timeout (0 cap = none) ...
+    let grpc = [
+        ("content-type", "application/grpc"),
+        ("x-test-slow-on", "a"),
+    ];
+    let r = get(addr, "/grpc", &[grpc[0], grpc[1], ("grpc-timeout", "300m")]).await;
+    assert_eq!((r.status, flags(&r).as_str()), (504, "UT"));
+    let r = get(addr, "/grpc", &[grpc[0], ("x-test-delay-ms", "600")]).await;
+    assert_eq!(
+        r.status, 200,
+        "no grpc-timeout: the 0.3 s route timeout does not apply to gRPC"
+    );
+    // ... and a non-zero max caps a missing or larger header.
+    let r = get(
+        addr,
+        "/capped",
+        &[grpc[0], grpc[1], ("grpc-timeout", "100S")],
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    let r = get(addr, "/grpc", &[("x-test-delay-ms", "600")]).await;
+    assert_eq!(r.status, 504, "non-gRPC requests keep the route timeout");
     // The proxy is still healthy after all of that.
     assert_eq!(get(addr, "/noretry", &[]).await.status, 200);
 }

@@ -84,8 +84,9 @@ pub async fn forward(
     })?;
     let idle = action.idle_timeout.or(down.stream_idle);
     let started = Instant::now();
-    let deadline = action.timeout.and_then(|t| started.checked_add(t));
-    if let Some(t) = action.timeout {
+    let timeout = crate::route::action::effective_timeout(action, &parts.headers);
+    let deadline = timeout.and_then(|t| started.checked_add(t));
+    if let Some(t) = timeout {
         if let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string()) {
             parts.headers.insert("x-envoy-expected-rq-timeout-ms", v);
         }

@@ -207,6 +207,9 @@ pub struct ForwardAction {
     pub hash_policy: Vec<HashPolicy>,
     /// Status when the cluster does not exist (503 or 404).
     pub cluster_not_found: u16,
+    /// `max_grpc_timeout`: when set, gRPC requests use their `grpc-timeout` header (capped by
+    /// this unless it is 0) instead of `timeout`.
+    pub max_grpc_timeout: Option<Duration>,
 }
 
 impl ForwardAction {
@@ -311,6 +314,7 @@ impl ForwardAction {
             idle_timeout: opt_duration(&a.idle_timeout).filter(|d| !d.is_zero()),
             retry: a.retry_policy.as_ref().map(RetryPolicy::from_proto),
             hash_policy,
+            max_grpc_timeout: opt_duration(&a.max_grpc_timeout),
             cluster_not_found: if a.cluster_not_found_response_code == 1 {
                 404
             } else {
@@ -343,6 +347,44 @@ impl ForwardAction {
         }
         None
     }
+}
+
+/// The effective route timeout of a request (Envoy's `FilterUtility::finalTimeout`): for gRPC
+/// with `max_grpc_timeout` set, the `grpc-timeout` header (absent = none) capped by the max
+/// (0 = no cap); otherwise the route `timeout`.
+pub fn effective_timeout(a: &ForwardAction, headers: &http::HeaderMap) -> Option<Duration> {
+    match a.max_grpc_timeout {
+        Some(max) if super::matcher::is_grpc(headers) => {
+            let mut t = headers
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_grpc_timeout)
+                .unwrap_or(Duration::ZERO);
+            if !max.is_zero() && (t.is_zero() || t > max) {
+                t = max;
+            }
+            Some(t).filter(|t| !t.is_zero())
+        }
+        _ => a.timeout,
+    }
+}
+
+/// Parse gRPC's `grpc-timeout` (`<up to 8 digits><H|M|S|m|u|n>`).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Envoy (RE2) writes capture references as `\1`; the regex crate wants `${1}`.

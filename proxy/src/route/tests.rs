@@ -197,3 +197,17 @@ fn runtime_fraction_and_tls_context() {
         "plaintext never matches tls_context.presented"
     );
 }
+
+#[test]
+fn grpc_timeout_header() {
+    use super::action::parse_grpc_timeout as p;
+    use std::time::Duration;
+    assert_eq!(p("2S"), Some(Duration::from_secs(2)));
+    assert_eq!(p("150m"), Some(Duration::from_millis(150)));
+    assert_eq!(p("1H"), Some(Duration::from_secs(3600)));
+    assert_eq!(p("5u"), Some(Duration::from_micros(5)));
+    assert_eq!(p("123456789S"), None, "at most 8 digits");
+    assert_eq!(p("S"), None);
+    assert_eq!(p("1x"), None);
+    assert_eq!(p(""), None);
+}
