@@ -288,7 +288,10 @@ impl Level {
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 fn weighted_random(hosts: &[Arc<Host>], cands: &[usize]) -> Option<usize> {
