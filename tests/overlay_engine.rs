@@ -156,6 +156,34 @@ fn engine_build_push_load_and_smoke() {
         err.contains("smoke test") || err.contains("smoke-test"),
         "{err}"
     );
+
+    // A daemonless --push --smoke runs what was pushed, not an older image the engine holds
+    // under the same name: load a broken one (the dynamic binary) under it first.
+    let stale = format!("{}/stale:v1", reg.host());
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.env("DOCKER_HOST", dockerd.host())
+        .args([
+            "overlay",
+            "--skip-glibc-check",
+            "--base",
+            &base,
+            "--tag",
+            &stale,
+            "--load",
+            "--binary",
+        ])
+        .arg(&dynamic);
+    assert!(run(c).status.success());
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.env("DOCKER_HOST", dockerd.host())
+        .args([
+            "overlay", "--base", &base, "--tag", &stale, "--push", "--smoke", "--binary",
+        ])
+        .arg(test_binary());
+    let out = run(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("printed \"mosn test 1.0\""), "{err}");
 }
 
 fn sha256_hex(data: &[u8]) -> String {

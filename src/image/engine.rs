@@ -189,13 +189,22 @@ pub async fn push(docker: &Docker, tag: &Reference) -> Result<String> {
         }
         // The last status reads "<tag>: digest: sha256:... size: N".
         if let Some(s) = info.status {
-            if let Some(i) = s.find("digest: sha256:") {
-                digest = Some(s[i + 8..i + 8 + 71].to_string());
+            if let Some(d) = status_digest(&s) {
+                digest = Some(d);
             }
         }
     }
     spinner.finish_and_clear();
     digest.with_context(|| format!("docker push {name} reported no digest"))
+}
+
+/// The digest in a push status line (`v1: digest: sha256:<64 hex> size: 528`); `None` for
+/// other lines, including truncated ones (slicing blindly would panic on those).
+fn status_digest(status: &str) -> Option<String> {
+    let i = status.find("digest: sha256:")? + "digest: ".len();
+    let d = status.get(i..i + 71)?;
+    super::digest_hex(d).ok()?;
+    Some(d.to_string())
 }
 
 /// Load a docker-archive through the image-load API; checks that the engine's image ends
@@ -245,7 +254,14 @@ pub async fn smoke(image: &str, registry: &str) -> Result<String> {
             credentials(registry),
         );
         while let Some(item) = pull.next().await {
-            item.with_context(|| format!("cannot pull {image} for the smoke test"))?;
+            let info = item.with_context(|| format!("cannot pull {image} for the smoke test"))?;
+            // Like push, a failed pull can report its error inside the stream.
+            if let Some(e) = info.error_detail {
+                bail!(
+                    "cannot pull {image} for the smoke test: {}",
+                    e.message.unwrap_or_else(|| "no message".into())
+                );
+            }
         }
     }
     let body = ContainerCreateBody {
@@ -311,4 +327,20 @@ async fn run_and_collect(docker: &Docker, id: &str) -> Result<(i64, String)> {
         output.push_str(&chunk?.to_string());
     }
     Ok((code, output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_status_digest() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            status_digest(&format!("v1: digest: {d} size: 528")),
+            Some(d.clone())
+        );
+        assert_eq!(status_digest("v1: digest: sha256:abc"), None);
+        assert_eq!(status_digest("Pushed"), None);
+    }
 }

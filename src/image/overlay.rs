@@ -114,7 +114,8 @@ pub fn run(args: Args) -> Result<()> {
     };
     if args.smoke {
         let tag = Reference::parse(&args.tag)?;
-        let out = rt.block_on(super::engine::smoke(&tag.familiar(), &tag.registry))?;
+        let image = smoke_image(&args, &tag, &outcomes);
+        let out = rt.block_on(super::engine::smoke(&image, &tag.registry))?;
         eprintln!(
             "smoke test passed: /usr/local/bin/mosn --version printed {:?}",
             out.trim()
@@ -130,6 +131,23 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What `--smoke` runs. After `--load` or `--engine` the engine's image under the tag is the
+/// one just made. After a daemonless `--push` alone, the engine may still hold an older image
+/// under that tag (an earlier run), so the pushed digest is run instead; the engine pulls it.
+fn smoke_image(args: &Args, tag: &Reference, outcomes: &[Outcome]) -> String {
+    let familiar = tag.familiar();
+    if args.load || args.engine {
+        return familiar;
+    }
+    let pushed = outcomes
+        .iter()
+        .find(|o| o.destination == tag.to_string() && o.digest.starts_with("sha256:"));
+    match (pushed, familiar.rsplit_once(':')) {
+        (Some(o), Some((repo, _))) => format!("{repo}@{}", o.digest),
+        _ => familiar,
+    }
 }
 
 /// The daemonless overlay: returns one outcome per destination written.
@@ -541,4 +559,43 @@ fn mutate_all(
         None
     };
     Ok(Overlaid { images: out, index })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["x", "--base", "b/c:d", "--tag", "127.0.0.1:5000/mosn/p:v1"];
+        argv.extend_from_slice(extra);
+        Cli::parse_from(argv).args
+    }
+
+    #[test]
+    fn smoke_runs_the_pushed_digest_unless_the_engine_has_the_result() {
+        let tag = Reference::parse("127.0.0.1:5000/mosn/p:v1").unwrap();
+        let digest = super::super::digest_of(b"m");
+        let outcomes = vec![Outcome {
+            digest: digest.clone(),
+            destination: tag.to_string(),
+            platforms: vec![],
+        }];
+        assert_eq!(
+            smoke_image(&args(&["--push", "--smoke"]), &tag, &outcomes),
+            format!("127.0.0.1:5000/mosn/p@{digest}")
+        );
+        for loaded in ["--load", "--engine"] {
+            assert_eq!(
+                smoke_image(&args(&["--push", loaded]), &tag, &outcomes),
+                "127.0.0.1:5000/mosn/p:v1"
+            );
+        }
+    }
 }
