@@ -233,6 +233,18 @@ fn dry_run_prints_every_command_and_variable_and_runs_nothing() {
         std::fs::canonicalize(istio.path()).unwrap().display()
     );
     assert!(text(&o).contains(&host_url), "{}", text(&o));
+
+    // A malformed SOURCE_DATE_EPOCH is refused up front, not silently replaced by 0.
+    let mut c = mosnctl(&empty_docker_config(work.path()));
+    args(&mut c, istio.path(), &out, "acme", "t");
+    c.arg("--dry-run").env("SOURCE_DATE_EPOCH", "yesterday");
+    let o = run(c);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("SOURCE_DATE_EPOCH=`yesterday`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]

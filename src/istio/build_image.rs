@@ -222,10 +222,7 @@ async fn steps(plan: &mut Plan, bins: Binaries, running: &Running) -> Result<()>
             None => crate::pack::MacOs::Skip,
         },
         out: plan.release_dir.clone(),
-        mtime: std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+        mtime: plan.mtime,
     })?;
     eprintln!(
         "==> pack: {} (ISTIO_ENVOY_VERSION={})",

@@ -64,6 +64,9 @@ pub struct Plan {
     pub retag: Vec<Reference>,
     /// Push the image and the extra tags.
     pub push: bool,
+    /// Tarball mtime: `SOURCE_DATE_EPOCH` or 0. Read up front so a malformed value fails
+    /// before any work instead of quietly making the tarballs unreproducible.
+    pub mtime: u64,
 }
 
 impl Plan {
@@ -173,6 +176,7 @@ impl Plan {
             }
         }
         let dist = absolute(&args.out)?;
+        let mtime = crate::image::source_date_epoch()?.unwrap_or(0);
         Ok(Plan {
             detected,
             patch,
@@ -195,6 +199,7 @@ impl Plan {
             vars,
             retag,
             push: args.push,
+            mtime,
             istio,
         })
     }
