@@ -246,3 +246,34 @@ async fn fault_filter_and_cors() {
         None
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejected_hosts_come_back_after_the_ejection_time() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "ab"}}]);
+    let od = json!({"outlier_detection": {"consecutive_5xx": 1, "base_ejection_time": "0.2s",
+        "max_ejection_percent": 100}});
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
+            vec![],
+            json!({}),
+        )],
+        vec![cluster("ab", &[a.addr, b.addr], od)],
+    ))
+    .await;
+    let addr = p.addr("l");
+    while p.stat("cluster.ab.outlier_detection.ejections_active") == 0 {
+        get(addr, "/", &[("x-test-fail-on", "a")]).await;
+    }
+    // Once the ejection time has passed, a is picked again and the gauge drops back.
+    let before = a.hits();
+    let deadline = Instant::now() + HANG;
+    while a.hits() == before || p.stat("cluster.ab.outlier_detection.ejections_active") != 0 {
+        assert!(Instant::now() < deadline, "host a never came back");
+        assert_eq!(get(addr, "/", &[]).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(p.stat("cluster.ab.membership_healthy"), 2);
+}

@@ -307,6 +307,10 @@ impl Cluster {
         let Some(cfg) = &self.outlier else { return };
         if status.is_some_and(|s| s < 500) {
             host.outlier.success();
+            // Ejections end lazily; keep the gauges honest once they have.
+            if self.stats.ejections_active.get() > 0 {
+                self.refresh_ejection_gauges();
+            }
             return;
         }
         if let Some(reason) = host.outlier.failure(status, cfg) {
@@ -325,6 +329,11 @@ impl Cluster {
             }
             tracing::info!(cluster = %self.name, host = %host.addr, ?reason, "outlier ejected");
         }
+        self.refresh_ejection_gauges();
+    }
+
+    /// Recompute `outlier_detection.ejections_active` and `membership_healthy`.
+    fn refresh_ejection_gauges(&self) {
         let now = std::time::Instant::now();
         let set = self.hosts.load();
         let ejected = set.all.iter().filter(|h| h.outlier.is_ejected(now)).count() as u64;
