@@ -339,3 +339,35 @@ async fn http1_upgrades_are_tunnelled_when_enabled() {
     assert_eq!(r.status, 200);
     assert!(r.json()["headers"].get("upgrade").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_follows_use_remote_address() {
+    let a = upstream("a").await;
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
+    let p = proxy(bootstrap(
+        vec![
+            listener(
+                "edge",
+                vh.clone(),
+                vec![],
+                json!({"use_remote_address": true}),
+            ),
+            listener("mesh", vh, vec![], json!({})),
+        ],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let j = get(p.addr("edge"), "/", &[("x-forwarded-for", "10.9.8.7")])
+        .await
+        .json();
+    assert_eq!(j["headers"]["x-forwarded-for"], "10.9.8.7,127.0.0.1");
+    let j = get(p.addr("edge"), "/", &[]).await.json();
+    assert_eq!(j["headers"]["x-forwarded-for"], "127.0.0.1");
+    let j = get(p.addr("mesh"), "/", &[("x-forwarded-for", "10.9.8.7")])
+        .await
+        .json();
+    assert_eq!(
+        j["headers"]["x-forwarded-for"], "10.9.8.7",
+        "left alone without use_remote_address"
+    );
+}

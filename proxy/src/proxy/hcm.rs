@@ -73,6 +73,8 @@ pub struct HcmConfig {
     pub skipped: Vec<String>,
     /// Enabled `upgrade_configs` types, lower-cased (Istio enables `websocket`).
     pub upgrades: Vec<String>,
+    /// `use_remote_address` without `skip_xff_append`: append the peer to x-forwarded-for.
+    pub append_xff: bool,
 }
 
 impl HcmConfig {
@@ -165,6 +167,8 @@ impl HcmConfig {
                 h.server_name.clone()
             },
             skipped,
+            append_xff: h.use_remote_address.as_ref().is_some_and(|b| b.value)
+                && !h.skip_xff_append,
             upgrades: h
                 .upgrade_configs
                 .iter()

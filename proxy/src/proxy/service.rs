@@ -217,6 +217,9 @@ async fn route_request(
             if let Some(t) = upgrade {
                 parts.extensions.insert(router::Upgrade(t));
             }
+            if ctx.hcm.append_xff {
+                append_xff(&mut parts.headers, ctx.peer.ip());
+            }
             prepare_upstream_headers(&mut parts, a, wt, route, &path, &levels);
             let retry = a.retry.as_ref().or(vh.retry.as_ref());
             let down = Downstream {
@@ -296,6 +299,17 @@ fn prepare_upstream_headers(
     }
     for p in levels {
         p.request.apply(&mut parts.headers);
+    }
+}
+
+/// Append the downstream address to `x-forwarded-for` (HCM `use_remote_address`).
+fn append_xff(h: &mut HeaderMap, peer: std::net::IpAddr) {
+    let new = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(old) if !old.trim().is_empty() => format!("{old},{peer}"),
+        _ => peer.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&new) {
+        h.insert("x-forwarded-for", v);
     }
 }
 
