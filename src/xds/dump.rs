@@ -142,6 +142,11 @@ impl Dump {
                     .warnings
                     .push(format!("skipping a nameless {type_url}")),
             },
+            // The decoder quotes offending values, and in a secret those can be key material.
+            Err(_) if type_url == SECRET => self.warnings.push(format!(
+                "skipping secret `{label}`: it does not decode as a {SECRET} \
+                 (details withheld: they could quote the key)"
+            )),
             Err(e) => self
                 .warnings
                 .push(format!("skipping {type_url} `{label}`: {e}")),
@@ -251,6 +256,29 @@ mod tests {
         assert!(format!("{port:?}").contains("PortValue(1)"), "{port:?}");
         assert_eq!(dump.count(CLUSTER), 0);
         assert!(dump.warnings[0].contains("`x`"), "{:?}", dump.warnings);
+    }
+
+    #[test]
+    fn undecodable_secret_is_skipped_without_quoting_it() {
+        let dump = Dump::from_json(&json!({"configs": [
+            {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump", "dynamic_active_secrets": [
+                {"name": "default", "secret": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+                    "name": "default", "tls_certificate": {"private_key": "-----BEGIN PRIVATE KEY-----"}}}]}
+        ]}))
+        .unwrap();
+        assert_eq!(dump.count(SECRET), 0);
+        assert_eq!(dump.warnings.len(), 1, "{:?}", dump.warnings);
+        assert!(
+            dump.warnings[0].contains("`default`"),
+            "{:?}",
+            dump.warnings
+        );
+        assert!(
+            !dump.warnings[0].contains("PRIVATE KEY"),
+            "{:?}",
+            dump.warnings
+        );
     }
 
     #[test]
