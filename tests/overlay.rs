@@ -416,7 +416,9 @@ fn multi_arch_index_overlays_matching_platforms_and_drops_attestations() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("no platform linux/s390x") && err.contains("linux/arm64"),
+        err.contains("no platform linux/s390x")
+            && err.contains("linux/arm64")
+            && err.contains("\n\nhelp: pick one of the base's platforms"),
         "{err}"
     );
 
@@ -484,6 +486,26 @@ fn each_failure_has_its_own_message() {
     );
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains("nothing to do"));
+
+    // --smoke needs the result in an engine (or a registry it can pull from).
+    let out = overlay(
+        tmp.path(),
+        &[
+            "--base",
+            &format!("{}/base:docker", reg.host()),
+            "--tag",
+            &dst,
+            "--output",
+            &format!("oci:{}", tmp.path().join("smoke-oci").display()),
+            "--smoke",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("\n\nhelp: add --load"),
+        "{}",
+        stderr_of(&out)
+    );
 
     let base = format!("{}/base:docker", reg.host());
     let cases: [(&str, &[u8], u32, &str); 2] = [

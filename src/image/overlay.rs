@@ -92,7 +92,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     if args.smoke && !(args.load || args.engine || args.push) {
         bail!(
-            "--smoke runs the image in the Docker engine, so it needs --load, --push or --engine"
+            "--smoke runs the image in the Docker engine, but the result only goes to a file\n\n\
+             help: add --load (or --push, or --engine) so the engine can run it"
         );
     }
     let binaries = if args.binary.is_empty() {
@@ -452,7 +453,10 @@ async fn select_children<'a>(
     for w in &args.platform {
         if !children.iter().any(|c| w.selects(&c.platform)) {
             bail!(
-                "the base has no platform {w} that a binary matches; the base has: {}; the binaries are for: linux/{}",
+                "the base has no platform {w} that a binary matches; the base has: {}; \
+                 the binaries are for: linux/{}\n\n\
+                 help: pick one of the base's platforms with --platform, and give a --binary \
+                 built for each",
                 available.join(", "),
                 arches.join(", linux/")
             );
@@ -460,7 +464,8 @@ async fn select_children<'a>(
     }
     if children.is_empty() {
         bail!(
-            "no platform in the base matches the binary (linux/{}); the base has: {}",
+            "no platform in the base matches the binary (linux/{}); the base has: {}\n\n\
+             help: give a --binary built for one of the base's platforms",
             arches.join(", linux/"),
             if available.is_empty() {
                 "none".into()
