@@ -17,14 +17,17 @@ use std::sync::Arc;
 pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<BoxBody> {
     let stats = &ctx.stats;
     stats.rq_total.inc();
-    stats.rq_active.inc();
+    // The request is active until its response body ends, or until hyper drops this future
+    // because the client went away: a drop guard covers both.
+    let active = ActiveGauge::new(stats.rq_active.clone());
     let h1 = req.version() < http::Version::HTTP_2;
-    let mut resp = match route_request(&ctx, req).await {
+    let resp = match route_request(&ctx, req).await {
         Ok(r) => r,
         Err(reply) => reply.into_response(&ctx.hcm.server_name),
     };
-    stats.rq_active.dec();
     stats.status(resp.status().as_u16());
+    let (parts, body) = resp.into_parts();
+    let mut resp = Response::from_parts(parts, super::body::Guarded::wrap(body, active));
     // `Connection` is illegal in HTTP/2; hyper sends GOAWAY for h2 connections instead.
     if h1 && *ctx.draining.borrow() {
         // Draining: ask HTTP/1 clients to reconnect elsewhere (h2 gets GOAWAY from hyper).
@@ -32,6 +35,22 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<BoxBo
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// Increments a gauge now and decrements it when dropped.
+struct ActiveGauge(Arc<crate::stats::Stat>);
+
+impl ActiveGauge {
+    fn new(g: Arc<crate::stats::Stat>) -> Self {
+        g.inc();
+        ActiveGauge(g)
+    }
+}
+
+impl Drop for ActiveGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The Host used for virtual-host matching.
