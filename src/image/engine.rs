@@ -281,15 +281,7 @@ pub async fn smoke(image: &str, registry: &str) -> Result<String> {
         .with_context(|| format!("cannot create a smoke-test container from {image}"))?
         .id;
     let result = run_and_collect(&docker, &id).await;
-    let _ = docker
-        .remove_container(
-            &id,
-            Some(q::RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await;
+    remove_container(&docker, &id).await;
     let (code, output) = result?;
     if code != 0 {
         bail!(
@@ -297,6 +289,17 @@ pub async fn smoke(image: &str, registry: &str) -> Result<String> {
         );
     }
     Ok(output)
+}
+
+/// Remove a container, forced; best effort, as cleanup after a run or an inspection.
+pub async fn remove_container(docker: &Docker, id: &str) {
+    let options = q::RemoveContainerOptions {
+        force: true,
+        ..Default::default()
+    };
+    if let Err(e) = docker.remove_container(id, Some(options)).await {
+        tracing::debug!("cannot remove container {id}: {e}");
+    }
 }
 
 async fn run_and_collect(docker: &Docker, id: &str) -> Result<(i64, String)> {

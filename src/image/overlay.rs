@@ -271,17 +271,21 @@ pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
         layers.insert(arch, Arc::new(layer));
     }
 
-    let mut outcomes = Vec::new();
-    if let Some(dest) = &dest {
-        let built = mutate_all(
+    // Registries get the base's media-type family; local outputs OCI types (see `to_oci`).
+    let build = |to_oci| {
+        mutate_all(
             &children,
             &layers,
             &root_raw,
             &root_mt,
             base_name.as_deref(),
-            false,
+            to_oci,
             mtime,
-        )?;
+        )
+    };
+    let mut outcomes = Vec::new();
+    if let Some(dest) = &dest {
+        let built = build(false)?;
         let t = std::time::Instant::now();
         let digest = output::push(dest, &tag, &source, &built, &progress).await?;
         tracing::info!("pushed {tag} in {} ms", t.elapsed().as_millis());
@@ -291,26 +295,22 @@ pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
             platforms: built.platforms(),
         });
     }
-    if let Some(loc) = &output_loc {
-        let built = mutate_all(
-            &children,
-            &layers,
-            &root_raw,
-            &root_mt,
-            base_name.as_deref(),
-            true,
-            mtime,
-        )?;
+    let local = if output_loc.is_some() || args.load {
+        Some(build(true)?)
+    } else {
+        None
+    };
+    if let (Some(loc), Some(built)) = (&output_loc, &local) {
         let digest = match loc {
             Location::Oci(dir, t) => {
                 let name = t
                     .clone()
                     .or_else(|| tag.tag.clone())
                     .unwrap_or_else(|| "latest".into());
-                output::write_oci(dir, &name, &source, &built).await?
+                output::write_oci(dir, &name, &source, built).await?
             }
             Location::DockerArchive(file) => {
-                output::write_archive(file, &tag, &source, &built).await?
+                output::write_archive(file, &tag, &source, built).await?
             }
             Location::Registry(_) => unreachable!("rejected above"),
         };
@@ -320,19 +320,10 @@ pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
             platforms: built.platforms(),
         });
     }
-    if args.load {
-        let built = mutate_all(
-            &children,
-            &layers,
-            &root_raw,
-            &root_mt,
-            base_name.as_deref(),
-            true,
-            mtime,
-        )?;
+    if let (true, Some(built)) = (args.load, &local) {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("image.tar");
-        output::write_archive(&file, &tag, &source, &built).await?;
+        output::write_archive(&file, &tag, &source, built).await?;
         let diff_id = built.images[0].layer.diff_id.clone();
         let id = super::engine::load(&file, &tag.familiar(), &diff_id).await?;
         outcomes.push(Outcome {

@@ -51,15 +51,7 @@ pub async fn verify(docker: &Docker, image: &str) -> Result<Verified> {
         .with_context(|| format!("cannot create a container from {image} to inspect it"))?
         .id;
     let copied = copy_out(docker, &container).await;
-    let _ = docker
-        .remove_container(
-            &container,
-            Some(q::RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await;
+    crate::image::engine::remove_container(docker, &container).await;
     let (mode, size) = copied?;
     if mode & 0o111 == 0 {
         bail!("{MOSN_PATH} in {image} is not executable (mode {mode:o})");

@@ -73,6 +73,22 @@ impl Ads {
         ReceiverStream::new(rx)
     }
 
+    /// Open one stream: number it, log it, and drive the handler `make(id, peer)` builds on
+    /// its own task. Shared by the ADS and SDS services.
+    pub(super) fn open<H>(
+        &self,
+        req: Request<Streaming<H::Request>>,
+        what: &'static str,
+        make: impl FnOnce(u64, String) -> H,
+    ) -> Response<ReceiverStream<Result<H::Response, Status>>>
+    where
+        H: Handler + Send + 'static,
+    {
+        let (id, peer) = (self.next_id(), peer(&req));
+        info!(stream = id, peer, "{what} stream opened");
+        Response::new(self.spawn(make(id, peer), req.into_inner()))
+    }
+
     /// The cache being served.
     pub fn cache(&self) -> &Cache {
         &self.cache
@@ -83,7 +99,7 @@ impl Ads {
     }
 }
 
-pub(super) fn peer<T>(req: &Request<T>) -> String {
+fn peer<T>(req: &Request<T>) -> String {
     req.remote_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|| "unix".into())
@@ -98,22 +114,14 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (id, peer) = (self.next_id(), peer(&req));
-        info!(stream = id, peer, "SotW ADS stream opened");
-        Ok(Response::new(
-            self.spawn(Sotw::new(id, peer, "ADS"), req.into_inner()),
-        ))
+        Ok(self.open(req, "SotW ADS", |id, peer| Sotw::new(id, peer, "ADS")))
     }
 
     async fn delta_aggregated_resources(
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (id, peer) = (self.next_id(), peer(&req));
-        info!(stream = id, peer, "delta ADS stream opened");
-        Ok(Response::new(
-            self.spawn(Delta::new(id, peer, "ADS"), req.into_inner()),
-        ))
+        Ok(self.open(req, "delta ADS", |id, peer| Delta::new(id, peer, "ADS")))
     }
 }
 

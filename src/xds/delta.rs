@@ -44,15 +44,7 @@ impl Delta {
     /// A new stream with server id `id` from `peer` on `service` ("ADS" or "SDS").
     pub fn new(id: u64, peer: String, service: &'static str) -> Self {
         Self {
-            status: StreamStatus {
-                id,
-                protocol: Protocol::Delta,
-                service,
-                peer,
-                node_id: String::new(),
-                open: true,
-                types: BTreeMap::new(),
-            },
+            status: StreamStatus::new(id, Protocol::Delta, service, peer),
             types: BTreeMap::new(),
             nonce: 0,
         }

@@ -5,7 +5,7 @@
 //! secret arrives. So the replay server answers SDS too, from the same cache (the Secret
 //! type), with the same SotW and delta handlers as ADS.
 
-use super::ads::{peer, Ads};
+use super::ads::Ads;
 use super::delta::Delta;
 use super::sotw::Sotw;
 use super::SECRET;
@@ -38,22 +38,14 @@ impl SecretDiscoveryService for Ads {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let (id, peer) = (self.next_id(), peer(&req));
-        info!(stream = id, peer, "SotW SDS stream opened");
-        Ok(Response::new(
-            self.spawn(Sotw::new(id, peer, "SDS"), req.into_inner()),
-        ))
+        Ok(self.open(req, "SotW SDS", |id, peer| Sotw::new(id, peer, "SDS")))
     }
 
     async fn delta_secrets(
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let (id, peer) = (self.next_id(), peer(&req));
-        info!(stream = id, peer, "delta SDS stream opened");
-        Ok(Response::new(
-            self.spawn(Delta::new(id, peer, "SDS"), req.into_inner()),
-        ))
+        Ok(self.open(req, "delta SDS", |id, peer| Delta::new(id, peer, "SDS")))
     }
 
     async fn fetch_secrets(

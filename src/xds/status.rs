@@ -69,6 +69,19 @@ pub struct StreamStatus {
 }
 
 impl StreamStatus {
+    /// A freshly opened stream: no node yet, nothing requested.
+    pub fn new(id: u64, protocol: Protocol, service: &'static str, peer: String) -> Self {
+        Self {
+            id,
+            protocol,
+            service,
+            peer,
+            node_id: String::new(),
+            open: true,
+            types: BTreeMap::new(),
+        }
+    }
+
     /// The state of `type_url`, or a default (nothing requested) one.
     pub fn of(&self, type_url: &str) -> TypeStatus {
         self.types.get(type_url).cloned().unwrap_or_default()
