@@ -95,3 +95,67 @@ async fn bad_clients_and_bad_upstreams_do_not_hurt() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_retries_give_back_their_breaker_slot() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let retry = json!({"retry_on": "5xx", "num_retries": 1, "retry_back_off": {"base_interval": "0.001s"},
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}]});
+    let routes = json!([{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "ab", "timeout": "0s", "retry_policy": retry}}]}]);
+    let p = proxy(bootstrap(
+        vec![listener("l", routes, vec![], json!({}))],
+        vec![cluster(
+            "ab",
+            &[a.addr, b.addr],
+            json!({"circuit_breakers": {"thresholds": [{"max_retries": 1}]}}),
+        )],
+    ))
+    .await;
+    let addr = p.addr("l");
+    // Fail on a, hold on b: a request that started on a is retried onto b and parked there
+    // holding the only retry slot; then its client goes away.
+    let deadline = std::time::Instant::now() + HANG;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never got a request parked in its retry"
+        );
+        let held_before = b.hits();
+        let retries_before = p.stat("cluster.ab.upstream_rq_retry");
+        let t = tokio::spawn(async move {
+            get(
+                addr,
+                "/",
+                &[("x-test-fail-on", "a"), ("x-test-hold-on", "b")],
+            )
+            .await
+        });
+        while b.hits() == held_before {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let retried = p.stat("cluster.ab.upstream_rq_retry") > retries_before;
+        t.abort();
+        let _ = t.await;
+        b.release();
+        if retried {
+            break;
+        }
+    }
+    // The slot is back: a retriable failure is retried again, not refused as overflow.
+    let deadline = std::time::Instant::now() + HANG;
+    loop {
+        let r = get(addr, "/", &[("x-test-fail-on", "a")]).await;
+        assert_eq!(
+            r.status,
+            200,
+            "retry refused: slot leaked ({})",
+            p.stat("cluster.ab.upstream_rq_retry_overflow")
+        );
+        if p.stat("cluster.ab.upstream_rq_retry_success") > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+    }
+    assert_eq!(p.stat("cluster.ab.upstream_rq_retry_overflow"), 0);
+}

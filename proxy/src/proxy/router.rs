@@ -107,7 +107,10 @@ pub async fn forward(
     };
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 0u32;
-    let mut in_retry = false;
+    let mut in_retry = RetrySlot {
+        cluster: cluster.clone(),
+        held: false,
+    };
     loop {
         let exclude: &[SocketAddr] = if retry.is_some_and(|r| r.skip_previous_hosts) {
             &tried
@@ -118,13 +121,13 @@ pub async fn forward(
             Some(h) => h,
             None => {
                 stats.cx_none_healthy.inc();
-                end_retry(&cluster, &mut in_retry);
+                in_retry.release();
                 return Err(LocalReply::no_healthy_upstream());
             }
         };
         tried.push(host.addr);
         let Some(req_body) = body.take() else {
-            end_retry(&cluster, &mut in_retry);
+            in_retry.release();
             return Err(LocalReply::reset(
                 "connection termination",
                 Flag::UpstreamRemoteReset,
@@ -166,7 +169,7 @@ pub async fn forward(
                     if let Some(down) = down_upgrade.take() {
                         cluster.record_result(&host, Some(status));
                         stats.response(status);
-                        end_retry(&cluster, &mut in_retry);
+                        in_retry.release();
                         let up = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
                         tokio::spawn(tunnel(down, up, guard));
                         let (rp, _) = resp.into_parts();
@@ -190,10 +193,10 @@ pub async fn forward(
                 }
                 if retriable && retries > 0 && attempt >= retries {
                     stats.rq_retry_limit_exceeded.inc();
-                } else if in_retry && !retriable {
+                } else if in_retry.held && !retriable {
                     stats.rq_retry_success.inc();
                 }
-                end_retry(&cluster, &mut in_retry);
+                in_retry.release();
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
                 if let Ok(v) = HeaderValue::from_str(&started.elapsed().as_millis().to_string()) {
@@ -224,7 +227,7 @@ pub async fn forward(
                         )
                     }
                     AttemptError::Idle => {
-                        end_retry(&cluster, &mut in_retry);
+                        in_retry.release();
                         return Err(LocalReply::new(
                             504,
                             "stream timeout",
@@ -233,7 +236,7 @@ pub async fn forward(
                     }
                     AttemptError::PerTryTimeout if global_expired || per_try.is_none() => {
                         stats.rq_timeout.inc();
-                        end_retry(&cluster, &mut in_retry);
+                        in_retry.release();
                         return Err(LocalReply::timeout());
                     }
                     AttemptError::PerTryTimeout => {
@@ -251,7 +254,7 @@ pub async fn forward(
                     attempt += 1;
                     continue;
                 }
-                end_retry(&cluster, &mut in_retry);
+                in_retry.release();
                 if global_expired {
                     stats.rq_timeout.inc();
                     return Err(LocalReply::timeout());
@@ -299,13 +302,13 @@ async fn next_retry(
     cluster: &Cluster,
     policy: &RetryPolicy,
     attempt: u32,
-    in_retry: &mut bool,
+    in_retry: &mut RetrySlot,
 ) -> bool {
-    if !*in_retry {
+    if !in_retry.held {
         if !cluster.begin_retry() {
             return false;
         }
-        *in_retry = true;
+        in_retry.held = true;
     }
     cluster.stats.rq_retry.inc();
     let ceiling = policy
@@ -319,9 +322,24 @@ async fn next_retry(
     true
 }
 
-fn end_retry(cluster: &Cluster, in_retry: &mut bool) {
-    if std::mem::take(in_retry) {
-        cluster.end_retry();
+/// A `max_retries` slot of a request; released when the request stops retrying or is
+/// dropped mid-way (client gone), so abandoned requests cannot leak breaker capacity.
+struct RetrySlot {
+    cluster: Arc<Cluster>,
+    held: bool,
+}
+
+impl RetrySlot {
+    fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.cluster.end_retry();
+        }
+    }
+}
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

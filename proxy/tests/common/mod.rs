@@ -23,7 +23,7 @@ pub const HANG: Duration = Duration::from_secs(20);
 /// switches protocols and echoes bytes):
 /// `x-test-status: N` answers N; `x-test-fail-on: NAME` answers 503 only on upstream NAME;
 /// `x-test-reset-on: NAME` closes the connection without answering on upstream NAME;
-/// `x-test-delay-ms: N` waits first; `x-test-slow-on: NAME` waits 30 s on upstream NAME; `x-test-hold` waits until [`Upstream::release`]; `x-test-trailers` adds grpc-status trailers; `x-test-stall-body` never ends the body.
+/// `x-test-delay-ms: N` waits first; `x-test-slow-on: NAME` waits 30 s on upstream NAME; `x-test-hold` (or `x-test-hold-on: NAME`) waits until [`Upstream::release`]; `x-test-trailers` adds grpc-status trailers; `x-test-stall-body` never ends the body.
 pub struct Upstream {
     /// Listening address.
     pub addr: SocketAddr,
@@ -118,7 +118,7 @@ async fn echo(
     if hdr("x-test-slow-on").as_deref() == Some(name) {
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
-    if hdr("x-test-hold").is_some() {
+    if hdr("x-test-hold").is_some() || hdr("x-test-hold-on").as_deref() == Some(name) {
         release.notified().await;
     }
     let mut status = hdr("x-test-status")
