@@ -350,7 +350,7 @@ async fn x_forwarded_for_follows_use_remote_address() {
                 "edge",
                 vh.clone(),
                 vec![],
-                json!({"use_remote_address": true}),
+                json!({"use_remote_address": true, "server_name": "istio-envoy"}),
             ),
             listener("mesh", vh, vec![], json!({})),
         ],
@@ -363,6 +363,15 @@ async fn x_forwarded_for_follows_use_remote_address() {
     assert_eq!(j["headers"]["x-forwarded-for"], "10.9.8.7,127.0.0.1");
     let j = get(p.addr("edge"), "/", &[]).await.json();
     assert_eq!(j["headers"]["x-forwarded-for"], "127.0.0.1");
+    // server_header_transformation: OVERWRITE by default, with the HCM's server_name.
+    assert_eq!(
+        get(p.addr("mesh"), "/", &[]).await.header("server"),
+        Some("envoy")
+    );
+    assert_eq!(
+        get(p.addr("edge"), "/", &[]).await.header("server"),
+        Some("istio-envoy")
+    );
     let j = get(p.addr("mesh"), "/", &[("x-forwarded-for", "10.9.8.7")])
         .await
         .json();

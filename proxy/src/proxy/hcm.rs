@@ -75,6 +75,8 @@ pub struct HcmConfig {
     pub upgrades: Vec<String>,
     /// `use_remote_address` without `skip_xff_append`: append the peer to x-forwarded-for.
     pub append_xff: bool,
+    /// `server_header_transformation`: 0 overwrite (default), 1 append if absent, 2 pass through.
+    pub server_header: i32,
 }
 
 impl HcmConfig {
@@ -169,6 +171,7 @@ impl HcmConfig {
             skipped,
             append_xff: h.use_remote_address.as_ref().is_some_and(|b| b.value)
                 && !h.skip_xff_append,
+            server_header: h.server_header_transformation,
             upgrades: h
                 .upgrade_configs
                 .iter()

@@ -28,6 +28,13 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<BoxBo
     stats.status(resp.status().as_u16());
     let (parts, body) = resp.into_parts();
     let mut resp = Response::from_parts(parts, super::body::Guarded::wrap(body, active));
+    // Envoy stamps its server name on responses unless told to pass the upstream's through.
+    let has_server = resp.headers().contains_key(http::header::SERVER);
+    if ctx.hcm.server_header == 0 || (ctx.hcm.server_header == 1 && !has_server) {
+        if let Ok(v) = HeaderValue::from_str(&ctx.hcm.server_name) {
+            resp.headers_mut().insert(http::header::SERVER, v);
+        }
+    }
     // `Connection` is illegal in HTTP/2; hyper sends GOAWAY for h2 connections instead.
     if h1 && *ctx.draining.borrow() {
         // Draining: ask HTTP/1 clients to reconnect elsewhere (h2 gets GOAWAY from hyper).
