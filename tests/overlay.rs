@@ -19,12 +19,7 @@ fn registry_with_docker_base() -> (Registry, tempfile::TempDir, Value) {
 }
 
 fn overlay(tmp: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut c = mosnctl(&empty_docker_config(tmp));
-    c.arg("overlay")
-        .arg("--binary")
-        .arg(test_binary())
-        .args(args);
-    run(c)
+    run(overlay_cmd(&empty_docker_config(tmp), test_binary(), args))
 }
 
 #[test]
@@ -42,11 +37,11 @@ fn push_keeps_docker_types_config_fields_and_mounts_base_layers() {
         ],
     );
     assert!(out.status.success());
-    let digest = printed_digest(&String::from_utf8(out.stdout).unwrap());
+    let pushed = printed_digest(&String::from_utf8(out.stdout).unwrap());
 
     // The registry holds exactly the manifest we reported.
     let raw = skopeo_raw(&dst, false, None);
-    assert_eq!(format!("sha256:{}", sha256_hex(&raw)), digest);
+    assert_eq!(digest(&raw), pushed);
     let m: Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(m["mediaType"], DOCKER_MANIFEST, "Docker family kept");
     let layers = m["layers"].as_array().unwrap();
@@ -264,11 +259,6 @@ fn docker_archive_base_pushes_its_layers() {
     assert_eq!(bytes, std::fs::read(test_binary()).unwrap());
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    format!("{:x}", sha2::Sha256::digest(data))
-}
-
 /// Push the amd64 and arm64 Docker bases plus a stand-in attestation manifest, and an OCI
 /// index over them at `base:multi`.
 fn multi_arch_base(reg: &Registry, tmp: &std::path::Path) -> Value {
@@ -281,7 +271,7 @@ fn multi_arch_base(reg: &Registry, tmp: &std::path::Path) -> Value {
         let raw = skopeo_raw(&image, false, None);
         entries.push(serde_json::json!({
             "mediaType": DOCKER_MANIFEST,
-            "digest": format!("sha256:{}", sha256_hex(&raw)),
+            "digest": digest(&raw),
             "size": raw.len(),
             "platform": {"architecture": arch, "os": "linux"}
         }));
@@ -291,7 +281,7 @@ fn multi_arch_base(reg: &Registry, tmp: &std::path::Path) -> Value {
     let raw = skopeo_raw(&att, false, None);
     entries.push(serde_json::json!({
         "mediaType": DOCKER_MANIFEST,
-        "digest": format!("sha256:{}", sha256_hex(&raw)),
+        "digest": digest(&raw),
         "size": raw.len(),
         "platform": {"architecture": "unknown", "os": "unknown"},
         "annotations": {
@@ -331,9 +321,9 @@ fn multi_arch_index_overlays_matching_platforms_and_drops_attestations() {
     .arg(test_binary())
     .arg("--binary")
     .arg(&arm);
-    let digest = printed_digest(&ok(c));
+    let pushed = printed_digest(&ok(c));
     let raw = skopeo_raw(&dst, false, None);
-    assert_eq!(format!("sha256:{}", sha256_hex(&raw)), digest);
+    assert_eq!(digest(&raw), pushed);
     let idx: Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(idx["mediaType"], base_index["mediaType"]);
     let children = idx["manifests"].as_array().unwrap();

@@ -5,11 +5,6 @@ mod image_harness;
 
 use image_harness::*;
 
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    format!("{:x}", sha2::Sha256::digest(data))
-}
-
 #[test]
 fn htpasswd_over_tls() {
     let reg = Registry::start(Auth::HtpasswdTls {
@@ -31,19 +26,19 @@ fn htpasswd_over_tls() {
     let ca = reg.cert.clone().unwrap();
 
     // No credentials: a 401 that names what was tried.
-    let mut c = mosnctl(&empty_docker_config(tmp.path()));
-    c.args([
-        "overlay",
-        "--base",
-        &base,
-        "--tag",
-        &dst,
-        "--push",
-        "--ca-file",
-    ])
-    .arg(&ca)
-    .arg("--binary")
-    .arg(test_binary());
+    let c = overlay_cmd(
+        &empty_docker_config(tmp.path()),
+        test_binary(),
+        &[
+            "--base",
+            &base,
+            "--tag",
+            &dst,
+            "--push",
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
     let out = run(c);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -54,11 +49,11 @@ fn htpasswd_over_tls() {
 
     // Credentials but no CA: the TLS failure is reported, not the HTTP fallback's 400.
     let cfg = docker_config(tmp.path(), &reg.host(), "alice", "s3cret-pw");
-    let mut c = mosnctl(&cfg);
-    c.args([
-        "overlay", "--base", &base, "--tag", &dst, "--push", "--binary",
-    ])
-    .arg(test_binary());
+    let c = overlay_cmd(
+        &cfg,
+        test_binary(),
+        &["--base", &base, "--tag", &dst, "--push"],
+    );
     let out = run(c);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -97,7 +92,7 @@ fn htpasswd_over_tls() {
         all.contains("TRACE") || all.contains("DEBUG"),
         "-vv logged: {all}"
     );
-    let digest = printed_digest(&String::from_utf8(out.stdout).unwrap());
+    let pushed = printed_digest(&String::from_utf8(out.stdout).unwrap());
     let raw = skopeo(&[
         "inspect",
         "--raw",
@@ -106,7 +101,7 @@ fn htpasswd_over_tls() {
         &format!("docker://{dst}"),
     ]);
     assert!(raw.status.success());
-    assert_eq!(format!("sha256:{}", sha256_hex(&raw.stdout)), digest);
+    assert_eq!(digest(&raw.stdout), pushed);
 }
 
 #[test]
@@ -127,11 +122,11 @@ fn bearer_tokens_from_the_challenge_realm() {
     let base = format!("{}/base:v1", reg.host());
     let dst = format!("{}/team/proxyv2:v1", reg.host());
 
-    let mut c = mosnctl(&empty_docker_config(tmp.path()));
-    c.args([
-        "overlay", "--base", &base, "--tag", &dst, "--push", "--binary",
-    ])
-    .arg(test_binary());
+    let c = overlay_cmd(
+        &empty_docker_config(tmp.path()),
+        test_binary(),
+        &["--base", &base, "--tag", &dst, "--push"],
+    );
     let out = run(c);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -142,12 +137,12 @@ fn bearer_tokens_from_the_challenge_realm() {
 
     tokens.requests.lock().unwrap().clear();
     let cfg = docker_config(tmp.path(), &reg.host(), "bob", "t0ken-pw");
-    let mut c = mosnctl(&cfg);
-    c.args([
-        "overlay", "--base", &base, "--tag", &dst, "--push", "--binary",
-    ])
-    .arg(test_binary());
-    let digest = printed_digest(&ok(c));
+    let c = overlay_cmd(
+        &cfg,
+        test_binary(),
+        &["--base", &base, "--tag", &dst, "--push"],
+    );
+    let pushed = printed_digest(&ok(c));
     let reqs = tokens.requests.lock().unwrap().clone();
     let raw = skopeo(&[
         "inspect",
@@ -157,7 +152,7 @@ fn bearer_tokens_from_the_challenge_realm() {
         &format!("docker://{dst}"),
     ]);
     assert!(raw.status.success());
-    assert_eq!(format!("sha256:{}", sha256_hex(&raw.stdout)), digest);
+    assert_eq!(digest(&raw.stdout), pushed);
 
     // The destination's token covers both repositories, push scope first (for the mount);
     // the base is read with its own pull-only token. The base layer was mounted.
@@ -187,17 +182,12 @@ fn bearer_tokens_from_the_challenge_realm() {
     )
     .unwrap();
     tokens.requests.lock().unwrap().clear();
-    let mut c = mosnctl(&dir);
-    c.args([
-        "overlay",
-        "--base",
-        &base,
-        "--tag",
-        &format!("{}/team/idtoken:v1", reg.host()),
-    ])
-    .args(["--push", "--binary"])
-    .arg(test_binary());
-    ok(c);
+    let dst = format!("{}/team/idtoken:v1", reg.host());
+    ok(overlay_cmd(
+        &dir,
+        test_binary(),
+        &["--base", &base, "--tag", &dst, "--push"],
+    ));
     let reqs = tokens.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 2, "{reqs:?}");
     assert!(
@@ -225,11 +215,12 @@ fn refused_mount_falls_back_to_upload() {
     );
     let dst = format!("{}/other:v1", reg.host());
     let cfg = docker_config(tmp.path(), &reg.host(), "bob", "pw");
-    let mut c = mosnctl(&cfg);
-    c.args(["overlay", "--base", &format!("{}/base:v1", reg.host())])
-        .args(["--tag", &dst, "--push", "--binary"])
-        .arg(test_binary());
-    ok(c);
+    let base = format!("{}/base:v1", reg.host());
+    ok(overlay_cmd(
+        &cfg,
+        test_binary(),
+        &["--base", &base, "--tag", &dst, "--push"],
+    ));
     let log = reg.log();
     assert!(
         log.contains("&from=base HTTP/1.1\" 401"),
@@ -258,11 +249,11 @@ fn base_on_another_registry_is_copied_without_recompression() {
     let base = format!("{}/base:v1", a.host());
     push_archive(&archive, &base);
     let dst = format!("{}/copied:v1", b.host());
-    let mut c = mosnctl(&empty_docker_config(tmp.path()));
-    c.args([
-        "overlay", "--base", &base, "--tag", &dst, "--push", "--binary",
-    ])
-    .arg(test_binary());
+    let c = overlay_cmd(
+        &empty_docker_config(tmp.path()),
+        test_binary(),
+        &["--base", &base, "--tag", &dst, "--push"],
+    );
     ok(c);
     let base_m: serde_json::Value =
         serde_json::from_slice(&skopeo_raw(&base, false, None)).unwrap();

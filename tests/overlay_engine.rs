@@ -18,25 +18,27 @@ fn engine_build_push_load_and_smoke() {
     docker_archive_base(&archive, "amd64");
     let base = format!("{}/base:docker", reg.host());
     push_archive(&archive, &base);
+    let config = empty_docker_config(tmp.path());
+    // `mosnctl overlay --binary BINARY ARGS` against this test's dockerd.
+    let overlay = |binary: &std::path::Path, args: &[&str]| {
+        let mut c = overlay_cmd(&config, binary, args);
+        c.env("DOCKER_HOST", dockerd.host());
+        run(c)
+    };
 
     // --engine: docker build FROM the base, push, then run mosn --version in it.
     let dst = format!("{}/engine:v1", reg.host());
-    let mut c = mosnctl(&empty_docker_config(tmp.path()));
-    c.env("DOCKER_HOST", dockerd.host())
-        .args([
-            "overlay", "--engine", "--base", &base, "--tag", &dst, "--push", "--smoke", "--binary",
-        ])
-        .arg(test_binary());
-    let out = run(c);
+    let out = overlay(
+        test_binary(),
+        &[
+            "--engine", "--base", &base, "--tag", &dst, "--push", "--smoke",
+        ],
+    );
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("printed \"mosn test 1.0\""));
-    let digest = printed_digest(&String::from_utf8(out.stdout).unwrap());
+    let pushed = printed_digest(&String::from_utf8(out.stdout).unwrap());
     let raw = skopeo_raw(&dst, false, None);
-    assert_eq!(
-        format!("sha256:{}", sha256_hex(&raw)),
-        digest,
-        "push digest from the stream"
-    );
+    assert_eq!(digest(&raw), pushed, "push digest from the stream");
     let m: Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(
         m["layers"].as_array().unwrap().len(),
@@ -56,20 +58,17 @@ fn engine_build_push_load_and_smoke() {
     assert!(stat.starts_with("755 0 0"), "{stat}");
 
     // --load: the daemonless archive through the image-load API; smoke-tested too.
-    let mut c = mosnctl(&empty_docker_config(tmp.path()));
-    c.env("DOCKER_HOST", dockerd.host())
-        .args([
-            "overlay",
+    let out = overlay(
+        test_binary(),
+        &[
             "--base",
             &base,
             "--tag",
             "example.com/mosn/loaded:v1",
             "--load",
             "--smoke",
-            "--binary",
-        ])
-        .arg(test_binary());
-    let out = run(c);
+        ],
+    );
     assert!(out.status.success());
     let img = dockerd.api("/images/example.com/mosn/loaded:v1/json");
     let layers = img["RootFS"]["Layers"].as_array().unwrap();
@@ -83,13 +82,10 @@ fn engine_build_push_load_and_smoke() {
 
     // A push error inside the engine's stream fails the command (nothing listens there).
     let dead = format!("127.0.0.1:{}/nowhere:v1", free_port());
-    let mut c = mosnctl(&empty_docker_config(tmp.path()));
-    c.env("DOCKER_HOST", dockerd.host())
-        .args([
-            "overlay", "--engine", "--base", &base, "--tag", &dead, "--push", "--binary",
-        ])
-        .arg(test_binary());
-    let out = run(c);
+    let out = overlay(
+        test_binary(),
+        &["--engine", "--base", &base, "--tag", &dead, "--push"],
+    );
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("docker push"),
@@ -113,20 +109,17 @@ fn engine_build_push_load_and_smoke() {
         .status()
         .unwrap();
     assert!(gcc.success());
-    let mut c = mosnctl(&empty_docker_config(tmp.path()));
-    c.env("DOCKER_HOST", dockerd.host())
-        .args([
-            "overlay",
+    let out = overlay(
+        &dynamic,
+        &[
             "--base",
             &base,
             "--tag",
             "example.com/mosn/dyn:v1",
             "--load",
             "--smoke",
-            "--binary",
-        ])
-        .arg(&dynamic);
-    let out = run(c);
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -135,10 +128,9 @@ fn engine_build_push_load_and_smoke() {
     );
 
     // Past the preflight, the smoke test catches it: the base has no dynamic loader.
-    let mut c = mosnctl(&empty_docker_config(tmp.path()));
-    c.env("DOCKER_HOST", dockerd.host())
-        .args([
-            "overlay",
+    let out = overlay(
+        &dynamic,
+        &[
             "--skip-glibc-check",
             "--base",
             &base,
@@ -146,10 +138,8 @@ fn engine_build_push_load_and_smoke() {
             "example.com/mosn/dyn:v1",
             "--load",
             "--smoke",
-            "--binary",
-        ])
-        .arg(&dynamic);
-    let out = run(c);
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -160,33 +150,24 @@ fn engine_build_push_load_and_smoke() {
     // A daemonless --push --smoke runs what was pushed, not an older image the engine holds
     // under the same name: load a broken one (the dynamic binary) under it first.
     let stale = format!("{}/stale:v1", reg.host());
-    let mut c = mosnctl(&empty_docker_config(tmp.path()));
-    c.env("DOCKER_HOST", dockerd.host())
-        .args([
-            "overlay",
+    assert!(overlay(
+        &dynamic,
+        &[
             "--skip-glibc-check",
             "--base",
             &base,
             "--tag",
             &stale,
             "--load",
-            "--binary",
-        ])
-        .arg(&dynamic);
-    assert!(run(c).status.success());
-    let mut c = mosnctl(&empty_docker_config(tmp.path()));
-    c.env("DOCKER_HOST", dockerd.host())
-        .args([
-            "overlay", "--base", &base, "--tag", &stale, "--push", "--smoke", "--binary",
-        ])
-        .arg(test_binary());
-    let out = run(c);
+        ]
+    )
+    .status
+    .success());
+    let out = overlay(
+        test_binary(),
+        &["--base", &base, "--tag", &stale, "--push", "--smoke"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("printed \"mosn test 1.0\""), "{err}");
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    format!("{:x}", sha2::Sha256::digest(data))
 }

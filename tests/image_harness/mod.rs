@@ -33,6 +33,13 @@ pub fn mosnctl(docker_config: &Path) -> Command {
     c
 }
 
+/// `mosnctl overlay --binary BINARY ARGS...`; add `DOCKER_HOST` and the like to the result.
+pub fn overlay_cmd(docker_config: &Path, binary: &Path, args: &[&str]) -> Command {
+    let mut c = mosnctl(docker_config);
+    c.arg("overlay").arg("--binary").arg(binary).args(args);
+    c
+}
+
 /// Run, echo stderr (shown for failing tests), return the output.
 pub fn run(mut c: Command) -> Output {
     let out = c
@@ -322,7 +329,8 @@ pub fn layer_tar(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn sha(data: &[u8]) -> String {
+/// `sha256:<hex>` of some bytes, as registries and manifests write digests.
+pub fn digest(data: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{:x}", sha2::Sha256::digest(data))
 }
@@ -368,9 +376,9 @@ pub fn docker_archive_base(path: &Path, arch: &str) -> Value {
         ),
         ("etc/istio/proxy/envoy_bootstrap_tmpl.json", 0o644, b"{}"),
     ]);
-    let config = docker_config_json(arch, &sha(&layer));
+    let config = docker_config_json(arch, &digest(&layer));
     let config_bytes = serde_json::to_vec(&config).unwrap();
-    let cfg_name = format!("{}.json", &sha(&config_bytes)[7..]);
+    let cfg_name = format!("{}.json", &digest(&config_bytes)[7..]);
     let manifest =
         json!([{"Config": cfg_name, "RepoTags": ["base:latest"], "Layers": ["layer0/layer.tar"]}]);
     let mut b = tar::Builder::new(Vec::new());
