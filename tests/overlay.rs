@@ -86,12 +86,7 @@ fn push_keeps_docker_types_config_fields_and_mounts_base_layers() {
 
     // skopeo verifies every blob on copy; umoci unpacks the file with mode 0755, owner root.
     let layout = tmp.path().join("pulled");
-    let out = skopeo(&[
-        "copy",
-        "--src-tls-verify=false",
-        &format!("docker://{dst}"),
-        &format!("oci:{}:v1", layout.display()),
-    ]);
+    let out = pull_to_oci(&dst, &layout, &[]);
     assert!(out.status.success());
     let (bytes, stat) = umoci_mosn(&layout, "v1", tmp.path());
     assert_eq!(bytes, std::fs::read(test_binary()).unwrap());
@@ -245,12 +240,7 @@ fn docker_archive_base_pushes_its_layers() {
     );
     assert!(out.status.success());
     let layout = tmp.path().join("pulled");
-    let out = skopeo(&[
-        "copy",
-        "--src-tls-verify=false",
-        &format!("docker://{dst}"),
-        &format!("oci:{}:v1", layout.display()),
-    ]);
+    let out = pull_to_oci(&dst, &layout, &[]);
     assert!(
         out.status.success(),
         "every blob is in the registry and verifies"

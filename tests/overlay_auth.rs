@@ -226,13 +226,7 @@ fn refused_mount_falls_back_to_upload() {
         log.contains("&from=base HTTP/1.1\" 401"),
         "mount refused: {log}"
     );
-    let out = skopeo(&[
-        "copy",
-        "--src-creds=bob:pw",
-        "--src-tls-verify=false",
-        &format!("docker://{dst}"),
-        &format!("oci:{}:v1", tmp.path().join("pulled").display()),
-    ]);
+    let out = pull_to_oci(&dst, &tmp.path().join("pulled"), &["--src-creds=bob:pw"]);
     assert!(
         out.status.success(),
         "the uploaded base layer is there and verifies"
@@ -262,12 +256,7 @@ fn base_on_another_registry_is_copied_without_recompression() {
         base_m["layers"][0], new_m["layers"][0],
         "same compressed base layer"
     );
-    let out = skopeo(&[
-        "copy",
-        "--src-tls-verify=false",
-        &format!("docker://{dst}"),
-        &format!("oci:{}:v1", tmp.path().join("pulled").display()),
-    ]);
+    let out = pull_to_oci(&dst, &tmp.path().join("pulled"), &[]);
     assert!(out.status.success());
 }
 

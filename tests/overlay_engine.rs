@@ -46,12 +46,7 @@ fn engine_build_push_load_and_smoke() {
         "one layer added: {m}"
     );
     let layout = tmp.path().join("engine-pulled");
-    let out = skopeo(&[
-        "copy",
-        "--src-tls-verify=false",
-        &format!("docker://{dst}"),
-        &format!("oci:{}:v1", layout.display()),
-    ]);
+    let out = pull_to_oci(&dst, &layout, &[]);
     assert!(out.status.success());
     let (bytes, stat) = umoci_mosn(&layout, "v1", tmp.path());
     assert_eq!(bytes, std::fs::read(test_binary()).unwrap());

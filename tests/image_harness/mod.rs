@@ -448,6 +448,19 @@ pub fn umoci_base(layout: &Path, tag: &str) {
     std::fs::remove_dir_all(&bundle).unwrap();
 }
 
+/// `skopeo copy docker://IMAGE oci:LAYOUT:v1` from a plain-HTTP loopback registry; skopeo
+/// verifies every blob on the way. `extra` adds flags such as `--src-creds=U:P`.
+pub fn pull_to_oci(image: &str, layout: &Path, extra: &[&str]) -> Output {
+    let (src, dst) = (
+        format!("docker://{image}"),
+        format!("oci:{}:v1", layout.display()),
+    );
+    let mut args = vec!["copy", "--src-tls-verify=false"];
+    args.extend_from_slice(extra);
+    args.extend([src.as_str(), dst.as_str()]);
+    skopeo(&args)
+}
+
 /// Unpack `layout:tag` with umoci and return the bytes and `stat` of usr/local/bin/mosn.
 pub fn umoci_mosn(layout: &Path, tag: &str, scratch: &Path) -> (Vec<u8>, String) {
     let bundle = scratch.join(format!("unpacked-{tag}"));
