@@ -467,6 +467,24 @@ fn each_failure_has_its_own_message() {
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains("nothing to do"));
 
+    // A digest is not a name a result can be pushed under.
+    let out = overlay(
+        tmp.path(),
+        &[
+            "--base",
+            &format!("{}/base:docker", reg.host()),
+            "--tag",
+            &format!("{}/err@sha256:{}", reg.host(), "0".repeat(64)),
+            "--push",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("names a digest") && stderr_of(&out).contains("help: give a tag"),
+        "{}",
+        stderr_of(&out)
+    );
+
     // --smoke needs the result in an engine (or a registry it can pull from).
     let out = overlay(
         tmp.path(),

@@ -96,6 +96,18 @@ pub fn run(args: Args) -> Result<()> {
              help: add --load (or --push, or --engine) so the engine can run it"
         );
     }
+    // Checked before the proxy is built: a bad --tag should not cost a cargo build.
+    let tag = Reference::parse(&args.tag).context("--tag must be an image reference")?;
+    if let Some(d) = &tag.digest {
+        bail!(
+            "--tag {} names a digest ({d}), but the result's digest is only known once it is \
+             built\n\n\
+             help: give a tag, e.g. --tag {}/{}:v1",
+            args.tag,
+            tag.registry,
+            tag.repository
+        );
+    }
     let binaries = if args.binary.is_empty() {
         super::binary::build_for(&args.platform, args.profile)?
     } else {
@@ -114,7 +126,6 @@ pub fn run(args: Args) -> Result<()> {
         rt.block_on(overlay(&args, &binaries))?
     };
     if args.smoke {
-        let tag = Reference::parse(&args.tag)?;
         let image = smoke_image(&args, &tag, &outcomes);
         let out = rt.block_on(super::engine::smoke(&image, &tag.registry))?;
         eprintln!(
