@@ -485,6 +485,25 @@ fn each_failure_has_its_own_message() {
         stderr_of(&out)
     );
 
+    // Without --binary the proxy is built first, but bad names fail before that: with no
+    // cargo on PATH, a build attempt would fail differently.
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.env("PATH", "/nonexistent").args([
+        "overlay",
+        "--base",
+        "oci-archive:base.tar",
+        "--tag",
+        &dst,
+        "--push",
+    ]);
+    let out = run(c);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("`oci-archive:` images are not supported"),
+        "{}",
+        stderr_of(&out)
+    );
+
     // --smoke needs the result in an engine (or a registry it can pull from).
     let out = overlay(
         tmp.path(),

@@ -96,18 +96,8 @@ pub fn run(args: Args) -> Result<()> {
              help: add --load (or --push, or --engine) so the engine can run it"
         );
     }
-    // Checked before the proxy is built: a bad --tag should not cost a cargo build.
-    let tag = Reference::parse(&args.tag).context("--tag must be an image reference")?;
-    if let Some(d) = &tag.digest {
-        bail!(
-            "--tag {} names a digest ({d}), but the result's digest is only known once it is \
-             built\n\n\
-             help: give a tag, e.g. --tag {}/{}:v1",
-            args.tag,
-            tag.registry,
-            tag.repository
-        );
-    }
+    // Checked before the proxy is built: a mistyped name should not cost a cargo build.
+    let Locations { tag, .. } = locations(&args)?;
     let binaries = if args.binary.is_empty() {
         super::binary::build_for(&args.platform, args.profile)?
     } else {
@@ -145,6 +135,36 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// `--base`, `--tag` and `--output`, parsed and checked.
+struct Locations {
+    base: Location,
+    tag: Reference,
+    output: Option<Location>,
+}
+
+fn locations(args: &Args) -> Result<Locations> {
+    let base = Location::parse(&args.base)?;
+    let tag = Reference::parse(&args.tag).context("--tag must be an image reference")?;
+    if let Some(d) = &tag.digest {
+        bail!(
+            "--tag {} names a digest ({d}), but the result's digest is only known once it is \
+             built\n\n\
+             help: give a tag, e.g. --tag {}/{}:v1",
+            args.tag,
+            tag.registry,
+            tag.repository
+        );
+    }
+    let output = args.output.as_deref().map(Location::parse).transpose()?;
+    if let Some(Location::Registry(_)) = output {
+        bail!(
+            "--output takes oci:DIR[:TAG] or docker-archive:FILE\n\n\
+             help: to push to a registry, use --tag REF --push"
+        );
+    }
+    Ok(Locations { base, tag, output })
+}
+
 /// What `--smoke` runs. After `--load` or `--engine` the engine's image under the tag is the
 /// one just made. After a daemonless `--push` alone, the engine may still hold an older image
 /// under that tag (an earlier run), so the pushed digest is run instead; the engine pulls it.
@@ -173,12 +193,11 @@ pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
             );
         }
     }
-    let base_loc = Location::parse(&args.base)?;
-    let tag = Reference::parse(&args.tag).context("--tag must be an image reference")?;
-    let output_loc = args.output.as_deref().map(Location::parse).transpose()?;
-    if let Some(Location::Registry(_)) = output_loc {
-        bail!("--output takes oci:DIR[:TAG] or docker-archive:FILE\n\nhelp: to push to a registry, use --tag REF --push");
-    }
+    let Locations {
+        base: base_loc,
+        tag,
+        output: output_loc,
+    } = locations(args)?;
     let opts = ClientOptions {
         insecure: args.insecure,
         ca_file: args.ca_file.clone(),
