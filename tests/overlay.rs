@@ -503,6 +503,24 @@ fn each_failure_has_its_own_message() {
         "{}",
         stderr_of(&out)
     );
+    let mut c = mosnctl(&empty_docker_config(tmp.path()));
+    c.env("PATH", "/nonexistent").args([
+        "overlay",
+        "--engine",
+        "--base",
+        "oci:./base",
+        "--tag",
+        &dst,
+        "--push",
+    ]);
+    let out = run(c);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("--engine builds FROM a registry image")
+            && stderr_of(&out).contains("help: drop --engine"),
+        "{}",
+        stderr_of(&out)
+    );
 
     // --smoke needs the result in an engine (or a registry it can pull from).
     let out = overlay(

@@ -12,7 +12,7 @@ use bollard::query_parameters as q;
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use super::overlay::{Args, Binary, Outcome};
+use super::overlay::{locations, Args, Binary, Locations, Outcome};
 use super::reference::{Location, Reference};
 use super::registry::auth::{self, Secret};
 
@@ -76,20 +76,13 @@ pub fn context_tar(binary: &Binary, mtime: u64) -> Result<Vec<u8>> {
 
 /// `--engine`: docker build (classic builder), tag, and push when asked.
 pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
-    let base = match Location::parse(&args.base)? {
-        Location::Registry(r) => r,
-        other => bail!(
-            "--engine builds FROM a registry image, not {other}\n\n\
-             help: drop --engine to overlay local bases daemonlessly"
-        ),
+    let Locations { base, tag, .. } = locations(args)?;
+    let Location::Registry(base) = base else {
+        unreachable!("locations() refuses local bases with --engine")
     };
-    if args.output.is_some() {
-        bail!("--output is written by the daemonless path; drop --engine (or --output)");
-    }
     let [binary] = binaries else {
         bail!("--engine builds one platform; give one --binary");
     };
-    let tag = Reference::parse(&args.tag)?;
     let docker = connect().await?;
     let engine_arch = docker
         .version()

@@ -136,14 +136,30 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// `--base`, `--tag` and `--output`, parsed and checked.
-struct Locations {
-    base: Location,
-    tag: Reference,
-    output: Option<Location>,
+pub(super) struct Locations {
+    pub base: Location,
+    pub tag: Reference,
+    pub output: Option<Location>,
 }
 
-fn locations(args: &Args) -> Result<Locations> {
+/// Parse and check the names of `args`, with `--engine`'s limits; cheap, so `run` calls it
+/// before anything is built.
+pub(super) fn locations(args: &Args) -> Result<Locations> {
     let base = Location::parse(&args.base)?;
+    if args.engine {
+        if !matches!(base, Location::Registry(_)) {
+            bail!(
+                "--engine builds FROM a registry image, not {base}\n\n\
+                 help: drop --engine to overlay local bases daemonlessly"
+            );
+        }
+        if args.output.is_some() {
+            bail!(
+                "--output is written by the daemonless path, not by --engine\n\n\
+                 help: drop --engine (or --output)"
+            );
+        }
+    }
     let tag = Reference::parse(&args.tag).context("--tag must be an image reference")?;
     if let Some(d) = &tag.digest {
         bail!(
