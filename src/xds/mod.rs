@@ -82,6 +82,7 @@ pub trait Handler {
 /// `mosnctl xds`: replay an Envoy config dump to a proxy over ADS.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
+    /// `serve` or `bootstrap`.
     #[command(subcommand)]
     pub command: XdsCommand,
 }
