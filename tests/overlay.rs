@@ -131,50 +131,49 @@ fn same_binary_and_base_give_the_same_digest() {
     assert_eq!(cfg["created"], "2023-11-14T22:13:20Z");
 }
 
+/// `overlay --base BASE --tag TAG --output OUTPUT`, which must succeed.
+fn overlay_to(tmp: &std::path::Path, base: &str, tag: &str, output: &str) {
+    let out = overlay(tmp, &["--base", base, "--tag", tag, "--output", output]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
+/// How many layers `skopeo inspect` sees in `image`.
+fn skopeo_layers(image: &str) -> usize {
+    let inspect = skopeo(&["inspect", image]);
+    assert!(inspect.status.success(), "skopeo inspect {image}");
+    let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    info["Layers"].as_array().unwrap().len()
+}
+
 #[test]
 fn oci_layout_base_to_oci_layout_and_docker_archive() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base");
     umoci_base(&base, "v1");
+    let base_ref = format!("oci:{}:v1", base.display());
     let out_dir = tmp.path().join("out");
-    let out = overlay(
+    let out_ref = format!("oci:{}:v2", out_dir.display());
+    overlay_to(
         tmp.path(),
-        &[
-            "--base",
-            &format!("oci:{}:v1", base.display()),
-            "--tag",
-            "example.com/mosn/proxyv2:v2",
-            "--output",
-            &format!("oci:{}:v2", out_dir.display()),
-        ],
+        &base_ref,
+        "example.com/mosn/proxyv2:v2",
+        &out_ref,
     );
-    assert!(out.status.success());
     let (bytes, stat) = umoci_mosn(&out_dir, "v2", tmp.path());
     assert_eq!(bytes, std::fs::read(test_binary()).unwrap());
     assert_eq!(stat, "755 0 0 0");
-    let inspect = skopeo(&["inspect", &format!("oci:{}:v2", out_dir.display())]);
-    assert!(inspect.status.success());
-    let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
-    assert_eq!(info["Layers"].as_array().unwrap().len(), 2);
+    assert_eq!(skopeo_layers(&out_ref), 2);
 
     // docker-archive: the dual shape; skopeo reads it, and its manifest.json is docker load's.
     let archive = tmp.path().join("out.tar");
-    let out = overlay(
+    let archive_ref = format!("docker-archive:{}", archive.display());
+    overlay_to(
         tmp.path(),
-        &[
-            "--base",
-            &format!("oci:{}:v1", base.display()),
-            "--tag",
-            "example.com/mosn/proxyv2:v2",
-            "--output",
-            &format!("docker-archive:{}", archive.display()),
-        ],
+        &base_ref,
+        "example.com/mosn/proxyv2:v2",
+        &archive_ref,
     );
-    assert!(out.status.success());
-    let inspect = skopeo(&["inspect", &format!("docker-archive:{}", archive.display())]);
-    assert!(inspect.status.success());
-    let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
-    assert_eq!(info["Layers"].as_array().unwrap().len(), 2);
+    assert_eq!(skopeo_layers(&archive_ref), 2);
     let mut ar = tar::Archive::new(std::fs::File::open(&archive).unwrap());
     let mut names = Vec::new();
     let mut manifest_json = None;
@@ -194,21 +193,14 @@ fn oci_layout_base_to_oci_layout_and_docker_archive() {
     assert_eq!(mj[0]["Layers"].as_array().unwrap().len(), 2);
     // Our dual-shape archive is itself a base (read through its OCI part).
     let again = tmp.path().join("again");
-    let out = overlay(
+    let again_ref = format!("oci:{}:v3", again.display());
+    overlay_to(
         tmp.path(),
-        &[
-            "--base",
-            &format!("docker-archive:{}", archive.display()),
-            "--tag",
-            "example.com/mosn/proxyv2:v3",
-            "--output",
-            &format!("oci:{}:v3", again.display()),
-        ],
+        &archive_ref,
+        "example.com/mosn/proxyv2:v3",
+        &again_ref,
     );
-    assert!(out.status.success());
-    let inspect = skopeo(&["inspect", &format!("oci:{}:v3", again.display())]);
-    let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
-    assert_eq!(info["Layers"].as_array().unwrap().len(), 3);
+    assert_eq!(skopeo_layers(&again_ref), 3);
     let (bytes, _) = umoci_mosn(&again, "v3", tmp.path());
     assert_eq!(bytes, std::fs::read(test_binary()).unwrap());
 
