@@ -29,6 +29,8 @@ pub fn open(file: &Path) -> Result<LocalStore> {
         .unpack(tmp.path())
         .with_context(|| format!("{} is not a readable tar archive", file.display()))?;
     let root = tmp.path();
+    links_stay_inside(root, root)
+        .with_context(|| format!("{} cannot be used as a base", file.display()))?;
     if root.join("oci-layout").is_file() && root.join("index.json").is_file() {
         let mut store = super::layout::open(root, None)
             .with_context(|| format!("cannot read the OCI part of {}", file.display()))?;
@@ -109,6 +111,35 @@ pub fn open(file: &Path) -> Result<LocalStore> {
         root: (raw, DOCKER_MANIFEST.into()),
         _tmp: Some(tmp),
     })
+}
+
+/// Refuse symlinks that lead out of the extracted archive. `docker save` links repeated
+/// layers to each other (`../<id>/layer.tar`), which is fine; a link to, say,
+/// `~/.docker/config.json` would be read and pushed as a "layer".
+fn links_stay_inside(root: &Path, dir: &Path) -> Result<()> {
+    let real_root = root.canonicalize()?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            let inside = path
+                .canonicalize()
+                .map(|t| t.starts_with(&real_root))
+                .unwrap_or(true); // a dangling link reads nothing
+            if !inside {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                bail!(
+                    "its entry {} is a symlink to {}, outside the archive\n\n\
+                     help: save the base again with `docker save`, or use a registry reference",
+                    rel.display(),
+                    std::fs::read_link(&path)?.display()
+                );
+            }
+        } else if meta.is_dir() {
+            links_stay_inside(root, &path)?;
+        }
+    }
+    Ok(())
 }
 
 /// sha256, size and "is it gzip" of a file, streamed.
@@ -219,4 +250,68 @@ pub fn write(path: &Path, image: &ArchiveImage, blobs: &[(String, BlobLoc)]) -> 
         tar.into_inner()?.into_inner().map_err(|e| e.into_error())?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A legacy docker-archive whose layer entry is `layer`, added by `add_layer`.
+    fn archive(dir: &Path, add_layer: impl FnOnce(&mut tar::Builder<std::fs::File>)) -> PathBuf {
+        let path = dir.join("base.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        let manifest = br#"[{"Config":"config.json","RepoTags":["x:y"],"Layers":["l/layer.tar"]}]"#;
+        for (name, data) in [
+            ("manifest.json", &manifest[..]),
+            (
+                "config.json",
+                &br#"{"architecture":"amd64","os":"linux"}"#[..],
+            ),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        add_layer(&mut b);
+        b.finish().unwrap();
+        path
+    }
+
+    fn link(b: &mut tar::Builder<std::fs::File>, name: &str, target: &str) {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, name, target).unwrap();
+    }
+
+    #[test]
+    fn symlinks_out_of_the_archive_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "hunter2").unwrap();
+        let bad = archive(dir.path(), |b| {
+            link(b, "l/layer.tar", secret.to_str().unwrap())
+        });
+        let err = format!("{:#}", open(&bad).unwrap_err());
+        assert!(err.contains("l/layer.tar is a symlink to"), "{err}");
+        assert!(err.contains("outside the archive"), "{err}");
+
+        // docker save's own links between layers stay usable.
+        let sub = tempfile::tempdir().unwrap();
+        let ok = archive(sub.path(), |b| {
+            let data = b"layer bytes";
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, "m/layer.tar", &data[..]).unwrap();
+            link(b, "l/layer.tar", "../m/layer.tar");
+        });
+        let store = open(&ok).unwrap();
+        assert!(super::super::is_docker(&store.root.1));
+    }
 }
