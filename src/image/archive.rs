@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::source::{BlobLoc, LocalStore};
+use super::source::{BlobLoc, LocalStore, VerifyingReader};
 use super::{
     Descriptor, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR, DOCKER_MANIFEST, OCI_INDEX,
 };
@@ -240,10 +240,11 @@ pub fn write(path: &Path, image: &ArchiveImage, blobs: &[(String, BlobLoc)]) -> 
             match loc {
                 BlobLoc::Mem(b) => add(&name, b.len() as u64, &mut &b[..], false)?,
                 BlobLoc::File(p) => {
-                    let mut file = std::fs::File::open(p)
-                        .with_context(|| format!("cannot open {}", p.display()))?;
-                    let len = file.metadata()?.len();
-                    add(&name, len, &mut file, false)?
+                    // Checked as it is copied: a corrupt base blob must not be published.
+                    let mut file = VerifyingReader::open(p)?;
+                    let len = file.size()?;
+                    add(&name, len, &mut file, false)?;
+                    file.check(digest)?;
                 }
             }
         }
@@ -286,6 +287,26 @@ mod tests {
         h.set_size(0);
         h.set_mode(0o777);
         b.append_link(&mut h, name, target).unwrap();
+    }
+
+    #[test]
+    fn corrupt_base_blob_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = super::super::digest_of(b"the real layer");
+        let file = dir.path().join("layer");
+        std::fs::write(&file, b"something else").unwrap();
+        let image = ArchiveImage {
+            manifest: Bytes::from_static(b"{}"),
+            config: super::super::digest_of(b"{}"),
+            layers: vec![layer.clone()],
+            repo_tag: "x/y:z".into(),
+            full_name: "docker.io/x/y:z".into(),
+            tag: "z".into(),
+        };
+        let out = dir.path().join("out.tar");
+        let err = write(&out, &image, &[(layer, BlobLoc::File(file))]).unwrap_err();
+        assert!(format!("{err:#}").contains("is corrupt"), "{err:#}");
+        assert!(!out.exists());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::source::{BlobLoc, LocalStore, Source};
+use super::source::{BlobLoc, LocalStore, Source, VerifyingReader};
 use super::{Descriptor, OCI_INDEX};
 
 /// The annotation that names an image in a layout.
@@ -128,9 +128,12 @@ impl LayoutWriter {
         }
         if let Source::Local(store) = source {
             if let BlobLoc::File(src) = store.locate(digest)? {
+                // Streamed, and checked on the way: a corrupt blob must not be published under
+                // its digest (on error the temporary file is dropped, nothing is renamed).
                 return crate::fsutil::write_atomic_with(&p, |f| {
-                    std::io::copy(&mut std::fs::File::open(&src)?, f)?;
-                    Ok(())
+                    let mut src = VerifyingReader::open(&src)?;
+                    std::io::copy(&mut src, f)?;
+                    src.check(digest)
                 });
             }
         }
@@ -163,5 +166,41 @@ impl LayoutWriter {
         entry["annotations"] = json!({ REF_NAME: name });
         manifests.push(entry);
         crate::fsutil::write_atomic(&index_path, &serde_json::to_vec(&index)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn corrupt_base_blob_is_not_copied() {
+        let base = tempfile::tempdir().unwrap();
+        let digest = super::super::digest_of(b"the real layer");
+        let hex = super::super::digest_hex(&digest).unwrap();
+        std::fs::create_dir_all(base.path().join("blobs/sha256")).unwrap();
+        std::fs::write(
+            base.path().join("blobs/sha256").join(hex),
+            b"something else",
+        )
+        .unwrap();
+        let source = Source::Local(Arc::new(LocalStore {
+            dir: Some(base.path().to_path_buf()),
+            extra: Default::default(),
+            root: (Bytes::new(), String::new()),
+            _tmp: None,
+        }));
+        let out = tempfile::tempdir().unwrap();
+        let w = LayoutWriter::open(out.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let err = rt.block_on(w.copy_from(&source, &digest)).unwrap_err();
+        assert!(format!("{err:#}").contains("is corrupt"), "{err:#}");
+        let left: Vec<_> = std::fs::read_dir(out.path().join("blobs/sha256"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -20,6 +20,48 @@ pub enum BlobLoc {
     Mem(Bytes),
 }
 
+/// Reads a local blob file while hashing it, so a copy can be checked against the digest
+/// it is published under once the last byte has gone through.
+pub struct VerifyingReader {
+    file: std::fs::File,
+    hash: sha2::Sha256,
+}
+
+impl VerifyingReader {
+    /// Open a blob file.
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        use sha2::Digest as _;
+        Ok(Self {
+            file: std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
+            hash: sha2::Sha256::new(),
+        })
+    }
+
+    /// The file's size in bytes.
+    pub fn size(&self) -> Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Fail unless what was read has `digest`.
+    pub fn check(self, digest: &str) -> Result<()> {
+        use sha2::Digest as _;
+        if format!("sha256:{}", crate::fsutil::hex(&self.hash.finalize())) != digest {
+            bail!("blob {digest} of the base image is corrupt (its content has another digest)");
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Read for VerifyingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.file.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// A base image on the local disk.
 #[derive(Debug)]
 pub struct LocalStore {
