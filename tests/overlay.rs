@@ -417,6 +417,15 @@ fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The command failed, and its stderr says each of `wants`.
+fn fails_with(out: &std::process::Output, wants: &[&str]) {
+    let err = stderr_of(out);
+    assert!(!out.status.success(), "{err}");
+    for w in wants {
+        assert!(err.contains(w), "missing {w:?} in:\n{err}");
+    }
+}
+
 #[test]
 fn each_failure_has_its_own_message() {
     let (reg, tmp, _) = registry_with_docker_base();
@@ -459,82 +468,47 @@ fn each_failure_has_its_own_message() {
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains("nothing to do"));
 
+    let base = format!("{}/base:docker", reg.host());
+
     // A digest is not a name a result can be pushed under.
+    let digest_tag = format!("{}/err@sha256:{}", reg.host(), "0".repeat(64));
     let out = overlay(
         tmp.path(),
-        &[
-            "--base",
-            &format!("{}/base:docker", reg.host()),
-            "--tag",
-            &format!("{}/err@sha256:{}", reg.host(), "0".repeat(64)),
-            "--push",
-        ],
+        &["--base", &base, "--tag", &digest_tag, "--push"],
     );
-    assert!(!out.status.success());
-    assert!(
-        stderr_of(&out).contains("names a digest") && stderr_of(&out).contains("help: give a tag"),
-        "{}",
-        stderr_of(&out)
-    );
+    fails_with(&out, &["names a digest", "help: give a tag"]);
 
     // Without --binary the proxy is built first, but bad names fail before that: with no
     // cargo on PATH, a build attempt would fail differently.
-    let mut c = mosnctl(&empty_docker_config(tmp.path()));
-    c.env("PATH", "/nonexistent").args([
-        "overlay",
-        "--base",
-        "oci-archive:base.tar",
-        "--tag",
-        &dst,
-        "--push",
-    ]);
-    let out = run(c);
-    assert!(!out.status.success());
-    assert!(
-        stderr_of(&out).contains("`oci-archive:` images are not supported"),
-        "{}",
-        stderr_of(&out)
-    );
-    let mut c = mosnctl(&empty_docker_config(tmp.path()));
-    c.env("PATH", "/nonexistent").args([
-        "overlay",
-        "--engine",
-        "--base",
-        "oci:./base",
-        "--tag",
-        &dst,
-        "--push",
-    ]);
-    let out = run(c);
-    assert!(!out.status.success());
-    assert!(
-        stderr_of(&out).contains("--engine builds FROM a registry image")
-            && stderr_of(&out).contains("help: drop --engine"),
-        "{}",
-        stderr_of(&out)
-    );
+    let early: [(&[&str], &[&str]); 2] = [
+        (
+            &["--base", "oci-archive:base.tar", "--tag", &dst, "--push"],
+            &["`oci-archive:` images are not supported"],
+        ),
+        (
+            &["--engine", "--base", "oci:./base", "--tag", &dst, "--push"],
+            &[
+                "--engine builds FROM a registry image",
+                "help: drop --engine",
+            ],
+        ),
+    ];
+    for (args, wants) in early {
+        let mut c = mosnctl(&empty_docker_config(tmp.path()));
+        c.env("PATH", "/nonexistent").arg("overlay").args(args);
+        fails_with(&run(c), wants);
+    }
 
     // --smoke needs the result in an engine (or a registry it can pull from).
+    let smoke_out = format!("oci:{}", tmp.path().join("smoke-oci").display());
     let out = overlay(
         tmp.path(),
         &[
-            "--base",
-            &format!("{}/base:docker", reg.host()),
-            "--tag",
-            &dst,
-            "--output",
-            &format!("oci:{}", tmp.path().join("smoke-oci").display()),
-            "--smoke",
+            "--base", &base, "--tag", &dst, "--output", &smoke_out, "--smoke",
         ],
     );
-    assert!(!out.status.success());
-    assert!(
-        stderr_of(&out).contains("\n\nhelp: add --load"),
-        "{}",
-        stderr_of(&out)
-    );
+    fails_with(&out, &["\n\nhelp: add --load"]);
 
-    let base = format!("{}/base:docker", reg.host());
     let cases: [(&str, &[u8], u32, &str); 2] = [
         ("not-exec", b"\x7fELF", 0o644, "is not executable"),
         (
