@@ -94,21 +94,33 @@ fn probe_version(path: &Path, info: &BinaryInfo) -> Option<String> {
     (!line.is_empty() && line.len() <= 120).then(|| line.to_string())
 }
 
-/// The hook used without `--binary`: build the proxy as `mosnctl build` does (static, into
-/// `dist/`), for each requested platform's architecture (linux-amd64 by default).
-pub fn build_for(platforms: &[Platform], profile: crate::build::Profile) -> Result<Vec<Binary>> {
-    let mut targets: Vec<String> = platforms
-        .iter()
-        .map(|p| match p.arch.as_str() {
-            "amd64" => Ok("linux-amd64".to_string()),
-            "arm64" => Ok("linux-arm64".to_string()),
-            other => bail!("mosnctl build has no target for linux/{other}; pass --binary"),
-        })
-        .collect::<Result<_>>()?;
-    targets.dedup();
+/// The `mosnctl build` targets for `--platform`s: one per architecture (variants such as
+/// linux/arm64/v8 share one), linux-amd64 when none is given.
+fn build_targets(platforms: &[Platform]) -> Result<Vec<String>> {
+    let mut targets: Vec<String> = Vec::new();
+    for p in platforms {
+        let t = match p.arch.as_str() {
+            "amd64" => "linux-amd64",
+            "arm64" => "linux-arm64",
+            other => bail!(
+                "mosnctl build has no target for linux/{other}\n\n\
+                 help: build mosn for it yourself and pass it with --binary"
+            ),
+        };
+        if !targets.iter().any(|x| x == t) {
+            targets.push(t.to_string());
+        }
+    }
     if targets.is_empty() {
         targets.push("linux-amd64".into());
     }
+    Ok(targets)
+}
+
+/// The hook used without `--binary`: build the proxy as `mosnctl build` does (static, into
+/// `dist/`), for each requested platform's architecture (linux-amd64 by default).
+pub fn build_for(platforms: &[Platform], profile: crate::build::Profile) -> Result<Vec<Binary>> {
+    let targets = build_targets(platforms)?;
     let args = crate::build::Args {
         targets,
         profile,
@@ -128,4 +140,24 @@ pub fn build_for(platforms: &[Platform], profile: crate::build::Profile) -> Resu
             Ok(bin)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_build_target_per_architecture() {
+        let p = |s: &str| s.parse::<Platform>().unwrap();
+        assert_eq!(build_targets(&[]).unwrap(), ["linux-amd64"]);
+        assert_eq!(
+            build_targets(&[p("linux/amd64"), p("linux/arm64/v8"), p("linux/amd64")]).unwrap(),
+            ["linux-amd64", "linux-arm64"]
+        );
+        let err = build_targets(&[p("linux/s390x")]).unwrap_err().to_string();
+        assert!(
+            err.contains("linux/s390x") && err.contains("help:"),
+            "{err}"
+        );
+    }
 }
