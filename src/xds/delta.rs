@@ -80,9 +80,7 @@ impl Delta {
         };
         let ts = self.status.types.entry(type_url.to_string()).or_default();
         if let Some(err) = &req.error_detail {
-            ts.nacks += 1;
-            ts.nacked_version = Some(version.clone());
-            ts.last_error = Some(err.message.clone());
+            ts.record_nack(Some(version.clone()), &err.message);
             info!(
                 stream = id,
                 type_url,
@@ -92,8 +90,7 @@ impl Delta {
                 "NACK"
             );
         } else {
-            ts.acks += 1;
-            ts.acked_version = Some(version.clone());
+            ts.record_ack(version.clone());
             info!(
                 stream = id,
                 type_url,

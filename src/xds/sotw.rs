@@ -136,9 +136,7 @@ impl Handler for Sotw {
             let version = answered.and_then(|n| sub.versions.get(&n).cloned());
             let ts = self.status.types.entry(type_url.clone()).or_default();
             if let Some(err) = &req.error_detail {
-                ts.nacks += 1;
-                ts.nacked_version = version.clone();
-                ts.last_error = Some(err.message.clone());
+                ts.record_nack(version.clone(), &err.message);
                 info!(
                     stream = id,
                     type_url,
@@ -150,8 +148,7 @@ impl Handler for Sotw {
                     "NACK"
                 );
             } else {
-                ts.acks += 1;
-                ts.acked_version = Some(req.version_info.clone());
+                ts.record_ack(req.version_info.clone());
                 info!(
                     stream = id,
                     type_url,

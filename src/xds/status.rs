@@ -49,6 +49,22 @@ pub struct TypeStatus {
     pub last_error: Option<String>,
 }
 
+impl TypeStatus {
+    /// Count an ACK of `version`.
+    pub fn record_ack(&mut self, version: String) {
+        self.acks += 1;
+        self.acked_version = Some(version);
+    }
+
+    /// Count a NACK of `version` (when the server can tell which) with the client's message;
+    /// the last ACKed version stays, as the client keeps serving it.
+    pub fn record_nack(&mut self, version: Option<String>, error: &str) {
+        self.nacks += 1;
+        self.nacked_version = version;
+        self.last_error = Some(error.to_string());
+    }
+}
+
 /// One ADS stream as the server sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StreamStatus {
