@@ -165,4 +165,57 @@ fn engine_build_push_load_and_smoke() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("printed \"mosn test 1.0\""), "{err}");
+
+    // Ctrl-C during the smoke test removes its container (this "mosn" never exits).
+    let hang = tmp.path().join("hang-mosn");
+    let src = tmp.path().join("hang.c");
+    std::fs::write(
+        &src,
+        "#include <unistd.h>\nint main(void){sleep(600);return 0;}\n",
+    )
+    .unwrap();
+    let gcc = std::process::Command::new("gcc")
+        .args(["-static", "-o"])
+        .arg(&hang)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(gcc.success());
+    let mut c = overlay_cmd(
+        &config,
+        &hang,
+        &[
+            "--base",
+            &base,
+            "--tag",
+            "example.com/mosn/hang:v1",
+            "--load",
+            "--smoke",
+        ],
+    );
+    c.env("DOCKER_HOST", dockerd.host())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while dockerd
+        .api("/containers/json")
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the smoke container never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("interrupted during the smoke test"), "{err}");
+    let left = dockerd.api("/containers/json?all=1");
+    assert!(left.as_array().unwrap().is_empty(), "left behind: {left}");
 }

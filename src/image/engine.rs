@@ -273,7 +273,14 @@ pub async fn smoke(image: &str, registry: &str) -> Result<String> {
         .await
         .with_context(|| format!("cannot create a smoke-test container from {image}"))?
         .id;
-    let result = run_and_collect(&docker, &id).await;
+    // Ctrl-C must not leave the container behind (it may not exit on its own if the binary
+    // hangs), so the removal below also runs after an interrupt.
+    let result = tokio::select! {
+        r = run_and_collect(&docker, &id) => r,
+        _ = crate::ui::interrupted() => Err(anyhow::anyhow!(
+            "interrupted during the smoke test; its container was removed"
+        )),
+    };
     remove_container(&docker, &id).await;
     let (code, output) = result?;
     if code != 0 {
