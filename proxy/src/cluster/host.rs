@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Host {
     /// Where to connect.
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, parsed once (the upstream request URI of HTTP/1.1).
+    pub authority: Option<http::uri::Authority>,
     /// The endpoint's hostname (DNS clusters), used for auto host rewrite.
     pub hostname: String,
     /// `load_balancing_weight` (≥ 1).
@@ -26,6 +28,7 @@ impl Host {
     pub fn new(addr: SocketAddr, hostname: String, weight: u32, priority: u32) -> Self {
         Host {
             addr,
+            authority: addr.to_string().parse().ok(),
             hostname,
             weight: weight.max(1),
             priority,

@@ -69,6 +69,8 @@ pub struct HcmConfig {
     pub strip_matching_host_port: bool,
     /// `server` header for local replies.
     pub server_name: String,
+    /// `server_name` as a header value, built once (None if it is not a valid value).
+    pub server_value: Option<http::HeaderValue>,
     /// Names of filters that were skipped (unknown types), for diagnostics.
     pub skipped: Vec<String>,
     /// Enabled `upgrade_configs` types, lower-cased (Istio enables `websocket`).
@@ -163,6 +165,12 @@ impl HcmConfig {
             },
             strip_any_host_port,
             strip_matching_host_port: h.strip_matching_host_port,
+            server_value: http::HeaderValue::from_str(if h.server_name.is_empty() {
+                "envoy"
+            } else {
+                &h.server_name
+            })
+            .ok(),
             server_name: if h.server_name.is_empty() {
                 "envoy".into()
             } else {

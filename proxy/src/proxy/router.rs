@@ -8,7 +8,7 @@ use crate::cluster::{Cluster, Discovery};
 use crate::lb::{hash, LbContext};
 use crate::route::action::{ForwardAction, RetryPolicy};
 use crate::stats::Stat;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,9 +87,11 @@ pub async fn forward(
     let timeout = crate::route::action::effective_timeout(action, &parts.headers);
     let deadline = timeout.and_then(|t| started.checked_add(t));
     if let Some(t) = timeout {
-        if let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string()) {
-            parts.headers.insert("x-envoy-expected-rq-timeout-ms", v);
-        }
+        const EXPECTED_TIMEOUT: HeaderName =
+            HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+        parts
+            .headers
+            .insert(EXPECTED_TIMEOUT, millis_value(t.as_millis()));
     }
     let (path, query) = match parts.uri.path_and_query() {
         Some(pq) => (pq.as_str().to_string(), pq.query().map(str::to_string)),
@@ -199,9 +201,10 @@ pub async fn forward(
                 in_retry.release();
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
-                if let Ok(v) = HeaderValue::from_str(&started.elapsed().as_millis().to_string()) {
-                    rp.headers.insert("x-envoy-upstream-service-time", v);
-                }
+                const SERVICE_TIME: HeaderName =
+                    HeaderName::from_static("x-envoy-upstream-service-time");
+                rp.headers
+                    .insert(SERVICE_TIME, millis_value(started.elapsed().as_millis()));
                 let mut body = Guarded::wrap(super::body::boxed(rb), guard);
                 if let Some(i) = idle {
                     body = super::body::IdleBody::wrap(body, i);
@@ -269,6 +272,14 @@ pub async fn forward(
                 return Err(reply);
             }
         }
+    }
+}
+
+/// A millisecond count as a header value (integer formatting without a `String`).
+fn millis_value(ms: u128) -> HeaderValue {
+    match u64::try_from(ms) {
+        Ok(v) => HeaderValue::from(v),
+        Err(_) => HeaderValue::from_str(&ms.to_string()).expect("digits are a valid header value"),
     }
 }
 
@@ -388,6 +399,32 @@ fn build_request(
             headers.insert(http::header::UPGRADE, v);
         }
     }
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    // Fast path for HTTP/1.1 (the common case): a valid Host stays as it is and the URI is
+    // assembled from the host's pre-parsed authority and the request's path, with no
+    // formatting and re-parsing per request. It gives the same request as the general path.
+    if !h2 {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .filter(|pq| pq.as_str().starts_with('/'));
+        let host_ok = headers
+            .get(http::header::HOST)
+            .is_some_and(|v| v.to_str().is_ok());
+        if let (Some(pq), Some(auth), true) = (pq, host.authority.as_ref(), host_ok) {
+            let mut up = http::uri::Parts::default();
+            up.scheme = Some(http::uri::Scheme::HTTP);
+            up.authority = Some(auth.clone());
+            up.path_and_query = Some(pq.clone());
+            if let Ok(uri) = http::Uri::from_parts(up) {
+                *req.uri_mut() = uri;
+                *req.version_mut() = http::Version::HTTP_11;
+                *req.headers_mut() = headers;
+                return req;
+            }
+        }
+    }
     let authority = headers
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -403,8 +440,6 @@ fn build_request(
         }
         format!("http://{}{path}", host.addr)
     };
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
     *req.version_mut() = if h2 {
         http::Version::HTTP_2
@@ -485,30 +520,35 @@ fn reset_reason(e: &dyn std::error::Error) -> String {
 
 /// Remove connection-level headers that must not be forwarded.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h
-        .get(http::header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-    {
-        for name in conn.split(',') {
-            let name = name.trim();
-            if !name.is_empty()
-                && !name.eq_ignore_ascii_case("close")
-                && !name.eq_ignore_ascii_case("keep-alive")
-            {
-                h.remove(name);
-            }
+    // Pre-parsed names: removing by `&str` would parse (and allocate for non-standard
+    // names) on every call.
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    if let Some(conn) = h.get(http::header::CONNECTION) {
+        // Only a value naming something other than close / keep-alive needs the slow path.
+        let names: Option<Vec<String>> = conn.to_str().ok().and_then(|conn| {
+            let v: Vec<String> = conn
+                .split(',')
+                .map(str::trim)
+                .filter(|n| {
+                    !n.is_empty()
+                        && !n.eq_ignore_ascii_case("close")
+                        && !n.eq_ignore_ascii_case("keep-alive")
+                })
+                .map(str::to_string)
+                .collect();
+            (!v.is_empty()).then_some(v)
+        });
+        for name in names.iter().flatten() {
+            h.remove(name.as_str());
         }
+        h.remove(http::header::CONNECTION);
     }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
         h.remove(name);
     }
+    h.remove(http::header::TRANSFER_ENCODING);
+    h.remove(http::header::UPGRADE);
     // "te: trailers" is meaningful for gRPC; anything else is hop-by-hop.
     if h.get(http::header::TE)
         .is_some_and(|v| v.as_bytes() != b"trailers")

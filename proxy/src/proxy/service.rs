@@ -9,7 +9,7 @@ use super::ConnCtx;
 use crate::route::action::{split_host_port, Action, ClusterTarget, ForwardAction, WeightedTarget};
 use crate::route::headers::HeaderPolicy;
 use crate::route::{Route, RouteConfig, VirtualHost};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
 
@@ -31,8 +31,8 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<BoxBo
     // Envoy stamps its server name on responses unless told to pass the upstream's through.
     let has_server = resp.headers().contains_key(http::header::SERVER);
     if ctx.hcm.server_header == 0 || (ctx.hcm.server_header == 1 && !has_server) {
-        if let Ok(v) = HeaderValue::from_str(&ctx.hcm.server_name) {
-            resp.headers_mut().insert(http::header::SERVER, v);
+        if let Some(v) = &ctx.hcm.server_value {
+            resp.headers_mut().insert(http::header::SERVER, v.clone());
         }
     }
     // `Connection` is illegal in HTTP/2; hyper sends GOAWAY for h2 connections instead.
@@ -283,19 +283,23 @@ fn prepare_upstream_headers(
     path: &str,
     levels: &[&HeaderPolicy],
 ) {
+    // Pre-parsed names: `&str` names are parsed on every use.
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    const ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
     let h = &mut parts.headers;
-    if !h.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !h.contains_key(XFP) {
+        h.insert(XFP, HeaderValue::from_static("http"));
     }
-    if !h.contains_key("x-request-id") {
+    if !h.contains_key(REQUEST_ID) {
         if let Ok(v) = HeaderValue::from_str(&uuid4()) {
-            h.insert("x-request-id", v);
+            h.insert(REQUEST_ID, v);
         }
     }
     if let Some(new) = a.rewrite_path(path, route.matched_prefix()) {
         // As Envoy's router does unless suppress_envoy_headers is set.
         if let Ok(v) = HeaderValue::from_str(path) {
-            h.insert("x-envoy-original-path", v);
+            h.insert(ORIGINAL_PATH, v);
         }
         if let Ok(uri) = http::Uri::builder().path_and_query(new.as_str()).build() {
             let mut p = http::uri::Parts::from(uri);
