@@ -93,17 +93,17 @@ pub async fn forward(
             .headers
             .insert(EXPECTED_TIMEOUT, millis_value(t.as_millis()));
     }
-    let (path, query) = match parts.uri.path_and_query() {
-        Some(pq) => (pq.as_str().to_string(), pq.query().map(str::to_string)),
-        None => ("/".to_string(), None),
-    };
+    // A reference-counted clone: path and query are borrowed from it, not copied.
+    let pq = parts.uri.path_and_query().cloned();
+    let path: &str = pq.as_ref().map_or("/", |p| p.as_str());
+    let query: Option<&str> = pq.as_ref().and_then(|p| p.query());
     let hash = if action.hash_policy.is_empty() {
         None
     } else {
         hash::compute(
             &action.hash_policy,
             &parts.headers,
-            query.as_deref(),
+            query,
             Some(down.peer.ip()),
         )
     };
@@ -135,7 +135,7 @@ pub async fn forward(
                 Flag::UpstreamRemoteReset,
             ));
         };
-        let req = build_request(&cluster, &parts, &path, &host, req_body, upgrade.as_deref());
+        let req = build_request(&cluster, &parts, path, &host, req_body, upgrade.as_deref());
         let per_try = retry.and_then(|r| r.per_try_timeout);
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let wait = match (per_try, remaining) {

@@ -11,6 +11,7 @@ use crate::route::headers::HeaderPolicy;
 use crate::route::{Route, RouteConfig, VirtualHost};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Handle one downstream request; never fails (errors become local replies).
@@ -61,19 +62,31 @@ impl Drop for ActiveGauge {
 }
 
 /// The Host used for virtual-host matching.
-fn request_host(ctx: &ConnCtx, req: &Request<Incoming>) -> String {
-    let raw = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
-    let (host, port) = split_host_port(&raw);
+///
+/// Borrowed from `host_value` (a cheap clone of the request's Host header, so the request
+/// itself can still be moved) when there is one, which is the common case.
+fn request_host<'a>(
+    ctx: &ConnCtx,
+    req: &Request<Incoming>,
+    host_value: &'a Option<HeaderValue>,
+) -> Cow<'a, str> {
+    let raw: Cow<'a, str> = match host_value.as_ref().and_then(|v| v.to_str().ok()) {
+        Some(h) => Cow::Borrowed(h),
+        None => Cow::Owned(
+            req.uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        ),
+    };
+    let port = split_host_port(&raw).1;
     if ctx.hcm.strip_any_host_port
         || (ctx.hcm.strip_matching_host_port && port == Some(ctx.listener_port))
     {
-        return host.to_string();
+        return match raw {
+            Cow::Borrowed(r) => Cow::Borrowed(split_host_port(r).0),
+            Cow::Owned(o) => Cow::Owned(split_host_port(&o).0.to_string()),
+        };
     }
     raw
 }
@@ -82,15 +95,15 @@ fn request_host(ctx: &ConnCtx, req: &Request<Incoming>) -> String {
 fn choose_cluster<'a>(
     a: &'a ForwardAction,
     headers: &HeaderMap,
-) -> (Option<String>, Option<&'a WeightedTarget>) {
+) -> (Option<Cow<'a, str>>, Option<&'a WeightedTarget>) {
     let from_header = |h: &http::HeaderName| {
         headers
             .get(h)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+            .map(|v| Cow::Owned(v.to_string()))
     };
     match &a.target {
-        ClusterTarget::Name(n) => (Some(n.clone()), None),
+        ClusterTarget::Name(n) => (Some(Cow::Borrowed(n.as_str())), None),
         ClusterTarget::Header(h) => (from_header(h), None),
         ClusterTarget::Weighted { targets, total } => {
             let mut r = fastrand::u64(0..*total);
@@ -98,7 +111,7 @@ fn choose_cluster<'a>(
                 if r < t.weight {
                     let name = match &t.cluster_header {
                         Some(h) => from_header(h),
-                        None => Some(t.name.clone()),
+                        None => Some(Cow::Borrowed(t.name.as_str())),
                     };
                     return (name, Some(t));
                 }
@@ -135,13 +148,12 @@ async fn route_request(
         ctx.stats.no_route.inc();
         return Err(no_route());
     };
-    let host = request_host(ctx, &req);
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let Some((vh, route)) = rc.route(&host, &path, req.headers()) else {
+    // Cheap (reference-counted) clones, so host and path can be borrowed after `req` moves.
+    let host_value = req.headers().get(http::header::HOST).cloned();
+    let host = request_host(ctx, &req, &host_value);
+    let pq = req.uri().path_and_query().cloned();
+    let path: &str = pq.as_ref().map_or("/", |p| p.as_str());
+    let Some((vh, route)) = rc.route(&host, path, req.headers()) else {
         ctx.stats.no_route.inc();
         return Err(no_route());
     };
@@ -222,7 +234,7 @@ async fn route_request(
             r
         }
         Action::Redirect(rd) => {
-            let loc = rd.location("http", &host, &path, route.matched_prefix());
+            let loc = rd.location("http", &host, path, route.matched_prefix());
             let mut r = Response::new(full(""));
             *r.status_mut() =
                 StatusCode::from_u16(rd.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
@@ -235,7 +247,7 @@ async fn route_request(
             let Some(name) = cluster_name else {
                 return Err(LocalReply::new(a.cluster_not_found, "", Flag::NoCluster));
             };
-            let Some(cluster) = snap.clusters.get(&name).cloned() else {
+            let Some(cluster) = snap.clusters.get(name.as_ref()).cloned() else {
                 return Err(LocalReply::new(a.cluster_not_found, "", Flag::NoCluster));
             };
             let upgrade = upgrade_type(&req, &ctx.hcm.upgrades);
@@ -246,7 +258,7 @@ async fn route_request(
             if ctx.hcm.append_xff {
                 append_xff(&mut parts.headers, ctx.peer.ip());
             }
-            prepare_upstream_headers(&mut parts, a, wt, route, &path, &levels);
+            prepare_upstream_headers(&mut parts, a, wt, route, path, &levels);
             let retry = a.retry.as_ref().or(vh.retry.as_ref());
             let down = Downstream {
                 peer: ctx.peer,

@@ -164,11 +164,18 @@ impl RouteConfig {
 
     /// Envoy's vhost selection: exact, then longest `*suffix`, then longest `prefix*`, then `*`.
     pub fn select_vhost(&self, host: &str) -> Option<&VirtualHost> {
-        let mut host = host.to_ascii_lowercase();
+        // Lower-case (allocating) only when the Host has upper-case letters.
+        let lower;
+        let mut host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
         if self.ignore_port {
-            host = action::split_host_port(&host).0.to_string();
+            host = action::split_host_port(host).0;
         }
-        if let Some(i) = self.exact.get(&host) {
+        if let Some(i) = self.exact.get(host) {
             return Some(&self.vhosts[*i]);
         }
         // A wildcard must stand for at least one character.
