@@ -148,30 +148,51 @@ impl Body for Prefixed {
 }
 
 /// A body that keeps `guard` alive until the stream ends or is dropped.
-pub struct Guarded<G> {
-    inner: BoxBody,
+///
+/// Generic over the inner body so the router can wrap hyper's `Incoming` directly (one box
+/// for the whole response body instead of one per layer).
+pub struct Guarded<B, G> {
+    inner: B,
     _guard: G,
 }
 
-impl<G: Send + Unpin + 'static> Guarded<G> {
-    /// Wrap `inner`.
-    pub fn wrap(inner: BoxBody, guard: G) -> BoxBody {
+impl<B, G> Guarded<B, G>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+    G: Send + Unpin + 'static,
+{
+    /// Wrap `inner` without boxing.
+    pub fn new(inner: B, guard: G) -> Self {
         Guarded {
             inner,
             _guard: guard,
         }
-        .boxed_unsync()
+    }
+
+    /// Wrap `inner` and box the result.
+    pub fn wrap(inner: B, guard: G) -> BoxBody {
+        Self::new(inner, guard).boxed_unsync()
     }
 }
 
-impl<G: Unpin> Body for Guarded<G> {
+impl<B, G: Unpin> Body for Guarded<B, G>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
@@ -184,27 +205,34 @@ impl<G: Unpin> Body for Guarded<G> {
 /// A response body that fails if no frame arrives for `idle` (route `idle_timeout` /
 /// HCM `stream_idle_timeout`); the failure resets the downstream stream.
 ///
-/// The timer is re-armed lazily: frames only record the time, and the timer, when it fires
-/// early, moves itself to the real deadline (no timer-wheel update per frame).
-pub struct IdleBody {
-    inner: BoxBody,
+/// The timer is created only when the inner body first has to wait (a response whose body
+/// is already buffered never touches the timer wheel) and re-armed lazily: frames only
+/// record the time, and the timer, when it fires early, moves itself to the real deadline
+/// (no timer-wheel update per frame).
+pub struct IdleBody<B> {
+    inner: B,
     idle: std::time::Duration,
     last: tokio::time::Instant,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl IdleBody {
-    /// Wrap `inner`.
-    pub fn wrap(inner: BoxBody, idle: std::time::Duration) -> BoxBody {
-        let last = tokio::time::Instant::now();
-        let sleep = Box::pin(tokio::time::sleep_until(deadline(last, idle)));
+impl<B> IdleBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+{
+    /// Wrap `inner` without boxing.
+    pub fn new(inner: B, idle: std::time::Duration) -> Self {
         IdleBody {
             inner,
             idle,
-            last,
-            sleep,
+            last: tokio::time::Instant::now(),
+            sleep: None,
         }
-        .boxed_unsync()
+    }
+
+    /// Wrap `inner` and box the result.
+    pub fn wrap(inner: B, idle: std::time::Duration) -> BoxBody {
+        Self::new(inner, idle).boxed_unsync()
     }
 }
 
@@ -213,7 +241,10 @@ fn deadline(from: tokio::time::Instant, idle: std::time::Duration) -> tokio::tim
         .unwrap_or(from + std::time::Duration::from_secs(86400 * 365))
 }
 
-impl Body for IdleBody {
+impl<B> Body for IdleBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
     fn poll_frame(
@@ -224,15 +255,20 @@ impl Body for IdleBody {
             self.last = tokio::time::Instant::now();
             return Poll::Ready(r);
         }
+        let this = &mut *self;
+        let (last, idle) = (this.last, this.idle);
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline(last, idle))));
         loop {
-            if self.sleep.as_mut().poll(cx).is_pending() {
+            if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let due = deadline(self.last, self.idle);
+            let due = deadline(this.last, this.idle);
             if due <= tokio::time::Instant::now() {
                 return Poll::Ready(Some(Err("stream idle timeout".into())));
             }
-            self.sleep.as_mut().reset(due);
+            sleep.as_mut().reset(due);
         }
     }
     fn size_hint(&self) -> SizeHint {

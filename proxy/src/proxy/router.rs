@@ -205,10 +205,11 @@ pub async fn forward(
                     HeaderName::from_static("x-envoy-upstream-service-time");
                 rp.headers
                     .insert(SERVICE_TIME, millis_value(started.elapsed().as_millis()));
-                let mut body = Guarded::wrap(super::body::boxed(rb), guard);
-                if let Some(i) = idle {
-                    body = super::body::IdleBody::wrap(body, i);
-                }
+                // One box for the whole body: the layers wrap `Incoming` by value.
+                let body = match idle {
+                    Some(i) => super::body::IdleBody::wrap(Guarded::new(rb, guard), i),
+                    None => Guarded::wrap(rb, guard),
+                };
                 return Ok(Response::from_parts(rp, body));
             }
             Err(e) => {
