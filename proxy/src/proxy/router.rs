@@ -127,7 +127,10 @@ pub async fn forward(
                 return Err(LocalReply::no_healthy_upstream());
             }
         };
-        tried.push(host.addr);
+        // Only a policy with skip_previous_hosts reads `tried` (no allocation otherwise).
+        if retry.is_some_and(|r| r.skip_previous_hosts) {
+            tried.push(host.addr);
+        }
         let Some(req_body) = body.take() else {
             in_retry.release();
             return Err(LocalReply::reset(
@@ -135,7 +138,22 @@ pub async fn forward(
                 Flag::UpstreamRemoteReset,
             ));
         };
-        let req = build_request(&cluster, &parts, path, &host, req_body, upgrade.as_deref());
+        // The last possible attempt takes the headers instead of copying them (no retry can
+        // follow it, so `parts.headers` is not read again).
+        let headers = if attempt >= retries {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
+        let req = build_request(
+            &cluster,
+            &parts,
+            headers,
+            path,
+            &host,
+            req_body,
+            upgrade.as_deref(),
+        );
         let per_try = retry.and_then(|r| r.per_try_timeout);
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let wait = match (per_try, remaining) {
@@ -383,13 +401,13 @@ fn pick_host(
 fn build_request(
     cluster: &Cluster,
     parts: &http::request::Parts,
+    mut headers: HeaderMap,
     path: &str,
     host: &Host,
     body: BoxBody,
     upgrade: Option<&str>,
 ) -> Request<BoxBody> {
     let h2 = cluster.is_h2(parts.version);
-    let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     if let (Some(t), false) = (upgrade, h2) {
         if let Ok(v) = HeaderValue::from_str(t) {
