@@ -132,7 +132,9 @@ impl Server {
         if dynamic {
             // Waiting for the initial xDS config; the xDS client flips this to LIVE.
             self.state.set(server_state::INITIALIZING);
-            tracing::warn!("bootstrap asks for xDS, which this build does not implement yet; staying INITIALIZING");
+            if crate::xds::start(self).is_none() {
+                tracing::warn!("bootstrap asks for xDS in a form this build does not speak; staying INITIALIZING");
+            }
         } else {
             // A static bootstrap is the complete initial config: count it as the first
             // CDS/LDS update so pilot-agent's readiness check (which needs both > 0) passes.
