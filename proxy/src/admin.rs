@@ -138,7 +138,16 @@ pub async fn handle(server: &Arc<Server>, req: Request<Incoming>) -> Response<Bo
             }
         }
         "/server_info" => json_response(&server_info(server)),
-        "/config_dump" => json_response(&config_dump(server, has("include_eds"))),
+        "/config_dump" => {
+            // Static config plus the xDS client's dynamic sections (with version_info and
+            // last_updated), the shape `istioctl proxy-config` reads.
+            let eds = has("include_eds");
+            json_response(&crate::xds::dump::augment(
+                server,
+                config_dump(server, eds),
+                eds,
+            ))
+        }
         "/clusters" => clusters(server, get("format").as_deref() == Some("json")),
         "/listeners" => listeners(server, get("format").as_deref() == Some("json")),
         "/drain_listeners" => {
