@@ -3,7 +3,7 @@
 //! versions are already held (`initial_resource_versions`).
 
 use super::apply::{Incoming, Update};
-use super::engine::{Engine, TICK};
+use super::engine::Engine;
 use super::sotw::INVALID_ARGUMENT;
 use super::transport::Client;
 use super::Kind;
@@ -33,34 +33,29 @@ pub async fn run(engine: &mut Engine, client: &mut Client) -> (bool, String) {
         node_sent: false,
     };
     s.sync();
-    let mut inbound = match client
+    let inbound = match client
         .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
         .await
     {
         Ok(r) => r.into_inner(),
         Err(e) => return (false, format!("DeltaAggregatedResources: {e}")),
     };
-    s.engine.stats.connected.set(1);
-    tracing::info!("ADS stream (delta) established");
-    let mut got = false;
-    let mut tick = tokio::time::interval(TICK);
-    loop {
-        tokio::select! {
-            m = inbound.message() => match m {
-                Ok(Some(resp)) => {
-                    got = true;
-                    s.on_response(resp).await;
-                    s.sync();
-                }
-                Ok(None) => return (got, "stream closed by the server".into()),
-                Err(e) => return (got, format!("stream failed: {e}")),
-            },
-            _ = tick.tick() => {
-                if s.engine.tick().await {
-                    s.sync();
-                }
-            }
-        }
+    super::engine::pump(&mut s, inbound, "delta").await
+}
+
+impl super::engine::Protocol for Stream<'_> {
+    type Response = DeltaDiscoveryResponse;
+
+    fn engine(&mut self) -> &mut Engine {
+        self.engine
+    }
+
+    fn sync(&mut self) {
+        Stream::sync(self)
+    }
+
+    async fn on_response(&mut self, resp: DeltaDiscoveryResponse) {
+        Stream::on_response(self, resp).await
     }
 }
 

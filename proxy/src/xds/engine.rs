@@ -235,3 +235,47 @@ impl Engine {
         }
     }
 }
+
+/// The half of an ADS stream that differs between state of the world and delta.
+pub(super) trait Protocol {
+    /// The server's message type.
+    type Response;
+    /// The engine the stream drives.
+    fn engine(&mut self) -> &mut Engine;
+    /// Send whatever subscription changes the engine's state now calls for.
+    fn sync(&mut self);
+    /// Apply one response and ACK or NACK it.
+    async fn on_response(&mut self, resp: Self::Response);
+}
+
+/// Drive an established stream until it ends: apply responses, run the engine's timers, and
+/// re-sync subscriptions after each. Returns whether a response arrived (resets the backoff)
+/// and why the stream ended.
+pub(super) async fn pump<P: Protocol>(
+    p: &mut P,
+    mut inbound: tonic::Streaming<P::Response>,
+    flavour: &str,
+) -> (bool, String) {
+    p.engine().stats.connected.set(1);
+    tracing::info!("ADS stream ({flavour}) established");
+    let mut got = false;
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(resp)) => {
+                    got = true;
+                    p.on_response(resp).await;
+                    p.sync();
+                }
+                Ok(None) => return (got, "stream closed by the server".into()),
+                Err(e) => return (got, format!("stream failed: {e}")),
+            },
+            _ = tick.tick() => {
+                if p.engine().tick().await {
+                    p.sync();
+                }
+            }
+        }
+    }
+}

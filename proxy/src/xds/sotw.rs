@@ -2,7 +2,7 @@
 //! full list of names; CDS and LDS responses are complete sets.
 
 use super::apply::{Incoming, Update};
-use super::engine::{Engine, TICK};
+use super::engine::Engine;
 use super::transport::Client;
 use super::Kind;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -38,34 +38,29 @@ pub async fn run(engine: &mut Engine, client: &mut Client) -> (bool, String) {
     // Queue the subscriptions before the call: some servers (grpc-go) send their response
     // headers only with the first response.
     s.sync();
-    let mut inbound = match client
+    let inbound = match client
         .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
         .await
     {
         Ok(r) => r.into_inner(),
         Err(e) => return (false, format!("StreamAggregatedResources: {e}")),
     };
-    s.engine.stats.connected.set(1);
-    tracing::info!("ADS stream (state of the world) established");
-    let mut got = false;
-    let mut tick = tokio::time::interval(TICK);
-    loop {
-        tokio::select! {
-            m = inbound.message() => match m {
-                Ok(Some(resp)) => {
-                    got = true;
-                    s.on_response(resp).await;
-                    s.sync();
-                }
-                Ok(None) => return (got, "stream closed by the server".into()),
-                Err(e) => return (got, format!("stream failed: {e}")),
-            },
-            _ = tick.tick() => {
-                if s.engine.tick().await {
-                    s.sync();
-                }
-            }
-        }
+    super::engine::pump(&mut s, inbound, "state of the world").await
+}
+
+impl super::engine::Protocol for Stream<'_> {
+    type Response = DiscoveryResponse;
+
+    fn engine(&mut self) -> &mut Engine {
+        self.engine
+    }
+
+    fn sync(&mut self) {
+        Stream::sync(self)
+    }
+
+    async fn on_response(&mut self, resp: DiscoveryResponse) {
+        Stream::on_response(self, resp).await
     }
 }
 
