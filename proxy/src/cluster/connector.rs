@@ -48,11 +48,19 @@ pub struct CountingConnector {
 }
 
 impl CountingConnector {
-    /// A connector with the cluster's connect timeout and connection limit.
-    pub fn new(stats: Arc<ClusterStats>, timeout: Duration, max_connections: u64) -> Self {
+    /// A connector with the cluster's connect timeout, connection limit and source address
+    /// (`upstream_bind_config`; Istio binds inbound traffic to 127.0.0.6 so its iptables rules
+    /// let it through to the app instead of capturing it again).
+    pub fn new(
+        stats: Arc<ClusterStats>,
+        timeout: Duration,
+        max_connections: u64,
+        source: Option<std::net::IpAddr>,
+    ) -> Self {
         let mut inner = HttpConnector::new();
         inner.set_nodelay(true);
         inner.enforce_http(false);
+        inner.set_local_address(source);
         CountingConnector {
             inner,
             stats,

@@ -105,6 +105,8 @@ pub struct Cluster {
     pub breakers: Breakers,
     /// Outlier detection, if configured.
     pub outlier: Option<OutlierConfig>,
+    /// Local address upstream connections bind to (`upstream_bind_config.source_address`).
+    pub source_address: Option<std::net::IpAddr>,
     /// Stats.
     pub stats: Arc<ClusterStats>,
     /// The proto as configured (for `/config_dump`).
@@ -218,8 +220,13 @@ impl Cluster {
         let connect_timeout = opt_duration(&c.connect_timeout)
             .filter(|d| !d.is_zero())
             .unwrap_or(Duration::from_secs(5));
-        let connector =
-            CountingConnector::new(stats.clone(), connect_timeout, breakers.max_connections);
+        let source_address = bind_source(c)?;
+        let connector = CountingConnector::new(
+            stats.clone(),
+            connect_timeout,
+            breakers.max_connections,
+            source_address,
+        );
         let h1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(upstream_idle_timeout(c)?)
@@ -241,6 +248,7 @@ impl Cluster {
             protocol,
             breakers,
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
+            source_address,
             stats,
             proto: c.clone(),
             lb,
@@ -358,6 +366,20 @@ impl Cluster {
     pub fn end_retry(&self) {
         self.breakers.active_retries.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// `upstream_bind_config.source_address` as an IP (port 0: the kernel picks one).
+fn bind_source(c: &cpb::Cluster) -> Result<Option<std::net::IpAddr>, String> {
+    let Some(b) = &c.upstream_bind_config else {
+        return Ok(None);
+    };
+    let Some(sa) = &b.source_address else {
+        return Ok(None);
+    };
+    sa.address
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("upstream_bind_config address {:?} is not an IP", sa.address))
 }
 
 fn breakers(cb: Option<&cpb::CircuitBreakers>) -> Breakers {
