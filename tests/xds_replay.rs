@@ -2,6 +2,7 @@
 //! on Istio 1.10.6's bootstrap, and `mosnctl xds serve` as a process (ADS and SDS over a unix
 //! socket, stopped with SIGTERM).
 
+mod common;
 mod xds_support;
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
@@ -31,17 +32,36 @@ async fn real_istio_endpoints_dump_is_served() {
     )
     .await
     .unwrap();
-    let mut s = Sotw::open(tcp_channel(server.listen()).await).await;
-    let cds = s.subscribe(CLUSTER, &[]).await;
-    assert!(
-        cds.resources.is_empty(),
-        "no clusters in this dump, but CDS is answered"
-    );
-    s.ack(&cds, &[]).await;
     let all: Vec<String> = dump.resources[ENDPOINT]
         .iter()
         .map(|a| proto::resource_name(a).unwrap())
         .collect();
+    // No clusters in this dump: each CLA gets a minimal EDS cluster of its name.
+    assert_eq!(dump.synthesized_clusters, all);
+    let mut s = Sotw::open(tcp_channel(server.listen()).await).await;
+    let cds = s.subscribe(CLUSTER, &[]).await;
+    let mut got = names(&cds);
+    let mut want = all.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    for any in &cds.resources {
+        let c: Value = proto::to_json(
+            &<envoy_types::pb::envoy::config::cluster::v3::Cluster as prost::Message>::decode(
+                any.value.as_slice(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c["type"], "EDS", "{c}");
+        assert_eq!(c["eds_cluster_config"]["service_name"], c["name"], "{c}");
+        assert_eq!(
+            c["eds_cluster_config"]["eds_config"]["ads"],
+            json!({}),
+            "{c}"
+        );
+    }
+    s.ack(&cds, &[]).await;
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
     let eds = s.subscribe(ENDPOINT, &refs).await;
     assert_eq!(eds.resources.len(), 32);
@@ -193,7 +213,16 @@ async fn cli_serve_replays_a_full_dump_and_stops_on_sigterm() {
     let cds = s.subscribe(CLUSTER, &[]).await;
     let mut got = names(&cds);
     got.sort();
-    assert_eq!(got, all_subsets(), "only dynamic clusters");
+    // The dump's dynamic clusters (not its static ones), plus an EDS cluster made up for
+    // each CLA of the real EDS section that none of them uses.
+    let mut want: Vec<String> = vector_endpoints(&endpoints_vector())
+        .into_keys()
+        .chain(all_subsets())
+        .collect();
+    want.sort();
+    want.dedup();
+    assert_eq!(got, want);
+    assert!(!got.iter().any(|n| n == "prometheus_stats"));
     s.ack(&cds, &[]).await;
     let (base, v1) = (subset(""), subset("v1"));
     let eds = s.subscribe(ENDPOINT, &[&base, &v1]).await;
@@ -272,4 +301,216 @@ async fn cli_serve_replays_a_full_dump_and_stops_on_sigterm() {
     let pipe =
         &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"];
     assert_eq!(pipe["path"], sock.to_str().unwrap());
+}
+
+// ---------- the real proxy on the real vector ----------
+
+/// The endpoint addresses per cluster of a dump's dynamic CLAs, read straight from the JSON.
+fn vector_endpoints(dump: &Value) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in dump["configs"][0]["dynamic_endpoint_configs"]
+        .as_array()
+        .unwrap()
+    {
+        let cla = &e["endpoint_config"];
+        let mut addrs = Vec::new();
+        for group in cla["endpoints"].as_array().into_iter().flatten() {
+            for lb in group["lb_endpoints"].as_array().into_iter().flatten() {
+                let sa = &lb["endpoint"]["address"]["socket_address"];
+                addrs.push(format!(
+                    "{}:{}",
+                    sa["address"].as_str().unwrap(),
+                    sa["port_value"]
+                ));
+            }
+        }
+        addrs.sort();
+        out.insert(cla["cluster_name"].as_str().unwrap().to_string(), addrs);
+    }
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Issue 6's "real config" test: `mosnctl xds serve` replays the EDS-only Istio dump,
+/// `mosnctl xds bootstrap` points the real `mosn` at it, and mosn's admin `/clusters` then
+/// lists every one of the 32 clusters with exactly the dump's endpoint addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosn_reports_the_replayed_istio_endpoints_under_clusters() {
+    // The proxy built once per test binary by `mosnctl build`, as tests/artifacts.rs does,
+    // unless MOSN_BIN names one already built.
+    let mosn = match std::env::var_os("MOSN_BIN") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => tokio::task::spawn_blocking(|| common::built_proxy().1.clone())
+            .await
+            .unwrap(),
+    };
+    let vector_path = vector("istio-master/configdump/endpoints-configdump.json");
+    let want = vector_endpoints(&endpoints_vector());
+    assert_eq!(want.len(), 32);
+
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("XDS");
+    let serve_log = dir.path().join("serve.log");
+    let mut serve = KillOnDrop(Some(
+        mosnctl(&[
+            "xds",
+            "serve",
+            "--config-dump",
+            vector_path.to_str().unwrap(),
+            "--listen",
+            &format!("unix:{}", sock.display()),
+        ])
+        .stderr(std::fs::File::create(&serve_log).unwrap())
+        .spawn()
+        .unwrap(),
+    ));
+    let admin = format!("127.0.0.1:{}", free_port());
+    let boot = dir.path().join("envoy-rev0.json");
+    let st = mosnctl(&[
+        "xds",
+        "bootstrap",
+        "--config-dump",
+        vector_path.to_str().unwrap(),
+        "--xds",
+        &format!("unix:{}", sock.display()),
+        "--admin",
+        &admin,
+        "--out",
+        boot.to_str().unwrap(),
+    ])
+    .status()
+    .unwrap();
+    assert!(st.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosnctl xds serve did not bind"
+        );
+        if let Some(st) = serve.0.as_mut().unwrap().try_wait().unwrap() {
+            panic!(
+                "mosnctl xds serve exited: {st}: {}",
+                std::fs::read_to_string(&serve_log).unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mosn_log = dir.path().join("mosn.log");
+    let mut proxy = KillOnDrop(Some(
+        std::process::Command::new(&mosn)
+            .args(["-c", boot.to_str().unwrap(), "-l", "info"])
+            .stderr(std::fs::File::create(&mosn_log).unwrap())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let req = http.get(format!("http://{admin}{path}"));
+        async move {
+            let r = req.send().await.ok()?;
+            Some((r.status().as_u16(), r.text().await.ok()?))
+        }
+    };
+    // LIVE means the initial CDS, EDS (every cluster warm) and LDS were applied.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some((200, _)) = get("/ready").await {
+            break;
+        }
+        if let Some(st) = proxy.0.as_mut().unwrap().try_wait().unwrap() {
+            panic!(
+                "mosn exited: {st}: {}",
+                std::fs::read_to_string(&mosn_log).unwrap()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosn never became ready: {}",
+            std::fs::read_to_string(&mosn_log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (code, body) = get("/clusters?format=json").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut got = std::collections::BTreeMap::new();
+    for c in v["cluster_statuses"].as_array().unwrap() {
+        let mut addrs: Vec<String> = c["host_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| {
+                let sa = &h["address"]["socket_address"];
+                format!("{}:{}", sa["address"].as_str().unwrap(), sa["port_value"])
+            })
+            .collect();
+        addrs.sort();
+        got.insert(c["name"].as_str().unwrap().to_string(), addrs);
+    }
+    // The bootstrap's own static cluster, then exactly the dump's 32.
+    assert!(got.remove("xds-grpc").is_some(), "{:?}", got.keys());
+    assert_eq!(got.len(), 32, "{:?}", got.keys());
+    assert_eq!(got, want);
+    // A few pairs spelled out, so a reader sees what is compared.
+    let reviews = format!("outbound|9080||{REVIEWS}");
+    assert_eq!(
+        got[&reviews],
+        [
+            "10.244.0.192:9080",
+            "10.244.0.193:9080",
+            "10.244.0.195:9080"
+        ]
+    );
+    assert_eq!(
+        got["outbound|53||kube-dns.kube-system.svc.cluster.local"],
+        ["10.244.0.3:53", "10.244.0.8:53"]
+    );
+    assert_eq!(
+        got["outbound|443||kubernetes.default.svc.cluster.local"],
+        ["172.18.0.2:6443"]
+    );
+    assert!(got["BlackHoleCluster"].is_empty());
+    // Envoy's text form, which `istioctl proxy-config endpoints` parses.
+    let (_, text) = get("/clusters").await.unwrap();
+    assert!(
+        text.contains(&format!(
+            "{reviews}::10.244.0.193:9080::health_flags::healthy\n"
+        )),
+        "{text}"
+    );
+    let (_, stats) = get("/stats?usedonly").await.unwrap();
+    for name in [
+        "cluster_manager.cds.update_success".to_string(),
+        format!("cluster.{reviews}.update_success"),
+    ] {
+        let line = stats
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name}: {stats}"));
+        assert_ne!(line, format!("{name}: 0"), "{stats}");
+    }
+
+    drop(proxy);
+    let child = serve.0.take().unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    let log = std::fs::read_to_string(&serve_log).unwrap();
+    assert!(
+        log.contains("32 ClusterLoadAssignment(s) have no cluster in the dump"),
+        "serve says what it made up: {log}"
+    );
 }

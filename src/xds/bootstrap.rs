@@ -14,6 +14,7 @@ use anyhow::{anyhow, Context, Result};
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// The xDS cluster name Istio uses; kept when the dump names none.
 pub const XDS_CLUSTER: &str = "xds-grpc";
@@ -31,9 +32,44 @@ const ENVOY_NODE_FIELDS: &[&str] = &[
     "hidden_envoy_deprecated_build_version",
 ];
 
+/// What [`build_with`] may change beyond the xDS address.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Incremental xDS (`DELTA_GRPC`) instead of state-of-the-world (`GRPC`).
+    pub delta: bool,
+    /// The admin listener's address instead of the dump's (or 127.0.0.1:15000).
+    pub admin: Option<SocketAddr>,
+    /// Reach the xDS server over TLS (see [`ClientTls`]).
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS from the proxy to the xDS server: an `UpstreamTlsContext` on the xDS cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    /// PEM CA bundle the proxy verifies the server's certificate with (`trusted_ca`).
+    pub ca: PathBuf,
+    /// PEM client certificate chain and key for mutual TLS (`tls_certificates`).
+    pub cert_key: Option<(PathBuf, PathBuf)>,
+    /// The server name to send and verify (`sni`); the server's host when unset.
+    pub sni: Option<String>,
+}
+
 /// Build the bootstrap JSON for a proxy that fetches everything from `xds` over ADS,
 /// state-of-the-world (`GRPC`) or, with `delta`, incremental (`DELTA_GRPC`).
 pub fn build(dump: Option<&Dump>, xds: &Listen, delta: bool) -> Result<Value> {
+    build_with(
+        dump,
+        xds,
+        &Options {
+            delta,
+            ..Default::default()
+        },
+    )
+}
+
+/// [`build`] with every option.
+pub fn build_with(dump: Option<&Dump>, xds: &Listen, opts: &Options) -> Result<Value> {
+    let delta = opts.delta;
     let mut b = match dump.and_then(|d| d.bootstrap.as_ref()) {
         // A round trip through the typed proto drops fields our descriptors do not know
         // (dumps of newer Envoys), so the output always decodes strictly.
@@ -79,7 +115,16 @@ pub fn build(dump: Option<&Dump>, xds: &Listen, delta: bool) -> Result<Value> {
             sds[key] = fresh[key].clone();
         }
     }
-    clusters.push(xds_cluster(&cluster_name, xds)?);
+    let mut cluster = xds_cluster(&cluster_name, xds)?;
+    if let Some(tls) = &opts.tls {
+        cluster["transport_socket"] = tls_socket(tls)?;
+    }
+    clusters.push(cluster);
+    if let Some(admin) = opts.admin {
+        obj.entry("admin").or_insert_with(|| json!({}))["address"] = json!({
+            "socket_address": {"address": admin.ip().to_string(), "port_value": admin.port()}
+        });
+    }
     obj.insert(
         "dynamic_resources".into(),
         dynamic_resources(&cluster_name, delta),
@@ -102,6 +147,34 @@ fn default_base() -> Value {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}
         },
     })
+}
+
+/// The xDS cluster's `transport_socket`: Envoy's `UpstreamTlsContext` with file data sources
+/// (absolute paths, so the proxy may run from any directory), ALPN h2.
+fn tls_socket(tls: &ClientTls) -> Result<Value> {
+    let abs = |p: &std::path::Path| -> Result<String> {
+        let p = std::path::absolute(p)
+            .with_context(|| format!("cannot make {} absolute", p.display()))?;
+        Ok(p.to_string_lossy().into_owned())
+    };
+    let mut common = json!({
+        "alpn_protocols": ["h2"],
+        "validation_context": {"trusted_ca": {"filename": abs(&tls.ca)?}},
+    });
+    if let Some((cert, key)) = &tls.cert_key {
+        common["tls_certificates"] = json!([{
+            "certificate_chain": {"filename": abs(cert)?},
+            "private_key": {"filename": abs(key)?},
+        }]);
+    }
+    let mut ctx = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": common,
+    });
+    if let Some(sni) = &tls.sni {
+        ctx["sni"] = json!(sni);
+    }
+    Ok(json!({"name": "envoy.transport_sockets.tls", "typed_config": ctx}))
 }
 
 /// Istio 1.10's `dynamic_resources`: CDS and LDS over ADS, waiting indefinitely for the

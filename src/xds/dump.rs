@@ -26,6 +26,10 @@ pub struct Dump {
     pub resources: BTreeMap<String, Vec<Any>>,
     /// EDS clusters without a ClusterLoadAssignment in the dump (see [`Dump::snapshot`]).
     pub missing_endpoints: Vec<String>,
+    /// ClusterLoadAssignments that no cluster of the dump uses, for which a minimal EDS
+    /// cluster was made up so a proxy subscribes to them (an `EndpointsConfigDump` alone, e.g.
+    /// `istioctl proxy-config endpoints -o json`, or a dump saved without clusters).
+    pub synthesized_clusters: Vec<String>,
     /// Resources that could not be decoded, and other things the user should know.
     pub warnings: Vec<String>,
 }
@@ -115,6 +119,7 @@ impl Dump {
             }
         }
         dump.fill_missing_endpoints();
+        dump.synthesize_clusters();
         Ok(dump)
     }
 
@@ -207,6 +212,42 @@ impl Dump {
         self.missing_endpoints = missing;
     }
 
+    /// A proxy only asks for endpoints of the EDS clusters it knows, so a ClusterLoadAssignment
+    /// that no cluster of the dump names (by `eds_cluster_config.service_name`, or by cluster
+    /// name for any cluster type) would be served to nobody. Give each such CLA a minimal EDS
+    /// cluster of the same name, fetching it over ADS, as istiod writes outbound clusters
+    /// (contract §5: `service_name` = cluster name). Listed in `synthesized_clusters`.
+    fn synthesize_clusters(&mut self) {
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        for any in self.resources.get(CLUSTER).into_iter().flatten() {
+            let Ok(c) = <Cluster as prost::Message>::decode(any.value.as_slice()) else {
+                continue;
+            };
+            if let Some(e) = c.eds_cluster_config.as_ref() {
+                if !e.service_name.is_empty() {
+                    used.insert(e.service_name.clone());
+                }
+            }
+            used.insert(c.name);
+        }
+        let orphans: Vec<String> = self
+            .resources
+            .get(ENDPOINT)
+            .into_iter()
+            .flatten()
+            .filter_map(proto::resource_name)
+            .filter(|n| !used.contains(n))
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        let list = self.resources.entry(CLUSTER.to_string()).or_default();
+        for name in &orphans {
+            list.push(proto::pack(&eds_cluster(name)));
+        }
+        self.synthesized_clusters = orphans;
+    }
+
     /// The resources as a cache snapshot. All five types are included, empty or not, so
     /// wildcard CDS/LDS subscribers get an answer even from a dump without listeners.
     pub fn snapshot(&self) -> Snapshot {
@@ -221,6 +262,42 @@ impl Dump {
     /// How many resources of `type_url` the dump provides.
     pub fn count(&self, type_url: &str) -> usize {
         self.resources.get(type_url).map(Vec::len).unwrap_or(0)
+    }
+}
+
+/// The cluster [`Dump::synthesize_clusters`] makes up for an orphan ClusterLoadAssignment:
+/// type EDS, endpoints from `name` over ADS (waiting for them indefinitely, as Istio's
+/// bootstrap does), Istio's 10 s connect timeout, round robin.
+pub fn eds_cluster(name: &str) -> Cluster {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, EdsClusterConfig,
+    };
+    use envoy_types::pb::envoy::config::core::v3::{
+        config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource,
+    };
+    use envoy_types::pb::google::protobuf::Duration;
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            service_name: name.to_string(),
+            eds_config: Some(ConfigSource {
+                config_source_specifier: Some(ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource {},
+                )),
+                initial_fetch_timeout: Some(Duration {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+                resource_api_version: ApiVersion::V3 as i32,
+                ..Default::default()
+            }),
+        }),
+        connect_timeout: Some(Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
+        ..Default::default()
     }
 }
 
@@ -279,6 +356,39 @@ mod tests {
             "{:?}",
             dump.warnings
         );
+    }
+
+    #[test]
+    fn orphan_endpoints_get_an_eds_cluster() {
+        let cla = |n: &str| {
+            json!({"endpoint_config": {
+            "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment", "cluster_name": n}})
+        };
+        let cluster = |c: Value| json!({"cluster": c});
+        let dump = Dump::from_json(&json!({"configs": [
+            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": [
+                cluster(json!({"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                    "name": "outbound|80||a", "type": "EDS",
+                    "eds_cluster_config": {"service_name": "a-service", "eds_config": {"ads": {}}}})),
+                cluster(json!({"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                    "name": "BlackHoleCluster", "type": "STATIC"}))]},
+            {"@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump", "dynamic_endpoint_configs": [
+                cla("a-service"), cla("BlackHoleCluster"), cla("outbound|9080||orphan")]}
+        ]}))
+        .unwrap();
+        assert!(dump.warnings.is_empty(), "{:?}", dump.warnings);
+        assert_eq!(dump.synthesized_clusters, ["outbound|9080||orphan"]);
+        assert_eq!(dump.count(CLUSTER), 3);
+        let made: Cluster =
+            prost::Message::decode(dump.resources[CLUSTER][2].value.as_slice()).unwrap();
+        let json = proto::to_json(&made).unwrap();
+        assert_eq!(json["name"], "outbound|9080||orphan");
+        assert_eq!(json["type"], "EDS");
+        assert_eq!(
+            json["eds_cluster_config"]["service_name"],
+            "outbound|9080||orphan"
+        );
+        assert_eq!(json["eds_cluster_config"]["eds_config"]["ads"], json!({}));
     }
 
     #[test]

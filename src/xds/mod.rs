@@ -114,6 +114,9 @@ pub struct ServeArgs {
     /// Also write a bootstrap for the bound address to FILE (as `mosnctl xds bootstrap` would).
     #[arg(long, value_name = "FILE")]
     pub bootstrap: Option<PathBuf>,
+    /// The admin address of the proxy in the bootstrap written by --bootstrap.
+    #[arg(long, value_name = "ADDR", requires = "bootstrap")]
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Arguments of `mosnctl xds bootstrap`.
@@ -129,6 +132,10 @@ pub struct BootstrapArgs {
     /// Use incremental xDS (ads_config.api_type DELTA_GRPC) instead of GRPC.
     #[arg(long)]
     pub delta: bool,
+    /// The proxy's admin address (IP:PORT) instead of the dump's, or 127.0.0.1:15000 (where
+    /// a local Envoy or pilot-agent may already listen).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
     /// Write to FILE (atomically) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -147,16 +154,31 @@ fn load(path: &std::path::Path) -> Result<Dump> {
     for w in &dump.warnings {
         tracing::warn!("{w}");
     }
+    let made = &dump.synthesized_clusters;
+    if !made.is_empty() {
+        let shown: Vec<&str> = made.iter().take(3).map(String::as_str).collect();
+        let more = match made.len() - shown.len() {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        tracing::info!(
+            "{} ClusterLoadAssignment(s) have no cluster in the dump; serving a minimal EDS \
+             cluster (service_name = its cluster_name, endpoints over ADS) for each: {}{more}",
+            made.len(),
+            shown.join(", ")
+        );
+        tracing::debug!("made-up EDS clusters: {}", made.join(", "));
+    }
     Ok(dump)
 }
 
 fn write_bootstrap(
     dump: &Dump,
     xds: &Listen,
-    delta: bool,
+    opts: &bootstrap::Options,
     out: Option<&std::path::Path>,
 ) -> Result<()> {
-    let b = bootstrap::build(Some(dump), xds, delta)?;
+    let b = bootstrap::build_with(Some(dump), xds, opts)?;
     let mut text = serde_json::to_string_pretty(&b)?;
     text.push('\n');
     match out {
@@ -172,7 +194,12 @@ fn write_bootstrap(
 fn run_bootstrap(args: BootstrapArgs) -> Result<()> {
     let dump = load(&args.config_dump)?;
     let xds: Listen = args.xds.parse()?;
-    write_bootstrap(&dump, &xds, args.delta, args.out.as_deref())
+    let opts = bootstrap::Options {
+        delta: args.delta,
+        admin: args.admin,
+        tls: None,
+    };
+    write_bootstrap(&dump, &xds, &opts, args.out.as_deref())
 }
 
 fn run_serve(args: ServeArgs) -> Result<()> {
@@ -201,7 +228,12 @@ fn run_serve(args: ServeArgs) -> Result<()> {
         let server = Server::start(&listen, cache).await?;
         let bound = server.listen().clone();
         if let Some(path) = &args.bootstrap {
-            write_bootstrap(&dump, &bound, args.delta, Some(path))?;
+            let opts = bootstrap::Options {
+                delta: args.delta,
+                admin: args.admin,
+                tls: None,
+            };
+            write_bootstrap(&dump, &bound, &opts, Some(path))?;
             tracing::info!("wrote bootstrap {}", path.display());
         }
         let delta = if args.delta { " --delta" } else { "" };
