@@ -27,6 +27,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod lb;
+pub mod listener;
 pub mod logging;
 pub mod proxy;
 pub mod route;

@@ -4,30 +4,15 @@
 //! (xDS, next issue) never changes the config under an in-flight request.
 
 use super::LoadedBootstrap;
-use crate::cluster::{address, Addr, Cluster};
+use crate::cluster::Cluster;
+pub use crate::listener::ListenerConfig;
 use crate::proxy::hcm::HcmConfig;
 use crate::route::RouteConfig;
 use crate::stats::Stats;
 use arc_swap::ArcSwap;
-use envoy_types::pb::envoy::config::listener::v3 as lpb;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// A compiled listener.
-#[derive(Debug)]
-pub struct ListenerConfig {
-    /// Listener name (Envoy names unnamed static listeners by address).
-    pub name: String,
-    /// Bind address.
-    pub address: SocketAddr,
-    /// Whether to bind a socket (`bind_to_port` / `deprecated_v1.bind_to_port`).
-    pub bind: bool,
-    /// The HTTP connection manager of the (first) filter chain; `None` when unsupported.
-    pub hcm: Option<Arc<HcmConfig>>,
-    /// The proto (for `/config_dump`).
-    pub proto: lpb::Listener,
-}
 
 /// Everything the data path needs, immutable.
 #[derive(Debug, Default)]
@@ -40,6 +25,8 @@ pub struct Snapshot {
     pub routes: HashMap<String, Arc<RouteConfig>>,
     /// The bootstrap it came from.
     pub bootstrap: Option<Arc<LoadedBootstrap>>,
+    /// Listener index by address, built on first hand-off.
+    pub by_address: std::sync::OnceLock<HashMap<SocketAddr, usize>>,
 }
 
 impl Snapshot {
@@ -71,71 +58,34 @@ impl Snapshot {
         Ok(snap)
     }
 
+    /// The listener a `use_original_dst` listener hands a connection to: the one at exact
+    /// `dst`, else the one at `0.0.0.0:port` (`[::]:port` for IPv6), never `except` itself.
+    pub fn listener_for(&self, dst: SocketAddr, except: &str) -> Option<&Arc<ListenerConfig>> {
+        let index = self.by_address.get_or_init(|| {
+            let mut m = HashMap::new();
+            for (i, l) in self.listeners.iter().enumerate() {
+                m.entry(l.address).or_insert(i);
+            }
+            m
+        });
+        let any = if dst.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        [dst, SocketAddr::new(any, dst.port())]
+            .iter()
+            .filter_map(|a| index.get(a))
+            .map(|&i| &self.listeners[i])
+            .find(|l| l.name != except)
+    }
+
     /// The route config an HCM uses.
     pub fn route_config(&self, hcm: &HcmConfig) -> Option<Arc<RouteConfig>> {
         match &hcm.routes {
             crate::proxy::hcm::RouteSource::Inline(r) => Some(r.clone()),
             crate::proxy::hcm::RouteSource::Rds(n) => self.routes.get(n).cloned(),
         }
-    }
-}
-
-impl ListenerConfig {
-    /// Compile a listener.
-    pub fn from_proto(l: &lpb::Listener) -> Result<Self, String> {
-        let address = match address(l.address.as_ref())? {
-            Addr::Socket(ip, port) => {
-                let ip: std::net::IpAddr = ip
-                    .parse()
-                    .map_err(|_| format!("listener address {ip:?} is not an IP"))?;
-                SocketAddr::new(ip, port)
-            }
-            Addr::Pipe(p) => return Err(format!("pipe listeners ({p}) are not supported")),
-        };
-        let bind = l
-            .bind_to_port
-            .as_ref()
-            .map(|b| b.value)
-            .or_else(|| {
-                l.deprecated_v1
-                    .as_ref()
-                    .and_then(|d| d.bind_to_port.as_ref())
-                    .map(|b| b.value)
-            })
-            .unwrap_or(true);
-        // Without filter-chain matching (xDS issue), use the first chain with an HCM, then
-        // the default chain.
-        let mut hcm = None;
-        for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
-            for f in &chain.filters {
-                let Some(lpb::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                    continue;
-                };
-                if super::decode::parked_type(any).is_some() {
-                    tracing::debug!(filter = %f.name, "skipping network filter of an unknown type");
-                    continue;
-                }
-                if any.type_url.ends_with("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager") {
-                    hcm = Some(Arc::new(HcmConfig::from_any(any)?));
-                    break;
-                }
-                tracing::debug!(filter = %f.name, "network filter not implemented yet");
-            }
-            if hcm.is_some() {
-                break;
-            }
-        }
-        Ok(ListenerConfig {
-            name: if l.name.is_empty() {
-                address.to_string()
-            } else {
-                l.name.clone()
-            },
-            address,
-            bind,
-            hcm,
-            proto: l.clone(),
-        })
     }
 }
 

@@ -9,8 +9,11 @@ pub mod hcm;
 pub mod local_reply;
 pub mod router;
 pub mod service;
+pub mod tcp_proxy;
 
 use crate::config::{ConfigStore, ListenerConfig};
+use crate::listener::chain_match::ConnInfo;
+use crate::listener::{inspect, Terminal};
 use crate::stats::{Kind, Stat, Stats};
 use hcm::{Codec, HcmConfig};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -84,7 +87,7 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// Original destination (SO_ORIGINAL_DST, else the local address).
     pub original_dst: SocketAddr,
-    /// The listener's port (strip_matching_host_port).
+    /// The port the connection was addressed to (strip_matching_host_port).
     pub listener_port: u16,
     /// Becomes true when the listener drains.
     pub draining: watch::Receiver<bool>,
@@ -137,24 +140,13 @@ pub async fn bind(
         drain,
         connections: Default::default(),
     });
-    let Some(hcm) = config.hcm.clone() else {
-        tracing::warn!(listener = %config.name, "listener has no http_connection_manager; connections will be closed");
-        return Ok(running);
-    };
-    let hstats = HcmStats::new(&stats, &hcm.stat_prefix);
-    let laddr = config.address.to_string();
-    let l_cx_total = stats.listener(&laddr, "downstream_cx_total", Kind::Counter);
-    let l_cx_active = stats.listener(&laddr, "downstream_cx_active", Kind::Gauge);
-    let use_original_dst = config
-        .proto
-        .use_original_dst
-        .as_ref()
-        .is_some_and(|b| b.value)
-        || config
-            .proto
-            .listener_filters
-            .iter()
-            .any(|f| f.name == "envoy.filters.listener.original_dst");
+    // Envoy names listener stats by address with `:` turned into `_` (`0.0.0.0_15001`).
+    let laddr = config.address.to_string().replace(':', "_");
+    let lstats = Arc::new(ListenerStats {
+        cx_total: stats.listener(&laddr, "downstream_cx_total", Kind::Counter),
+        cx_active: stats.listener(&laddr, "downstream_cx_active", Kind::Gauge),
+        no_chain: stats.listener(&laddr, "no_filter_chain_match", Kind::Counter),
+    });
     let conns = running.connections.clone();
     tokio::spawn(async move {
         loop {
@@ -171,37 +163,114 @@ pub async fn bind(
                     continue;
                 }
             };
-            let local = stream.local_addr().unwrap_or(local_addr);
-            let original_dst = if use_original_dst {
-                original_dst(&stream).unwrap_or(local)
-            } else {
-                local
-            };
-            let ctx = Arc::new(ConnCtx {
-                hcm: hcm.clone(),
+            let accept = Accepted {
+                listener: config.clone(),
                 store: store.clone(),
-                stats: hstats.clone(),
-                peer,
-                original_dst,
-                listener_port: local_addr.port(),
+                stats: stats.clone(),
+                lstats: lstats.clone(),
                 draining: drain_rx.clone(),
-            });
-            hstats.cx_total.inc();
-            l_cx_total.inc();
-            let (cx_active, l_active, conns) =
-                (hstats.cx_active.clone(), l_cx_active.clone(), conns.clone());
+                local: local_addr,
+            };
+            let conns = conns.clone();
             tokio::spawn(async move {
-                cx_active.inc();
-                l_active.inc();
+                accept.lstats.cx_total.inc();
+                accept.lstats.cx_active.inc();
                 conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                serve_connection(stream, ctx).await;
+                let lstats = accept.lstats.clone();
+                accept.dispatch(stream, peer).await;
                 conns.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                cx_active.dec();
-                l_active.dec();
+                lstats.cx_active.dec();
             });
         }
     });
     Ok(running)
+}
+
+/// `listener.<address>.*` stats.
+#[derive(Debug)]
+struct ListenerStats {
+    cx_total: Arc<Stat>,
+    cx_active: Arc<Stat>,
+    no_chain: Arc<Stat>,
+}
+
+/// A connection accepted by a bound listener, before its filter chain is known.
+struct Accepted {
+    listener: Arc<ListenerConfig>,
+    store: Arc<ConfigStore>,
+    stats: Arc<Stats>,
+    lstats: Arc<ListenerStats>,
+    draining: watch::Receiver<bool>,
+    local: SocketAddr,
+}
+
+impl Accepted {
+    /// Envoy's path for a new connection: restore the original destination, hand it to the
+    /// listener of that address (`use_original_dst`), run the listener filters, pick the filter
+    /// chain and run its terminal filter.
+    async fn dispatch(self, stream: TcpStream, peer: SocketAddr) {
+        let local = stream.local_addr().unwrap_or(self.local);
+        let dst = if self.listener.original_dst {
+            original_dst(&stream).unwrap_or(local)
+        } else {
+            local
+        };
+        let snap = self.store.load();
+        let mut target = self.listener.clone();
+        if self.listener.hand_off && dst != local {
+            if let Some(l) = snap.listener_for(dst, &self.listener.name) {
+                tracing::trace!(from = %self.listener.name, to = %l.name, %dst, "handing off");
+                target = l.clone();
+            }
+        }
+        let detected = match inspect::inspect(&stream, target.inspectors).await {
+            Ok(d) => d,
+            Err(why) => {
+                tracing::debug!(listener = %target.name, %peer, "connection closed by listener filters: {why}");
+                return;
+            }
+        };
+        let info = ConnInfo {
+            dst,
+            src: peer,
+            sni: detected.sni.as_deref(),
+            transport: detected.transport,
+            alpn: &detected.alpn,
+        };
+        let Some(sel) = target.select(&info) else {
+            self.lstats.no_chain.inc();
+            tracing::debug!(listener = %target.name, %peer, %dst, transport = detected.transport, alpn = ?detected.alpn, "no filter chain matches; closing");
+            return;
+        };
+        if sel.tls {
+            tracing::debug!(listener = %target.name, chain = %sel.chain.name, "chain terminates TLS, which is not supported; closing");
+            return;
+        }
+        match &sel.chain.terminal {
+            Terminal::Tcp(tp) => tcp_proxy::serve(stream, tp, &snap, &self.stats, dst).await,
+            t @ Terminal::Http { .. } => {
+                let Some((hcm, hstats)) = t.hcm_stats(&self.stats) else {
+                    return;
+                };
+                // Requests load the snapshot themselves; a keep-alive connection must not pin
+                // an old one.
+                drop(snap);
+                let ctx = Arc::new(ConnCtx {
+                    hcm: hcm.clone(),
+                    store: self.store,
+                    stats: hstats.clone(),
+                    peer,
+                    original_dst: dst,
+                    listener_port: dst.port(),
+                    draining: self.draining,
+                });
+                hstats.cx_total.inc();
+                hstats.cx_active.inc();
+                serve_connection(stream, ctx).await;
+                hstats.cx_active.dec();
+            }
+        }
+    }
 }
 
 async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {

@@ -1,0 +1,262 @@
+//! Compiled listeners: address, bind flag, listener filters and filter chains with their
+//! `FilterChainMatch`, each ending in an HTTP connection manager or a `tcp_proxy`.
+//!
+//! The accept loop (`crate::proxy`) asks a listener for the chain of each connection with
+//! [`ListenerConfig::select`] after the inspectors in [`inspect`] have run.
+
+pub mod chain_match;
+pub mod inspect;
+
+use crate::cluster::{address, Addr};
+use crate::config::decode;
+use crate::proxy::hcm::HcmConfig;
+use crate::proxy::tcp_proxy::TcpProxyConfig;
+use crate::proxy::HcmStats;
+use crate::stats::Stats;
+use chain_match::{ChainMatch, ConnInfo};
+use envoy_types::pb::envoy::config::listener::v3 as lpb;
+use inspect::Inspectors;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+const HCM_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+
+/// What a filter chain does with its connections.
+#[derive(Debug)]
+pub enum Terminal {
+    /// `envoy.filters.network.http_connection_manager`.
+    Http {
+        /// The compiled HCM.
+        hcm: Arc<HcmConfig>,
+        /// Its `http.<stat_prefix>.*` stats, registered on first use.
+        stats: OnceLock<Arc<HcmStats>>,
+    },
+    /// `envoy.filters.network.tcp_proxy`.
+    Tcp(Arc<TcpProxyConfig>),
+}
+
+impl Terminal {
+    /// The HCM stats of an HTTP chain.
+    pub fn hcm_stats(&self, store: &Arc<Stats>) -> Option<(&Arc<HcmConfig>, Arc<HcmStats>)> {
+        match self {
+            Terminal::Http { hcm, stats } => Some((
+                hcm,
+                stats
+                    .get_or_init(|| HcmStats::new(store, &hcm.stat_prefix))
+                    .clone(),
+            )),
+            Terminal::Tcp(_) => None,
+        }
+    }
+}
+
+/// A compiled filter chain.
+#[derive(Debug)]
+pub struct FilterChain {
+    /// Chain name (Istio names them, e.g. `virtualOutbound-catchall-tcp`).
+    pub name: String,
+    /// Its match.
+    pub matcher: ChainMatch,
+    /// The terminal network filter.
+    pub terminal: Terminal,
+}
+
+impl FilterChain {
+    fn from_proto(c: &lpb::FilterChain) -> Result<Self, String> {
+        let name = c.name.clone();
+        let ctx = |e: String| {
+            if name.is_empty() {
+                e
+            } else {
+                format!("filter chain {name:?}: {e}")
+            }
+        };
+        if c.transport_socket.is_some() {
+            // Downstream TLS (Istio's mTLS chains) needs SDS certificates; such chains are
+            // kept so that chain selection stays Envoy's, and their connections are closed.
+            tracing::debug!(chain = %name, "downstream TLS is not supported; the chain will close its connections");
+        }
+        let mut terminal = None;
+        for f in &c.filters {
+            let Some(lpb::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                tracing::debug!(filter = %f.name, "network filter without typed_config skipped");
+                continue;
+            };
+            if terminal.is_some() {
+                return Err(ctx(format!(
+                    "filter {:?} comes after the terminal filter",
+                    f.name
+                )));
+            }
+            if let Some(t) = decode::parked_type(any) {
+                tracing::debug!(filter = %f.name, r#type = %t, "skipping network filter of an unknown type");
+                continue;
+            }
+            match any.type_url.as_str() {
+                HCM_URL => {
+                    terminal = Some(Terminal::Http {
+                        hcm: Arc::new(HcmConfig::from_any(any).map_err(ctx)?),
+                        stats: OnceLock::new(),
+                    })
+                }
+                TCP_PROXY_URL => {
+                    terminal = Some(Terminal::Tcp(Arc::new(
+                        TcpProxyConfig::from_any(any).map_err(ctx)?,
+                    )))
+                }
+                t => {
+                    // Istio's metadata exchange and stats filters (TypedStruct-wrapped) and
+                    // other non-terminal filters: skipped, visible in /config_dump.
+                    tracing::debug!(filter = %f.name, r#type = %t, "network filter skipped");
+                }
+            }
+        }
+        let terminal = terminal.ok_or_else(|| {
+            ctx("no terminal network filter (http_connection_manager or tcp_proxy)".into())
+        })?;
+        Ok(FilterChain {
+            matcher: ChainMatch::from_proto(c.filter_chain_match.as_ref()).map_err(ctx)?,
+            terminal,
+            name,
+        })
+    }
+
+    /// Whether connections on this chain must be closed (downstream TLS is not supported).
+    pub fn needs_tls_termination(&self, proto: &lpb::Listener, index: Option<usize>) -> bool {
+        match index {
+            Some(i) => proto.filter_chains.get(i),
+            None => proto.default_filter_chain.as_ref(),
+        }
+        .is_some_and(|c| c.transport_socket.is_some())
+    }
+}
+
+/// A compiled listener.
+#[derive(Debug)]
+pub struct ListenerConfig {
+    /// Listener name (Envoy names unnamed static listeners by address).
+    pub name: String,
+    /// Bind address.
+    pub address: SocketAddr,
+    /// Whether to bind a socket (`bind_to_port` / `deprecated_v1.bind_to_port`).
+    pub bind: bool,
+    /// `use_original_dst`: hand connections to the listener of their original destination.
+    pub hand_off: bool,
+    /// Read SO_ORIGINAL_DST (`use_original_dst` or the original_dst listener filter).
+    pub original_dst: bool,
+    /// tls_inspector / http_inspector.
+    pub inspectors: Inspectors,
+    /// Filter chains in config order.
+    pub chains: Vec<FilterChain>,
+    /// `default_filter_chain`.
+    pub default_chain: Option<FilterChain>,
+    /// The HCM of the first HTTP chain (listeners with one HTTP chain use only this).
+    pub hcm: Option<Arc<HcmConfig>>,
+    /// The proto (for `/config_dump`).
+    pub proto: lpb::Listener,
+}
+
+/// The chain a connection gets.
+#[derive(Debug, Clone, Copy)]
+pub struct Selected<'a> {
+    /// The chain.
+    pub chain: &'a FilterChain,
+    /// Whether it terminates TLS (unsupported: the connection is closed).
+    pub tls: bool,
+}
+
+impl ListenerConfig {
+    /// Compile a listener. Errors name the chain or filter at fault.
+    pub fn from_proto(l: &lpb::Listener) -> Result<Self, String> {
+        let address = match address(l.address.as_ref())? {
+            Addr::Socket(ip, port) => {
+                let ip: std::net::IpAddr = ip
+                    .parse()
+                    .map_err(|_| format!("listener address {ip:?} is not an IP"))?;
+                SocketAddr::new(ip, port)
+            }
+            Addr::Pipe(p) => return Err(format!("pipe listeners ({p}) are not supported")),
+        };
+        let bind = l
+            .bind_to_port
+            .as_ref()
+            .map(|b| b.value)
+            .or_else(|| {
+                l.deprecated_v1
+                    .as_ref()
+                    .and_then(|d| d.bind_to_port.as_ref())
+                    .map(|b| b.value)
+            })
+            .unwrap_or(true);
+        let chains = l
+            .filter_chains
+            .iter()
+            .map(FilterChain::from_proto)
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_chain = l
+            .default_filter_chain
+            .as_ref()
+            .map(FilterChain::from_proto)
+            .transpose()
+            .map_err(|e| format!("default_filter_chain: {e}"))?;
+        let has = |n: &str| l.listener_filters.iter().any(|f| f.name == n);
+        let hand_off = l.use_original_dst.as_ref().is_some_and(|b| b.value);
+        let inspectors = Inspectors {
+            tls: has("envoy.filters.listener.tls_inspector") || has("envoy.listener.tls_inspector"),
+            http: has("envoy.filters.listener.http_inspector")
+                || has("envoy.listener.http_inspector"),
+            timeout: match &l.listener_filters_timeout {
+                Some(d) => Some(crate::config::duration(d)).filter(|d| !d.is_zero()),
+                None => Some(Duration::from_secs(15)),
+            },
+            continue_on_timeout: l.continue_on_listener_filters_timeout,
+        };
+        // An inspector whose answers no chain looks at would only delay the connection.
+        let mut inspectors = inspectors;
+        let all = || chains.iter().chain(default_chain.iter());
+        inspectors.tls &= all().any(|c| c.matcher.needs_tls());
+        inspectors.http &= all().any(|c| c.matcher.needs_alpn());
+        let hcm = chains
+            .iter()
+            .chain(default_chain.iter())
+            .find_map(|c| match &c.terminal {
+                Terminal::Http { hcm, .. } => Some(hcm.clone()),
+                Terminal::Tcp(_) => None,
+            });
+        Ok(ListenerConfig {
+            name: if l.name.is_empty() {
+                address.to_string()
+            } else {
+                l.name.clone()
+            },
+            address,
+            bind,
+            hand_off,
+            original_dst: hand_off
+                || has("envoy.filters.listener.original_dst")
+                || has("envoy.listener.original_dst"),
+            inspectors,
+            chains,
+            default_chain,
+            hcm,
+            proto: l.clone(),
+        })
+    }
+
+    /// The filter chain for a connection, Envoy's way; `None` closes it.
+    pub fn select(&self, info: &ConnInfo<'_>) -> Option<Selected<'_>> {
+        let idx = chain_match::select(self.chains.iter().map(|c| &c.matcher), info);
+        let chain = match idx {
+            Some(i) => &self.chains[i],
+            None => self.default_chain.as_ref()?,
+        };
+        Some(Selected {
+            chain,
+            tls: chain.needs_tls_termination(&self.proto, idx),
+        })
+    }
+}

@@ -1,0 +1,266 @@
+//! The `envoy.filters.network.tcp_proxy` network filter: pick a cluster (or one of weighted
+//! clusters), connect to a host of it (the original destination for ORIGINAL_DST clusters such
+//! as Istio's PassthroughCluster), and copy bytes both ways with half-close and an idle timeout.
+//! A cluster without hosts (Istio's BlackHoleCluster) closes the connection.
+
+use crate::cluster::{Cluster, Discovery};
+use crate::config::{decode, opt_duration, Snapshot};
+use crate::lb::LbContext;
+use crate::stats::{Stat, Stats};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tpb;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A compiled tcp_proxy.
+#[derive(Debug)]
+pub struct TcpProxyConfig {
+    /// `stat_prefix` (`tcp.<prefix>.*`).
+    pub stat_prefix: String,
+    /// Clusters with weights (a single `cluster` has weight 1).
+    pub clusters: Vec<(String, u32)>,
+    total_weight: u64,
+    /// `idle_timeout`: 1 h by default, 0 disables.
+    pub idle_timeout: Option<Duration>,
+    /// `max_connect_attempts` (default 1).
+    pub max_connect_attempts: u32,
+    stats: OnceLock<TcpStats>,
+}
+
+#[derive(Debug)]
+struct TcpStats {
+    cx_total: Arc<Stat>,
+    no_route: Arc<Stat>,
+    idle_timeout: Arc<Stat>,
+    rx_bytes: Arc<Stat>,
+    tx_bytes: Arc<Stat>,
+    connect_attempts_exceeded: Arc<Stat>,
+}
+
+impl TcpProxyConfig {
+    /// Decode and compile from a typed config.
+    pub fn from_any(any: &envoy_types::pb::google::protobuf::Any) -> Result<Self, String> {
+        let t: tpb::TcpProxy = decode::unpack(any)?;
+        use tpb::tcp_proxy::ClusterSpecifier as C;
+        let clusters: Vec<(String, u32)> = match &t.cluster_specifier {
+            Some(C::Cluster(c)) => vec![(c.clone(), 1)],
+            Some(C::WeightedClusters(w)) => w
+                .clusters
+                .iter()
+                .filter(|c| c.weight > 0)
+                .map(|c| (c.name.clone(), c.weight))
+                .collect(),
+            None => return Err("tcp_proxy needs cluster or weighted_clusters".into()),
+        };
+        if clusters.is_empty() || clusters.iter().any(|c| c.0.is_empty()) {
+            return Err("tcp_proxy has no cluster with a name and a weight above 0".into());
+        }
+        if t.tunneling_config.is_some() {
+            return Err("tcp_proxy tunneling_config is not supported".into());
+        }
+        Ok(TcpProxyConfig {
+            stat_prefix: t.stat_prefix.clone(),
+            total_weight: clusters.iter().map(|c| c.1 as u64).sum(),
+            clusters,
+            idle_timeout: match &t.idle_timeout {
+                Some(d) => Some(crate::config::duration(d)).filter(|d| !d.is_zero()),
+                None => Some(Duration::from_secs(3600)),
+            },
+            max_connect_attempts: t.max_connect_attempts.map(|v| v.value).unwrap_or(1).max(1),
+            stats: OnceLock::new(),
+        })
+    }
+
+    fn stats(&self, store: &Arc<Stats>) -> &TcpStats {
+        self.stats.get_or_init(|| {
+            let c = |s: &str| store.counter(&format!("tcp.{}.{s}", self.stat_prefix));
+            TcpStats {
+                cx_total: c("downstream_cx_total"),
+                no_route: c("downstream_cx_no_route"),
+                idle_timeout: c("idle_timeout"),
+                rx_bytes: c("downstream_cx_rx_bytes_total"),
+                tx_bytes: c("downstream_cx_tx_bytes_total"),
+                connect_attempts_exceeded: c("upstream_cx_connect_attempts_exceeded"),
+            }
+        })
+    }
+
+    fn pick_cluster(&self) -> &str {
+        if self.clusters.len() == 1 {
+            return &self.clusters[0].0;
+        }
+        let mut r = fastrand::u64(0..self.total_weight);
+        for (name, w) in &self.clusters {
+            if r < *w as u64 {
+                return name;
+            }
+            r -= *w as u64;
+        }
+        &self.clusters[0].0
+    }
+}
+
+/// Serve one downstream connection until both directions have closed or it idles out.
+pub async fn serve(
+    mut down: TcpStream,
+    cfg: &TcpProxyConfig,
+    snap: &Snapshot,
+    stats: &Arc<Stats>,
+    original_dst: SocketAddr,
+) {
+    let st = cfg.stats(stats);
+    st.cx_total.inc();
+    let name = cfg.pick_cluster();
+    let Some(cluster) = snap.clusters.get(name) else {
+        st.no_route.inc();
+        tracing::debug!(cluster = %name, "tcp_proxy: unknown cluster; closing");
+        return;
+    };
+    let mut up = None;
+    for _ in 0..cfg.max_connect_attempts {
+        let Some(addr) = pick_host(cluster, original_dst) else {
+            cluster.stats.cx_none_healthy.inc();
+            tracing::debug!(cluster = %name, "tcp_proxy: no host; closing");
+            return;
+        };
+        match connect(cluster, addr).await {
+            Ok(s) => {
+                up = Some(s);
+                break;
+            }
+            Err(e) => tracing::debug!(cluster = %name, %addr, "tcp_proxy: {e}"),
+        }
+    }
+    let Some(up) = up else {
+        st.connect_attempts_exceeded.inc();
+        return;
+    };
+    let _ = down.set_nodelay(true);
+    let (dr, dw) = down.split();
+    let mut up = up;
+    let (ur, uw) = up.0.split();
+    let last = AtomicU64::new(0);
+    let start = Instant::now();
+    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let both = async {
+        tokio::join!(
+            pipe(dr, uw, &st.rx_bytes, &touch),
+            pipe(ur, dw, &st.tx_bytes, &touch)
+        )
+    };
+    match cfg.idle_timeout {
+        None => {
+            both.await;
+        }
+        Some(idle) => {
+            let watch = async {
+                loop {
+                    let seen = Duration::from_millis(last.load(Ordering::Relaxed));
+                    let since = start.elapsed().saturating_sub(seen);
+                    if since >= idle {
+                        return;
+                    }
+                    tokio::time::sleep(idle - since).await;
+                }
+            };
+            tokio::select! {
+                _ = both => {}
+                _ = watch => {
+                    st.idle_timeout.inc();
+                    tracing::debug!(cluster = %name, "tcp_proxy: idle timeout");
+                }
+            }
+        }
+    }
+}
+
+/// Copy one direction; on EOF, half-close the other side (Envoy's tcp_proxy half-closes).
+async fn pipe<R, W>(mut r: R, mut w: W, bytes: &Stat, touch: &impl Fn())
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        touch();
+        if w.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        bytes.add(n as u64);
+    }
+    let _ = w.shutdown().await;
+}
+
+fn pick_host(cluster: &Cluster, original_dst: SocketAddr) -> Option<SocketAddr> {
+    if let Discovery::OriginalDst { port_override, .. } = &cluster.discovery {
+        let mut addr = original_dst;
+        if let Some(p) = port_override {
+            addr.set_port(*p);
+        }
+        return Some(addr);
+    }
+    cluster
+        .choose(&LbContext {
+            hash: None,
+            exclude: &[],
+        })
+        .map(|h| h.addr)
+}
+
+/// An upstream connection counted in the cluster's `upstream_cx_*` stats.
+struct Upstream(TcpStream, Arc<crate::cluster::stats::ClusterStats>);
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.1.cx_active.dec();
+        self.1.cx_destroy.inc();
+    }
+}
+
+async fn connect(cluster: &Cluster, addr: SocketAddr) -> Result<Upstream, String> {
+    let stats = &cluster.stats;
+    if stats.cx_active.get() >= cluster.breakers.max_connections {
+        stats.cx_overflow.inc();
+        return Err("max_connections reached".into());
+    }
+    let timeout = opt_duration(&cluster.proto.connect_timeout)
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(5));
+    let attempt = async {
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }?;
+        if let Some(ip) = cluster.source_address {
+            // Istio's inbound clusters bind 127.0.0.6 so their iptables rules pass the
+            // connection to the app instead of capturing it again.
+            sock.bind(SocketAddr::new(ip, 0))?;
+        }
+        sock.set_nodelay(true)?;
+        sock.connect(addr).await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(s)) => {
+            stats.cx_total.inc();
+            stats.cx_active.inc();
+            Ok(Upstream(s, stats.clone()))
+        }
+        Ok(Err(e)) => {
+            stats.cx_connect_fail.inc();
+            Err(format!("connect to {addr} failed: {e}"))
+        }
+        Err(_) => {
+            stats.cx_connect_fail.inc();
+            stats.cx_connect_timeout.inc();
+            Err(format!("connect to {addr} timed out after {timeout:?}"))
+        }
+    }
+}
