@@ -3,15 +3,14 @@
 
 use super::stats::ClusterStats;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Boxed error type used across the data path.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,10 +40,10 @@ impl std::error::Error for ConnectError {}
 /// A TCP connector that counts connections for one cluster.
 #[derive(Clone, Debug)]
 pub struct CountingConnector {
-    inner: HttpConnector,
     stats: Arc<ClusterStats>,
     timeout: Duration,
     max_connections: u64,
+    source: Option<IpAddr>,
 }
 
 impl CountingConnector {
@@ -55,59 +54,57 @@ impl CountingConnector {
         stats: Arc<ClusterStats>,
         timeout: Duration,
         max_connections: u64,
-        source: Option<std::net::IpAddr>,
+        source: Option<IpAddr>,
     ) -> Self {
-        let mut inner = HttpConnector::new();
-        inner.set_nodelay(true);
-        inner.enforce_http(false);
-        inner.set_local_address(source);
         CountingConnector {
-            inner,
             stats,
             timeout,
             max_connections,
+            source,
         }
     }
-}
 
-impl tower_service::Service<http::Uri> for CountingConnector {
-    type Response = Counted;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Counted, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let stats = self.stats.clone();
+    /// Open a TCP connection to `addr` (TCP_NODELAY, bound to the source address when one is
+    /// configured and of the same family), counted in `upstream_cx_*`.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Counted, ConnectError> {
+        let stats = &self.stats;
         if stats.cx_active.get() >= self.max_connections {
             stats.cx_overflow.inc();
-            return Box::pin(async { Err(ConnectError::Overflow.into()) });
+            return Err(ConnectError::Overflow);
         }
-        let fut = self.inner.call(uri);
-        let timeout = self.timeout;
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, fut).await {
-                Ok(Ok(io)) => {
-                    stats.cx_total.inc();
-                    stats.cx_active.inc();
-                    Ok(Counted { io, stats })
-                }
-                Ok(Err(e)) => {
-                    stats.cx_connect_fail.inc();
-                    let msg = std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| e.to_string());
-                    Err(ConnectError::Failed(msg).into())
-                }
-                Err(_) => {
-                    stats.cx_connect_fail.inc();
-                    stats.cx_connect_timeout.inc();
-                    Err(ConnectError::Timeout.into())
-                }
+        let source = self.source.filter(|s| s.is_ipv4() == addr.is_ipv4());
+        let dial = async move {
+            let sock = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            if let Some(ip) = source {
+                sock.bind(SocketAddr::new(ip, 0))?;
             }
-        })
+            let stream = sock.connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, io::Error>(stream)
+        };
+        match tokio::time::timeout(self.timeout, dial).await {
+            Ok(Ok(stream)) => {
+                stats.cx_total.inc();
+                stats.cx_active.inc();
+                Ok(Counted {
+                    io: TokioIo::new(stream),
+                    stats: stats.clone(),
+                })
+            }
+            Ok(Err(e)) => {
+                stats.cx_connect_fail.inc();
+                Err(ConnectError::Failed(e.to_string()))
+            }
+            Err(_) => {
+                stats.cx_connect_fail.inc();
+                stats.cx_connect_timeout.inc();
+                Err(ConnectError::Timeout)
+            }
+        }
     }
 }
 
@@ -122,12 +119,6 @@ impl Drop for Counted {
     fn drop(&mut self) {
         self.stats.cx_active.dec();
         self.stats.cx_destroy.inc();
-    }
-}
-
-impl Connection for Counted {
-    fn connected(&self) -> Connected {
-        self.io.connected()
     }
 }
 

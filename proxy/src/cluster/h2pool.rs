@@ -40,8 +40,7 @@ impl H2Pool {
             }
             conns.remove(&addr);
         }
-        let uri: http::Uri = format!("http://{addr}/").parse()?;
-        let io = tower_service::Service::call(&mut self.connector.clone(), uri).await?;
+        let io = self.connector.connect(addr).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)

@@ -1,9 +1,10 @@
 //! Upstream clusters: STATIC, STRICT_DNS, LOGICAL_DNS, EDS (endpoints from `load_assignment`
-//! here; xDS later) and ORIGINAL_DST, each with a pooled hyper client, circuit breakers,
+//! here; xDS later) and ORIGINAL_DST, each with HTTP/1.1 and h2 connection pools, circuit breakers,
 //! outlier detection and Envoy's per-cluster stats.
 
 pub mod connector;
 mod dns;
+pub mod h1pool;
 pub mod h2pool;
 pub mod host;
 pub mod outlier;
@@ -19,8 +20,6 @@ use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upb;
 use host::Host;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use outlier::OutlierConfig;
 use stats::ClusterStats;
 use std::net::SocketAddr;
@@ -30,8 +29,6 @@ use std::time::Duration;
 
 /// Request body type sent upstream.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
-/// The pooled client of a cluster.
-pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
 
 /// How a cluster finds its hosts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +93,8 @@ pub struct Cluster {
     dns_family: i32,
     /// Unix-socket endpoints (`pipe`), kept for the xDS/SDS clients.
     pub pipes: Vec<String>,
-    h1: UpstreamClient,
+    /// HTTP/1.1 connections.
+    pub h1: Arc<h1pool::H1Pool>,
     /// HTTP/2 connections.
     pub h2: Arc<h2pool::H2Pool>,
     /// Upstream protocol.
@@ -227,11 +225,7 @@ impl Cluster {
             breakers.max_connections,
             source_address,
         );
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(upstream_idle_timeout(c)?)
-            .timer(TokioTimer::new())
-            .build(connector.clone());
+        let h1 = h1pool::H1Pool::new(connector.clone(), upstream_idle_timeout(c)?);
         let set = HostSet::new(static_hosts, &lb);
         let cluster = Cluster {
             name: c.name.clone(),
@@ -294,11 +288,6 @@ impl Cluster {
     /// Pick a host with the cluster's LB policy.
     pub fn choose(&self, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
         self.hosts.load().choose(&self.lb, ctx)
-    }
-
-    /// The pooled HTTP/1.1 client.
-    pub fn h1(&self) -> &UpstreamClient {
-        &self.h1
     }
 
     /// Whether a request that arrived over `downstream` goes upstream as HTTP/2.

@@ -3,6 +3,7 @@
 use super::body::{BoxBody, Guarded, RequestBody};
 use super::local_reply::{Flag, LocalReply};
 use crate::cluster::connector::{BoxError, ConnectError};
+use crate::cluster::h1pool::{PooledBody, SendError};
 use crate::cluster::host::{ActiveRequest, Host};
 use crate::cluster::{Cluster, Discovery};
 use crate::lb::{hash, LbContext};
@@ -420,8 +421,8 @@ fn build_request(
     }
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    // Fast path for HTTP/1.1 (the common case): a valid Host stays as it is and the URI is
-    // assembled from the host's pre-parsed authority and the request's path, with no
+    // Fast path for HTTP/1.1 (the common case): a valid Host stays as it is and the request
+    // goes upstream in origin form with the request's own (reference-counted) path, with no
     // formatting and re-parsing per request. It gives the same request as the general path.
     if !h2 {
         let pq = parts
@@ -431,17 +432,11 @@ fn build_request(
         let host_ok = headers
             .get(http::header::HOST)
             .is_some_and(|v| v.to_str().is_ok());
-        if let (Some(pq), Some(auth), true) = (pq, host.authority.as_ref(), host_ok) {
-            let mut up = http::uri::Parts::default();
-            up.scheme = Some(http::uri::Scheme::HTTP);
-            up.authority = Some(auth.clone());
-            up.path_and_query = Some(pq.clone());
-            if let Ok(uri) = http::Uri::from_parts(up) {
-                *req.uri_mut() = uri;
-                *req.version_mut() = http::Version::HTTP_11;
-                *req.headers_mut() = headers;
-                return req;
-            }
+        if let (Some(pq), true) = (pq, host_ok) {
+            *req.uri_mut() = http::Uri::from(pq.clone());
+            *req.version_mut() = http::Version::HTTP_11;
+            *req.headers_mut() = headers;
+            return req;
         }
     }
     let authority = headers
@@ -454,10 +449,15 @@ fn build_request(
         headers.remove(http::header::HOST);
         format!("http://{authority}{path}")
     } else {
+        // HTTP/1.1 connections are made by the pool: the request line takes the origin form.
         if let Ok(v) = HeaderValue::from_str(&authority) {
             headers.insert(http::header::HOST, v);
         }
-        format!("http://{}{path}", host.addr)
+        if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        }
     };
     *req.uri_mut() = uri.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
     *req.version_mut() = if h2 {
@@ -475,7 +475,7 @@ async fn send(
     req: Request<BoxBody>,
     _down: Downstream,
     wait: Option<Duration>,
-) -> Result<Response<Incoming>, AttemptError> {
+) -> Result<Response<PooledBody>, AttemptError> {
     let fut = async {
         if cluster.is_h2(req.version()) {
             let mut sender = cluster.h2.sender(host.addr).await.map_err(connect_error)?;
@@ -487,14 +487,12 @@ async fn send(
             sender
                 .send_request(req)
                 .await
+                .map(|r| r.map(PooledBody::unpooled))
                 .map_err(|e| AttemptError::Reset(reset_reason(&e)))
         } else {
-            cluster.h1().request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    connect_error(e.into())
-                } else {
-                    AttemptError::Reset(reset_reason(&e))
-                }
+            cluster.h1.send(host.addr, req).await.map_err(|e| match e {
+                SendError::Connect(c) => AttemptError::Connect(connect_reply(&c)),
+                SendError::Http(e) => AttemptError::Reset(reset_reason(&e)),
             })
         }
     };
@@ -506,14 +504,18 @@ async fn send(
     }
 }
 
+fn connect_reply(c: &ConnectError) -> LocalReply {
+    match c {
+        ConnectError::Overflow => LocalReply::reset("overflow", Flag::UpstreamOverflow),
+        _ => LocalReply::reset("connection failure", Flag::UpstreamConnectionFailure),
+    }
+}
+
 fn connect_error(e: BoxError) -> AttemptError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(s) = src {
         if let Some(c) = s.downcast_ref::<ConnectError>() {
-            return AttemptError::Connect(match c {
-                ConnectError::Overflow => LocalReply::reset("overflow", Flag::UpstreamOverflow),
-                _ => LocalReply::reset("connection failure", Flag::UpstreamConnectionFailure),
-            });
+            return AttemptError::Connect(connect_reply(c));
         }
         src = s.source();
     }
