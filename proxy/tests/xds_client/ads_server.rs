@@ -298,6 +298,36 @@ impl Ads {
         addr
     }
 
+    /// Serve gRPC over TLS (ALPN h2) on a fresh 127.0.0.1 port. Each accepted handshake's
+    /// client certificate chain (empty without mutual TLS) is appended to `peers`; failed
+    /// handshakes serve nothing.
+    pub async fn serve_tls(
+        &self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        peers: Arc<Mutex<Vec<Vec<Vec<u8>>>>>,
+    ) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let svc = self.service();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let (acceptor, svc, peers) = (acceptor.clone(), svc.clone(), peers.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+                    peers
+                        .lock()
+                        .unwrap()
+                        .push(chain.iter().map(|c| c.to_vec()).collect());
+                    serve_conn(svc, tls);
+                });
+            }
+        });
+        addr
+    }
+
     /// Serve on a unix socket until `stop` fires.
     pub fn serve_unix(&self, path: &std::path::Path, mut stop: tokio::sync::oneshot::Receiver<()>) {
         let _ = std::fs::remove_file(path);
