@@ -40,10 +40,10 @@ pub mod status;
 
 pub use cache::{Cache, Snapshot};
 pub use dump::Dump;
-pub use server::{Listen, Server, ServerHandle};
+pub use server::{Listen, Server, ServerHandle, ServerTls};
 pub use status::{Protocol, StreamStatus, TypeStatus};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 /// CDS resource type.
@@ -117,6 +117,15 @@ pub struct ServeArgs {
     /// The admin address of the proxy in the bootstrap written by --bootstrap.
     #[arg(long, value_name = "ADDR", requires = "bootstrap")]
     pub admin: Option<std::net::SocketAddr>,
+    /// Serve over TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mutual TLS, as istiod on 15012).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Arguments of `mosnctl xds bootstrap`.
@@ -136,6 +145,19 @@ pub struct BootstrapArgs {
     /// a local Envoy or pilot-agent may already listen).
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<std::net::SocketAddr>,
+    /// Reach the server over TLS, verifying it with this PEM CA bundle (the xDS cluster's
+    /// UpstreamTlsContext trusted_ca).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// With --tls-ca: present this PEM client certificate chain (mutual TLS).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With --tls-ca: the server name to send and verify (default: the host of --xds).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub sni: Option<String>,
     /// Write to FILE (atomically) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -194,16 +216,37 @@ fn write_bootstrap(
 fn run_bootstrap(args: BootstrapArgs) -> Result<()> {
     let dump = load(&args.config_dump)?;
     let xds: Listen = args.xds.parse()?;
+    let tls = args.tls_ca.map(|ca| bootstrap::ClientTls {
+        ca,
+        cert_key: args.tls_cert.zip(args.tls_key),
+        sni: args.sni,
+    });
     let opts = bootstrap::Options {
         delta: args.delta,
         admin: args.admin,
-        tls: None,
+        tls,
     };
     write_bootstrap(&dump, &xds, &opts, args.out.as_deref())
 }
 
 fn run_serve(args: ServeArgs) -> Result<()> {
     let listen: Listen = args.listen.parse()?;
+    let tls = args
+        .tls_cert
+        .clone()
+        .zip(args.tls_key.clone())
+        .map(|(cert, key)| ServerTls {
+            cert,
+            key,
+            client_ca: args.client_ca.clone(),
+        });
+    if tls.is_some() && args.bootstrap.is_some() {
+        bail!(
+            "--bootstrap cannot know which CA the proxy should trust for --tls-cert\n\n\
+             help: write it with `mosnctl xds bootstrap --xds ADDR --tls-ca CA.pem \
+             [--tls-cert CLIENT.pem --tls-key CLIENT.key] [--sni NAME]`"
+        );
+    }
     let dump = load(&args.config_dump)?;
     let cache = Cache::with_snapshot(dump.snapshot())?;
     tracing::info!(
@@ -225,7 +268,7 @@ fn run_serve(args: ServeArgs) -> Result<()> {
             _ = &mut stop => return Ok(()),
             _ = std::future::ready(()) => {}
         }
-        let server = Server::start(&listen, cache).await?;
+        let server = Server::start_with_tls(&listen, cache, tls.as_ref()).await?;
         let bound = server.listen().clone();
         if let Some(path) = &args.bootstrap {
             let opts = bootstrap::Options {
@@ -237,8 +280,13 @@ fn run_serve(args: ServeArgs) -> Result<()> {
             tracing::info!("wrote bootstrap {}", path.display());
         }
         let delta = if args.delta { " --delta" } else { "" };
+        let tls_hint = match (&tls, &args.client_ca) {
+            (None, _) => "",
+            (Some(_), None) => " --tls-ca CA.pem",
+            (Some(_), Some(_)) => " --tls-ca CA.pem --tls-cert CLIENT.pem --tls-key CLIENT.key",
+        };
         eprintln!(
-            "Serving ADS on {bound}; point a proxy at it with:\n  mosnctl xds bootstrap --config-dump {} --xds {bound}{delta} --out bootstrap.json\nPress Ctrl-C to stop.",
+            "Serving ADS on {bound}; point a proxy at it with:\n  mosnctl xds bootstrap --config-dump {} --xds {bound}{delta}{tls_hint} --out bootstrap.json\nPress Ctrl-C to stop.",
             args.config_dump.display()
         );
         server.run_until(stop).await?;

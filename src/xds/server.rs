@@ -64,15 +64,70 @@ impl fmt::Display for Listen {
 #[derive(Debug)]
 pub struct Server;
 
+/// TLS for the server: its certificate chain and key, and optionally a CA that client
+/// certificates must chain to (mutual TLS). PEM files.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The server's certificate chain.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// Require client certificates signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl ServerTls {
+    fn config(&self) -> Result<tonic::transport::ServerTlsConfig> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = |p: &Path, what: &str, block: &str| -> Result<Vec<u8>> {
+            let data = std::fs::read(p)
+                .with_context(|| format!("cannot read the {what} {}", p.display()))?;
+            if !String::from_utf8_lossy(&data).lines().any(|l| {
+                l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{block}-----"))
+            }) {
+                bail!(
+                    "{} holds no PEM {block}\n\nhelp: the {what} must contain a `-----BEGIN …{block}-----` block",
+                    p.display()
+                );
+            }
+            Ok(data)
+        };
+        let cert = read(&self.cert, "server certificate (--tls-cert)", "CERTIFICATE")?;
+        let key = read(&self.key, "server key (--tls-key)", "PRIVATE KEY")?;
+        let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &self.client_ca {
+            let ca = read(ca, "client CA (--client-ca)", "CERTIFICATE")?;
+            cfg = cfg.client_ca_root(Certificate::from_pem(ca));
+        }
+        Ok(cfg)
+    }
+}
+
 impl Server {
     /// Bind `listen` and serve `cache` over ADS and SDS (SotW and delta) until the handle's
     /// [`ServerHandle::shutdown`] or drop. TCP port 0 picks a free port (see
     /// [`ServerHandle::listen`]). A stale unix socket file is replaced; a live one is an error.
     pub async fn start(listen: &Listen, cache: Cache) -> Result<ServerHandle> {
+        Self::start_with_tls(listen, cache, None).await
+    }
+
+    /// [`Server::start`], over TLS (ALPN h2) when `tls` is given.
+    pub async fn start_with_tls(
+        listen: &Listen,
+        cache: Cache,
+        tls: Option<&ServerTls>,
+    ) -> Result<ServerHandle> {
         let board = Board::default();
         let (stop_tx, stop_rx) = watch::channel(false);
         let ads = Ads::new(cache.clone(), board.clone(), stop_rx.clone());
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            // The key is read here and handed to rustls; errors name files, never contents.
+            builder = builder.tls_config(tls.config()?).map_err(|e| {
+                anyhow::anyhow!("cannot use the TLS certificate and key: {e}\n\nhelp: --tls-key must be the key of --tls-cert's first certificate")
+            })?;
+        }
+        let router = builder
             .add_service(ads.clone().into_service())
             .add_service(ads.into_sds_service());
         let mut signal = stop_rx;
@@ -104,7 +159,8 @@ impl Server {
                 (Listen::Unix(path.clone()), Some(path.clone()), task)
             }
         };
-        tracing::info!(listen = %bound, "xDS server listening (ADS and SDS, SotW and delta)");
+        let over = if tls.is_some() { ", TLS" } else { "" };
+        tracing::info!(listen = %bound, "xDS server listening (ADS and SDS, SotW and delta{over})");
         Ok(ServerHandle {
             listen: bound,
             cache,

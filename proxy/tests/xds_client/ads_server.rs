@@ -300,7 +300,8 @@ impl Ads {
 
     /// Serve gRPC over TLS (ALPN h2) on a fresh 127.0.0.1 port. Each accepted handshake's
     /// client certificate chain (empty without mutual TLS) is appended to `peers`; failed
-    /// handshakes serve nothing.
+    /// handshakes serve nothing. Used by tests/xds_tls.rs.
+    #[allow(dead_code)]
     pub async fn serve_tls(
         &self,
         acceptor: tokio_rustls::TlsAcceptor,
