@@ -168,15 +168,98 @@ pub fn to_json<M: prost::Message + prost::Name>(msg: &M) -> Value {
     let Some(desc) = pool().get_message_by_name(&M::full_name()) else {
         return Value::Null;
     };
-    let Ok(dm) = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()) else {
+    let Ok(mut dm) = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()) else {
         return Value::Null;
     };
     let opts = SerializeOptions::new().use_proto_field_name(true);
-    let mut v = dm
-        .serialize_with_options(serde_json::value::Serializer, &opts)
-        .unwrap_or(Value::Null);
+    let mut v = match dm.serialize_with_options(serde_json::value::Serializer, &opts) {
+        Ok(v) => v,
+        Err(_) => {
+            // An Any of a type the pool does not know (istiod's binary TypedStructs arrive
+            // over xDS unparked): park them and try again.
+            park_unknown_anys(&pool(), &mut dm);
+            dm.serialize_with_options(serde_json::value::Serializer, &opts)
+                .unwrap_or(Value::Null)
+        }
+    };
     unpark(&mut v);
     v
+}
+
+/// The binary counterpart of [`park_unknown_types`]: replace every Any of an unknown type, also
+/// inside known Anys, with a parked Struct. A TypedStruct keeps its `type_url` and `value`, so
+/// the dump shows what Envoy's would.
+fn park_unknown_anys(pool: &DescriptorPool, dm: &mut DynamicMessage) {
+    use prost::Message;
+    use prost_reflect::{ReflectMessage, Value as V};
+    if dm.descriptor().full_name() == "google.protobuf.Any" {
+        let field = |dm: &DynamicMessage, n: &str| dm.get_field_by_name(n).map(|v| v.into_owned());
+        let url = match field(dm, "type_url") {
+            Some(V::String(u)) => u,
+            _ => return,
+        };
+        let bytes = match field(dm, "value") {
+            Some(V::Bytes(b)) => b,
+            _ => Default::default(),
+        };
+        match pool.get_message_by_name(url.rsplit('/').next().unwrap_or(&url)) {
+            Some(desc) => {
+                if let Ok(mut inner) = DynamicMessage::decode(desc, bytes.as_ref()) {
+                    park_unknown_anys(pool, &mut inner);
+                    dm.set_field_by_name("value", V::Bytes(inner.encode_to_vec().into()));
+                }
+            }
+            None => {
+                dm.set_field_by_name("type_url", V::String(STRUCT_URL.into()));
+                let parked = parked_struct(&url, &bytes);
+                dm.set_field_by_name("value", V::Bytes(parked.encode_to_vec().into()));
+            }
+        }
+        return;
+    }
+    fn walk(pool: &DescriptorPool, v: &mut prost_reflect::Value) {
+        match v {
+            V::Message(m) => park_unknown_anys(pool, m),
+            V::List(items) => items.iter_mut().for_each(|x| walk(pool, x)),
+            V::Map(m) => m.values_mut().for_each(|x| walk(pool, x)),
+            _ => {}
+        }
+    }
+    for (_, v) in dm.fields_mut() {
+        walk(pool, v);
+    }
+}
+
+/// A parked Struct for an unknown Any: the original type URL, plus `type_url` and `value` when
+/// it is a (udpa or xds) TypedStruct.
+fn parked_struct(url: &str, bytes: &[u8]) -> envoy_types::pb::google::protobuf::Struct {
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PValue};
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct TypedStruct {
+        #[prost(string, tag = "1")]
+        type_url: String,
+        #[prost(message, optional, tag = "2")]
+        value: Option<Struct>,
+    }
+    let string = |s: &str| PValue {
+        kind: Some(Kind::StringValue(s.to_string())),
+    };
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert(ORIGINAL_TYPE_FIELD.to_string(), string(url));
+    if url.ends_with(".TypedStruct") {
+        if let Ok(ts) = <TypedStruct as prost::Message>::decode(bytes) {
+            fields.insert("type_url".into(), string(&ts.type_url));
+            fields.insert(
+                "value".into(),
+                PValue {
+                    kind: Some(Kind::StructValue(ts.value.unwrap_or_default())),
+                },
+            );
+        }
+    }
+    Struct {
+        fields: fields.into_iter().collect(),
+    }
 }
 
 /// Remove trailing commas before `}` or `]` outside strings: one real Istio 1.5 bootstrap had one.
