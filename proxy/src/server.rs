@@ -260,12 +260,16 @@ async fn terminate_signal() {
 /// Run the proxy until it is told to stop; returns the exit code.
 pub fn run(opts: Options, _boot: LoadedBootstrap, snap: Snapshot, stats: Arc<Stats>) -> i32 {
     let server = Server::new(opts.clone(), snap, stats);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(server.concurrency)
-        .thread_name("mosn-worker")
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime on the main thread. No cross-thread wake-ups or
+    // work-stealing bookkeeping per task switch, and one thread less.
+    let mut builder = if server.concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(server.concurrency);
+        b
+    };
+    let rt = match builder.thread_name("mosn-worker").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mosn: cannot start runtime: {e}");
