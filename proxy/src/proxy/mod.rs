@@ -104,6 +104,8 @@ pub struct RunningListener {
     drain: watch::Sender<bool>,
     /// Open downstream connections.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// The accept loop gives its socket back here when it stops.
+    socket_back: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<TcpListener>>>,
 }
 
 impl RunningListener {
@@ -121,6 +123,18 @@ impl RunningListener {
     pub fn is_draining(&self) -> bool {
         *self.drain.borrow()
     }
+
+    /// Stop accepting and take the listening socket, so that a changed listener on the same
+    /// address serves it without a gap: connections waiting in the accept queue are kept
+    /// (Envoy also passes the socket to the new listener).
+    pub async fn take_socket(&self) -> Option<TcpListener> {
+        self.stop();
+        let rx = self.socket_back.lock().unwrap().take()?;
+        tokio::time::timeout(std::time::Duration::from_secs(1), rx)
+            .await
+            .ok()?
+            .ok()
+    }
 }
 
 /// Bind `config` and serve it on the current runtime.
@@ -130,15 +144,28 @@ pub async fn bind(
     stats: Arc<Stats>,
 ) -> std::io::Result<Arc<RunningListener>> {
     let listener = TcpListener::bind(config.address).await?;
+    serve(listener, config, store, stats)
+}
+
+/// Serve `config` on an already bound socket (a fresh one, or one taken over from the listener
+/// it replaces).
+pub fn serve(
+    listener: TcpListener,
+    config: Arc<ListenerConfig>,
+    store: Arc<ConfigStore>,
+    stats: Arc<Stats>,
+) -> std::io::Result<Arc<RunningListener>> {
     let local_addr = listener.local_addr()?;
     let (stop, mut stop_rx) = watch::channel(false);
     let (drain, drain_rx) = watch::channel(false);
+    let (back_tx, back_rx) = tokio::sync::oneshot::channel();
     let running = Arc::new(RunningListener {
         config: config.clone(),
         local_addr,
         stop,
         drain,
         connections: Default::default(),
+        socket_back: std::sync::Mutex::new(Some(back_rx)),
     });
     // Envoy names listener stats by address with `:` turned into `_` (`0.0.0.0_15001`).
     let laddr = config.address.to_string().replace(':', "_");
@@ -152,7 +179,10 @@ pub async fn bind(
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
-                _ = stop_rx.wait_for(|s| *s) => return,
+                _ = stop_rx.wait_for(|s| *s) => {
+                    let _ = back_tx.send(listener);
+                    return;
+                }
             };
             let (stream, peer) = match accepted {
                 Ok(x) => x,

@@ -42,9 +42,31 @@ impl DynamicListeners {
                 if Arc::ptr_eq(&old.config, l) {
                     continue;
                 }
+                let old = self.bound.remove(&l.name).expect("present");
                 tracing::info!(listener = %l.name, "listener changed; draining the old one");
-                retire(server, old);
-                self.bound.remove(&l.name);
+                if old.config.address == l.address {
+                    // Same address: the new listener takes over the socket, so no connection
+                    // is refused between the two.
+                    if let Some(sock) = old.take_socket().await {
+                        retire(server, &old);
+                        match crate::proxy::serve(
+                            sock,
+                            l.clone(),
+                            server.store.clone(),
+                            server.stats.clone(),
+                        ) {
+                            Ok(r) => {
+                                server.listeners.lock().unwrap().push(r.clone());
+                                self.bound.insert(l.name.clone(), r);
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::error!(listener = %l.name, "cannot serve the taken-over socket: {e}")
+                            }
+                        }
+                    }
+                }
+                retire(server, &old);
             }
             match bind(server, l).await {
                 Ok(r) => {
@@ -75,8 +97,8 @@ fn retire(server: &Server, old: &Arc<RunningListener>) {
         .retain(|r| !Arc::ptr_eq(r, old));
 }
 
-/// Bind, retrying briefly while a replaced listener on the same address lets go of it (its
-/// accept loop drops the socket asynchronously after `stop`).
+/// Bind, retrying briefly while a removed listener on the same address (under another name)
+/// lets go of it (its accept loop drops the socket asynchronously after `stop`).
 async fn bind(
     server: &Arc<Server>,
     l: &Arc<ListenerConfig>,
