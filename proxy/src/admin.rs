@@ -351,6 +351,14 @@ fn clusters(server: &Server, as_json: bool) -> Response<BoxBody> {
     let mut names: Vec<&String> = snap.clusters.keys().collect();
     names.sort();
     let now = std::time::Instant::now();
+    // Clusters not in the bootstrap's static_resources came over CDS.
+    let statics: std::collections::HashSet<&str> = snap
+        .bootstrap
+        .iter()
+        .flat_map(|b| b.proto.static_resources.iter())
+        .flat_map(|r| r.clusters.iter().map(|c| c.name.as_str()))
+        .collect();
+    let via_api = |n: &str| !statics.contains(n);
     if as_json {
         let statuses: Vec<Value> = names
             .iter()
@@ -374,7 +382,7 @@ fn clusters(server: &Server, as_json: bool) -> Response<BoxBody> {
                         })
                     })
                     .collect();
-                json!({"name": n, "added_via_api": false, "host_statuses": hosts})
+                json!({"name": n, "added_via_api": via_api(n), "host_statuses": hosts})
             })
             .collect();
         return json_response(&json!({"cluster_statuses": statuses}));
@@ -392,7 +400,7 @@ fn clusters(server: &Server, as_json: bool) -> Response<BoxBody> {
         ] {
             out.push_str(&format!("{n}::default_priority::{k}::{v}\n"));
         }
-        out.push_str(&format!("{n}::added_via_api::false\n"));
+        out.push_str(&format!("{n}::added_via_api::{}\n", via_api(n)));
         for h in &c.hosts().all {
             let a = h.addr;
             let flags = if h.outlier.is_ejected(now) {

@@ -481,6 +481,11 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
         assert!(dump.contains(want), "/config_dump lacks {want}");
     }
 
+    let (_, clusters) = curl(&pod, &["http://127.0.0.1:15000/clusters"]).unwrap();
+    assert!(clusters
+        .contains("outbound|9080|v1|reviews.default.svc.cluster.local::added_via_api::true"));
+    assert!(clusters.contains("xds-grpc::added_via_api::false"));
+
     drop(sidecar);
     let _ = std::fs::remove_dir_all(&dir);
 }

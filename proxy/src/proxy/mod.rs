@@ -104,8 +104,10 @@ pub struct RunningListener {
     drain: watch::Sender<bool>,
     /// Open downstream connections.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
-    /// The accept loop gives its socket back here when it stops.
+    /// The accept loop gives its socket back here when it stops, if `want_socket` is set;
+    /// otherwise it closes the socket, so that a stopped listener refuses connections.
     socket_back: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<TcpListener>>>,
+    want_socket: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RunningListener {
@@ -128,6 +130,8 @@ impl RunningListener {
     /// address serves it without a gap: connections waiting in the accept queue are kept
     /// (Envoy also passes the socket to the new listener).
     pub async fn take_socket(&self) -> Option<TcpListener> {
+        self.want_socket
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.stop();
         let rx = self.socket_back.lock().unwrap().take()?;
         tokio::time::timeout(std::time::Duration::from_secs(1), rx)
@@ -166,7 +170,9 @@ pub fn serve(
         drain,
         connections: Default::default(),
         socket_back: std::sync::Mutex::new(Some(back_rx)),
+        want_socket: Default::default(),
     });
+    let want_socket = running.want_socket.clone();
     // Envoy names listener stats by address with `:` turned into `_` (`0.0.0.0_15001`).
     let laddr = config.address.to_string().replace(':', "_");
     let lstats = Arc::new(ListenerStats {
@@ -180,7 +186,9 @@ pub fn serve(
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = stop_rx.wait_for(|s| *s) => {
-                    let _ = back_tx.send(listener);
+                    if want_socket.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = back_tx.send(listener);
+                    }
                     return;
                 }
             };
