@@ -66,40 +66,14 @@ pub async fn inspect(stream: &TcpStream, cfg: Inspectors) -> Result<Detected, &'
     let work = async {
         let mut buf = vec![0u8; 4096];
         let mut backoff = Duration::from_millis(1);
-        let mut tls_done = !cfg.tls;
         loop {
             let n = stream.peek(&mut buf).await.map_err(|_| "peek failed")?;
             if n == 0 {
                 return Err("peer closed before sending data");
             }
-            let data = &buf[..n];
             let full = n == buf.len() && buf.len() >= MAX_PEEK;
-            if !tls_done {
-                match tls_client_hello(data) {
-                    Verdict::Done(Some((sni, alpn))) => {
-                        out.transport = "tls";
-                        out.sni = sni;
-                        out.alpn = alpn;
-                        // http_inspector leaves TLS connections alone.
-                        return Ok(());
-                    }
-                    Verdict::Done(None) => tls_done = true,
-                    Verdict::NeedMore if !full => {}
-                    Verdict::NeedMore => tls_done = true,
-                }
-            }
-            let mut http_done = !cfg.http;
-            if tls_done && cfg.http {
-                match http_protocol(data) {
-                    Verdict::Done(p) => {
-                        out.alpn = p.into_iter().map(str::to_string).collect();
-                        http_done = true;
-                    }
-                    Verdict::NeedMore if full => http_done = true,
-                    Verdict::NeedMore => {}
-                }
-            }
-            if tls_done && http_done {
+            if let Some(d) = classify(&buf[..n], cfg, full) {
+                out = d;
                 return Ok(());
             }
             if n == buf.len() {
@@ -120,6 +94,34 @@ pub async fn inspect(stream: &TcpStream, cfg: Inspectors) -> Result<Detected, &'
         None => work.await,
     };
     r.map(|_| out)
+}
+
+/// What the inspectors make of the first bytes of a connection; `None` = they need more (unless
+/// `full`: no more will be looked at). Pure, so it can be fuzzed.
+pub fn classify(data: &[u8], cfg: Inspectors, full: bool) -> Option<Detected> {
+    let mut out = Detected::default();
+    if cfg.tls {
+        match tls_client_hello(data) {
+            Verdict::Done(Some((sni, alpn))) => {
+                out.transport = "tls";
+                out.sni = sni;
+                out.alpn = alpn;
+                // http_inspector leaves TLS connections alone.
+                return Some(out);
+            }
+            Verdict::Done(None) => {}
+            Verdict::NeedMore if full => {}
+            Verdict::NeedMore => return None,
+        }
+    }
+    if cfg.http {
+        match http_protocol(data) {
+            Verdict::Done(p) => out.alpn = p.into_iter().map(str::to_string).collect(),
+            Verdict::NeedMore if full => {}
+            Verdict::NeedMore => return None,
+        }
+    }
+    Some(out)
 }
 
 /// `Done(Some((sni, alpn)))` for a complete ClientHello, `Done(None)` when this is not TLS.
@@ -168,8 +170,10 @@ fn http_protocol(data: &[u8]) -> Verdict<Option<&'static str>> {
         };
     }
     let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
-        // Still a plausible request line (printable ASCII): wait for its end.
-        let plausible = data.iter().all(|b| b.is_ascii_graphic() || *b == b' ');
+        // Still a plausible request line (printable ASCII, perhaps the CR of its CRLF): wait
+        // for its end.
+        let line = data.strip_suffix(b"\r").unwrap_or(data);
+        let plausible = line.iter().all(|b| b.is_ascii_graphic() || *b == b' ');
         return if plausible {
             Verdict::NeedMore
         } else {
@@ -213,6 +217,7 @@ mod tests {
             Verdict::Done(Some("http/1.0"))
         );
         assert_eq!(http_protocol(b"GET /a HT"), Verdict::NeedMore);
+        assert_eq!(http_protocol(b"GET /a HTTP/1.1\r"), Verdict::NeedMore);
         assert_eq!(http_protocol(b"PRI * HTTP/2"), Verdict::NeedMore);
         assert_eq!(http_protocol(H2_PREFACE), Verdict::Done(Some("h2c")));
         assert_eq!(http_protocol(b"\x00\x01binary"), Verdict::Done(None));
