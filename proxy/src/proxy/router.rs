@@ -545,7 +545,35 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // names) on every call.
     const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
     const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-    if let Some(conn) = h.get(http::header::CONNECTION) {
+    // One pass over the (few) names finds which kinds are present, so a message without
+    // them costs no hashed lookup and one with only `Connection: keep-alive` (most upstream
+    // responses) costs two, not six.
+    const CONN: u8 = 1;
+    const TE: u8 = 2;
+    const OTHER: u8 = 4;
+    let mut found = 0u8;
+    for n in h.keys() {
+        found |= if n == http::header::CONNECTION {
+            CONN
+        } else if n == http::header::TE {
+            TE
+        } else if n == http::header::TRANSFER_ENCODING
+            || n == http::header::UPGRADE
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+        {
+            OTHER
+        } else {
+            0
+        };
+    }
+    if found == 0 {
+        return;
+    }
+    if let Some(conn) = h
+        .get(http::header::CONNECTION)
+        .filter(|_| found & CONN != 0)
+    {
         // Only a value naming something other than close / keep-alive needs the slow path.
         let names: Option<Vec<String>> = conn.to_str().ok().and_then(|conn| {
             let v: Vec<String> = conn
@@ -565,14 +593,17 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         }
         h.remove(http::header::CONNECTION);
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
-        h.remove(name);
+    if found & OTHER != 0 {
+        for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+            h.remove(name);
+        }
+        h.remove(http::header::TRANSFER_ENCODING);
+        h.remove(http::header::UPGRADE);
     }
-    h.remove(http::header::TRANSFER_ENCODING);
-    h.remove(http::header::UPGRADE);
     // "te: trailers" is meaningful for gRPC; anything else is hop-by-hop.
-    if h.get(http::header::TE)
-        .is_some_and(|v| v.as_bytes() != b"trailers")
+    if found & TE != 0
+        && h.get(http::header::TE)
+            .is_some_and(|v| v.as_bytes() != b"trailers")
     {
         h.remove(http::header::TE);
     }

@@ -300,14 +300,10 @@ fn prepare_upstream_headers(
     const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     const ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
     let h = &mut parts.headers;
-    if !h.contains_key(XFP) {
-        h.insert(XFP, HeaderValue::from_static("http"));
-    }
-    if !h.contains_key(REQUEST_ID) {
-        if let Ok(v) = HeaderValue::from_str(&uuid4()) {
-            h.insert(REQUEST_ID, v);
-        }
-    }
+    // One hashed lookup each (entry), not contains_key then insert.
+    h.entry(XFP)
+        .or_insert_with(|| HeaderValue::from_static("http"));
+    h.entry(REQUEST_ID).or_insert_with(request_id);
     if let Some(new) = a.rewrite_path(path, route.matched_prefix()) {
         // As Envoy's router does unless suppress_envoy_headers is set.
         if let Ok(v) = HeaderValue::from_str(path) {
@@ -379,17 +375,29 @@ fn upgrade_type(req: &Request<Incoming>, allowed: &[String]) -> Option<String> {
 
 /// A random RFC 4122 version-4 UUID, as Envoy generates for `x-request-id`.
 pub fn uuid4() -> String {
+    let b = uuid4_bytes();
+    std::str::from_utf8(&b).expect("hex digits").to_string()
+}
+
+/// [`uuid4`] as a header value, formatted on the stack (one allocation, for the value).
+fn request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&uuid4_bytes()).expect("hex digits and dashes")
+}
+
+fn uuid4_bytes() -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = fastrand::u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let mut out = String::with_capacity(36);
+    let mut out = [b'-'; 36];
+    let mut o = 0;
     for (i, x) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
+            o += 1;
         }
-        out.push(HEX[(x >> 4) as usize] as char);
-        out.push(HEX[(x & 15) as usize] as char);
+        out[o] = HEX[(x >> 4) as usize];
+        out[o + 1] = HEX[(x & 15) as usize];
+        o += 2;
     }
     out
 }
