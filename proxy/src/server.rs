@@ -259,6 +259,65 @@ async fn terminate_signal() {
 
 /// Run the proxy until it is told to stop; returns the exit code.
 pub fn run(opts: Options, _boot: LoadedBootstrap, snap: Snapshot, stats: Arc<Stats>) -> i32 {
+    /// Take the executable's read-only pages (code and data used only to start: bootstrap
+    /// decoding, the embedded descriptor set) out of the resident set once start-up is done.
+    /// They stay in the page cache; what the data path uses comes back on first touch (minor
+    /// faults), so the RSS afterwards is the working set, not everything start-up touched.
+    fn drop_startup_pages() {
+        #[cfg(target_os = "linux")]
+        {
+            let (Ok(exe), Ok(smaps)) = (
+                std::fs::read_link("/proc/self/exe"),
+                std::fs::read_to_string("/proc/self/smaps"),
+            ) else {
+                return;
+            };
+            let Some(exe) = exe.to_str() else { return };
+            // Mappings of the executable that are read-only and have no dirty page. RELRO data is
+            // read-only but was written by relocation: it is dirty and must keep its pages.
+            let mut current: Option<(usize, usize)> = None;
+            let mut dirty = false;
+            let release = |range: Option<(usize, usize)>, dirty: bool| {
+                if let (Some((start, end)), false) = (range, dirty) {
+                    // SAFETY: a clean, read-only, file-backed private mapping of our own
+                    // executable: its pages are read back from the file on the next access.
+                    unsafe {
+                        libc::madvise(
+                            start as *mut libc::c_void,
+                            end.saturating_sub(start),
+                            libc::MADV_DONTNEED,
+                        );
+                    }
+                }
+            };
+            for line in smaps.lines() {
+                let mut f = line.split_whitespace();
+                let Some(first) = f.next() else { continue };
+                if let Some((a, b)) = first.split_once('-') {
+                    // A mapping header: start-end perms offset dev inode path
+                    let (Ok(a), Ok(b)) =
+                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                    else {
+                        release(current.take(), dirty);
+                        continue;
+                    };
+                    release(current.take(), dirty);
+                    dirty = false;
+                    let perms = f.next().unwrap_or("");
+                    let path = line.find('/').map(|i| line[i..].trim_end());
+                    if path == Some(exe) && perms.starts_with("r") && perms.get(1..2) == Some("-") {
+                        current = Some((a, b));
+                    }
+                } else if matches!(first, "Private_Dirty:" | "Shared_Dirty:" | "Anonymous:")
+                    && f.next().is_some_and(|v| v != "0")
+                {
+                    dirty = true;
+                }
+            }
+            release(current.take(), dirty);
+        }
+    }
+
     let server = Server::new(opts.clone(), snap, stats);
     // One worker: a current-thread runtime on the main thread. No cross-thread wake-ups or
     // work-stealing bookkeeping per task switch, and one thread less.
@@ -294,62 +353,4 @@ pub fn run(opts: Options, _boot: LoadedBootstrap, snap: Snapshot, stats: Arc<Sta
     // Do not wait for in-flight tasks (idle keep-alive connections) after the drain.
     rt.shutdown_timeout(Duration::from_millis(100));
     code
-}
-
-/// Take the executable's read-only pages (code and data used only to start: bootstrap
-/// decoding, the embedded descriptor set) out of the resident set once start-up is done.
-/// They stay in the page cache; what the data path uses comes back on first touch (minor
-/// faults), so the RSS afterwards is the working set, not everything start-up touched.
-fn drop_startup_pages() {
-    #[cfg(target_os = "linux")]
-    {
-        let (Ok(exe), Ok(smaps)) = (
-            std::fs::read_link("/proc/self/exe"),
-            std::fs::read_to_string("/proc/self/smaps"),
-        ) else {
-            return;
-        };
-        let Some(exe) = exe.to_str() else { return };
-        // Mappings of the executable that are read-only and have no dirty page. RELRO data is
-        // read-only but was written by relocation: it is dirty and must keep its pages.
-        let mut current: Option<(usize, usize)> = None;
-        let mut dirty = false;
-        let release = |range: Option<(usize, usize)>, dirty: bool| {
-            if let (Some((start, end)), false) = (range, dirty) {
-                // SAFETY: a clean, read-only, file-backed private mapping of our own
-                // executable: its pages are read back from the file on the next access.
-                unsafe {
-                    libc::madvise(
-                        start as *mut libc::c_void,
-                        end.saturating_sub(start),
-                        libc::MADV_DONTNEED,
-                    );
-                }
-            }
-        };
-        for line in smaps.lines() {
-            let mut f = line.split_whitespace();
-            let Some(first) = f.next() else { continue };
-            if let Some((a, b)) = first.split_once('-') {
-                // A mapping header: start-end perms offset dev inode path
-                let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-                else {
-                    release(current.take(), dirty);
-                    continue;
-                };
-                release(current.take(), dirty);
-                dirty = false;
-                let perms = f.next().unwrap_or("");
-                let path = line.find('/').map(|i| line[i..].trim_end());
-                if path == Some(exe) && perms.starts_with("r") && perms.get(1..2) == Some("-") {
-                    current = Some((a, b));
-                }
-            } else if matches!(first, "Private_Dirty:" | "Shared_Dirty:" | "Anonymous:")
-                && f.next().is_some_and(|v| v != "0")
-            {
-                dirty = true;
-            }
-        }
-        release(current.take(), dirty);
-    }
 }
