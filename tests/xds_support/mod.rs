@@ -1,6 +1,6 @@
-//! Fixtures and clients for tests/xds_server.rs: Bookinfo-shaped resources as Istio 1.10
-//! writes them (sidecar contract §5/§6), real tonic ADS clients for SotW and delta over TCP
-//! and unix sockets, and the shared vectors.
+//! Fixtures and clients for tests/xds_server.rs and tests/xds_replay*.rs: Bookinfo-shaped
+//! resources as Istio 1.10 writes them (sidecar contract §5/§6), real tonic ADS clients for
+//! SotW and delta over TCP and unix sockets, and the shared vectors.
 
 // Each test binary that includes this module uses a different part of it.
 #![allow(dead_code)]
@@ -321,6 +321,31 @@ pub fn vector(rel: &str) -> PathBuf {
 pub fn endpoints_vector() -> Value {
     let path = vector("istio-master/configdump/endpoints-configdump.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The endpoint addresses per cluster of a dump's dynamic CLAs, read straight from the JSON.
+pub fn vector_endpoints(dump: &Value) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in dump["configs"][0]["dynamic_endpoint_configs"]
+        .as_array()
+        .unwrap()
+    {
+        let cla = &e["endpoint_config"];
+        let mut addrs = Vec::new();
+        for group in cla["endpoints"].as_array().into_iter().flatten() {
+            for lb in group["lb_endpoints"].as_array().into_iter().flatten() {
+                let sa = &lb["endpoint"]["address"]["socket_address"];
+                addrs.push(format!(
+                    "{}:{}",
+                    sa["address"].as_str().unwrap(),
+                    sa["port_value"]
+                ));
+            }
+        }
+        addrs.sort();
+        out.insert(cla["cluster_name"].as_str().unwrap().to_string(), addrs);
+    }
+    out
 }
 
 /// A Bookinfo sidecar dump: Istio 1.10.6's xdsproxy bootstrap, dynamic and static clusters,
