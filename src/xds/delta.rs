@@ -8,35 +8,27 @@
 //! client waits for that answer to finish initialising.
 
 use super::cache::State;
-use super::status::{Protocol, StreamStatus, TypeStatus};
-use super::{is_wildcard_type, Handler, CONTROL_PLANE_ID};
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use super::status::{Protocol, StreamStatus};
+use super::stream::{asks_for_all, control_plane, Stream};
+use super::Handler;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use tracing::{debug, info};
-
-/// Unanswered nonces remembered per type; a client ACKs each response, so a few suffice.
-const MAX_PENDING: usize = 32;
 
 /// One delta stream's protocol state.
 #[derive(Debug)]
 pub struct Delta {
-    status: StreamStatus,
-    types: BTreeMap<String, Sub>,
-    nonce: u64,
+    stream: Stream<Known>,
 }
 
-/// One type's subscription on a delta stream.
+/// What delta adds to a type's subscription.
 #[derive(Debug, Default)]
-struct Sub {
-    names: BTreeSet<String>,
-    wildcard: bool,
+struct Known {
     /// name -> resource version the client has (as far as the server knows).
-    known: BTreeMap<String, String>,
-    /// nonce -> type version of responses not yet ACKed or NACKed.
-    pending: BTreeMap<u64, String>,
+    versions: BTreeMap<String, String>,
+    /// Whether a response for the type went out (the first wildcard one always does).
     answered: bool,
 }
 
@@ -44,29 +36,24 @@ impl Delta {
     /// A new stream with server id `id` from `peer` on `service` ("ADS" or "SDS").
     pub fn new(id: u64, peer: String, service: &'static str) -> Self {
         Self {
-            status: StreamStatus::new(id, Protocol::Delta, service, peer),
-            types: BTreeMap::new(),
-            nonce: 0,
+            stream: Stream::new(id, Protocol::Delta, service, peer),
         }
     }
 
-    fn type_status(&mut self, type_url: &str) -> &mut TypeStatus {
-        self.status.types.entry(type_url.to_string()).or_default()
-    }
-
-    /// Record the ACK or NACK that `req` carries, if its nonce is one we sent.
+    /// Record the ACK or NACK that `req` carries, if its nonce is one we sent and that is not
+    /// answered yet.
     fn ack_or_nack(&mut self, req: &DeltaDiscoveryRequest) {
-        let id = self.status.id;
+        let id = self.stream.status.id;
         let type_url = req.type_url.as_str();
-        let sub = self.types.entry(type_url.to_string()).or_default();
+        let sub = self.stream.types.entry(type_url.to_string()).or_default();
         let Some(version) = req
             .response_nonce
             .parse::<u64>()
             .ok()
-            .and_then(|n| sub.pending.remove(&n).map(|v| (n, v)))
+            .and_then(|n| sub.sent.remove(&n).map(|v| (n, v)))
             .map(|(n, v)| {
                 // Responses are processed in order, so older ones are settled too.
-                sub.pending.retain(|k, _| *k > n);
+                sub.sent.retain(|k, _| *k > n);
                 v
             })
         else {
@@ -78,7 +65,7 @@ impl Delta {
             );
             return;
         };
-        let ts = self.status.types.entry(type_url.to_string()).or_default();
+        let ts = self.stream.type_status(type_url);
         if let Some(err) = &req.error_detail {
             ts.record_nack(Some(version.clone()), &err.message);
             info!(
@@ -104,36 +91,33 @@ impl Delta {
     /// Build the response for `type_url` with what changed for this client, if anything.
     fn respond(&mut self, type_url: &str, state: &State) -> Option<DeltaDiscoveryResponse> {
         let resources = state.types.get(type_url)?;
-        let sub = self.types.get_mut(type_url)?;
+        let sub = self.stream.types.get_mut(type_url)?;
+        let known = &sub.protocol.versions;
         let updated: Vec<_> = resources
             .resources
             .values()
-            .filter(|r| sub.wildcard || sub.names.contains(&r.name))
-            .filter(|r| sub.known.get(&r.name) != Some(&r.version))
+            .filter(|r| sub.wants(&r.name))
+            .filter(|r| known.get(&r.name) != Some(&r.version))
             .collect();
-        let removed: Vec<String> = sub
-            .known
+        let removed: Vec<String> = known
             .keys()
             .filter(|n| !resources.resources.contains_key(*n))
             .cloned()
             .collect();
-        let first_wildcard = sub.wildcard && !sub.answered;
+        let first_wildcard = sub.wildcard && !sub.protocol.answered;
         if updated.is_empty() && removed.is_empty() && !first_wildcard {
             return None;
         }
-        sub.answered = true;
+        sub.protocol.answered = true;
         for r in &updated {
-            sub.known.insert(r.name.clone(), r.version.clone());
+            sub.protocol
+                .versions
+                .insert(r.name.clone(), r.version.clone());
         }
         for n in &removed {
-            sub.known.remove(n);
+            sub.protocol.versions.remove(n);
         }
-        self.nonce += 1;
-        sub.pending.insert(self.nonce, resources.version.clone());
-        while sub.pending.len() > MAX_PENDING {
-            sub.pending.pop_first();
-        }
-        let nonce = self.nonce.to_string();
+        let nonce = self.stream.next_nonce(type_url, &resources.version);
         let response = DeltaDiscoveryResponse {
             system_version_info: resources.version.clone(),
             resources: updated
@@ -148,13 +132,11 @@ impl Delta {
             type_url: type_url.to_string(),
             removed_resources: removed.clone(),
             nonce: nonce.clone(),
-            control_plane: Some(ControlPlane {
-                identifier: CONTROL_PLANE_ID.into(),
-            }),
+            control_plane: control_plane(),
             ..Default::default()
         };
         debug!(
-            stream = self.status.id,
+            stream = self.stream.status.id,
             type_url,
             version = %resources.version,
             nonce,
@@ -163,12 +145,8 @@ impl Delta {
             "sending"
         );
         let names = updated.iter().map(|r| r.name.clone()).collect();
-        let ts = self.type_status(type_url);
-        ts.responses += 1;
-        ts.sent_version = Some(resources.version.clone());
-        ts.sent_nonce = Some(nonce);
-        ts.sent_resources = names;
-        ts.sent_removed = removed;
+        self.stream
+            .record_sent(type_url, &resources.version, nonce, names, removed);
         Some(response)
     }
 }
@@ -178,23 +156,21 @@ impl Handler for Delta {
     type Response = DeltaDiscoveryResponse;
 
     fn on_request(&mut self, req: DeltaDiscoveryRequest, state: &State) -> Vec<Self::Response> {
-        let id = self.status.id;
-        if self.status.node_id.is_empty() {
-            if let Some(node) = &req.node {
-                self.status.node_id = node.id.clone();
-            }
-        }
+        let id = self.stream.status.id;
         let type_url = req.type_url.clone();
-        self.type_status(&type_url).requests += 1;
-        let first = !self.types.contains_key(&type_url);
+        let first = self.stream.request(req.node.as_ref(), &type_url);
         if !req.response_nonce.is_empty() {
             self.ack_or_nack(&req);
         }
-        let sub = self.types.entry(type_url.clone()).or_default();
+        // A delta request carries only changes to the subscription.
+        let sub = self
+            .stream
+            .types
+            .get_mut(&type_url)
+            .expect("added by request");
         if first {
-            sub.wildcard = req.resource_names_subscribe.iter().any(|n| n == "*")
-                || (req.resource_names_subscribe.is_empty() && is_wildcard_type(&type_url));
-            sub.known = req.initial_resource_versions.clone().into_iter().collect();
+            sub.wildcard = asks_for_all(&req.resource_names_subscribe, &type_url);
+            sub.protocol.versions = req.initial_resource_versions.clone().into_iter().collect();
         } else if req.resource_names_subscribe.iter().any(|n| n == "*") {
             sub.wildcard = true;
         }
@@ -208,7 +184,7 @@ impl Handler for Delta {
                 sub.names.remove(name);
             }
             // The client drops what it unsubscribed from; forget it so a later subscribe resends.
-            sub.known.remove(name);
+            sub.protocol.versions.remove(name);
         }
         if first
             || !req.resource_names_subscribe.is_empty()
@@ -216,7 +192,7 @@ impl Handler for Delta {
         {
             info!(
                 stream = id,
-                node = self.status.node_id,
+                node = self.stream.status.node_id,
                 type_url,
                 subscribe = req.resource_names_subscribe.len(),
                 unsubscribe = req.resource_names_unsubscribe.len(),
@@ -224,22 +200,19 @@ impl Handler for Delta {
                 "request"
             );
         }
-        let (wildcard, names) = (sub.wildcard, sub.names.iter().cloned().collect());
-        let ts = self.type_status(&type_url);
-        ts.wildcard = wildcard;
-        ts.subscribed = names;
+        self.stream.publish_subscription(&type_url);
         self.respond(&type_url, state).into_iter().collect()
     }
 
     fn on_change(&mut self, state: &State) -> Vec<Self::Response> {
-        let types: Vec<String> = self.types.keys().cloned().collect();
-        types
+        self.stream
+            .type_urls()
             .iter()
             .filter_map(|t| self.respond(t, state))
             .collect()
     }
 
     fn status(&mut self) -> &mut StreamStatus {
-        &mut self.status
+        &mut self.stream.status
     }
 }

@@ -37,6 +37,7 @@ pub mod sds;
 pub mod server;
 pub mod sotw;
 pub mod status;
+mod stream;
 
 pub use cache::{Cache, Snapshot};
 pub use dump::Dump;
