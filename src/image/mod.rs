@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod binary;
+mod compose;
 pub mod engine;
 pub mod inject;
 pub mod istio;
@@ -18,6 +19,7 @@ pub mod overlay;
 pub mod preflight;
 pub mod reference;
 pub mod registry;
+mod select;
 pub mod source;
 
 use std::fmt;

@@ -3,23 +3,24 @@
 //! The daemonless path reads only the base's manifests and config, builds one deterministic
 //! layer, edits the config as raw JSON and writes the result to a registry, an OCI layout or a
 //! docker-archive. `--engine` does the same through a Docker engine instead.
+//!
+//! This module is the command (flags, checks, the order of the steps). Which base manifests
+//! are overlaid is `select.rs`, the layer and the edited configs, manifests and index are
+//! `compose.rs`, writing them is `output.rs`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use serde_json::Value;
 
 pub use super::binary::Binary;
-use super::layer::{Layer, LayerOptions};
-use super::mutate::{self, ConfigEdit};
-use super::output::{self, Child, Overlaid};
+use super::output;
 use super::reference::{Location, Reference};
 use super::registry::{ClientOptions, Registry};
 use super::source::Source;
-use super::{Descriptor, Platform};
+use super::{compose, select, Platform};
 
 /// `mosnctl overlay`.
 #[derive(Debug, Clone, clap::Args)]
@@ -258,7 +259,8 @@ pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
     };
 
     let (root_raw, root_mt) = source.root().await?;
-    let children = select_children(&source, &root_raw, &root_mt, args, binaries).await?;
+    let children =
+        select::select_children(&source, &root_raw, &root_mt, &args.platform, binaries).await?;
     if !args.skip_glibc_check {
         for c in &children {
             let m: Value = serde_json::from_slice(&c.manifest)?;
@@ -290,36 +292,11 @@ pub async fn overlay(args: &Args, binaries: &[Binary]) -> Result<Vec<Outcome>> {
     // Build each architecture's layer once (CPU work, off the async workers).
     let progress = indicatif::MultiProgress::new();
     let mtime = super::source_date_epoch()?;
-    let mut layers: std::collections::HashMap<String, Arc<Layer>> = Default::default();
-    for child in &children {
-        let arch = child.binary.info.oci_arch().to_string();
-        if layers.contains_key(&arch) {
-            continue;
-        }
-        let bin = child.binary.path.clone();
-        let pb = progress.add(bar(&format!("compress {arch}")));
-        let lopts = LayerOptions {
-            mtime: mtime.unwrap_or(0),
-            level: args.compression_level,
-        };
-        let pb2 = pb.clone();
-        let t = std::time::Instant::now();
-        let layer =
-            tokio::task::spawn_blocking(move || super::layer::build(&bin, lopts, &pb2)).await??;
-        pb.finish_and_clear();
-        tracing::info!(
-            "layer {} for {arch}: {} bytes compressed in {} ms, diff_id {}",
-            layer.digest,
-            layer.blob.len(),
-            t.elapsed().as_millis(),
-            layer.diff_id
-        );
-        layers.insert(arch, Arc::new(layer));
-    }
+    let layers = compose::build_layers(&children, args.compression_level, mtime, &progress).await?;
 
     // Registries get the base's media-type family; local outputs OCI types (see `to_oci`).
     let build = |to_oci| {
-        mutate_all(
+        compose::mutate_all(
             &children,
             &layers,
             &root_raw,
@@ -393,214 +370,6 @@ pub fn bar(msg: &str) -> indicatif::ProgressBar {
     );
     pb.set_message(msg.to_string());
     pb
-}
-
-/// Pick the base manifests to overlay: for an index, the platforms that match a binary (and
-/// `--platform`), without attestations; for a single manifest, check its architecture.
-async fn select_children<'a>(
-    source: &Source,
-    root_raw: &Bytes,
-    root_mt: &str,
-    args: &Args,
-    binaries: &'a [Binary],
-) -> Result<Vec<Child<'a>>> {
-    let binary_for = |p: &Platform| {
-        binaries
-            .iter()
-            .find(|b| p.os == "linux" && b.info.oci_arch() == p.arch)
-    };
-    let wanted =
-        |p: &Platform| args.platform.is_empty() || args.platform.iter().any(|w| w.selects(p));
-    let arches: Vec<&str> = binaries.iter().map(|b| b.info.oci_arch()).collect();
-    if !super::is_index(root_mt) {
-        let manifest: Value =
-            serde_json::from_slice(root_raw).context("the base manifest is not JSON")?;
-        let config_desc = super::manifest_config(&manifest)?;
-        let config = source.blob(&config_desc.digest).await?;
-        let cfg: Value = serde_json::from_slice(&config).context("the base config is not JSON")?;
-        let platform =
-            Platform::from_json(&cfg).context("the base config names no os/architecture")?;
-        if !wanted(&platform) {
-            bail!(
-                "the base is a single-platform image for {platform}, not {}",
-                plat_list(&args.platform)
-            );
-        }
-        let binary = binary_for(&platform).with_context(|| {
-            format!(
-                "the base is for {platform}, but the binary is for linux/{}\n\n\
-                 help: build mosn for {} or pick a base for linux/{}",
-                arches.join(", linux/"),
-                platform.arch,
-                arches.join(", linux/")
-            )
-        })?;
-        return Ok(vec![Child {
-            entry: None,
-            platform,
-            manifest: root_raw.clone(),
-            config,
-            binary,
-        }]);
-    }
-    let index: Value = serde_json::from_slice(root_raw).context("the base index is not JSON")?;
-    let entries = index
-        .get("manifests")
-        .and_then(Value::as_array)
-        .context("the base index has no manifests")?;
-    let mut available = Vec::new();
-    let mut children = Vec::new();
-    let mut dropped = 0;
-    for entry in entries {
-        if mutate::is_attestation(entry) {
-            dropped += 1;
-            continue;
-        }
-        let Some(platform) = entry.get("platform").and_then(Platform::from_json) else {
-            continue;
-        };
-        available.push(platform.to_string());
-        if !wanted(&platform) {
-            continue;
-        }
-        let Some(binary) = binary_for(&platform) else {
-            // Keeping it would publish a platform without mosn; say so loudly.
-            tracing::warn!(
-                "leaving {platform} out of the result: no binary for it (give one with another --binary)"
-            );
-            continue;
-        };
-        let desc = Descriptor::from_json(entry)?;
-        let manifest = source.manifest(&desc.digest).await?;
-        let m: Value = serde_json::from_slice(&manifest).context("a base manifest is not JSON")?;
-        let config = source.blob(&super::manifest_config(&m)?.digest).await?;
-        children.push(Child {
-            entry: Some(entry.clone()),
-            platform,
-            manifest,
-            config,
-            binary,
-        });
-    }
-    if dropped > 0 {
-        tracing::info!(
-            "dropping {dropped} attestation manifest(s): they vouch for the base's digests"
-        );
-    }
-    for w in &args.platform {
-        if !children.iter().any(|c| w.selects(&c.platform)) {
-            bail!(
-                "the base has no platform {w} that a binary matches; the base has: {}; \
-                 the binaries are for: linux/{}\n\n\
-                 help: pick one of the base's platforms with --platform, and give a --binary \
-                 built for each",
-                available.join(", "),
-                arches.join(", linux/")
-            );
-        }
-    }
-    if children.is_empty() {
-        bail!(
-            "no platform in the base matches the binary (linux/{}); the base has: {}\n\n\
-             help: give a --binary built for one of the base's platforms",
-            arches.join(", linux/"),
-            if available.is_empty() {
-                "none".into()
-            } else {
-                available.join(", ")
-            }
-        );
-    }
-    Ok(children)
-}
-
-fn plat_list(p: &[Platform]) -> String {
-    p.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Apply the layer to every child and rebuild the index. `to_oci` converts Docker media
-/// types (for OCI layouts and archives).
-fn mutate_all(
-    children: &[Child],
-    layers: &std::collections::HashMap<String, Arc<Layer>>,
-    root_raw: &Bytes,
-    root_mt: &str,
-    base_name: Option<&str>,
-    to_oci: bool,
-    epoch: Option<u64>,
-) -> Result<Overlaid> {
-    let mut out = Vec::new();
-    for child in children {
-        let layer = layers[child.binary.info.oci_arch()].clone();
-        let comment = match &child.binary.version {
-            Some(v) => format!("{v} ({})", child.binary.digest),
-            None => format!("mosn binary {}", child.binary.digest),
-        };
-        let config = Bytes::from(mutate::edit_config(
-            &child.config,
-            &ConfigEdit {
-                diff_id: layer.diff_id.clone(),
-                created: epoch.map(super::rfc3339),
-                created_by: "mosnctl overlay /usr/local/bin/mosn".into(),
-                comment: Some(comment),
-            },
-        )?);
-        let base_manifest = if to_oci {
-            Bytes::from(mutate::manifest_to_oci(&child.manifest)?)
-        } else {
-            child.manifest.clone()
-        };
-        let bm: Value = serde_json::from_slice(&base_manifest)?;
-        let mt = super::media_type_of(&bm, None);
-        let mut config_desc = super::manifest_config(&bm)?;
-        config_desc.digest = super::digest_of(&config);
-        config_desc.size = config.len() as u64;
-        let layer_desc = Descriptor {
-            media_type: mutate::layer_media_type(&mt).into(),
-            digest: layer.digest.clone(),
-            size: layer.blob.len() as u64,
-        };
-        let base_digest = super::digest_of(&child.manifest);
-        let manifest = Bytes::from(mutate::edit_manifest(
-            &base_manifest,
-            &config_desc,
-            &layer_desc,
-            base_name.map(|n| (n, base_digest.as_str())),
-        )?);
-        out.push(output::Image {
-            platform: child.platform.clone(),
-            entry: child.entry.clone(),
-            base_layers: super::manifest_layers(&bm)?,
-            manifest_desc: Descriptor {
-                media_type: mt,
-                digest: super::digest_of(&manifest),
-                size: manifest.len() as u64,
-            },
-            manifest,
-            config,
-            config_digest: config_desc.digest,
-            layer,
-        });
-    }
-    let index = if super::is_index(root_mt) {
-        let pairs: Vec<(Value, Descriptor)> = out
-            .iter()
-            .map(|i| (i.entry.clone().unwrap_or_default(), i.manifest_desc.clone()))
-            .collect();
-        let raw = Bytes::from(mutate::rebuild_index(root_raw, &pairs, to_oci)?);
-        let mt = if to_oci {
-            mutate::oci_media_type(root_mt).to_string()
-        } else {
-            root_mt.to_string()
-        };
-        Some((raw, mt))
-    } else {
-        None
-    };
-    Ok(Overlaid { images: out, index })
 }
 
 #[cfg(test)]
