@@ -201,7 +201,8 @@ async fn clusters_and_listeners_warm_before_use() {
     assert_eq!(count(&send(a9081, 5, &[]).await, "v1"), 5);
     assert_eq!(p.stat("listener_manager.total_listeners_warming"), 0);
 
-    // Changed: re-bound (port 0 → a new port) and the old one drained. Removed: drained.
+    // Changed: the new listener takes over the old one's socket (same address, no refused
+    // connections) and serves with its own config; the old one drained. Removed: drained.
     let ver = ads.put(
         LDS,
         vec![
@@ -211,8 +212,9 @@ async fn clusters_and_listeners_warm_before_use() {
     );
     ads.reply(LDS, ver).await.unwrap();
     let a2 = wait_bound(&p, "0.0.0.0_9081").await;
-    assert_ne!(a2, a9081);
+    assert_eq!(a2, a9081);
     assert_eq!(count(&send(a2, 3, &[]).await, "v1"), 3);
+    assert_eq!(p.stat("http.changed.downstream_rq_total"), 3);
     let ver = ads.put(LDS, listeners());
     ads.reply(LDS, ver).await.unwrap();
     assert_eq!(bound(&p, "0.0.0.0_9081"), None);

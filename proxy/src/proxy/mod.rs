@@ -311,6 +311,9 @@ impl Accepted {
     }
 }
 
+/// How long a draining HTTP connection may still take a request before it is shut down.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
     let _ = stream.set_nodelay(true);
     let mut draining = ctx.draining.clone();
@@ -347,6 +350,18 @@ async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
             return;
         }
         _ = draining.wait_for(|d| *d), if !already => {}
+    }
+    // A client may have sent its request just before the drain began; closing the idle-looking
+    // connection now would answer it with nothing. Give such requests a moment to arrive and be
+    // answered (with `Connection: close`), then shut down whatever is left.
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(peer = %ctx.peer, "downstream connection ended while draining: {e}");
+            }
+            return;
+        }
+        _ = tokio::time::sleep(DRAIN_GRACE) => {}
     }
     conn.as_mut().graceful_shutdown();
     if let Err(e) = conn.await {
