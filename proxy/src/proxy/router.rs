@@ -295,12 +295,37 @@ pub async fn forward(
     }
 }
 
-/// A millisecond count as a header value (integer formatting without a `String`).
+/// A millisecond count as a header value, without an allocation in the common cases: counts
+/// under 100 (most upstream service times) are static strings, and the last larger value
+/// (typically the route timeout, the same for every request) is kept per thread and shared.
 fn millis_value(ms: u128) -> HeaderValue {
-    match u64::try_from(ms) {
-        Ok(v) => HeaderValue::from(v),
-        Err(_) => HeaderValue::from_str(&ms.to_string()).expect("digits are a valid header value"),
+    const PAIRS: &str = "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+    if ms < 100 {
+        let i = ms as usize * 2;
+        let digits = if ms < 10 {
+            &PAIRS[i + 1..i + 2]
+        } else {
+            &PAIRS[i..i + 2]
+        };
+        return HeaderValue::from_static(digits);
     }
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u128, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((m, v)) if *m == ms => v.clone(),
+        _ => {
+            let v = match u64::try_from(ms) {
+                Ok(v) => HeaderValue::from(v),
+                Err(_) => {
+                    HeaderValue::from_str(&ms.to_string()).expect("digits are a valid header value")
+                }
+            };
+            *last = Some((ms, v.clone()));
+            v
+        }
+    })
 }
 
 /// The upgrade type of a request the HCM allows to upgrade (set by the HCM in extensions).
@@ -606,5 +631,30 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             .is_some_and(|v| v.as_bytes() != b"trailers")
     {
         h.remove(http::header::TE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::millis_value;
+
+    #[test]
+    fn millis_values_format_like_integers() {
+        for ms in [
+            0u128,
+            7,
+            9,
+            10,
+            42,
+            99,
+            100,
+            15000,
+            15000,
+            16000,
+            15000,
+            u128::MAX,
+        ] {
+            assert_eq!(millis_value(ms).to_str().unwrap(), ms.to_string());
+        }
     }
 }
