@@ -79,6 +79,8 @@ pub struct HcmConfig {
     pub append_xff: bool,
     /// `server_header_transformation`: 0 overwrite (default), 1 append if absent, 2 pass through.
     pub server_header: i32,
+    /// `access_log`: the loggers we implement (file, stdout, stderr).
+    pub access_logs: Vec<Arc<super::access_log::AccessLogger>>,
 }
 
 impl HcmConfig {
@@ -180,6 +182,16 @@ impl HcmConfig {
             append_xff: h.use_remote_address.as_ref().is_some_and(|b| b.value)
                 && !h.skip_xff_append,
             server_header: h.server_header_transformation,
+            access_logs: h
+                .access_log
+                .iter()
+                .filter_map(|a| {
+                    super::access_log::AccessLogger::from_proto(a)
+                        .map_err(|e| format!("access_log {:?}: {e}", a.name))
+                        .transpose()
+                })
+                .map(|r| r.map(Arc::new))
+                .collect::<Result<_, _>>()?,
             upgrades: h
                 .upgrade_configs
                 .iter()

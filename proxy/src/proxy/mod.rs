@@ -2,6 +2,7 @@
 //! the HTTP connection manager ([`service`]) routes every request with the snapshot current
 //! at that moment.
 
+pub mod access_log;
 pub mod body;
 pub mod cors;
 pub mod fault;
