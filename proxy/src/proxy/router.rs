@@ -2,6 +2,7 @@
 
 use super::body::{BoxBody, Guarded, RequestBody};
 use super::local_reply::{Flag, LocalReply};
+use super::service::ActiveGauge;
 use crate::cluster::connector::{BoxError, ConnectError};
 use crate::cluster::h1pool::{PooledBody, SendError};
 use crate::cluster::host::{ActiveRequest, Host};
@@ -38,6 +39,8 @@ enum AttemptError {
 struct RqGuard {
     active: Arc<Stat>,
     _host: ActiveRequest,
+    /// The downstream request's gauge, carried in the response body's one box.
+    _down: Option<ActiveGauge>,
 }
 
 impl Drop for RqGuard {
@@ -54,6 +57,7 @@ pub async fn forward(
     mut parts: http::request::Parts,
     body: Incoming,
     down: Downstream,
+    down_active: &mut Option<ActiveGauge>,
 ) -> Result<Response<BoxBody>, LocalReply> {
     let stats = cluster.stats.clone();
     // An allowed HTTP/1.1 upgrade (websocket): keep its headers and, on 101, splice the two
@@ -168,6 +172,7 @@ pub async fn forward(
         let guard = RqGuard {
             active: stats.rq_active.clone(),
             _host: ActiveRequest::new(host.clone()),
+            _down: None,
         };
         let outcome = match send(
             &cluster,
@@ -224,7 +229,10 @@ pub async fn forward(
                     HeaderName::from_static("x-envoy-upstream-service-time");
                 rp.headers
                     .insert(SERVICE_TIME, millis_value(started.elapsed().as_millis()));
-                // One box for the whole body: the layers wrap `Incoming` by value.
+                // One box for the whole body: the layers wrap `Incoming` by value, and the
+                // downstream gauge rides along.
+                let mut guard = guard;
+                guard._down = down_active.take();
                 let body = match idle {
                     Some(i) => super::body::IdleBody::wrap(Guarded::new(rb, guard), i),
                     None => Guarded::wrap(rb, guard),

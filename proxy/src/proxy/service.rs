@@ -20,15 +20,22 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<BoxBo
     stats.rq_total.inc();
     // The request is active until its response body ends, or until hyper drops this future
     // because the client went away: a drop guard covers both.
-    let active = ActiveGauge::new(stats.rq_active.clone());
+    // A proxied response's body takes the guard into its own box (see router::forward);
+    // other responses are wrapped here.
+    let mut active = Some(ActiveGauge::new(stats.rq_active.clone()));
     let h1 = req.version() < http::Version::HTTP_2;
-    let resp = match route_request(&ctx, req).await {
+    let resp = match route_request(&ctx, req, &mut active).await {
         Ok(r) => r,
         Err(reply) => reply.into_response(&ctx.hcm.server_name),
     };
     stats.status(resp.status().as_u16());
-    let (parts, body) = resp.into_parts();
-    let mut resp = Response::from_parts(parts, super::body::Guarded::wrap(body, active));
+    let mut resp = match active {
+        Some(active) => {
+            let (parts, body) = resp.into_parts();
+            Response::from_parts(parts, super::body::Guarded::wrap(body, active))
+        }
+        None => resp,
+    };
     // Envoy stamps its server name on responses unless told to pass the upstream's through.
     let has_server = resp.headers().contains_key(http::header::SERVER);
     if ctx.hcm.server_header == 0 || (ctx.hcm.server_header == 1 && !has_server) {
@@ -46,7 +53,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<BoxBo
 }
 
 /// Increments a gauge now and decrements it when dropped.
-struct ActiveGauge(Arc<crate::stats::Stat>);
+pub struct ActiveGauge(Arc<crate::stats::Stat>);
 
 impl ActiveGauge {
     fn new(g: Arc<crate::stats::Stat>) -> Self {
@@ -124,23 +131,40 @@ fn choose_cluster<'a>(
 
 /// Header policies from most to least specific (Envoy's default order, so the route
 /// configuration level wins conflicts).
-fn policies<'a>(
-    wt: Option<&'a WeightedTarget>,
-    route: &'a Route,
-    vh: &'a VirtualHost,
-    rc: &'a RouteConfig,
-) -> Vec<&'a HeaderPolicy> {
-    let mut v = Vec::with_capacity(4);
-    if let Some(w) = wt {
-        v.push(&w.headers);
+struct Levels<'a> {
+    all: [&'a HeaderPolicy; 4],
+    skip: usize,
+}
+
+impl<'a> Levels<'a> {
+    fn new(
+        wt: Option<&'a WeightedTarget>,
+        route: &'a Route,
+        vh: &'a VirtualHost,
+        rc: &'a RouteConfig,
+    ) -> Self {
+        // On the stack: no allocation per request.
+        match wt {
+            Some(w) => Levels {
+                all: [&w.headers, &route.headers, &vh.headers, &rc.headers],
+                skip: 0,
+            },
+            None => Levels {
+                all: [&route.headers, &route.headers, &vh.headers, &rc.headers],
+                skip: 1,
+            },
+        }
     }
-    v.extend([&route.headers, &vh.headers, &rc.headers]);
-    v
+
+    fn as_slice(&self) -> &[&'a HeaderPolicy] {
+        &self.all[self.skip..]
+    }
 }
 
 async fn route_request(
     ctx: &ConnCtx,
     req: Request<Incoming>,
+    active: &mut Option<ActiveGauge>,
 ) -> Result<Response<BoxBody>, LocalReply> {
     let snap = ctx.store.load();
     let no_route = || LocalReply::new(404, "", Flag::NoRoute);
@@ -218,7 +242,8 @@ async fn route_request(
             HttpFilter::Router => break,
         }
     }
-    let levels = policies(wt, route, vh, &rc);
+    let levels = Levels::new(wt, route, vh, &rc);
+    let levels = levels.as_slice();
     let req_headers_for_cors = cors.as_ref().map(|_| req.headers().clone());
     let mut resp = match &route.action {
         Action::Direct { status, body } => {
@@ -258,14 +283,14 @@ async fn route_request(
             if ctx.hcm.append_xff {
                 append_xff(&mut parts.headers, ctx.peer.ip());
             }
-            prepare_upstream_headers(&mut parts, a, wt, route, path, &levels);
+            prepare_upstream_headers(&mut parts, a, wt, route, path, levels);
             let retry = a.retry.as_ref().or(vh.retry.as_ref());
             let down = Downstream {
                 peer: ctx.peer,
                 original_dst: ctx.original_dst,
                 stream_idle: ctx.hcm.stream_idle_timeout,
             };
-            match router::forward(cluster, a, retry, parts, body, down).await {
+            match router::forward(cluster, a, retry, parts, body, down, active).await {
                 Ok(r) => r,
                 Err(mut reply) => {
                     reply.flags.splice(0..0, flags);
