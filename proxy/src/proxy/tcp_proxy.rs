@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tpb;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -27,6 +27,8 @@ pub struct TcpProxyConfig {
     pub idle_timeout: Option<Duration>,
     /// `max_connect_attempts` (default 1).
     pub max_connect_attempts: u32,
+    /// `access_log`: one line per connection when it ends.
+    pub access_logs: Vec<super::access_log::AccessLogger>,
     stats: OnceLock<TcpStats>,
 }
 
@@ -70,6 +72,15 @@ impl TcpProxyConfig {
                 None => Some(Duration::from_secs(3600)),
             },
             max_connect_attempts: t.max_connect_attempts.map(|v| v.value).unwrap_or(1).max(1),
+            access_logs: t
+                .access_log
+                .iter()
+                .filter_map(|a| {
+                    super::access_log::AccessLogger::from_proto(a)
+                        .map_err(|e| format!("access_log {:?}: {e}", a.name))
+                        .transpose()
+                })
+                .collect::<Result<_, _>>()?,
             stats: OnceLock::new(),
         })
     }
@@ -105,16 +116,62 @@ impl TcpProxyConfig {
 
 /// Serve one downstream connection until both directions have closed or it idles out.
 pub async fn serve(
-    mut down: TcpStream,
+    down: TcpStream,
     cfg: &TcpProxyConfig,
     snap: &Snapshot,
     stats: &Arc<Stats>,
     original_dst: SocketAddr,
 ) {
+    let started = (SystemTime::now(), Instant::now());
+    let peer = down.peer_addr().ok();
+    let mut log = Outcome::default();
+    proxy(down, cfg, snap, stats, original_dst, &mut log).await;
+    if cfg.access_logs.is_empty() {
+        return;
+    }
+    let flags = log.flags.join(",");
+    let entry = super::access_log::Entry {
+        start: Some(started.0),
+        duration: Some(started.1.elapsed()),
+        status: 0,
+        flags: &flags,
+        bytes_received: log.rx,
+        bytes_sent: log.tx,
+        upstream_host: log.host,
+        upstream_cluster: log.cluster.as_deref(),
+        downstream_local: Some(original_dst),
+        downstream_remote: peer,
+        ..Default::default()
+    };
+    for l in &cfg.access_logs {
+        l.log(&entry);
+    }
+}
+
+/// What a proxied connection did, for the access log.
+#[derive(Debug, Default)]
+struct Outcome {
+    flags: Vec<&'static str>,
+    host: Option<SocketAddr>,
+    cluster: Option<String>,
+    rx: u64,
+    tx: u64,
+}
+
+async fn proxy(
+    mut down: TcpStream,
+    cfg: &TcpProxyConfig,
+    snap: &Snapshot,
+    stats: &Arc<Stats>,
+    original_dst: SocketAddr,
+    log: &mut Outcome,
+) {
     let st = cfg.stats(stats);
     st.cx_total.inc();
     let name = cfg.pick_cluster();
+    log.cluster = Some(name.to_string());
     let Some(cluster) = snap.clusters.get(name) else {
+        log.flags.push("NC");
         st.no_route.inc();
         tracing::debug!(cluster = %name, "tcp_proxy: unknown cluster; closing");
         return;
@@ -123,9 +180,11 @@ pub async fn serve(
     for _ in 0..cfg.max_connect_attempts {
         let Some(addr) = pick_host(cluster, original_dst) else {
             cluster.stats.cx_none_healthy.inc();
+            log.flags.push("UH");
             tracing::debug!(cluster = %name, "tcp_proxy: no host; closing");
             return;
         };
+        log.host = Some(addr);
         match connect(cluster, addr).await {
             Ok(s) => {
                 up = Some(s);
@@ -135,6 +194,7 @@ pub async fn serve(
         }
     }
     let Some(up) = up else {
+        log.flags.push("UF");
         st.connect_attempts_exceeded.inc();
         return;
     };
@@ -142,13 +202,14 @@ pub async fn serve(
     let (dr, dw) = down.split();
     let mut up = up;
     let (ur, uw) = up.0.split();
+    let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
     let last = AtomicU64::new(0);
     let start = Instant::now();
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let both = async {
         tokio::join!(
-            pipe(dr, uw, &st.rx_bytes, &touch),
-            pipe(ur, dw, &st.tx_bytes, &touch)
+            pipe(dr, uw, &st.rx_bytes, &rx, &touch),
+            pipe(ur, dw, &st.tx_bytes, &tx, &touch)
         )
     };
     match cfg.idle_timeout {
@@ -175,10 +236,12 @@ pub async fn serve(
             }
         }
     }
+    log.rx = rx.load(Ordering::Relaxed);
+    log.tx = tx.load(Ordering::Relaxed);
 }
 
 /// Copy one direction; on EOF, half-close the other side (Envoy's tcp_proxy half-closes).
-async fn pipe<R, W>(mut r: R, mut w: W, bytes: &Stat, touch: &impl Fn())
+async fn pipe<R, W>(mut r: R, mut w: W, bytes: &Stat, count: &AtomicU64, touch: &impl Fn())
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -194,6 +257,7 @@ where
             break;
         }
         bytes.add(n as u64);
+        count.fetch_add(n as u64, Ordering::Relaxed);
     }
     let _ = w.shutdown().await;
 }
