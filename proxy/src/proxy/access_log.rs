@@ -544,3 +544,199 @@ mod tests {
         assert_eq!(t(4_107_542_399), "2100-02-28T23:59:59.000Z");
     }
 }
+
+/// What the HCM learns about a request while routing it, for its access log line.
+#[derive(Debug, Default)]
+pub struct RouteInfo {
+    /// The matched route's name.
+    pub route: Option<String>,
+    /// The cluster chosen.
+    pub cluster: Option<String>,
+    /// The upstream host of the last attempt.
+    pub host: Option<SocketAddr>,
+}
+
+/// An in-flight request's log record: captured at the start, completed when the response body
+/// ends (or the client goes away), then written to every logger of the HCM.
+#[derive(Debug)]
+pub struct Record {
+    start: SystemTime,
+    started: std::time::Instant,
+    method: String,
+    path: String,
+    authority: String,
+    protocol: &'static str,
+    req_headers: HeaderMap,
+    resp_headers: HeaderMap,
+    status: u16,
+    flags: String,
+    details: &'static str,
+    bytes_received: u64,
+    info: RouteInfo,
+    downstream_local: SocketAddr,
+    downstream_remote: SocketAddr,
+    loggers: Vec<Arc<AccessLogger>>,
+}
+
+impl Record {
+    /// Capture a request's start. `bytes_received` is its declared length (chunked bodies
+    /// are not counted).
+    pub fn start<B>(
+        req: &http::Request<B>,
+        local: SocketAddr,
+        remote: SocketAddr,
+        loggers: Vec<Arc<AccessLogger>>,
+    ) -> Self {
+        let h = req.headers();
+        Record {
+            start: SystemTime::now(),
+            started: std::time::Instant::now(),
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            authority: h
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                .unwrap_or_default(),
+            protocol: match req.version() {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2",
+                _ => "HTTP/1.1",
+            },
+            req_headers: h.clone(),
+            resp_headers: HeaderMap::new(),
+            status: 0,
+            flags: String::new(),
+            details: "",
+            bytes_received: h
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0),
+            info: RouteInfo::default(),
+            downstream_local: local,
+            downstream_remote: remote,
+            loggers,
+        }
+    }
+
+    /// Record the response head: status, flags (`flags` from a local reply, empty when the
+    /// upstream answered) and what routing found.
+    pub fn response(&mut self, resp: &http::response::Parts, flags: &str, info: RouteInfo) {
+        self.status = resp.status.as_u16();
+        self.resp_headers = resp.headers.clone();
+        self.flags = flags.to_string();
+        self.details = details(flags, info.host.is_some(), self.status);
+        self.info = info;
+    }
+
+    fn write(&self, bytes_sent: u64) {
+        let e = Entry {
+            start: Some(self.start),
+            duration: Some(self.started.elapsed()),
+            method: &self.method,
+            path: &self.path,
+            authority: &self.authority,
+            protocol: self.protocol,
+            req_headers: Some(&self.req_headers),
+            resp_headers: Some(&self.resp_headers),
+            status: self.status,
+            flags: &self.flags,
+            details: self.details,
+            bytes_received: self.bytes_received,
+            bytes_sent,
+            upstream_host: self.info.host,
+            upstream_cluster: self.info.cluster.as_deref(),
+            route_name: self.info.route.as_deref(),
+            downstream_local: Some(self.downstream_local),
+            downstream_remote: Some(self.downstream_remote),
+        };
+        for l in &self.loggers {
+            l.log(&e);
+        }
+    }
+}
+
+/// `%RESPONSE_CODE_DETAILS%` for the common cases, in Envoy's words.
+fn details(flags: &str, upstream: bool, status: u16) -> &'static str {
+    match flags.split(',').next().unwrap_or("") {
+        "" if upstream => "via_upstream",
+        "" if status == 0 => "",
+        "" => "direct_response",
+        "NR" => "route_not_found",
+        "NC" => "cluster_not_found",
+        "UH" => "no_healthy_upstream",
+        "UF" => "upstream_reset_before_response_started{connection_failure}",
+        "UO" => "upstream_reset_before_response_started{overflow}",
+        "UR" => "upstream_reset_before_response_started{remote_reset}",
+        "UT" => "response_timeout",
+        "FI" | "DI" => "fault_filter_abort",
+        "SI" => "stream_idle_timeout",
+        "DC" => "downstream_remote_disconnect",
+        _ => "",
+    }
+}
+
+/// A response body that counts what it sends and writes the record when it ends or is dropped
+/// (client gone).
+pub struct Logged {
+    inner: super::body::BoxBody,
+    record: Option<Record>,
+    sent: u64,
+}
+
+impl Logged {
+    /// Wrap a response body.
+    pub fn wrap(inner: super::body::BoxBody, record: Record) -> super::body::BoxBody {
+        use http_body_util::BodyExt;
+        Logged {
+            inner,
+            record: Some(record),
+            sent: 0,
+        }
+        .boxed_unsync()
+    }
+}
+
+impl hyper::body::Body for Logged {
+    type Data = bytes::Bytes;
+    type Error = crate::cluster::connector::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                self.sent += d.len() as u64;
+            }
+        }
+        if let std::task::Poll::Ready(None) = &r {
+            if let Some(rec) = self.record.take() {
+                rec.write(self.sent);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(rec) = self.record.take() {
+            rec.write(self.sent);
+        }
+    }
+}

@@ -50,6 +50,9 @@ impl Drop for RqGuard {
 }
 
 /// Forward `parts`/`body` to `cluster` per `action`; `retry` is the effective retry policy.
+/// `upstream_host` tells the caller (the access log) which host the last attempt used.
+// The two out-parameters keep the hot path free of a per-request result struct.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     cluster: Arc<Cluster>,
     action: &ForwardAction,
@@ -58,6 +61,7 @@ pub async fn forward(
     body: Incoming,
     down: Downstream,
     down_active: &mut Option<ActiveGauge>,
+    upstream_host: &mut Option<SocketAddr>,
 ) -> Result<Response<BoxBody>, LocalReply> {
     let stats = cluster.stats.clone();
     // An allowed HTTP/1.1 upgrade (websocket): keep its headers and, on 101, splice the two
@@ -132,6 +136,7 @@ pub async fn forward(
                 return Err(LocalReply::no_healthy_upstream());
             }
         };
+        *upstream_host = Some(host.addr);
         // Only a policy with skip_previous_hosts reads `tried` (no allocation otherwise).
         if retry.is_some_and(|r| r.skip_previous_hosts) {
             tried.push(host.addr);

@@ -1,6 +1,7 @@
 //! The HTTP connection manager for one request: route lookup, fault and CORS filters, the
 //! route's action, header mutations at every level, and Envoy's local replies.
 
+use super::access_log;
 use super::body::{full, BoxBody};
 use super::hcm::HttpFilter;
 use super::local_reply::{Flag, LocalReply};
@@ -15,16 +16,32 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Handle one downstream request; never fails (errors become local replies).
-pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<BoxBody> {
+pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<BoxBody> {
     let stats = &ctx.stats;
     stats.rq_total.inc();
+    // Access logging costs nothing unless the HCM has loggers. Envoy's HCM gives every request
+    // an x-request-id before routing, so the log line and the upstream see the same one.
+    let mut record = (!ctx.hcm.access_logs.is_empty()).then(|| {
+        const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+        req.headers_mut()
+            .entry(REQUEST_ID)
+            .or_insert_with(request_id);
+        access_log::Record::start(
+            &req,
+            ctx.original_dst,
+            ctx.peer,
+            ctx.hcm.access_logs.clone(),
+        )
+    });
+    let mut info = access_log::RouteInfo::default();
     // The request is active until its response body ends, or until hyper drops this future
     // because the client went away: a drop guard covers both.
     // A proxied response's body takes the guard into its own box (see router::forward);
     // other responses are wrapped here.
     let mut active = Some(ActiveGauge::new(stats.rq_active.clone()));
     let h1 = req.version() < http::Version::HTTP_2;
-    let resp = match route_request(&ctx, req, &mut active).await {
+    let logging = record.is_some();
+    let resp = match route_request(&ctx, req, &mut active, logging.then_some(&mut info)).await {
         Ok(r) => r,
         Err(reply) => reply.into_response(&ctx.hcm.server_name),
     };
@@ -48,6 +65,16 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<BoxBo
         // Draining: ask HTTP/1 clients to reconnect elsewhere (h2 gets GOAWAY from hyper).
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(mut rec) = record.take() {
+        let (parts, body) = resp.into_parts();
+        let flags = parts
+            .headers
+            .get(super::local_reply::FLAGS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        rec.response(&parts, flags, info);
+        return Response::from_parts(parts, access_log::Logged::wrap(body, rec));
     }
     resp
 }
@@ -165,6 +192,7 @@ async fn route_request(
     ctx: &ConnCtx,
     req: Request<Incoming>,
     active: &mut Option<ActiveGauge>,
+    mut info: Option<&mut access_log::RouteInfo>,
 ) -> Result<Response<BoxBody>, LocalReply> {
     let snap = ctx.store.load();
     let no_route = || LocalReply::new(404, "", Flag::NoRoute);
@@ -185,6 +213,10 @@ async fn route_request(
         Action::Forward(a) => choose_cluster(a, req.headers()),
         _ => (None, None),
     };
+    if let Some(i) = info.as_deref_mut() {
+        i.route = Some(route.name.clone()).filter(|n| !n.is_empty());
+        i.cluster = cluster_name.as_deref().map(str::to_string);
+    }
     let mut flags = Vec::new();
     let mut cors = None;
     for f in &ctx.hcm.filters {
@@ -290,7 +322,13 @@ async fn route_request(
                 original_dst: ctx.original_dst,
                 stream_idle: ctx.hcm.stream_idle_timeout,
             };
-            match router::forward(cluster, a, retry, parts, body, down, active).await {
+            let mut host = None;
+            let result =
+                router::forward(cluster, a, retry, parts, body, down, active, &mut host).await;
+            if let Some(i) = info {
+                i.host = host;
+            }
+            match result {
                 Ok(r) => r,
                 Err(mut reply) => {
                     reply.flags.splice(0..0, flags);

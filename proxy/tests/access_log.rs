@@ -1,0 +1,138 @@
+//! Access logs as Istio configures them (`envoy.access_loggers.file`, text and JSON formats):
+//! one line per request with Envoy's operators, written to a real file.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn file_logger(path: &str, format: Value) -> Value {
+    let mut cfg = json!({"@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": path});
+    if !format.is_null() {
+        cfg["log_format"] = format;
+    }
+    json!({"name": "envoy.access_loggers.file", "typed_config": cfg})
+}
+
+/// Istio 1.10's default text format (meshConfig.accessLogFile with no accessLogFormat).
+const ISTIO_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+/// Wait until the file holds `n` lines.
+async fn lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + HANG;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let v: Vec<String> = text.lines().map(str::to_string).collect();
+        if v.len() >= n {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} lines: {text}",
+            v.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_json_access_logs() {
+    let up = upstream("v1").await;
+    let dead = dead_addr();
+    let dir = std::env::temp_dir().join(format!("mosn-access-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (text, jsonl) = (dir.join("access.log"), dir.join("access.json"));
+    let vhosts = json!([{"name": "r", "domains": ["reviews:9080", "reviews"], "routes": [
+        {"name": "to-v1", "match": {"prefix": "/ok"}, "route": {"cluster": "v1"}},
+        {"name": "to-dead", "match": {"prefix": "/dead"}, "route": {"cluster": "dead"}}]}]);
+    let l = listener(
+        "in",
+        vhosts,
+        vec![],
+        json!({"access_log": [
+            file_logger(text.to_str().unwrap(), json!({"text_format_source": {"inline_string": ISTIO_FORMAT}})),
+            file_logger(jsonl.to_str().unwrap(), json!({"json_format": {
+                "code": "%RESPONSE_CODE%", "flags": "%RESPONSE_FLAGS%", "route": "%ROUTE_NAME%",
+                "upstream": "%UPSTREAM_HOST%", "cluster": "%UPSTREAM_CLUSTER%", "bytes_sent": "%BYTES_SENT%",
+                "method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"}})),
+        ]}),
+    );
+    let p = proxy(bootstrap(
+        vec![l],
+        vec![
+            cluster("v1", &[up.addr], json!({})),
+            cluster("dead", &[dead], json!({})),
+        ],
+    ))
+    .await;
+    let addr = p.addr("in");
+
+    let ok = get(
+        addr,
+        "/ok/1",
+        &[
+            ("host", "reviews:9080"),
+            ("user-agent", "curl/8"),
+            ("x-request-id", "rid-1"),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let nr = get(addr, "/none", &[("host", "reviews:9080")]).await;
+    assert_eq!(nr.status, 404);
+    let uf = get(addr, "/dead", &[("host", "reviews")]).await;
+    assert_eq!(uf.status, 503);
+
+    let t = lines(&text, 3).await;
+    // [2026-11-25T21:16:02.123Z] "GET /ok/1 HTTP/1.1" 200 - via_upstream - "-" 0 N D ...
+    assert!(
+        t[0].starts_with('[') && t[0].contains("Z] \"GET /ok/1 HTTP/1.1\" 200 - "),
+        "{}",
+        t[0]
+    );
+    assert!(
+        t[0].contains(&format!(
+            "\"curl/8\" \"rid-1\" \"reviews:9080\" \"{}\" v1 ",
+            up.addr
+        )),
+        "{}",
+        t[0]
+    );
+    assert!(t[0].ends_with(" to-v1"), "{}", t[0]);
+    assert!(t[1].contains("\"GET /none HTTP/1.1\" 404 NR "), "{}", t[1]);
+    assert!(t[2].contains("\"GET /dead HTTP/1.1\" 503 UF"), "{}", t[2]);
+    assert!(t[2].contains(&format!("\"{dead}\" dead ")), "{}", t[2]);
+
+    let j: Vec<Value> = lines(&jsonl, 3)
+        .await
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(j[0]["code"], 200);
+    assert_eq!(j[0]["flags"], Value::Null);
+    assert_eq!(j[0]["route"], "to-v1");
+    assert_eq!(j[0]["cluster"], "v1");
+    assert_eq!(j[0]["upstream"], up.addr.to_string());
+    assert_eq!(j[0]["bytes_sent"], ok.body.len() as u64);
+    assert_eq!(
+        (j[0]["method"].as_str(), j[0]["path"].as_str()),
+        (Some("GET"), Some("/ok/1"))
+    );
+    assert_eq!(
+        (j[1]["code"].as_u64(), j[1]["flags"].as_str()),
+        (Some(404), Some("NR"))
+    );
+    assert_eq!(
+        (j[2]["code"].as_u64(), j[2]["cluster"].as_str()),
+        (Some(503), Some("dead"))
+    );
+    assert!(
+        j[2]["flags"].as_str().unwrap().starts_with("UF"),
+        "{}",
+        j[2]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
