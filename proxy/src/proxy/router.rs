@@ -613,19 +613,25 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         .filter(|_| found & CONN != 0)
     {
         // Only a value naming something other than close / keep-alive needs the slow path.
-        let names: Option<Vec<String>> = conn.to_str().ok().and_then(|conn| {
-            let v: Vec<String> = conn
-                .split(',')
-                .map(str::trim)
-                .filter(|n| {
-                    !n.is_empty()
-                        && !n.eq_ignore_ascii_case("close")
-                        && !n.eq_ignore_ascii_case("keep-alive")
-                })
-                .map(str::to_string)
-                .collect();
-            (!v.is_empty()).then_some(v)
-        });
+        let plain =
+            |v: &[u8]| v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close");
+        let names: Option<Vec<String>> = conn
+            .to_str()
+            .ok()
+            .filter(|_| !plain(conn.as_bytes()))
+            .and_then(|conn| {
+                let v: Vec<String> = conn
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| {
+                        !n.is_empty()
+                            && !n.eq_ignore_ascii_case("close")
+                            && !n.eq_ignore_ascii_case("keep-alive")
+                    })
+                    .map(str::to_string)
+                    .collect();
+                (!v.is_empty()).then_some(v)
+            });
         for name in names.iter().flatten() {
             h.remove(name.as_str());
         }
