@@ -18,7 +18,6 @@ use crate::listener::{inspect, Terminal};
 use crate::stats::{Kind, Stat, Stats};
 use hcm::{Codec, HcmConfig};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
@@ -92,6 +91,63 @@ pub struct ConnCtx {
     pub listener_port: u16,
     /// Becomes true when the listener drains.
     pub draining: watch::Receiver<bool>,
+    /// Requests in flight and when the last one ended, for the HCM connection `idle_timeout`.
+    pub activity: Activity,
+}
+
+/// What the connection idle timer reads: the request path only touches two atomics per
+/// request (and the clock when the last request in flight ends), never the timer wheel.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds after `born` when the connection last became idle.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+    born: tokio::time::Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            in_flight: Default::default(),
+            idle_since_ms: Default::default(),
+            born: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Activity {
+    /// A request started.
+    pub fn start(&self) {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A request ended (its response body ended or was dropped).
+    pub fn end(&self) {
+        if self
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            let ms = self.born.elapsed().as_millis() as u64;
+            self.idle_since_ms
+                .store(ms, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// When the connection becomes idle for `idle`: `None` while a request is in flight.
+    fn idle_deadline(&self, idle: std::time::Duration) -> Option<tokio::time::Instant> {
+        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self
+            .idle_since_ms
+            .load(std::sync::atomic::Ordering::Acquire);
+        Some(later(
+            later(self.born, std::time::Duration::from_millis(since)),
+            idle,
+        ))
+    }
 }
 
 /// A bound, serving listener.
@@ -302,6 +358,7 @@ impl Accepted {
                     original_dst: dst,
                     listener_port: dst.port(),
                     draining: self.draining,
+                    activity: Activity::default(),
                 });
                 hstats.cx_total.inc();
                 hstats.cx_active.inc();
@@ -312,45 +369,197 @@ impl Accepted {
     }
 }
 
+/// `t + d`, saturating at a year from `t` (an absurd configured timeout must not panic).
+fn later(t: tokio::time::Instant, d: std::time::Duration) -> tokio::time::Instant {
+    t.checked_add(d)
+        .unwrap_or(t + std::time::Duration::from_secs(86400 * 365))
+}
+
 /// How long a draining HTTP connection may still take a request before it is shut down.
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
     let _ = stream.set_nodelay(true);
-    let mut draining = ctx.draining.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's header-read timer also runs while a keep-alive connection waits for its next
-    // request, so it doubles as the HCM connection idle_timeout (Envoy: 1 h, no separate
-    // header timeout by default) instead of hyper's 30 s default.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(ctx.hcm.idle_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let builder = match ctx.hcm.codec {
-        Codec::Auto => builder,
-        Codec::Http1 => builder.http1_only(),
-        Codec::Http2 => builder.http2_only(),
-    };
     let svc_ctx = ctx.clone();
     let svc = hyper::service::service_fn(move |req| {
         let ctx = svc_ctx.clone();
         async move { Ok::<_, std::convert::Infallible>(service::handle(ctx, req).await) }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
+    // Envoy's HCM idle_timeout: close a connection that has had no request in flight for that
+    // long. One sleep per connection, moved only when it fires (to the end of the current idle
+    // period, or a full period on while requests are in flight), never per request.
+    let idle = ctx.hcm.idle_timeout.filter(|d| !d.is_zero());
+    let idle_sleep = Box::pin(tokio::time::sleep(idle.unwrap_or(DRAIN_GRACE)));
+    let draining = ctx.draining.clone();
     // A connection accepted while draining still gets its request answered (with
     // `Connection: close`, see service::handle) instead of being shut before it is read.
     let already = *draining.borrow();
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(peer = %ctx.peer, "downstream connection ended: {e}");
+    let mut st = ConnState {
+        idle,
+        idle_sleep,
+        draining,
+        already,
+    };
+    let h2 = match ctx.hcm.codec {
+        Codec::Http1 => false,
+        Codec::Http2 => true,
+        // hyper-util's auto builder would read the first bytes itself and put them back with a
+        // wrapper around the socket, on every read and write of the connection; a peek costs
+        // nothing afterwards.
+        Codec::Auto => {
+            let sniffed = tokio::select! {
+                p = sniff_h2(&stream) => p,
+                _ = st.idle_sleep.as_mut(), if idle.is_some() => return,
+                _ = async {
+                    let _ = st.draining.wait_for(|d| *d).await;
+                    tokio::time::sleep(DRAIN_GRACE).await;
+                }, if !already => return,
+            };
+            match sniffed {
+                Some(h2) => h2,
+                None => return,
             }
-            return;
         }
-        _ = draining.wait_for(|d| *d), if !already => {}
+    };
+    let io = TokioIo::new(stream);
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc);
+        drive(std::pin::pin!(conn), &ctx, st).await;
+    } else {
+        // No header-read timer: hyper would arm and cancel it for every request of a
+        // keep-alive connection; the connection's one idle timer stands in.
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .header_read_timeout(None)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        drive(std::pin::pin!(conn), &ctx, st).await;
+    }
+}
+
+/// The HTTP/2 connection preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client speaks h2c (prior knowledge), from its first bytes, peeked (they stay
+/// in the socket for hyper); `None` if it closed first. The answer is HTTP/1 at the first byte
+/// that differs from the preface, h2 once the request line could only be the preface's; a
+/// client that stops within that prefix is polled with backoff and, after a few seconds, left
+/// to the HTTP/1 parser.
+async fn sniff_h2(stream: &TcpStream) -> Option<bool> {
+    // "PRI * HTTP/2.0\r\n": no HTTP/1 request line starts so.
+    const DECISIVE: usize = 16;
+    let mut buf = [0u8; DECISIVE];
+    let mut wait = std::time::Duration::from_millis(1);
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => n,
+        };
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == DECISIVE {
+            return Some(true);
+        }
+        if waited >= std::time::Duration::from_secs(5) {
+            return Some(false);
+        }
+        tokio::time::sleep(wait).await;
+        waited += wait;
+        wait = (wait * 2).min(std::time::Duration::from_millis(100));
+    }
+}
+
+/// What [`drive`] needs besides the connection.
+struct ConnState {
+    idle: Option<std::time::Duration>,
+    idle_sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    draining: watch::Receiver<bool>,
+    already: bool,
+}
+
+/// A served connection of either protocol.
+trait ServedConn: std::future::Future<Output = Result<(), hyper::Error>> {
+    /// Stop taking requests: finish the ones in flight and close (HTTP/1 closes an idle
+    /// connection at once; h2 sends GOAWAY).
+    fn shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<S> ServedConn for hyper::server::conn::http1::UpgradeableConnection<TokioIo<TcpStream>, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = body::BoxBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<S> ServedConn for hyper::server::conn::http2::Connection<TokioIo<TcpStream>, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = body::BoxBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send + 'static,
+{
+    fn shutdown(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Serve `conn` until it ends, its idle timeout passes, or the listener drains.
+async fn drive<C: ServedConn>(mut conn: std::pin::Pin<&mut C>, ctx: &ConnCtx, st: ConnState) {
+    let ConnState {
+        idle,
+        mut idle_sleep,
+        mut draining,
+        already,
+    } = st;
+    let mut idle_closing = false;
+    // Made once: a select! re-polls every branch on every wake of the connection (twice a
+    // request), so the drain wait must not be re-created (and re-registered) each time.
+    let drain_wait = async {
+        if already {
+            std::future::pending::<()>().await;
+        }
+        let _ = draining.wait_for(|d| *d).await;
+    };
+    tokio::pin!(drain_wait);
+    loop {
+        tokio::select! {
+            // The connection first, and no random branch order (no RNG call per wake).
+            biased;
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %ctx.peer, "downstream connection ended: {e}");
+                }
+                return;
+            }
+            _ = drain_wait.as_mut(), if !idle_closing => break,
+            _ = idle_sleep.as_mut(), if idle.is_some() => {
+                let idle = idle.unwrap_or_default();
+                let now = tokio::time::Instant::now();
+                match ctx.activity.idle_deadline(idle) {
+                    Some(due) if due <= now => {
+                        if idle_closing {
+                            // Still not closed a full period after the shutdown began, with no
+                            // request in flight (a client stuck in its request head).
+                            tracing::debug!(peer = %ctx.peer, "downstream connection idle timeout");
+                            return;
+                        }
+                        // Gracefully: a request that arrives just now is still answered.
+                        tracing::debug!(peer = %ctx.peer, "downstream connection idle; closing");
+                        idle_closing = true;
+                        conn.as_mut().shutdown();
+                        idle_sleep.as_mut().reset(later(now, idle));
+                    }
+                    Some(due) => idle_sleep.as_mut().reset(due),
+                    None => idle_sleep.as_mut().reset(later(now, idle)),
+                }
+            }
+        }
     }
     // A client may have sent its request just before the drain began; closing the idle-looking
     // connection now would answer it with nothing. Give such requests a moment to arrive and be
@@ -364,7 +573,7 @@ async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
         }
         _ = tokio::time::sleep(DRAIN_GRACE) => {}
     }
-    conn.as_mut().graceful_shutdown();
+    conn.as_mut().shutdown();
     if let Err(e) = conn.await {
         tracing::debug!(peer = %ctx.peer, "downstream connection ended while draining: {e}");
     }

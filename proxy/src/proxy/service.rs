@@ -38,7 +38,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<B
     // because the client went away: a drop guard covers both.
     // A proxied response's body takes the guard into its own box (see router::forward);
     // other responses are wrapped here.
-    let mut active = Some(ActiveGauge::new(stats.rq_active.clone()));
+    let mut active = Some(ActiveGauge::new(ctx.clone()));
     let h1 = req.version() < http::Version::HTTP_2;
     let logging = record.is_some();
     let resp = match route_request(&ctx, req, &mut active, logging.then_some(&mut info)).await {
@@ -79,19 +79,22 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<B
     resp
 }
 
-/// Increments a gauge now and decrements it when dropped.
-pub struct ActiveGauge(Arc<crate::stats::Stat>);
+/// A request in flight: `downstream_rq_active` and the connection's activity (its idle
+/// timer) count it from now until this is dropped.
+pub struct ActiveGauge(Arc<ConnCtx>);
 
 impl ActiveGauge {
-    fn new(g: Arc<crate::stats::Stat>) -> Self {
-        g.inc();
-        ActiveGauge(g)
+    fn new(ctx: Arc<ConnCtx>) -> Self {
+        ctx.stats.rq_active.inc();
+        ctx.activity.start();
+        ActiveGauge(ctx)
     }
 }
 
 impl Drop for ActiveGauge {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.stats.rq_active.dec();
+        self.0.activity.end();
     }
 }
 
