@@ -192,7 +192,8 @@ fn http_protocol(data: &[u8]) -> Verdict<Option<&'static str>> {
             && s.iter()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
     };
-    if !token(method) || target.is_empty() {
+    // A request target is printable ASCII without spaces (RFC 9112); anything else is not HTTP.
+    if !token(method) || target.is_empty() || !target.iter().all(u8::is_ascii_graphic) {
         return Verdict::Done(None);
     }
     Verdict::Done(match version {
@@ -223,6 +224,12 @@ mod tests {
         assert_eq!(http_protocol(b"\x00\x01binary"), Verdict::Done(None));
         assert_eq!(http_protocol(b"SSH-2.0-OpenSSH\r\n"), Verdict::Done(None));
         assert_eq!(http_protocol(b"GET / HTTP/3.0\r\n"), Verdict::Done(None));
+        // Found by the listener_inspectors fuzz target: a target with NULs is not HTTP, also
+        // once the line is complete.
+        assert_eq!(
+            http_protocol(b"PRI \0\0* HTTP/1.0\r\n"),
+            Verdict::Done(None)
+        );
     }
 
     #[test]
