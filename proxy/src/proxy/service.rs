@@ -116,9 +116,9 @@ fn request_host<'a>(
                 .unwrap_or_default(),
         ),
     };
-    let port = split_host_port(&raw).1;
+    // The port is parsed only when a strip option needs it (neither is on by default).
     if ctx.hcm.strip_any_host_port
-        || (ctx.hcm.strip_matching_host_port && port == Some(ctx.listener_port))
+        || (ctx.hcm.strip_matching_host_port && split_host_port(&raw).1 == Some(ctx.listener_port))
     {
         return match raw {
             Cow::Borrowed(r) => Cow::Borrowed(split_host_port(r).0),
