@@ -193,6 +193,32 @@ async fn retries_timeouts_and_failure_answers() {
     .await
     .expect("stalled body was never cut off");
     assert!(body_err);
+    // The route timeout covers the whole response (Envoy): a body still unfinished when it
+    // expires is cut off and counted as a timeout.
+    let cut = tokio::time::timeout(HANG, async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(c);
+        let req = http::Request::get("/timeout")
+            .header("host", "x")
+            .header("x-test-stall-body", "1");
+        let resp = s
+            .send_request(
+                req.body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .is_err()
+    })
+    .await
+    .expect("a body past the route timeout was never cut off");
+    assert!(cut);
+    assert_eq!(p.stat("cluster.a.upstream_rq_timeout"), 2);
     // gRPC with max_grpc_timeout: grpc-timeout replaces the route timeout (0 cap = none) ...
     let grpc = [
         ("content-type", "application/grpc"),

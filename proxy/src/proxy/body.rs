@@ -236,6 +236,54 @@ where
     }
 }
 
+/// A response body that fails when the route timeout expires before it ends: Envoy's route
+/// `timeout` covers the whole response, not only its headers. Counts `upstream_rq_timeout`.
+pub struct DeadlineBody {
+    inner: BoxBody,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    timeouts: std::sync::Arc<crate::stats::Stat>,
+}
+
+impl DeadlineBody {
+    /// Wrap `inner` with the deadline `at`.
+    pub fn wrap(
+        inner: BoxBody,
+        at: std::time::Instant,
+        timeouts: std::sync::Arc<crate::stats::Stat>,
+    ) -> BoxBody {
+        DeadlineBody {
+            inner,
+            sleep: Box::pin(tokio::time::sleep_until(at.into())),
+            timeouts,
+        }
+        .boxed_unsync()
+    }
+}
+
+impl Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(r) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(r);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.timeouts.inc();
+            return Poll::Ready(Some(Err("upstream request timeout".into())));
+        }
+        Poll::Pending
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 fn deadline(from: tokio::time::Instant, idle: std::time::Duration) -> tokio::time::Instant {
     from.checked_add(idle)
         .unwrap_or(from + std::time::Duration::from_secs(86400 * 365))

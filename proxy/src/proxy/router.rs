@@ -238,10 +238,14 @@ pub async fn forward(
                 // downstream gauge rides along.
                 let mut guard = guard;
                 guard._down = down_active.take();
-                let body = match idle {
+                let mut body = match idle {
                     Some(i) => super::body::IdleBody::wrap(Guarded::new(rb, guard), i),
                     None => Guarded::wrap(rb, guard),
                 };
+                // Envoy's route timeout lasts until the response is complete, body included.
+                if let Some(d) = deadline {
+                    body = super::body::DeadlineBody::wrap(body, d, stats.rq_timeout.clone());
+                }
                 return Ok(Response::from_parts(rp, body));
             }
             Err(e) => {
