@@ -207,7 +207,7 @@ fn value(op: &Op, e: &Entry<'_>) -> Option<String> {
     };
     Some(match op {
         Op::Lit(s) => s.clone(),
-        Op::StartTime => rfc3339_millis(e.start?),
+        Op::StartTime => crate::admin::rfc3339(e.start?),
         Op::Req(h, n) => truncate(header(e.req_headers, h, e, true)?, n),
         Op::Resp(h, n) => truncate(header(e.resp_headers, h, e, false)?, n),
         Op::Protocol => Some(e.protocol).filter(|p| !p.is_empty())?.to_string(),
@@ -226,30 +226,6 @@ fn value(op: &Op, e: &Entry<'_>) -> Option<String> {
         Op::DownstreamRemoteNoPort => e.downstream_remote?.ip().to_string(),
         Op::Dash => return None,
     })
-}
-
-/// `2026-11-25T21:16:02.123Z`, Envoy's default START_TIME.
-fn rfc3339_millis(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's days-to-civil: a dozen lines do not justify a date crate here.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
 }
 
 /// How a logger renders a line.
@@ -388,6 +364,19 @@ impl AccessLogger {
     }
 }
 
+/// Compile a filter's `access_log` list (HCM or tcp_proxy), skipping logger types we do not
+/// implement; an error names the logger.
+pub fn compile(logs: &[alpb::AccessLog]) -> Result<Vec<Arc<AccessLogger>>, String> {
+    logs.iter()
+        .filter_map(|a| {
+            AccessLogger::from_proto(a)
+                .map_err(|e| format!("access_log {:?}: {e}", a.name))
+                .transpose()
+        })
+        .map(|r| r.map(Arc::new))
+        .collect()
+}
+
 fn layout_of(s: &core::SubstitutionFormatString) -> Result<Layout, String> {
     use core::substitution_format_string::Format as F;
     Ok(match &s.format {
@@ -412,7 +401,7 @@ fn layout_of(s: &core::SubstitutionFormatString) -> Result<Layout, String> {
 /// A destination file shared by every logger that names it, written by one thread.
 #[derive(Debug)]
 pub struct Sink {
-    tx: Mutex<mpsc::Sender<String>>,
+    tx: mpsc::Sender<String>,
 }
 
 impl Sink {
@@ -461,11 +450,11 @@ impl Sink {
                     let _ = out.flush();
                 }
             });
-        Arc::new(Sink { tx: Mutex::new(tx) })
+        Arc::new(Sink { tx })
     }
 
     fn send(&self, line: String) {
-        let _ = self.tx.lock().unwrap().send(line);
+        let _ = self.tx.send(line);
     }
 }
 
@@ -538,7 +527,7 @@ mod tests {
 
     #[test]
     fn civil_dates() {
-        let t = |s: u64| rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        let t = |s: u64| crate::admin::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
         assert_eq!(t(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(t(951_782_400), "2000-02-29T00:00:00.000Z");
         assert_eq!(t(4_107_542_399), "2100-02-28T23:59:59.000Z");

@@ -182,16 +182,7 @@ impl HcmConfig {
             append_xff: h.use_remote_address.as_ref().is_some_and(|b| b.value)
                 && !h.skip_xff_append,
             server_header: h.server_header_transformation,
-            access_logs: h
-                .access_log
-                .iter()
-                .filter_map(|a| {
-                    super::access_log::AccessLogger::from_proto(a)
-                        .map_err(|e| format!("access_log {:?}: {e}", a.name))
-                        .transpose()
-                })
-                .map(|r| r.map(Arc::new))
-                .collect::<Result<_, _>>()?,
+            access_logs: super::access_log::compile(&h.access_log)?,
             upgrades: h
                 .upgrade_configs
                 .iter()

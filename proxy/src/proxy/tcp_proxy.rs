@@ -28,7 +28,7 @@ pub struct TcpProxyConfig {
     /// `max_connect_attempts` (default 1).
     pub max_connect_attempts: u32,
     /// `access_log`: one line per connection when it ends.
-    pub access_logs: Vec<super::access_log::AccessLogger>,
+    pub access_logs: Vec<Arc<super::access_log::AccessLogger>>,
     stats: OnceLock<TcpStats>,
 }
 
@@ -72,15 +72,7 @@ impl TcpProxyConfig {
                 None => Some(Duration::from_secs(3600)),
             },
             max_connect_attempts: t.max_connect_attempts.map(|v| v.value).unwrap_or(1).max(1),
-            access_logs: t
-                .access_log
-                .iter()
-                .filter_map(|a| {
-                    super::access_log::AccessLogger::from_proto(a)
-                        .map_err(|e| format!("access_log {:?}: {e}", a.name))
-                        .transpose()
-                })
-                .collect::<Result<_, _>>()?,
+            access_logs: super::access_log::compile(&t.access_log)?,
             stats: OnceLock::new(),
         })
     }
