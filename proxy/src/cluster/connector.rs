@@ -115,6 +115,13 @@ pub struct Counted {
     stats: Arc<ClusterStats>,
 }
 
+impl Counted {
+    /// The socket, for byte-level proxying (tcp_proxy).
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        self.io.inner_mut()
+    }
+}
+
 impl Drop for Counted {
     fn drop(&mut self) {
         self.stats.cx_active.dec();

@@ -103,8 +103,9 @@ pub struct Cluster {
     pub breakers: Breakers,
     /// Outlier detection, if configured.
     pub outlier: Option<OutlierConfig>,
-    /// Local address upstream connections bind to (`upstream_bind_config.source_address`).
-    pub source_address: Option<std::net::IpAddr>,
+    /// Opens and counts this cluster's upstream TCP connections (connect timeout,
+    /// `max_connections`, `upstream_bind_config`); the pools and tcp_proxy dial through it.
+    pub connector: CountingConnector,
     /// Stats.
     pub stats: Arc<ClusterStats>,
     /// The proto as configured (for `/config_dump`).
@@ -218,12 +219,11 @@ impl Cluster {
         let connect_timeout = opt_duration(&c.connect_timeout)
             .filter(|d| !d.is_zero())
             .unwrap_or(Duration::from_secs(5));
-        let source_address = bind_source(c)?;
         let connector = CountingConnector::new(
             stats.clone(),
             connect_timeout,
             breakers.max_connections,
-            source_address,
+            bind_source(c)?,
         );
         let h1 = h1pool::H1Pool::new(connector.clone(), upstream_idle_timeout(c)?);
         let set = HostSet::new(static_hosts, &lb);
@@ -238,11 +238,11 @@ impl Cluster {
             dns_family: c.dns_lookup_family,
             pipes,
             h1,
-            h2: h2pool::H2Pool::new(connector),
+            h2: h2pool::H2Pool::new(connector.clone()),
             protocol,
             breakers,
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
-            source_address,
+            connector,
             stats,
             proto: c.clone(),
             lb,

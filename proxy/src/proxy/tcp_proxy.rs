@@ -4,7 +4,7 @@
 //! A cluster without hosts (Istio's BlackHoleCluster) closes the connection.
 
 use crate::cluster::{Cluster, Discovery};
-use crate::config::{decode, opt_duration, Snapshot};
+use crate::config::{decode, Snapshot};
 use crate::lb::LbContext;
 use crate::stats::{Stat, Stats};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tpb;
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// A compiled tcp_proxy.
 #[derive(Debug)]
@@ -177,7 +177,7 @@ async fn proxy(
             return;
         };
         log.host = Some(addr);
-        match connect(cluster, addr).await {
+        match cluster.connector.connect(addr).await {
             Ok(s) => {
                 up = Some(s);
                 break;
@@ -193,7 +193,7 @@ async fn proxy(
     let _ = down.set_nodelay(true);
     let (dr, dw) = down.split();
     let mut up = up;
-    let (ur, uw) = up.0.split();
+    let (ur, uw) = up.stream_mut().split();
     let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
     let last = AtomicU64::new(0);
     let start = Instant::now();
@@ -268,55 +268,4 @@ fn pick_host(cluster: &Cluster, original_dst: SocketAddr) -> Option<SocketAddr> 
             exclude: &[],
         })
         .map(|h| h.addr)
-}
-
-/// An upstream connection counted in the cluster's `upstream_cx_*` stats.
-struct Upstream(TcpStream, Arc<crate::cluster::stats::ClusterStats>);
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.1.cx_active.dec();
-        self.1.cx_destroy.inc();
-    }
-}
-
-async fn connect(cluster: &Cluster, addr: SocketAddr) -> Result<Upstream, String> {
-    let stats = &cluster.stats;
-    if stats.cx_active.get() >= cluster.breakers.max_connections {
-        stats.cx_overflow.inc();
-        return Err("max_connections reached".into());
-    }
-    let timeout = opt_duration(&cluster.proto.connect_timeout)
-        .filter(|d| !d.is_zero())
-        .unwrap_or(Duration::from_secs(5));
-    let attempt = async {
-        let sock = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }?;
-        if let Some(ip) = cluster.source_address {
-            // Istio's inbound clusters bind 127.0.0.6 so their iptables rules pass the
-            // connection to the app instead of capturing it again.
-            sock.bind(SocketAddr::new(ip, 0))?;
-        }
-        sock.set_nodelay(true)?;
-        sock.connect(addr).await
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(s)) => {
-            stats.cx_total.inc();
-            stats.cx_active.inc();
-            Ok(Upstream(s, stats.clone()))
-        }
-        Ok(Err(e)) => {
-            stats.cx_connect_fail.inc();
-            Err(format!("connect to {addr} failed: {e}"))
-        }
-        Err(_) => {
-            stats.cx_connect_fail.inc();
-            stats.cx_connect_timeout.inc();
-            Err(format!("connect to {addr} timed out after {timeout:?}"))
-        }
-    }
 }
