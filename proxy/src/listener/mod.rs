@@ -63,6 +63,9 @@ pub struct FilterChain {
     pub matcher: ChainMatch,
     /// The terminal network filter.
     pub terminal: Terminal,
+    /// The chain terminates TLS (`transport_socket`), which is not supported: its connections
+    /// are closed.
+    pub tls: bool,
 }
 
 impl FilterChain {
@@ -121,17 +124,9 @@ impl FilterChain {
         Ok(FilterChain {
             matcher: ChainMatch::from_proto(c.filter_chain_match.as_ref()).map_err(ctx)?,
             terminal,
+            tls: c.transport_socket.is_some(),
             name,
         })
-    }
-
-    /// Whether connections on this chain must be closed (downstream TLS is not supported).
-    pub fn needs_tls_termination(&self, proto: &lpb::Listener, index: Option<usize>) -> bool {
-        match index {
-            Some(i) => proto.filter_chains.get(i),
-            None => proto.default_filter_chain.as_ref(),
-        }
-        .is_some_and(|c| c.transport_socket.is_some())
     }
 }
 
@@ -158,15 +153,6 @@ pub struct ListenerConfig {
     pub hcm: Option<Arc<HcmConfig>>,
     /// The proto (for `/config_dump`).
     pub proto: lpb::Listener,
-}
-
-/// The chain a connection gets.
-#[derive(Debug, Clone, Copy)]
-pub struct Selected<'a> {
-    /// The chain.
-    pub chain: &'a FilterChain,
-    /// Whether it terminates TLS (unsupported: the connection is closed).
-    pub tls: bool,
 }
 
 impl ListenerConfig {
@@ -248,15 +234,10 @@ impl ListenerConfig {
     }
 
     /// The filter chain for a connection, Envoy's way; `None` closes it.
-    pub fn select(&self, info: &ConnInfo<'_>) -> Option<Selected<'_>> {
-        let idx = chain_match::select(self.chains.iter().map(|c| &c.matcher), info);
-        let chain = match idx {
-            Some(i) => &self.chains[i],
-            None => self.default_chain.as_ref()?,
-        };
-        Some(Selected {
-            chain,
-            tls: chain.needs_tls_termination(&self.proto, idx),
-        })
+    pub fn select(&self, info: &ConnInfo<'_>) -> Option<&FilterChain> {
+        match chain_match::select(self.chains.iter().map(|c| &c.matcher), info) {
+            Some(i) => Some(&self.chains[i]),
+            None => self.default_chain.as_ref(),
+        }
     }
 }

@@ -332,16 +332,16 @@ impl Accepted {
             transport: detected.transport,
             alpn: &detected.alpn,
         };
-        let Some(sel) = target.select(&info) else {
+        let Some(chain) = target.select(&info) else {
             self.lstats.no_chain.inc();
             tracing::debug!(listener = %target.name, %peer, %dst, transport = detected.transport, alpn = ?detected.alpn, "no filter chain matches; closing");
             return;
         };
-        if sel.tls {
-            tracing::debug!(listener = %target.name, chain = %sel.chain.name, "chain terminates TLS, which is not supported; closing");
+        if chain.tls {
+            tracing::debug!(listener = %target.name, chain = %chain.name, "chain terminates TLS, which is not supported; closing");
             return;
         }
-        match &sel.chain.terminal {
+        match &chain.terminal {
             Terminal::Tcp(tp) => tcp_proxy::serve(stream, tp, &snap, &self.stats, dst).await,
             t @ Terminal::Http { .. } => {
                 let Some((hcm, hstats)) = t.hcm_stats(&self.stats) else {
