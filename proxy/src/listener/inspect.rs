@@ -59,9 +59,8 @@ enum Verdict<T> {
 /// Run the configured inspectors. `Err` means the connection should be closed (timeout
 /// without `continue_on_timeout`, or the peer closed first).
 pub async fn inspect(stream: &TcpStream, cfg: Inspectors) -> Result<Detected, &'static str> {
-    let mut out = Detected::default();
     if !cfg.tls && !cfg.http {
-        return Ok(out);
+        return Ok(Detected::default());
     }
     let work = async {
         let mut buf = vec![0u8; 4096];
@@ -73,8 +72,7 @@ pub async fn inspect(stream: &TcpStream, cfg: Inspectors) -> Result<Detected, &'
             }
             let full = n == buf.len() && buf.len() >= MAX_PEEK;
             if let Some(d) = classify(&buf[..n], cfg, full) {
-                out = d;
-                return Ok(());
+                return Ok(d);
             }
             if n == buf.len() {
                 buf.resize((buf.len() * 2).min(MAX_PEEK), 0);
@@ -85,15 +83,14 @@ pub async fn inspect(stream: &TcpStream, cfg: Inspectors) -> Result<Detected, &'
             backoff = (backoff * 2).min(Duration::from_millis(20));
         }
     };
-    let r = match cfg.timeout {
+    match cfg.timeout {
         Some(t) => match tokio::time::timeout(t, work).await {
             Ok(r) => r,
-            Err(_) if cfg.continue_on_timeout => Ok(()),
+            Err(_) if cfg.continue_on_timeout => Ok(Detected::default()),
             Err(_) => Err("listener filters timed out"),
         },
         None => work.await,
-    };
-    r.map(|_| out)
+    }
 }
 
 /// What the inspectors make of the first bytes of a connection; `None` = they need more (unless
