@@ -13,6 +13,29 @@ fn retry(on: &str, n: u32, extra: serde_json::Value) -> serde_json::Value {
     r
 }
 
+/// GET `path` with an upstream body that never ends: the response starts (200) and whether its
+/// body then fails.
+async fn stalled_body_fails(addr: std::net::SocketAddr, path: &str) -> bool {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(c);
+    let req = http::Request::get(path)
+        .header("host", "x")
+        .header("x-test-stall-body", "1");
+    let resp = s
+        .send_request(
+            req.body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .is_err()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_timeouts_and_failure_answers() {
     let (a, b) = (upstream("a").await, upstream("b").await);
@@ -170,53 +193,15 @@ async fn retries_timeouts_and_failure_answers() {
     );
     assert_eq!(get(addr, "/idle", &[]).await.status, 200);
     // ... and the gaps in a response body: a stalled body is cut off, the client sees an error.
-    let body_err = tokio::time::timeout(HANG, async {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(c);
-        let req = http::Request::get("/idle")
-            .header("host", "x")
-            .header("x-test-stall-body", "1");
-        let resp = s
-            .send_request(
-                req.body(http_body_util::Empty::<bytes::Bytes>::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .is_err()
-    })
-    .await
-    .expect("stalled body was never cut off");
+    let body_err = tokio::time::timeout(HANG, stalled_body_fails(addr, "/idle"))
+        .await
+        .expect("stalled body was never cut off");
     assert!(body_err);
     // The route timeout covers the whole response (Envoy): a body still unfinished when it
     // expires is cut off and counted as a timeout.
-    let cut = tokio::time::timeout(HANG, async {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(c);
-        let req = http::Request::get("/timeout")
-            .header("host", "x")
-            .header("x-test-stall-body", "1");
-        let resp = s
-            .send_request(
-                req.body(http_body_util::Empty::<bytes::Bytes>::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .is_err()
-    })
-    .await
-    .expect("a body past the route timeout was never cut off");
+    let cut = tokio::time::timeout(HANG, stalled_body_fails(addr, "/timeout"))
+        .await
+        .expect("a body past the route timeout was never cut off");
     assert!(cut);
     assert_eq!(p.stat("cluster.a.upstream_rq_timeout"), 2);
     // gRPC with max_grpc_timeout: grpc-timeout replaces the route timeout (0 cap = none) ...

@@ -13,6 +13,9 @@ mod ads_server;
 #[path = "xds_client/bookinfo.rs"]
 mod bookinfo;
 mod common;
+#[allow(dead_code)]
+#[path = "xds_client/harness.rs"]
+mod harness;
 mod netns;
 
 use ads_server::*;
@@ -349,15 +352,12 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
     // pilot-agent's socket is reachable by the proxy's uid.
     std::fs::set_permissions(&xds_path, std::fs::Permissions::from_mode(0o777)).unwrap();
 
-    let boot = json!({
-        "node": {"id": format!("sidecar~{POD_IP}~productpage-v1-1.default~default.svc.cluster.local"), "cluster": "productpage.default"},
-        "admin": {"address": sock("127.0.0.1", 15000)},
-        "dynamic_resources": {"lds_config": ads_source("0s"), "cds_config": ads_source("0s"),
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]}},
-        "static_resources": {"clusters": [{"name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s", "http2_protocol_options": {},
-            "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
-                {"pipe": {"path": xds_path.to_str().unwrap()}}}}]}]}}]}});
+    // pilot-agent's bootstrap: ADS over the xds-grpc pipe, admin on 15000 inside the pod.
+    let mut boot = harness::bootstrap(json!({"pipe": {"path": xds_path.to_str().unwrap()}}), false);
+    boot["admin"] = json!({"address": sock("127.0.0.1", 15000)});
+    boot["node"]["id"] = json!(format!(
+        "sidecar~{POD_IP}~productpage-v1-1.default~default.svc.cluster.local"
+    ));
     let boot_path = dir.join("envoy-rev0.json");
     std::fs::write(&boot_path, boot.to_string()).unwrap();
     let log = std::fs::File::create(dir.join("mosn.log")).unwrap();

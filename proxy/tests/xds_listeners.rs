@@ -8,27 +8,15 @@ mod ads_server;
 #[allow(dead_code)]
 mod bookinfo;
 mod common;
+#[path = "xds_client/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 
 use ads_server::*;
 use bookinfo::*;
 use common::*;
-use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-fn bootstrap(xds: SocketAddr) -> serde_json::Value {
-    json!({
-        "node": {"id": "sidecar~10.1.1.1~productpage-v1-123.default~default.svc.cluster.local", "cluster": "productpage.default"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "dynamic_resources": {"lds_config": ads_source("0s"), "cds_config": ads_source("0s"),
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]}},
-        "static_resources": {"clusters": [{"name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-            "http2_protocol_options": {},
-            "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
-                {"socket_address": {"address": xds.ip().to_string(), "port_value": xds.port()}}}}]}]}}]}
-    })
-}
 
 /// One request on a new connection: Ok for a 200, else what went wrong (refused, reset, ...).
 async fn once(addr: SocketAddr) -> Result<(), String> {
@@ -70,8 +58,7 @@ async fn a_changed_listener_on_the_same_port_refuses_nobody() {
     ads.put(LDS, vec![listener_on(LISTENER, "9080", "gen0", port)]);
     let v = ads.put(RDS, route(Vs::AllV1, false));
     let xds = ads.serve_tcp().await;
-    let p = proxy(bootstrap(xds)).await;
-    let _ = mosn::xds::start(&p.server);
+    let p = harness::start_proxy(harness::tcp(xds), false).await;
     ads.reply(RDS, v).await.unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + HANG;
