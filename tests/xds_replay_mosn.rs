@@ -23,6 +23,44 @@ async fn mosn_binary() -> std::path::PathBuf {
     }
 }
 
+/// Start `mosn -c boot` (log in `log`) and wait until its admin at `admin` says ready; a
+/// proxy that exits or never gets there fails the test with its log.
+async fn start_ready(
+    mosn: &std::path::Path,
+    boot: &std::path::Path,
+    log: &std::path::Path,
+    admin: &str,
+) -> KillOnDrop {
+    let mut proxy = KillOnDrop(Some(
+        std::process::Command::new(mosn)
+            .args(["-c", boot.to_str().unwrap(), "-l", "info"])
+            .stderr(std::fs::File::create(log).unwrap())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let ready = http.get(format!("http://{admin}/ready")).send().await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            return proxy;
+        }
+        if let Some(st) = proxy.0.as_mut().unwrap().try_wait().unwrap() {
+            panic!(
+                "mosn exited: {st}: {}",
+                std::fs::read_to_string(log).unwrap()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosn never became ready: {}",
+            std::fs::read_to_string(log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -90,14 +128,8 @@ async fn mosn_reports_the_replayed_istio_endpoints_under_clusters() {
     }
 
     let mosn_log = dir.path().join("mosn.log");
-    let mut proxy = KillOnDrop(Some(
-        std::process::Command::new(&mosn)
-            .args(["-c", boot.to_str().unwrap(), "-l", "info"])
-            .stderr(std::fs::File::create(&mosn_log).unwrap())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    // LIVE means the initial CDS, EDS (every cluster warm) and LDS were applied.
+    let proxy = start_ready(&mosn, &boot, &mosn_log, &admin).await;
     let http = reqwest::Client::new();
     let get = |path: &str| {
         let req = http.get(format!("http://{admin}{path}"));
@@ -106,26 +138,6 @@ async fn mosn_reports_the_replayed_istio_endpoints_under_clusters() {
             Some((r.status().as_u16(), r.text().await.ok()?))
         }
     };
-    // LIVE means the initial CDS, EDS (every cluster warm) and LDS were applied.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some((200, _)) = get("/ready").await {
-            break;
-        }
-        if let Some(st) = proxy.0.as_mut().unwrap().try_wait().unwrap() {
-            panic!(
-                "mosn exited: {st}: {}",
-                std::fs::read_to_string(&mosn_log).unwrap()
-            );
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "mosn never became ready: {}",
-            std::fs::read_to_string(&mosn_log).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
     let (code, body) = get("/clusters?format=json").await.unwrap();
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -366,34 +378,8 @@ async fn mosn_takes_the_replay_over_mutual_tls() {
     );
 
     let log = d.join("mosn.log");
-    let mut proxy = KillOnDrop(Some(
-        std::process::Command::new(&mosn)
-            .args(["-c", boot.to_str().unwrap(), "-l", "info"])
-            .stderr(std::fs::File::create(&log).unwrap())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    let proxy = start_ready(&mosn, &boot, &log, &admin).await;
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let ready = http.get(format!("http://{admin}/ready")).send().await;
-        if ready.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        if let Some(st) = proxy.0.as_mut().unwrap().try_wait().unwrap() {
-            panic!(
-                "mosn exited: {st}: {}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "mosn never became ready over TLS: {}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let body = http
         .get(format!("http://{admin}/clusters?format=json"))
         .send()
