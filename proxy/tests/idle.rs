@@ -7,23 +7,6 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Read until EOF (or an error), within [`HANG`]: what was read and whether the peer closed.
-async fn read_to_close(s: &mut TcpStream) -> (String, bool) {
-    let mut buf = vec![0u8; 4096];
-    let mut seen = Vec::new();
-    let closed = tokio::time::timeout(HANG, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .unwrap_or(false);
-    (String::from_utf8_lossy(&seen).into_owned(), closed)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_close_and_slow_requests_complete() {
     let a = upstream("a").await;

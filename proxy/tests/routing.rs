@@ -269,7 +269,7 @@ async fn h2c_downstream_and_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_downstream_connections_close_after_idle_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let vh = json!([{"name": "v", "domains": ["*"], "routes": [
         {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]);
     let hcm = json!({"common_http_protocol_options": {"idle_timeout": "0.2s"}});
@@ -279,19 +279,8 @@ async fn idle_downstream_connections_close_after_idle_timeout() {
         .await
         .unwrap();
     // Read the response, then keep reading: the proxy closes the idle connection (EOF).
-    let mut buf = vec![0u8; 4096];
-    let mut seen = Vec::new();
-    let closed = tokio::time::timeout(HANG, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .unwrap_or(false);
-    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200 OK"));
+    let (seen, closed) = read_to_close(&mut s).await;
+    assert!(seen.starts_with("HTTP/1.1 200 OK"));
     assert!(closed, "idle connection was not closed");
 }
 

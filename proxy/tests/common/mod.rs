@@ -389,3 +389,20 @@ pub fn within_binomial(k: usize, n: usize, p: f64) -> bool {
     let sd = (n as f64 * p * (1.0 - p)).sqrt();
     (k as f64 - mean).abs() <= 5.0 * sd.max(0.5)
 }
+
+/// Read until EOF (or an error), within [`HANG`]: what was read and whether the peer closed.
+pub async fn read_to_close(s: &mut tokio::net::TcpStream) -> (String, bool) {
+    let mut buf = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(HANG, async {
+        loop {
+            match tokio::io::AsyncReadExt::read(s, &mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    (String::from_utf8_lossy(&seen).into_owned(), closed)
+}
