@@ -285,6 +285,18 @@ impl Cluster {
         );
     }
 
+    /// For an ORIGINAL_DST cluster, where a connection addressed to `dst` goes
+    /// (`upstream_port_override` applied); `None` for other clusters.
+    pub fn original_dst_target(&self, mut dst: SocketAddr) -> Option<SocketAddr> {
+        let Discovery::OriginalDst { port_override, .. } = &self.discovery else {
+            return None;
+        };
+        if let Some(p) = port_override {
+            dst.set_port(*p);
+        }
+        Some(dst)
+    }
+
     /// Pick a host with the cluster's LB policy.
     pub fn choose(&self, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
         self.hosts.load().choose(&self.lb, ctx)

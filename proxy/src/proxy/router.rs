@@ -423,19 +423,13 @@ fn pick_host(
     hash: Option<u64>,
     exclude: &[SocketAddr],
 ) -> Option<Arc<Host>> {
-    if let Discovery::OriginalDst {
-        header,
-        port_override,
-    } = &cluster.discovery
-    {
+    if let Discovery::OriginalDst { header, .. } = &cluster.discovery {
         // The header overrides; without a usable one, the connection's original destination.
-        let mut addr = header
+        let dst = header
             .as_ref()
             .and_then(|h| headers.get(h)?.to_str().ok()?.parse::<SocketAddr>().ok())
             .unwrap_or(down.original_dst);
-        if let Some(p) = port_override {
-            addr.set_port(*p);
-        }
+        let addr = cluster.original_dst_target(dst)?;
         return Some(Arc::new(Host::new(addr, String::new(), 1, 0)));
     }
     cluster.choose(&LbContext { hash, exclude })

@@ -3,7 +3,7 @@
 //! as Istio's PassthroughCluster), and copy bytes both ways with half-close and an idle timeout.
 //! A cluster without hosts (Istio's BlackHoleCluster) closes the connection.
 
-use crate::cluster::{Cluster, Discovery};
+use crate::cluster::Cluster;
 use crate::config::{decode, Snapshot};
 use crate::lb::LbContext;
 use crate::stats::{Stat, Stats};
@@ -255,17 +255,12 @@ where
 }
 
 fn pick_host(cluster: &Cluster, original_dst: SocketAddr) -> Option<SocketAddr> {
-    if let Discovery::OriginalDst { port_override, .. } = &cluster.discovery {
-        let mut addr = original_dst;
-        if let Some(p) = port_override {
-            addr.set_port(*p);
-        }
-        return Some(addr);
-    }
-    cluster
-        .choose(&LbContext {
-            hash: None,
-            exclude: &[],
-        })
-        .map(|h| h.addr)
+    cluster.original_dst_target(original_dst).or_else(|| {
+        cluster
+            .choose(&LbContext {
+                hash: None,
+                exclude: &[],
+            })
+            .map(|h| h.addr)
+    })
 }
