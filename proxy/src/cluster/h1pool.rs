@@ -1,13 +1,17 @@
-//! HTTP/1.1 upstream connections: a stack of idle connections per host, each a hyper
-//! `SendRequest` whose connection task runs on its own. A connection goes back on its host's
-//! stack when the response body has been read to the end (or had none), so the next request
-//! to that host reuses the most recently used one; a response dropped half-read takes its
-//! connection with it. Idle connections close after the cluster's idle timeout.
+//! HTTP/1.1 upstream connections: stacks of idle connections per host. A connection goes back
+//! on its host's stack when the response body has been read to the end (or had none), so the
+//! next request to that host reuses the most recently used one; a response dropped half-read
+//! takes its connection with it. Idle connections close after the cluster's idle timeout.
+//!
+//! Requests without a body (nearly all proxied GETs) are exchanged inline by
+//! [`super::h1conn`]; requests with a body to stream, and upgrades, go through hyper's client
+//! (`SendRequest`, its connection task running on its own). Each kind has its own stack.
 //!
 //! Leaner than hyper-util's pooled client, which this replaced: no per-request pool-key
 //! hashing, URI rewriting, or "when ready" task spawned per request.
 
-use super::connector::{ConnectError, CountingConnector};
+use super::connector::{BoxError, ConnectError, CountingConnector};
+use super::h1conn::{Conn, ExchangeError, RawBody, Release};
 use super::UpstreamBody;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -27,10 +31,12 @@ pub enum SendError {
     Connect(ConnectError),
     /// The connection failed or was reset before a response came.
     Http(hyper::Error),
+    /// The same, on an inline exchange.
+    Exchange(ExchangeError),
 }
 
-struct Idle {
-    tx: SendRequest<UpstreamBody>,
+struct Idle<T> {
+    conn: T,
     since: Instant,
 }
 
@@ -74,9 +80,14 @@ impl std::hash::Hasher for AddrHasher {
     }
 }
 
+type ByAddr<T> = HashMap<SocketAddr, Vec<Idle<T>>, std::hash::BuildHasherDefault<AddrHasher>>;
+
 #[derive(Default)]
 struct State {
-    idle: HashMap<SocketAddr, Vec<Idle>, std::hash::BuildHasherDefault<AddrHasher>>,
+    /// Connections driven by hyper's client.
+    idle: ByAddr<SendRequest<UpstreamBody>>,
+    /// Connections exchanged inline.
+    raw: ByAddr<Conn>,
     reaper: bool,
 }
 
@@ -115,6 +126,9 @@ impl H1Pool {
         addr: SocketAddr,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
+        if inline(&req) {
+            return self.send_inline(addr, req).await;
+        }
         loop {
             let (mut tx, reused) = match self.checkout(addr).await {
                 Some(tx) => (tx, true),
@@ -131,6 +145,54 @@ impl H1Pool {
         }
     }
 
+    /// A bodiless request, exchanged inline. A reused connection that fails before any byte
+    /// of the response arrived was closed by the upstream while idle: an idempotent request
+    /// is sent again on the next connection, as HTTP clients do (RFC 9110 §9.2.2).
+    async fn send_inline(
+        &self,
+        addr: SocketAddr,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let (parts, _) = req.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        loop {
+            let (mut conn, reused) = match self.checkout_raw(addr) {
+                Some(c) => (c, true),
+                None => (Conn::new(self.connect(addr).await?), false),
+            };
+            match conn.exchange(&parts.method, target, &parts.headers).await {
+                Ok(head) => {
+                    let home = self.me.upgrade().map(|pool| Home { pool, addr });
+                    let body = RawBody::new(conn, &head, home);
+                    return Ok(Response::from_parts(
+                        head.parts,
+                        PooledBody(Kind::Raw(body)),
+                    ));
+                }
+                Err(e) if reused && e.before_response && parts.method.is_idempotent() => {
+                    tracing::debug!("idle upstream connection to {addr} was closed: {e}");
+                }
+                Err(e) => return Err(SendError::Exchange(e)),
+            }
+        }
+    }
+
+    /// The most recently returned usable inline connection to `addr`.
+    fn checkout_raw(&self, addr: SocketAddr) -> Option<Conn> {
+        let mut st = self.state.lock().unwrap();
+        let stack = st.raw.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(mut i) = stack.pop() {
+            let expired = self
+                .idle_timeout
+                .is_some_and(|t| now.duration_since(i.since) >= t);
+            if !expired && i.conn.is_usable() {
+                return Some(i.conn);
+            }
+        }
+        None
+    }
+
     /// The most recently returned live connection to `addr`, ready for a request.
     async fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<UpstreamBody>> {
         loop {
@@ -143,8 +205,8 @@ impl H1Pool {
                     let expired = self
                         .idle_timeout
                         .is_some_and(|t| now.duration_since(i.since) >= t);
-                    if !expired && !i.tx.is_closed() {
-                        break i.tx;
+                    if !expired && !i.conn.is_closed() {
+                        break i.conn;
                     }
                 }
             };
@@ -156,12 +218,15 @@ impl H1Pool {
         }
     }
 
-    async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, SendError> {
-        let io = self
-            .connector
+    async fn connect(&self, addr: SocketAddr) -> Result<super::connector::Counted, SendError> {
+        self.connector
             .connect(addr)
             .await
-            .map_err(SendError::Connect)?;
+            .map_err(SendError::Connect)
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, SendError> {
+        let io = self.connect(addr).await?;
         let (tx, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(SendError::Http)?;
@@ -184,10 +249,12 @@ impl H1Pool {
             .then(|| self.me.upgrade())
             .flatten()
             .map(|pool| Checkin { pool, addr, tx });
-        resp.map(|inner| PooledBody {
-            inner,
-            done: false,
-            back,
+        resp.map(|inner| {
+            PooledBody(Kind::Hyper {
+                inner,
+                done: false,
+                back,
+            })
         })
     }
 
@@ -197,9 +264,22 @@ impl H1Pool {
         }
         let mut st = self.state.lock().unwrap();
         st.idle.entry(addr).or_default().push(Idle {
-            tx,
+            conn: tx,
             since: Instant::now(),
         });
+        self.start_reaper(&mut st);
+    }
+
+    fn checkin_raw(&self, addr: SocketAddr, conn: Conn) {
+        let mut st = self.state.lock().unwrap();
+        st.raw.entry(addr).or_default().push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+        self.start_reaper(&mut st);
+    }
+
+    fn start_reaper(&self, st: &mut State) {
         if let (Some(t), false) = (self.idle_timeout, st.reaper) {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 st.reaper = true;
@@ -219,12 +299,19 @@ async fn reap(pool: Weak<H1Pool>, timeout: Duration) {
         let now = Instant::now();
         let mut st = pool.state.lock().unwrap();
         let mut oldest: Option<Instant> = None;
-        st.idle.retain(|_, stack| {
-            stack.retain(|i| now.duration_since(i.since) < timeout && !i.tx.is_closed());
-            // Pushed in order: the first is the oldest.
-            if let Some(first) = stack.first() {
-                oldest = Some(oldest.map_or(first.since, |o| o.min(first.since)));
+        let mut keep = |since: Instant, live: bool| {
+            let keep = now.duration_since(since) < timeout && live;
+            if keep {
+                oldest = Some(oldest.map_or(since, |o| o.min(since)));
             }
+            keep
+        };
+        st.idle.retain(|_, stack| {
+            stack.retain(|i| keep(i.since, !i.conn.is_closed()));
+            !stack.is_empty()
+        });
+        st.raw.retain(|_, stack| {
+            stack.retain_mut(|i| keep(i.since, i.conn.is_usable()));
             !stack.is_empty()
         });
         match oldest {
@@ -237,36 +324,63 @@ async fn reap(pool: Weak<H1Pool>, timeout: Duration) {
     }
 }
 
+/// Whether a request can be exchanged inline: no body to stream, no upgrade, no
+/// `Expect: 100-continue` handshake.
+fn inline(req: &Request<UpstreamBody>) -> bool {
+    req.body().is_end_stream()
+        && !req.headers().contains_key(http::header::UPGRADE)
+        && !req.headers().contains_key(http::header::EXPECT)
+}
+
 struct Checkin {
     pool: Arc<H1Pool>,
     addr: SocketAddr,
     tx: SendRequest<UpstreamBody>,
 }
 
+/// Where an inline connection goes back to.
+struct Home {
+    pool: Arc<H1Pool>,
+    addr: SocketAddr,
+}
+
+impl Release for Home {
+    fn release(&mut self, conn: Conn) {
+        self.pool.checkin_raw(self.addr, conn);
+    }
+}
+
 /// An upstream response body; an HTTP/1.1 one returns its connection to the pool once read to
 /// the end.
-pub struct PooledBody {
-    inner: Incoming,
-    done: bool,
-    back: Option<Checkin>,
+pub struct PooledBody(Kind);
+
+enum Kind {
+    Hyper {
+        inner: Incoming,
+        done: bool,
+        back: Option<Checkin>,
+    },
+    Raw(RawBody<Home>),
 }
 
 impl PooledBody {
     /// A body with no connection to return (HTTP/2).
     pub fn unpooled(inner: Incoming) -> Self {
-        PooledBody {
+        PooledBody(Kind::Hyper {
             inner,
             done: false,
             back: None,
-        }
+        })
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if let Some(c) = self.back.take() {
-            if self.done || self.inner.is_end_stream() {
-                c.pool.checkin(c.addr, c.tx);
+        if let Kind::Hyper { inner, done, back } = &mut self.0 {
+            if let Some(c) = back.take() {
+                if *done || inner.is_end_stream() {
+                    c.pool.checkin(c.addr, c.tx);
+                }
             }
         }
     }
@@ -274,23 +388,34 @@ impl Drop for PooledBody {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => self.done = true,
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.0 {
+            Kind::Raw(b) => b.poll_next(cx),
+            Kind::Hyper { inner, done, back } => {
+                let r = Pin::new(inner).poll_frame(cx);
+                match &r {
+                    Poll::Ready(None) => *done = true,
+                    Poll::Ready(Some(Err(_))) => *back = None,
+                    _ => {}
+                }
+                r.map(|o| o.map(|r| r.map_err(Into::into)))
+            }
         }
-        r
     }
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.0 {
+            Kind::Raw(b) => b.size_hint(),
+            Kind::Hyper { inner, .. } => inner.size_hint(),
+        }
     }
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        match &self.0 {
+            Kind::Raw(b) => b.is_end_stream(),
+            Kind::Hyper { inner, done, .. } => *done || inner.is_end_stream(),
+        }
     }
 }

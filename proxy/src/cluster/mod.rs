@@ -4,6 +4,8 @@
 
 pub mod connector;
 mod dns;
+pub mod h1conn;
+mod h1framing;
 pub mod h1pool;
 pub mod h2pool;
 pub mod host;

@@ -529,6 +529,7 @@ async fn send(
             cluster.h1.send(host.addr, req).await.map_err(|e| match e {
                 SendError::Connect(c) => AttemptError::Connect(connect_reply(&c)),
                 SendError::Http(e) => AttemptError::Reset(reset_reason(&e)),
+                SendError::Exchange(e) => AttemptError::Reset(reset_reason(&e.error)),
             })
         }
     };
