@@ -63,6 +63,7 @@ async fn retries_timeouts_and_failure_answers() {
         {"match": {"prefix": "/grpc"}, "route": {"cluster": "a", "timeout": "0.3s", "max_grpc_timeout": "0s"}},
         {"match": {"prefix": "/capped"}, "route": {"cluster": "a", "timeout": "0s", "max_grpc_timeout": "0.3s"}},
     ]);
+    let log = FlagLog::new("failures");
     let clusters = vec![
         cluster("ab", &[a.addr, b.addr], json!({})),
         cluster("a", &[a.addr], json!({})),
@@ -75,13 +76,12 @@ async fn retries_timeouts_and_failure_answers() {
             "l",
             json!([{"name": "v", "domains": ["*"], "routes": routes}]),
             vec![],
-            json!({}),
+            log.hcm(),
         )],
         clusters,
     ))
     .await;
     let addr = p.addr("l");
-    let flags = |r: &Resp| r.header("x-mosn-response-flags").unwrap_or("").to_string();
 
     // 5xx on one host is retried on the other (previous_hosts), whichever RR picks first.
     for _ in 0..4 {
@@ -133,8 +133,13 @@ async fn retries_timeouts_and_failure_answers() {
         let r = get(addr, "/reset", &[("x-test-reset-on", "a")]).await;
         assert_eq!((r.status, r.upstream().as_str()), (200, "b"));
     }
-    let r = get(addr, "/noretry", &[("x-test-reset-on", "a")]).await;
-    assert_eq!((r.status, flags(&r).as_str()), (503, "UR"));
+    let r = get(
+        addr,
+        "/noretry",
+        &[("x-test-reset-on", "a"), ("x-test-tag", "ur")],
+    )
+    .await;
+    assert_eq!((r.status, log.flags("ur").await.as_str()), (503, "UR"));
     assert!(
         r.body
             .starts_with("upstream connect error or disconnect/reset before headers"),
@@ -152,17 +157,17 @@ async fn retries_timeouts_and_failure_answers() {
     for _ in 0..3 {
         assert_eq!(get(addr, "/connect", &[]).await.status, 200);
     }
-    let r = get(addr, "/dead", &[]).await;
-    assert_eq!((r.status, flags(&r).as_str()), (503, "UF"));
+    let r = get(addr, "/dead", &[("x-test-tag", "uf")]).await;
+    assert_eq!((r.status, log.flags("uf").await.as_str()), (503, "UF"));
     assert!(
         r.body.ends_with("reset reason: connection failure"),
         "{}",
         r.body
     );
     assert!(p.stat("cluster.dead.upstream_cx_connect_fail") >= 1);
-    let r = get(addr, "/empty", &[]).await;
+    let r = get(addr, "/empty", &[("x-test-tag", "uh")]).await;
     assert_eq!(
-        (r.status, r.body.as_str(), flags(&r).as_str()),
+        (r.status, r.body.as_str(), log.flags("uh").await.as_str()),
         (503, "no healthy upstream", "UH")
     );
 
@@ -172,9 +177,14 @@ async fn retries_timeouts_and_failure_answers() {
         assert_eq!((r.status, r.upstream().as_str()), (200, "b"));
     }
     assert!(p.stat("cluster.ab.upstream_rq_per_try_timeout") >= 1);
-    let r = get(addr, "/timeout", &[("x-test-slow-on", "a")]).await;
+    let r = get(
+        addr,
+        "/timeout",
+        &[("x-test-slow-on", "a"), ("x-test-tag", "ut")],
+    )
+    .await;
     assert_eq!(
-        (r.status, r.body.as_str(), flags(&r).as_str()),
+        (r.status, r.body.as_str(), log.flags("ut").await.as_str()),
         (504, "upstream request timeout", "UT")
     );
     assert_eq!(p.stat("cluster.a.upstream_rq_timeout"), 1);
@@ -186,9 +196,14 @@ async fn retries_timeouts_and_failure_answers() {
         200
     );
     // A route idle_timeout bounds the wait for a silent upstream: 504 SI.
-    let r = get(addr, "/idle", &[("x-test-slow-on", "a")]).await;
+    let r = get(
+        addr,
+        "/idle",
+        &[("x-test-slow-on", "a"), ("x-test-tag", "si")],
+    )
+    .await;
     assert_eq!(
-        (r.status, r.body.as_str(), flags(&r).as_str()),
+        (r.status, r.body.as_str(), log.flags("si").await.as_str()),
         (504, "stream timeout", "SI")
     );
     assert_eq!(get(addr, "/idle", &[]).await.status, 200);
@@ -209,8 +224,18 @@ async fn retries_timeouts_and_failure_answers() {
         ("content-type", "application/grpc"),
         ("x-test-slow-on", "a"),
     ];
-    let r = get(addr, "/grpc", &[grpc[0], grpc[1], ("grpc-timeout", "300m")]).await;
-    assert_eq!((r.status, flags(&r).as_str()), (504, "UT"));
+    let r = get(
+        addr,
+        "/grpc",
+        &[
+            grpc[0],
+            grpc[1],
+            ("grpc-timeout", "300m"),
+            ("x-test-tag", "grpc-ut"),
+        ],
+    )
+    .await;
+    assert_eq!((r.status, log.flags("grpc-ut").await.as_str()), (504, "UT"));
     let r = get(addr, "/grpc", &[grpc[0], ("x-test-delay-ms", "600")]).await;
     assert_eq!(
         r.status, 200,

@@ -40,12 +40,13 @@ async fn circuit_breakers_overflow_with_503_uo() {
         cluster("maxrq", &[a.addr], cb("max_requests")),
         cluster("maxcx", &[a.addr], cb("max_connections")),
     ];
+    let log = FlagLog::new("breakers");
     let p = proxy(bootstrap(
         vec![listener(
             "l",
             json!([{"name": "v", "domains": ["*"], "routes": routes}]),
             vec![],
-            json!({}),
+            log.hcm(),
         )],
         clusters,
     ))
@@ -59,10 +60,10 @@ async fn circuit_breakers_overflow_with_503_uo() {
         let before = a.hits();
         let held = tokio::spawn(async move { get(addr, path, &[("x-test-hold", "1")]).await });
         wait_hits(&a, before + 1).await;
-        let r = get(addr, path, &[]).await;
+        let r = get(addr, path, &[("x-test-tag", path)]).await;
         assert_eq!(
-            (r.status, r.header("x-mosn-response-flags")),
-            (503, Some("UO")),
+            (r.status, log.flags(path).await.as_str()),
+            (503, "UO"),
             "{path}: {}",
             r.body
         );
@@ -144,12 +145,13 @@ async fn fault_filter_and_cors() {
         json!({"name": "envoy.filters.http.cors", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}),
         json!({"name": "envoy.filters.http.fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}),
     ];
+    let log = FlagLog::new("fault");
     let p = proxy(bootstrap(
         vec![listener(
             "l",
             json!([{"name": "v", "domains": ["*"], "routes": routes}]),
             filters,
-            json!({}),
+            log.hcm(),
         )],
         vec![cluster("a", &[a.addr], json!({}))],
     ))
@@ -157,10 +159,10 @@ async fn fault_filter_and_cors() {
     let addr = p.addr("l");
 
     let before = a.hits();
-    let r = get(addr, "/abort", &[]).await;
+    let r = get(addr, "/abort", &[("x-test-tag", "fi")]).await;
     assert_eq!(
-        (r.status, r.body.as_str(), r.header("x-mosn-response-flags")),
-        (418, "fault filter abort", Some("FI"))
+        (r.status, r.body.as_str(), log.flags("fi").await.as_str()),
+        (418, "fault filter abort", "FI")
     );
     assert_eq!(
         a.hits(),
@@ -175,7 +177,11 @@ async fn fault_filter_and_cors() {
         }
     }
     assert!(within_binomial(aborted, n, 0.5), "{aborted}/{n}");
-    assert_eq!(get(addr, "/delay", &[]).await.status, 200);
+    assert_eq!(
+        get(addr, "/delay", &[("x-test-tag", "di")]).await.status,
+        200
+    );
+    assert_eq!(log.flags("di").await, "DI");
     assert_eq!(p.stat("http.l.fault.delays_injected"), 1);
     assert_eq!(
         get(addr, "/hdr", &[("x-envoy-fault-abort-request", "429")])

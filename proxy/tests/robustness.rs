@@ -30,8 +30,9 @@ async fn bad_clients_and_bad_upstreams_do_not_hurt() {
     let routes = json!([{"name": "v", "domains": ["*"], "routes": [
         {"match": {"prefix": "/junk"}, "route": {"cluster": "junk"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
+    let log = FlagLog::new("junk");
     let p = proxy(bootstrap(
-        vec![listener("l", routes, vec![], json!({}))],
+        vec![listener("l", routes, vec![], log.hcm())],
         vec![
             cluster("a", &[a.addr], json!({})),
             cluster("junk", &[junk], json!({})),
@@ -41,10 +42,10 @@ async fn bad_clients_and_bad_upstreams_do_not_hurt() {
     let addr = p.addr("l");
 
     // A malformed upstream answer is a 503 UR, not a crash.
-    let r = get(addr, "/junk", &[]).await;
+    let r = get(addr, "/junk", &[("x-test-tag", "junk")]).await;
     assert_eq!(
-        (r.status, r.header("x-mosn-response-flags")),
-        (503, Some("UR")),
+        (r.status, log.flags("junk").await.as_str()),
+        (503, "UR"),
         "{}",
         r.body
     );

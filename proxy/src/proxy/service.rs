@@ -4,7 +4,7 @@
 use super::access_log;
 use super::body::{full, BoxBody};
 use super::hcm::HttpFilter;
-use super::local_reply::{Flag, LocalReply};
+use super::local_reply::{Flag, LocalReply, ResponseFlags};
 use super::router::{self, Downstream};
 use super::ConnCtx;
 use crate::route::action::{split_host_port, Action, ClusterTarget, ForwardAction, WeightedTarget};
@@ -69,10 +69,9 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<B
     if let Some(mut rec) = record.take() {
         let (parts, body) = resp.into_parts();
         let flags = parts
-            .headers
-            .get(super::local_reply::FLAGS_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+            .extensions
+            .get::<ResponseFlags>()
+            .map_or("", |f| f.0.as_str());
         rec.response(&parts, flags, info);
         return Response::from_parts(parts, access_log::Logged::wrap(body, rec));
     }
@@ -332,6 +331,11 @@ async fn route_request(
                 i.host = host;
             }
             match result {
+                // A delay the fault filter injected before a proxied answer is logged too.
+                Ok(mut r) if !flags.is_empty() => {
+                    r.extensions_mut().insert(ResponseFlags::of(&flags));
+                    r
+                }
                 Ok(r) => r,
                 Err(mut reply) => {
                     reply.flags.splice(0..0, flags);

@@ -406,3 +406,52 @@ pub async fn read_to_close(s: &mut tokio::net::TcpStream) -> (String, bool) {
     .unwrap_or(false);
     (String::from_utf8_lossy(&seen).into_owned(), closed)
 }
+
+/// An access log of each request's `x-test-tag` header and response flags. Envoy gives the
+/// flags to access logs only, so tests read them where an operator would.
+pub struct FlagLog(std::path::PathBuf);
+
+impl FlagLog {
+    /// A log in a fresh file named after `name`.
+    pub fn new(name: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "mosn-flags-{}-{name}-{}.log",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_file(&path);
+        FlagLog(path)
+    }
+
+    /// HCM fields to merge into a listener (the `extra_hcm` of [`listener`]).
+    pub fn hcm(&self) -> Value {
+        json!({"access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": self.0.to_str().unwrap(),
+            "log_format": {"text_format_source": {"inline_string": "%REQ(X-TEST-TAG)% %RESPONSE_FLAGS%\n"}}}}]})
+    }
+
+    /// The flags logged for the request sent with `x-test-tag: tag` ("-" for none), waiting
+    /// for its line.
+    pub async fn flags(&self, tag: &str) -> String {
+        let prefix = format!("{tag} ");
+        let found = tokio::time::timeout(HANG, async {
+            loop {
+                let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+                if let Some(l) = text.lines().find(|l| l.starts_with(&prefix)) {
+                    return l[prefix.len()..].to_string();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no access log line tagged {tag} in {:?}", self.0))
+    }
+}
+
+impl Drop for FlagLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
