@@ -33,6 +33,9 @@ pub struct Conn {
     io: Counted,
     buf: BytesMut,
     wbuf: Vec<u8>,
+    /// Scratch for a response head's header names and value positions, kept between
+    /// responses so parsing one allocates nothing here.
+    fields: Vec<(HeaderName, usize, usize)>,
 }
 
 /// A failed exchange; `before_response` tells whether any response byte had arrived (a
@@ -83,6 +86,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             wbuf: Vec::new(),
+            fields: Vec::new(),
         }
     }
 
@@ -152,9 +156,13 @@ impl Conn {
     /// there. Interim 1xx responses (100 Continue, 103 Early Hints) are skipped.
     fn parse_head(&mut self, head_only: bool) -> io::Result<Option<Head>> {
         loop {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut res = httparse::Response::new(&mut slots);
-            let n = match res.parse(&self.buf) {
+            // Uninitialised slots: zeroing 100 of them per response cost more than parsing.
+            let mut slots =
+                [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+            let mut res = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut res, &self.buf, &mut slots);
+            let n = match parsed {
                 Ok(httparse::Status::Complete(n)) => n,
                 Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
                     return Err(protocol("upstream response headers too large"))
@@ -179,7 +187,8 @@ impl Conn {
             // Value positions in the buffer, so values can be cut from one shared copy of the
             // head instead of each being copied (as hyper does).
             let base = self.buf.as_ptr() as usize;
-            let mut fields = Vec::with_capacity(res.headers.len());
+            let mut fields = std::mem::take(&mut self.fields);
+            fields.clear();
             for h in res.headers.iter() {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| protocol("bad upstream response header name"))?;
@@ -188,11 +197,12 @@ impl Conn {
             }
             let mut headers = HeaderMap::with_capacity(fields.len());
             let head = self.buf.split_to(n).freeze();
-            for (name, from, to) in fields {
+            for (name, from, to) in fields.drain(..) {
                 let value = HeaderValue::from_maybe_shared(head.slice(from..to))
                     .map_err(|_| protocol("bad upstream response header value"))?;
                 headers.append(name, value);
             }
+            self.fields = fields;
             let (framing, keep_alive) = framing(&headers, status, head_only, http10)?;
             let mut parts = http::Response::new(()).into_parts().0;
             parts.status = status;

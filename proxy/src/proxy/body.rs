@@ -238,29 +238,40 @@ where
 
 /// A response body that fails when the route timeout expires before it ends: Envoy's route
 /// `timeout` covers the whole response, not only its headers. Counts `upstream_rq_timeout`.
-pub struct DeadlineBody {
-    inner: BoxBody,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+///
+/// Like [`IdleBody`], the timer is made only when the body first has to wait: most responses
+/// are read whole as soon as their headers, and never touch the timer wheel.
+pub struct DeadlineBody<B> {
+    inner: B,
+    at: std::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     timeouts: std::sync::Arc<crate::stats::Stat>,
 }
 
-impl DeadlineBody {
-    /// Wrap `inner` with the deadline `at`.
+impl<B> DeadlineBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+{
+    /// Wrap `inner` with the deadline `at`, and box the result.
     pub fn wrap(
-        inner: BoxBody,
+        inner: B,
         at: std::time::Instant,
         timeouts: std::sync::Arc<crate::stats::Stat>,
     ) -> BoxBody {
         DeadlineBody {
             inner,
-            sleep: Box::pin(tokio::time::sleep_until(at.into())),
+            at,
+            sleep: None,
             timeouts,
         }
         .boxed_unsync()
     }
 }
 
-impl Body for DeadlineBody {
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
     fn poll_frame(
@@ -270,7 +281,11 @@ impl Body for DeadlineBody {
         if let Poll::Ready(r) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(r);
         }
-        if self.sleep.as_mut().poll(cx).is_ready() {
+        let at = self.at;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+        if sleep.as_mut().poll(cx).is_ready() {
             self.timeouts.inc();
             return Poll::Ready(Some(Err("upstream request timeout".into())));
         }

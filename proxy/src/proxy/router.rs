@@ -238,14 +238,18 @@ pub async fn forward(
                 // downstream gauge rides along.
                 let mut guard = guard;
                 guard._down = down_active.take();
-                let mut body = match idle {
-                    Some(i) => super::body::IdleBody::wrap(Guarded::new(rb, guard), i),
-                    None => Guarded::wrap(rb, guard),
-                };
                 // Envoy's route timeout lasts until the response is complete, body included.
-                if let Some(d) = deadline {
-                    body = super::body::DeadlineBody::wrap(body, d, stats.rq_timeout.clone());
-                }
+                use super::body::{DeadlineBody, IdleBody};
+                let inner = Guarded::new(rb, guard);
+                let timeouts = || stats.rq_timeout.clone();
+                let body = match (idle, deadline) {
+                    (Some(i), Some(d)) => {
+                        DeadlineBody::wrap(IdleBody::new(inner, i), d, timeouts())
+                    }
+                    (Some(i), None) => IdleBody::wrap(inner, i),
+                    (None, Some(d)) => DeadlineBody::wrap(inner, d, timeouts()),
+                    (None, None) => super::body::boxed(inner),
+                };
                 return Ok(Response::from_parts(rp, body));
             }
             Err(e) => {
