@@ -35,10 +35,14 @@ async fn circuit_breakers_overflow_with_503_uo() {
     let routes = json!([
         {"match": {"prefix": "/rq"}, "route": {"cluster": "maxrq", "timeout": "0s"}},
         {"match": {"prefix": "/cx"}, "route": {"cluster": "maxcx", "timeout": "0s"}}]);
-    let cb = |k: &str| json!({"circuit_breakers": {"thresholds": [{k: 1}]}});
+    let cb = |t: serde_json::Value| json!({"circuit_breakers": {"thresholds": [t]}});
     let clusters = vec![
-        cluster("maxrq", &[a.addr], cb("max_requests")),
-        cluster("maxcx", &[a.addr], cb("max_connections")),
+        cluster("maxrq", &[a.addr], cb(json!({"max_requests": 1}))),
+        cluster(
+            "maxcx",
+            &[a.addr],
+            cb(json!({"max_connections": 1, "max_pending_requests": 1})),
+        ),
     ];
     let log = FlagLog::new("breakers");
     let p = proxy(bootstrap(
@@ -53,26 +57,56 @@ async fn circuit_breakers_overflow_with_503_uo() {
     .await;
     let addr = p.addr("l");
 
-    for (path, stat) in [
-        ("/rq", "cluster.maxrq.upstream_rq_pending_overflow"),
-        ("/cx", "cluster.maxcx.upstream_cx_overflow"),
-    ] {
-        let before = a.hits();
-        let held = tokio::spawn(async move { get(addr, path, &[("x-test-hold", "1")]).await });
-        wait_hits(&a, before + 1).await;
-        let r = get(addr, path, &[("x-test-tag", path)]).await;
-        assert_eq!(
-            (r.status, log.flags(path).await.as_str()),
-            (503, "UO"),
-            "{path}: {}",
-            r.body
-        );
-        assert!(p.stat(stat) >= 1, "{stat}");
-        let done = release_all(&a, vec![held]).await;
-        assert_eq!(done[0].status, 200);
-        // Capacity is back once the held request finished.
-        assert_eq!(get(addr, path, &[]).await.status, 200, "{path}");
+    // max_requests: a second request while one is active overflows at once.
+    let before = a.hits();
+    let held = tokio::spawn(async move { get(addr, "/rq", &[("x-test-hold", "1")]).await });
+    wait_hits(&a, before + 1).await;
+    let r = get(addr, "/rq", &[("x-test-tag", "rq")]).await;
+    assert_eq!(
+        (r.status, log.flags("rq").await.as_str()),
+        (503, "UO"),
+        "{}",
+        r.body
+    );
+    assert_eq!(p.stat("cluster.maxrq.upstream_rq_pending_overflow"), 1);
+    let done = release_all(&a, vec![held]).await;
+    assert_eq!(done[0].status, 200);
+    assert_eq!(get(addr, "/rq", &[]).await.status, 200, "capacity is back");
+
+    // max_connections with Envoy's pending queue: with the one connection busy, the next
+    // request waits for it (max_pending_requests 1) and the one after overflows.
+    let before = a.hits();
+    let held = tokio::spawn(async move { get(addr, "/cx", &[("x-test-hold", "1")]).await });
+    wait_hits(&a, before + 1).await;
+    let queued = tokio::spawn(async move { get(addr, "/cx", &[]).await });
+    let deadline = Instant::now() + HANG;
+    while p.stat("cluster.maxcx.upstream_rq_pending_active") < 1 {
+        assert!(Instant::now() < deadline, "the second request never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let r = get(addr, "/cx", &[("x-test-tag", "cx")]).await;
+    assert_eq!(
+        (r.status, log.flags("cx").await.as_str()),
+        (503, "UO"),
+        "{}",
+        r.body
+    );
+    assert_eq!(p.stat("cluster.maxcx.upstream_rq_pending_overflow"), 1);
+    assert!(p.stat("cluster.maxcx.upstream_cx_overflow") >= 1);
+    assert_eq!(
+        a.hits(),
+        before + 1,
+        "the queued request waits for the connection"
+    );
+    let done = release_all(&a, vec![held, queued]).await;
+    assert_eq!(
+        (done[0].status, done[1].status),
+        (200, 200),
+        "the queued request is served on the freed connection"
+    );
+    assert_eq!(p.stat("cluster.maxcx.upstream_rq_pending_total"), 1);
+    assert_eq!(p.stat("cluster.maxcx.upstream_rq_pending_active"), 0);
+    assert_eq!(p.stat("cluster.maxcx.upstream_cx_total"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

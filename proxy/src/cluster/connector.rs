@@ -44,6 +44,7 @@ pub struct CountingConnector {
     timeout: Duration,
     max_connections: u64,
     source: Option<IpAddr>,
+    room: Arc<tokio::sync::Notify>,
 }
 
 impl CountingConnector {
@@ -61,7 +62,19 @@ impl CountingConnector {
             timeout,
             max_connections,
             source,
+            room: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Signalled when one of this connector's connections closes, so a request waiting for
+    /// room under `max_connections` can try again.
+    pub fn room(&self) -> &tokio::sync::Notify {
+        &self.room
+    }
+
+    /// The cluster's stats.
+    pub fn stats(&self) -> &ClusterStats {
+        &self.stats
     }
 
     /// Open a TCP connection to `addr` (TCP_NODELAY, bound to the source address when one is
@@ -93,6 +106,7 @@ impl CountingConnector {
                 Ok(Counted {
                     io: TokioIo::new(stream),
                     stats: stats.clone(),
+                    room: self.room.clone(),
                 })
             }
             Ok(Err(e)) => {
@@ -113,6 +127,7 @@ impl CountingConnector {
 pub struct Counted {
     io: TokioIo<TcpStream>,
     stats: Arc<ClusterStats>,
+    room: Arc<tokio::sync::Notify>,
 }
 
 impl Counted {
@@ -126,6 +141,7 @@ impl Drop for Counted {
     fn drop(&mut self) {
         self.stats.cx_active.dec();
         self.stats.cx_destroy.inc();
+        self.room.notify_one();
     }
 }
 

@@ -80,6 +80,9 @@ impl std::hash::Hasher for AddrHasher {
     }
 }
 
+/// How often a request waiting for a connection looks again without being woken.
+const PENDING_RECHECK: Duration = Duration::from_millis(50);
+
 type ByAddr<T> = HashMap<SocketAddr, Vec<Idle<T>>, std::hash::BuildHasherDefault<AddrHasher>>;
 
 #[derive(Default)]
@@ -95,6 +98,7 @@ struct State {
 pub struct H1Pool {
     connector: CountingConnector,
     idle_timeout: Option<Duration>,
+    max_pending: u64,
     state: Mutex<State>,
     me: Weak<H1Pool>,
 }
@@ -108,11 +112,17 @@ impl std::fmt::Debug for H1Pool {
 }
 
 impl H1Pool {
-    /// A pool dialling through `connector`; idle connections close after `idle_timeout`.
-    pub fn new(connector: CountingConnector, idle_timeout: Option<Duration>) -> Arc<Self> {
+    /// A pool dialling through `connector`; idle connections close after `idle_timeout`; at
+    /// most `max_pending` requests wait for a connection when `max_connections` is reached.
+    pub fn new(
+        connector: CountingConnector,
+        idle_timeout: Option<Duration>,
+        max_pending: u64,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| H1Pool {
             connector,
             idle_timeout,
+            max_pending,
             state: Mutex::new(State::default()),
             me: me.clone(),
         })
@@ -132,7 +142,13 @@ impl H1Pool {
         loop {
             let (mut tx, reused) = match self.checkout(addr).await {
                 Some(tx) => (tx, true),
-                None => (self.dial(addr).await?, false),
+                None => match self.dial(addr).await {
+                    Err(SendError::Connect(ConnectError::Overflow)) => {
+                        self.wait_for_room().await?;
+                        continue;
+                    }
+                    tx => (tx?, false),
+                },
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(addr, resp, tx)),
@@ -158,7 +174,13 @@ impl H1Pool {
         loop {
             let (mut conn, reused) = match self.checkout_raw(addr) {
                 Some(c) => (c, true),
-                None => (Conn::new(self.connect(addr).await?), false),
+                None => match self.connect(addr).await {
+                    Err(SendError::Connect(ConnectError::Overflow)) => {
+                        self.wait_for_room().await?;
+                        continue;
+                    }
+                    io => (Conn::new(io?), false),
+                },
             };
             match conn.exchange(&parts.method, target, &parts.headers).await {
                 Ok(head) => {
@@ -175,6 +197,30 @@ impl H1Pool {
                 Err(e) => return Err(SendError::Exchange(e)),
             }
         }
+    }
+
+    /// Envoy's pending queue: with `max_connections` reached, a request waits until a
+    /// connection is returned or closed, unless `max_pending_requests` are waiting already
+    /// (503 UO, `upstream_rq_pending_overflow`). The route timeout bounds the wait.
+    async fn wait_for_room(&self) -> Result<(), SendError> {
+        let stats = self.connector.stats();
+        if stats.rq_pending_active.get() >= self.max_pending {
+            stats.rq_pending_overflow.inc();
+            return Err(SendError::Connect(ConnectError::Overflow));
+        }
+        stats.rq_pending_total.inc();
+        stats.rq_pending_active.inc();
+        struct Pending<'a>(&'a crate::stats::Stat);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let _pending = Pending(&stats.rq_pending_active);
+        // Returns and closes wake one waiter each; the periodic look covers a wake-up that
+        // went to a waiter which then lost the race for the connection.
+        let _ = tokio::time::timeout(PENDING_RECHECK, self.connector.room().notified()).await;
+        Ok(())
     }
 
     /// The most recently returned usable inline connection to `addr`.
@@ -268,6 +314,8 @@ impl H1Pool {
             since: Instant::now(),
         });
         self.start_reaper(&mut st);
+        drop(st);
+        self.wake_pending();
     }
 
     fn checkin_raw(&self, addr: SocketAddr, conn: Conn) {
@@ -277,6 +325,15 @@ impl H1Pool {
             since: Instant::now(),
         });
         self.start_reaper(&mut st);
+        drop(st);
+        self.wake_pending();
+    }
+
+    /// A returned connection is room for a request waiting under `max_connections`.
+    fn wake_pending(&self) {
+        if self.connector.stats().rq_pending_active.get() > 0 {
+            self.connector.room().notify_one();
+        }
     }
 
     fn start_reaper(&self, st: &mut State) {

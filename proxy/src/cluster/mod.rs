@@ -227,7 +227,11 @@ impl Cluster {
             breakers.max_connections,
             bind_source(c)?,
         );
-        let h1 = h1pool::H1Pool::new(connector.clone(), upstream_idle_timeout(c)?);
+        let h1 = h1pool::H1Pool::new(
+            connector.clone(),
+            upstream_idle_timeout(c)?,
+            breakers.max_pending,
+        );
         let set = HostSet::new(static_hosts, &lb);
         let cluster = Cluster {
             name: c.name.clone(),

@@ -32,6 +32,8 @@ pub struct ClusterStats {
     pub rq_pending_active: Arc<Stat>,
     /// `upstream_rq_pending_overflow`.
     pub rq_pending_overflow: Arc<Stat>,
+    /// `upstream_rq_pending_total`.
+    pub rq_pending_total: Arc<Stat>,
     /// `upstream_rq_completed`.
     pub rq_completed: Arc<Stat>,
     /// `upstream_rq_timeout`.
@@ -81,6 +83,7 @@ impl ClusterStats {
             rq_active: g("upstream_rq_active"),
             rq_pending_active: g("upstream_rq_pending_active"),
             rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            rq_pending_total: c("upstream_rq_pending_total"),
             rq_completed: c("upstream_rq_completed"),
             rq_timeout: c("upstream_rq_timeout"),
             rq_per_try_timeout: c("upstream_rq_per_try_timeout"),

@@ -71,15 +71,8 @@ pub async fn forward(
         Some(_) => parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
         None => None,
     };
-    // Circuit breakers: requests, and (approximated for pooled HTTP/1) pending requests.
-    let active = stats.rq_active.get();
-    if active >= cluster.breakers.max_requests {
-        stats.rq_pending_overflow.inc();
-        return Err(LocalReply::reset("overflow", Flag::UpstreamOverflow));
-    }
-    if stats.cx_active.get() >= cluster.breakers.max_connections
-        && active.saturating_sub(stats.cx_active.get()) >= cluster.breakers.max_pending
-    {
+    // The requests circuit breaker; connections and pending requests are the pool's.
+    if stats.rq_active.get() >= cluster.breakers.max_requests {
         stats.rq_pending_overflow.inc();
         return Err(LocalReply::reset("overflow", Flag::UpstreamOverflow));
     }
