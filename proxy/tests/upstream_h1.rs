@@ -83,8 +83,27 @@ async fn raw_upstream() -> Raw {
                             v.extend_from_slice(&big_body());
                             (v, false)
                         }
+                        (_, "/slow-head" | "/slow-chunks") => (Vec::new(), false),
                         _ => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(), false),
                     };
+                    // Responses that arrive in pieces: the proxy has to wait mid-head and
+                    // mid-body (the event loop, not a full buffer, drives it on).
+                    let pieces: &[&[u8]] = match path {
+                        "/slow-head" => &[b"HTTP/1.1 200 OK\r\ncontent-", b"length: 2\r\n\r\nok"],
+                        "/slow-chunks" => &[
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc",
+                            b"\r\n4\r",
+                            b"\ndefg\r\n0\r\n",
+                            b"\r\n",
+                        ],
+                        _ => &[],
+                    };
+                    for p in pieces {
+                        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                        if s.write_all(p).await.is_err() {
+                            return;
+                        }
+                    }
                     if s.write_all(&out).await.is_err() || close {
                         return;
                     }
@@ -130,6 +149,12 @@ async fn every_response_framing_reaches_the_client_whole() {
     assert_eq!((r.status, r.body.as_str()), (204, ""));
     let r = request(addr, "HEAD", "/ka", &[], "", false).await;
     assert_eq!((r.status, r.header("content-length")), (200, Some("1000")));
+    let r = get(addr, "/slow-head", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    let r = get(addr, "/slow-chunks", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "abcdefg"));
+    // Both left their connection reusable.
+    assert_eq!(get(addr, "/ka", &[]).await.status, 200);
     let r = get(addr, "/big", &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), BIG);

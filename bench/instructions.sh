@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, mosn against nginx, under callgrind: a figure
+# that, unlike req/s on a shared 2-core box, does not move with the load from elsewhere. Both
+# proxies run the same HTTP/1.1 keep-alive path as bench/proxy.sh (one worker, in front of the
+# same nginx upstream); instrumentation is switched on only while wrk drives 8 connections, so
+# start-up is not counted. Kernel time is not counted either: see bench/proxy.sh for CPU.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+for t in nginx wrk valgrind callgrind_control; do command -v $t >/dev/null || { echo "$t is needed: apt-get install nginx-light wrk valgrind" >&2; exit 1; }; done
+DURATION="${DURATION:-8s}"
+cargo build --release -q -p mosn --manifest-path "$ROOT/Cargo.toml"
+MOSN="${CARGO_TARGET_DIR:-$ROOT/target}/release/mosn"
+WORK="$(mktemp -d /tmp/mosn-instr.XXXXXX)"; chmod 755 "$WORK"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; nginx -c "$WORK/up.conf" -p "$WORK" -s stop 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+UP=18501; MOSN_PORT=18502; NGINX_PORT=18503; ADMIN=18505
+cat >"$WORK/up.conf" <<CONF
+worker_processes 1; pid $WORK/up.pid; error_log $WORK/up-error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } } }
+CONF
+cat >"$WORK/px.conf" <<CONF
+worker_processes 1; daemon off; master_process off; pid $WORK/px.pid; error_log $WORK/px-error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream up { server 127.0.0.1:$UP; keepalive 64; }
+  server { listen 127.0.0.1:$NGINX_PORT;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat >"$WORK/mosn.json" <<CONF
+{ "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": $ADMIN } } },
+  "static_resources": {
+    "listeners": [{ "name": "bench", "address": { "socket_address": { "address": "127.0.0.1", "port_value": $MOSN_PORT } },
+      "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+          "stat_prefix": "bench",
+          "route_config": { "virtual_hosts": [{ "name": "all", "domains": ["*"],
+            "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "up" } }] }] },
+          "http_filters": [{ "name": "envoy.filters.http.router",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }] }],
+    "clusters": [{ "name": "up", "type": "STATIC", "connect_timeout": "1s",
+      "load_assignment": { "cluster_name": "up", "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address":
+        { "socket_address": { "address": "127.0.0.1", "port_value": $UP } } } }] }] } }] } }
+CONF
+nginx -c "$WORK/up.conf" -p "$WORK"
+
+measure() { # name port command... -> "name requests instructions_per_request"
+  local name=$1 port=$2; shift 2
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/$name.cg" "$@" >"$WORK/$name.log" 2>&1 &
+  local pid=$!; pids+=($pid)
+  for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.2; done
+  curl -fsS "http://127.0.0.1:$port/" | grep -q "hello from upstream" || { echo "$name does not answer on $port" >&2; cat "$WORK/$name.log" >&2; exit 1; }
+  callgrind_control --instr=on "$pid" >/dev/null 2>&1
+  local out; out=$(wrk -t1 -c8 -d"$DURATION" "http://127.0.0.1:$port/")
+  callgrind_control --instr=off "$pid" >/dev/null 2>&1
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  local n ir; n=$(awk '/requests in/ {print $1}' <<<"$out")
+  ir=$(grep -h '^totals:' "$WORK/$name.cg"* | awk '{s += $2} END {print s}')
+  echo "$name $n $((ir / n))"
+}
+read -r _ m_n m_i <<<"$(measure mosn $MOSN_PORT "$MOSN" -c "$WORK/mosn.json" --concurrency 1 -l warning)"
+read -r _ n_n n_i <<<"$(measure nginx $NGINX_PORT nginx -c "$WORK/px.conf" -p "$WORK")"
+echo "user-space instructions per request under callgrind (wrk -t1 -c8 -d$DURATION, start-up excluded)"
+printf '%-6s %10s %14s\n' proxy requests instr/request
+printf '%-6s %10s %14s\n' mosn "$m_n" "$m_i" nginx "$n_n" "$n_i"
+awk -v a="$m_i" -v b="$n_i" 'BEGIN { printf "ratio mosn/nginx = %.2fx\n", a / b }'
