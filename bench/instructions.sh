@@ -16,35 +16,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; nginx
 trap cleanup EXIT
 
 UP=18501; MOSN_PORT=18502; NGINX_PORT=18503; ADMIN=18505
-cat >"$WORK/up.conf" <<CONF
-worker_processes 1; pid $WORK/up.pid; error_log $WORK/up-error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } } }
-CONF
-cat >"$WORK/px.conf" <<CONF
-worker_processes 1; daemon off; master_process off; pid $WORK/px.pid; error_log $WORK/px-error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  upstream up { server 127.0.0.1:$UP; keepalive 64; }
-  server { listen 127.0.0.1:$NGINX_PORT;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
-cat >"$WORK/mosn.json" <<CONF
-{ "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": $ADMIN } } },
-  "static_resources": {
-    "listeners": [{ "name": "bench", "address": { "socket_address": { "address": "127.0.0.1", "port_value": $MOSN_PORT } },
-      "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-          "stat_prefix": "bench",
-          "route_config": { "virtual_hosts": [{ "name": "all", "domains": ["*"],
-            "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "up" } }] }] },
-          "http_filters": [{ "name": "envoy.filters.http.router",
-            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }] }],
-    "clusters": [{ "name": "up", "type": "STATIC", "connect_timeout": "1s",
-      "load_assignment": { "cluster_name": "up", "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address":
-        { "socket_address": { "address": "127.0.0.1", "port_value": $UP } } } }] }] } }] } }
-CONF
+NGINX_PROXY_EXTRA="daemon off; master_process off;"
+source "$(dirname "$0")/proxy-common.sh"
 nginx -c "$WORK/up.conf" -p "$WORK"
 
 measure() { # name port command... -> "name requests instructions_per_request"

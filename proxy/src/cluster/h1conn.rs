@@ -347,18 +347,8 @@ impl<R: Release> RawBody<R> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::h1framing::tests::headers;
     use super::*;
-
-    fn headers(list: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in list {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
 
     #[test]
     fn request_heads_are_encoded_as_sent() {

@@ -195,10 +195,11 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<Step> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn headers(list: &[(&str, &str)]) -> HeaderMap {
+    /// A header map from name/value pairs.
+    pub(in crate::cluster) fn headers(list: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (n, v) in list {
             h.append(
