@@ -31,10 +31,16 @@ const READ_CHUNK: usize = 16 * 1024;
 /// An open upstream connection and the bytes read from it but not yet used.
 pub struct Conn {
     io: Counted,
-    buf: BytesMut,
+    rd: Reader,
     wbuf: Vec<u8>,
-    /// Scratch for a response head's header names and value positions, kept between
-    /// responses so parsing one allocates nothing here.
+}
+
+/// The receiving side: bytes read and not yet used, and the head parser's scratch.
+#[derive(Default)]
+struct Reader {
+    buf: BytesMut,
+    /// Header names and value positions of the head being parsed, kept between responses so
+    /// parsing one allocates nothing here.
     fields: Vec<(HeaderName, usize, usize)>,
 }
 
@@ -84,9 +90,8 @@ impl Conn {
     pub fn new(io: Counted) -> Self {
         Conn {
             io,
-            buf: BytesMut::new(),
+            rd: Reader::default(),
             wbuf: Vec::new(),
-            fields: Vec::new(),
         }
     }
 
@@ -126,15 +131,19 @@ impl Conn {
             .map_err(before)?;
         let head_only = method == http::Method::HEAD;
         loop {
-            if let Some(head) = self.parse_head(head_only).map_err(|error| ExchangeError {
-                error,
-                before_response: false,
-            })? {
+            if let Some(head) = self
+                .rd
+                .parse_head(head_only)
+                .map_err(|error| ExchangeError {
+                    error,
+                    before_response: false,
+                })?
+            {
                 return Ok(head);
             }
-            let received = !self.buf.is_empty();
-            self.buf.reserve(READ_CHUNK);
-            match self.io.stream_mut().read_buf(&mut self.buf).await {
+            let received = !self.rd.buf.is_empty();
+            self.rd.buf.reserve(READ_CHUNK);
+            match self.io.stream_mut().read_buf(&mut self.rd.buf).await {
                 Ok(0) => {
                     return Err(ExchangeError {
                         error: closed_early(),
@@ -151,7 +160,9 @@ impl Conn {
             }
         }
     }
+}
 
+impl Reader {
     /// Parse a complete response head off the front of the buffer; `None` until one is
     /// there. Interim 1xx responses (100 Continue, 103 Early Hints) are skipped.
     fn parse_head(&mut self, head_only: bool) -> io::Result<Option<Head>> {
@@ -162,7 +173,12 @@ impl Conn {
             let mut res = httparse::Response::new(&mut []);
             let parsed = httparse::ParserConfig::default()
                 .parse_response_with_uninit_headers(&mut res, &self.buf, &mut slots);
+            // The size limit is checked the same way complete or not, so that where the
+            // reads happened to cut the bytes never decides whether a head is accepted.
             let n = match parsed {
+                Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+                    return Err(protocol("upstream response headers too large"))
+                }
                 Ok(httparse::Status::Complete(n)) => n,
                 Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
                     return Err(protocol("upstream response headers too large"))
@@ -219,6 +235,43 @@ impl Conn {
             }));
         }
     }
+}
+
+/// A whole response decoded from `chunks` received one after another, as the inline exchange
+/// and its body read them: the head, the body bytes and any trailers. The decoding must not
+/// depend on where the chunks were cut (the `upstream_response` fuzz target checks this).
+pub fn decode_response(
+    chunks: &[&[u8]],
+    head_only: bool,
+) -> io::Result<(http::response::Parts, Vec<u8>, Option<HeaderMap>)> {
+    let mut rd = Reader::default();
+    let mut rest = chunks.iter();
+    let head = loop {
+        if let Some(h) = rd.parse_head(head_only)? {
+            break h;
+        }
+        match rest.next() {
+            Some(c) => rd.buf.extend_from_slice(c),
+            None => return Err(closed_early()),
+        }
+    };
+    let mut framing = head.framing;
+    let (mut body, mut trailers) = (Vec::new(), None);
+    loop {
+        match framing.decode(&mut rd.buf)? {
+            Step::Frame(f) => match f.into_data() {
+                Ok(d) => body.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            },
+            Step::End => break,
+            Step::More => match rest.next() {
+                Some(c) => rd.buf.extend_from_slice(c),
+                None if framing == Framing::Close => break,
+                None => return Err(closed_early()),
+            },
+        }
+    }
+    Ok((head.parts, body, trailers))
 }
 
 /// The request head: request line, headers, and `content-length: 0` for the methods whose
@@ -278,7 +331,7 @@ impl<R: Release> RawBody<R> {
     fn finish(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         // Bytes after the end of the response were never asked for: do not reuse.
-        if self.keep_alive && conn.buf.is_empty() {
+        if self.keep_alive && conn.rd.buf.is_empty() {
             if let Some(home) = self.home.as_mut() {
                 home.release(conn);
             }
@@ -299,7 +352,7 @@ impl<R: Release> RawBody<R> {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match self.framing.decode(&mut conn.buf) {
+            match self.framing.decode(&mut conn.rd.buf) {
                 Ok(Step::Frame(f)) => {
                     if self.framing.is_done() {
                         self.finish();
@@ -313,11 +366,11 @@ impl<R: Release> RawBody<R> {
                 Ok(Step::More) => {}
                 Err(e) => return self.fail(e),
             }
-            if conn.buf.capacity() - conn.buf.len() < READ_CHUNK / 4 {
-                conn.buf.reserve(READ_CHUNK);
+            if conn.rd.buf.capacity() - conn.rd.buf.len() < READ_CHUNK / 4 {
+                conn.rd.buf.reserve(READ_CHUNK);
             }
             let stream = Pin::new(conn.io.stream_mut());
-            match tokio_util::io::poll_read_buf(stream, cx, &mut conn.buf) {
+            match tokio_util::io::poll_read_buf(stream, cx, &mut conn.rd.buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) if self.framing == Framing::Close => {
                     self.conn = None;
@@ -364,5 +417,32 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn responses_decode_the_same_however_they_are_cut() {
+        let wire: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;e=1\r\nde\r\n0\r\nx-t: 9\r\n\r\n";
+        let whole = decode_response(&[wire], false).unwrap();
+        assert_eq!(whole.0.status, 200);
+        assert_eq!(whole.1, b"abcde");
+        assert_eq!(whole.2.as_ref().unwrap().get("x-t").unwrap(), "9");
+        for cut in 0..=wire.len() {
+            let (a, b) = wire.split_at(cut);
+            let split = decode_response(&[a, b], false).unwrap();
+            assert_eq!(
+                (split.0.status, &split.0.headers),
+                (whole.0.status, &whole.0.headers)
+            );
+            assert_eq!((&split.1, &split.2), (&whole.1, &whole.2), "cut at {cut}");
+        }
+        // Cut short: an error, not a shorter body.
+        assert!(decode_response(&[&wire[..wire.len() - 3]], false).is_err());
+        // A head over the limit is refused whether it arrives whole or in pieces.
+        let mut big = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_HEAD));
+        big.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+        assert!(decode_response(&[&big], false).is_err());
+        let (a, b) = big.split_at(MAX_HEAD / 2);
+        assert!(decode_response(&[a, b], false).is_err());
     }
 }

@@ -123,6 +123,9 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<Step> {
     loop {
         match *state {
             Chunk::Size => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, _))) if used > MAX_HEAD => {
+                    return Err(protocol("upstream chunk size line too long"))
+                }
                 Ok(httparse::Status::Complete((used, size))) => {
                     let _ = buf.split_to(used);
                     *state = if size == 0 {
@@ -167,6 +170,9 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<Step> {
                 }
                 let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 match httparse::parse_headers(buf, &mut slots) {
+                    Ok(httparse::Status::Complete((used, _))) if used > MAX_HEAD => {
+                        return Err(protocol("upstream trailers too large"))
+                    }
                     Ok(httparse::Status::Complete((used, fields))) => {
                         let mut trailers = HeaderMap::with_capacity(fields.len());
                         for f in fields {
