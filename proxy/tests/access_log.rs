@@ -57,6 +57,7 @@ async fn text_and_json_access_logs() {
             file_logger(jsonl.to_str().unwrap(), json!({"json_format": {
                 "code": "%RESPONSE_CODE%", "flags": "%RESPONSE_FLAGS%", "route": "%ROUTE_NAME%",
                 "upstream": "%UPSTREAM_HOST%", "cluster": "%UPSTREAM_CLUSTER%", "bytes_sent": "%BYTES_SENT%",
+                "bytes_received": "%BYTES_RECEIVED%",
                 "method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"}})),
         ]}),
     );
@@ -85,6 +86,16 @@ async fn text_and_json_access_logs() {
     assert_eq!(nr.status, 404);
     let uf = get(addr, "/dead", &[("host", "reviews")]).await;
     assert_eq!(uf.status, 503);
+    // A chunked request body has no Content-Length: %BYTES_RECEIVED% counts what arrived.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"POST /ok/2 HTTP/1.1\r\nhost: reviews\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (posted, _) = read_to_close(&mut s).await;
+    assert!(posted.starts_with("HTTP/1.1 200"), "{posted}");
 
     let t = lines(&text, 3).await;
     // [2026-11-25T21:16:02.123Z] "GET /ok/1 HTTP/1.1" 200 - via_upstream - "-" 0 N D ...
@@ -106,7 +117,7 @@ async fn text_and_json_access_logs() {
     assert!(t[2].contains("\"GET /dead HTTP/1.1\" 503 UF"), "{}", t[2]);
     assert!(t[2].contains(&format!("\"{dead}\" dead ")), "{}", t[2]);
 
-    let j: Vec<Value> = lines(&jsonl, 3)
+    let j: Vec<Value> = lines(&jsonl, 4)
         .await
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -117,6 +128,11 @@ async fn text_and_json_access_logs() {
     assert_eq!(j[0]["cluster"], "v1");
     assert_eq!(j[0]["upstream"], up.addr.to_string());
     assert_eq!(j[0]["bytes_sent"], ok.body.len() as u64);
+    assert_eq!(j[0]["bytes_received"], 0);
+    assert_eq!(
+        (j[3]["path"].as_str(), j[3]["bytes_received"].as_u64()),
+        (Some("/ok/2"), Some(11))
+    );
     assert_eq!(
         (j[0]["method"].as_str(), j[0]["path"].as_str()),
         (Some("GET"), Some("/ok/1"))

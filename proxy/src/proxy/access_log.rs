@@ -560,7 +560,7 @@ pub struct Record {
     status: u16,
     flags: String,
     details: &'static str,
-    bytes_received: u64,
+    received: Arc<std::sync::atomic::AtomicU64>,
     info: RouteInfo,
     downstream_local: SocketAddr,
     downstream_remote: SocketAddr,
@@ -568,8 +568,7 @@ pub struct Record {
 }
 
 impl Record {
-    /// Capture a request's start. `bytes_received` is its declared length (chunked bodies
-    /// are not counted).
+    /// Capture a request's start.
     pub fn start<B>(
         req: &http::Request<B>,
         local: SocketAddr,
@@ -602,15 +601,18 @@ impl Record {
             status: 0,
             flags: String::new(),
             details: "",
-            bytes_received: h
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or(0),
+            received: Arc::default(),
             info: RouteInfo::default(),
             downstream_local: local,
             downstream_remote: remote,
             loggers,
         }
+    }
+
+    /// The request body's byte count (`%BYTES_RECEIVED%`), for the body to add to as it is
+    /// read.
+    pub fn received(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.received.clone()
     }
 
     /// Record the response head: status, flags (`flags` from a local reply, empty when the
@@ -636,7 +638,7 @@ impl Record {
             status: self.status,
             flags: &self.flags,
             details: self.details,
-            bytes_received: self.bytes_received,
+            bytes_received: self.received.load(std::sync::atomic::Ordering::Relaxed),
             bytes_sent,
             upstream_host: self.info.host,
             upstream_cluster: self.info.cluster.as_deref(),

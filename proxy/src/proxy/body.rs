@@ -27,6 +27,46 @@ pub fn full(b: impl Into<Bytes>) -> BoxBody {
     boxed(Full::new(b.into()))
 }
 
+/// The downstream request body; counts its bytes for `%BYTES_RECEIVED%` when an access log
+/// asked for the count.
+pub struct DownstreamBody {
+    inner: Incoming,
+    received: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl DownstreamBody {
+    /// `inner`, adding the length of each data frame to `received` when given.
+    pub fn new(
+        inner: Incoming,
+        received: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Self {
+        DownstreamBody { inner, received }
+    }
+}
+
+impl Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Some(n), Poll::Ready(Some(Ok(f)))) = (&self.received, &r) {
+            if let Some(d) = f.data_ref() {
+                n.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        r
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
 /// Envoy buffers request bodies up to this size so it can retry (its default buffer limit).
 pub const RETRY_BUFFER_LIMIT: usize = 1024 * 1024;
 
@@ -40,7 +80,7 @@ pub enum RequestBody {
 
 impl RequestBody {
     /// Buffer `body` up to [`RETRY_BUFFER_LIMIT`] when `want_replay`, else stream it.
-    pub async fn prepare(body: Incoming, want_replay: bool) -> Result<Self, BoxError> {
+    pub async fn prepare(body: DownstreamBody, want_replay: bool) -> Result<Self, BoxError> {
         if !want_replay {
             return Ok(RequestBody::Streaming(Some(boxed(body))));
         }
@@ -118,7 +158,7 @@ impl Body for Frames {
 
 struct Prefixed {
     prefix: VecDeque<Bytes>,
-    rest: Incoming,
+    rest: DownstreamBody,
 }
 
 impl Body for Prefixed {

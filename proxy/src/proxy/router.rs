@@ -11,7 +11,6 @@ use crate::lb::{hash, LbContext};
 use crate::route::action::{ForwardAction, RetryPolicy};
 use crate::stats::Stat;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,7 +57,7 @@ pub async fn forward(
     action: &ForwardAction,
     retry: Option<&RetryPolicy>,
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: super::body::DownstreamBody,
     down: Downstream,
     down_active: &mut Option<ActiveGauge>,
     upstream_host: &mut Option<SocketAddr>,

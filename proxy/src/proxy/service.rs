@@ -2,7 +2,7 @@
 //! route's action, header mutations at every level, and Envoy's local replies.
 
 use super::access_log;
-use super::body::{full, BoxBody};
+use super::body::{full, BoxBody, DownstreamBody};
 use super::hcm::HttpFilter;
 use super::local_reply::{Flag, LocalReply, ResponseFlags};
 use super::router::{self, Downstream};
@@ -33,6 +33,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<B
             ctx.hcm.access_logs.clone(),
         )
     });
+    let req = req.map(|b| DownstreamBody::new(b, record.as_ref().map(|r| r.received())));
     let mut info = access_log::RouteInfo::default();
     // The request is active until its response body ends, or until hyper drops this future
     // because the client went away: a drop guard covers both.
@@ -103,7 +104,7 @@ impl Drop for ActiveGauge {
 /// itself can still be moved) when there is one, which is the common case.
 fn request_host<'a>(
     ctx: &ConnCtx,
-    req: &Request<Incoming>,
+    req: &Request<DownstreamBody>,
     host_value: &'a Option<HeaderValue>,
 ) -> Cow<'a, str> {
     let raw: Cow<'a, str> = match host_value.as_ref().and_then(|v| v.to_str().ok()) {
@@ -192,7 +193,7 @@ impl<'a> Levels<'a> {
 
 async fn route_request(
     ctx: &ConnCtx,
-    req: Request<Incoming>,
+    req: Request<DownstreamBody>,
     active: &mut Option<ActiveGauge>,
     mut info: Option<&mut access_log::RouteInfo>,
 ) -> Result<Response<BoxBody>, LocalReply> {
@@ -422,7 +423,7 @@ fn append_xff(h: &mut HeaderMap, peer: std::net::IpAddr) {
 }
 
 /// The upgrade type of an HTTP/1.1 `Connection: upgrade` request, if the HCM allows it.
-fn upgrade_type(req: &Request<Incoming>, allowed: &[String]) -> Option<String> {
+fn upgrade_type(req: &Request<DownstreamBody>, allowed: &[String]) -> Option<String> {
     if req.version() != http::Version::HTTP_11 || allowed.is_empty() {
         return None;
     }
