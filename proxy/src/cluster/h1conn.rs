@@ -11,7 +11,7 @@
 //! Parsing is httparse's (as in hyper); this module adds only message framing (RFC 9112 §6).
 
 use super::connector::{BoxError, Counted};
-use super::h1framing::{framing, Framing, Step};
+use super::h1framing::{Delimiters, Framing, Step};
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::body::{Frame, SizeHint};
@@ -205,13 +205,19 @@ impl Reader {
             let base = self.buf.as_ptr() as usize;
             let mut fields = std::mem::take(&mut self.fields);
             fields.clear();
+            let mut delimiters = Delimiters::default();
             for h in res.headers.iter() {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| protocol("bad upstream response header name"))?;
+                if delimiters.add(&name, h.value) {
+                    continue;
+                }
                 let from = h.value.as_ptr() as usize - base;
                 fields.push((name, from, from + h.value.len()));
             }
-            let mut headers = HeaderMap::with_capacity(fields.len());
+            // Room for the two headers the router adds (server, x-envoy-upstream-service-time)
+            // without growing the map.
+            let mut headers = HeaderMap::with_capacity(fields.len() + 2);
             let head = self.buf.split_to(n).freeze();
             for (name, from, to) in fields.drain(..) {
                 let value = HeaderValue::from_maybe_shared(head.slice(from..to))
@@ -219,7 +225,7 @@ impl Reader {
                 headers.append(name, value);
             }
             self.fields = fields;
-            let (framing, keep_alive) = framing(&headers, status, head_only, http10)?;
+            let (framing, keep_alive) = delimiters.framing(status, head_only, http10)?;
             let mut parts = http::Response::new(()).into_parts().0;
             parts.status = status;
             parts.version = if http10 {

@@ -29,64 +29,110 @@ pub(super) enum Chunk {
     Done,
 }
 
-/// Whether a comma-separated header (all its lines) lists `token`.
-fn lists(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+/// What a response head's fields say about its framing (RFC 9112 §6.3), gathered field by
+/// field while the head is parsed, so no header is looked up again afterwards.
+#[derive(Default)]
+pub(super) struct Delimiters {
+    close: bool,
+    keep_alive: bool,
+    /// Whether the last Transfer-Encoding coding seen is `chunked`; `None` without the header.
+    te_chunked: Option<bool>,
+    /// Content-Length: the value, or `Err` for a bad or conflicting one.
+    length: Option<Result<u64, &'static str>>,
 }
 
-/// RFC 9112 §6.3: how the body of this response is delimited, and whether the connection
-/// can carry another request afterwards.
-pub(super) fn framing(
+impl Delimiters {
+    /// Take note of one field; tells whether it is hop-by-hop only, so that the head need not
+    /// carry it (the router would strip it): a Connection header naming no other header,
+    /// Keep-Alive, Proxy-Connection and Transfer-Encoding.
+    pub(super) fn add(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+        if name == CONNECTION {
+            let mut plain = true;
+            for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !t.is_empty() {
+                    plain = false;
+                }
+            }
+            plain
+        } else if name == TRANSFER_ENCODING {
+            let last = value.rsplit(|b| *b == b',').next().unwrap_or(b"");
+            self.te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            true
+        } else if name == CONTENT_LENGTH {
+            if !matches!(self.length, Some(Err(_))) {
+                self.length = Some(content_length(value, self.length));
+            }
+            false
+        } else {
+            name == "keep-alive" || name == "proxy-connection"
+        }
+    }
+
+    /// How the body is delimited, and whether the connection can carry another request.
+    pub(super) fn framing(
+        self,
+        status: http::StatusCode,
+        head_only: bool,
+        http10: bool,
+    ) -> io::Result<(Framing, bool)> {
+        let keep_alive = if http10 { self.keep_alive } else { !self.close };
+        if head_only || status == 204 || status == 304 {
+            return Ok((Framing::Length(0), keep_alive));
+        }
+        // Only a final `chunked` coding delimits the body; any other ends with the connection.
+        if let Some(chunked) = self.te_chunked {
+            return Ok(if chunked && !http10 {
+                (Framing::Chunked(Chunk::Size), keep_alive)
+            } else {
+                (Framing::Close, false)
+            });
+        }
+        match self.length {
+            Some(Ok(n)) => Ok((Framing::Length(n), keep_alive)),
+            Some(Err(e)) => Err(protocol(e)),
+            None => Ok((Framing::Close, false)),
+        }
+    }
+}
+
+/// One Content-Length field (a list of equal values is allowed) against what came before.
+fn content_length(
+    value: &[u8],
+    before: Option<Result<u64, &'static str>>,
+) -> Result<u64, &'static str> {
+    let mut length = before.and_then(Result::ok);
+    for part in value.split(|b| *b == b',') {
+        let n = std::str::from_utf8(part.trim_ascii())
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or("bad upstream content-length")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting upstream content-length values");
+        }
+        length = Some(n);
+    }
+    length.ok_or("bad upstream content-length")
+}
+
+/// The framing of a response with these headers (tests).
+#[cfg(test)]
+fn framing(
     headers: &HeaderMap,
     status: http::StatusCode,
     head_only: bool,
     http10: bool,
 ) -> io::Result<(Framing, bool)> {
-    let keep_alive = if http10 {
-        lists(headers, http::header::CONNECTION, "keep-alive")
-    } else {
-        !lists(headers, http::header::CONNECTION, "close")
-    };
-    if head_only || status == 204 || status == 304 {
-        return Ok((Framing::Length(0), keep_alive));
+    let mut d = Delimiters::default();
+    for (n, v) in headers {
+        d.add(n, v.as_bytes());
     }
-    let mut te = headers.get_all(http::header::TRANSFER_ENCODING).iter();
-    if let Some(first) = te.next() {
-        // Only a final `chunked` coding delimits the body; any other ends with the connection.
-        let last = te.next_back().unwrap_or(first);
-        let chunked = last
-            .as_bytes()
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        return Ok(if chunked && !http10 {
-            (Framing::Chunked(Chunk::Size), keep_alive)
-        } else {
-            (Framing::Close, false)
-        });
-    }
-    let mut length: Option<u64> = None;
-    for v in headers.get_all(http::header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let n = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| protocol("bad upstream content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(protocol("conflicting upstream content-length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(n) => (Framing::Length(n), keep_alive),
-        None => (Framing::Close, false),
-    })
+    d.framing(status, head_only, http10)
 }
 
 /// What the body decoder made of the buffered bytes.

@@ -371,6 +371,9 @@ fn prepare_upstream_headers(
     const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     const ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
     let h = &mut parts.headers;
+    // Room for what this and the router add (x-forwarded-proto, x-request-id,
+    // x-envoy-expected-rq-timeout-ms) in one step, not one map growth per header.
+    h.reserve(3);
     // One hashed lookup each (entry), not contains_key then insert.
     h.entry(XFP)
         .or_insert_with(|| HeaderValue::from_static("http"));
