@@ -107,6 +107,13 @@ async fn circuit_breakers_overflow_with_503_uo() {
     assert_eq!(p.stat("cluster.maxcx.upstream_rq_pending_total"), 1);
     assert_eq!(p.stat("cluster.maxcx.upstream_rq_pending_active"), 0);
     assert_eq!(p.stat("cluster.maxcx.upstream_cx_total"), 1);
+    // The one idle connection was made for bodiless requests; a request with a body to
+    // stream takes its place, and the next GET takes it back (no waiting for a slot).
+    let r = request(addr, "POST", "/cx", &[], "a body", false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(get(addr, "/cx", &[]).await.status, 200);
+    assert_eq!(p.stat("cluster.maxcx.upstream_cx_total"), 3);
+    assert_eq!(p.stat("cluster.maxcx.upstream_rq_pending_overflow"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

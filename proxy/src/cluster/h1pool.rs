@@ -144,6 +144,12 @@ impl H1Pool {
                 Some(tx) => (tx, true),
                 None => match self.dial(addr).await {
                     Err(SendError::Connect(ConnectError::Overflow)) => {
+                        // An idle inline connection to the host holds a slot this request can
+                        // have: close it and dial.
+                        if let Some(idle) = self.checkout_raw(addr) {
+                            drop(idle);
+                            continue;
+                        }
                         self.wait_for_room().await?;
                         continue;
                     }
@@ -176,6 +182,13 @@ impl H1Pool {
                 Some(c) => (c, true),
                 None => match self.connect(addr).await {
                     Err(SendError::Connect(ConnectError::Overflow)) => {
+                        // An idle hyper connection to the host holds a slot this request can
+                        // have: let it close (its task ends and frees the slot) and dial.
+                        if self.evict_hyper(addr) {
+                            let room = self.connector.room().notified();
+                            let _ = tokio::time::timeout(PENDING_RECHECK, room).await;
+                            continue;
+                        }
                         self.wait_for_room().await?;
                         continue;
                     }
@@ -221,6 +234,18 @@ impl H1Pool {
         // went to a waiter which then lost the race for the connection.
         let _ = tokio::time::timeout(PENDING_RECHECK, self.connector.room().notified()).await;
         Ok(())
+    }
+
+    /// Drop the oldest idle hyper connection to `addr`, if there is one.
+    fn evict_hyper(&self, addr: SocketAddr) -> bool {
+        let mut st = self.state.lock().unwrap();
+        match st.idle.get_mut(&addr) {
+            Some(stack) if !stack.is_empty() => {
+                drop(stack.remove(0));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The most recently returned usable inline connection to `addr`.
