@@ -32,7 +32,9 @@ async fn release_all(up: &Upstream, tasks: Vec<tokio::task::JoinHandle<Resp>>) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn circuit_breakers_overflow_with_503_uo() {
     let a = upstream("a").await;
+    let b = upstream("b").await;
     let routes = json!([
+        {"match": {"prefix": "/two"}, "route": {"cluster": "twohosts", "timeout": "0s"}},
         {"match": {"prefix": "/rq"}, "route": {"cluster": "maxrq", "timeout": "0s"}},
         {"match": {"prefix": "/cx"}, "route": {"cluster": "maxcx", "timeout": "0s"}}]);
     let cb = |t: serde_json::Value| json!({"circuit_breakers": {"thresholds": [t]}});
@@ -42,6 +44,11 @@ async fn circuit_breakers_overflow_with_503_uo() {
             "maxcx",
             &[a.addr],
             cb(json!({"max_connections": 1, "max_pending_requests": 1})),
+        ),
+        cluster(
+            "twohosts",
+            &[a.addr, b.addr],
+            cb(json!({"max_connections": 1})),
         ),
     ];
     let log = FlagLog::new("breakers");
@@ -114,6 +121,17 @@ async fn circuit_breakers_overflow_with_503_uo() {
     assert_eq!(get(addr, "/cx", &[]).await.status, 200);
     assert_eq!(p.stat("cluster.maxcx.upstream_cx_total"), 3);
     assert_eq!(p.stat("cluster.maxcx.upstream_rq_pending_overflow"), 1);
+
+    // max_connections counts the whole cluster: an idle connection to one host gives up its
+    // slot to a request for the other (round robin alternates them).
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(get(addr, "/two", &[]).await.upstream());
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "a", "b", "b"]);
+    assert_eq!(p.stat("cluster.twohosts.upstream_cx_total"), 4);
+    assert_eq!(p.stat("cluster.twohosts.upstream_cx_active"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

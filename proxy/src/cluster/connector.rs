@@ -44,7 +44,44 @@ pub struct CountingConnector {
     timeout: Duration,
     max_connections: u64,
     source: Option<IpAddr>,
-    room: Arc<tokio::sync::Notify>,
+    room: Arc<Room>,
+}
+
+/// The `max_connections` budget of one cluster: connections being made or open (Envoy counts
+/// a connection against the breaker from the moment it starts connecting), and a signal for
+/// requests waiting for one to close.
+#[derive(Debug, Default)]
+pub struct Room {
+    used: std::sync::atomic::AtomicU64,
+    freed: tokio::sync::Notify,
+}
+
+impl Room {
+    fn take(&self, max: u64) -> bool {
+        use std::sync::atomic::Ordering::AcqRel;
+        self.used
+            .fetch_update(AcqRel, std::sync::atomic::Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        self.used.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+}
+
+/// A slot taken for a connection being made; given back if the connect fails or is
+/// cancelled, kept by the connection once it is open.
+struct Slot(Option<Arc<Room>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.give_back();
+        }
+    }
 }
 
 impl CountingConnector {
@@ -62,14 +99,19 @@ impl CountingConnector {
             timeout,
             max_connections,
             source,
-            room: Arc::new(tokio::sync::Notify::new()),
+            room: Arc::default(),
         }
     }
 
-    /// Signalled when one of this connector's connections closes, so a request waiting for
-    /// room under `max_connections` can try again.
-    pub fn room(&self) -> &tokio::sync::Notify {
-        &self.room
+    /// Signalled when one of this connector's connections closes (or fails to open), so a
+    /// request waiting for room under `max_connections` can try again.
+    pub fn freed(&self) -> &tokio::sync::Notify {
+        &self.room.freed
+    }
+
+    /// Whether `max_connections` allows another connection now.
+    pub fn has_room(&self) -> bool {
+        self.room.used.load(std::sync::atomic::Ordering::Acquire) < self.max_connections
     }
 
     /// The cluster's stats.
@@ -81,10 +123,11 @@ impl CountingConnector {
     /// configured and of the same family), counted in `upstream_cx_*`.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Counted, ConnectError> {
         let stats = &self.stats;
-        if stats.cx_active.get() >= self.max_connections {
+        if !self.room.take(self.max_connections) {
             stats.cx_overflow.inc();
             return Err(ConnectError::Overflow);
         }
+        let mut slot = Slot(Some(self.room.clone()));
         let source = self.source.filter(|s| s.is_ipv4() == addr.is_ipv4());
         let dial = async move {
             let sock = if addr.is_ipv4() {
@@ -106,7 +149,7 @@ impl CountingConnector {
                 Ok(Counted {
                     io: TokioIo::new(stream),
                     stats: stats.clone(),
-                    room: self.room.clone(),
+                    room: slot.0.take().expect("the slot is held until here"),
                 })
             }
             Ok(Err(e)) => {
@@ -127,7 +170,7 @@ impl CountingConnector {
 pub struct Counted {
     io: TokioIo<TcpStream>,
     stats: Arc<ClusterStats>,
-    room: Arc<tokio::sync::Notify>,
+    room: Arc<Room>,
 }
 
 impl Counted {
@@ -141,7 +184,7 @@ impl Drop for Counted {
     fn drop(&mut self) {
         self.stats.cx_active.dec();
         self.stats.cx_destroy.inc();
-        self.room.notify_one();
+        self.room.give_back();
     }
 }
 
@@ -178,5 +221,22 @@ impl Write for Counted {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_taken_before_the_connect_and_given_back_by_a_failed_one() {
+        let room = Arc::new(Room::default());
+        assert!(room.take(1));
+        // A second connect while the first is still being made finds no room.
+        assert!(!room.take(1));
+        drop(Slot(Some(room.clone())));
+        assert!(room.take(1));
+        assert!(room.take(2));
+        assert!(!room.take(2));
     }
 }

@@ -140,21 +140,16 @@ impl H1Pool {
             return self.send_inline(addr, req).await;
         }
         loop {
-            let (mut tx, reused) = match self.checkout(addr).await {
-                Some(tx) => (tx, true),
-                None => match self.dial(addr).await {
-                    Err(SendError::Connect(ConnectError::Overflow)) => {
-                        // An idle inline connection to the host holds a slot this request can
-                        // have: close it and dial.
-                        if let Some(idle) = self.checkout_raw(addr) {
-                            drop(idle);
-                            continue;
-                        }
-                        self.wait_for_room().await?;
+            let (mut tx, reused) = match self.acquire(addr, false, Self::take_hyper).await? {
+                Got::Idle(mut tx) => {
+                    // Normally ready at once: the connection finished the previous exchange
+                    // before its response body ended here.
+                    if !tx.is_ready() && tx.ready().await.is_err() {
                         continue;
                     }
-                    tx => (tx?, false),
-                },
+                    (tx, true)
+                }
+                Got::Fresh(io) => (self.handshake(addr, io).await?, false),
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(addr, resp, tx)),
@@ -178,22 +173,9 @@ impl H1Pool {
         let (parts, _) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         loop {
-            let (mut conn, reused) = match self.checkout_raw(addr) {
-                Some(c) => (c, true),
-                None => match self.connect(addr).await {
-                    Err(SendError::Connect(ConnectError::Overflow)) => {
-                        // An idle hyper connection to the host holds a slot this request can
-                        // have: let it close (its task ends and frees the slot) and dial.
-                        if self.evict_hyper(addr) {
-                            let room = self.connector.room().notified();
-                            let _ = tokio::time::timeout(PENDING_RECHECK, room).await;
-                            continue;
-                        }
-                        self.wait_for_room().await?;
-                        continue;
-                    }
-                    io => (Conn::new(io?), false),
-                },
+            let (mut conn, reused) = match self.acquire(addr, true, Self::take_raw).await? {
+                Got::Idle(c) => (c, true),
+                Got::Fresh(io) => (Conn::new(io), false),
             };
             match conn.exchange(&parts.method, target, &parts.headers).await {
                 Ok(head) => {
@@ -212,44 +194,95 @@ impl H1Pool {
         }
     }
 
-    /// Envoy's pending queue: with `max_connections` reached, a request waits until a
-    /// connection is returned or closed, unless `max_pending_requests` are waiting already
-    /// (503 UO, `upstream_rq_pending_overflow`). The route timeout bounds the wait.
-    async fn wait_for_room(&self) -> Result<(), SendError> {
-        let stats = self.connector.stats();
-        if stats.rq_pending_active.get() >= self.max_pending {
-            stats.rq_pending_overflow.inc();
-            return Err(SendError::Connect(ConnectError::Overflow));
-        }
-        stats.rq_pending_total.inc();
-        stats.rq_pending_active.inc();
+    /// A connection for a request to `addr`: an idle one of the kind it needs (`raw`: inline,
+    /// else hyper's), taken by `take`, or a new one.
+    ///
+    /// Envoy's pending queue: with `max_connections` reached, an idle connection this request
+    /// cannot use (the other kind, or to another host) is closed to make room; failing that,
+    /// the request waits until a connection is returned or closed, counted once in
+    /// `upstream_rq_pending_*` and `upstream_cx_overflow`, unless `max_pending_requests` are
+    /// waiting already (503 UO, `upstream_rq_pending_overflow`). The route timeout bounds the
+    /// wait.
+    async fn acquire<T>(
+        &self,
+        addr: SocketAddr,
+        raw: bool,
+        take: fn(&Self, SocketAddr) -> Option<T>,
+    ) -> Result<Got<T>, SendError> {
         struct Pending<'a>(&'a crate::stats::Stat);
         impl Drop for Pending<'_> {
             fn drop(&mut self) {
                 self.0.dec();
             }
         }
-        let _pending = Pending(&stats.rq_pending_active);
-        // Returns and closes wake one waiter each; the periodic look covers a wake-up that
-        // went to a waiter which then lost the race for the connection.
-        let _ = tokio::time::timeout(PENDING_RECHECK, self.connector.room().notified()).await;
-        Ok(())
-    }
-
-    /// Drop the oldest idle hyper connection to `addr`, if there is one.
-    fn evict_hyper(&self, addr: SocketAddr) -> bool {
-        let mut st = self.state.lock().unwrap();
-        match st.idle.get_mut(&addr) {
-            Some(stack) if !stack.is_empty() => {
-                drop(stack.remove(0));
-                true
+        let mut pending: Option<Pending> = None;
+        loop {
+            if let Some(c) = take(self, addr) {
+                return Ok(Got::Idle(c));
             }
-            _ => false,
+            if self.connector.has_room() {
+                match self.connector.connect(addr).await {
+                    Ok(io) => return Ok(Got::Fresh(io)),
+                    // Another request took the last slot first.
+                    Err(ConnectError::Overflow) => continue,
+                    Err(e) => return Err(SendError::Connect(e)),
+                }
+            }
+            match self.evict_unusable(addr, raw) {
+                Evicted::Closed => continue,
+                Evicted::Closing => {
+                    let freed = self.connector.freed().notified();
+                    let _ = tokio::time::timeout(PENDING_RECHECK, freed).await;
+                    continue;
+                }
+                Evicted::Nothing => {}
+            }
+            if pending.is_none() {
+                let stats = self.connector.stats();
+                if stats.rq_pending_active.get() >= self.max_pending {
+                    stats.rq_pending_overflow.inc();
+                    return Err(SendError::Connect(ConnectError::Overflow));
+                }
+                stats.cx_overflow.inc();
+                stats.rq_pending_total.inc();
+                stats.rq_pending_active.inc();
+                pending = Some(Pending(&stats.rq_pending_active));
+            }
+            // Returns and closes wake one waiter each; the periodic look covers a wake-up
+            // that went to a waiter which then lost the race for the connection.
+            let freed = self.connector.freed().notified();
+            let _ = tokio::time::timeout(PENDING_RECHECK, freed).await;
         }
     }
 
+    /// Close one idle connection that a request of kind `raw` to `addr` cannot use: the other
+    /// kind to the same host first, then any to another host.
+    fn evict_unusable(&self, addr: SocketAddr, raw: bool) -> Evicted {
+        let mut st = self.state.lock().unwrap();
+        let st = &mut *st;
+        let same_raw = st.raw.get_mut(&addr).filter(|s| !raw && !s.is_empty());
+        if let Some(stack) = same_raw {
+            drop(stack.remove(0));
+            return Evicted::Closed;
+        }
+        let same_hyper = st.idle.get_mut(&addr).filter(|s| raw && !s.is_empty());
+        if let Some(stack) = same_hyper {
+            drop(stack.remove(0));
+            return Evicted::Closing;
+        }
+        if let Some(stack) = st.raw.values_mut().find(|s| !s.is_empty()) {
+            drop(stack.remove(0));
+            return Evicted::Closed;
+        }
+        if let Some(stack) = st.idle.values_mut().find(|s| !s.is_empty()) {
+            drop(stack.remove(0));
+            return Evicted::Closing;
+        }
+        Evicted::Nothing
+    }
+
     /// The most recently returned usable inline connection to `addr`.
-    fn checkout_raw(&self, addr: SocketAddr) -> Option<Conn> {
+    fn take_raw(&self, addr: SocketAddr) -> Option<Conn> {
         let mut st = self.state.lock().unwrap();
         let stack = st.raw.get_mut(&addr)?;
         let now = Instant::now();
@@ -264,40 +297,27 @@ impl H1Pool {
         None
     }
 
-    /// The most recently returned live connection to `addr`, ready for a request.
-    async fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<UpstreamBody>> {
-        loop {
-            let mut tx = {
-                let mut st = self.state.lock().unwrap();
-                let stack = st.idle.get_mut(&addr)?;
-                let now = Instant::now();
-                loop {
-                    let i = stack.pop()?;
-                    let expired = self
-                        .idle_timeout
-                        .is_some_and(|t| now.duration_since(i.since) >= t);
-                    if !expired && !i.conn.is_closed() {
-                        break i.conn;
-                    }
-                }
-            };
-            // Normally ready at once: the connection finished the previous exchange before
-            // its response body ended here.
-            if tx.is_ready() || tx.ready().await.is_ok() {
-                return Some(tx);
+    /// The most recently returned live hyper connection to `addr`.
+    fn take_hyper(&self, addr: SocketAddr) -> Option<SendRequest<UpstreamBody>> {
+        let mut st = self.state.lock().unwrap();
+        let stack = st.idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(i) = stack.pop() {
+            let expired = self
+                .idle_timeout
+                .is_some_and(|t| now.duration_since(i.since) >= t);
+            if !expired && !i.conn.is_closed() {
+                return Some(i.conn);
             }
         }
+        None
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<super::connector::Counted, SendError> {
-        self.connector
-            .connect(addr)
-            .await
-            .map_err(SendError::Connect)
-    }
-
-    async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, SendError> {
-        let io = self.connect(addr).await?;
+    async fn handshake(
+        &self,
+        addr: SocketAddr,
+        io: super::connector::Counted,
+    ) -> Result<SendRequest<UpstreamBody>, SendError> {
         let (tx, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(SendError::Http)?;
@@ -357,7 +377,7 @@ impl H1Pool {
     /// A returned connection is room for a request waiting under `max_connections`.
     fn wake_pending(&self) {
         if self.connector.stats().rq_pending_active.get() > 0 {
-            self.connector.room().notify_one();
+            self.connector.freed().notify_one();
         }
     }
 
@@ -406,10 +426,27 @@ async fn reap(pool: Weak<H1Pool>, timeout: Duration) {
     }
 }
 
+/// What [`H1Pool::acquire`] found: an idle connection, or a new one to set up.
+enum Got<T> {
+    Idle(T),
+    Fresh(super::connector::Counted),
+}
+
+/// What [`H1Pool::evict_unusable`] did.
+enum Evicted {
+    /// Closed an inline connection: its slot is free now.
+    Closed,
+    /// Dropped a hyper connection: its task frees the slot when it ends.
+    Closing,
+    Nothing,
+}
+
 /// Whether a request can be exchanged inline: no body to stream, no upgrade, no
-/// `Expect: 100-continue` handshake.
+/// `Expect: 100-continue` handshake, not CONNECT (whose 2xx turns the connection into a
+/// tunnel).
 fn inline(req: &Request<UpstreamBody>) -> bool {
-    req.body().is_end_stream()
+    req.method() != http::Method::CONNECT
+        && req.body().is_end_stream()
         && !req.headers().contains_key(http::header::UPGRADE)
         && !req.headers().contains_key(http::header::EXPECT)
 }
