@@ -130,6 +130,8 @@ impl Conn {
             .await
             .map_err(before)?;
         let head_only = method == http::Method::HEAD;
+        // Any byte of an answer (an interim 1xx included) means the request was taken.
+        let mut received = false;
         loop {
             if let Some(head) = self
                 .rd
@@ -141,7 +143,6 @@ impl Conn {
             {
                 return Ok(head);
             }
-            let received = !self.rd.buf.is_empty();
             self.rd.buf.reserve(READ_CHUNK);
             match self.io.stream_mut().read_buf(&mut self.rd.buf).await {
                 Ok(0) => {
@@ -150,7 +151,7 @@ impl Conn {
                         before_response: !received,
                     })
                 }
-                Ok(_) => {}
+                Ok(_) => received = true,
                 Err(error) => {
                     return Err(ExchangeError {
                         error,

@@ -35,8 +35,9 @@ pub(super) enum Chunk {
 pub(super) struct Delimiters {
     close: bool,
     keep_alive: bool,
-    /// Whether the last Transfer-Encoding coding seen is `chunked`; `None` without the header.
-    te_chunked: Option<bool>,
+    /// Transfer-Encoding: how many codings, and whether the last is `chunked`.
+    te_codings: u32,
+    te_chunked: bool,
     /// Content-Length: the value, or `Err` for a bad or conflicting one.
     length: Option<Result<u64, &'static str>>,
 }
@@ -60,8 +61,12 @@ impl Delimiters {
             }
             plain
         } else if name == TRANSFER_ENCODING {
-            let last = value.rsplit(|b| *b == b',').next().unwrap_or(b"");
-            self.te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if !t.is_empty() {
+                    self.te_codings += 1;
+                    self.te_chunked = t.eq_ignore_ascii_case(b"chunked");
+                }
+            }
             true
         } else if name == CONTENT_LENGTH {
             if !matches!(self.length, Some(Err(_))) {
@@ -84,13 +89,21 @@ impl Delimiters {
         if head_only || status == 204 || status == 304 {
             return Ok((Framing::Length(0), keep_alive));
         }
-        // Only a final `chunked` coding delimits the body; any other ends with the connection.
-        if let Some(chunked) = self.te_chunked {
-            return Ok(if chunked && !http10 {
-                (Framing::Chunked(Chunk::Size), keep_alive)
-            } else {
-                (Framing::Close, false)
-            });
+        // As Envoy's codec: `chunked` is the one transfer coding accepted, never together
+        // with Content-Length (RFC 9112 §6.3 calls that a smuggling risk) nor from HTTP/1.0.
+        if self.te_codings > 0 {
+            if http10 {
+                return Err(protocol("transfer-encoding in an HTTP/1.0 response"));
+            }
+            if self.length.is_some() {
+                return Err(protocol(
+                    "both content-length and transfer-encoding in an upstream response",
+                ));
+            }
+            if self.te_codings > 1 || !self.te_chunked {
+                return Err(protocol("unsupported upstream transfer-encoding"));
+            }
+            return Ok((Framing::Chunked(Chunk::Size), keep_alive));
         }
         match self.length {
             Some(Ok(n)) => Ok((Framing::Length(n), keep_alive)),
@@ -304,21 +317,29 @@ pub(super) mod tests {
         );
         assert_eq!(f(&[], ok, false, false), (Framing::Close, false));
         assert_eq!(
-            f(
-                &[
-                    ("transfer-encoding", "gzip, chunked"),
-                    ("content-length", "3")
-                ],
-                ok,
-                false,
-                false
-            ),
+            f(&[("transfer-encoding", "Chunked")], ok, false, false),
             (Framing::Chunked(Chunk::Size), true)
         );
-        assert_eq!(
-            f(&[("transfer-encoding", "chunked, gzip")], ok, false, false).0,
-            Framing::Close
-        );
+        // Envoy refuses every other use of Transfer-Encoding.
+        for te in [
+            &[("transfer-encoding", "chunked"), ("content-length", "3")][..],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[("transfer-encoding", "chunked, gzip")],
+            &[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("transfer-encoding", "identity")],
+        ] {
+            assert!(framing(&headers(te), ok, false, false).is_err(), "{te:?}");
+        }
+        assert!(framing(
+            &headers(&[("transfer-encoding", "chunked")]),
+            ok,
+            false,
+            true
+        )
+        .is_err());
         assert_eq!(
             f(
                 &[("content-length", "5"), ("connection", "Keep-Alive, close")],
