@@ -5,18 +5,14 @@
 //! know (Istio's TypedStruct-wrapped wasm, metadata exchange, alpn, authn, ...) would make
 //! prost-reflect fail, so a pre-pass turns such an object into a `google.protobuf.Struct` Any that
 //! remembers the original type URL; consumers see it as "skipped" and `/config_dump` restores it.
+//! The helpers mosnctl uses too live in the `mosn-proto` crate; this module owns the pool.
 
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
-use serde_json::{Map, Value};
+use prost_reflect::{DescriptorPool, DynamicMessage};
+use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The type URL of `google.protobuf.Struct`, used to park unknown typed configs.
-pub const STRUCT_URL: &str = "type.googleapis.com/google.protobuf.Struct";
-/// Field inside the parked Struct that keeps the original `@type`.
-pub const ORIGINAL_TYPE_FIELD: &str = "original_type_url";
-
-static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_types.bin"));
+pub use mosn_proto::{unpark, ORIGINAL_TYPE_FIELD, STRUCT_URL};
 
 /// The descriptor pool of every Envoy v3 / xds / udpa type that envoy-types compiled.
 ///
@@ -30,7 +26,7 @@ pub fn pool() -> Arc<DescriptorPool> {
         *used = Instant::now();
         return p.clone();
     }
-    let p = Arc::new(DescriptorPool::decode(DESCRIPTORS).expect("envoy-types descriptor set"));
+    let p = Arc::new(mosn_proto::decode_pool());
     *cache = Some((p.clone(), Instant::now()));
     p
 }
@@ -70,59 +66,12 @@ pub fn trim_memory() {
     }
 }
 
-/// Whether the pool can decode `type_url`.
-pub fn known_type(type_url: &str) -> bool {
-    let name = type_url.rsplit('/').next().unwrap_or(type_url);
-    pool().get_message_by_name(name).is_some()
-}
-
 /// Replace every Any whose type is unknown with a parked Struct; returns the parked type URLs.
 pub fn park_unknown_types(v: &mut Value, parked: &mut Vec<String>) {
-    match v {
-        Value::Object(map) => {
-            if let Some(Value::String(t)) = map.get("@type") {
-                if !known_type(t) {
-                    let t = t.clone();
-                    tracing::debug!(type_url = %t, "skipping typed_config of an unknown type");
-                    let mut fields: Map<String, Value> = std::mem::take(map);
-                    fields.remove("@type");
-                    fields.insert(ORIGINAL_TYPE_FIELD.into(), Value::String(t.clone()));
-                    map.insert("@type".into(), Value::String(STRUCT_URL.into()));
-                    map.insert("value".into(), Value::Object(fields));
-                    parked.push(t);
-                    return;
-                }
-            }
-            for child in map.values_mut() {
-                park_unknown_types(child, parked);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|c| park_unknown_types(c, parked)),
-        _ => {}
-    }
-}
-
-/// Undo [`park_unknown_types`] in a JSON dump so operators see the original typed config.
-pub fn unpark(v: &mut Value) {
-    match v {
-        Value::Object(map) => {
-            let parked = map.get("@type").and_then(Value::as_str) == Some(STRUCT_URL)
-                && map
-                    .get("value")
-                    .and_then(|x| x.get(ORIGINAL_TYPE_FIELD))
-                    .is_some();
-            if parked {
-                if let Some(Value::Object(mut fields)) = map.remove("value") {
-                    let t = fields.remove(ORIGINAL_TYPE_FIELD).unwrap_or(Value::Null);
-                    map.clear();
-                    map.insert("@type".into(), t);
-                    map.extend(fields);
-                }
-            }
-            map.values_mut().for_each(unpark);
-        }
-        Value::Array(items) => items.iter_mut().for_each(unpark),
-        _ => {}
+    let from = parked.len();
+    mosn_proto::park_unknown_types(&pool(), v, parked);
+    for t in &parked[from..] {
+        tracing::debug!(type_url = %t, "skipping typed_config of an unknown type");
     }
 }
 
@@ -131,13 +80,7 @@ pub fn from_json<M: prost::Message + prost::Name + Default>(
     value: &Value,
     strict: bool,
 ) -> Result<M, String> {
-    let desc = pool()
-        .get_message_by_name(&M::full_name())
-        .ok_or_else(|| format!("{} is not in the descriptor pool", M::full_name()))?;
-    let opts = DeserializeOptions::new().deny_unknown_fields(strict);
-    let dm =
-        DynamicMessage::deserialize_with_options(desc, value, &opts).map_err(|e| e.to_string())?;
-    dm.transcode_to::<M>().map_err(|e| e.to_string())
+    mosn_proto::from_json(&pool(), value, strict)
 }
 
 /// Decode an Any's payload (`type_url` must match `M`).
@@ -165,21 +108,17 @@ pub fn parked_type(any: &envoy_types::pb::google::protobuf::Any) -> Option<Strin
 
 /// Encode a typed message as Envoy-style proto3 JSON (snake_case field names).
 pub fn to_json<M: prost::Message + prost::Name>(msg: &M) -> Value {
-    let Some(desc) = pool().get_message_by_name(&M::full_name()) else {
+    let pool = pool();
+    let Ok(mut dm) = mosn_proto::to_dynamic(&pool, msg) else {
         return Value::Null;
     };
-    let Ok(mut dm) = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()) else {
-        return Value::Null;
-    };
-    let opts = SerializeOptions::new().use_proto_field_name(true);
-    let mut v = match dm.serialize_with_options(serde_json::value::Serializer, &opts) {
+    let mut v = match mosn_proto::dynamic_to_json(&dm) {
         Ok(v) => v,
         Err(_) => {
             // An Any of a type the pool does not know (istiod's binary TypedStructs arrive
             // over xDS unparked): park them and try again.
-            park_unknown_anys(&pool(), &mut dm);
-            dm.serialize_with_options(serde_json::value::Serializer, &opts)
-                .unwrap_or(Value::Null)
+            park_unknown_anys(&pool, &mut dm);
+            mosn_proto::dynamic_to_json(&dm).unwrap_or(Value::Null)
         }
     };
     unpark(&mut v);
