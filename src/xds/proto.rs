@@ -2,7 +2,8 @@
 //!
 //! envoy-types has the prost structs but no JSON; prost-reflect reads proto3 JSON (including
 //! `@type` Anys) with envoy-types' own descriptor set and we transcode or re-encode from there.
-//! This follows proxy/src/config/decode.rs so both crates see a dump the same way:
+//! The descriptor set and the parking helpers come from the `mosn-proto` crate, which the proxy
+//! (proxy/src/config/decode.rs) uses too, so both see a dump the same way:
 //! - `udpa.type.v1.TypedStruct` and `xds.type.v3.TypedStruct` (Istio wraps its wasm and
 //!   metadata-exchange filters in them) are added to the pool by hand, so they are served to
 //!   clients byte-for-byte as istiod would send them;
@@ -14,22 +15,17 @@ use prost_reflect::prost_types::{
     field_descriptor_proto::{Label, Type},
     DescriptorProto, FieldDescriptorProto, FileDescriptorProto,
 };
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
-use serde_json::{Map, Value};
+use prost_reflect::DescriptorPool;
+use serde_json::Value;
 use std::sync::OnceLock;
 
-/// The type URL of `google.protobuf.Struct`, used to park unknown typed configs.
-pub const STRUCT_URL: &str = "type.googleapis.com/google.protobuf.Struct";
-/// Field inside a parked Struct that keeps the original `@type`.
-pub const ORIGINAL_TYPE_FIELD: &str = "original_type_url";
-
-static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_types.bin"));
+pub use mosn_proto::{unpark, ORIGINAL_TYPE_FIELD, STRUCT_URL};
 
 /// The descriptor pool: every type envoy-types compiled, plus the two TypedStructs.
 pub fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let mut pool = DescriptorPool::decode(DESCRIPTORS).expect("envoy-types descriptor set");
+        let mut pool = mosn_proto::decode_pool();
         for package in ["udpa.type.v1", "xds.type.v3"] {
             if pool
                 .get_message_by_name(&format!("{package}.TypedStruct"))
@@ -72,72 +68,15 @@ fn typed_struct_file(package: &str) -> FileDescriptorProto {
     }
 }
 
-/// Whether the pool can decode `type_url`.
-pub fn known_type(type_url: &str) -> bool {
-    let name = type_url.rsplit('/').next().unwrap_or(type_url);
-    pool().get_message_by_name(name).is_some()
-}
-
 /// Replace every Any whose type is unknown with a parked Struct; collects the parked URLs.
 pub fn park_unknown_types(v: &mut Value, parked: &mut Vec<String>) {
-    match v {
-        Value::Object(map) => {
-            if let Some(Value::String(t)) = map.get("@type") {
-                if !known_type(t) {
-                    let t = t.clone();
-                    let mut fields: Map<String, Value> = std::mem::take(map);
-                    fields.remove("@type");
-                    fields.insert(ORIGINAL_TYPE_FIELD.into(), Value::String(t.clone()));
-                    map.insert("@type".into(), Value::String(STRUCT_URL.into()));
-                    map.insert("value".into(), Value::Object(fields));
-                    parked.push(t);
-                    return;
-                }
-            }
-            map.values_mut()
-                .for_each(|child| park_unknown_types(child, parked));
-        }
-        Value::Array(items) => items.iter_mut().for_each(|c| park_unknown_types(c, parked)),
-        _ => {}
-    }
-}
-
-/// Undo [`park_unknown_types`] so JSON output shows the original typed configs.
-pub fn unpark(v: &mut Value) {
-    match v {
-        Value::Object(map) => {
-            let parked = map.get("@type").and_then(Value::as_str) == Some(STRUCT_URL)
-                && map
-                    .get("value")
-                    .and_then(|x| x.get(ORIGINAL_TYPE_FIELD))
-                    .is_some();
-            if parked {
-                if let Some(Value::Object(mut fields)) = map.remove("value") {
-                    let t = fields.remove(ORIGINAL_TYPE_FIELD).unwrap_or(Value::Null);
-                    map.clear();
-                    map.insert("@type".into(), t);
-                    map.extend(fields);
-                }
-            }
-            map.values_mut().for_each(unpark);
-        }
-        Value::Array(items) => items.iter_mut().for_each(unpark),
-        _ => {}
-    }
+    mosn_proto::park_unknown_types(pool(), v, parked);
 }
 
 /// Decode a JSON `{"@type": ..., ...}` object into a binary Any (nested Anys included).
 /// Unknown fields are tolerated: dumps come from Envoys newer than our descriptors.
 pub fn any_from_json(value: &Value) -> Result<Any, String> {
-    let mut value = value.clone();
-    park_unknown_types(&mut value, &mut Vec::new());
-    let desc = pool()
-        .get_message_by_name("google.protobuf.Any")
-        .ok_or("google.protobuf.Any is not in the descriptor pool")?;
-    let opts = DeserializeOptions::new().deny_unknown_fields(false);
-    let dm =
-        DynamicMessage::deserialize_with_options(desc, &value, &opts).map_err(|e| e.to_string())?;
-    dm.transcode_to::<Any>().map_err(|e| e.to_string())
+    from_json(value, false)
 }
 
 /// Decode proto3 JSON into the typed message `M`; with `strict`, unknown fields are errors.
@@ -147,28 +86,12 @@ pub fn from_json<M: prost::Message + prost::Name + Default>(
 ) -> Result<M, String> {
     let mut value = value.clone();
     park_unknown_types(&mut value, &mut Vec::new());
-    let desc = pool()
-        .get_message_by_name(&M::full_name())
-        .ok_or_else(|| format!("{} is not in the descriptor pool", M::full_name()))?;
-    let opts = DeserializeOptions::new().deny_unknown_fields(strict);
-    let dm =
-        DynamicMessage::deserialize_with_options(desc, &value, &opts).map_err(|e| e.to_string())?;
-    dm.transcode_to::<M>().map_err(|e| e.to_string())
+    mosn_proto::from_json(pool(), &value, strict)
 }
 
 /// Encode a typed message as Envoy-style proto3 JSON (snake_case names, parked types restored).
 pub fn to_json<M: prost::Message + prost::Name>(msg: &M) -> Result<Value, String> {
-    let desc = pool()
-        .get_message_by_name(&M::full_name())
-        .ok_or_else(|| format!("{} is not in the descriptor pool", M::full_name()))?;
-    let dm =
-        DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
-    let opts = SerializeOptions::new().use_proto_field_name(true);
-    let mut v = dm
-        .serialize_with_options(serde_json::value::Serializer, &opts)
-        .map_err(|e| e.to_string())?;
-    unpark(&mut v);
-    Ok(v)
+    mosn_proto::to_json(pool(), msg)
 }
 
 /// Pack a typed message into an Any with its canonical type URL.
