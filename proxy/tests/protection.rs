@@ -6,15 +6,8 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 async fn wait_hits(up: &Upstream, n: usize) {
-    let deadline = Instant::now() + HANG;
-    while up.hits() < n {
-        assert!(
-            Instant::now() < deadline,
-            "upstream {} never got {n} requests",
-            up.name
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let what = format!("upstream {} never got {n} requests", up.name);
+    wait_until(&what, || up.hits() >= n).await;
 }
 
 async fn release_all(up: &Upstream, tasks: Vec<tokio::task::JoinHandle<Resp>>) -> Vec<Resp> {
@@ -86,11 +79,10 @@ async fn circuit_breakers_overflow_with_503_uo() {
     let held = tokio::spawn(async move { get(addr, "/cx", &[("x-test-hold", "1")]).await });
     wait_hits(&a, before + 1).await;
     let queued = tokio::spawn(async move { get(addr, "/cx", &[]).await });
-    let deadline = Instant::now() + HANG;
-    while p.stat("cluster.maxcx.upstream_rq_pending_active") < 1 {
-        assert!(Instant::now() < deadline, "the second request never queued");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("the second request never queued", || {
+        p.stat("cluster.maxcx.upstream_rq_pending_active") >= 1
+    })
+    .await;
     let r = get(addr, "/cx", &[("x-test-tag", "cx")]).await;
     assert_eq!(
         (r.status, log.flags("cx").await.as_str()),

@@ -145,14 +145,10 @@ async fn abandoned_retries_give_back_their_breaker_slot() {
     }
     // The proxy gives the slot back when it drops the abandoned request, which it does on
     // its own time once it sees the client gone: wait for that, then check.
-    let deadline = std::time::Instant::now() + HANG;
-    while p.stat("http.l.downstream_rq_active") > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the abandoned request never ended"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    wait_until("the abandoned request never ended", || {
+        p.stat("http.l.downstream_rq_active") == 0
+    })
+    .await;
     // The slot is back: a retriable failure is retried again, not refused as overflow.
     let deadline = std::time::Instant::now() + HANG;
     loop {

@@ -407,6 +407,26 @@ pub async fn read_to_close(s: &mut tokio::net::TcpStream) -> (String, bool) {
     (String::from_utf8_lossy(&seen).into_owned(), closed)
 }
 
+/// An `envoy.access_loggers.file` logger writing to `path`; `format` is its `log_format`
+/// (null for Envoy's default).
+pub fn file_logger(path: &str, format: Value) -> Value {
+    let mut cfg = json!({"@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": path});
+    if !format.is_null() {
+        cfg["log_format"] = format;
+    }
+    json!({"name": "envoy.access_loggers.file", "typed_config": cfg})
+}
+
+/// Poll `done` every 5 ms until it holds; fail naming `what` if it does not within [`HANG`].
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + HANG;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// An access log of each request's `x-test-tag` header and response flags. Envoy gives the
 /// flags to access logs only, so tests read them where an operator would.
 pub struct FlagLog(std::path::PathBuf);
@@ -426,10 +446,8 @@ impl FlagLog {
 
     /// HCM fields to merge into a listener (the `extra_hcm` of [`listener`]).
     pub fn hcm(&self) -> Value {
-        json!({"access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": self.0.to_str().unwrap(),
-            "log_format": {"text_format_source": {"inline_string": "%REQ(X-TEST-TAG)% %RESPONSE_FLAGS%\n"}}}}]})
+        let format = json!({"text_format_source": {"inline_string": "%REQ(X-TEST-TAG)% %RESPONSE_FLAGS%\n"}});
+        json!({"access_log": [file_logger(self.0.to_str().unwrap(), format)]})
     }
 
     /// The flags logged for the request sent with `x-test-tag: tag` ("-" for none), waiting
