@@ -1,22 +1,12 @@
-//! Envoy access logs for the HTTP connection manager: `envoy.access_loggers.file` (Istio's
-//! `accessLogFile: /dev/stdout`) and the stdout/stderr loggers, with Envoy's text format
-//! operators (`%RESPONSE_FLAGS%`, `%UPSTREAM_HOST%`, `%REQ(X?Y):N%`, ...) and JSON formats.
-//!
-//! Lines are built on the request's task and handed to one writer thread per sink, so a slow
-//! stdout never blocks a worker; the writer flushes whenever its queue is empty.
+//! Envoy's access-log formats: the text format operators (`%RESPONSE_FLAGS%`,
+//! `%UPSTREAM_HOST%`, `%REQ(X?Y):N%`, ...), JSON formats, and the layouts a logger config
+//! names.
 
 use crate::config::decode;
-use envoy_types::pb::envoy::config::accesslog::v3 as alpb;
 use envoy_types::pb::envoy::config::core::v3 as core;
-use envoy_types::pb::envoy::extensions::access_loggers::{
-    file::v3 as filepb, stream::v3 as streampb,
-};
 use http::HeaderMap;
 use serde_json::Value;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// Envoy's default format (used when a logger gives none).
@@ -228,16 +218,35 @@ fn value(op: &Op, e: &Entry<'_>) -> Option<String> {
     })
 }
 
+impl Layout {
+    /// A `json_format` layout.
+    pub(super) fn json(s: &envoy_types::pb::google::protobuf::Struct) -> Self {
+        Layout::Json(json_layout(s))
+    }
+
+    /// One log line for `e`, newline included.
+    pub(super) fn render(&self, e: &Entry<'_>) -> String {
+        match self {
+            Layout::Text(f) => f.render(e),
+            Layout::Json(fields) => {
+                let mut s = render_json(fields, e).to_string();
+                s.push('\n');
+                s
+            }
+        }
+    }
+}
+
 /// How a logger renders a line.
 #[derive(Debug, Clone, PartialEq)]
-enum Layout {
+pub(super) enum Layout {
     Text(Format),
     /// `json_format`: key → format (strings), nested objects kept.
     Json(Vec<(String, JsonField)>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum JsonField {
+pub(super) enum JsonField {
     Fmt(Format),
     Const(Value),
     Nested(Vec<(String, JsonField)>),
@@ -291,93 +300,7 @@ fn render_json(fields: &[(String, JsonField)], e: &Entry<'_>) -> Value {
     Value::Object(m)
 }
 
-/// One configured access logger.
-#[derive(Debug)]
-pub struct AccessLogger {
-    layout: Layout,
-    sink: Arc<Sink>,
-}
-
-impl AccessLogger {
-    /// Compile an HCM `access_log` entry; `Ok(None)` for logger types we do not implement
-    /// (gRPC, OpenTelemetry, ...), which are skipped with a debug log.
-    pub fn from_proto(a: &alpb::AccessLog) -> Result<Option<Self>, String> {
-        let Some(alpb::access_log::ConfigType::TypedConfig(any)) = &a.config_type else {
-            return Ok(None);
-        };
-        if a.filter.is_some() {
-            tracing::debug!(logger = %a.name, "access log filters are not supported; logging every request");
-        }
-        let (path, fmt) = if any.type_url == <filepb::FileAccessLog as prost::Name>::type_url() {
-            let f: filepb::FileAccessLog = decode::unpack(any)?;
-            use filepb::file_access_log::AccessLogFormat as F;
-            let layout = match &f.access_log_format {
-                None => None,
-                Some(F::Format(s)) => Some(Layout::Text(Format::parse(s))),
-                Some(F::JsonFormat(s)) => Some(Layout::Json(json_layout(s))),
-                Some(F::LogFormat(s)) => Some(layout_of(s)?),
-                Some(F::TypedJsonFormat(s)) => Some(Layout::Json(json_layout(s))),
-            };
-            (f.path.clone(), layout)
-        } else if any.type_url == <streampb::StdoutAccessLog as prost::Name>::type_url() {
-            let f: streampb::StdoutAccessLog = decode::unpack(any)?;
-            let layout = match &f.access_log_format {
-                Some(streampb::stdout_access_log::AccessLogFormat::LogFormat(s)) => {
-                    Some(layout_of(s)?)
-                }
-                None => None,
-            };
-            ("/dev/stdout".to_string(), layout)
-        } else if any.type_url == <streampb::StderrAccessLog as prost::Name>::type_url() {
-            let f: streampb::StderrAccessLog = decode::unpack(any)?;
-            let layout = match &f.access_log_format {
-                Some(streampb::stderr_access_log::AccessLogFormat::LogFormat(s)) => {
-                    Some(layout_of(s)?)
-                }
-                None => None,
-            };
-            ("/dev/stderr".to_string(), layout)
-        } else {
-            tracing::debug!(logger = %a.name, r#type = %any.type_url, "access logger type not implemented; skipped");
-            return Ok(None);
-        };
-        if path.is_empty() {
-            return Err("file access log without a path".into());
-        }
-        Ok(Some(AccessLogger {
-            layout: fmt.unwrap_or_else(|| Layout::Text(Format::parse(DEFAULT_FORMAT))),
-            sink: Sink::get(&path),
-        }))
-    }
-
-    /// Format and queue one line.
-    pub fn log(&self, e: &Entry<'_>) {
-        let line = match &self.layout {
-            Layout::Text(f) => f.render(e),
-            Layout::Json(fields) => {
-                let mut s = render_json(fields, e).to_string();
-                s.push('\n');
-                s
-            }
-        };
-        self.sink.send(line);
-    }
-}
-
-/// Compile a filter's `access_log` list (HCM or tcp_proxy), skipping logger types we do not
-/// implement; an error names the logger.
-pub fn compile(logs: &[alpb::AccessLog]) -> Result<Vec<Arc<AccessLogger>>, String> {
-    logs.iter()
-        .filter_map(|a| {
-            AccessLogger::from_proto(a)
-                .map_err(|e| format!("access_log {:?}: {e}", a.name))
-                .transpose()
-        })
-        .map(|r| r.map(Arc::new))
-        .collect()
-}
-
-fn layout_of(s: &core::SubstitutionFormatString) -> Result<Layout, String> {
+pub(super) fn layout_of(s: &core::SubstitutionFormatString) -> Result<Layout, String> {
     use core::substitution_format_string::Format as F;
     Ok(match &s.format {
         #[allow(deprecated)]
@@ -396,66 +319,6 @@ fn layout_of(s: &core::SubstitutionFormatString) -> Result<Layout, String> {
         }
         None => Layout::Text(Format::parse(DEFAULT_FORMAT)),
     })
-}
-
-/// A destination file shared by every logger that names it, written by one thread.
-#[derive(Debug)]
-pub struct Sink {
-    tx: mpsc::Sender<String>,
-}
-
-impl Sink {
-    /// The sink for `path` (opened for append on first use; `/dev/stdout` is the process's).
-    fn get(path: &str) -> Arc<Sink> {
-        static SINKS: OnceLock<Mutex<std::collections::HashMap<String, Arc<Sink>>>> =
-            OnceLock::new();
-        let mut sinks = SINKS.get_or_init(Default::default).lock().unwrap();
-        sinks
-            .entry(path.to_string())
-            .or_insert_with(|| Sink::spawn(path.to_string()))
-            .clone()
-    }
-
-    fn spawn(path: String) -> Arc<Sink> {
-        let (tx, rx) = mpsc::channel::<String>();
-        let _ = std::thread::Builder::new()
-            .name("mosn-access-log".into())
-            .spawn(move || {
-                // Open on the first line, so that loading a config (`--mode validate`) writes
-                // nothing.
-                let Ok(first) = rx.recv() else { return };
-                let out: Box<dyn Write> = match path.as_str() {
-                    "/dev/stdout" => Box::new(std::io::stdout()),
-                    "/dev/stderr" => Box::new(std::io::stderr()),
-                    p => match std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                    {
-                        Ok(f) => Box::new(f),
-                        Err(e) => {
-                            tracing::error!("cannot open access log {p}: {e}");
-                            return;
-                        }
-                    },
-                };
-                let mut out = std::io::BufWriter::new(out);
-                let _ = out.write_all(first.as_bytes());
-                let _ = out.flush();
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(line.as_bytes());
-                    while let Ok(more) = rx.try_recv() {
-                        let _ = out.write_all(more.as_bytes());
-                    }
-                    let _ = out.flush();
-                }
-            });
-        Arc::new(Sink { tx })
-    }
-
-    fn send(&self, line: String) {
-        let _ = self.tx.send(line);
-    }
 }
 
 #[cfg(test)]
@@ -531,203 +394,5 @@ mod tests {
         assert_eq!(t(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(t(951_782_400), "2000-02-29T00:00:00.000Z");
         assert_eq!(t(4_107_542_399), "2100-02-28T23:59:59.000Z");
-    }
-}
-
-/// What the HCM learns about a request while routing it, for its access log line.
-#[derive(Debug, Default)]
-pub struct RouteInfo {
-    /// The matched route's name.
-    pub route: Option<String>,
-    /// The cluster chosen.
-    pub cluster: Option<String>,
-    /// The upstream host of the last attempt.
-    pub host: Option<SocketAddr>,
-}
-
-/// An in-flight request's log record: captured at the start, completed when the response body
-/// ends (or the client goes away), then written to every logger of the HCM.
-#[derive(Debug)]
-pub struct Record {
-    start: SystemTime,
-    started: std::time::Instant,
-    method: String,
-    path: String,
-    authority: String,
-    protocol: &'static str,
-    req_headers: HeaderMap,
-    resp_headers: HeaderMap,
-    status: u16,
-    flags: String,
-    details: &'static str,
-    received: Arc<std::sync::atomic::AtomicU64>,
-    info: RouteInfo,
-    downstream_local: SocketAddr,
-    downstream_remote: SocketAddr,
-    loggers: Vec<Arc<AccessLogger>>,
-}
-
-impl Record {
-    /// Capture a request's start.
-    pub fn start<B>(
-        req: &http::Request<B>,
-        local: SocketAddr,
-        remote: SocketAddr,
-        loggers: Vec<Arc<AccessLogger>>,
-    ) -> Self {
-        let h = req.headers();
-        Record {
-            start: SystemTime::now(),
-            started: std::time::Instant::now(),
-            method: req.method().to_string(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
-            authority: h
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-                .or_else(|| req.uri().authority().map(|a| a.to_string()))
-                .unwrap_or_default(),
-            protocol: match req.version() {
-                http::Version::HTTP_10 => "HTTP/1.0",
-                http::Version::HTTP_2 => "HTTP/2",
-                _ => "HTTP/1.1",
-            },
-            req_headers: h.clone(),
-            resp_headers: HeaderMap::new(),
-            status: 0,
-            flags: String::new(),
-            details: "",
-            received: Arc::default(),
-            info: RouteInfo::default(),
-            downstream_local: local,
-            downstream_remote: remote,
-            loggers,
-        }
-    }
-
-    /// The request body's byte count (`%BYTES_RECEIVED%`), for the body to add to as it is
-    /// read.
-    pub fn received(&self) -> Arc<std::sync::atomic::AtomicU64> {
-        self.received.clone()
-    }
-
-    /// Record the response head: status, flags (`flags` from a local reply, empty when the
-    /// upstream answered) and what routing found.
-    pub fn response(&mut self, resp: &http::response::Parts, flags: &str, info: RouteInfo) {
-        self.status = resp.status.as_u16();
-        self.resp_headers = resp.headers.clone();
-        self.flags = flags.to_string();
-        self.details = details(flags, info.host.is_some(), self.status);
-        self.info = info;
-    }
-
-    fn write(&self, bytes_sent: u64) {
-        let e = Entry {
-            start: Some(self.start),
-            duration: Some(self.started.elapsed()),
-            method: &self.method,
-            path: &self.path,
-            authority: &self.authority,
-            protocol: self.protocol,
-            req_headers: Some(&self.req_headers),
-            resp_headers: Some(&self.resp_headers),
-            status: self.status,
-            flags: &self.flags,
-            details: self.details,
-            bytes_received: self.received.load(std::sync::atomic::Ordering::Relaxed),
-            bytes_sent,
-            upstream_host: self.info.host,
-            upstream_cluster: self.info.cluster.as_deref(),
-            route_name: self.info.route.as_deref(),
-            downstream_local: Some(self.downstream_local),
-            downstream_remote: Some(self.downstream_remote),
-        };
-        for l in &self.loggers {
-            l.log(&e);
-        }
-    }
-}
-
-/// `%RESPONSE_CODE_DETAILS%` for the common cases, in Envoy's words.
-fn details(flags: &str, upstream: bool, status: u16) -> &'static str {
-    match flags.split(',').next().unwrap_or("") {
-        "" if upstream => "via_upstream",
-        "" if status == 0 => "",
-        "" => "direct_response",
-        "NR" => "route_not_found",
-        "NC" => "cluster_not_found",
-        "UH" => "no_healthy_upstream",
-        "UF" => "upstream_reset_before_response_started{connection_failure}",
-        "UO" => "upstream_reset_before_response_started{overflow}",
-        "UR" => "upstream_reset_before_response_started{remote_reset}",
-        "UT" => "response_timeout",
-        "FI" | "DI" => "fault_filter_abort",
-        "SI" => "stream_idle_timeout",
-        "DC" => "downstream_remote_disconnect",
-        _ => "",
-    }
-}
-
-/// A response body that counts what it sends and writes the record when it ends or is dropped
-/// (client gone).
-pub struct Logged {
-    inner: super::body::BoxBody,
-    record: Option<Record>,
-    sent: u64,
-}
-
-impl Logged {
-    /// Wrap a response body.
-    pub fn wrap(inner: super::body::BoxBody, record: Record) -> super::body::BoxBody {
-        use http_body_util::BodyExt;
-        Logged {
-            inner,
-            record: Some(record),
-            sent: 0,
-        }
-        .boxed_unsync()
-    }
-}
-
-impl hyper::body::Body for Logged {
-    type Data = bytes::Bytes;
-    type Error = crate::cluster::connector::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
-        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(f))) = &r {
-            if let Some(d) = f.data_ref() {
-                self.sent += d.len() as u64;
-            }
-        }
-        if let std::task::Poll::Ready(None) = &r {
-            if let Some(rec) = self.record.take() {
-                rec.write(self.sent);
-            }
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        if let Some(rec) = self.record.take() {
-            rec.write(self.sent);
-        }
     }
 }
