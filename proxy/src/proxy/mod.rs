@@ -7,6 +7,7 @@ pub mod body;
 pub mod cors;
 pub mod fault;
 pub mod hcm;
+pub mod hop_by_hop;
 pub mod local_reply;
 pub mod router;
 pub mod service;
