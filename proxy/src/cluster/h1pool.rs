@@ -260,57 +260,33 @@ impl H1Pool {
     fn evict_unusable(&self, addr: SocketAddr, raw: bool) -> Evicted {
         let mut st = self.state.lock().unwrap();
         let st = &mut *st;
-        let same_raw = st.raw.get_mut(&addr).filter(|s| !raw && !s.is_empty());
-        if let Some(stack) = same_raw {
-            drop(stack.remove(0));
+        if !raw && drop_oldest(&mut st.raw, Some(addr)) {
             return Evicted::Closed;
         }
-        let same_hyper = st.idle.get_mut(&addr).filter(|s| raw && !s.is_empty());
-        if let Some(stack) = same_hyper {
-            drop(stack.remove(0));
+        if raw && drop_oldest(&mut st.idle, Some(addr)) {
             return Evicted::Closing;
         }
-        if let Some(stack) = st.raw.values_mut().find(|s| !s.is_empty()) {
-            drop(stack.remove(0));
-            return Evicted::Closed;
+        if drop_oldest(&mut st.raw, None) {
+            Evicted::Closed
+        } else if drop_oldest(&mut st.idle, None) {
+            Evicted::Closing
+        } else {
+            Evicted::Nothing
         }
-        if let Some(stack) = st.idle.values_mut().find(|s| !s.is_empty()) {
-            drop(stack.remove(0));
-            return Evicted::Closing;
-        }
-        Evicted::Nothing
     }
 
     /// The most recently returned usable inline connection to `addr`.
     fn take_raw(&self, addr: SocketAddr) -> Option<Conn> {
         let mut st = self.state.lock().unwrap();
-        let stack = st.raw.get_mut(&addr)?;
-        let now = Instant::now();
-        while let Some(mut i) = stack.pop() {
-            let expired = self
-                .idle_timeout
-                .is_some_and(|t| now.duration_since(i.since) >= t);
-            if !expired && i.conn.is_usable() {
-                return Some(i.conn);
-            }
-        }
-        None
+        pop_live(st.raw.get_mut(&addr)?, self.idle_timeout, Conn::is_usable)
     }
 
     /// The most recently returned live hyper connection to `addr`.
     fn take_hyper(&self, addr: SocketAddr) -> Option<SendRequest<UpstreamBody>> {
         let mut st = self.state.lock().unwrap();
-        let stack = st.idle.get_mut(&addr)?;
-        let now = Instant::now();
-        while let Some(i) = stack.pop() {
-            let expired = self
-                .idle_timeout
-                .is_some_and(|t| now.duration_since(i.since) >= t);
-            if !expired && !i.conn.is_closed() {
-                return Some(i.conn);
-            }
-        }
-        None
+        pop_live(st.idle.get_mut(&addr)?, self.idle_timeout, |tx| {
+            !tx.is_closed()
+        })
     }
 
     async fn handshake(
@@ -353,29 +329,24 @@ impl H1Pool {
         if tx.is_closed() {
             return;
         }
-        let mut st = self.state.lock().unwrap();
-        st.idle.entry(addr).or_default().push(Idle {
-            conn: tx,
-            since: Instant::now(),
-        });
-        self.start_reaper(&mut st);
-        drop(st);
-        self.wake_pending();
+        self.put_back(|st| &mut st.idle, addr, tx);
     }
 
     fn checkin_raw(&self, addr: SocketAddr, conn: Conn) {
+        self.put_back(|st| &mut st.raw, addr, conn);
+    }
+
+    /// Push a returned connection on its host's stack (of the kind `stacks` picks), keep the
+    /// reaper going, and wake a request waiting under `max_connections`: a returned
+    /// connection is room for it.
+    fn put_back<T>(&self, stacks: fn(&mut State) -> &mut ByAddr<T>, addr: SocketAddr, conn: T) {
         let mut st = self.state.lock().unwrap();
-        st.raw.entry(addr).or_default().push(Idle {
+        stacks(&mut st).entry(addr).or_default().push(Idle {
             conn,
             since: Instant::now(),
         });
         self.start_reaper(&mut st);
         drop(st);
-        self.wake_pending();
-    }
-
-    /// A returned connection is room for a request waiting under `max_connections`.
-    fn wake_pending(&self) {
         if self.connector.stats().rq_pending_active.get() > 0 {
             self.connector.freed().notify_one();
         }
@@ -424,6 +395,31 @@ async fn reap(pool: Weak<H1Pool>, timeout: Duration) {
             }
         }
     }
+}
+
+/// Pop connections off `stack`, most recent first, dropping those idle past `timeout` or no
+/// longer `live`, until one is left to use.
+fn pop_live<T>(
+    stack: &mut Vec<Idle<T>>,
+    timeout: Option<Duration>,
+    mut live: impl FnMut(&mut T) -> bool,
+) -> Option<T> {
+    let now = Instant::now();
+    while let Some(mut i) = stack.pop() {
+        if timeout.is_none_or(|t| now.duration_since(i.since) < t) && live(&mut i.conn) {
+            return Some(i.conn);
+        }
+    }
+    None
+}
+
+/// Drop the oldest idle connection to `addr` (to any host when `None`); whether there was one.
+fn drop_oldest<T>(stacks: &mut ByAddr<T>, addr: Option<SocketAddr>) -> bool {
+    let stack = match addr {
+        Some(a) => stacks.get_mut(&a).filter(|s| !s.is_empty()),
+        None => stacks.values_mut().find(|s| !s.is_empty()),
+    };
+    stack.map(|s| drop(s.remove(0))).is_some()
 }
 
 /// What [`H1Pool::acquire`] found: an idle connection, or a new one to set up.
