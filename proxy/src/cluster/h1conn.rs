@@ -120,44 +120,27 @@ impl Conn {
         headers: &HeaderMap,
     ) -> Result<Head, ExchangeError> {
         encode_head(&mut self.wbuf, method, target, headers);
-        let before = |error| ExchangeError {
-            error,
-            before_response: true,
-        };
-        self.io
-            .stream_mut()
-            .write_all(&self.wbuf)
-            .await
-            .map_err(before)?;
-        let head_only = method == http::Method::HEAD;
         // Any byte of an answer (an interim 1xx included) means the request was taken.
         let mut received = false;
+        let failed = |error, received: bool| ExchangeError {
+            error,
+            before_response: !received,
+        };
+        let stream = self.io.stream_mut();
+        stream
+            .write_all(&self.wbuf)
+            .await
+            .map_err(|e| failed(e, false))?;
+        let head_only = method == http::Method::HEAD;
         loop {
-            if let Some(head) = self
-                .rd
-                .parse_head(head_only)
-                .map_err(|error| ExchangeError {
-                    error,
-                    before_response: false,
-                })?
-            {
+            if let Some(head) = self.rd.parse_head(head_only).map_err(|e| failed(e, true))? {
                 return Ok(head);
             }
             self.rd.buf.reserve(READ_CHUNK);
-            match self.io.stream_mut().read_buf(&mut self.rd.buf).await {
-                Ok(0) => {
-                    return Err(ExchangeError {
-                        error: closed_early(),
-                        before_response: !received,
-                    })
-                }
+            match stream.read_buf(&mut self.rd.buf).await {
+                Ok(0) => return Err(failed(closed_early(), received)),
                 Ok(_) => received = true,
-                Err(error) => {
-                    return Err(ExchangeError {
-                        error,
-                        before_response: !received,
-                    })
-                }
+                Err(e) => return Err(failed(e, received)),
             }
         }
     }
