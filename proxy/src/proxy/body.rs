@@ -30,14 +30,15 @@ pub fn full(b: impl Into<Bytes>) -> BoxBody {
 /// The downstream request body; counts its bytes for `%BYTES_RECEIVED%` when an access log
 /// asked for the count.
 pub struct DownstreamBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
     received: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl DownstreamBody {
-    /// `inner`, adding the length of each data frame to `received` when given.
+    /// `inner` (`None`: no body), adding the length of each data frame to `received` when
+    /// given.
     pub fn new(
-        inner: Incoming,
+        inner: Option<Incoming>,
         received: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     ) -> Self {
         DownstreamBody { inner, received }
@@ -51,7 +52,10 @@ impl Body for DownstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let r = Pin::new(inner).poll_frame(cx);
         if let (Some(n), Poll::Ready(Some(Ok(f)))) = (&self.received, &r) {
             if let Some(d) = f.data_ref() {
                 n.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -60,10 +64,12 @@ impl Body for DownstreamBody {
         r
     }
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Body::size_hint)
     }
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 }
 

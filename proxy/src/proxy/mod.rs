@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod body;
 pub mod cors;
 pub mod fault;
+mod h1server;
 pub mod hcm;
 pub mod hop_by_hop;
 pub mod local_reply;
@@ -379,13 +380,24 @@ fn later(t: tokio::time::Instant, d: std::time::Duration) -> tokio::time::Instan
 /// How long a draining HTTP connection may still take a request before it is shut down.
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The request handler as a hyper service (HTTP/2, and HTTP/1 requests the inline codec
+/// hands over).
+fn hyper_service(
+    ctx: Arc<ConnCtx>,
+) -> impl hyper::service::HttpService<
+    hyper::body::Incoming,
+    ResBody = body::BoxBody,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone {
+    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let ctx = ctx.clone();
+        async move { Ok(service::handle(ctx, req.map(Some)).await) }
+    })
+}
+
 async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
     let _ = stream.set_nodelay(true);
-    let svc_ctx = ctx.clone();
-    let svc = hyper::service::service_fn(move |req| {
-        let ctx = svc_ctx.clone();
-        async move { Ok::<_, std::convert::Infallible>(service::handle(ctx, req).await) }
-    });
     // Envoy's HCM idle_timeout: close a connection that has had no request in flight for that
     // long. One sleep per connection, moved only when it fires (to the end of the current idle
     // period, or a full period on while requests are in flight), never per request.
@@ -422,20 +434,18 @@ async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
             }
         }
     };
-    let io = TokioIo::new(stream);
     if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .serve_connection(io, svc);
+            .serve_connection(TokioIo::new(stream), hyper_service(ctx.clone()));
         drive(std::pin::pin!(conn), &ctx, st).await;
     } else {
-        // No header-read timer: hyper would arm and cancel it for every request of a
-        // keep-alive connection; the connection's one idle timer stands in.
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .header_read_timeout(None)
-            .serve_connection(io, svc)
-            .with_upgrades();
+        let closing = std::sync::atomic::AtomicBool::new(false);
+        let fut = std::pin::pin!(h1server::serve(stream, ctx.clone(), &closing));
+        let conn = h1server::Served {
+            fut,
+            closing: &closing,
+        };
         drive(std::pin::pin!(conn), &ctx, st).await;
     }
 }
@@ -483,19 +493,16 @@ struct ConnState {
 }
 
 /// A served connection of either protocol.
-trait ServedConn: std::future::Future<Output = Result<(), hyper::Error>> {
+trait ServedConn: std::future::Future {
     /// Stop taking requests: finish the ones in flight and close (HTTP/1 closes an idle
     /// connection at once; h2 sends GOAWAY).
     fn shutdown(self: std::pin::Pin<&mut Self>);
 }
 
-impl<S> ServedConn for hyper::server::conn::http1::UpgradeableConnection<TokioIo<TcpStream>, S>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = body::BoxBody>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<F: std::future::Future> ServedConn for h1server::Served<'_, F> {
     fn shutdown(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -511,7 +518,11 @@ where
 }
 
 /// Serve `conn` until it ends, its idle timeout passes, or the listener drains.
-async fn drive<C: ServedConn>(mut conn: std::pin::Pin<&mut C>, ctx: &ConnCtx, st: ConnState) {
+async fn drive<C, E>(mut conn: std::pin::Pin<&mut C>, ctx: &ConnCtx, st: ConnState)
+where
+    C: ServedConn<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let ConnState {
         idle,
         mut idle_sleep,

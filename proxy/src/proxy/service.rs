@@ -15,8 +15,9 @@ use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-/// Handle one downstream request; never fails (errors become local replies).
-pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<BoxBody> {
+/// Handle one downstream request (its body `None` when it has none); never fails (errors
+/// become local replies).
+pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Option<Incoming>>) -> Response<BoxBody> {
     let stats = &ctx.stats;
     stats.rq_total.inc();
     // Access logging costs nothing unless the HCM has loggers. Envoy's HCM gives every request

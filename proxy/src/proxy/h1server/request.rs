@@ -1,0 +1,134 @@
+//! Parsing a downstream HTTP/1.x request head for the inline path, and deciding which requests
+//! stay on it: those without a body and without a protocol change. Everything else is left,
+//! unconsumed, for hyper's server, so that hyper's answers to odd requests (400 on a bad
+//! head, 431, bodies, `Expect`, upgrades, CONNECT) are unchanged.
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri, Version};
+use std::mem::MaybeUninit;
+
+/// Most request headers accepted (hyper's and Envoy's default limit is also 100).
+const MAX_HEADERS: usize = 100;
+/// A head still incomplete at this size goes to hyper, which applies its own limit (and
+/// answers 431 past it).
+pub(super) const MAX_INLINE_HEAD: usize = 64 * 1024;
+
+/// What the buffer holds.
+// Boxing the request would cost an allocation per request; the value is moved once.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Parsed {
+    /// A complete bodiless request, taken off the buffer.
+    Inline(Request<Option<hyper::body::Incoming>>, Meta),
+    /// Not yet a complete head.
+    Partial,
+    /// A request the inline path does not serve: the bytes stay in the buffer for hyper.
+    Handoff,
+    /// A head httparse accepted but whose target is not a URI (hyper answers such a head
+    /// 400, so this is answered the same).
+    BadTarget,
+}
+
+/// What the request head says about the connection and the response.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Meta {
+    /// The client asked for the connection to stay open (HTTP/1.1 by default, HTTP/1.0 only
+    /// with `Connection: keep-alive`).
+    pub keep_alive: bool,
+    /// The request was HTTP/1.0: the response must be too, and cannot be chunked.
+    pub http10: bool,
+    /// HEAD: the response has no body on the wire.
+    pub head: bool,
+}
+
+/// Header name positions, kept between requests so that parsing allocates nothing here.
+#[derive(Default)]
+pub(super) struct Scratch {
+    fields: Vec<(HeaderName, usize, usize)>,
+}
+
+/// Parse the request at the front of `buf`.
+pub(super) fn parse(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
+    // Uninitialised slots, as in hyper: zeroing 100 headers per request costs more than
+    // parsing a typical one.
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let n = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_INLINE_HEAD => n,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_INLINE_HEAD => return Parsed::Partial,
+        _ => return Parsed::Handoff,
+    };
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+        return Parsed::Handoff;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Handoff;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Handoff;
+    }
+    let http10 = version == 0;
+    let mut keep_alive = !http10;
+    let mut close = false;
+    let base = buf.as_ptr() as usize;
+    let fields = &mut scratch.fields;
+    fields.clear();
+    for h in req.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Parsed::Handoff;
+        };
+        match name {
+            // A body, a protocol change or an interim response: hyper's server does these.
+            header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT => return Parsed::Handoff,
+            header::CONTENT_LENGTH if h.value.iter().any(|b| *b != b'0') || h.value.is_empty() => {
+                return Parsed::Handoff
+            }
+            header::CONNECTION => {
+                for t in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        let from = h.value.as_ptr() as usize - base;
+        fields.push((name, from, from + h.value.len()));
+    }
+    let path_from = path.as_ptr() as usize - base;
+    let path_to = path_from + path.len();
+    let head = buf.split_to(n).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_from..path_to)) else {
+        // The head is consumed by now, so hyper cannot have it; answer as it would.
+        return Parsed::BadTarget;
+    };
+    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
+    for (name, from, to) in fields.drain(..) {
+        // httparse allows in a value exactly the bytes HeaderValue allows.
+        match HeaderValue::from_maybe_shared(head.slice(from..to)) {
+            Ok(v) => {
+                headers.append(name, v);
+            }
+            Err(_) => return Parsed::BadTarget,
+        }
+    }
+    let meta = Meta {
+        keep_alive: keep_alive && !close,
+        http10,
+        head: method == Method::HEAD,
+    };
+    let mut req = Request::new(None);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *req.headers_mut() = headers;
+    Parsed::Inline(req, meta)
+}

@@ -1,0 +1,273 @@
+//! The downstream HTTP/1.x codec seen from a raw-bytes client: pipelined requests, HTTP/1.0
+//! with and without keep-alive, `Connection: close`, HEAD, chunked responses, a request with
+//! a body in the middle of a keep-alive connection (handed to hyper), malformed heads, and a
+//! client that leaves while its request is upstream.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A response read off the wire.
+#[derive(Debug)]
+struct Wire {
+    /// The status line.
+    line: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Wire {
+    fn header(&self, k: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+}
+
+/// A client connection and the bytes read but not yet used.
+struct Client {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Self {
+        Client {
+            s: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &str) {
+        self.s.write_all(bytes.as_bytes()).await.unwrap();
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(HANG, self.s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Read one response; `head` when it answers a HEAD request.
+    async fn response(&mut self, head: bool) -> Wire {
+        let (line, headers, n) = loop {
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut slots);
+            if let httparse::Status::Complete(n) = r.parse(&self.buf).unwrap() {
+                let line = format!(
+                    "HTTP/1.{} {} {}",
+                    r.version.unwrap(),
+                    r.code.unwrap(),
+                    r.reason.unwrap()
+                );
+                let headers = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let v = String::from_utf8_lossy(h.value).into_owned();
+                        (h.name.to_ascii_lowercase(), v)
+                    })
+                    .collect::<Vec<_>>();
+                break (line, headers, n);
+            }
+            assert!(self.fill().await, "no complete head in {:?}", self.buf);
+        };
+        self.buf.drain(..n);
+        let mut w = Wire {
+            line,
+            headers,
+            body: Vec::new(),
+        };
+        let status: u16 = w.line[9..12].parse().unwrap();
+        if head || status == 204 || status == 304 {
+            return w;
+        }
+        if let Some(len) = w.header("content-length") {
+            let len: usize = len.parse().unwrap();
+            while self.buf.len() < len {
+                assert!(self.fill().await, "body cut short");
+            }
+            w.body = self.buf.drain(..len).collect();
+        } else if w.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = self.buf.windows(2).position(|x| x == b"\r\n") {
+                        break i;
+                    }
+                    assert!(self.fill().await, "chunk size cut short");
+                };
+                let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+                let size = usize::from_str_radix(size_text.trim(), 16).unwrap();
+                while self.buf.len() < line_end + 2 + size + 2 {
+                    assert!(self.fill().await, "chunk cut short");
+                }
+                let data: Vec<u8> = self.buf.drain(..line_end + 2 + size + 2).collect();
+                w.body
+                    .extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            while self.fill().await {}
+            w.body = std::mem::take(&mut self.buf);
+        }
+        w
+    }
+
+    /// Whether the proxy closed the connection (nothing more to read).
+    async fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(HANG, self.s.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+async fn setup() -> (Upstream, Proxy, SocketAddr) {
+    let up = upstream("a").await;
+    let vh = json!([{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
+        // No route timeout: only the client's leaving can end a held request.
+        {"match": {"prefix": "/held"}, "route": {"cluster": "a", "timeout": "0s"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
+    let p = proxy(bootstrap(
+        vec![listener("l", vh, vec![], json!({}))],
+        vec![cluster("a", &[up.addr], json!({}))],
+    ))
+    .await;
+    let addr = p.addr("l");
+    (up, p, addr)
+}
+
+#[tokio::test]
+async fn keep_alive_pipelining_and_http10() {
+    let (_up, _p, addr) = setup().await;
+
+    // Three requests in one write are answered in order on one connection; the HEAD
+    // response keeps its length and sends no body.
+    let mut c = Client::connect(addr).await;
+    c.send("GET /one HTTP/1.1\r\nhost: x\r\n\r\nHEAD /two HTTP/1.1\r\nhost: x\r\n\r\nGET /three?q=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").await;
+    let one = c.response(false).await;
+    assert_eq!(one.line, "HTTP/1.1 200 OK");
+    assert_eq!(one.json()["path"], "/one");
+    assert!(one.header("date").is_some(), "{one:?}");
+    let two = c.response(true).await;
+    assert_eq!(two.line, "HTTP/1.1 200 OK");
+    assert_eq!(two.header("x-upstream"), Some("a"));
+    let three = c.response(false).await;
+    assert_eq!(three.json()["path"], "/three?q=1");
+    assert_eq!(three.header("connection"), None);
+    // Still open: a fourth request on the same connection.
+    c.send("GET /four HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(c.response(false).await.json()["path"], "/four");
+
+    // Connection: close is answered with the same and the connection ends.
+    c.send("GET /five HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    let five = c.response(false).await;
+    assert_eq!(five.header("connection"), Some("close"));
+    assert!(c.closed().await);
+
+    // HTTP/1.0 without keep-alive: an HTTP/1.0 answer, then close.
+    let mut c = Client::connect(addr).await;
+    c.send("GET /old HTTP/1.0\r\nhost: x\r\n\r\n").await;
+    let old = c.response(false).await;
+    assert_eq!(old.line, "HTTP/1.0 200 OK");
+    assert_eq!(old.json()["path"], "/old");
+    assert!(c.closed().await);
+
+    // HTTP/1.0 with keep-alive: said in the answer when the length is known, and the
+    // connection stays.
+    let mut c = Client::connect(addr).await;
+    c.send("GET /direct HTTP/1.0\r\nhost: x\r\nconnection: keep-alive\r\n\r\n")
+        .await;
+    let ka = c.response(false).await;
+    assert_eq!(ka.line, "HTTP/1.0 200 OK");
+    assert_eq!(ka.header("connection"), Some("keep-alive"));
+    assert_eq!(ka.body, b"hi");
+    // A streamed body cannot be chunked for HTTP/1.0: it ends with the connection.
+    c.send("GET /ka2 HTTP/1.0\r\nhost: x\r\nconnection: keep-alive\r\n\r\n")
+        .await;
+    let streamed = c.response(false).await;
+    assert_eq!(streamed.header("connection"), None);
+    assert_eq!(streamed.json()["path"], "/ka2");
+}
+
+#[tokio::test]
+async fn bodies_and_odd_requests_mid_connection() {
+    let (_up, _p, addr) = setup().await;
+    let mut c = Client::connect(addr).await;
+    // A streamed upstream body (trailers follow it upstream) reaches an HTTP/1.1 client
+    // chunked, without the trailers.
+    c.send("GET /t HTTP/1.1\r\nhost: x\r\nx-test-trailers: 1\r\n\r\n")
+        .await;
+    let t = c.response(false).await;
+    assert_eq!(t.header("transfer-encoding"), Some("chunked"), "{t:?}");
+    assert_eq!(t.json()["path"], "/t");
+    // A POST with a body, then a GET, on the same connection: the body arrives whole.
+    c.send("POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+        .await;
+    let p = c.response(false).await;
+    assert_eq!(p.json()["body_len"], 5, "{p:?}");
+    c.send("GET /after HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(c.response(false).await.json()["path"], "/after");
+    // A chunked request body.
+    c.send("PUT /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        .await;
+    assert_eq!(c.response(false).await.json()["body_len"], 3);
+
+    // A malformed header line: 400 and close.
+    let mut c = Client::connect(addr).await;
+    c.send("GET / HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n")
+        .await;
+    let bad = c.response(false).await;
+    assert!(bad.line.starts_with("HTTP/1.1 400"), "{bad:?}");
+    assert!(c.closed().await);
+
+    // A request target that is not a URI: 400 and close.
+    let mut c = Client::connect(addr).await;
+    c.send("GET http:// HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let bad = c.response(false).await;
+    assert!(bad.line.starts_with("HTTP/1.1 400"), "{bad:?}");
+    assert!(c.closed().await);
+
+    // A head split over several writes.
+    let mut c = Client::connect(addr).await;
+    for part in ["GET /sp", "lit HTTP/1.1\r\nho", "st: x\r\n", "\r\n"] {
+        c.send(part).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.response(false).await.json()["path"], "/split");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_its_request() {
+    let (up, p, addr) = setup().await;
+    let mut c = Client::connect(addr).await;
+    c.send("GET /held HTTP/1.1\r\nhost: x\r\nx-test-hold: 1\r\n\r\n")
+        .await;
+    wait_until("the request is upstream", || up.hits() == 1).await;
+    assert_eq!(p.stat("http.l.downstream_rq_active"), 1);
+    drop(c);
+    // The proxy sees the close while it waits for the upstream, and drops the request.
+    wait_until("the request is dropped", || {
+        p.stat("http.l.downstream_rq_active") == 0 && p.stat("cluster.a.upstream_rq_active") == 0
+    })
+    .await;
+    up.release();
+}
