@@ -134,11 +134,22 @@ impl H1Pool {
     pub async fn send(
         &self,
         addr: SocketAddr,
-        mut req: Request<UpstreamBody>,
+        req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         if inline(&req) {
             return self.send_inline(addr, req).await;
         }
+        // Boxed: hyper's handshake and send futures would otherwise make every request's
+        // future (and each move of it) several times larger.
+        Box::pin(self.send_hyper(addr, req)).await
+    }
+
+    /// A request with a body to stream, or an upgrade, through hyper's client.
+    async fn send_hyper(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
         loop {
             let (mut tx, reused) = match self.acquire(addr, false, Self::take_hyper).await? {
                 Got::Idle(mut tx) => {

@@ -511,17 +511,21 @@ async fn send(
 ) -> Result<Response<PooledBody>, AttemptError> {
     let fut = async {
         if cluster.is_h2(req.version()) {
-            let mut sender = cluster.h2.sender(host.addr).await.map_err(connect_error)?;
-            // Wait for a free stream slot (SETTINGS_MAX_CONCURRENT_STREAMS).
-            sender
-                .ready()
-                .await
-                .map_err(|e| AttemptError::Reset(reset_reason(&e)))?;
-            sender
-                .send_request(req)
-                .await
-                .map(|r| r.map(PooledBody::unpooled))
-                .map_err(|e| AttemptError::Reset(reset_reason(&e)))
+            // Boxed, like the pool's hyper path, to keep the HTTP/1.1 future small.
+            Box::pin(async {
+                let mut sender = cluster.h2.sender(host.addr).await.map_err(connect_error)?;
+                // Wait for a free stream slot (SETTINGS_MAX_CONCURRENT_STREAMS).
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| AttemptError::Reset(reset_reason(&e)))?;
+                sender
+                    .send_request(req)
+                    .await
+                    .map(|r| r.map(PooledBody::unpooled))
+                    .map_err(|e| AttemptError::Reset(reset_reason(&e)))
+            })
+            .await
         } else {
             cluster.h1.send(host.addr, req).await.map_err(|e| match e {
                 SendError::Connect(c) => AttemptError::Connect(connect_reply(&c)),
