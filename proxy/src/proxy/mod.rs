@@ -13,6 +13,7 @@ pub mod local_reply;
 pub mod router;
 pub mod service;
 pub mod tcp_proxy;
+pub mod timer;
 
 use crate::config::{ConfigStore, ListenerConfig};
 use crate::listener::chain_match::ConnInfo;
@@ -95,6 +96,8 @@ pub struct ConnCtx {
     pub draining: watch::Receiver<bool>,
     /// Requests in flight and when the last one ended, for the HCM connection `idle_timeout`.
     pub activity: Activity,
+    /// The timer its requests' timeouts reuse.
+    pub timer: timer::RequestTimer,
 }
 
 /// What the connection idle timer reads: the request path only touches two atomics per
@@ -361,6 +364,7 @@ impl Accepted {
                     listener_port: dst.port(),
                     draining: self.draining,
                     activity: Activity::default(),
+                    timer: Default::default(),
                 });
                 hstats.cx_total.inc();
                 hstats.cx_active.inc();

@@ -14,17 +14,20 @@ use crate::stats::Stat;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// Request facts the router needs besides the request itself.
 #[derive(Debug, Clone, Copy)]
-pub struct Downstream {
+pub struct Downstream<'a> {
     /// Client address.
     pub peer: SocketAddr,
     /// Original destination of the connection (ORIGINAL_DST clusters).
     pub original_dst: SocketAddr,
     /// The HCM's `stream_idle_timeout` (a route's `idle_timeout` overrides it).
     pub stream_idle: Option<Duration>,
+    /// The connection's request timer (per-try and route timeouts).
+    pub timer: &'a super::timer::RequestTimer,
 }
 
 /// Why one attempt failed.
@@ -59,7 +62,7 @@ pub async fn forward(
     retry: Option<&RetryPolicy>,
     mut parts: http::request::Parts,
     body: super::body::DownstreamBody,
-    down: Downstream,
+    down: Downstream<'_>,
     down_active: &mut Option<ActiveGauge>,
     upstream_host: &mut Option<SocketAddr>,
 ) -> Result<Response<BoxBody>, LocalReply> {
@@ -416,7 +419,7 @@ impl Drop for RetrySlot {
 fn pick_host(
     cluster: &Cluster,
     headers: &HeaderMap,
-    down: Downstream,
+    down: Downstream<'_>,
     hash: Option<u64>,
     exclude: &[SocketAddr],
 ) -> Option<Arc<Host>> {
@@ -502,14 +505,17 @@ fn build_request(
     req
 }
 
+/// A deadline far enough to stand for "never" (an absurd configured timeout must not panic).
+const YEAR: Duration = Duration::from_secs(86400 * 365);
+
 async fn send(
     cluster: &Cluster,
     host: &Host,
     req: Request<BoxBody>,
-    _down: Downstream,
+    down: Downstream<'_>,
     wait: Option<Duration>,
 ) -> Result<Response<PooledBody>, AttemptError> {
-    let fut = async {
+    let mut fut = std::pin::pin!(async {
         if cluster.is_h2(req.version()) {
             // Boxed, like the pool's hyper path, to keep the HTTP/1.1 future small.
             Box::pin(async {
@@ -533,13 +539,18 @@ async fn send(
                 SendError::Exchange(e) => AttemptError::Reset(reset_reason(&e.error)),
             })
         }
-    };
-    match wait {
-        Some(w) => tokio::time::timeout(w, fut)
-            .await
-            .unwrap_or(Err(AttemptError::PerTryTimeout)),
-        None => fut.await,
-    }
+    });
+    let Some(w) = wait else { return fut.await };
+    let now = tokio::time::Instant::now();
+    let mut timer = down.timer.arm(now.checked_add(w).unwrap_or(now + YEAR));
+    // The attempt is polled in place (not moved into a timeout wrapper), the timer only
+    // while it waits.
+    std::future::poll_fn(|cx| match std::future::Future::poll(fut.as_mut(), cx) {
+        Poll::Ready(r) => Poll::Ready(r),
+        Poll::Pending if timer.poll_expired(cx) => Poll::Ready(Err(AttemptError::PerTryTimeout)),
+        Poll::Pending => Poll::Pending,
+    })
+    .await
 }
 
 fn connect_reply(c: &ConnectError) -> LocalReply {

@@ -325,6 +325,7 @@ async fn route_request(
                 peer: ctx.peer,
                 original_dst: ctx.original_dst,
                 stream_idle: ctx.hcm.stream_idle_timeout,
+                timer: &ctx.timer,
             };
             let mut host = None;
             let result =
