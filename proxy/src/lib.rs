@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod stats;
+pub mod wire;
 pub mod xds;
 
 /// The one-line version string: crate version, git commit and target triple.

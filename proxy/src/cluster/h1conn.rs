@@ -13,7 +13,7 @@
 use super::connector::{BoxError, Counted};
 use super::h1framing::{Delimiters, Framing, Step};
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 use hyper::body::{Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
@@ -191,7 +191,7 @@ impl Reader {
             fields.clear();
             let mut delimiters = Delimiters::default();
             for h in res.headers.iter() {
-                let name = HeaderName::from_bytes(h.name.as_bytes())
+                let name = crate::wire::header_name(h.name.as_bytes())
                     .map_err(|_| protocol("bad upstream response header name"))?;
                 if delimiters.add(&name, h.value) {
                     continue;
@@ -204,9 +204,7 @@ impl Reader {
             let mut headers = HeaderMap::with_capacity(fields.len() + 2);
             let head = self.buf.split_to(n).freeze();
             for (name, from, to) in fields.drain(..) {
-                let value = HeaderValue::from_maybe_shared(head.slice(from..to))
-                    .map_err(|_| protocol("bad upstream response header value"))?;
-                headers.append(name, value);
+                headers.append(name, crate::wire::header_value(head.slice(from..to)));
             }
             self.fields = fields;
             let (framing, keep_alive) = delimiters.framing(status, head_only, http10)?;

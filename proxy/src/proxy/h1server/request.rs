@@ -4,7 +4,7 @@
 //! head, 431, bodies, `Expect`, upgrades, CONNECT) are unchanged.
 
 use bytes::BytesMut;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Uri, Version};
 use std::mem::MaybeUninit;
 
@@ -76,7 +76,7 @@ pub(super) fn parse(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
     let fields = &mut scratch.fields;
     fields.clear();
     for h in req.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+        let Ok(name) = crate::wire::header_name(h.name.as_bytes()) else {
             return Parsed::Handoff;
         };
         match name {
@@ -108,13 +108,7 @@ pub(super) fn parse(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
     };
     let mut headers = HeaderMap::with_capacity(fields.len() + 4);
     for (name, from, to) in fields.drain(..) {
-        // httparse allows in a value exactly the bytes HeaderValue allows.
-        match HeaderValue::from_maybe_shared(head.slice(from..to)) {
-            Ok(v) => {
-                headers.append(name, v);
-            }
-            Err(_) => return Parsed::BadTarget,
-        }
+        headers.append(name, crate::wire::header_value(head.slice(from..to)));
     }
     let meta = Meta {
         keep_alive: keep_alive && !close,
