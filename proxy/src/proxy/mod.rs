@@ -6,7 +6,7 @@ pub mod access_log;
 pub mod body;
 pub mod cors;
 pub mod fault;
-mod h1server;
+pub mod h1server;
 pub mod hcm;
 pub mod hop_by_hop;
 pub mod local_reply;

@@ -13,6 +13,8 @@
 mod request;
 mod response;
 
+pub use request::decode_requests;
+
 use super::body::BoxBody;
 use super::{service, ConnCtx};
 use bytes::{Buf, Bytes, BytesMut};
@@ -44,7 +46,7 @@ struct Conn {
 
 /// A served connection: the serving future and the flag that asks it to close gracefully
 /// (see `ServedConn::shutdown` in the parent module).
-pub(super) struct Served<'a, F> {
+pub struct Served<'a, F> {
     /// The future returned by [`serve`].
     pub fut: Pin<&'a mut F>,
     /// The flag passed to [`serve`].

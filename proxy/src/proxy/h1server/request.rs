@@ -126,3 +126,37 @@ pub(super) fn parse(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
     *req.headers_mut() = headers;
     Parsed::Inline(req, meta)
 }
+
+/// What the server makes of `chunks` arriving one after another on a connection: one line
+/// per request served inline, then `handoff` or `bad target` if it stops there. The outcome
+/// must not depend on where the chunks were cut (the `downstream_request` fuzz target checks
+/// this).
+pub fn decode_requests(chunks: &[&[u8]]) -> Vec<String> {
+    let mut buf = BytesMut::new();
+    let mut scratch = Scratch::default();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        while !buf.is_empty() {
+            match parse(&mut buf, &mut scratch) {
+                Parsed::Inline(req, meta) => out.push(format!(
+                    "{} {} {:?} {:?} {meta:?}",
+                    req.method(),
+                    req.uri(),
+                    req.version(),
+                    req.headers()
+                )),
+                Parsed::Partial => break,
+                Parsed::Handoff => {
+                    out.push("handoff".into());
+                    return out;
+                }
+                Parsed::BadTarget => {
+                    out.push("bad target".into());
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
