@@ -187,8 +187,10 @@ pub async fn forward(
             Err(AttemptError::PerTryTimeout) if idle_first => Err(AttemptError::Idle),
             o => o,
         };
-        let global_expired = deadline.is_some_and(|d| Instant::now() >= d);
-        let can_retry = attempt < retries && body.replayable() && !global_expired;
+        // Read only when a retry is in question: a clock read per request otherwise.
+        let global_expired = || deadline.is_some_and(|d| Instant::now() >= d);
+        let replayable = body.replayable();
+        let can_retry = |expired: bool| attempt < retries && replayable && !expired;
         match outcome {
             Ok(mut resp) => {
                 let status = resp.status().as_u16();
@@ -212,7 +214,7 @@ pub async fn forward(
                     .and_then(|v| v.parse().ok());
                 let retriable = retry.is_some_and(|r| r.retry_status(status, grpc));
                 if retriable
-                    && can_retry
+                    && can_retry(global_expired())
                     && next_retry(&cluster, retry.unwrap(), attempt, &mut in_retry).await
                 {
                     attempt += 1;
@@ -250,6 +252,7 @@ pub async fn forward(
             }
             Err(e) => {
                 drop(guard);
+                let global_expired = global_expired();
                 cluster.record_result(&host, None);
                 let (reply, retriable) = match e {
                     AttemptError::Connect(r) => {
@@ -288,7 +291,7 @@ pub async fn forward(
                     }
                 };
                 if retriable
-                    && can_retry
+                    && can_retry(global_expired)
                     && next_retry(&cluster, retry.unwrap(), attempt, &mut in_retry).await
                 {
                     attempt += 1;
