@@ -133,8 +133,11 @@ impl Conn {
             .map_err(|e| failed(e, false))?;
         let head_only = method == http::Method::HEAD;
         loop {
-            if let Some(head) = self.rd.parse_head(head_only).map_err(|e| failed(e, true))? {
-                return Ok(head);
+            // Nothing is buffered before the first read of a normal exchange.
+            if !self.rd.buf.is_empty() {
+                if let Some(head) = self.rd.parse_head(head_only).map_err(|e| failed(e, true))? {
+                    return Ok(head);
+                }
             }
             self.rd.buf.reserve(READ_CHUNK);
             match stream.read_buf(&mut self.rd.buf).await {
