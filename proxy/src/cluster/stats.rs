@@ -63,6 +63,8 @@ pub struct ClusterStats {
     /// `outlier_detection.ejections_enforced_consecutive_gateway_failure`.
     pub ejections_gateway: Arc<Stat>,
     codes: RwLock<HashMap<u16, CodeStats>>,
+    /// The counters of a 200, which nearly every response takes: no lock, hash or clone.
+    ok: std::sync::OnceLock<CodeStats>,
 }
 
 impl ClusterStats {
@@ -101,11 +103,19 @@ impl ClusterStats {
                 "outlier_detection.ejections_enforced_consecutive_gateway_failure",
             ),
             codes: RwLock::new(HashMap::new()),
+            ok: Default::default(),
         })
     }
 
     /// Count a completed upstream response: `upstream_rq_<code>` and `upstream_rq_<N>xx`.
     pub fn response(&self, code: u16) {
+        if code == 200 {
+            let (a, b) = self.ok.get_or_init(|| self.code_stats(200));
+            a.inc();
+            b.inc();
+            self.rq_completed.inc();
+            return;
+        }
         let cached = self
             .codes
             .read()
@@ -115,15 +125,7 @@ impl ClusterStats {
         let (a, b) = match cached {
             Some(x) => x,
             None => {
-                let x = (
-                    self.store
-                        .cluster(&self.name, &format!("upstream_rq_{code}"), Kind::Counter),
-                    self.store.cluster(
-                        &self.name,
-                        &format!("upstream_rq_{}xx", code / 100),
-                        Kind::Counter,
-                    ),
-                );
+                let x = self.code_stats(code);
                 let mut m = self.codes.write().unwrap_or_else(|e| e.into_inner());
                 m.entry(code).or_insert(x).clone()
             }
@@ -131,5 +133,17 @@ impl ClusterStats {
         a.inc();
         b.inc();
         self.rq_completed.inc();
+    }
+
+    fn code_stats(&self, code: u16) -> CodeStats {
+        (
+            self.store
+                .cluster(&self.name, &format!("upstream_rq_{code}"), Kind::Counter),
+            self.store.cluster(
+                &self.name,
+                &format!("upstream_rq_{}xx", code / 100),
+                Kind::Counter,
+            ),
+        )
     }
 }
