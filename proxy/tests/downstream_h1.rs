@@ -271,3 +271,22 @@ async fn a_client_that_leaves_cancels_its_request() {
     .await;
     up.release();
 }
+
+#[tokio::test]
+async fn draining_closes_idle_keep_alive_connections() {
+    let (_up, p, addr) = setup().await;
+    let mut idle = Client::connect(addr).await;
+    idle.send("GET /before HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(idle.response(false).await.json()["path"], "/before");
+    // The connection sits idle in keep-alive; the drain must still reach it (after its grace
+    // second), not leave it open until the hour-long idle timeout.
+    for l in p.server.listeners.lock().unwrap().iter() {
+        l.drain();
+    }
+    assert!(idle.closed().await, "an idle connection outlived the drain");
+    // A request on a connection made while draining is answered, and told to close.
+    let mut late = Client::connect(addr).await;
+    late.send("GET /late HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let r = late.response(false).await;
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+}

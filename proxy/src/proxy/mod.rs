@@ -536,6 +536,10 @@ where
     let mut idle_closing = false;
     // Made once: a select! re-polls every branch on every wake of the connection (twice a
     // request), so the drain wait must not be re-created (and re-registered) each time.
+    // Nor is it polled again once it waits: polling a waiting watch takes its waiter lock
+    // (about 1% of a proxied request). Its registration stands, and it is polled again only
+    // when the channel has changed.
+    let probe = draining.clone();
     let drain_wait = async {
         if already {
             std::future::pending::<()>().await;
@@ -543,6 +547,15 @@ where
         let _ = draining.wait_for(|d| *d).await;
     };
     tokio::pin!(drain_wait);
+    let mut drain_waiting = false;
+    let drain_wait = std::future::poll_fn(move |cx| {
+        if drain_waiting && !probe.has_changed().unwrap_or(true) {
+            return std::task::Poll::Pending;
+        }
+        drain_waiting = true;
+        std::future::Future::poll(drain_wait.as_mut(), cx)
+    });
+    let mut drain_wait = std::pin::pin!(drain_wait);
     loop {
         tokio::select! {
             // The connection first, and no random branch order (no RNG call per wake).
