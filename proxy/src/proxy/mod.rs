@@ -556,6 +556,7 @@ where
         std::future::Future::poll(drain_wait.as_mut(), cx)
     });
     let mut drain_wait = std::pin::pin!(drain_wait);
+    let mut idle_polled = false;
     loop {
         tokio::select! {
             // The connection first, and no random branch order (no RNG call per wake).
@@ -567,7 +568,16 @@ where
                 return;
             }
             _ = drain_wait.as_mut(), if !idle_closing => break,
-            _ = idle_sleep.as_mut(), if idle.is_some() => {
+            // Likewise the idle timer: polled once after each reset (that registers the
+            // task's waker with it), then only when it has fired.
+            _ = std::future::poll_fn(|cx| {
+                if idle_polled && !idle_sleep.is_elapsed() {
+                    return std::task::Poll::Pending;
+                }
+                idle_polled = true;
+                std::future::Future::poll(idle_sleep.as_mut(), cx)
+            }), if idle.is_some() => {
+                idle_polled = false;
                 let idle = idle.unwrap_or_default();
                 let now = tokio::time::Instant::now();
                 match ctx.activity.idle_deadline(idle) {
