@@ -258,7 +258,8 @@ where
 pub struct IdleBody<B> {
     inner: B,
     idle: std::time::Duration,
-    last: tokio::time::Instant,
+    /// When the last frame came, once the body has had to wait (see poll_frame).
+    last: Option<tokio::time::Instant>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -271,7 +272,7 @@ where
         IdleBody {
             inner,
             idle,
-            last: tokio::time::Instant::now(),
+            last: None,
             sleep: None,
         }
     }
@@ -361,11 +362,16 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Poll::Ready(r) = Pin::new(&mut self.inner).poll_frame(cx) {
-            self.last = tokio::time::Instant::now();
+            // Until the body first waits there is no timer to move: no clock read.
+            if self.sleep.is_some() {
+                self.last = Some(tokio::time::Instant::now());
+            }
             return Poll::Ready(r);
         }
         let this = &mut *self;
-        let (last, idle) = (this.last, this.idle);
+        // Idle from the first wait: frames ready before it came one after another.
+        let last = *this.last.get_or_insert_with(tokio::time::Instant::now);
+        let idle = this.idle;
         let sleep = this
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline(last, idle))));
@@ -373,7 +379,7 @@ where
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let due = deadline(this.last, this.idle);
+            let due = deadline(this.last.unwrap_or(last), this.idle);
             if due <= tokio::time::Instant::now() {
                 return Poll::Ready(Some(Err("stream idle timeout".into())));
             }
