@@ -235,7 +235,7 @@ async fn handoff(c: Conn, ctx: Arc<ConnCtx>, closing: &AtomicBool) -> io::Result
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .header_read_timeout(None)
-        .serve_connection(TokioIo::new(io), super::hyper_service(ctx))
+        .serve_connection(TokioIo::new(io), super::conn::hyper_service(ctx))
         .with_upgrades();
     let mut conn = pin!(conn);
     let mut shut = false;

@@ -1,0 +1,175 @@
+//! One upstream attempt of the router: the request built for it, sent through the cluster's
+//! pools under the attempt's timeout, and its failures named as Envoy names them.
+
+use super::body::BoxBody;
+use super::hop_by_hop::strip_hop_by_hop;
+use super::local_reply::{Flag, LocalReply};
+use super::router::Downstream;
+use crate::cluster::connector::{BoxError, ConnectError};
+use crate::cluster::h1pool::{PooledBody, SendError};
+use crate::cluster::host::Host;
+use crate::cluster::Cluster;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use std::task::Poll;
+use std::time::Duration;
+
+/// Why one attempt failed.
+pub(super) enum AttemptError {
+    Connect(LocalReply),
+    Reset(String),
+    PerTryTimeout,
+    Idle,
+}
+
+pub(super) fn build_request(
+    cluster: &Cluster,
+    parts: &http::request::Parts,
+    mut headers: HeaderMap,
+    path: &str,
+    host: &Host,
+    body: BoxBody,
+    upgrade: Option<&str>,
+) -> Request<BoxBody> {
+    let h2 = cluster.is_h2(parts.version);
+    strip_hop_by_hop(&mut headers);
+    if let (Some(t), false) = (upgrade, h2) {
+        if let Ok(v) = HeaderValue::from_str(t) {
+            headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+            headers.insert(http::header::UPGRADE, v);
+        }
+    }
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    // Fast path for HTTP/1.1 (the common case): a valid Host stays as it is and the request
+    // goes upstream in origin form with the request's own (reference-counted) path, with no
+    // formatting and re-parsing per request. It gives the same request as the general path.
+    if !h2 {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .filter(|pq| pq.as_str().starts_with('/'));
+        let host_ok = headers
+            .get(http::header::HOST)
+            .is_some_and(|v| v.to_str().is_ok());
+        if let (Some(pq), true) = (pq, host_ok) {
+            *req.uri_mut() = http::Uri::from(pq.clone());
+            *req.version_mut() = http::Version::HTTP_11;
+            *req.headers_mut() = headers;
+            return req;
+        }
+    }
+    let authority = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| host.addr.to_string());
+    let uri = if h2 {
+        headers.remove(http::header::HOST);
+        format!("http://{authority}{path}")
+    } else {
+        // HTTP/1.1 connections are made by the pool: the request line takes the origin form.
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            headers.insert(http::header::HOST, v);
+        }
+        if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        }
+    };
+    *req.uri_mut() = uri.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    *req.version_mut() = if h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    *req.headers_mut() = headers;
+    req
+}
+
+/// A deadline far enough to stand for "never" (an absurd configured timeout must not panic).
+const YEAR: Duration = Duration::from_secs(86400 * 365);
+
+pub(super) async fn send(
+    cluster: &Cluster,
+    host: &Host,
+    req: Request<BoxBody>,
+    down: Downstream<'_>,
+    wait: Option<Duration>,
+) -> Result<Response<PooledBody>, AttemptError> {
+    let mut fut = std::pin::pin!(async {
+        if cluster.is_h2(req.version()) {
+            // Boxed, like the pool's hyper path, to keep the HTTP/1.1 future small.
+            Box::pin(async {
+                let mut sender = cluster.h2.sender(host.addr).await.map_err(connect_error)?;
+                // Wait for a free stream slot (SETTINGS_MAX_CONCURRENT_STREAMS).
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| AttemptError::Reset(reset_reason(&e)))?;
+                sender
+                    .send_request(req)
+                    .await
+                    .map(|r| r.map(PooledBody::unpooled))
+                    .map_err(|e| AttemptError::Reset(reset_reason(&e)))
+            })
+            .await
+        } else {
+            cluster.h1.send(host.addr, req).await.map_err(|e| match e {
+                SendError::Connect(c) => AttemptError::Connect(connect_reply(&c)),
+                SendError::Http(e) => AttemptError::Reset(reset_reason(&e)),
+                SendError::Exchange(e) => AttemptError::Reset(reset_reason(&e.error)),
+            })
+        }
+    });
+    let Some(w) = wait else { return fut.await };
+    let now = tokio::time::Instant::now();
+    let mut timer = down.timer.arm(now.checked_add(w).unwrap_or(now + YEAR));
+    // The attempt is polled in place (not moved into a timeout wrapper), the timer only
+    // while it waits.
+    std::future::poll_fn(|cx| match std::future::Future::poll(fut.as_mut(), cx) {
+        Poll::Ready(r) => Poll::Ready(r),
+        Poll::Pending if timer.poll_expired(cx) => Poll::Ready(Err(AttemptError::PerTryTimeout)),
+        Poll::Pending => Poll::Pending,
+    })
+    .await
+}
+
+fn connect_reply(c: &ConnectError) -> LocalReply {
+    match c {
+        ConnectError::Overflow => LocalReply::reset("overflow", Flag::UpstreamOverflow),
+        _ => LocalReply::reset("connection failure", Flag::UpstreamConnectionFailure),
+    }
+}
+
+fn connect_error(e: BoxError) -> AttemptError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(s) = src {
+        if let Some(c) = s.downcast_ref::<ConnectError>() {
+            return AttemptError::Connect(connect_reply(c));
+        }
+        src = s.source();
+    }
+    AttemptError::Connect(LocalReply::reset(
+        "connection failure",
+        Flag::UpstreamConnectionFailure,
+    ))
+}
+
+fn reset_reason(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    if msg.contains("REFUSED_STREAM") || msg.contains("refused stream") {
+        "remote refused stream reset".into()
+    } else {
+        format!("remote reset ({msg})")
+    }
+}
