@@ -45,12 +45,12 @@ struct Conn {
 }
 
 /// A served connection: the serving future and the flag that asks it to close gracefully
-/// (see `ServedConn::shutdown` in the parent module).
-pub struct Served<'a, F> {
+/// (see `ServedConn::shutdown` in `proxy/conn.rs`).
+pub(super) struct Served<'a, F> {
     /// The future returned by [`serve`].
-    pub fut: Pin<&'a mut F>,
+    pub(super) fut: Pin<&'a mut F>,
     /// The flag passed to [`serve`].
-    pub closing: &'a AtomicBool,
+    pub(super) closing: &'a AtomicBool,
 }
 
 impl<F: Future> Future for Served<'_, F> {
