@@ -1,5 +1,5 @@
 //! Header fields as the inline HTTP/1 codecs (downstream server, upstream client) take them
-//! from httparse.
+//! from httparse, and the two fields both codecs read: `Connection` and `Content-Length`.
 //!
 //! Why not only `HeaderName::from_bytes` and `HeaderValue::from_maybe_shared`: the first
 //! lower-cases every name through a scratch buffer before matching the standard names, and the
@@ -44,6 +44,59 @@ pub fn header_value(raw: Bytes) -> HeaderValue {
     unsafe { HeaderValue::from_maybe_shared_unchecked(raw) }
 }
 
+/// What a `Connection` field says (RFC 9112 §9.6).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionTokens {
+    /// `close`.
+    pub close: bool,
+    /// `keep-alive`.
+    pub keep_alive: bool,
+    /// Any other token: the field names other hop-by-hop headers.
+    pub other: bool,
+}
+
+/// The tokens of one `Connection` field value, case-insensitively.
+pub fn connection_tokens(value: &[u8]) -> ConnectionTokens {
+    let mut t = ConnectionTokens::default();
+    for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        if token.eq_ignore_ascii_case(b"close") {
+            t.close = true;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            t.keep_alive = true;
+        } else if !token.is_empty() {
+            t.other = true;
+        }
+    }
+    t
+}
+
+/// Why a `Content-Length` field was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadLength {
+    /// Not a list of decimal numbers.
+    Malformed,
+    /// Values that differ, within the field or from an earlier one.
+    Conflicting,
+}
+
+/// One `Content-Length` field (a list of equal values is allowed) against the length an
+/// earlier field gave, if any.
+pub fn content_length(value: &[u8], before: Option<u64>) -> Result<u64, BadLength> {
+    let mut length = before;
+    for part in value.split(|b| *b == b',') {
+        let n = std::str::from_utf8(part.trim_ascii())
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or(BadLength::Malformed)?;
+        if length.is_some_and(|l| l != n) {
+            return Err(BadLength::Conflicting);
+        }
+        length = Some(n);
+    }
+    length.ok_or(BadLength::Malformed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +133,30 @@ mod tests {
                 let v = slots[0].value;
                 assert!(HeaderValue::from_bytes(v).is_ok(), "byte {b:#x}");
             }
+        }
+    }
+
+    #[test]
+    fn connection_and_length_fields() {
+        let t = connection_tokens(b" Keep-Alive , close,x-hop");
+        assert!(t.close && t.keep_alive && t.other);
+        assert_eq!(
+            connection_tokens(b"close"),
+            ConnectionTokens {
+                close: true,
+                ..Default::default()
+            }
+        );
+        assert_eq!(content_length(b"42", None), Ok(42));
+        assert_eq!(content_length(b"42, 42", Some(42)), Ok(42));
+        assert_eq!(content_length(b"42, 43", None), Err(BadLength::Conflicting));
+        assert_eq!(content_length(b"42", Some(7)), Err(BadLength::Conflicting));
+        for bad in [&b""[..], b"+1", b"1x", b"99999999999999999999"] {
+            assert_eq!(
+                content_length(bad, None),
+                Err(BadLength::Malformed),
+                "{bad:?}"
+            );
         }
     }
 }

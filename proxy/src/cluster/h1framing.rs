@@ -49,17 +49,10 @@ impl Delimiters {
     pub(super) fn add(&mut self, name: &HeaderName, value: &[u8]) -> bool {
         use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
         if name == CONNECTION {
-            let mut plain = true;
-            for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    self.keep_alive = true;
-                } else if !t.is_empty() {
-                    plain = false;
-                }
-            }
-            plain
+            let t = crate::wire::connection_tokens(value);
+            self.close |= t.close;
+            self.keep_alive |= t.keep_alive;
+            !t.other
         } else if name == TRANSFER_ENCODING {
             for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if !t.is_empty() {
@@ -70,7 +63,15 @@ impl Delimiters {
             true
         } else if name == CONTENT_LENGTH {
             if !matches!(self.length, Some(Err(_))) {
-                self.length = Some(content_length(value, self.length));
+                let before = self.length.and_then(Result::ok);
+                self.length = Some(crate::wire::content_length(value, before).map_err(
+                    |e| match e {
+                        crate::wire::BadLength::Malformed => "bad upstream content-length",
+                        crate::wire::BadLength::Conflicting => {
+                            "conflicting upstream content-length values"
+                        }
+                    },
+                ));
             }
             false
         } else {
@@ -111,26 +112,6 @@ impl Delimiters {
             None => Ok((Framing::Close, false)),
         }
     }
-}
-
-/// One Content-Length field (a list of equal values is allowed) against what came before.
-fn content_length(
-    value: &[u8],
-    before: Option<Result<u64, &'static str>>,
-) -> Result<u64, &'static str> {
-    let mut length = before.and_then(Result::ok);
-    for part in value.split(|b| *b == b',') {
-        let n = std::str::from_utf8(part.trim_ascii())
-            .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or("bad upstream content-length")?;
-        if length.is_some_and(|l| l != n) {
-            return Err("conflicting upstream content-length values");
-        }
-        length = Some(n);
-    }
-    length.ok_or("bad upstream content-length")
 }
 
 /// The framing of a response with these headers (tests).

@@ -86,13 +86,9 @@ pub(super) fn parse(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
                 return Parsed::Handoff
             }
             header::CONNECTION => {
-                for t in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    if t.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive = true;
-                    }
-                }
+                let t = crate::wire::connection_tokens(h.value);
+                close |= t.close;
+                keep_alive |= t.keep_alive;
             }
             _ => {}
         }

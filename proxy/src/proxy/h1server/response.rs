@@ -37,14 +37,12 @@ pub(super) fn encode_head(
     closing: bool,
 ) -> Framed {
     let (end_stream, hint) = body;
-    // A method-less view of hyper's rules: HEAD and 1xx/204/304 carry no body.
-    let no_body = meta.head
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    // hyper's rules: 1xx, 204 and 304 carry neither a length nor a body; HEAD has a length
+    // but no body.
     let may_length = !(status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED);
+    let no_body = meta.head || !may_length;
     let mut last = !meta.keep_alive || closing;
     if meta.http10 {
         out.extend_from_slice(b"HTTP/1.0 ");
@@ -75,7 +73,7 @@ pub(super) fn encode_head(
                 let len = match (end_stream, hint.exact()) {
                     (true, _) if !meta.head => continue,
                     (false, Some(n)) => Some(n),
-                    _ => parse_length(value.as_bytes()),
+                    _ => crate::wire::content_length(value.as_bytes(), None).ok(),
                 };
                 let Some(len) = len else { continue };
                 push_length(out, len);
@@ -85,14 +83,9 @@ pub(super) fn encode_head(
             // Our bodies are never transfer-coded on the way in: the framing is ours to pick.
             header::TRANSFER_ENCODING | header::TRAILER => continue,
             header::CONNECTION => {
-                for t in value
-                    .as_bytes()
-                    .split(|b| *b == b',')
-                    .map(<[u8]>::trim_ascii)
-                {
-                    conn_close |= t.eq_ignore_ascii_case(b"close");
-                    conn_keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
-                }
+                let t = crate::wire::connection_tokens(value.as_bytes());
+                conn_close |= t.close;
+                conn_keep_alive |= t.keep_alive;
             }
             header::DATE => has_date = true,
             _ => {}
@@ -149,13 +142,6 @@ fn push_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     out.extend_from_slice(b"\r\n");
-}
-
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 impl Encoder {
