@@ -91,9 +91,6 @@ pub(super) fn build_request(
     req
 }
 
-/// A deadline far enough to stand for "never" (an absurd configured timeout must not panic).
-const YEAR: Duration = Duration::from_secs(86400 * 365);
-
 pub(super) async fn send(
     cluster: &Cluster,
     host: &Host,
@@ -128,7 +125,7 @@ pub(super) async fn send(
     });
     let Some(w) = wait else { return fut.await };
     let now = tokio::time::Instant::now();
-    let mut timer = down.timer.arm(now.checked_add(w).unwrap_or(now + YEAR));
+    let mut timer = down.timer.arm(super::later(now, w));
     // The attempt is polled in place (not moved into a timeout wrapper), the timer only
     // while it waits.
     std::future::poll_fn(|cx| match std::future::Future::poll(fut.as_mut(), cx) {

@@ -346,11 +346,6 @@ where
     }
 }
 
-fn deadline(from: tokio::time::Instant, idle: std::time::Duration) -> tokio::time::Instant {
-    from.checked_add(idle)
-        .unwrap_or(from + std::time::Duration::from_secs(86400 * 365))
-}
-
 impl<B> Body for IdleBody<B>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
@@ -374,12 +369,12 @@ where
         let idle = this.idle;
         let sleep = this
             .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline(last, idle))));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(super::later(last, idle))));
         loop {
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let due = deadline(this.last.unwrap_or(last), this.idle);
+            let due = super::later(this.last.unwrap_or(last), this.idle);
             if due <= tokio::time::Instant::now() {
                 return Poll::Ready(Some(Err("stream idle timeout".into())));
             }
