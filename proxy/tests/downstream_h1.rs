@@ -159,7 +159,8 @@ async fn keep_alive_pipelining_and_http10() {
     let (_up, _p, addr) = setup().await;
 
     // Three requests in one write are answered in order on one connection; the HEAD
-    // response keeps its length and sends no body.
+    // response sends no body (else the third response would not parse after it). That a
+    // HEAD response keeps its length is checked in h1server/response.rs's unit tests.
     let mut c = Client::connect(addr).await;
     c.send("GET /one HTTP/1.1\r\nhost: x\r\n\r\nHEAD /two HTTP/1.1\r\nhost: x\r\n\r\nGET /three?q=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").await;
     let one = c.response(false).await;
