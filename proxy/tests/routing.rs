@@ -372,3 +372,59 @@ async fn x_forwarded_for_follows_use_remote_address() {
         "left alone without use_remote_address"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_and_router_headers_can_be_turned_off() {
+    let a = upstream("a").await;
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/old/"}, "route": {"cluster": "a", "prefix_rewrite": "/new/"}}]}]);
+    let mut quiet = listener(
+        "quiet",
+        vh.clone(),
+        vec![],
+        json!({"generate_request_id": false}),
+    );
+    let hcm = &mut quiet["filter_chains"][0]["filters"][0]["typed_config"];
+    let router = hcm["http_filters"]
+        .as_array_mut()
+        .unwrap()
+        .last_mut()
+        .unwrap();
+    router["typed_config"]["suppress_envoy_headers"] = json!(true);
+    let p = proxy(bootstrap(
+        vec![listener("plain", vh, vec![], json!({})), quiet],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+
+    // Envoy's defaults: the HCM adds x-request-id, the router its x-envoy-* headers.
+    let r = get(p.addr("plain"), "/old/x", &[]).await;
+    let j = r.json();
+    assert_eq!(j["path"], "/new/x");
+    assert_eq!(
+        j["headers"]["x-request-id"].as_str().map(str::len),
+        Some(36)
+    );
+    assert_eq!(j["headers"]["x-envoy-expected-rq-timeout-ms"], "15000");
+    assert_eq!(j["headers"]["x-envoy-original-path"], "/old/x");
+    assert!(r.header("x-envoy-upstream-service-time").is_some());
+
+    // generate_request_id false and suppress_envoy_headers: none of them.
+    let r = get(p.addr("quiet"), "/old/x", &[]).await;
+    let j = r.json();
+    assert_eq!(j["path"], "/new/x");
+    for h in [
+        "x-request-id",
+        "x-envoy-expected-rq-timeout-ms",
+        "x-envoy-original-path",
+    ] {
+        assert!(j["headers"].get(h).is_none(), "{h} sent upstream: {j}");
+    }
+    assert!(r.header("x-envoy-upstream-service-time").is_none());
+    assert_eq!(j["headers"]["x-forwarded-proto"], "http", "the HCM's, kept");
+    // A request's own id still goes through.
+    let j = get(p.addr("quiet"), "/old/x", &[("x-request-id", "abc")])
+        .await
+        .json();
+    assert_eq!(j["headers"]["x-request-id"], "abc");
+}

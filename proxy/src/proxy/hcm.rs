@@ -81,6 +81,11 @@ pub struct HcmConfig {
     pub server_header: i32,
     /// `access_log`: the loggers we implement (file, stdout, stderr).
     pub access_logs: Vec<Arc<super::access_log::AccessLogger>>,
+    /// `generate_request_id` (default true): give requests without one an `x-request-id`.
+    pub generate_request_id: bool,
+    /// The router's `suppress_envoy_headers`: no `x-envoy-expected-rq-timeout-ms`,
+    /// `x-envoy-upstream-service-time` or `x-envoy-original-path` from the router.
+    pub suppress_envoy_headers: bool,
 }
 
 impl HcmConfig {
@@ -101,6 +106,7 @@ impl HcmConfig {
         };
         let mut filters = Vec::new();
         let mut skipped = Vec::new();
+        let mut suppress_envoy_headers = false;
         for f in &h.http_filters {
             if f.disabled {
                 continue;
@@ -118,7 +124,13 @@ impl HcmConfig {
                 .map(|a| a.type_url.rsplit('/').next().unwrap_or(""))
                 .unwrap_or("");
             match (f.name.as_str(), t) {
-                _ if t == full_name::<RouterProto>() => filters.push(HttpFilter::Router),
+                _ if t == full_name::<RouterProto>() => {
+                    let value = any.map_or(&[][..], |a| a.value.as_slice());
+                    let r = <RouterProto as prost::Message>::decode(value)
+                        .map_err(|e| format!("router filter {}: {e}", f.name))?;
+                    suppress_envoy_headers = r.suppress_envoy_headers;
+                    filters.push(HttpFilter::Router)
+                }
                 ("envoy.filters.http.router" | "envoy.router", "") => {
                     filters.push(HttpFilter::Router)
                 }
@@ -183,6 +195,8 @@ impl HcmConfig {
                 && !h.skip_xff_append,
             server_header: h.server_header_transformation,
             access_logs: super::access_log::compile(&h.access_log)?,
+            generate_request_id: h.generate_request_id.as_ref().is_none_or(|b| b.value),
+            suppress_envoy_headers,
             upgrades: h
                 .upgrade_configs
                 .iter()

@@ -24,6 +24,8 @@ pub struct Downstream<'a> {
     pub original_dst: SocketAddr,
     /// The HCM's `stream_idle_timeout` (a route's `idle_timeout` overrides it).
     pub stream_idle: Option<Duration>,
+    /// Add the router's `x-envoy-*` headers (the router's `suppress_envoy_headers` unset).
+    pub envoy_headers: bool,
     /// The connection's request timer (per-try and route timeouts).
     pub timer: &'a super::timer::RequestTimer,
 }
@@ -81,7 +83,7 @@ pub async fn forward(
     let started = Instant::now();
     let timeout = crate::route::action::effective_timeout(action, &parts.headers);
     let deadline = timeout.and_then(|t| started.checked_add(t));
-    if let Some(t) = timeout {
+    if let (Some(t), true) = (timeout, down.envoy_headers) {
         const EXPECTED_TIMEOUT: HeaderName =
             HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
         parts
@@ -222,10 +224,12 @@ pub async fn forward(
                 in_retry.release();
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
-                const SERVICE_TIME: HeaderName =
-                    HeaderName::from_static("x-envoy-upstream-service-time");
-                rp.headers
-                    .insert(SERVICE_TIME, millis_value(started.elapsed().as_millis()));
+                if down.envoy_headers {
+                    const SERVICE_TIME: HeaderName =
+                        HeaderName::from_static("x-envoy-upstream-service-time");
+                    rp.headers
+                        .insert(SERVICE_TIME, millis_value(started.elapsed().as_millis()));
+                }
                 // One box for the whole body: the layers wrap `Incoming` by value, and the
                 // downstream gauge rides along.
                 let mut guard = guard;

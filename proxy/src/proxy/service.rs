@@ -23,10 +23,12 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Option<Incoming>>) -> Re
     // Access logging costs nothing unless the HCM has loggers. Envoy's HCM gives every request
     // an x-request-id before routing, so the log line and the upstream see the same one.
     let mut record = (!ctx.hcm.access_logs.is_empty()).then(|| {
-        const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-        req.headers_mut()
-            .entry(REQUEST_ID)
-            .or_insert_with(request_id);
+        if ctx.hcm.generate_request_id {
+            const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+            req.headers_mut()
+                .entry(REQUEST_ID)
+                .or_insert_with(request_id);
+        }
         access_log::Record::start(
             &req,
             ctx.original_dst,
@@ -319,12 +321,13 @@ async fn route_request(
             if ctx.hcm.append_xff {
                 append_xff(&mut parts.headers, ctx.peer.ip());
             }
-            prepare_upstream_headers(&mut parts, a, wt, route, path, levels);
+            prepare_upstream_headers(&mut parts, &ctx.hcm, a, wt, route, path, levels);
             let retry = a.retry.as_ref().or(vh.retry.as_ref());
             let down = Downstream {
                 peer: ctx.peer,
                 original_dst: ctx.original_dst,
                 stream_idle: ctx.hcm.stream_idle_timeout,
+                envoy_headers: !ctx.hcm.suppress_envoy_headers,
                 timer: &ctx.timer,
             };
             let mut host = None;
@@ -362,6 +365,7 @@ async fn route_request(
 
 fn prepare_upstream_headers(
     parts: &mut http::request::Parts,
+    hcm: &super::hcm::HcmConfig,
     a: &ForwardAction,
     wt: Option<&WeightedTarget>,
     route: &Route,
@@ -379,11 +383,14 @@ fn prepare_upstream_headers(
     // One hashed lookup each (entry), not contains_key then insert.
     h.entry(XFP)
         .or_insert_with(|| HeaderValue::from_static("http"));
-    h.entry(REQUEST_ID).or_insert_with(request_id);
+    if hcm.generate_request_id {
+        h.entry(REQUEST_ID).or_insert_with(request_id);
+    }
     if let Some(new) = a.rewrite_path(path, route.matched_prefix()) {
-        // As Envoy's router does unless suppress_envoy_headers is set.
-        if let Ok(v) = HeaderValue::from_str(path) {
-            h.insert(ORIGINAL_PATH, v);
+        if !hcm.suppress_envoy_headers {
+            if let Ok(v) = HeaderValue::from_str(path) {
+                h.insert(ORIGINAL_PATH, v);
+            }
         }
         if let Ok(uri) = http::Uri::builder().path_and_query(new.as_str()).build() {
             let mut p = http::uri::Parts::from(uri);
