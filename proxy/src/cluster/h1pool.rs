@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Why an HTTP/1.1 request could not be sent or answered.
 #[derive(Debug)]
@@ -37,7 +37,8 @@ pub enum SendError {
 
 struct Idle<T> {
     conn: T,
-    since: Instant,
+    /// When it was checked in, on the coarse clock: idle timeouts are seconds to hours.
+    since: Duration,
 }
 
 /// FxHash's multiply-rotate for the pool's keys, instead of SipHash: the keys are upstream
@@ -354,7 +355,7 @@ impl H1Pool {
         let mut st = self.state.lock().unwrap();
         stacks(&mut st).entry(addr).or_default().push(Idle {
             conn,
-            since: Instant::now(),
+            since: crate::clock::coarse_now(),
         });
         self.start_reaper(&mut st);
         drop(st);
@@ -380,11 +381,11 @@ async fn reap(pool: Weak<H1Pool>, timeout: Duration) {
     loop {
         tokio::time::sleep(wait).await;
         let Some(pool) = pool.upgrade() else { return };
-        let now = Instant::now();
+        let now = crate::clock::coarse_now();
         let mut st = pool.state.lock().unwrap();
-        let mut oldest: Option<Instant> = None;
-        let mut keep = |since: Instant, live: bool| {
-            let keep = now.duration_since(since) < timeout && live;
+        let mut oldest: Option<Duration> = None;
+        let mut keep = |since: Duration, live: bool| {
+            let keep = now.saturating_sub(since) < timeout && live;
             if keep {
                 oldest = Some(oldest.map_or(since, |o| o.min(since)));
             }
@@ -399,7 +400,12 @@ async fn reap(pool: Weak<H1Pool>, timeout: Duration) {
             !stack.is_empty()
         });
         match oldest {
-            Some(o) => wait = (o + timeout).saturating_duration_since(now),
+            // At least a tick: the coarse clock may not have reached the deadline yet.
+            Some(o) => {
+                wait = (o + timeout)
+                    .saturating_sub(now)
+                    .max(crate::clock::resolution())
+            }
             None => {
                 st.reaper = false;
                 return;
@@ -415,9 +421,13 @@ fn pop_live<T>(
     timeout: Option<Duration>,
     mut live: impl FnMut(&mut T) -> bool,
 ) -> Option<T> {
-    let now = Instant::now();
+    let now = timeout.map(|_| crate::clock::coarse_now());
     while let Some(mut i) = stack.pop() {
-        if timeout.is_none_or(|t| now.duration_since(i.since) < t) && live(&mut i.conn) {
+        let fresh = match (timeout, now) {
+            (Some(t), Some(now)) => now.saturating_sub(i.since) < t,
+            _ => true,
+        };
+        if fresh && live(&mut i.conn) {
             return Some(i.conn);
         }
     }

@@ -71,6 +71,12 @@ pub enum Ejection {
 }
 
 impl HostOutlier {
+    /// Whether the host has an ejection not yet lifted (it may have expired), without a
+    /// clock read: `false` means [`Self::is_ejected`] is `false` too.
+    pub fn was_ejected(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) != 0
+    }
+
     /// Whether the host is currently ejected. An expired ejection is lifted here.
     pub fn is_ejected(&self, now: Instant) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);

@@ -177,15 +177,14 @@ impl HostSet {
     /// Pick a host. Ejected hosts are skipped unless more than half of a priority level is
     /// ejected (Envoy's 50% panic threshold), in which case all of that level is used.
     pub fn choose(&self, policy: &LbPolicy, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
-        let now = Instant::now();
+        // The clock is read only if some host was ever ejected (a clock read costs more than
+        // the rest of a round-robin pick).
+        let now = std::cell::LazyCell::new(Instant::now);
+        let is_ejected = |h: &Host| h.outlier.was_ejected() && h.outlier.is_ejected(*now);
         for level in &self.levels {
             // No allocation on the hot path: the ejection check is one atomic load per host.
-            let n_ejected = level
-                .hosts
-                .iter()
-                .filter(|h| h.outlier.is_ejected(now))
-                .count();
-            let ejected = |i: usize| n_ejected > 0 && level.hosts[i].outlier.is_ejected(now);
+            let n_ejected = level.hosts.iter().filter(|h| is_ejected(h)).count();
+            let ejected = |i: usize| n_ejected > 0 && is_ejected(&level.hosts[i]);
             let panic = n_ejected * 2 > level.hosts.len();
             if n_ejected == level.hosts.len()
                 && self.levels.len() > 1

@@ -11,7 +11,6 @@ use crate::cluster::host::Host;
 use crate::cluster::Cluster;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use std::task::Poll;
-use std::time::Duration;
 
 /// Why one attempt failed.
 pub(super) enum AttemptError {
@@ -96,7 +95,7 @@ pub(super) async fn send(
     host: &Host,
     req: Request<BoxBody>,
     down: Downstream<'_>,
-    wait: Option<Duration>,
+    until: Option<tokio::time::Instant>,
 ) -> Result<Response<PooledBody>, AttemptError> {
     let mut fut = std::pin::pin!(async {
         if cluster.is_h2(req.version()) {
@@ -123,9 +122,8 @@ pub(super) async fn send(
             })
         }
     });
-    let Some(w) = wait else { return fut.await };
-    let now = tokio::time::Instant::now();
-    let mut timer = down.timer.arm(super::later(now, w));
+    let Some(until) = until else { return fut.await };
+    let mut timer = down.timer.arm(until);
     // The attempt is polled in place (not moved into a timeout wrapper), the timer only
     // while it waits.
     std::future::poll_fn(|cx| match std::future::Future::poll(fut.as_mut(), cx) {

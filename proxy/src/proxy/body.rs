@@ -290,7 +290,7 @@ where
 /// are read whole as soon as their headers, and never touch the timer wheel.
 pub struct DeadlineBody<B> {
     inner: B,
-    at: std::time::Instant,
+    at: tokio::time::Instant,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     timeouts: std::sync::Arc<crate::stats::Stat>,
 }
@@ -302,7 +302,7 @@ where
     /// Wrap `inner` with the deadline `at`, and box the result.
     pub fn wrap(
         inner: B,
-        at: std::time::Instant,
+        at: tokio::time::Instant,
         timeouts: std::sync::Arc<crate::stats::Stat>,
     ) -> BoxBody {
         DeadlineBody {
@@ -331,7 +331,7 @@ where
         let at = self.at;
         let sleep = self
             .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
         if sleep.as_mut().poll(cx).is_ready() {
             self.timeouts.inc();
             return Poll::Ready(Some(Err("upstream request timeout".into())));

@@ -106,9 +106,12 @@ pub struct ConnCtx {
 #[derive(Debug)]
 pub struct Activity {
     in_flight: std::sync::atomic::AtomicUsize,
-    /// Milliseconds after `born` when the connection last became idle.
+    /// Milliseconds after `born` when the connection last became idle, on the coarse clock
+    /// (one precise clock read per request saved; see [`crate::clock`]).
     idle_since_ms: std::sync::atomic::AtomicU64,
     born: tokio::time::Instant,
+    /// `born` on the coarse clock.
+    born_coarse: std::time::Duration,
 }
 
 impl Default for Activity {
@@ -117,6 +120,7 @@ impl Default for Activity {
             in_flight: Default::default(),
             idle_since_ms: Default::default(),
             born: tokio::time::Instant::now(),
+            born_coarse: crate::clock::coarse_now(),
         }
     }
 }
@@ -135,13 +139,19 @@ impl Activity {
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
             == 1
         {
-            let ms = self.born.elapsed().as_millis() as u64;
+            let since = crate::clock::coarse_now().saturating_sub(self.born_coarse);
+            // Rounded up: the deadline may be late by a tick or two, never early.
+            let ms = since.as_millis() as u64 + 1;
             self.idle_since_ms
                 .store(ms, std::sync::atomic::Ordering::Release);
         }
     }
 
     /// When the connection becomes idle for `idle`: `None` while a request is in flight.
+    ///
+    /// Both coarse readings trail the precise clock by less than a tick, so the idle time
+    /// they measure is within a tick of the truth; one tick more keeps the deadline from
+    /// coming early.
     fn idle_deadline(&self, idle: std::time::Duration) -> Option<tokio::time::Instant> {
         if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
             return None;
@@ -149,10 +159,8 @@ impl Activity {
         let since = self
             .idle_since_ms
             .load(std::sync::atomic::Ordering::Acquire);
-        Some(later(
-            later(self.born, std::time::Duration::from_millis(since)),
-            idle,
-        ))
+        let since = std::time::Duration::from_millis(since) + crate::clock::resolution();
+        Some(later(later(self.born, since), idle))
     }
 }
 

@@ -13,7 +13,7 @@ use crate::stats::Stat;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Request facts the router needs besides the request itself.
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +80,8 @@ pub async fn forward(
         )
     })?;
     let idle = action.idle_timeout.or(down.stream_idle);
-    let started = Instant::now();
+    // The request's one precise clock read (the first attempt's timer starts from it too).
+    let started = tokio::time::Instant::now();
     let timeout = crate::route::action::effective_timeout(action, &parts.headers);
     let deadline = timeout.and_then(|t| started.checked_add(t));
     if let (Some(t), true) = (timeout, down.envoy_headers) {
@@ -153,7 +154,12 @@ pub async fn forward(
             upgrade.as_deref(),
         );
         let per_try = retry.and_then(|r| r.per_try_timeout);
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let now = if attempt == 0 {
+            started
+        } else {
+            tokio::time::Instant::now()
+        };
+        let remaining = deadline.map(|d| d.saturating_duration_since(now));
         let wait = match (per_try, remaining) {
             (Some(p), Some(r)) => Some(p.min(r)),
             (p, r) => p.or(r),
@@ -172,7 +178,7 @@ pub async fn forward(
             &host,
             req,
             down,
-            if idle_first { idle } else { wait },
+            (if idle_first { idle } else { wait }).map(|w| super::later(now, w)),
         )
         .await
         {
@@ -180,7 +186,7 @@ pub async fn forward(
             o => o,
         };
         // Read only when a retry is in question: a clock read per request otherwise.
-        let global_expired = || deadline.is_some_and(|d| Instant::now() >= d);
+        let global_expired = || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         let replayable = body.replayable();
         let can_retry = |expired: bool| attempt < retries && replayable && !expired;
         match outcome {

@@ -191,7 +191,7 @@ impl Encoder {
 /// HTTP dates, formatted once a second (as hyper caches them).
 mod date {
     use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, UNIX_EPOCH};
 
     thread_local! {
         static CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
@@ -199,11 +199,11 @@ mod date {
 
     /// Append the current date (IMF-fixdate, 29 bytes).
     pub(super) fn extend(out: &mut Vec<u8>) {
-        let now = SystemTime::now();
-        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        // The coarse clock: the second may turn a tick late, which a Date header can afford.
+        let secs = crate::clock::coarse_unix_secs();
         CACHE.with_borrow_mut(|(at, text)| {
             if *at != secs {
-                let s = httpdate::fmt_http_date(now);
+                let s = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
                 if s.len() == text.len() {
                     text.copy_from_slice(s.as_bytes());
                     *at = secs;
