@@ -27,6 +27,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod header_pool;
 pub mod lb;
 pub mod listener;
 pub mod logging;

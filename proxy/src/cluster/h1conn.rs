@@ -204,7 +204,7 @@ impl Reader {
             }
             // Room for the two headers the router adds (server, x-envoy-upstream-service-time)
             // without growing the map.
-            let mut headers = HeaderMap::with_capacity(fields.len() + 2);
+            let mut headers = crate::header_pool::take(fields.len() + 2);
             let head = self.buf.split_to(n).freeze();
             for (name, from, to) in fields.drain(..) {
                 headers.append(name, crate::wire::header_value(head.slice(from..to)));

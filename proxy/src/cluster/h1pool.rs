@@ -191,6 +191,7 @@ impl H1Pool {
             };
             match conn.exchange(&parts.method, target, &parts.headers).await {
                 Ok(head) => {
+                    crate::header_pool::give(parts.headers);
                     let home = self.me.upgrade().map(|pool| Home { pool, addr });
                     let body = RawBody::new(conn, &head, home);
                     return Ok(Response::from_parts(

@@ -109,7 +109,7 @@ pub(super) async fn serve(
             meta,
             closing.load(Ordering::Relaxed),
         );
-        drop(parts);
+        crate::header_pool::give(parts.headers);
         let complete = c.send_body(body, framed.encoder).await?;
         c.flush().await?;
         if framed.last || !complete {

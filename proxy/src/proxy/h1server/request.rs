@@ -4,7 +4,7 @@
 //! head, 431, bodies, `Expect`, upgrades, CONNECT) are unchanged.
 
 use bytes::BytesMut;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderName};
 use http::{Method, Request, Uri, Version};
 use std::mem::MaybeUninit;
 
@@ -102,7 +102,7 @@ pub(super) fn parse(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
         // The head is consumed by now, so hyper cannot have it; answer as it would.
         return Parsed::BadTarget;
     };
-    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
+    let mut headers = crate::header_pool::take(fields.len() + 4);
     for (name, from, to) in fields.drain(..) {
         headers.append(name, crate::wire::header_value(head.slice(from..to)));
     }
