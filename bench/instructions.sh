@@ -15,7 +15,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; nginx -c "$WORK/up.conf" -p "$WORK" -s stop 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-UP=18501; MOSN_PORT=18502; NGINX_PORT=18503; ADMIN=18505
+UP=18501; MOSN_PORT=18502; NGINX_PORT=18503; ADMIN=18505; MOSN_LEAN_PORT=18506; MOSN_LEAN_ADMIN=18507
 NGINX_PROXY_EXTRA="daemon off; master_process off;"
 source "$(dirname "$0")/proxy-common.sh"
 nginx -c "$WORK/up.conf" -p "$WORK"
@@ -35,8 +35,9 @@ measure() { # name port command... -> "name requests instructions_per_request"
   echo "$name $n $((ir / n))"
 }
 read -r _ m_n m_i <<<"$(measure mosn $MOSN_PORT "$MOSN" -c "$WORK/mosn.json" --concurrency 1 -l warning)"
+read -r _ l_n l_i <<<"$(measure mosn-lean $MOSN_LEAN_PORT "$MOSN" -c "$WORK/mosn-lean.json" --concurrency 1 -l warning)"
 read -r _ n_n n_i <<<"$(measure nginx $NGINX_PORT nginx -c "$WORK/px.conf" -p "$WORK")"
 echo "user-space instructions per request under callgrind (wrk -t1 -c8 -d$DURATION, start-up excluded)"
-printf '%-6s %10s %14s\n' proxy requests instr/request
-printf '%-6s %10s %14s\n' mosn "$m_n" "$m_i" nginx "$n_n" "$n_i"
-awk -v a="$m_i" -v b="$n_i" 'BEGIN { printf "ratio mosn/nginx = %.2fx\n", a / b }'
+printf '%-9s %10s %14s\n' proxy requests instr/request
+printf '%-9s %10s %14s\n' mosn "$m_n" "$m_i" mosn-lean "$l_n" "$l_i" nginx "$n_n" "$n_i"
+awk -v a="$m_i" -v l="$l_i" -v b="$n_i" 'BEGIN { printf "ratio mosn/nginx = %.2fx, mosn-lean/nginx = %.2fx (mosn-lean: the same headers as nginx, see proxy.sh)\n", a / b, l / b }'

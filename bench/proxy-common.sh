@@ -2,7 +2,9 @@
 # WORK, UP, MOSN_PORT, NGINX_PORT and ADMIN; it writes, in $WORK:
 #  - up.conf: the nginx upstream (`return 200`, one worker);
 #  - px.conf: nginx as a one-worker HTTP/1.1 keep-alive reverse proxy to it (the peer);
-#  - mosn.json: mosn's bootstrap for the same path (one route to one STATIC cluster).
+#  - mosn.json: mosn's bootstrap for the same path (one route to one STATIC cluster);
+#  - mosn-lean.json, when MOSN_LEAN_PORT and MOSN_LEAN_ADMIN are set: the same, with the
+#    headers nginx does not add turned off.
 # NGINX_PROXY_EXTRA goes at the top of px.conf (instructions.sh runs nginx in the foreground).
 cat >"$WORK/up.conf" <<CONF
 worker_processes 1; pid $WORK/up.pid; error_log $WORK/up-error.log;
@@ -19,18 +21,30 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$NGINX_PORT;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
-cat >"$WORK/mosn.json" <<CONF
-{ "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": $ADMIN } } },
+# mosn_bootstrap PORT ADMIN_PORT HCM_EXTRA ROUTER_EXTRA: the extras are JSON members (with a
+# trailing comma) added to the HCM and to the router's config.
+mosn_bootstrap() {
+cat <<CONF
+{ "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": $2 } } },
   "static_resources": {
-    "listeners": [{ "name": "bench", "address": { "socket_address": { "address": "127.0.0.1", "port_value": $MOSN_PORT } },
+    "listeners": [{ "name": "bench", "address": { "socket_address": { "address": "127.0.0.1", "port_value": $1 } },
       "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager",
         "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-          "stat_prefix": "bench",
+          $3 "stat_prefix": "bench",
           "route_config": { "virtual_hosts": [{ "name": "all", "domains": ["*"],
             "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "up" } }] }] },
           "http_filters": [{ "name": "envoy.filters.http.router",
-            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }] }],
+            "typed_config": { $4 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }] }],
     "clusters": [{ "name": "up", "type": "STATIC", "connect_timeout": "1s",
       "load_assignment": { "cluster_name": "up", "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address":
         { "socket_address": { "address": "127.0.0.1", "port_value": $UP } } } }] }] } }] } }
 CONF
+}
+mosn_bootstrap "$MOSN_PORT" "$ADMIN" "" "" >"$WORK/mosn.json"
+# The same path without the headers Envoy adds by default and nginx does not (x-request-id,
+# x-envoy-expected-rq-timeout-ms, x-envoy-upstream-service-time), as Envoy's own options turn
+# them off: both proxies then send the upstream and the client the same headers, bar
+# x-forwarded-proto, which Envoy always sets.
+if [ -n "${MOSN_LEAN_PORT:-}" ]; then
+  mosn_bootstrap "$MOSN_LEAN_PORT" "$MOSN_LEAN_ADMIN" '"generate_request_id": false,' '"suppress_envoy_headers": true,' >"$WORK/mosn-lean.json"
+fi

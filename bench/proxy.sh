@@ -4,6 +4,11 @@
 # upstream on loopback, in the same run. Envoy is the real peer but is not packaged for Debian;
 # nginx and haproxy stand in.
 #  - saturation: wrk, keep-alive, rps with p50/p99 and the proxy's CPU seconds per 10k requests;
+#  - mosn twice: with Envoy's default headers (x-request-id, x-envoy-expected-rq-timeout-ms,
+#    x-envoy-upstream-service-time), and as "mosn-lean" with those turned off by Envoy's own
+#    options (generate_request_id, suppress_envoy_headers), which sends what nginx sends: the
+#    same work as the peer. The upstream parses the extra headers too, so they cost the
+#    whole box, not only the proxy;
 #  - fixed rate: hey at 1,000 rps, the p99 each proxy adds over the direct path;
 #  - each of those ROUNDS times (default 3), the paths alternating, medians reported;
 #  - RSS after the load;
@@ -26,6 +31,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; nginx
 trap cleanup EXIT
 
 UP=18401; MOSN_PORT=18402; NGINX_PORT=18403; HAPROXY_PORT=18404; ADMIN=18405
+MOSN_LEAN_PORT=18407; MOSN_LEAN_ADMIN=18408
 source "$(dirname "$0")/proxy-common.sh"
 cat >"$WORK/haproxy.cfg" <<CONF
 global
@@ -47,8 +53,9 @@ nginx -c "$WORK/up.conf" -p "$WORK"
 nginx -c "$WORK/px.conf" -p "$WORK"
 haproxy -f "$WORK/haproxy.cfg" >/dev/null 2>&1 & pids+=($!)
 "$MOSN" -c "$WORK/mosn.json" --concurrency 1 -l warning >"$WORK/mosn.log" 2>&1 & pids+=($!); MOSN_PID=$!
+"$MOSN" -c "$WORK/mosn-lean.json" --concurrency 1 -l warning >>"$WORK/mosn.log" 2>&1 & pids+=($!); LEAN_PID=$!
 sleep 1
-for p in $MOSN_PORT $NGINX_PORT $HAPROXY_PORT; do
+for p in $MOSN_PORT $MOSN_LEAN_PORT $NGINX_PORT $HAPROXY_PORT; do
   curl -fsS "http://127.0.0.1:$p/" | grep -q "hello from upstream" || { echo "proxy on $p does not answer" >&2; cat "$WORK/mosn.log" >&2; exit 1; }
 done
 
@@ -81,29 +88,32 @@ HAPROXY_PID=$(pgrep -x haproxy | tail -1); NGINX_PID=$(nginx_worker)
 # box hits every path alike; each figure is the median over the rounds.
 median_col() { awk -v c="$2" 'NF {print $c}' <<<"$1" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 medians() { echo "$(median_col "$1" 1) $(median_col "$1" 2) $(median_col "$1" 3) $(median_col "$1" 4)"; }
-s_d=""; s_m=""; s_n=""; s_h=""; p_d=""; p_m=""; p_n=""; p_h=""
+s_d=""; s_m=""; s_l=""; s_n=""; s_h=""; p_d=""; p_m=""; p_l=""; p_n=""; p_h=""
 for _ in $(seq "$ROUNDS"); do
   s_d+="$(saturate $UP "")"$'\n'
   s_m+="$(saturate $MOSN_PORT "$MOSN_PID")"$'\n'
+  s_l+="$(saturate $MOSN_LEAN_PORT "$LEAN_PID")"$'\n'
   s_n+="$(saturate $NGINX_PORT "$NGINX_PID")"$'\n'
   s_h+="$(saturate $HAPROXY_PORT "$HAPROXY_PID")"$'\n'
 done
-m_rss=$(rss_kb "$MOSN_PID"); m_split=$(rss_split "$MOSN_PID"); n_rss=$(rss_kb "$NGINX_PID"); h_rss=$(rss_kb "$HAPROXY_PID")
+m_rss=$(rss_kb "$MOSN_PID"); m_split=$(rss_split "$MOSN_PID"); l_rss=$(rss_kb "$LEAN_PID"); n_rss=$(rss_kb "$NGINX_PID"); h_rss=$(rss_kb "$HAPROXY_PID")
 for _ in $(seq "$ROUNDS"); do
-  p_d+="$(fixed_p99 $UP)"$'\n'; p_m+="$(fixed_p99 $MOSN_PORT)"$'\n'
+  p_d+="$(fixed_p99 $UP)"$'\n'; p_m+="$(fixed_p99 $MOSN_PORT)"$'\n'; p_l+="$(fixed_p99 $MOSN_LEAN_PORT)"$'\n'
   p_n+="$(fixed_p99 $NGINX_PORT)"$'\n'; p_h+="$(fixed_p99 $HAPROXY_PORT)"$'\n'
 done
 read -r d_rps d_p50 d_p99 _ <<<"$(medians "$s_d")"
 read -r m_rps m_p50 m_p99 m_cpu <<<"$(medians "$s_m")"
+read -r l_rps l_p50 l_p99 l_cpu <<<"$(medians "$s_l")"
 read -r n_rps n_p50 n_p99 n_cpu <<<"$(medians "$s_n")"
 read -r h_rps h_p50 h_p99 h_cpu <<<"$(medians "$s_h")"
-f_d=$(median_col "$p_d" 1); f_m=$(median_col "$p_m" 1); f_n=$(median_col "$p_n" 1); f_h=$(median_col "$p_h" 1)
-echo "req/s per round: direct $(awk 'NF {printf "%s ", $1}' <<<"$s_d")| mosn $(awk 'NF {printf "%s ", $1}' <<<"$s_m")| nginx $(awk 'NF {printf "%s ", $1}' <<<"$s_n")| haproxy $(awk 'NF {printf "%s ", $1}' <<<"$s_h")"
+f_d=$(median_col "$p_d" 1); f_m=$(median_col "$p_m" 1); f_l=$(median_col "$p_l" 1); f_n=$(median_col "$p_n" 1); f_h=$(median_col "$p_h" 1)
+echo "req/s per round: direct $(awk 'NF {printf "%s ", $1}' <<<"$s_d")| mosn $(awk 'NF {printf "%s ", $1}' <<<"$s_m")| mosn-lean $(awk 'NF {printf "%s ", $1}' <<<"$s_l")| nginx $(awk 'NF {printf "%s ", $1}' <<<"$s_n")| haproxy $(awk 'NF {printf "%s ", $1}' <<<"$s_h")"
 
 echo "saturation: wrk -t1 -c$CONNS -d$DURATION; fixed rate: hey, 1,000 rps for 10 s; medians of $ROUNDS rounds"
 printf '%-9s %10s %8s %8s %14s %10s %16s\n' path req/s p50_ms p99_ms cpu_s/10k_req rss_kb p99@1000rps_ms
 printf '%-9s %10s %8s %8s %14s %10s %16s\n' direct "$d_rps" "$d_p50" "$d_p99" - - "$f_d"
 printf '%-9s %10s %8s %8s %14s %10s %16s\n' mosn "$m_rps" "$m_p50" "$m_p99" "$m_cpu" "$m_rss" "$f_m"
+printf '%-9s %10s %8s %8s %14s %10s %16s\n' mosn-lean "$l_rps" "$l_p50" "$l_p99" "$l_cpu" "$l_rss" "$f_l"
 printf '%-9s %10s %8s %8s %14s %10s %16s\n' nginx "$n_rps" "$n_p50" "$n_p99" "$n_cpu" "$n_rss" "$f_n"
 printf '%-9s %10s %8s %8s %14s %10s %16s\n' haproxy "$h_rps" "$h_p50" "$h_p99" "$h_cpu" "$h_rss" "$f_h"
 # Bookinfo-sized config: generated from the endpoints dump; Bookinfo's own services point at
@@ -239,9 +249,9 @@ else
   echo "no $DUMP (or python3): Bookinfo RSS skipped" >&2
 fi
 
-awk -v m="$m_rps" -v n="$n_rps" -v h="$h_rps" -v mr="$m_rss" -v nr="$n_rss" -v hr="$h_rss" \
+awk -v m="$m_rps" -v l="$l_rps" -v n="$n_rps" -v h="$h_rps" -v mr="$m_rss" -v nr="$n_rss" -v hr="$h_rss" \
     -v fd="$f_d" -v fm="$f_m" -v fn="$f_n" -v fh="$f_h" 'BEGIN {
-  printf "ratio req/s mosn/nginx = %.2fx (target >= 1), mosn/haproxy = %.2fx\n", m/n, m/h;
+  printf "ratio req/s mosn/nginx = %.2fx with Envoy'"'"'s default headers, %.2fx with the same headers as nginx (target >= 1); mosn/haproxy = %.2fx\n", m/n, l/n, m/h;
   printf "added p99 at 1,000 rps: mosn %+.3f ms (target <= 0.5), nginx %+.3f ms, haproxy %+.3f ms\n", fm-fd, fn-fd, fh-fd;
   printf "ratio rss   mosn/nginx = %.2fx, mosn/haproxy = %.2fx; mosn rss %.1f MB\n", mr/nr, mr/hr, mr/1024 }'
 echo "mosn rss after load: $m_split"
