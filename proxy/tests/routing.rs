@@ -428,3 +428,43 @@ async fn request_id_and_router_headers_can_be_turned_off() {
         .json();
     assert_eq!(j["headers"]["x-request-id"], "abc");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_count_goes_upstream_and_back_when_the_vhost_asks() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let retry =
+        json!({"retry_on": "5xx", "num_retries": 1, "retry_back_off": {"base_interval": "0.001s"}});
+    let vh = |counts: bool| {
+        json!([{"name": "v", "domains": ["*"],
+            "include_request_attempt_count": counts, "include_attempt_count_in_response": counts,
+            "routes": [
+                {"match": {"prefix": "/retry"}, "route": {"cluster": "ab", "retry_policy": retry}},
+                {"match": {"prefix": "/"}, "route": {"cluster": "ab"}}]}])
+    };
+    let p = proxy(bootstrap(
+        vec![
+            listener("counts", vh(true), vec![], json!({})),
+            listener("plain", vh(false), vec![], json!({})),
+        ],
+        vec![cluster("ab", &[a.addr, b.addr], json!({}))],
+    ))
+    .await;
+    let count = |r: &Resp| {
+        (
+            r.json()["headers"]["x-envoy-attempt-count"]
+                .as_str()
+                .map(str::to_string),
+            r.header("x-envoy-attempt-count").map(str::to_string),
+        )
+    };
+    let one = Some("1".to_string());
+    let r = get(p.addr("counts"), "/", &[]).await;
+    assert_eq!(count(&r), (one.clone(), one));
+    // Both attempts answer 503: the second attempt says so upstream, and the response too.
+    let r = get(p.addr("counts"), "/retry", &[("x-test-status", "503")]).await;
+    assert_eq!(r.status, 503);
+    let two = Some("2".to_string());
+    assert_eq!(count(&r), (two.clone(), two));
+    let r = get(p.addr("plain"), "/retry", &[("x-test-status", "503")]).await;
+    assert_eq!(count(&r), (None, None));
+}

@@ -26,9 +26,17 @@ pub struct Downstream<'a> {
     pub stream_idle: Option<Duration>,
     /// Add the router's `x-envoy-*` headers (the router's `suppress_envoy_headers` unset).
     pub envoy_headers: bool,
+    /// The virtual host's `include_request_attempt_count` and
+    /// `include_attempt_count_in_response`: `x-envoy-attempt-count` (1-based) on each upstream
+    /// attempt, and the final count on the response. Not affected by `envoy_headers`, as in
+    /// Envoy.
+    pub attempt_count: (bool, bool),
     /// The connection's request timer (per-try and route timeouts).
     pub timer: &'a super::timer::RequestTimer,
 }
+
+/// `x-envoy-attempt-count`.
+const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 
 /// Keeps `upstream_rq_active` and the host's active count right until the response ends.
 struct RqGuard {
@@ -139,6 +147,11 @@ pub async fn forward(
         };
         // The last possible attempt takes the headers instead of copying them (no retry can
         // follow it, so `parts.headers` is not read again).
+        if down.attempt_count.0 {
+            parts
+                .headers
+                .insert(ATTEMPT_COUNT, HeaderValue::from(attempt + 1));
+        }
         let headers = if attempt >= retries {
             std::mem::take(&mut parts.headers)
         } else {
@@ -230,6 +243,10 @@ pub async fn forward(
                 in_retry.release();
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
+                if down.attempt_count.1 {
+                    rp.headers
+                        .insert(ATTEMPT_COUNT, HeaderValue::from(attempt + 1));
+                }
                 if down.envoy_headers {
                     const SERVICE_TIME: HeaderName =
                         HeaderName::from_static("x-envoy-upstream-service-time");

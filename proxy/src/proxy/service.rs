@@ -328,6 +328,7 @@ async fn route_request(
                 original_dst: ctx.original_dst,
                 stream_idle: ctx.hcm.stream_idle_timeout,
                 envoy_headers: !ctx.hcm.suppress_envoy_headers,
+                attempt_count: (vh.attempt_count_in_request, vh.attempt_count_in_response),
                 timer: &ctx.timer,
             };
             let mut host = None;

@@ -95,6 +95,10 @@ pub struct VirtualHost {
     pub retry: Option<RetryPolicy>,
     /// Per-filter overrides.
     pub filters: FilterOverrides,
+    /// `include_request_attempt_count`: send `x-envoy-attempt-count` upstream (Istio sets it).
+    pub attempt_count_in_request: bool,
+    /// `include_attempt_count_in_response`: return `x-envoy-attempt-count` downstream.
+    pub attempt_count_in_response: bool,
 }
 
 /// A compiled `RouteConfiguration`.
@@ -228,6 +232,8 @@ impl VirtualHost {
             )?,
             retry: vh.retry_policy.as_ref().map(RetryPolicy::from_proto),
             filters: FilterOverrides::from_proto(&vh.typed_per_filter_config, vh.cors.as_ref())?,
+            attempt_count_in_request: vh.include_request_attempt_count,
+            attempt_count_in_response: vh.include_attempt_count_in_response,
         })
     }
 }
