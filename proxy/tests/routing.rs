@@ -439,6 +439,8 @@ async fn attempt_count_goes_upstream_and_back_when_the_vhost_asks() {
             "include_request_attempt_count": counts, "include_attempt_count_in_response": counts,
             "routes": [
                 {"match": {"prefix": "/retry"}, "route": {"cluster": "ab", "retry_policy": retry}},
+                {"match": {"prefix": "/dead"}, "route": {"cluster": "dead", "retry_policy":
+                    {"retry_on": "connect-failure", "num_retries": 2, "retry_back_off": {"base_interval": "0.001s"}}}},
                 {"match": {"prefix": "/"}, "route": {"cluster": "ab"}}]}])
     };
     let p = proxy(bootstrap(
@@ -446,7 +448,10 @@ async fn attempt_count_goes_upstream_and_back_when_the_vhost_asks() {
             listener("counts", vh(true), vec![], json!({})),
             listener("plain", vh(false), vec![], json!({})),
         ],
-        vec![cluster("ab", &[a.addr, b.addr], json!({}))],
+        vec![
+            cluster("ab", &[a.addr, b.addr], json!({})),
+            cluster("dead", &[dead_addr()], json!({})),
+        ],
     ))
     .await;
     let count = |r: &Resp| {
@@ -467,4 +472,10 @@ async fn attempt_count_goes_upstream_and_back_when_the_vhost_asks() {
     assert_eq!(count(&r), (two.clone(), two));
     let r = get(p.addr("plain"), "/retry", &[("x-test-status", "503")]).await;
     assert_eq!(count(&r), (None, None));
+    // A local reply after three failed connects carries the count too.
+    let r = get(p.addr("counts"), "/dead", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-envoy-attempt-count"), Some("3"));
+    let r = get(p.addr("plain"), "/dead", &[]).await;
+    assert_eq!(r.header("x-envoy-attempt-count"), None);
 }

@@ -36,7 +36,16 @@ pub struct Downstream<'a> {
 }
 
 /// `x-envoy-attempt-count`.
-const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+
+/// What [`forward`] tried: the host of its last attempt and how many attempts it made.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried {
+    /// The host of the last attempt.
+    pub host: Option<SocketAddr>,
+    /// Attempts made (0 when no host could be picked).
+    pub attempts: u32,
+}
 
 /// Keeps `upstream_rq_active` and the host's active count right until the response ends.
 struct RqGuard {
@@ -53,7 +62,8 @@ impl Drop for RqGuard {
 }
 
 /// Forward `parts`/`body` to `cluster` per `action`; `retry` is the effective retry policy.
-/// `upstream_host` tells the caller (the access log) which host the last attempt used.
+/// `report` tells the caller which host the last attempt used (for the access log) and how many
+/// attempts were made (for `x-envoy-attempt-count` on a local reply).
 // The two out-parameters keep the hot path free of a per-request result struct.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
@@ -64,7 +74,7 @@ pub async fn forward(
     body: super::body::DownstreamBody,
     down: Downstream<'_>,
     down_active: &mut Option<ActiveGauge>,
-    upstream_host: &mut Option<SocketAddr>,
+    report: &mut Tried,
 ) -> Result<Response<BoxBody>, LocalReply> {
     let stats = cluster.stats.clone();
     // An allowed HTTP/1.1 upgrade (websocket): keep its headers and, on 101, splice the two
@@ -133,7 +143,8 @@ pub async fn forward(
                 return Err(LocalReply::no_healthy_upstream());
             }
         };
-        *upstream_host = Some(host.addr);
+        report.host = Some(host.addr);
+        report.attempts = attempt + 1;
         // Only a policy with skip_previous_hosts reads `tried` (no allocation otherwise).
         if retry.is_some_and(|r| r.skip_previous_hosts) {
             tried.push(host.addr);

@@ -331,11 +331,11 @@ async fn route_request(
                 attempt_count: (vh.attempt_count_in_request, vh.attempt_count_in_response),
                 timer: &ctx.timer,
             };
-            let mut host = None;
+            let mut tried = router::Tried::default();
             let result =
-                router::forward(cluster, a, retry, parts, body, down, active, &mut host).await;
+                router::forward(cluster, a, retry, parts, body, down, active, &mut tried).await;
             if let Some(i) = info {
-                i.host = host;
+                i.host = tried.host;
             }
             match result {
                 // A delay the fault filter injected before a proxied answer is logged too.
@@ -347,6 +347,11 @@ async fn route_request(
                 Err(mut reply) => {
                     reply.flags.splice(0..0, flags);
                     let mut r = reply.into_response(&ctx.hcm.server_name);
+                    // Envoy counts the attempts on its local replies too, once one was made.
+                    if vh.attempt_count_in_response && tried.attempts > 0 {
+                        r.headers_mut()
+                            .insert(router::ATTEMPT_COUNT, HeaderValue::from(tried.attempts));
+                    }
                     levels
                         .iter()
                         .for_each(|p| p.response.apply(r.headers_mut()));
