@@ -156,13 +156,13 @@ pub async fn forward(
                 Flag::UpstreamRemoteReset,
             ));
         };
-        // The last possible attempt takes the headers instead of copying them (no retry can
-        // follow it, so `parts.headers` is not read again).
         if down.attempt_count.0 {
             parts
                 .headers
                 .insert(ATTEMPT_COUNT, HeaderValue::from(attempt + 1));
         }
+        // The last possible attempt takes the headers instead of copying them (no retry can
+        // follow it, so `parts.headers` is not read again).
         let headers = if attempt >= retries {
             std::mem::take(&mut parts.headers)
         } else {
