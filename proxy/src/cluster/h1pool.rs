@@ -422,12 +422,10 @@ fn pop_live<T>(
     timeout: Option<Duration>,
     mut live: impl FnMut(&mut T) -> bool,
 ) -> Option<T> {
-    let now = timeout.map(|_| crate::clock::coarse_now());
+    // The clock is read only when there is a timeout to check.
+    let limit = timeout.map(|t| (crate::clock::coarse_now(), t));
     while let Some(mut i) = stack.pop() {
-        let fresh = match (timeout, now) {
-            (Some(t), Some(now)) => now.saturating_sub(i.since) < t,
-            _ => true,
-        };
+        let fresh = limit.is_none_or(|(now, t)| now.saturating_sub(i.since) < t);
         if fresh && live(&mut i.conn) {
             return Some(i.conn);
         }

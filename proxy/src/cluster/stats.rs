@@ -109,30 +109,31 @@ impl ClusterStats {
 
     /// Count a completed upstream response: `upstream_rq_<code>` and `upstream_rq_<N>xx`.
     pub fn response(&self, code: u16) {
-        if code == 200 {
-            let (a, b) = self.ok.get_or_init(|| self.code_stats(200));
-            a.inc();
-            b.inc();
-            self.rq_completed.inc();
-            return;
-        }
+        let other;
+        let (a, b) = if code == 200 {
+            self.ok.get_or_init(|| self.code_stats(200))
+        } else {
+            other = self.other_code_stats(code);
+            &other
+        };
+        a.inc();
+        b.inc();
+        self.rq_completed.inc();
+    }
+
+    /// The counters of a code other than 200, registered on first use.
+    fn other_code_stats(&self, code: u16) -> CodeStats {
         let cached = self
             .codes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&code)
             .cloned();
-        let (a, b) = match cached {
-            Some(x) => x,
-            None => {
-                let x = self.code_stats(code);
-                let mut m = self.codes.write().unwrap_or_else(|e| e.into_inner());
-                m.entry(code).or_insert(x).clone()
-            }
-        };
-        a.inc();
-        b.inc();
-        self.rq_completed.inc();
+        cached.unwrap_or_else(|| {
+            let x = self.code_stats(code);
+            let mut m = self.codes.write().unwrap_or_else(|e| e.into_inner());
+            m.entry(code).or_insert(x).clone()
+        })
     }
 
     fn code_stats(&self, code: u16) -> CodeStats {

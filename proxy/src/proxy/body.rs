@@ -374,7 +374,7 @@ where
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let due = super::later(this.last.unwrap_or(last), this.idle);
+            let due = super::later(last, idle);
             if due <= tokio::time::Instant::now() {
                 return Poll::Ready(Some(Err("stream idle timeout".into())));
             }
