@@ -23,12 +23,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Option<Incoming>>) -> Re
     // Access logging costs nothing unless the HCM has loggers. Envoy's HCM gives every request
     // an x-request-id before routing, so the log line and the upstream see the same one.
     let mut record = (!ctx.hcm.access_logs.is_empty()).then(|| {
-        if ctx.hcm.generate_request_id {
-            const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-            req.headers_mut()
-                .entry(REQUEST_ID)
-                .or_insert_with(request_id);
-        }
+        ensure_request_id(&ctx.hcm, req.headers_mut());
         access_log::Record::start(
             &req,
             ctx.original_dst,
@@ -380,7 +375,6 @@ fn prepare_upstream_headers(
 ) {
     // Pre-parsed names: `&str` names are parsed on every use.
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     const ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
     let h = &mut parts.headers;
     // Room for what this and the router add (x-forwarded-proto, x-request-id,
@@ -389,9 +383,7 @@ fn prepare_upstream_headers(
     // One hashed lookup each (entry), not contains_key then insert.
     h.entry(XFP)
         .or_insert_with(|| HeaderValue::from_static("http"));
-    if hcm.generate_request_id {
-        h.entry(REQUEST_ID).or_insert_with(request_id);
-    }
+    ensure_request_id(hcm, h);
     if let Some(new) = a.rewrite_path(path, route.matched_prefix()) {
         if !hcm.suppress_envoy_headers {
             if let Ok(v) = HeaderValue::from_str(path) {
@@ -426,6 +418,17 @@ fn prepare_upstream_headers(
     }
     for p in levels {
         p.request.apply(&mut parts.headers);
+    }
+}
+
+/// Give a request without an `x-request-id` one, unless the HCM's `generate_request_id` is
+/// off. It runs before access logging starts (so the log and the upstream see the same id)
+/// and again before forwarding, where it finds the id already there.
+fn ensure_request_id(hcm: &super::hcm::HcmConfig, h: &mut HeaderMap) {
+    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    if hcm.generate_request_id {
+        // One hashed lookup (entry), not contains_key then insert.
+        h.entry(REQUEST_ID).or_insert_with(request_id);
     }
 }
 
