@@ -26,11 +26,10 @@ pub struct Downstream<'a> {
     pub stream_idle: Option<Duration>,
     /// Add the router's `x-envoy-*` headers (the router's `suppress_envoy_headers` unset).
     pub envoy_headers: bool,
-    /// The virtual host's `include_request_attempt_count` and
-    /// `include_attempt_count_in_response`: `x-envoy-attempt-count` (1-based) on each upstream
-    /// attempt, and the final count on the response. Not affected by `envoy_headers`, as in
-    /// Envoy.
-    pub attempt_count: (bool, bool),
+    /// The virtual host's `include_request_attempt_count`: `x-envoy-attempt-count` (1-based)
+    /// on each upstream attempt. Not affected by `envoy_headers`, as in Envoy. (The count on
+    /// responses is the HCM's, from [`Tried::attempts`].)
+    pub attempt_count: bool,
     /// The connection's request timer (per-try and route timeouts).
     pub timer: &'a super::timer::RequestTimer,
 }
@@ -63,8 +62,8 @@ impl Drop for RqGuard {
 
 /// Forward `parts`/`body` to `cluster` per `action`; `retry` is the effective retry policy.
 /// `report` tells the caller which host the last attempt used (for the access log) and how many
-/// attempts were made (for `x-envoy-attempt-count` on a local reply).
-// The two out-parameters keep the hot path free of a per-request result struct.
+/// attempts were made (for `x-envoy-attempt-count` on the response).
+// Out-parameters, because the caller reads them whether the forward succeeds or fails.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
     cluster: Arc<Cluster>,
@@ -156,7 +155,7 @@ pub async fn forward(
                 Flag::UpstreamRemoteReset,
             ));
         };
-        if down.attempt_count.0 {
+        if down.attempt_count {
             parts
                 .headers
                 .insert(ATTEMPT_COUNT, HeaderValue::from(attempt + 1));
@@ -254,10 +253,6 @@ pub async fn forward(
                 in_retry.release();
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
-                if down.attempt_count.1 {
-                    rp.headers
-                        .insert(ATTEMPT_COUNT, HeaderValue::from(attempt + 1));
-                }
                 if down.envoy_headers {
                     const SERVICE_TIME: HeaderName =
                         HeaderName::from_static("x-envoy-upstream-service-time");

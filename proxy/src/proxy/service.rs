@@ -323,7 +323,7 @@ async fn route_request(
                 original_dst: ctx.original_dst,
                 stream_idle: ctx.hcm.stream_idle_timeout,
                 envoy_headers: !ctx.hcm.suppress_envoy_headers,
-                attempt_count: (vh.attempt_count_in_request, vh.attempt_count_in_response),
+                attempt_count: vh.attempt_count_in_request,
                 timer: &ctx.timer,
             };
             let mut tried = router::Tried::default();
@@ -332,21 +332,28 @@ async fn route_request(
             if let Some(i) = info {
                 i.host = tried.host;
             }
+            // As Envoy's router: the attempt count goes on every response once an attempt was
+            // made, the upstream's and the proxy's own.
+            let count = (vh.attempt_count_in_response && tried.attempts > 0)
+                .then(|| HeaderValue::from(tried.attempts));
+            let stamp = |h: &mut HeaderMap| {
+                if let Some(c) = &count {
+                    h.insert(router::ATTEMPT_COUNT, c.clone());
+                }
+            };
             match result {
-                // A delay the fault filter injected before a proxied answer is logged too.
-                Ok(mut r) if !flags.is_empty() => {
-                    r.extensions_mut().insert(ResponseFlags::of(&flags));
+                Ok(mut r) => {
+                    stamp(r.headers_mut());
+                    // A delay the fault filter injected before a proxied answer is logged too.
+                    if !flags.is_empty() {
+                        r.extensions_mut().insert(ResponseFlags::of(&flags));
+                    }
                     r
                 }
-                Ok(r) => r,
                 Err(mut reply) => {
                     reply.flags.splice(0..0, flags);
                     let mut r = reply.into_response(&ctx.hcm.server_name);
-                    // Envoy counts the attempts on its local replies too, once one was made.
-                    if vh.attempt_count_in_response && tried.attempts > 0 {
-                        r.headers_mut()
-                            .insert(router::ATTEMPT_COUNT, HeaderValue::from(tried.attempts));
-                    }
+                    stamp(r.headers_mut());
                     levels
                         .iter()
                         .for_each(|p| p.response.apply(r.headers_mut()));
