@@ -39,12 +39,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         .filter(|_| found & CONN != 0)
     {
         // Only a value naming something other than close / keep-alive needs the slow path.
-        let plain =
-            |v: &[u8]| v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close");
         let names: Option<Vec<String>> = conn
             .to_str()
             .ok()
-            .filter(|_| !plain(conn.as_bytes()))
+            .filter(|_| crate::wire::connection_tokens(conn.as_bytes()).other)
             .and_then(|conn| {
                 let v: Vec<String> = conn
                     .split(',')
@@ -76,5 +74,37 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             .is_some_and(|v| v.as_bytes() != b"trailers")
     {
         h.remove(http::header::TE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_hop_by_hop;
+    use http::HeaderMap;
+
+    fn strip(list: &[(&'static str, &'static str)]) -> Vec<String> {
+        let mut h = HeaderMap::new();
+        for (n, v) in list {
+            h.append(*n, v.parse().unwrap());
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+        left.sort();
+        left
+    }
+
+    #[test]
+    fn connection_names_the_fields_it_takes_along() {
+        let named = [
+            ("connection", "X-A, close"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+        ];
+        assert_eq!(strip(&named), ["te", "x-b"]);
+        let plain = [("connection", "Keep-Alive"), ("x-a", "1")];
+        assert_eq!(strip(&plain), ["x-a"]);
+        assert_eq!(strip(&[("te", "gzip"), ("x-a", "1")]), ["x-a"]);
     }
 }
