@@ -127,6 +127,59 @@ async fn circuit_breakers_overflow_with_503_uo() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_requests_get_the_connection_in_the_order_they_came() {
+    // Envoy's pending queue is first come, first served. The waits here (0.2 s, then 60 ms
+    // per request) span several of the pool's periodic looks, which must not cost a waiter
+    // its place.
+    let a = upstream("a").await;
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "one", "timeout": "0s"}}]);
+    let limits = json!({"circuit_breakers": {"thresholds": [
+        {"max_connections": 1, "max_pending_requests": 100}]}});
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
+            vec![],
+            json!({}),
+        )],
+        vec![cluster("one", &[a.addr], limits)],
+    ))
+    .await;
+    let addr = p.addr("l");
+    assert_eq!(
+        get(addr, "/", &[]).await.status,
+        200,
+        "the one connection is open"
+    );
+    let first = tokio::spawn(async move { get(addr, "/", &[("x-test-delay-ms", "200")]).await });
+    wait_hits(&a, 2).await;
+    let mut queued = Vec::new();
+    for i in 1..=6u64 {
+        queued.push(tokio::spawn(async move {
+            let r = get(addr, "/", &[("x-test-delay-ms", "60")]).await;
+            (i, r.status, Instant::now())
+        }));
+        let what = format!("request {i} never queued");
+        wait_until(&what, || {
+            p.stat("cluster.one.upstream_rq_pending_active") >= i
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    assert_eq!(first.await.unwrap().status, 200);
+    let mut done = Vec::new();
+    for t in queued {
+        done.push(t.await.unwrap());
+    }
+    assert!(done.iter().all(|d| d.1 == 200), "{done:?}");
+    done.sort_by_key(|d| d.2);
+    let order: Vec<u64> = done.iter().map(|d| d.0).collect();
+    assert_eq!(order, [1, 2, 3, 4, 5, 6], "served in arrival order");
+    assert_eq!(p.stat("cluster.one.upstream_cx_total"), 1);
+    assert_eq!(p.stat("cluster.one.upstream_rq_pending_total"), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outlier_detection_ejects_a_failing_host() {
     let (a, b) = (upstream("a").await, upstream("b").await);
     let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "ab"}}]);

@@ -229,6 +229,12 @@ impl H1Pool {
             }
         }
         let mut pending: Option<Pending> = None;
+        // The place in line, taken after the first look fails (the fast path takes none), and
+        // kept across the periodic looks, so waiters are served in the order they came
+        // (tokio's `notify_one` wakes the longest waiter), as in Envoy's pending queue. Only a
+        // wake-up that was used up takes a new place, at the back.
+        let freed = self.connector.freed();
+        let mut place = std::pin::pin!(None::<tokio::sync::futures::Notified<'_>>);
         loop {
             if let Some(c) = take(self, addr) {
                 return Ok(Got::Idle(c));
@@ -243,28 +249,35 @@ impl H1Pool {
             }
             match self.evict_unusable(addr, raw) {
                 Evicted::Closed => continue,
-                Evicted::Closing => {
-                    let freed = self.connector.freed().notified();
-                    let _ = tokio::time::timeout(PENDING_RECHECK, freed).await;
-                    continue;
+                Evicted::Closing => {}
+                Evicted::Nothing => {
+                    if pending.is_none() {
+                        let stats = self.connector.stats();
+                        if stats.rq_pending_active.get() >= self.max_pending {
+                            stats.rq_pending_overflow.inc();
+                            return Err(SendError::Connect(ConnectError::Overflow));
+                        }
+                        stats.cx_overflow.inc();
+                        stats.rq_pending_total.inc();
+                        stats.rq_pending_active.inc();
+                        pending = Some(Pending(&stats.rq_pending_active));
+                    }
                 }
-                Evicted::Nothing => {}
             }
-            if pending.is_none() {
-                let stats = self.connector.stats();
-                if stats.rq_pending_active.get() >= self.max_pending {
-                    stats.rq_pending_overflow.inc();
-                    return Err(SendError::Connect(ConnectError::Overflow));
+            let Some(waiting) = place.as_mut().as_pin_mut() else {
+                // Take a place, then look once more: a connection freed before the place was
+                // taken woke nobody.
+                place.set(Some(freed.notified()));
+                if let Some(p) = place.as_mut().as_pin_mut() {
+                    p.enable();
                 }
-                stats.cx_overflow.inc();
-                stats.rq_pending_total.inc();
-                stats.rq_pending_active.inc();
-                pending = Some(Pending(&stats.rq_pending_active));
-            }
+                continue;
+            };
             // Returns and closes wake one waiter each; the periodic look covers a wake-up
             // that went to a waiter which then lost the race for the connection.
-            let freed = self.connector.freed().notified();
-            let _ = tokio::time::timeout(PENDING_RECHECK, freed).await;
+            if tokio::time::timeout(PENDING_RECHECK, waiting).await.is_ok() {
+                place.set(None);
+            }
         }
     }
 
