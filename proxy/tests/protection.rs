@@ -222,6 +222,68 @@ async fn outlier_detection_ejects_a_failing_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_panic_threshold_decides_whether_ejected_hosts_take_traffic() {
+    // One host, ejected after one 5xx. With Envoy's default threshold (50%) the cluster is in
+    // panic and the ejected host still takes traffic; with 0 (what Istio writes for a
+    // DestinationRule's outlierDetection) it does not: 503 UH.
+    let a = upstream("a").await;
+    let od = |lb: serde_json::Value| {
+        let mut c = json!({"outlier_detection": {"consecutive_5xx": 1, "base_ejection_time": "60s",
+            "max_ejection_percent": 100, "interval": "1s"}});
+        mosn::config::merge(&mut c, lb);
+        c
+    };
+    let routes = json!([
+        {"match": {"prefix": "/default"}, "route": {"cluster": "default"}},
+        {"match": {"prefix": "/off"}, "route": {"cluster": "off"}}]);
+    let log = FlagLog::new("panic");
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
+            vec![],
+            log.hcm(),
+        )],
+        vec![
+            cluster("default", &[a.addr], od(json!({}))),
+            cluster(
+                "off",
+                &[a.addr],
+                od(json!({"common_lb_config": {"healthy_panic_threshold": {"value": 0}}})),
+            ),
+        ],
+    ))
+    .await;
+    let addr = p.addr("l");
+    for path in ["/default", "/off"] {
+        assert_eq!(
+            get(addr, path, &[("x-test-status", "503")]).await.status,
+            503
+        );
+    }
+    assert_eq!(
+        p.stat("cluster.default.outlier_detection.ejections_active"),
+        1
+    );
+    assert_eq!(p.stat("cluster.off.outlier_detection.ejections_active"), 1);
+
+    let before = a.hits();
+    let r = get(addr, "/default", &[]).await;
+    assert_eq!(
+        (r.status, r.upstream().as_str()),
+        (200, "a"),
+        "panic: the ejected host serves"
+    );
+    assert_eq!(a.hits(), before + 1);
+    let r = get(addr, "/off", &[("x-test-tag", "off")]).await;
+    assert_eq!(
+        (r.status, r.body.as_str(), log.flags("off").await.as_str()),
+        (503, "no healthy upstream", "UH")
+    );
+    assert_eq!(a.hits(), before + 1, "no request reached the ejected host");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_filter_and_cors() {
     let a = upstream("a").await;
     let fault = |cfg: serde_json::Value| {

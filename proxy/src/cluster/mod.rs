@@ -105,6 +105,8 @@ pub struct Cluster {
     pub breakers: Breakers,
     /// Outlier detection, if configured.
     pub outlier: Option<OutlierConfig>,
+    /// `common_lb_config.healthy_panic_threshold`, percent (Envoy's default 50; 0 = never).
+    pub panic_threshold: f64,
     /// Opens and counts this cluster's upstream TCP connections (connect timeout,
     /// `max_connections`, `upstream_bind_config`); the pools and tcp_proxy dial through it.
     pub connector: CountingConnector,
@@ -248,6 +250,7 @@ impl Cluster {
             protocol,
             breakers,
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
+            panic_threshold: panic_threshold(c),
             connector,
             stats,
             proto: c.clone(),
@@ -305,7 +308,9 @@ impl Cluster {
 
     /// Pick a host with the cluster's LB policy.
     pub fn choose(&self, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
-        self.hosts.load().choose(&self.lb, ctx)
+        self.hosts
+            .load()
+            .choose(&self.lb, self.panic_threshold, ctx)
     }
 
     /// Whether a request that arrived over `downstream` goes upstream as HTTP/2.
@@ -485,4 +490,14 @@ pub fn address(a: Option<&core::Address>) -> Result<Addr, String> {
         Some(A::EnvoyInternalAddress(_)) => Err("internal addresses are not supported".into()),
         None => Err("address missing".into()),
     }
+}
+
+/// `common_lb_config.healthy_panic_threshold` in percent: Envoy's default is 50, and Istio
+/// writes a DestinationRule's `minHealthPercent` here (0, which turns panic mode off, unless
+/// set).
+fn panic_threshold(c: &cpb::Cluster) -> f64 {
+    c.common_lb_config
+        .as_ref()
+        .and_then(|l| l.healthy_panic_threshold.as_ref())
+        .map_or(50.0, |p| p.value.clamp(0.0, 100.0))
 }

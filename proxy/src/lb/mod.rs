@@ -174,9 +174,15 @@ impl HostSet {
         self.all.is_empty()
     }
 
-    /// Pick a host. Ejected hosts are skipped unless more than half of a priority level is
-    /// ejected (Envoy's 50% panic threshold), in which case all of that level is used.
-    pub fn choose(&self, policy: &LbPolicy, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
+    /// Pick a host. Ejected hosts are skipped unless the share of a priority level that is
+    /// not ejected falls below `panic_threshold` percent (Envoy's panic mode, 50 by default;
+    /// 0 never panics), in which case all of that level is used.
+    pub fn choose(
+        &self,
+        policy: &LbPolicy,
+        panic_threshold: f64,
+        ctx: &LbContext<'_>,
+    ) -> Option<Arc<Host>> {
         // The clock is read only if some host was ever ejected (a clock read costs more than
         // the rest of a round-robin pick).
         let now = std::cell::LazyCell::new(Instant::now);
@@ -185,7 +191,9 @@ impl HostSet {
             // No allocation on the hot path: the ejection check is one atomic load per host.
             let n_ejected = level.hosts.iter().filter(|h| is_ejected(h)).count();
             let ejected = |i: usize| n_ejected > 0 && is_ejected(&level.hosts[i]);
-            let panic = n_ejected * 2 > level.hosts.len();
+            let healthy = (level.hosts.len() - n_ejected) as f64;
+            let panic =
+                n_ejected > 0 && healthy * 100.0 < panic_threshold * level.hosts.len() as f64;
             if n_ejected == level.hosts.len()
                 && self.levels.len() > 1
                 && !std::ptr::eq(level, self.levels.last().unwrap())
@@ -376,14 +384,15 @@ mod tests {
                 hash: Some(42),
                 exclude: &[],
             };
-            let a = set.choose(&p, &ctx).unwrap().addr;
+            let a = set.choose(&p, 50.0, &ctx).unwrap().addr;
             for _ in 0..10 {
-                assert_eq!(set.choose(&p, &ctx).unwrap().addr, a);
+                assert_eq!(set.choose(&p, 50.0, &ctx).unwrap().addr, a);
             }
             let ex = [a];
             let b = set
                 .choose(
                     &p,
+                    50.0,
                     &LbContext {
                         hash: Some(42),
                         exclude: &ex,
