@@ -266,3 +266,54 @@ async fn broken_responses_fail_cleanly() {
     assert_eq!(get(addr, "/ka", &[]).await.status, 200);
     assert_eq!(px.stat("cluster.raw.upstream_cx_active"), 1);
 }
+
+#[tokio::test]
+async fn max_requests_per_connection_closes_a_connection_after_its_quota() {
+    let up = raw_upstream().await;
+    let echo = upstream("echo").await;
+    // Newer Istio writes a DestinationRule's maxRequestsPerConnection into HttpProtocolOptions,
+    // Istio 1.10 into the deprecated cluster field.
+    let hpo = |n: u32| {
+        json!({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"max_requests_per_connection": n},
+        "explicit_http_config": {"http_protocol_options": {}}}}})
+    };
+    let vh = json!([{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/two"}, "route": {"cluster": "two", "prefix_rewrite": "/ka"}},
+        {"match": {"prefix": "/one"}, "route": {"cluster": "one", "prefix_rewrite": "/ka"}},
+        {"match": {"prefix": "/post"}, "route": {"cluster": "post"}}]}]);
+    let px = proxy(bootstrap(
+        vec![listener("in", vh, vec![], json!({}))],
+        vec![
+            cluster("two", &[up.addr], hpo(2)),
+            cluster("one", &[up.addr], json!({"max_requests_per_connection": 1})),
+            cluster("post", &[echo.addr], hpo(1)),
+        ],
+    ))
+    .await;
+    let addr = px.addr("in");
+
+    let mut bodies = Vec::new();
+    for _ in 0..5 {
+        bodies.push(get(addr, "/two", &[]).await.body);
+    }
+    assert_eq!(bodies, ["c0r0", "c0r1", "c1r0", "c1r1", "c2r0"]);
+    assert_eq!(px.stat("cluster.two.upstream_cx_total"), 3);
+    assert_eq!(px.stat("cluster.two.upstream_cx_max_requests"), 2);
+
+    for _ in 0..3 {
+        let b = get(addr, "/one", &[]).await.body;
+        assert!(b.ends_with("r0"), "a new connection for every request: {b}");
+    }
+    assert_eq!(px.stat("cluster.one.upstream_cx_total"), 3);
+    assert_eq!(px.stat("cluster.one.upstream_cx_max_requests"), 3);
+
+    // Requests with a body go through hyper's client: the same quota.
+    for _ in 0..2 {
+        let r = request(addr, "POST", "/post", &[], "a body", false).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(px.stat("cluster.post.upstream_cx_total"), 2);
+    assert_eq!(px.stat("cluster.post.upstream_cx_max_requests"), 2);
+}

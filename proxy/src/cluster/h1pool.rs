@@ -39,52 +39,15 @@ struct Idle<T> {
     conn: T,
     /// When it was checked in, on the coarse clock: idle timeouts are seconds to hours.
     since: Duration,
-}
-
-/// FxHash's multiply-rotate for the pool's keys, instead of SipHash: the keys are upstream
-/// addresses from the config, not chosen by clients, and a request looks its host up twice
-/// (take a connection, give it back).
-#[derive(Default, Clone, Copy)]
-struct AddrHasher(u64);
-
-impl AddrHasher {
-    fn add(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl std::hash::Hasher for AddrHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.add(v.into());
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.add(v.into());
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.add(v.into());
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.add(v);
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.add(v as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
+    /// Requests it has carried (`max_requests_per_connection`).
+    uses: u32,
 }
 
 /// How often a request waiting for a connection looks again without being woken.
 const PENDING_RECHECK: Duration = Duration::from_millis(50);
 
-type ByAddr<T> = HashMap<SocketAddr, Vec<Idle<T>>, std::hash::BuildHasherDefault<AddrHasher>>;
+type ByAddr<T> =
+    HashMap<SocketAddr, Vec<Idle<T>>, std::hash::BuildHasherDefault<super::addr_hash::AddrHasher>>;
 
 #[derive(Default)]
 struct State {
@@ -100,6 +63,9 @@ pub struct H1Pool {
     connector: CountingConnector,
     idle_timeout: Option<Duration>,
     max_pending: u64,
+    /// `max_requests_per_connection`: a connection that has carried this many is closed
+    /// instead of going back.
+    max_requests: Option<u32>,
     state: Mutex<State>,
     me: Weak<H1Pool>,
 }
@@ -114,16 +80,19 @@ impl std::fmt::Debug for H1Pool {
 
 impl H1Pool {
     /// A pool dialling through `connector`; idle connections close after `idle_timeout`; at
-    /// most `max_pending` requests wait for a connection when `max_connections` is reached.
+    /// most `max_pending` requests wait for a connection when `max_connections` is reached; a
+    /// connection carries at most `max_requests` requests.
     pub fn new(
         connector: CountingConnector,
         idle_timeout: Option<Duration>,
         max_pending: u64,
+        max_requests: Option<u32>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| H1Pool {
             connector,
             idle_timeout,
             max_pending,
+            max_requests,
             state: Mutex::new(State::default()),
             me: me.clone(),
         })
@@ -152,19 +121,20 @@ impl H1Pool {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         loop {
-            let (mut tx, reused) = match self.acquire(addr, false, Self::take_hyper).await? {
-                Got::Idle(mut tx) => {
+            let (mut tx, uses) = match self.acquire(addr, false, Self::take_hyper).await? {
+                Got::Idle(mut tx, uses) => {
                     // Normally ready at once: the connection finished the previous exchange
                     // before its response body ended here.
                     if !tx.is_ready() && tx.ready().await.is_err() {
                         continue;
                     }
-                    (tx, true)
+                    (tx, uses)
                 }
-                Got::Fresh(io) => (self.handshake(addr, io).await?, false),
+                Got::Fresh(io) => (self.handshake(addr, io).await?, 0),
             };
+            let reused = uses > 0;
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(addr, resp, tx)),
+                Ok(resp) => return Ok(self.wrap(addr, resp, tx, uses + 1)),
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection went away between checkout and send.
                     Some(r) if reused => req = r,
@@ -185,14 +155,19 @@ impl H1Pool {
         let (parts, _) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         loop {
-            let (mut conn, reused) = match self.acquire(addr, true, Self::take_raw).await? {
-                Got::Idle(c) => (c, true),
-                Got::Fresh(io) => (Conn::new(io), false),
+            let (mut conn, uses) = match self.acquire(addr, true, Self::take_raw).await? {
+                Got::Idle(c, uses) => (c, uses),
+                Got::Fresh(io) => (Conn::new(io), 0),
             };
+            let reused = uses > 0;
             match conn.exchange(&parts.method, target, &parts.headers).await {
                 Ok(head) => {
                     crate::header_pool::give(parts.headers);
-                    let home = self.me.upgrade().map(|pool| Home { pool, addr });
+                    let home = self.me.upgrade().map(|pool| Home {
+                        pool,
+                        addr,
+                        uses: uses + 1,
+                    });
                     let body = RawBody::new(conn, &head, home);
                     return Ok(Response::from_parts(
                         head.parts,
@@ -220,7 +195,7 @@ impl H1Pool {
         &self,
         addr: SocketAddr,
         raw: bool,
-        take: fn(&Self, SocketAddr) -> Option<T>,
+        take: fn(&Self, SocketAddr) -> Option<(T, u32)>,
     ) -> Result<Got<T>, SendError> {
         struct Pending<'a>(&'a crate::stats::Stat);
         impl Drop for Pending<'_> {
@@ -236,8 +211,8 @@ impl H1Pool {
         let freed = self.connector.freed();
         let mut place = std::pin::pin!(None::<tokio::sync::futures::Notified<'_>>);
         loop {
-            if let Some(c) = take(self, addr) {
-                return Ok(Got::Idle(c));
+            if let Some((c, uses)) = take(self, addr) {
+                return Ok(Got::Idle(c, uses));
             }
             if self.connector.has_room() {
                 match self.connector.connect(addr).await {
@@ -302,13 +277,13 @@ impl H1Pool {
     }
 
     /// The most recently returned usable inline connection to `addr`.
-    fn take_raw(&self, addr: SocketAddr) -> Option<Conn> {
+    fn take_raw(&self, addr: SocketAddr) -> Option<(Conn, u32)> {
         let mut st = self.state.lock().unwrap();
         pop_live(st.raw.get_mut(&addr)?, self.idle_timeout, Conn::is_usable)
     }
 
     /// The most recently returned live hyper connection to `addr`.
-    fn take_hyper(&self, addr: SocketAddr) -> Option<SendRequest<UpstreamBody>> {
+    fn take_hyper(&self, addr: SocketAddr) -> Option<(SendRequest<UpstreamBody>, u32)> {
         let mut st = self.state.lock().unwrap();
         pop_live(st.idle.get_mut(&addr)?, self.idle_timeout, |tx| {
             !tx.is_closed()
@@ -336,12 +311,18 @@ impl H1Pool {
         addr: SocketAddr,
         resp: Response<Incoming>,
         tx: SendRequest<UpstreamBody>,
+        uses: u32,
     ) -> Response<PooledBody> {
         // An upgraded (101) connection is no longer HTTP: it is never reused.
         let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
             .then(|| self.me.upgrade())
             .flatten()
-            .map(|pool| Checkin { pool, addr, tx });
+            .map(|pool| Checkin {
+                pool,
+                addr,
+                tx,
+                uses,
+            });
         resp.map(|inner| {
             PooledBody(Kind::Hyper {
                 inner,
@@ -351,25 +332,37 @@ impl H1Pool {
         })
     }
 
-    fn checkin(&self, addr: SocketAddr, tx: SendRequest<UpstreamBody>) {
+    fn checkin(&self, addr: SocketAddr, tx: SendRequest<UpstreamBody>, uses: u32) {
         if tx.is_closed() {
             return;
         }
-        self.put_back(|st| &mut st.idle, addr, tx);
+        self.put_back(|st| &mut st.idle, addr, tx, uses);
     }
 
-    fn checkin_raw(&self, addr: SocketAddr, conn: Conn) {
-        self.put_back(|st| &mut st.raw, addr, conn);
+    fn checkin_raw(&self, addr: SocketAddr, conn: Conn, uses: u32) {
+        self.put_back(|st| &mut st.raw, addr, conn, uses);
     }
 
     /// Push a returned connection on its host's stack (of the kind `stacks` picks), keep the
     /// reaper going, and wake a request waiting under `max_connections`: a returned
-    /// connection is room for it.
-    fn put_back<T>(&self, stacks: fn(&mut State) -> &mut ByAddr<T>, addr: SocketAddr, conn: T) {
+    /// connection is room for it. One that has carried `max_requests` is closed instead
+    /// (its slot frees when it is gone).
+    fn put_back<T>(
+        &self,
+        stacks: fn(&mut State) -> &mut ByAddr<T>,
+        addr: SocketAddr,
+        conn: T,
+        uses: u32,
+    ) {
+        if self.max_requests.is_some_and(|max| uses >= max) {
+            self.connector.stats().cx_max_requests.inc();
+            return;
+        }
         let mut st = self.state.lock().unwrap();
         stacks(&mut st).entry(addr).or_default().push(Idle {
             conn,
             since: crate::clock::coarse_now(),
+            uses,
         });
         self.start_reaper(&mut st);
         drop(st);
@@ -434,13 +427,13 @@ fn pop_live<T>(
     stack: &mut Vec<Idle<T>>,
     timeout: Option<Duration>,
     mut live: impl FnMut(&mut T) -> bool,
-) -> Option<T> {
+) -> Option<(T, u32)> {
     // The clock is read only when there is a timeout to check.
     let limit = timeout.map(|t| (crate::clock::coarse_now(), t));
     while let Some(mut i) = stack.pop() {
         let fresh = limit.is_none_or(|(now, t)| now.saturating_sub(i.since) < t);
         if fresh && live(&mut i.conn) {
-            return Some(i.conn);
+            return Some((i.conn, i.uses));
         }
     }
     None
@@ -455,9 +448,10 @@ fn drop_oldest<T>(stacks: &mut ByAddr<T>, addr: Option<SocketAddr>) -> bool {
     stack.map(|s| drop(s.remove(0))).is_some()
 }
 
-/// What [`H1Pool::acquire`] found: an idle connection, or a new one to set up.
+/// What [`H1Pool::acquire`] found: an idle connection (with the requests it has carried), or
+/// a new one to set up.
 enum Got<T> {
-    Idle(T),
+    Idle(T, u32),
     Fresh(super::connector::Counted),
 }
 
@@ -484,17 +478,21 @@ struct Checkin {
     pool: Arc<H1Pool>,
     addr: SocketAddr,
     tx: SendRequest<UpstreamBody>,
+    /// Requests carried, this one included.
+    uses: u32,
 }
 
 /// Where an inline connection goes back to.
 struct Home {
     pool: Arc<H1Pool>,
     addr: SocketAddr,
+    /// Requests carried, this one included.
+    uses: u32,
 }
 
 impl Release for Home {
     fn release(&mut self, conn: Conn) {
-        self.pool.checkin_raw(self.addr, conn);
+        self.pool.checkin_raw(self.addr, conn, self.uses);
     }
 }
 
@@ -527,7 +525,7 @@ impl Drop for PooledBody {
         if let Kind::Hyper { inner, done, back } = &mut self.0 {
             if let Some(c) = back.take() {
                 if *done || inner.is_end_stream() {
-                    c.pool.checkin(c.addr, c.tx);
+                    c.pool.checkin(c.addr, c.tx, c.uses);
                 }
             }
         }

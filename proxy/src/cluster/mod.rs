@@ -2,6 +2,7 @@
 //! here; xDS later) and ORIGINAL_DST, each with HTTP/1.1 and h2 connection pools, circuit breakers,
 //! outlier detection and Envoy's per-cluster stats.
 
+mod addr_hash;
 pub mod connector;
 mod dns;
 pub mod h1conn;
@@ -233,6 +234,7 @@ impl Cluster {
             connector.clone(),
             upstream_idle_timeout(c)?,
             breakers.max_pending,
+            max_requests_per_connection(c)?,
         );
         let set = HostSet::new(static_hosts, &lb);
         let cluster = Cluster {
@@ -428,6 +430,26 @@ fn upstream_idle_timeout(c: &cpb::Cluster) -> Result<Option<Duration>, String> {
         Some(d) => Some(crate::config::duration(&d)).filter(|d| !d.is_zero()),
         None => Some(Duration::from_secs(3600)),
     })
+}
+
+/// `max_requests_per_connection`: HttpProtocolOptions' common options, or the deprecated
+/// cluster field (Istio 1.10 writes a DestinationRule's `maxRequestsPerConnection` there).
+/// 0 or unset: no limit.
+fn max_requests_per_connection(c: &cpb::Cluster) -> Result<Option<u32>, String> {
+    #[allow(deprecated)]
+    let mut max = c.max_requests_per_connection.map(|v| v.value);
+    for any in c.typed_extension_protocol_options.values() {
+        if any.type_url == <upb::HttpProtocolOptions as prost::Name>::type_url() {
+            let o: upb::HttpProtocolOptions = decode::unpack(any)?;
+            if let Some(v) = o
+                .common_http_protocol_options
+                .and_then(|c| c.max_requests_per_connection)
+            {
+                max = Some(v.value);
+            }
+        }
+    }
+    Ok(max.filter(|&m| m > 0))
 }
 
 fn upstream_protocol(c: &cpb::Cluster) -> Result<UpstreamProtocol, String> {

@@ -24,6 +24,8 @@ pub struct ClusterStats {
     pub cx_connect_timeout: Arc<Stat>,
     /// `upstream_cx_overflow`.
     pub cx_overflow: Arc<Stat>,
+    /// `upstream_cx_max_requests`: closed after `max_requests_per_connection`.
+    pub cx_max_requests: Arc<Stat>,
     /// `upstream_rq_total`.
     pub rq_total: Arc<Stat>,
     /// `upstream_rq_active`.
@@ -81,6 +83,7 @@ impl ClusterStats {
             cx_connect_fail: c("upstream_cx_connect_fail"),
             cx_connect_timeout: c("upstream_cx_connect_timeout"),
             cx_overflow: c("upstream_cx_overflow"),
+            cx_max_requests: c("upstream_cx_max_requests"),
             rq_total: c("upstream_rq_total"),
             rq_active: g("upstream_rq_active"),
             rq_pending_active: g("upstream_rq_pending_active"),
