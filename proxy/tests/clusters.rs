@@ -4,6 +4,7 @@
 mod common;
 use common::*;
 use serde_json::json;
+use std::time::Duration;
 
 fn route_all(prefix: &str, cluster: &str) -> serde_json::Value {
     json!({"match": {"prefix": prefix}, "route": {"cluster": cluster}})
@@ -136,5 +137,69 @@ async fn grpc_trailers_pass_through_h2() {
             .await
             .status,
         404
+    );
+}
+
+/// The socket of this process connected to `to` (the in-process proxy's upstream side), found
+/// through /proc/net/tcp's inode and /proc/self/fd.
+fn socket_to(to: std::net::SocketAddr) -> Option<std::os::fd::RawFd> {
+    let std::net::IpAddr::V4(ip) = to.ip() else {
+        return None;
+    };
+    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), to.port());
+    let tcp = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = tcp.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&want.as_str()) && f.get(3) == Some(&"01")).then(|| f[9].to_string())
+    })?;
+    let link = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let l = std::fs::read_link(e.path()).ok()?;
+            (l.as_os_str() == link.as_str()).then(|| e.file_name().to_str()?.parse().ok())?
+        })
+}
+
+#[tokio::test]
+async fn tcp_keepalive_applies_to_upstream_connections() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let routes = json!([
+        {"match": {"prefix": "/ka"}, "route": {"cluster": "ka"}},
+        {"match": {"prefix": "/plain"}, "route": {"cluster": "plain"}}]);
+    let ka = json!({"upstream_connection_options": {"tcp_keepalive": {
+        "keepalive_time": 300, "keepalive_interval": 7, "keepalive_probes": 4}}});
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
+            vec![],
+            json!({}),
+        )],
+        vec![
+            cluster("ka", &[a.addr], ka),
+            cluster("plain", &[b.addr], json!({})),
+        ],
+    ))
+    .await;
+    let addr = p.addr("l");
+    assert_eq!(get(addr, "/ka", &[]).await.upstream(), "a");
+    assert_eq!(get(addr, "/plain", &[]).await.upstream(), "b");
+    // Both connections stay open in the pools.
+    let fd = socket_to(a.addr).expect("the proxy's connection to a");
+    // SAFETY: the descriptor belongs to the proxy running in this process and stays open
+    // while it sits idle in the pool; it is only read here.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let s = socket2::SockRef::from(&fd);
+    assert!(s.keepalive().unwrap());
+    assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(300));
+    assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(7));
+    assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+    let fd = socket_to(b.addr).expect("the proxy's connection to b");
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    assert!(
+        !socket2::SockRef::from(&fd).keepalive().unwrap(),
+        "not asked for"
     );
 }

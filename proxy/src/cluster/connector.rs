@@ -44,6 +44,8 @@ pub struct CountingConnector {
     timeout: Duration,
     max_connections: u64,
     source: Option<IpAddr>,
+    /// `upstream_connection_options.tcp_keepalive`.
+    keepalive: Option<socket2::TcpKeepalive>,
     room: Arc<Room>,
 }
 
@@ -87,18 +89,20 @@ impl Drop for Slot {
 impl CountingConnector {
     /// A connector with the cluster's connect timeout, connection limit and source address
     /// (`upstream_bind_config`; Istio binds inbound traffic to 127.0.0.6 so its iptables rules
-    /// let it through to the app instead of capturing it again).
+    /// let it through to the app instead of capturing it again) and TCP keepalive settings.
     pub fn new(
         stats: Arc<ClusterStats>,
         timeout: Duration,
         max_connections: u64,
         source: Option<IpAddr>,
+        keepalive: Option<socket2::TcpKeepalive>,
     ) -> Self {
         CountingConnector {
             stats,
             timeout,
             max_connections,
             source,
+            keepalive,
             room: Arc::default(),
         }
     }
@@ -129,6 +133,7 @@ impl CountingConnector {
         }
         let mut slot = Slot(Some(self.room.clone()));
         let source = self.source.filter(|s| s.is_ipv4() == addr.is_ipv4());
+        let keepalive = self.keepalive.as_ref();
         let dial = async move {
             let sock = if addr.is_ipv4() {
                 TcpSocket::new_v4()?
@@ -137,6 +142,9 @@ impl CountingConnector {
             };
             if let Some(ip) = source {
                 sock.bind(SocketAddr::new(ip, 0))?;
+            }
+            if let Some(k) = keepalive {
+                socket2::SockRef::from(&sock).set_tcp_keepalive(k)?;
             }
             let stream = sock.connect(addr).await?;
             stream.set_nodelay(true)?;

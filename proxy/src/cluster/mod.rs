@@ -229,6 +229,7 @@ impl Cluster {
             connect_timeout,
             breakers.max_connections,
             bind_source(c)?,
+            tcp_keepalive(c),
         );
         let h1 = h1pool::H1Pool::new(
             connector.clone(),
@@ -383,6 +384,28 @@ impl Cluster {
 }
 
 /// `upstream_bind_config.source_address` as an IP (port 0: the kernel picks one).
+/// `upstream_connection_options.tcp_keepalive`: SO_KEEPALIVE on, and each of idle time,
+/// probe interval and probe count when set (the kernel's defaults otherwise), as Envoy does.
+/// Istio writes a DestinationRule's `tcpKeepalive` here.
+fn tcp_keepalive(c: &cpb::Cluster) -> Option<socket2::TcpKeepalive> {
+    let k = c
+        .upstream_connection_options
+        .as_ref()?
+        .tcp_keepalive
+        .as_ref()?;
+    let mut out = socket2::TcpKeepalive::new();
+    if let Some(t) = k.keepalive_time {
+        out = out.with_time(Duration::from_secs(t.value.into()));
+    }
+    if let Some(i) = k.keepalive_interval {
+        out = out.with_interval(Duration::from_secs(i.value.into()));
+    }
+    if let Some(n) = k.keepalive_probes {
+        out = out.with_retries(n.value);
+    }
+    Some(out)
+}
+
 fn bind_source(c: &cpb::Cluster) -> Result<Option<std::net::IpAddr>, String> {
     let Some(b) = &c.upstream_bind_config else {
         return Ok(None);
