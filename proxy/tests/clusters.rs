@@ -203,3 +203,29 @@ async fn tcp_keepalive_applies_to_upstream_connections() {
         "not asked for"
     );
 }
+
+#[tokio::test]
+async fn max_requests_per_connection_limits_h2_streams_too() {
+    let echo = upstream("echo").await;
+    let vh = json!([{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "h2"}}]}]);
+    let px = proxy(bootstrap(
+        vec![listener("in", vh, vec![], json!({}))],
+        vec![cluster(
+            "h2",
+            &[echo.addr],
+            json!({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "common_http_protocol_options": {"max_requests_per_connection": 2},
+                "explicit_http_config": {"http2_protocol_options": {}}}}}),
+        )],
+    ))
+    .await;
+    let addr = px.addr("in");
+    for _ in 0..5 {
+        let r = get(addr, "/", &[]).await;
+        assert_eq!(r.json()["version"], "HTTP/2.0", "{}", r.body);
+    }
+    assert_eq!(px.stat("cluster.h2.upstream_cx_total"), 3);
+    assert_eq!(px.stat("cluster.h2.upstream_cx_max_requests"), 2);
+}

@@ -231,11 +231,12 @@ impl Cluster {
             bind_source(c)?,
             tcp_keepalive(c),
         );
+        let max_requests = max_requests_per_connection(c)?;
         let h1 = h1pool::H1Pool::new(
             connector.clone(),
             upstream_idle_timeout(c)?,
             breakers.max_pending,
-            max_requests_per_connection(c)?,
+            max_requests,
         );
         let set = HostSet::new(static_hosts, &lb);
         let cluster = Cluster {
@@ -249,7 +250,7 @@ impl Cluster {
             dns_family: c.dns_lookup_family,
             pipes,
             h1,
-            h2: h2pool::H2Pool::new(connector.clone()),
+            h2: h2pool::H2Pool::new(connector.clone(), max_requests),
             protocol,
             breakers,
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
