@@ -170,18 +170,14 @@ async fn tcp_keepalive_applies_to_upstream_connections() {
         {"match": {"prefix": "/plain"}, "route": {"cluster": "plain"}}]);
     let ka = json!({"upstream_connection_options": {"tcp_keepalive": {
         "keepalive_time": 300, "keepalive_interval": 7, "keepalive_probes": 4}}});
-    let p = proxy(bootstrap(
-        vec![listener(
-            "l",
-            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
-            vec![],
-            json!({}),
-        )],
+    let p = routes_proxy(
+        routes,
+        json!({}),
         vec![
             cluster("ka", &[a.addr], ka),
             cluster("plain", &[b.addr], json!({})),
         ],
-    ))
+    )
     .await;
     let addr = p.addr("l");
     assert_eq!(get(addr, "/ka", &[]).await.upstream(), "a");

@@ -135,16 +135,7 @@ async fn pending_requests_get_the_connection_in_the_order_they_came() {
     let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "one", "timeout": "0s"}}]);
     let limits = json!({"circuit_breakers": {"thresholds": [
         {"max_connections": 1, "max_pending_requests": 100}]}});
-    let p = proxy(bootstrap(
-        vec![listener(
-            "l",
-            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
-            vec![],
-            json!({}),
-        )],
-        vec![cluster("one", &[a.addr], limits)],
-    ))
-    .await;
+    let p = routes_proxy(routes, json!({}), vec![cluster("one", &[a.addr], limits)]).await;
     let addr = p.addr("l");
     assert_eq!(
         get(addr, "/", &[]).await.status,
@@ -237,13 +228,9 @@ async fn the_panic_threshold_decides_whether_ejected_hosts_take_traffic() {
         {"match": {"prefix": "/default"}, "route": {"cluster": "default"}},
         {"match": {"prefix": "/off"}, "route": {"cluster": "off"}}]);
     let log = FlagLog::new("panic");
-    let p = proxy(bootstrap(
-        vec![listener(
-            "l",
-            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
-            vec![],
-            log.hcm(),
-        )],
+    let p = routes_proxy(
+        routes,
+        log.hcm(),
         vec![
             cluster("default", &[a.addr], od(json!({}))),
             cluster(
@@ -252,7 +239,7 @@ async fn the_panic_threshold_decides_whether_ejected_hosts_take_traffic() {
                 od(json!({"common_lb_config": {"healthy_panic_threshold": {"value": 0}}})),
             ),
         ],
-    ))
+    )
     .await;
     let addr = p.addr("l");
     for path in ["/default", "/off"] {

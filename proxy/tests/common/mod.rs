@@ -270,6 +270,17 @@ pub fn listener(name: &str, vhosts: Value, mut filters: Vec<Value>, extra_hcm: V
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]})
 }
 
+/// A proxy with one HCM listener "l" (extra HCM settings `hcm`, no HTTP filters but the
+/// router) whose one virtual host "v" serves every domain with `routes`.
+pub async fn routes_proxy(routes: Value, hcm: Value, clusters: Vec<Value>) -> Proxy {
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": routes}]);
+    proxy(bootstrap(
+        vec![listener("l", vhosts, vec![], hcm)],
+        clusters,
+    ))
+    .await
+}
+
 /// A bootstrap with an admin on port 0.
 pub fn bootstrap(listeners: Vec<Value>, clusters: Vec<Value>) -> Value {
     json!({"node": {"id": "test~127.0.0.1~test.default~default.svc.cluster.local", "cluster": "test"},
