@@ -224,4 +224,33 @@ async fn max_requests_per_connection_limits_h2_streams_too() {
     }
     assert_eq!(px.stat("cluster.h2.upstream_cx_total"), 3);
     assert_eq!(px.stat("cluster.h2.upstream_cx_max_requests"), 2);
+
+    // max_connection_duration (the cluster's own common_http_protocol_options): a request
+    // after it has passed gets a new connection.
+    let px = proxy(bootstrap(
+        vec![listener("in", vh_all("h2aged"), vec![], json!({}))],
+        vec![cluster(
+            "h2aged",
+            &[echo.addr],
+            json!({"http2_protocol_options": {},
+                "common_http_protocol_options": {"max_connection_duration": "0.3s"}}),
+        )],
+    ))
+    .await;
+    let addr = px.addr("in");
+    for _ in 0..2 {
+        assert_eq!(get(addr, "/", &[]).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(get(addr, "/", &[]).await.status, 200);
+    assert_eq!(px.stat("cluster.h2aged.upstream_cx_total"), 2);
+    assert_eq!(
+        px.stat("cluster.h2aged.upstream_cx_max_duration_reached"),
+        1
+    );
+}
+
+fn vh_all(cluster: &str) -> serde_json::Value {
+    json!([{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}])
 }

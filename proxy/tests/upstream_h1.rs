@@ -317,3 +317,31 @@ async fn max_requests_per_connection_closes_a_connection_after_its_quota() {
     assert_eq!(px.stat("cluster.post.upstream_cx_total"), 2);
     assert_eq!(px.stat("cluster.post.upstream_cx_max_requests"), 2);
 }
+
+#[tokio::test]
+async fn max_connection_duration_retires_old_connections() {
+    let up = raw_upstream().await;
+    let vh = json!([{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "aged", "prefix_rewrite": "/ka"}}]}]);
+    let aged = json!({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"max_connection_duration": "0.3s"},
+        "explicit_http_config": {"http_protocol_options": {}}}}});
+    let px = proxy(bootstrap(
+        vec![listener("in", vh, vec![], json!({}))],
+        vec![cluster("aged", &[up.addr], aged)],
+    ))
+    .await;
+    let addr = px.addr("in");
+    assert_eq!(get(addr, "/", &[]).await.body, "c0r0");
+    assert_eq!(get(addr, "/", &[]).await.body, "c0r1");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        get(addr, "/", &[]).await.body,
+        "c1r0",
+        "the old connection is retired"
+    );
+    assert_eq!(get(addr, "/", &[]).await.body, "c1r1");
+    assert_eq!(px.stat("cluster.aged.upstream_cx_total"), 2);
+    assert_eq!(px.stat("cluster.aged.upstream_cx_max_duration_reached"), 1);
+}

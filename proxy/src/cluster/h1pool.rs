@@ -12,6 +12,7 @@
 
 use super::connector::{BoxError, ConnectError, CountingConnector};
 use super::h1conn::{Conn, ExchangeError, RawBody, Release};
+use super::wear::{Limits, Wear};
 use super::UpstreamBody;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -39,8 +40,8 @@ struct Idle<T> {
     conn: T,
     /// When it was checked in, on the coarse clock: idle timeouts are seconds to hours.
     since: Duration,
-    /// Requests it has carried (`max_requests_per_connection`).
-    uses: u32,
+    /// Requests carried and age, for the cluster's [`Limits`].
+    wear: Wear,
 }
 
 /// How often a request waiting for a connection looks again without being woken.
@@ -63,9 +64,8 @@ pub struct H1Pool {
     connector: CountingConnector,
     idle_timeout: Option<Duration>,
     max_pending: u64,
-    /// `max_requests_per_connection`: a connection that has carried this many is closed
-    /// instead of going back.
-    max_requests: Option<u32>,
+    /// A connection past these is closed instead of going back or being handed out.
+    limits: Limits,
     state: Mutex<State>,
     me: Weak<H1Pool>,
 }
@@ -81,18 +81,18 @@ impl std::fmt::Debug for H1Pool {
 impl H1Pool {
     /// A pool dialling through `connector`; idle connections close after `idle_timeout`; at
     /// most `max_pending` requests wait for a connection when `max_connections` is reached; a
-    /// connection carries at most `max_requests` requests.
+    /// connection lives within `limits`.
     pub fn new(
         connector: CountingConnector,
         idle_timeout: Option<Duration>,
         max_pending: u64,
-        max_requests: Option<u32>,
+        limits: Limits,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| H1Pool {
             connector,
             idle_timeout,
             max_pending,
-            max_requests,
+            limits,
             state: Mutex::new(State::default()),
             me: me.clone(),
         })
@@ -121,20 +121,20 @@ impl H1Pool {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         loop {
-            let (mut tx, uses) = match self.acquire(addr, false, Self::take_hyper).await? {
-                Got::Idle(mut tx, uses) => {
+            let (mut tx, wear) = match self.acquire(addr, false, Self::take_hyper).await? {
+                Got::Idle(mut tx, wear) => {
                     // Normally ready at once: the connection finished the previous exchange
                     // before its response body ended here.
                     if !tx.is_ready() && tx.ready().await.is_err() {
                         continue;
                     }
-                    (tx, uses)
+                    (tx, wear)
                 }
-                Got::Fresh(io) => (self.handshake(addr, io).await?, 0),
+                Got::Fresh(io) => (self.handshake(addr, io).await?, Wear::new()),
             };
-            let reused = uses > 0;
+            let reused = wear.uses > 0;
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(addr, resp, tx, uses + 1)),
+                Ok(resp) => return Ok(self.wrap(addr, resp, tx, wear.one_more())),
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection went away between checkout and send.
                     Some(r) if reused => req = r,
@@ -155,18 +155,18 @@ impl H1Pool {
         let (parts, _) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         loop {
-            let (mut conn, uses) = match self.acquire(addr, true, Self::take_raw).await? {
-                Got::Idle(c, uses) => (c, uses),
-                Got::Fresh(io) => (Conn::new(io), 0),
+            let (mut conn, wear) = match self.acquire(addr, true, Self::take_raw).await? {
+                Got::Idle(c, wear) => (c, wear),
+                Got::Fresh(io) => (Conn::new(io), Wear::new()),
             };
-            let reused = uses > 0;
+            let reused = wear.uses > 0;
             match conn.exchange(&parts.method, target, &parts.headers).await {
                 Ok(head) => {
                     crate::header_pool::give(parts.headers);
                     let home = self.me.upgrade().map(|pool| Home {
                         pool,
                         addr,
-                        uses: uses + 1,
+                        wear: wear.one_more(),
                     });
                     let body = RawBody::new(conn, &head, home);
                     return Ok(Response::from_parts(
@@ -195,7 +195,7 @@ impl H1Pool {
         &self,
         addr: SocketAddr,
         raw: bool,
-        take: fn(&Self, SocketAddr) -> Option<(T, u32)>,
+        take: fn(&Self, SocketAddr) -> Option<(T, Wear)>,
     ) -> Result<Got<T>, SendError> {
         struct Pending<'a>(&'a crate::stats::Stat);
         impl Drop for Pending<'_> {
@@ -211,8 +211,8 @@ impl H1Pool {
         let freed = self.connector.freed();
         let mut place = std::pin::pin!(None::<tokio::sync::futures::Notified<'_>>);
         loop {
-            if let Some((c, uses)) = take(self, addr) {
-                return Ok(Got::Idle(c, uses));
+            if let Some((c, wear)) = take(self, addr) {
+                return Ok(Got::Idle(c, wear));
             }
             if self.connector.has_room() {
                 match self.connector.connect(addr).await {
@@ -277,16 +277,18 @@ impl H1Pool {
     }
 
     /// The most recently returned usable inline connection to `addr`.
-    fn take_raw(&self, addr: SocketAddr) -> Option<(Conn, u32)> {
+    fn take_raw(&self, addr: SocketAddr) -> Option<(Conn, Wear)> {
         let mut st = self.state.lock().unwrap();
-        pop_live(st.raw.get_mut(&addr)?, self.idle_timeout, Conn::is_usable)
+        pop_live(st.raw.get_mut(&addr)?, self.idle_timeout, |c, w| {
+            c.is_usable() && self.limits.allow(w, self.connector.stats())
+        })
     }
 
     /// The most recently returned live hyper connection to `addr`.
-    fn take_hyper(&self, addr: SocketAddr) -> Option<(SendRequest<UpstreamBody>, u32)> {
+    fn take_hyper(&self, addr: SocketAddr) -> Option<(SendRequest<UpstreamBody>, Wear)> {
         let mut st = self.state.lock().unwrap();
-        pop_live(st.idle.get_mut(&addr)?, self.idle_timeout, |tx| {
-            !tx.is_closed()
+        pop_live(st.idle.get_mut(&addr)?, self.idle_timeout, |tx, w| {
+            !tx.is_closed() && self.limits.allow(w, self.connector.stats())
         })
     }
 
@@ -311,7 +313,7 @@ impl H1Pool {
         addr: SocketAddr,
         resp: Response<Incoming>,
         tx: SendRequest<UpstreamBody>,
-        uses: u32,
+        wear: Wear,
     ) -> Response<PooledBody> {
         // An upgraded (101) connection is no longer HTTP: it is never reused.
         let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
@@ -321,7 +323,7 @@ impl H1Pool {
                 pool,
                 addr,
                 tx,
-                uses,
+                wear,
             });
         resp.map(|inner| {
             PooledBody(Kind::Hyper {
@@ -332,37 +334,36 @@ impl H1Pool {
         })
     }
 
-    fn checkin(&self, addr: SocketAddr, tx: SendRequest<UpstreamBody>, uses: u32) {
+    fn checkin(&self, addr: SocketAddr, tx: SendRequest<UpstreamBody>, wear: Wear) {
         if tx.is_closed() {
             return;
         }
-        self.put_back(|st| &mut st.idle, addr, tx, uses);
+        self.put_back(|st| &mut st.idle, addr, tx, wear);
     }
 
-    fn checkin_raw(&self, addr: SocketAddr, conn: Conn, uses: u32) {
-        self.put_back(|st| &mut st.raw, addr, conn, uses);
+    fn checkin_raw(&self, addr: SocketAddr, conn: Conn, wear: Wear) {
+        self.put_back(|st| &mut st.raw, addr, conn, wear);
     }
 
     /// Push a returned connection on its host's stack (of the kind `stacks` picks), keep the
     /// reaper going, and wake a request waiting under `max_connections`: a returned
-    /// connection is room for it. One that has carried `max_requests` is closed instead
-    /// (its slot frees when it is gone).
+    /// connection is room for it. One past the cluster's [`Limits`] is closed instead (its
+    /// slot frees when it is gone).
     fn put_back<T>(
         &self,
         stacks: fn(&mut State) -> &mut ByAddr<T>,
         addr: SocketAddr,
         conn: T,
-        uses: u32,
+        wear: Wear,
     ) {
-        if self.max_requests.is_some_and(|max| uses >= max) {
-            self.connector.stats().cx_max_requests.inc();
+        if !self.limits.allow(&wear, self.connector.stats()) {
             return;
         }
         let mut st = self.state.lock().unwrap();
         stacks(&mut st).entry(addr).or_default().push(Idle {
             conn,
             since: crate::clock::coarse_now(),
-            uses,
+            wear,
         });
         self.start_reaper(&mut st);
         drop(st);
@@ -426,14 +427,14 @@ async fn reap(pool: Weak<H1Pool>, timeout: Duration) {
 fn pop_live<T>(
     stack: &mut Vec<Idle<T>>,
     timeout: Option<Duration>,
-    mut live: impl FnMut(&mut T) -> bool,
-) -> Option<(T, u32)> {
+    mut live: impl FnMut(&mut T, &Wear) -> bool,
+) -> Option<(T, Wear)> {
     // The clock is read only when there is a timeout to check.
     let limit = timeout.map(|t| (crate::clock::coarse_now(), t));
     while let Some(mut i) = stack.pop() {
         let fresh = limit.is_none_or(|(now, t)| now.saturating_sub(i.since) < t);
-        if fresh && live(&mut i.conn) {
-            return Some((i.conn, i.uses));
+        if fresh && live(&mut i.conn, &i.wear) {
+            return Some((i.conn, i.wear));
         }
     }
     None
@@ -448,10 +449,9 @@ fn drop_oldest<T>(stacks: &mut ByAddr<T>, addr: Option<SocketAddr>) -> bool {
     stack.map(|s| drop(s.remove(0))).is_some()
 }
 
-/// What [`H1Pool::acquire`] found: an idle connection (with the requests it has carried), or
-/// a new one to set up.
+/// What [`H1Pool::acquire`] found: an idle connection (with its wear), or a new one to set up.
 enum Got<T> {
-    Idle(T, u32),
+    Idle(T, Wear),
     Fresh(super::connector::Counted),
 }
 
@@ -478,21 +478,21 @@ struct Checkin {
     pool: Arc<H1Pool>,
     addr: SocketAddr,
     tx: SendRequest<UpstreamBody>,
-    /// Requests carried, this one included.
-    uses: u32,
+    /// Requests carried, this one included, and age.
+    wear: Wear,
 }
 
 /// Where an inline connection goes back to.
 struct Home {
     pool: Arc<H1Pool>,
     addr: SocketAddr,
-    /// Requests carried, this one included.
-    uses: u32,
+    /// Requests carried, this one included, and age.
+    wear: Wear,
 }
 
 impl Release for Home {
     fn release(&mut self, conn: Conn) {
-        self.pool.checkin_raw(self.addr, conn, self.uses);
+        self.pool.checkin_raw(self.addr, conn, self.wear);
     }
 }
 
@@ -525,7 +525,7 @@ impl Drop for PooledBody {
         if let Kind::Hyper { inner, done, back } = &mut self.0 {
             if let Some(c) = back.take() {
                 if *done || inner.is_end_stream() {
-                    c.pool.checkin(c.addr, c.tx, c.uses);
+                    c.pool.checkin(c.addr, c.tx, c.wear);
                 }
             }
         }

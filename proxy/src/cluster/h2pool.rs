@@ -1,10 +1,11 @@
 //! HTTP/2 (h2c) upstream connections: one multiplexed connection per host, re-dialled when it
-//! closes, or once it has carried `max_requests_per_connection` streams (it then ends when its
-//! last stream does). hyper-util's pooled client would put the endpoint address in
+//! closes, or once it has carried `max_requests_per_connection` streams or reached
+//! `max_connection_duration` (it then ends when its last stream does). hyper-util's pooled client would put the endpoint address in
 //! `:authority`; Envoy forwards the request's own authority, so h2 uses hyper's connection API
 //! directly.
 
 use super::connector::{BoxError, CountingConnector};
+use super::wear::{Limits, Wear};
 use super::UpstreamBody;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -17,38 +18,33 @@ use tokio::sync::Mutex;
 #[derive(Debug)]
 pub struct H2Pool {
     connector: CountingConnector,
-    /// Each host's connection and the streams it has been given.
-    conns: Mutex<HashMap<SocketAddr, (SendRequest<UpstreamBody>, u32)>>,
-    max_requests: Option<u32>,
+    /// Each host's connection and its wear (streams given, age).
+    conns: Mutex<HashMap<SocketAddr, (SendRequest<UpstreamBody>, Wear)>>,
+    limits: Limits,
 }
 
 impl H2Pool {
-    /// A pool dialling through `connector`; a connection carries at most `max_requests`
-    /// streams.
-    pub fn new(connector: CountingConnector, max_requests: Option<u32>) -> Arc<Self> {
+    /// A pool dialling through `connector`; a connection lives within `limits`.
+    pub fn new(connector: CountingConnector, limits: Limits) -> Arc<Self> {
         Arc::new(H2Pool {
             connector,
             conns: Mutex::new(HashMap::new()),
-            max_requests,
+            limits,
         })
     }
 
     /// A sender for one request to `addr`, dialling if there is none, the old one closed, or
-    /// it has carried `max_requests` streams.
+    /// it is past the cluster's limits.
     pub async fn sender(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, BoxError> {
         // Holding the lock while dialling makes concurrent first requests share one
         // connection instead of racing to open several.
         let mut conns = self.conns.lock().await;
-        if let Some((s, uses)) = conns.get_mut(&addr) {
-            let spent = self.max_requests.is_some_and(|max| *uses >= max);
+        if let Some((s, wear)) = conns.get_mut(&addr) {
             // A busy connection (max concurrent streams) is still reused: the caller waits
             // for a stream slot with `ready()`.
-            if !s.is_closed() && !spent {
-                *uses += 1;
+            if !s.is_closed() && self.limits.allow(wear, self.connector.stats()) {
+                *wear = wear.one_more();
                 return Ok(s.clone());
-            }
-            if spent && !s.is_closed() {
-                self.connector.stats().cx_max_requests.inc();
             }
             // Dropping the last sender lets the connection finish its streams and close.
             conns.remove(&addr);
@@ -63,7 +59,7 @@ impl H2Pool {
                 tracing::debug!("upstream h2 connection to {addr} ended: {e}");
             }
         });
-        conns.insert(addr, (sender.clone(), 1));
+        conns.insert(addr, (sender.clone(), Wear::new().one_more()));
         Ok(sender)
     }
 }

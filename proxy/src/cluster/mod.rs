@@ -12,6 +12,7 @@ pub mod h2pool;
 pub mod host;
 pub mod outlier;
 pub mod stats;
+pub mod wear;
 
 use crate::config::{decode, opt_duration};
 use crate::lb::{HostSet, LbContext, LbPolicy};
@@ -231,12 +232,12 @@ impl Cluster {
             bind_source(c)?,
             tcp_keepalive(c),
         );
-        let max_requests = max_requests_per_connection(c)?;
+        let limits = connection_limits(c)?;
         let h1 = h1pool::H1Pool::new(
             connector.clone(),
             upstream_idle_timeout(c)?,
             breakers.max_pending,
-            max_requests,
+            limits,
         );
         let set = HostSet::new(static_hosts, &lb);
         let cluster = Cluster {
@@ -250,7 +251,7 @@ impl Cluster {
             dns_family: c.dns_lookup_family,
             pipes,
             h1,
-            h2: h2pool::H2Pool::new(connector.clone(), max_requests),
+            h2: h2pool::H2Pool::new(connector.clone(), limits),
             protocol,
             breakers,
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
@@ -456,24 +457,36 @@ fn upstream_idle_timeout(c: &cpb::Cluster) -> Result<Option<Duration>, String> {
     })
 }
 
-/// `max_requests_per_connection`: HttpProtocolOptions' common options, or the deprecated
-/// cluster field (Istio 1.10 writes a DestinationRule's `maxRequestsPerConnection` there).
-/// 0 or unset: no limit.
-fn max_requests_per_connection(c: &cpb::Cluster) -> Result<Option<u32>, String> {
+/// A connection's life limits from HttpProtocolOptions' common options (current Istio), the
+/// cluster's own `common_http_protocol_options`, and the deprecated
+/// `max_requests_per_connection` field (Istio 1.10 writes a DestinationRule's
+/// `maxRequestsPerConnection` there). 0 or unset: no limit.
+fn connection_limits(c: &cpb::Cluster) -> Result<wear::Limits, String> {
     #[allow(deprecated)]
-    let mut max = c.max_requests_per_connection.map(|v| v.value);
+    let mut max_requests = c.max_requests_per_connection.map(|v| v.value);
+    let mut max_duration = c
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|o| o.max_connection_duration);
     for any in c.typed_extension_protocol_options.values() {
         if any.type_url == <upb::HttpProtocolOptions as prost::Name>::type_url() {
             let o: upb::HttpProtocolOptions = decode::unpack(any)?;
-            if let Some(v) = o
-                .common_http_protocol_options
-                .and_then(|c| c.max_requests_per_connection)
-            {
-                max = Some(v.value);
+            if let Some(common) = o.common_http_protocol_options {
+                if let Some(v) = common.max_requests_per_connection {
+                    max_requests = Some(v.value);
+                }
+                if let Some(d) = common.max_connection_duration {
+                    max_duration = Some(d);
+                }
             }
         }
     }
-    Ok(max.filter(|&m| m > 0))
+    Ok(wear::Limits {
+        max_requests: max_requests.filter(|&m| m > 0),
+        max_duration: max_duration
+            .map(|d| crate::config::duration(&d))
+            .filter(|d| !d.is_zero()),
+    })
 }
 
 fn upstream_protocol(c: &cpb::Cluster) -> Result<UpstreamProtocol, String> {

@@ -26,6 +26,8 @@ pub struct ClusterStats {
     pub cx_overflow: Arc<Stat>,
     /// `upstream_cx_max_requests`: closed after `max_requests_per_connection`.
     pub cx_max_requests: Arc<Stat>,
+    /// `upstream_cx_max_duration_reached`: closed after `max_connection_duration`.
+    pub cx_max_duration_reached: Arc<Stat>,
     /// `upstream_rq_total`.
     pub rq_total: Arc<Stat>,
     /// `upstream_rq_active`.
@@ -84,6 +86,7 @@ impl ClusterStats {
             cx_connect_timeout: c("upstream_cx_connect_timeout"),
             cx_overflow: c("upstream_cx_overflow"),
             cx_max_requests: c("upstream_cx_max_requests"),
+            cx_max_duration_reached: c("upstream_cx_max_duration_reached"),
             rq_total: c("upstream_rq_total"),
             rq_active: g("upstream_rq_active"),
             rq_pending_active: g("upstream_rq_pending_active"),
