@@ -335,7 +335,12 @@ async fn max_connection_duration_retires_old_connections() {
     let addr = px.addr("in");
     assert_eq!(get(addr, "/", &[]).await.body, "c0r0");
     assert_eq!(get(addr, "/", &[]).await.body, "c0r1");
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // Closed at its deadline while idle, not only when next taken.
+    wait_until("the idle connection is closed at 0.3 s", || {
+        px.stat("cluster.aged.upstream_cx_active") == 0
+    })
+    .await;
+    assert_eq!(px.stat("cluster.aged.upstream_cx_max_duration_reached"), 1);
     assert_eq!(
         get(addr, "/", &[]).await.body,
         "c1r0",

@@ -373,47 +373,57 @@ impl H1Pool {
     }
 
     fn start_reaper(&self, st: &mut State) {
-        if let (Some(t), false) = (self.idle_timeout, st.reaper) {
+        let first = [self.idle_timeout, self.limits.max_duration]
+            .into_iter()
+            .flatten()
+            .min();
+        if let (Some(first), false) = (first, st.reaper) {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 st.reaper = true;
-                rt.spawn(reap(self.me.clone(), t));
+                rt.spawn(reap(self.me.clone(), first));
             }
         }
     }
 }
 
-/// Close connections idle for `timeout`; the task ends when the pool has no idle connection
-/// left (the next check-in starts another) or the pool is gone.
-async fn reap(pool: Weak<H1Pool>, timeout: Duration) {
-    let mut wait = timeout;
+/// Close connections idle for the idle timeout or older than `max_connection_duration`; the
+/// task ends when the pool has no idle connection left (the next check-in starts another) or
+/// the pool is gone.
+async fn reap(pool: Weak<H1Pool>, first: Duration) {
+    let mut wait = first;
     loop {
         tokio::time::sleep(wait).await;
         let Some(pool) = pool.upgrade() else { return };
         let now = crate::clock::coarse_now();
+        let (timeout, limits) = (pool.idle_timeout, pool.limits);
+        let stats = pool.connector.stats();
         let mut st = pool.state.lock().unwrap();
-        let mut oldest: Option<Duration> = None;
-        let mut keep = |since: Duration, live: bool| {
-            let keep = now.saturating_sub(since) < timeout && live;
-            if keep {
-                oldest = Some(oldest.map_or(since, |o| o.min(since)));
+        let mut next: Option<Duration> = None;
+        // Idle past the idle timeout, or past max_connection_duration since it opened.
+        let mut keep = |since: Duration, wear: &Wear, live: bool| {
+            let retire = wear.retire_at(&limits);
+            let aged = retire.is_some_and(|r| now >= r);
+            if aged && live {
+                stats.cx_max_duration_reached.inc();
+            }
+            let idle = timeout.map(|t| since + t);
+            let keep = live && !aged && idle.is_none_or(|d| now < d);
+            if let (true, Some(d)) = (keep, [idle, retire].into_iter().flatten().min()) {
+                next = Some(next.map_or(d, |n| n.min(d)));
             }
             keep
         };
         st.idle.retain(|_, stack| {
-            stack.retain(|i| keep(i.since, !i.conn.is_closed()));
+            stack.retain(|i| keep(i.since, &i.wear, !i.conn.is_closed()));
             !stack.is_empty()
         });
         st.raw.retain(|_, stack| {
-            stack.retain_mut(|i| keep(i.since, i.conn.is_usable()));
+            stack.retain_mut(|i| keep(i.since, &i.wear, i.conn.is_usable()));
             !stack.is_empty()
         });
-        match oldest {
+        match next {
             // At least a tick: the coarse clock may not have reached the deadline yet.
-            Some(o) => {
-                wait = (o + timeout)
-                    .saturating_sub(now)
-                    .max(crate::clock::resolution())
-            }
+            Some(d) => wait = d.saturating_sub(now).max(crate::clock::resolution()),
             None => {
                 st.reaper = false;
                 return;

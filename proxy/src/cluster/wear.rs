@@ -22,6 +22,11 @@ impl Wear {
         }
     }
 
+    /// When `limits` retire it for age (coarse clock), if they do.
+    pub fn retire_at(&self, limits: &Limits) -> Option<Duration> {
+        limits.max_duration.map(|d| self.born + d)
+    }
+
     /// The same connection after one more request.
     pub fn one_more(self) -> Wear {
         Wear {
