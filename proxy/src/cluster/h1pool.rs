@@ -373,11 +373,14 @@ impl H1Pool {
     }
 
     fn start_reaper(&self, st: &mut State) {
+        if st.reaper {
+            return; // the common case: every check-in comes here
+        }
         let first = [self.idle_timeout, self.limits.max_duration]
             .into_iter()
             .flatten()
             .min();
-        if let (Some(first), false) = (first, st.reaper) {
+        if let Some(first) = first {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 st.reaper = true;
                 rt.spawn(reap(self.me.clone(), first));

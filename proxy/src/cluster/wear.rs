@@ -54,6 +54,7 @@ pub struct Limits {
 impl Limits {
     /// Whether a connection worn this much may carry another request. When it may not, the
     /// reason is counted (`upstream_cx_max_requests`, `upstream_cx_max_duration_reached`).
+    #[inline]
     pub fn allow(&self, w: &Wear, stats: &ClusterStats) -> bool {
         if self.max_requests.is_some_and(|max| w.uses >= max) {
             stats.cx_max_requests.inc();
