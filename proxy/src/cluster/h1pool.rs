@@ -404,7 +404,7 @@ async fn reap(pool: Weak<H1Pool>, first: Duration) {
         let mut next: Option<Duration> = None;
         // Idle past the idle timeout, or past max_connection_duration since it opened.
         let mut keep = |since: Duration, wear: &Wear, live: bool| {
-            let retire = wear.retire_at(&limits);
+            let retire = wear.retire_at(&limits, now);
             let aged = retire.is_some_and(|r| now >= r);
             if aged && live {
                 stats.cx_max_duration_reached.inc();

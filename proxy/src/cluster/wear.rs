@@ -5,12 +5,19 @@
 use super::stats::ClusterStats;
 use std::time::Duration;
 
-/// Requests a connection has carried and when it was opened (coarse clock).
+/// Requests a connection has carried and when it was opened. Eight bytes: it rides along in
+/// every request's future and response body, which are moved several times per request.
 #[derive(Debug, Clone, Copy)]
 pub struct Wear {
     /// Requests carried.
     pub uses: u32,
-    born: Duration,
+    /// Coarse-clock milliseconds at opening, wrapping (ages up to 49 days are exact).
+    born_ms: u32,
+}
+
+/// The coarse clock in wrapping milliseconds.
+fn now_ms(now: Duration) -> u32 {
+    now.as_millis() as u32
 }
 
 impl Wear {
@@ -18,13 +25,20 @@ impl Wear {
     pub fn new() -> Wear {
         Wear {
             uses: 0,
-            born: crate::clock::coarse_now(),
+            born_ms: now_ms(crate::clock::coarse_now()),
         }
     }
 
-    /// When `limits` retire it for age (coarse clock), if they do.
-    pub fn retire_at(&self, limits: &Limits) -> Option<Duration> {
-        limits.max_duration.map(|d| self.born + d)
+    /// Its age at `now` (coarse clock).
+    fn age(&self, now: Duration) -> Duration {
+        Duration::from_millis(now_ms(now).wrapping_sub(self.born_ms).into())
+    }
+
+    /// When `limits` retire it for age, on the coarse clock as `now` is, if they do.
+    pub fn retire_at(&self, limits: &Limits, now: Duration) -> Option<Duration> {
+        limits
+            .max_duration
+            .map(|d| now + d.saturating_sub(self.age(now)))
     }
 
     /// The same connection after one more request.
@@ -61,11 +75,40 @@ impl Limits {
             return false;
         }
         if let Some(max) = self.max_duration {
-            if crate::clock::coarse_now().saturating_sub(w.born) >= max {
+            if w.age(crate::clock::coarse_now()) >= max {
                 stats.cx_max_duration_reached.inc();
                 return false;
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn age_survives_the_millisecond_counter_wrapping() {
+        let w = Wear {
+            uses: 3,
+            born_ms: u32::MAX - 10,
+        };
+        let now = Duration::from_millis(u64::from(u32::MAX) + 20);
+        assert_eq!(w.age(now), Duration::from_millis(30));
+        let limits = Limits {
+            max_requests: None,
+            max_duration: Some(Duration::from_millis(100)),
+        };
+        assert_eq!(
+            w.retire_at(&limits, now),
+            Some(now + Duration::from_millis(70))
+        );
+        let old = Limits {
+            max_duration: Some(Duration::from_millis(20)),
+            ..limits
+        };
+        assert_eq!(w.retire_at(&old, now), Some(now), "already due");
+        assert_eq!(w.one_more().uses, 4);
     }
 }
