@@ -435,52 +435,50 @@ fn breakers(cb: Option<&cpb::CircuitBreakers>) -> Breakers {
     }
 }
 
-/// Idle time after which a pooled upstream connection closes: `idle_timeout` of the
-/// HttpProtocolOptions extension or the cluster's `common_http_protocol_options`; Envoy's
-/// default is 1 h and 0 disables it.
-fn upstream_idle_timeout(c: &cpb::Cluster) -> Result<Option<Duration>, String> {
-    let mut opt = c
-        .common_http_protocol_options
-        .as_ref()
-        .and_then(|o| o.idle_timeout);
+/// The common HTTP options in force: each field from the HttpProtocolOptions extension when
+/// it sets it, else from the cluster's own (deprecated) `common_http_protocol_options`.
+fn common_http(
+    c: &cpb::Cluster,
+) -> Result<[Option<envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions>; 2], String> {
+    let mut ext = None;
     for any in c.typed_extension_protocol_options.values() {
         if any.type_url == <upb::HttpProtocolOptions as prost::Name>::type_url() {
             let o: upb::HttpProtocolOptions = decode::unpack(any)?;
-            if let Some(t) = o.common_http_protocol_options.and_then(|c| c.idle_timeout) {
-                opt = Some(t);
-            }
+            ext = o.common_http_protocol_options;
         }
     }
+    Ok([ext, c.common_http_protocol_options])
+}
+
+/// Idle time after which a pooled upstream connection closes (`idle_timeout`); Envoy's
+/// default is 1 h and 0 disables it.
+fn upstream_idle_timeout(c: &cpb::Cluster) -> Result<Option<Duration>, String> {
+    let opt = common_http(c)?
+        .into_iter()
+        .flatten()
+        .find_map(|o| o.idle_timeout);
     Ok(match opt {
         Some(d) => Some(crate::config::duration(&d)).filter(|d| !d.is_zero()),
         None => Some(Duration::from_secs(3600)),
     })
 }
 
-/// A connection's life limits from HttpProtocolOptions' common options (current Istio), the
-/// cluster's own `common_http_protocol_options`, and the deprecated
-/// `max_requests_per_connection` field (Istio 1.10 writes a DestinationRule's
-/// `maxRequestsPerConnection` there). 0 or unset: no limit.
+/// A connection's life limits: `max_requests_per_connection` and `max_connection_duration`
+/// from the common HTTP options, or the deprecated cluster field for the first (Istio 1.10
+/// writes a DestinationRule's `maxRequestsPerConnection` there). 0 or unset: no limit.
 fn connection_limits(c: &cpb::Cluster) -> Result<wear::Limits, String> {
+    let common = common_http(c)?;
     #[allow(deprecated)]
-    let mut max_requests = c.max_requests_per_connection.map(|v| v.value);
-    let mut max_duration = c
-        .common_http_protocol_options
-        .as_ref()
-        .and_then(|o| o.max_connection_duration);
-    for any in c.typed_extension_protocol_options.values() {
-        if any.type_url == <upb::HttpProtocolOptions as prost::Name>::type_url() {
-            let o: upb::HttpProtocolOptions = decode::unpack(any)?;
-            if let Some(common) = o.common_http_protocol_options {
-                if let Some(v) = common.max_requests_per_connection {
-                    max_requests = Some(v.value);
-                }
-                if let Some(d) = common.max_connection_duration {
-                    max_duration = Some(d);
-                }
-            }
-        }
-    }
+    let max_requests = common
+        .iter()
+        .flatten()
+        .find_map(|o| o.max_requests_per_connection)
+        .or(c.max_requests_per_connection)
+        .map(|v| v.value);
+    let max_duration = common
+        .iter()
+        .flatten()
+        .find_map(|o| o.max_connection_duration);
     Ok(wear::Limits {
         max_requests: max_requests.filter(|&m| m > 0),
         max_duration: max_duration
