@@ -385,7 +385,6 @@ impl Cluster {
     }
 }
 
-/// `upstream_bind_config.source_address` as an IP (port 0: the kernel picks one).
 /// `upstream_connection_options.tcp_keepalive`: SO_KEEPALIVE on, and each of idle time,
 /// probe interval and probe count when set (the kernel's defaults otherwise), as Envoy does.
 /// Istio writes a DestinationRule's `tcpKeepalive` here.
@@ -408,6 +407,7 @@ fn tcp_keepalive(c: &cpb::Cluster) -> Option<socket2::TcpKeepalive> {
     Some(out)
 }
 
+/// `upstream_bind_config.source_address` as an IP (port 0: the kernel picks one).
 fn bind_source(c: &cpb::Cluster) -> Result<Option<std::net::IpAddr>, String> {
     let Some(b) = &c.upstream_bind_config else {
         return Ok(None);
