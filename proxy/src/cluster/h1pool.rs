@@ -402,16 +402,16 @@ async fn reap(pool: Weak<H1Pool>, first: Duration) {
         let stats = pool.connector.stats();
         let mut st = pool.state.lock().unwrap();
         let mut next: Option<Duration> = None;
-        // Idle past the idle timeout, or past max_connection_duration since it opened.
+        // Idle past the idle timeout, or past the cluster's limits (`allow` counts an
+        // age-out, as when a connection is taken or given back).
         let mut keep = |since: Duration, wear: &Wear, live: bool| {
-            let retire = wear.retire_at(&limits, now);
-            let aged = retire.is_some_and(|r| now >= r);
-            if aged && live {
-                stats.cx_max_duration_reached.inc();
-            }
             let idle = timeout.map(|t| since + t);
-            let keep = live && !aged && idle.is_none_or(|d| now < d);
-            if let (true, Some(d)) = (keep, [idle, retire].into_iter().flatten().min()) {
+            let keep = live && limits.allow(wear, stats) && idle.is_none_or(|d| now < d);
+            let due = [idle, wear.retire_at(&limits, now)]
+                .into_iter()
+                .flatten()
+                .min();
+            if let (true, Some(d)) = (keep, due) {
                 next = Some(next.map_or(d, |n| n.min(d)));
             }
             keep
