@@ -1,8 +1,8 @@
 //! HTTP/2 (h2c) upstream connections: one multiplexed connection per host, re-dialled when it
 //! closes, or once it has carried `max_requests_per_connection` streams or reached
-//! `max_connection_duration` (it then ends when its last stream does). hyper-util's pooled client would put the endpoint address in
-//! `:authority`; Envoy forwards the request's own authority, so h2 uses hyper's connection API
-//! directly.
+//! `max_connection_duration` (it then ends when its last stream does). hyper-util's pooled
+//! client would put the endpoint address in `:authority`; Envoy forwards the request's own
+//! authority, so h2 uses hyper's connection API directly.
 
 use super::connector::{BoxError, CountingConnector};
 use super::wear::{Limits, Wear};
