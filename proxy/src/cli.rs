@@ -209,7 +209,9 @@ const USAGE: &str =
     "usage: mosn [start] -c <bootstrap.json|yaml> [--mode serve|validate|init_only] \
 [--concurrency N] [-l LEVEL] [--component-log-level comp:level,...] [--drain-time-s S] \
 [--config-yaml YAML] [--service-cluster C] [--service-node N] [--version]\n\
-Envoy's other flags are accepted; unknown flags are ignored with a warning.";
+Envoy's other flags are accepted; unknown flags are ignored with a warning.\n\
+Environment: MOSN_IDLE_SPIN_US=N, how long a worker that was busy 80% of the recent time \
+waits before sleeping (default 10; 0 turns it off).";
 
 /// Entry point of the binary; returns the process exit code.
 pub fn run(args: Vec<String>) -> i32 {

@@ -328,6 +328,9 @@ pub fn run(opts: Options, _boot: LoadedBootstrap, snap: Snapshot, stats: Arc<Sta
         b.worker_threads(server.concurrency);
         b
     };
+    if let Some(window) = crate::idle_spin::window_from_env() {
+        crate::idle_spin::install(&mut builder, window);
+    }
     let rt = match builder.thread_name("mosn-worker").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,0 +1,203 @@
+//! Adaptive idle spinning: when a worker has been busy most of the time, it waits a few
+//! microseconds before it sleeps, so that the events arriving meanwhile are taken in one batch.
+//!
+//! Why: under load, a worker that sleeps in `epoll_wait` after every small batch is woken once
+//! per message, and so are its peers, since it answers each event as it comes. On a small
+//! machine those wake-ups are what the box runs out of first: Linux treats socket wake-ups as
+//! synchronous and stacks the woken task on its waker's CPU, where the two preempt each other
+//! (bench/RESULTS.md, session 6, `perf sched`). Waiting briefly before sleeping lets events
+//! pile up, which is what a proxy that is never idle (nginx at saturation) gets for free.
+//!
+//! The wait costs CPU, so it is only done when it is nearly free: when the worker was busy for
+//! at least [`BUSY_PERCENT`] of the recent wall time (a moving average over park cycles). A
+//! sidecar at ordinary load is idle most of the time, the gate stays shut and the worker
+//! sleeps at once, as before. The spin itself counts as neither busy nor idle time, so it does
+//! not keep the gate open on its own.
+//!
+//! `MOSN_IDLE_SPIN_US` sets the wait (default [`DEFAULT_WINDOW_US`]); 0 turns it off.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// The default wait, in microseconds: about one request's work in mosn.
+pub const DEFAULT_WINDOW_US: u64 = 10;
+
+/// The busy share of recent wall time, in percent, from which a worker spins before sleeping.
+pub const BUSY_PERCENT: u64 = 80;
+
+/// The window from `MOSN_IDLE_SPIN_US`, or the default; `None` when it is 0 or unreadable.
+pub fn window_from_env() -> Option<Duration> {
+    let us = match std::env::var("MOSN_IDLE_SPIN_US") {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(us) => us,
+            Err(_) => {
+                eprintln!(
+                    "mosn: warning: MOSN_IDLE_SPIN_US={v:?} is not a whole number of \
+                     microseconds; idle spinning is off (set it to 0 to turn it off quietly)"
+                );
+                return None;
+            }
+        },
+        Err(_) => DEFAULT_WINDOW_US,
+    };
+    (us > 0).then(|| Duration::from_micros(us.min(1_000)))
+}
+
+/// Moving averages of one worker's busy and idle spells, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Load {
+    busy_ns: u64,
+    idle_ns: u64,
+}
+
+impl Load {
+    /// Folds in one spell with weight 1/8 (about the last 16 park cycles count).
+    fn fold(avg: u64, sample: u64) -> u64 {
+        // Cap a sample at one second so that a long sleep cannot overflow or linger.
+        let sample = sample.min(1_000_000_000);
+        avg - avg / 8 + sample / 8
+    }
+
+    /// Records a busy spell (from waking to the next park).
+    pub fn busy(&mut self, ns: u64) {
+        self.busy_ns = Self::fold(self.busy_ns, ns);
+    }
+
+    /// Records an idle spell (from going to sleep to waking).
+    pub fn idle(&mut self, ns: u64) {
+        self.idle_ns = Self::fold(self.idle_ns, ns);
+    }
+
+    /// Whether the worker was busy for at least [`BUSY_PERCENT`] of the recent wall time.
+    pub fn saturated(&self) -> bool {
+        let total = self.busy_ns + self.idle_ns;
+        total > 0 && self.busy_ns * 100 >= total * BUSY_PERCENT
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ThreadState {
+    load: Load,
+    /// When the worker last woke, or last went to sleep: whichever hook ran last.
+    mark: Option<Instant>,
+}
+
+thread_local! {
+    static STATE: Cell<ThreadState> = const {
+        Cell::new(ThreadState { load: Load { busy_ns: 0, idle_ns: 0 }, mark: None })
+    };
+}
+
+/// Installs the park and unpark hooks on `builder`, which spin for `window` before a park
+/// while the worker is saturated.
+pub fn install(builder: &mut tokio::runtime::Builder, window: Duration) {
+    builder
+        .on_thread_park(move || before_park(window))
+        .on_thread_unpark(after_unpark);
+}
+
+fn before_park(window: Duration) {
+    let mut st = STATE.get();
+    let now = Instant::now();
+    if let Some(woke) = st.mark {
+        st.load.busy(now.duration_since(woke).as_nanos() as u64);
+    }
+    let mut asleep = now;
+    if st.load.saturated() {
+        // A blind wait, not a poll: ending it at the first ready event would answer that
+        // event alone, which is the one-message-per-wake-up pattern this exists to avoid.
+        while asleep.duration_since(now) < window {
+            std::hint::spin_loop();
+            asleep = Instant::now();
+        }
+    }
+    st.mark = Some(asleep);
+    STATE.set(st);
+}
+
+fn after_unpark() {
+    let mut st = STATE.get();
+    let now = Instant::now();
+    if let Some(slept) = st.mark {
+        st.load.idle(now.duration_since(slept).as_nanos() as u64);
+    }
+    st.mark = Some(now);
+    STATE.set(st);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cycles(load: &mut Load, busy: u64, idle: u64, n: usize) {
+        for _ in 0..n {
+            load.busy(busy);
+            load.idle(idle);
+        }
+    }
+
+    #[test]
+    fn the_gate_opens_only_when_the_worker_is_mostly_busy() {
+        let mut load = Load::default();
+        assert!(!load.saturated(), "no history: sleep at once");
+        // A sidecar at ordinary load: 8 µs of work, then 40 µs asleep.
+        cycles(&mut load, 8_000, 40_000, 64);
+        assert!(!load.saturated(), "{load:?}");
+        // Saturation: 60 µs of work between 5 µs naps.
+        cycles(&mut load, 60_000, 5_000, 32);
+        assert!(load.saturated(), "{load:?}");
+        // Load falls away: a few long sleeps shut the gate again.
+        cycles(&mut load, 60_000, 1_000_000, 4);
+        assert!(!load.saturated(), "{load:?}");
+        // Just under the threshold stays shut, just over opens.
+        let mut edge = Load::default();
+        cycles(&mut edge, 78_000, 22_000, 200);
+        assert!(!edge.saturated(), "{edge:?}");
+        cycles(&mut edge, 82_000, 18_000, 200);
+        assert!(edge.saturated(), "{edge:?}");
+    }
+
+    #[test]
+    fn only_a_saturated_worker_waits_before_it_sleeps() {
+        let set = |busy_ns, idle_ns| {
+            STATE.set(ThreadState {
+                load: Load { busy_ns, idle_ns },
+                mark: Some(Instant::now()),
+            })
+        };
+        set(90_000, 5_000);
+        let start = Instant::now();
+        before_park(Duration::from_micros(300));
+        assert!(start.elapsed() >= Duration::from_micros(300));
+        // Idle most of the time: no wait, however long the window (a wait would take 2 s).
+        set(5_000, 90_000);
+        let start = Instant::now();
+        before_park(Duration::from_secs(2));
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_long_sleep_does_not_overflow_the_averages() {
+        let mut load = Load::default();
+        cycles(&mut load, u64::MAX, u64::MAX, 100);
+        assert!(load.busy_ns <= 1_000_000_000 && load.idle_ns <= 1_000_000_000);
+    }
+
+    #[test]
+    fn a_runtime_with_the_hooks_runs_timers_and_io() {
+        let mut b = tokio::runtime::Builder::new_current_thread();
+        install(&mut b, Duration::from_micros(10));
+        let rt = b.enable_all().build().unwrap();
+        let n = rt.block_on(async {
+            let mut n = 0;
+            for i in 0..200u64 {
+                tokio::time::sleep(Duration::from_micros(i % 20)).await;
+                n += 1;
+            }
+            n
+        });
+        assert_eq!(n, 200);
+        let load = rt.block_on(async { STATE.get().load });
+        assert_ne!(load, Load::default(), "the hooks ran and measured");
+    }
+}
