@@ -10,7 +10,8 @@
 #    same work as the peer. The upstream parses the extra headers too, so they cost the
 #    whole box, not only the proxy;
 #  - fixed rate: hey at 1,000 rps, the p99 each proxy adds over the direct path;
-#  - each of those ROUNDS times (default 3), the paths alternating, medians reported;
+#  - each of those ROUNDS times (default 5), the paths alternating, medians reported, and the
+#    ratios to nginx also round by round (paired), which the box's slow phases disturb less;
 #  - RSS after the load;
 #  - RSS with a Bookinfo-sized config: a productpage sidecar's clusters (the 32 of a Bookinfo
 #    sidecar's EDS dump in ../shared/vectors, plus the DestinationRule subsets), one listener
@@ -22,7 +23,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 for t in nginx haproxy wrk hey; do command -v $t >/dev/null || { echo "$t is needed: apt-get install nginx-light haproxy wrk hey" >&2; exit 1; }; done
-DURATION="${DURATION:-10s}"; CONNS="${CONNS:-32}"; ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-10s}"; CONNS="${CONNS:-32}"; ROUNDS="${ROUNDS:-5}"
 cargo build --release -q -p mosn --manifest-path "$ROOT/Cargo.toml"
 MOSN="${CARGO_TARGET_DIR:-$ROOT/target}/release/mosn"
 WORK="$(mktemp -d /tmp/mosn-bench.XXXXXX)"; chmod 755 "$WORK"
@@ -254,6 +255,13 @@ awk -v m="$m_rps" -v l="$l_rps" -v n="$n_rps" -v h="$h_rps" -v mr="$m_rss" -v nr
   printf "ratio req/s mosn/nginx = %.2fx with Envoy'"'"'s default headers, %.2fx with the same headers as nginx (target >= 1); mosn/haproxy = %.2fx\n", m/n, l/n, m/h;
   printf "added p99 at 1,000 rps: mosn %+.3f ms (target <= 0.5), nginx %+.3f ms, haproxy %+.3f ms\n", fm-fd, fn-fd, fh-fd;
   printf "ratio rss   mosn/nginx = %.2fx, mosn/haproxy = %.2fx; mosn rss %.1f MB\n", mr/nr, mr/hr, mr/1024 }'
+# The same ratios round by round: the paths of one round ran within a minute of each other, so
+# a slow phase of the box hits both sides of each ratio alike.
+paired() { # rows_a rows_b -> "r1 r2 ... | median"
+  paste -d' ' <(awk 'NF {print $1}' <<<"$1") <(awk 'NF {print $1}' <<<"$2") | awk '{printf "%.3f\n", $1 / $2}' |
+    sort -g | awk '{a[NR] = $1; s = s sprintf("%.2f ", $1)} END {printf "%s| median %.2fx", s, (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'
+}
+echo "paired req/s ratios per round (sorted): mosn/nginx $(paired "$s_m" "$s_n"); mosn-lean/nginx $(paired "$s_l" "$s_n")"
 echo "mosn rss after load: $m_split"
 if [ "$bi_load" != - ]; then
   awk -v i="$bi_idle" -v l="$bi_load" 'BEGIN {
