@@ -259,3 +259,28 @@ fn serve_sigterm_quitquitquit_and_bind_failure() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot bind listener"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_bad_idle_spin_setting_warns_and_still_serves() {
+    let dir = std::env::temp_dir().join(format!("mosn-spin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (admin, lport) = (free_port(), free_port());
+    let cfg = static_config(&dir, admin, lport);
+    let mut child = mosn()
+        .args(["-c", cfg.to_str().unwrap(), "--concurrency", "2"])
+        .env("MOSN_IDLE_SPIN_US", "10us")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(admin);
+    assert_eq!(http(lport, "GET", "/"), Some((200, "up".to_string())));
+    assert_eq!(http(admin, "POST", "/quitquitquit").map(|r| r.0), Some(200));
+    assert_eq!(wait_exit(&mut child), 0);
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("MOSN_IDLE_SPIN_US=\"10us\" is not a whole number of microseconds"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
