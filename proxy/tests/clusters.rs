@@ -254,3 +254,57 @@ fn vh_all(cluster: &str) -> serde_json::Value {
     json!([{"name": "all", "domains": ["*"], "routes": [
         {"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}])
 }
+
+/// A listener whose accept queue is full and never drained: a connect to it hangs (Linux drops
+/// the SYN), like a host that has gone away without a reset. Keep the returned values alive.
+async fn hanging_addr() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = s.listen(1).unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut fill = Vec::new();
+    // Fill the accept queue until a connect no longer completes.
+    for _ in 0..8 {
+        let c = tokio::task::spawn_blocking(move || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300))
+        });
+        match c.await.unwrap() {
+            Ok(c) => fill.push(c),
+            Err(_) => return (l, fill),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_host_that_hangs_on_connect_does_not_hold_up_the_others() {
+    let good = upstream("good").await;
+    let (hang, _fill) = hanging_addr().await;
+    let px = proxy(bootstrap(
+        vec![listener("in", vh_all("h2"), vec![], json!({}))],
+        vec![cluster(
+            "h2",
+            &[good.addr, hang.local_addr().unwrap()],
+            json!({"http2_protocol_options": {}, "connect_timeout": "60s"}),
+        )],
+    ))
+    .await;
+    let addr = px.addr("in");
+    // Round robin sends every other request to the hanging host; those wait for the 60 s
+    // connect timeout. The others must not wait behind them.
+    let mut reqs = Vec::new();
+    for _ in 0..6 {
+        reqs.push(tokio::spawn(async move { get(addr, "/", &[]).await }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Well inside the time a SYN to the hanging host takes to be retried (1, 3, 7, 15 s).
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        wait_until("three requests on the good host", || good.hits() >= 3),
+    )
+    .await
+    .expect("requests to the good host waited behind the hanging connect");
+    for r in reqs {
+        r.abort();
+    }
+}

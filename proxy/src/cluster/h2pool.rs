@@ -14,12 +14,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
+/// One host's connection and its wear (streams given, age), if it has one.
+type Slot = Arc<Mutex<Option<(SendRequest<UpstreamBody>, Wear)>>>;
+
 /// Per-host h2 connections of one cluster.
 #[derive(Debug)]
 pub struct H2Pool {
     connector: CountingConnector,
-    /// Each host's connection and its wear (streams given, age).
-    conns: Mutex<HashMap<SocketAddr, (SendRequest<UpstreamBody>, Wear)>>,
+    /// A slot per host. Each has its own lock, held while dialling, so that a host whose
+    /// connect hangs holds up only its own requests.
+    conns: std::sync::Mutex<HashMap<SocketAddr, Slot>>,
     limits: Limits,
 }
 
@@ -28,7 +32,7 @@ impl H2Pool {
     pub fn new(connector: CountingConnector, limits: Limits) -> Arc<Self> {
         Arc::new(H2Pool {
             connector,
-            conns: Mutex::new(HashMap::new()),
+            conns: std::sync::Mutex::new(HashMap::new()),
             limits,
         })
     }
@@ -36,10 +40,11 @@ impl H2Pool {
     /// A sender for one request to `addr`, dialling if there is none, the old one closed, or
     /// it is past the cluster's limits.
     pub async fn sender(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, BoxError> {
-        // Holding the lock while dialling makes concurrent first requests share one
+        let slot = self.conns.lock().unwrap().entry(addr).or_default().clone();
+        // Holding the host's lock while dialling makes concurrent first requests share one
         // connection instead of racing to open several.
-        let mut conns = self.conns.lock().await;
-        if let Some((s, wear)) = conns.get_mut(&addr) {
+        let mut slot = slot.lock().await;
+        if let Some((s, wear)) = slot.as_mut() {
             // A busy connection (max concurrent streams) is still reused: the caller waits
             // for a stream slot with `ready()`.
             if !s.is_closed() && self.limits.allow(wear, self.connector.stats()) {
@@ -47,7 +52,7 @@ impl H2Pool {
                 return Ok(s.clone());
             }
             // Dropping the last sender lets the connection finish its streams and close.
-            conns.remove(&addr);
+            *slot = None;
         }
         let io = self.connector.connect(addr).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -59,7 +64,7 @@ impl H2Pool {
                 tracing::debug!("upstream h2 connection to {addr} ended: {e}");
             }
         });
-        conns.insert(addr, (sender.clone(), Wear::new().one_more()));
+        *slot = Some((sender.clone(), Wear::new().one_more()));
         Ok(sender)
     }
 }
