@@ -28,6 +28,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod header_pool;
+pub mod http2;
 pub mod idle_spin;
 pub mod lb;
 pub mod listener;

@@ -25,15 +25,22 @@ pub struct H2Pool {
     /// connect hangs holds up only its own requests.
     conns: std::sync::Mutex<HashMap<SocketAddr, Slot>>,
     limits: Limits,
+    settings: crate::http2::H2Settings,
 }
 
 impl H2Pool {
-    /// A pool dialling through `connector`; a connection lives within `limits`.
-    pub fn new(connector: CountingConnector, limits: Limits) -> Arc<Self> {
+    /// A pool dialling through `connector`, with `settings`; a connection lives within
+    /// `limits`.
+    pub fn new(
+        connector: CountingConnector,
+        limits: Limits,
+        settings: crate::http2::H2Settings,
+    ) -> Arc<Self> {
         Arc::new(H2Pool {
             connector,
             conns: std::sync::Mutex::new(HashMap::new()),
             limits,
+            settings,
         })
     }
 
@@ -55,10 +62,10 @@ impl H2Pool {
             *slot = None;
         }
         let io = self.connector.connect(addr).await?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(io)
-            .await?;
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        self.settings.client(&mut builder);
+        let (sender, conn) = builder.handshake(io).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("upstream h2 connection to {addr} ended: {e}");

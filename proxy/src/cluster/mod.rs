@@ -10,18 +10,18 @@ mod h1framing;
 pub mod h1pool;
 pub mod h2pool;
 pub mod host;
+mod http_options;
 pub mod outlier;
 pub mod stats;
 pub mod wear;
 
-use crate::config::{decode, opt_duration};
+use crate::config::opt_duration;
 use crate::lb::{HostSet, LbContext, LbPolicy};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use connector::{BoxError, CountingConnector};
 use envoy_types::pb::envoy::config::cluster::v3 as cpb;
 use envoy_types::pb::envoy::config::core::v3 as core;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upb;
 use host::Host;
 use http_body_util::combinators::UnsyncBoxBody;
 use outlier::OutlierConfig;
@@ -219,7 +219,8 @@ impl Cluster {
         if discovery == Discovery::LogicalDns && dns_targets.len() > 1 {
             return Err("LOGICAL_DNS clusters take exactly one endpoint".into());
         }
-        let protocol = upstream_protocol(c)?;
+        let http = http_options::HttpOptions::from_cluster(c)?;
+        let protocol = http.protocol;
         let stats = ClusterStats::new(store, &c.name);
         let breakers = breakers(c.circuit_breakers.as_ref());
         let connect_timeout = opt_duration(&c.connect_timeout)
@@ -232,10 +233,10 @@ impl Cluster {
             bind_source(c)?,
             tcp_keepalive(c),
         );
-        let limits = connection_limits(c)?;
+        let limits = http.limits;
         let h1 = h1pool::H1Pool::new(
             connector.clone(),
-            upstream_idle_timeout(c)?,
+            http.idle_timeout,
             breakers.max_pending,
             limits,
         );
@@ -251,7 +252,7 @@ impl Cluster {
             dns_family: c.dns_lookup_family,
             pipes,
             h1,
-            h2: h2pool::H2Pool::new(connector.clone(), limits),
+            h2: h2pool::H2Pool::new(connector.clone(), limits, http.h2),
             protocol,
             breakers,
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
@@ -433,92 +434,6 @@ fn breakers(cb: Option<&cpb::CircuitBreakers>) -> Breakers {
         max_retries: v(|t| t.max_retries.as_ref().map(|x| x.value), 3),
         active_retries: AtomicU64::new(0),
     }
-}
-
-/// The common HTTP options in force: each field from the HttpProtocolOptions extension when
-/// it sets it, else from the cluster's own (deprecated) `common_http_protocol_options`.
-fn common_http(
-    c: &cpb::Cluster,
-) -> Result<[Option<envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions>; 2], String> {
-    let mut ext = None;
-    for any in c.typed_extension_protocol_options.values() {
-        if any.type_url == <upb::HttpProtocolOptions as prost::Name>::type_url() {
-            let o: upb::HttpProtocolOptions = decode::unpack(any)?;
-            ext = o.common_http_protocol_options;
-        }
-    }
-    Ok([ext, c.common_http_protocol_options])
-}
-
-/// Idle time after which a pooled upstream connection closes (`idle_timeout`); Envoy's
-/// default is 1 h and 0 disables it.
-fn upstream_idle_timeout(c: &cpb::Cluster) -> Result<Option<Duration>, String> {
-    let opt = common_http(c)?
-        .into_iter()
-        .flatten()
-        .find_map(|o| o.idle_timeout);
-    Ok(match opt {
-        Some(d) => Some(crate::config::duration(&d)).filter(|d| !d.is_zero()),
-        None => Some(Duration::from_secs(3600)),
-    })
-}
-
-/// A connection's life limits: `max_requests_per_connection` and `max_connection_duration`
-/// from the common HTTP options, or the deprecated cluster field for the first (Istio 1.10
-/// writes a DestinationRule's `maxRequestsPerConnection` there). 0 or unset: no limit.
-fn connection_limits(c: &cpb::Cluster) -> Result<wear::Limits, String> {
-    let common = common_http(c)?;
-    #[allow(deprecated)]
-    let max_requests = common
-        .iter()
-        .flatten()
-        .find_map(|o| o.max_requests_per_connection)
-        .or(c.max_requests_per_connection)
-        .map(|v| v.value);
-    let max_duration = common
-        .iter()
-        .flatten()
-        .find_map(|o| o.max_connection_duration);
-    Ok(wear::Limits {
-        max_requests: max_requests.filter(|&m| m > 0),
-        max_duration: max_duration
-            .map(|d| crate::config::duration(&d))
-            .filter(|d| !d.is_zero()),
-    })
-}
-
-fn upstream_protocol(c: &cpb::Cluster) -> Result<UpstreamProtocol, String> {
-    use upb::http_protocol_options::{
-        explicit_http_config::ProtocolConfig as P, UpstreamProtocolOptions as U,
-    };
-    for (name, any) in &c.typed_extension_protocol_options {
-        if any.type_url != <upb::HttpProtocolOptions as prost::Name>::type_url() {
-            tracing::debug!(cluster = %c.name, option = %name, "protocol option ignored");
-            continue;
-        }
-        let o: upb::HttpProtocolOptions = decode::unpack(any)?;
-        return Ok(match o.upstream_protocol_options {
-            Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
-                Some(P::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
-                Some(P::Http3ProtocolOptions(_)) => {
-                    return Err("HTTP/3 upstreams are not supported".into())
-                }
-                _ => UpstreamProtocol::Http1,
-            },
-            Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
-            // Auto needs ALPN over TLS; in plaintext Envoy speaks HTTP/1.1.
-            _ => UpstreamProtocol::Http1,
-        });
-    }
-    // protocol_selection USE_DOWNSTREAM_PROTOCOL (deprecated field) or http2_protocol_options.
-    if c.protocol_selection == 1 {
-        return Ok(UpstreamProtocol::UseDownstream);
-    }
-    Ok(if c.http2_protocol_options.is_some() {
-        UpstreamProtocol::Http2
-    } else {
-        UpstreamProtocol::Http1
-    })
 }
 
 /// A decoded `core.v3.Address`.

@@ -66,9 +66,10 @@ pub(super) async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
         }
     };
     if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .serve_connection(TokioIo::new(stream), hyper_service(ctx.clone()));
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        ctx.hcm.h2.server(&mut builder);
+        let conn = builder.serve_connection(TokioIo::new(stream), hyper_service(ctx.clone()));
         drive(std::pin::pin!(conn), &ctx, st).await;
     } else {
         let closing = std::sync::atomic::AtomicBool::new(false);

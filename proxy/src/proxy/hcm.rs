@@ -86,6 +86,8 @@ pub struct HcmConfig {
     /// The router's `suppress_envoy_headers`: no `x-envoy-expected-rq-timeout-ms`,
     /// `x-envoy-upstream-service-time` or `x-envoy-original-path` from the router.
     pub suppress_envoy_headers: bool,
+    /// Downstream HTTP/2: `http2_protocol_options` and `max_request_headers_kb`.
+    pub h2: crate::http2::H2Settings,
 }
 
 impl HcmConfig {
@@ -203,6 +205,10 @@ impl HcmConfig {
                 .filter(|u| u.enabled.as_ref().is_none_or(|e| e.value))
                 .map(|u| u.upgrade_type.to_ascii_lowercase())
                 .collect(),
+            h2: crate::http2::H2Settings::from_proto(
+                h.http2_protocol_options.as_ref(),
+                h.max_request_headers_kb.as_ref().map(|v| v.value),
+            )?,
         })
     }
 }

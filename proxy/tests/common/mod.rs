@@ -47,7 +47,11 @@ impl Upstream {
 
 /// Start an upstream.
 pub async fn upstream(name: &str) -> Upstream {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A deep accept queue: tests open hundreds of connections at once, and a SYN dropped
+    // from a full queue is retried only after a second.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(4096).unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(tokio::sync::Notify::new());

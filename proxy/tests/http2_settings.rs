@@ -1,0 +1,179 @@
+//! HTTP/2 settings with Envoy's defaults and `http2_protocol_options`: more than hyper's 200
+//! concurrent streams on one downstream connection, the HCM's own stream limit, and header
+//! blocks past hyper's 16 KiB in both directions (Envoy's limit is 60 KiB).
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn route_to(cluster: &str) -> serde_json::Value {
+    json!([{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}])
+}
+
+/// One h2c connection to `addr`.
+async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    s
+}
+
+fn held_get(addr: SocketAddr) -> http::Request<Full<Bytes>> {
+    http::Request::get(format!("http://{addr}/"))
+        .header("x-test-hold", "1")
+        .body(Full::default())
+        .unwrap()
+}
+
+/// Sends `n` held requests on one h2 connection and returns how many reached the upstream
+/// before it lets them go, then lets them go and checks that all of them are answered.
+async fn streams_in_flight(px_addr: SocketAddr, up: &Upstream, n: usize) -> usize {
+    let mut client = h2_client(px_addr).await;
+    // One request first, so that the client has the proxy's SETTINGS before the burst (a
+    // stream opened past the limit before that is refused, in Envoy too).
+    let first = http::Request::get(format!("http://{px_addr}/"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(client.send_request(first).await.unwrap().status(), 200);
+    let before = up.hits();
+    let mut reqs = Vec::new();
+    for _ in 0..n {
+        let mut c = client.clone();
+        reqs.push(tokio::spawn(async move {
+            c.ready().await.unwrap();
+            c.send_request(held_get(px_addr)).await.unwrap().status()
+        }));
+    }
+    // Give every stream that may open the time to reach the upstream.
+    let mut last = usize::MAX;
+    while up.hits() != last {
+        last = up.hits();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let reached = up.hits() - before;
+    // Released requests free their streams, which lets the queued ones through: release
+    // until every request has been answered.
+    let all = async {
+        while !reqs.iter().all(|r| r.is_finished()) {
+            up.release();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut statuses = Vec::new();
+        for r in reqs {
+            statuses.push(r.await.unwrap());
+        }
+        statuses
+    };
+    let statuses = tokio::time::timeout(HANG, all)
+        .await
+        .expect("requests hung");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    reached
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downstream_connection_carries_envoys_stream_limit_not_hypers() {
+    let up = upstream("up").await;
+    let px = routes_proxy(
+        route_to("c"),
+        json!({}),
+        vec![cluster("c", &[up.addr], json!({}))],
+    )
+    .await;
+    // hyper's server default would stop at 200.
+    assert_eq!(streams_in_flight(px.addr("l"), &up, 260).await, 260);
+
+    // The HCM's own limit is advertised and kept.
+    let up = upstream("up").await;
+    let px = routes_proxy(
+        route_to("c"),
+        json!({"http2_protocol_options": {"max_concurrent_streams": 5}}),
+        vec![cluster("c", &[up.addr], json!({}))],
+    )
+    .await;
+    assert_eq!(streams_in_flight(px.addr("l"), &up, 12).await, 5);
+}
+
+#[tokio::test]
+async fn header_blocks_up_to_60_kib_pass_both_ways() {
+    // An h2 upstream that answers with a 40 KiB header.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let h2_up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let resp = http::Response::builder()
+                        .header("x-big", "b".repeat(40 * 1024))
+                        .body(Full::new(Bytes::from_static(b"big")))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let up = upstream("up").await;
+    let px = routes_proxy(
+        json!([
+            {"match": {"prefix": "/big-response"}, "route": {"cluster": "h2"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "c"}}]),
+        json!({}),
+        vec![
+            cluster("c", &[up.addr], json!({})),
+            cluster("h2", &[h2_up], json!({"http2_protocol_options": {}})),
+        ],
+    )
+    .await;
+    let addr = px.addr("l");
+
+    // A 40 KiB request header over h2 downstream (hyper's default limit is 16 KiB).
+    let mut client = h2_client(addr).await;
+    let req = http::Request::get(format!("http://{addr}/"))
+        .header("cookie", "c".repeat(40 * 1024))
+        .body(Full::default())
+        .unwrap();
+    let resp = client.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        echoed["headers"]["cookie"].as_str().map(str::len),
+        Some(40 * 1024)
+    );
+
+    // A 40 KiB response header from an h2 upstream.
+    let r = get(addr, "/big-response", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-big").map(str::len), Some(40 * 1024));
+
+    // Past the HCM's max_request_headers_kb the stream is refused, as in Envoy.
+    let px = routes_proxy(
+        route_to("c"),
+        json!({"max_request_headers_kb": 8}),
+        vec![cluster("c", &[up.addr], json!({}))],
+    )
+    .await;
+    let addr = px.addr("l");
+    let mut client = h2_client(addr).await;
+    let req = http::Request::get(format!("http://{addr}/"))
+        .header("cookie", "c".repeat(12 * 1024))
+        .body(Full::default())
+        .unwrap();
+    let refused = match client.send_request(req).await {
+        Ok(resp) => resp.status() == 431,
+        Err(_) => true,
+    };
+    assert!(refused, "a 12 KiB header passed an 8 KiB limit");
+}
