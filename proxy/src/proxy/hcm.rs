@@ -88,6 +88,8 @@ pub struct HcmConfig {
     pub suppress_envoy_headers: bool,
     /// Downstream HTTP/2: `http2_protocol_options` and `max_request_headers_kb`.
     pub h2: crate::http2::H2Settings,
+    /// `common_http_protocol_options.max_stream_duration`, for routes without their own.
+    pub max_stream_duration: Option<Duration>,
 }
 
 impl HcmConfig {
@@ -205,6 +207,10 @@ impl HcmConfig {
                 .filter(|u| u.enabled.as_ref().is_none_or(|e| e.value))
                 .map(|u| u.upgrade_type.to_ascii_lowercase())
                 .collect(),
+            max_stream_duration: h
+                .common_http_protocol_options
+                .as_ref()
+                .and_then(|o| opt_duration(&o.max_stream_duration)),
             h2: crate::http2::H2Settings::from_proto(
                 h.http2_protocol_options.as_ref(),
                 h.max_request_headers_kb.as_ref().map(|v| v.value),

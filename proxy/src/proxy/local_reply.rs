@@ -111,8 +111,18 @@ impl LocalReply {
         )
     }
 
-    /// Render it.
-    pub fn into_response(self, server: &str) -> Response<BoxBody> {
+    /// Render it; to a gRPC request (`grpc`), in gRPC's trailers-only form as Envoy does:
+    /// HTTP 200 with `grpc-status` mapped from the HTTP status (or `grpc_status` when given)
+    /// and the text as `grpc-message`.
+    pub fn into_response(
+        self,
+        server: &str,
+        grpc: bool,
+        grpc_status: Option<u32>,
+    ) -> Response<BoxBody> {
+        if grpc {
+            return self.into_grpc_response(server, grpc_status);
+        }
         let has_body = !self.body.is_empty();
         let mut r = Response::new(full(self.body));
         *r.status_mut() =
@@ -129,5 +139,81 @@ impl LocalReply {
         }
         r.extensions_mut().insert(ResponseFlags::of(&self.flags));
         r
+    }
+
+    fn into_grpc_response(self, server: &str, grpc_status: Option<u32>) -> Response<BoxBody> {
+        let mut r = Response::new(full(""));
+        let h = r.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        let code = grpc_status.unwrap_or_else(|| grpc_status_of(self.status));
+        h.insert("grpc-status", HeaderValue::from(code));
+        if !self.body.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&grpc_message(&self.body)) {
+                h.insert("grpc-message", v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(server) {
+            h.insert(http::header::SERVER, v);
+        }
+        r.extensions_mut().insert(ResponseFlags::of(&self.flags));
+        r
+    }
+}
+
+/// gRPC's status for an HTTP status, as Envoy maps a local reply's (`Grpc::Utility::
+/// httpToGrpcStatus`): UNAVAILABLE for 429 and the 5xx a proxy makes, UNIMPLEMENTED for 404.
+pub fn grpc_status_of(http: u16) -> u32 {
+    match http {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// `grpc-message` is percent-encoded (gRPC's PROTOCOL-HTTP2): bytes outside 0x20..=0x7e and
+/// `%` itself.
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grpc_request_gets_a_trailers_only_reply() {
+        let r = LocalReply::no_healthy_upstream().into_response("envoy", true, None);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["grpc-message"], "no healthy upstream");
+        let r = LocalReply::new(504, "50% done\n", Flag::UpstreamRequestTimeout).into_response(
+            "envoy",
+            true,
+            Some(4),
+        );
+        assert_eq!(r.headers()["grpc-status"], "4");
+        assert_eq!(r.headers()["grpc-message"], "50%25 done%0A");
+        let r = LocalReply::new(404, "", Flag::NoRoute).into_response("envoy", true, None);
+        assert_eq!(r.headers()["grpc-status"], "12");
+        assert!(!r.headers().contains_key("grpc-message"));
+        // Other requests get the HTTP reply.
+        let r = LocalReply::no_healthy_upstream().into_response("envoy", false, None);
+        assert_eq!(r.status(), 503);
+        assert!(!r.headers().contains_key("grpc-status"));
     }
 }

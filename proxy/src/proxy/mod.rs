@@ -40,6 +40,8 @@ pub struct HcmStats {
     pub cx_active: Arc<Stat>,
     /// `no_route`.
     pub no_route: Arc<Stat>,
+    /// `downstream_rq_max_duration_reached`.
+    pub rq_max_duration_reached: Arc<Stat>,
     /// `rq_direct_response`.
     pub direct_response: Arc<Stat>,
     /// `fault.delays_injected`.
@@ -61,6 +63,7 @@ impl HcmStats {
             cx_total: c("downstream_cx_total"),
             cx_active: g("downstream_cx_active"),
             no_route: c("no_route"),
+            rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             direct_response: c("rq_direct_response"),
             fault_delays: c("fault.delays_injected"),
             fault_aborts: c("fault.aborts_injected"),

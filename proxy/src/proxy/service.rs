@@ -40,10 +40,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Option<Incoming>>) -> Re
     let mut active = Some(ActiveGauge::new(ctx.clone()));
     let h1 = req.version() < http::Version::HTTP_2;
     let logging = record.is_some();
-    let resp = match route_request(&ctx, req, &mut active, logging.then_some(&mut info)).await {
-        Ok(r) => r,
-        Err(reply) => reply.into_response(&ctx.hcm.server_name),
-    };
+    let resp = route_request(&ctx, req, &mut active, logging.then_some(&mut info)).await;
     stats.status(resp.status().as_u16());
     let mut resp = match active {
         Some(active) => {
@@ -194,12 +191,15 @@ async fn route_request(
     req: Request<DownstreamBody>,
     active: &mut Option<ActiveGauge>,
     mut info: Option<&mut access_log::RouteInfo>,
-) -> Result<Response<BoxBody>, LocalReply> {
+) -> Response<BoxBody> {
     let snap = ctx.store.load();
-    let no_route = || LocalReply::new(404, "", Flag::NoRoute);
+    // A gRPC client gets the proxy's own answers in gRPC's form, as from Envoy.
+    let grpc = crate::route::matcher::is_grpc(req.headers());
+    let reply = |r: LocalReply| r.into_response(&ctx.hcm.server_name, grpc, None);
+    let no_route = || reply(LocalReply::new(404, "", Flag::NoRoute));
     let Some(rc) = snap.route_config(&ctx.hcm) else {
         ctx.stats.no_route.inc();
-        return Err(no_route());
+        return no_route();
     };
     // Cheap (reference-counted) clones, so host and path can be borrowed after `req` moves.
     let host_value = req.headers().get(http::header::HOST).cloned();
@@ -208,7 +208,7 @@ async fn route_request(
     let path: &str = pq.as_ref().map_or("/", |p| p.as_str());
     let Some((vh, route)) = rc.route(&host, path, req.headers()) else {
         ctx.stats.no_route.inc();
-        return Err(no_route());
+        return no_route();
     };
     let (cluster_name, wt) = match &route.action {
         Action::Forward(a) => choose_cluster(a, req.headers()),
@@ -235,7 +235,7 @@ async fn route_request(
                     flags.push(Flag::DelayInjected);
                     tokio::time::sleep(delay).await;
                 }
-                if let Some((status, grpc)) = d.abort {
+                if let Some((status, grpc_abort)) = d.abort {
                     ctx.stats.fault_aborts.inc();
                     flags.push(Flag::FaultInjected);
                     let mut reply = LocalReply {
@@ -243,8 +243,12 @@ async fn route_request(
                         body: d.body,
                         flags,
                     }
-                    .into_response(&ctx.hcm.server_name);
-                    if let Some(g) = grpc {
+                    .into_response(
+                        &ctx.hcm.server_name,
+                        grpc && grpc_abort.is_none(),
+                        None,
+                    );
+                    if let Some(g) = grpc_abort {
                         let h = reply.headers_mut();
                         h.insert(
                             http::header::CONTENT_TYPE,
@@ -256,7 +260,7 @@ async fn route_request(
                             HeaderValue::from_static("fault filter abort"),
                         );
                     }
-                    return Ok(reply);
+                    return reply;
                 }
             }
             HttpFilter::Cors => {
@@ -265,9 +269,9 @@ async fn route_request(
                         Some(Some(h)) => {
                             let mut r = Response::new(full(""));
                             *r.headers_mut() = h;
-                            return Ok(r);
+                            return r;
                         }
-                        Some(None) => return Ok(Response::new(full(""))),
+                        Some(None) => return Response::new(full("")),
                         None => cors = Some(p.clone()),
                     }
                 }
@@ -303,11 +307,16 @@ async fn route_request(
         }
         Action::Forward(a) => {
             let Some(name) = cluster_name else {
-                return Err(LocalReply::new(a.cluster_not_found, "", Flag::NoCluster));
+                return reply(LocalReply::new(a.cluster_not_found, "", Flag::NoCluster));
             };
             let Some(cluster) = snap.clusters.get(name.as_ref()).cloned() else {
-                return Err(LocalReply::new(a.cluster_not_found, "", Flag::NoCluster));
+                return reply(LocalReply::new(a.cluster_not_found, "", Flag::NoCluster));
             };
+            let limit = crate::route::stream_duration::limit(
+                a.max_stream_duration.as_ref(),
+                ctx.hcm.max_stream_duration,
+                req.headers(),
+            );
             let upgrade = upgrade_type(&req, &ctx.hcm.upgrades);
             let (mut parts, body) = req.into_parts();
             if let Some(t) = upgrade {
@@ -327,8 +336,31 @@ async fn route_request(
                 timer: &ctx.timer,
             };
             let mut tried = router::Tried::default();
-            let result =
-                router::forward(cluster, a, retry, parts, body, down, active, &mut tried).await;
+            let body_done = hyper::body::Body::is_end_stream(&body);
+            let fwd = router::forward(cluster, a, retry, parts, body, down, active, &mut tried);
+            let result = match limit {
+                None => fwd.await,
+                Some(limit) => match tokio::time::timeout(limit, fwd).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // Envoy: 504 once the request was received whole, else 408, and
+                        // DEADLINE_EXCEEDED to a gRPC client.
+                        ctx.stats.rq_max_duration_reached.inc();
+                        let status = if body_done { 504 } else { 408 };
+                        // No response flag: Envoy sets none for this reply.
+                        let timeout = LocalReply {
+                            status,
+                            body: "downstream duration timeout".into(),
+                            flags: Vec::new(),
+                        };
+                        let mut r = timeout.into_response(&ctx.hcm.server_name, grpc, Some(4));
+                        levels
+                            .iter()
+                            .for_each(|p| p.response.apply(r.headers_mut()));
+                        return r;
+                    }
+                },
+            };
             if let Some(i) = info {
                 i.host = tried.host;
             }
@@ -352,12 +384,12 @@ async fn route_request(
                 }
                 Err(mut reply) => {
                     reply.flags.splice(0..0, flags);
-                    let mut r = reply.into_response(&ctx.hcm.server_name);
+                    let mut r = reply.into_response(&ctx.hcm.server_name, grpc, None);
                     stamp(r.headers_mut());
                     levels
                         .iter()
                         .for_each(|p| p.response.apply(r.headers_mut()));
-                    return Ok(r);
+                    return r;
                 }
             }
         }
@@ -368,7 +400,7 @@ async fn route_request(
     if let (Some(p), Some(h)) = (cors, req_headers_for_cors) {
         p.decorate(&h, resp.headers_mut());
     }
-    Ok(resp)
+    resp
 }
 
 fn prepare_upstream_headers(

@@ -210,6 +210,8 @@ pub struct ForwardAction {
     /// `max_grpc_timeout`: when set, gRPC requests use their `grpc-timeout` header (capped by
     /// this unless it is 0) instead of `timeout`.
     pub max_grpc_timeout: Option<Duration>,
+    /// `max_stream_duration` (see [`super::stream_duration`]).
+    pub max_stream_duration: Option<super::stream_duration::StreamDuration>,
 }
 
 impl ForwardAction {
@@ -315,6 +317,10 @@ impl ForwardAction {
             retry: a.retry_policy.as_ref().map(RetryPolicy::from_proto),
             hash_policy,
             max_grpc_timeout: opt_duration(&a.max_grpc_timeout),
+            max_stream_duration: a
+                .max_stream_duration
+                .as_ref()
+                .map(super::stream_duration::StreamDuration::from_proto),
             cluster_not_found: if a.cluster_not_found_response_code == 1 {
                 404
             } else {

@@ -4,6 +4,7 @@
 pub mod action;
 pub mod headers;
 pub mod matcher;
+pub mod stream_duration;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,96 @@
+//! `max_stream_duration` as Istio writes it on every route (gRPC deadlines from the
+//! `grpc-timeout` header), a route's and the HCM's own limits, and the proxy's answers to
+//! gRPC clients in gRPC's form.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+/// What Istio puts on each route: no route timeout, the gRPC deadline as the stream limit.
+fn istio_route(prefix: &str) -> serde_json::Value {
+    json!({"match": {"prefix": prefix}, "route": {"cluster": "c", "timeout": "0s",
+        "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}}})
+}
+
+async fn grpc_call(addr: std::net::SocketAddr, path: &str, extra: &[(&str, &str)]) -> Resp {
+    let mut h = vec![("content-type", "application/grpc"), ("te", "trailers")];
+    h.extend_from_slice(extra);
+    request(addr, "POST", path, &h, "\0\0\0\0\0", true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_deadline_ends_the_call_with_deadline_exceeded() {
+    let up = upstream("up").await;
+    let px = routes_proxy(
+        json!([
+            istio_route("/pkg.Svc/"),
+            {"match": {"prefix": "/limited"}, "route": {"cluster": "c", "timeout": "0s",
+                "max_stream_duration": {"max_stream_duration": "0.2s"}}},
+            {"match": {"prefix": "/hcm"}, "route": {"cluster": "c", "timeout": "0s"}}]),
+        json!({"common_http_protocol_options": {"max_stream_duration": "0.2s"}}),
+        vec![cluster("c", &[up.addr], json!({}))],
+    )
+    .await;
+    let addr = px.addr("l");
+
+    // The client's 200 ms deadline passes while the upstream takes 3 s.
+    let r = grpc_call(
+        addr,
+        "/pkg.Svc/Slow",
+        &[("grpc-timeout", "200m"), ("x-test-delay-ms", "3000")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("grpc-status"), Some("4"), "{:?}", r.headers);
+    assert_eq!(
+        r.header("grpc-message"),
+        Some("downstream duration timeout")
+    );
+    assert_eq!(px.stat("http.l.downstream_rq_max_duration_reached"), 1);
+
+    // Within its deadline, or without one, the call goes through.
+    let r = grpc_call(
+        addr,
+        "/pkg.Svc/Fast",
+        &[("grpc-timeout", "10S"), ("x-test-delay-ms", "300")],
+    )
+    .await;
+    assert_eq!(r.json()["path"], "/pkg.Svc/Fast");
+    let r = grpc_call(addr, "/pkg.Svc/Fast", &[("x-test-delay-ms", "300")]).await;
+    assert_eq!(r.json()["path"], "/pkg.Svc/Fast");
+    assert_eq!(px.stat("http.l.downstream_rq_max_duration_reached"), 1);
+
+    // A route's own max_stream_duration, and the HCM's for routes without one: HTTP 504
+    // for a request received whole.
+    for path in ["/limited", "/hcm"] {
+        let r = get(addr, path, &[("x-test-delay-ms", "3000")]).await;
+        assert_eq!(r.status, 504, "{path}: {}", r.body);
+        assert_eq!(r.body, "downstream duration timeout");
+    }
+    assert_eq!(px.stat("http.l.downstream_rq_max_duration_reached"), 3);
+}
+
+#[tokio::test]
+async fn the_proxys_own_answers_reach_grpc_clients_in_grpc_form() {
+    let px = routes_proxy(
+        json!([{"match": {"prefix": "/pkg.Svc/"}, "route": {"cluster": "c"}}]),
+        json!({}),
+        vec![cluster("c", &[dead_addr()], json!({}))],
+    )
+    .await;
+    let addr = px.addr("l");
+    // No route: UNIMPLEMENTED; upstream refused: UNAVAILABLE with Envoy's text.
+    let r = grpc_call(addr, "/other.Svc/M", &[]).await;
+    assert_eq!((r.status, r.header("grpc-status")), (200, Some("12")));
+    let r = grpc_call(addr, "/pkg.Svc/M", &[]).await;
+    assert_eq!((r.status, r.header("grpc-status")), (200, Some("14")));
+    assert!(
+        r.header("grpc-message")
+            .is_some_and(|m| m.starts_with("upstream connect error")),
+        "{:?}",
+        r.headers
+    );
+    // A plain HTTP client still gets HTTP statuses.
+    assert_eq!(get(addr, "/other", &[]).await.status, 404);
+}
