@@ -337,29 +337,34 @@ async fn route_request(
             };
             let mut tried = router::Tried::default();
             let body_done = hyper::body::Body::is_end_stream(&body);
-            let fwd = router::forward(cluster, a, retry, parts, body, down, active, &mut tried);
-            let result = match limit {
-                None => fwd.await,
-                Some(limit) => match tokio::time::timeout(limit, fwd).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        // Envoy: 504 once the request was received whole, else 408, and
-                        // DEADLINE_EXCEEDED to a gRPC client.
-                        ctx.stats.rq_max_duration_reached.inc();
-                        let status = if body_done { 504 } else { 408 };
-                        // No response flag: Envoy sets none for this reply.
-                        let timeout = LocalReply {
-                            status,
-                            body: "downstream duration timeout".into(),
-                            flags: Vec::new(),
-                        };
-                        let mut r = timeout.into_response(&ctx.hcm.server_name, grpc, Some(4));
-                        levels
-                            .iter()
-                            .for_each(|p| p.response.apply(r.headers_mut()));
-                        return r;
-                    }
-                },
+            // Pinned in place: wrapping the (large) future by value would copy it per request.
+            let result = {
+                let fwd = std::pin::pin!(router::forward(
+                    cluster, a, retry, parts, body, down, active, &mut tried
+                ));
+                match limit {
+                    None => fwd.await,
+                    Some(limit) => match tokio::time::timeout(limit, fwd).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            // Envoy: 504 once the request was received whole, else 408, and
+                            // DEADLINE_EXCEEDED to a gRPC client.
+                            ctx.stats.rq_max_duration_reached.inc();
+                            let status = if body_done { 504 } else { 408 };
+                            // No response flag: Envoy sets none for this reply.
+                            let timeout = LocalReply {
+                                status,
+                                body: "downstream duration timeout".into(),
+                                flags: Vec::new(),
+                            };
+                            let mut r = timeout.into_response(&ctx.hcm.server_name, grpc, Some(4));
+                            levels
+                                .iter()
+                                .for_each(|p| p.response.apply(r.headers_mut()));
+                            return r;
+                        }
+                    },
+                }
             };
             if let Some(i) = info {
                 i.host = tried.host;
