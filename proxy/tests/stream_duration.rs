@@ -71,6 +71,42 @@ async fn a_grpc_deadline_ends_the_call_with_deadline_exceeded() {
     assert_eq!(px.stat("http.l.downstream_rq_max_duration_reached"), 3);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_still_streaming_at_the_deadline_is_cut() {
+    let up = upstream("up").await;
+    let px = routes_proxy(
+        json!([istio_route("/")]),
+        json!({}),
+        vec![cluster("c", &[up.addr], json!({}))],
+    )
+    .await;
+    let addr = px.addr("l");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut s, c) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(c);
+    // The upstream answers at once and never ends the body.
+    let req = http::Request::post(format!("http://{addr}/pkg.Svc/Stream"))
+        .header("content-type", "application/grpc")
+        .header("grpc-timeout", "300m")
+        .header("x-test-stall-body", "1")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"\0\0\0\0\0",
+        )))
+        .unwrap();
+    let resp = s.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(HANG, http_body_util::BodyExt::collect(resp.into_body()))
+        .await
+        .expect("the body outlived the deadline");
+    assert!(body.is_err(), "the stream should be reset");
+    assert_eq!(px.stat("http.l.downstream_rq_max_duration_reached"), 1);
+}
+
 #[tokio::test]
 async fn the_proxys_own_answers_reach_grpc_clients_in_grpc_form() {
     let px = routes_proxy(

@@ -283,8 +283,9 @@ where
     }
 }
 
-/// A response body that fails when the route timeout expires before it ends: Envoy's route
-/// `timeout` covers the whole response, not only its headers. Counts `upstream_rq_timeout`.
+/// A response body that fails when a deadline passes before it ends: Envoy's route `timeout`
+/// and `max_stream_duration` cover the whole response, not only its headers. Counts the
+/// deadline's stat (`upstream_rq_timeout`, `downstream_rq_max_duration_reached`).
 ///
 /// Like [`IdleBody`], the timer is made only when the body first has to wait: most responses
 /// are read whole as soon as their headers, and never touch the timer wheel.
@@ -293,23 +294,26 @@ pub struct DeadlineBody<B> {
     at: tokio::time::Instant,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     timeouts: std::sync::Arc<crate::stats::Stat>,
+    reason: &'static str,
 }
 
 impl<B> DeadlineBody<B>
 where
     B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
 {
-    /// Wrap `inner` with the deadline `at`, and box the result.
+    /// Wrap `inner` with the deadline `at` (failing with `reason`), and box the result.
     pub fn wrap(
         inner: B,
         at: tokio::time::Instant,
         timeouts: std::sync::Arc<crate::stats::Stat>,
+        reason: &'static str,
     ) -> BoxBody {
         DeadlineBody {
             inner,
             at,
             sleep: None,
             timeouts,
+            reason,
         }
         .boxed_unsync()
     }
@@ -334,7 +338,7 @@ where
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
         if sleep.as_mut().poll(cx).is_ready() {
             self.timeouts.inc();
-            return Poll::Ready(Some(Err("upstream request timeout".into())));
+            return Poll::Ready(Some(Err(self.reason.into())));
         }
         Poll::Pending
     }

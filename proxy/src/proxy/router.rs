@@ -37,6 +37,9 @@ pub struct Downstream<'a> {
 /// `x-envoy-attempt-count`.
 pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 
+/// Why a response body that outlived the route timeout failed.
+const TIMEOUT: &str = "upstream request timeout";
+
 /// What [`forward`] tried: the host of its last attempt and how many attempts it made.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tried {
@@ -269,10 +272,10 @@ pub async fn forward(
                 let timeouts = || stats.rq_timeout.clone();
                 let body = match (idle, deadline) {
                     (Some(i), Some(d)) => {
-                        DeadlineBody::wrap(IdleBody::new(inner, i), d, timeouts())
+                        DeadlineBody::wrap(IdleBody::new(inner, i), d, timeouts(), TIMEOUT)
                     }
                     (Some(i), None) => IdleBody::wrap(inner, i),
-                    (None, Some(d)) => DeadlineBody::wrap(inner, d, timeouts()),
+                    (None, Some(d)) => DeadlineBody::wrap(inner, d, timeouts(), TIMEOUT),
                     (None, None) => super::body::boxed(inner),
                 };
                 return Ok(Response::from_parts(rp, body));

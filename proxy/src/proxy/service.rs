@@ -337,6 +337,7 @@ async fn route_request(
             };
             let mut tried = router::Tried::default();
             let body_done = hyper::body::Body::is_end_stream(&body);
+            let limit_at = limit.map(|l| tokio::time::Instant::now() + l);
             // Pinned in place: wrapping the (large) future by value would copy it per request.
             let result = {
                 let fwd = std::pin::pin!(router::forward(
@@ -380,6 +381,18 @@ async fn route_request(
             };
             match result {
                 Ok(mut r) => {
+                    // The limit lasts until the response's end: a body still streaming when it
+                    // passes is cut, as Envoy resets the stream.
+                    if let Some(at) = limit_at {
+                        r = r.map(|b| {
+                            super::body::DeadlineBody::wrap(
+                                b,
+                                at,
+                                ctx.stats.rq_max_duration_reached.clone(),
+                                "downstream duration timeout",
+                            )
+                        });
+                    }
                     stamp(r.headers_mut());
                     // A delay the fault filter injected before a proxied answer is logged too.
                     if !flags.is_empty() {
