@@ -291,3 +291,45 @@ async fn draining_closes_idle_keep_alive_connections() {
     let r = late.response(false).await;
     assert_eq!(r.header("connection"), Some("close"), "{r:?}");
 }
+
+#[tokio::test]
+async fn request_heads_past_max_request_headers_kb_get_431() {
+    let (up, px, addr) = setup().await;
+    let head = |kb: usize| {
+        format!(
+            "GET /big HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+            "b".repeat(kb * 1024)
+        )
+    };
+    // Envoy's default limit is 60 KiB: 59 KiB pass (on the inline path), 62 KiB (still
+    // within the inline path's buffer) and 90 KiB (handed to hyper) do not.
+    for (kb, status) in [(59, "200"), (62, "431"), (90, "431")] {
+        let mut c = Client::connect(addr).await;
+        c.send(&head(kb)).await;
+        let r = c.response(false).await;
+        assert!(r.line.contains(status), "{kb} KiB: {}", r.line);
+    }
+    assert_eq!(up.hits(), 1);
+    drop(px);
+
+    // A larger configured limit lets a 90 KiB head through.
+    let px = routes_proxy(
+        json!([{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]),
+        json!({"max_request_headers_kb": 96}),
+        vec![cluster("c", &[up.addr], json!({}))],
+    )
+    .await;
+    let mut c = Client::connect(px.addr("l")).await;
+    c.send(&head(90)).await;
+    let r = c.response(false).await;
+    assert!(r.line.contains("200"), "{}", r.line);
+    assert_eq!(
+        r.json()["headers"]["x-big"].as_str().map(str::len),
+        Some(90 * 1024)
+    );
+    // Past the inline path's buffer, hyper applies the limit: 120 KiB get 431.
+    let mut c = Client::connect(px.addr("l")).await;
+    c.send(&head(120)).await;
+    let r = c.response(false).await;
+    assert!(r.line.contains("431"), "{}", r.line);
+}

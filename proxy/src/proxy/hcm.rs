@@ -90,6 +90,9 @@ pub struct HcmConfig {
     pub h2: crate::http2::H2Settings,
     /// `common_http_protocol_options.max_stream_duration`, for routes without their own.
     pub max_stream_duration: Option<Duration>,
+    /// `max_request_headers_kb` in bytes (Envoy's default: 60 KiB): a larger HTTP/1 request
+    /// head gets 431. (HTTP/2 applies it through [`Self::h2`].)
+    pub max_request_headers: usize,
 }
 
 impl HcmConfig {
@@ -211,6 +214,8 @@ impl HcmConfig {
                 .common_http_protocol_options
                 .as_ref()
                 .and_then(|o| opt_duration(&o.max_stream_duration)),
+            max_request_headers: 1024
+                * h.max_request_headers_kb.as_ref().map_or(60, |v| v.value) as usize,
             h2: crate::http2::H2Settings::from_proto(
                 h.http2_protocol_options.as_ref(),
                 h.max_request_headers_kb.as_ref().map(|v| v.value),

@@ -76,11 +76,15 @@ pub(super) async fn serve(
     loop {
         let (req, meta) = loop {
             if !c.rd.is_empty() {
-                match request::parse(&mut c.rd, &mut c.scratch) {
+                match request::parse(&mut c.rd, &mut c.scratch, ctx.hcm.max_request_headers) {
                     Parsed::Inline(req, meta) => break (req, meta),
                     Parsed::Partial => {}
                     Parsed::Handoff => return handoff(c, ctx, closing).await,
-                    Parsed::BadTarget => return c.bad_request().await,
+                    Parsed::BadTarget => return c.refuse(http::StatusCode::BAD_REQUEST).await,
+                    Parsed::TooLarge => {
+                        let status = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                        return c.refuse(status).await;
+                    }
                 }
             }
             if !c.read_more(closing).await? {
@@ -209,15 +213,15 @@ impl Conn {
         Ok(())
     }
 
-    /// A head whose request target is not a URI: 400 and close, as hyper answers it.
-    async fn bad_request(mut self) -> io::Result<()> {
+    /// Answer `status` without a body and close: a head whose target is not a URI (400, as
+    /// hyper answers it) or one too large (431).
+    async fn refuse(mut self, status: http::StatusCode) -> io::Result<()> {
         let meta = request::Meta {
             keep_alive: false,
             http10: false,
             head: false,
         };
         let empty = (true, hyper::body::SizeHint::with_exact(0));
-        let status = http::StatusCode::BAD_REQUEST;
         response::encode_head(&mut self.wr, status, &Default::default(), empty, meta, true);
         self.flush().await?;
         self.io.shutdown().await
@@ -232,9 +236,12 @@ async fn handoff(c: Conn, ctx: Arc<ConnCtx>, closing: &AtomicBool) -> io::Result
     };
     // No header-read timer: hyper would arm and cancel it for every request of a keep-alive
     // connection; the connection's one idle timer stands in.
+    // hyper's read buffer bounds the head (431 past it); 8 KiB is the least it takes.
+    let max_head = ctx.hcm.max_request_headers.max(8192);
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .header_read_timeout(None)
+        .max_buf_size(max_head)
         .serve_connection(TokioIo::new(io), super::conn::hyper_service(ctx))
         .with_upgrades();
     let mut conn = pin!(conn);

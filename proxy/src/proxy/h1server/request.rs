@@ -27,6 +27,8 @@ pub(super) enum Parsed {
     /// A head httparse accepted but whose target is not a URI (hyper answers such a head
     /// 400, so this is answered the same).
     BadTarget,
+    /// A head longer than the HCM's `max_request_headers_kb`: 431, as Envoy answers.
+    TooLarge,
 }
 
 /// What the request head says about the connection and the response.
@@ -47,8 +49,10 @@ pub(super) struct Scratch {
     fields: Vec<(HeaderName, usize, usize)>,
 }
 
-/// Parse the request at the front of `buf`.
-pub(super) fn parse(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
+/// Parse the request at the front of `buf`. A head longer than `limit` (the HCM's
+/// `max_request_headers_kb`) is left to hyper, which answers 431.
+pub(super) fn parse(buf: &mut BytesMut, scratch: &mut Scratch, limit: usize) -> Parsed {
+    let inline_max = limit.min(MAX_INLINE_HEAD);
     // Uninitialised slots, as in hyper: zeroing 100 headers per request costs more than
     // parsing a typical one.
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
@@ -56,8 +60,11 @@ pub(super) fn parse(buf: &mut BytesMut, scratch: &mut Scratch) -> Parsed {
     let n = match httparse::ParserConfig::default()
         .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
     {
-        Ok(httparse::Status::Complete(n)) if n <= MAX_INLINE_HEAD => n,
-        Ok(httparse::Status::Partial) if buf.len() <= MAX_INLINE_HEAD => return Parsed::Partial,
+        Ok(httparse::Status::Complete(n)) if n <= inline_max => n,
+        Ok(httparse::Status::Partial) if buf.len() <= inline_max => return Parsed::Partial,
+        // Past a limit below the inline buffer's: answered here, as hyper's own check is
+        // looser (a head that fits its buffer whole passes).
+        Ok(_) if limit <= MAX_INLINE_HEAD => return Parsed::TooLarge,
         _ => return Parsed::Handoff,
     };
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
@@ -134,7 +141,7 @@ pub fn decode_requests(chunks: &[&[u8]]) -> Vec<String> {
     for chunk in chunks {
         buf.extend_from_slice(chunk);
         while !buf.is_empty() {
-            match parse(&mut buf, &mut scratch) {
+            match parse(&mut buf, &mut scratch, 60 * 1024) {
                 Parsed::Inline(req, meta) => out.push(format!(
                     "{} {} {:?} {:?} {meta:?}",
                     req.method(),
@@ -149,6 +156,10 @@ pub fn decode_requests(chunks: &[&[u8]]) -> Vec<String> {
                 }
                 Parsed::BadTarget => {
                     out.push("bad target".into());
+                    return out;
+                }
+                Parsed::TooLarge => {
+                    out.push("too large".into());
                     return out;
                 }
             }
