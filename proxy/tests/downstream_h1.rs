@@ -333,3 +333,53 @@ async fn request_heads_past_max_request_headers_kb_get_431() {
     let r = c.response(false).await;
     assert!(r.line.contains("431"), "{}", r.line);
 }
+
+#[tokio::test]
+async fn more_headers_than_max_headers_count_get_431() {
+    let up = upstream("a").await;
+    let with_headers = |n: usize| {
+        let mut h = String::from("GET /many HTTP/1.1\r\nHost: x\r\n");
+        for i in 1..n {
+            h.push_str(&format!("x-h{i}: {i}\r\n"));
+        }
+        h + "\r\n"
+    };
+    let status = |px: &Proxy, n: usize| {
+        let addr = px.addr("l");
+        let head = with_headers(n);
+        async move {
+            let mut c = Client::connect(addr).await;
+            c.send(&head).await;
+            c.response(false).await.line
+        }
+    };
+    let proxy_with = |count: Option<u32>| {
+        let hcm = match count {
+            Some(n) => json!({"common_http_protocol_options": {"max_headers_count": n}}),
+            None => json!({}),
+        };
+        routes_proxy(
+            json!([{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]),
+            hcm,
+            vec![cluster("c", &[up.addr], json!({}))],
+        )
+    };
+    // Envoy's default, 100 (counting Host).
+    let px = proxy_with(None).await;
+    let l = status(&px, 100).await;
+    assert!(l.contains("200"), "{l}");
+    assert!(status(&px, 101).await.contains("431"));
+    assert_eq!(
+        up.hits(),
+        1,
+        "the refused request never reached the upstream"
+    );
+    // A lower limit is answered on the inline path, a higher one by hyper.
+    let px = proxy_with(Some(5)).await;
+    assert!(status(&px, 5).await.contains("200"));
+    assert!(status(&px, 6).await.contains("431"));
+    let px = proxy_with(Some(150)).await;
+    assert!(status(&px, 150).await.contains("200"));
+    assert!(status(&px, 151).await.contains("431"));
+    assert_eq!(up.hits(), 3);
+}

@@ -93,6 +93,9 @@ pub struct HcmConfig {
     /// `max_request_headers_kb` in bytes (Envoy's default: 60 KiB): a larger HTTP/1 request
     /// head gets 431. (HTTP/2 applies it through [`Self::h2`].)
     pub max_request_headers: usize,
+    /// `common_http_protocol_options.max_headers_count` (Envoy's default: 100): more request
+    /// headers get 431.
+    pub max_headers_count: usize,
 }
 
 impl HcmConfig {
@@ -216,6 +219,17 @@ impl HcmConfig {
                 .and_then(|o| opt_duration(&o.max_stream_duration)),
             max_request_headers: 1024
                 * h.max_request_headers_kb.as_ref().map_or(60, |v| v.value) as usize,
+            max_headers_count: match h
+                .common_http_protocol_options
+                .as_ref()
+                .and_then(|o| o.max_headers_count.as_ref())
+            {
+                Some(v) if v.value == 0 => {
+                    return Err("max_headers_count must be at least 1".into())
+                }
+                Some(v) => v.value as usize,
+                None => 100,
+            },
             h2: crate::http2::H2Settings::from_proto(
                 h.http2_protocol_options.as_ref(),
                 h.max_request_headers_kb.as_ref().map(|v| v.value),

@@ -67,7 +67,11 @@ pub async fn upstream(name: &str) -> Upstream {
                     let (n, h, r) = (n.clone(), h.clone(), r.clone());
                     async move { echo(req, &n, &h, &r).await }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // Past hyper's 100, so that tests of the proxy's own header limits see the
+                // proxy's answer, not this upstream's.
+                b.http1().max_headers(1000);
+                let _ = b
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
             });

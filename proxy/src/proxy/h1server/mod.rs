@@ -76,7 +76,8 @@ pub(super) async fn serve(
     loop {
         let (req, meta) = loop {
             if !c.rd.is_empty() {
-                match request::parse(&mut c.rd, &mut c.scratch, ctx.hcm.max_request_headers) {
+                let (size, count) = (ctx.hcm.max_request_headers, ctx.hcm.max_headers_count);
+                match request::parse(&mut c.rd, &mut c.scratch, size, count) {
                     Parsed::Inline(req, meta) => break (req, meta),
                     Parsed::Partial => {}
                     Parsed::Handoff => return handoff(c, ctx, closing).await,
@@ -242,6 +243,7 @@ async fn handoff(c: Conn, ctx: Arc<ConnCtx>, closing: &AtomicBool) -> io::Result
         .keep_alive(true)
         .header_read_timeout(None)
         .max_buf_size(max_head)
+        .max_headers(ctx.hcm.max_headers_count)
         .serve_connection(TokioIo::new(io), super::conn::hyper_service(ctx))
         .with_upgrades();
     let mut conn = pin!(conn);

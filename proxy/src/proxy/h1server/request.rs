@@ -27,7 +27,8 @@ pub(super) enum Parsed {
     /// A head httparse accepted but whose target is not a URI (hyper answers such a head
     /// 400, so this is answered the same).
     BadTarget,
-    /// A head longer than the HCM's `max_request_headers_kb`: 431, as Envoy answers.
+    /// A head longer than the HCM's `max_request_headers_kb`, or with more headers than its
+    /// `max_headers_count`: 431, as Envoy answers.
     TooLarge,
 }
 
@@ -50,8 +51,14 @@ pub(super) struct Scratch {
 }
 
 /// Parse the request at the front of `buf`. A head longer than `limit` (the HCM's
-/// `max_request_headers_kb`) is left to hyper, which answers 431.
-pub(super) fn parse(buf: &mut BytesMut, scratch: &mut Scratch, limit: usize) -> Parsed {
+/// `max_request_headers_kb`) or with more than `max_count` headers gets 431: here when the
+/// inline path can tell, else from hyper.
+pub(super) fn parse(
+    buf: &mut BytesMut,
+    scratch: &mut Scratch,
+    limit: usize,
+    max_count: usize,
+) -> Parsed {
     let inline_max = limit.min(MAX_INLINE_HEAD);
     // Uninitialised slots, as in hyper: zeroing 100 headers per request costs more than
     // parsing a typical one.
@@ -75,6 +82,9 @@ pub(super) fn parse(buf: &mut BytesMut, scratch: &mut Scratch, limit: usize) -> 
     };
     if method == Method::CONNECT {
         return Parsed::Handoff;
+    }
+    if req.headers.len() > max_count {
+        return Parsed::TooLarge;
     }
     let http10 = version == 0;
     let mut keep_alive = !http10;
@@ -141,7 +151,7 @@ pub fn decode_requests(chunks: &[&[u8]]) -> Vec<String> {
     for chunk in chunks {
         buf.extend_from_slice(chunk);
         while !buf.is_empty() {
-            match parse(&mut buf, &mut scratch, 60 * 1024) {
+            match parse(&mut buf, &mut scratch, 60 * 1024, MAX_HEADERS) {
                 Parsed::Inline(req, meta) => out.push(format!(
                     "{} {} {:?} {:?} {meta:?}",
                     req.method(),
