@@ -361,11 +361,7 @@ impl ForwardAction {
 pub fn effective_timeout(a: &ForwardAction, headers: &http::HeaderMap) -> Option<Duration> {
     match a.max_grpc_timeout {
         Some(max) if super::matcher::is_grpc(headers) => {
-            let mut t = headers
-                .get("grpc-timeout")
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_grpc_timeout)
-                .unwrap_or(Duration::ZERO);
+            let mut t = grpc_timeout(headers).unwrap_or(Duration::ZERO);
             if !max.is_zero() && (t.is_zero() || t > max) {
                 t = max;
             }
@@ -373,6 +369,14 @@ pub fn effective_timeout(a: &ForwardAction, headers: &http::HeaderMap) -> Option
         }
         _ => a.timeout,
     }
+}
+
+/// The request's `grpc-timeout` header (a gRPC client's deadline), if it has a valid one.
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
 }
 
 /// Parse gRPC's `grpc-timeout` (`<up to 8 digits><H|M|S|m|u|n>`).

@@ -6,7 +6,7 @@
 //! request's `grpc-timeout` header (a gRPC client's deadline) becomes the limit, so a call
 //! that outlives its deadline gets `DEADLINE_EXCEEDED` from the sidecar, as with Envoy.
 
-use super::action::parse_grpc_timeout;
+use super::action::grpc_timeout;
 use crate::config::opt_duration;
 use envoy_types::pb::envoy::config::route::v3 as rpb;
 use std::time::Duration;
@@ -43,13 +43,8 @@ pub fn limit(
     hcm_max: Option<Duration>,
     headers: &http::HeaderMap,
 ) -> Option<Duration> {
-    let header_max = route.and_then(|r| r.grpc_header_max);
-    if let Some(cap) = header_max {
-        let header = headers
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
-        if let Some(mut t) = header {
+    if let Some(cap) = route.and_then(|r| r.grpc_header_max) {
+        if let Some(mut t) = grpc_timeout(headers) {
             if !cap.is_zero() && t > cap {
                 t = cap;
             }
