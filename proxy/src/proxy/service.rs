@@ -312,11 +312,13 @@ async fn route_request(
             let Some(cluster) = snap.clusters.get(name.as_ref()).cloned() else {
                 return reply(LocalReply::new(a.cluster_not_found, "", Flag::NoCluster));
             };
-            let limit = crate::route::stream_duration::limit(
+            // The request's duration limit runs from here to the end of its response.
+            let deadline = crate::route::stream_duration::limit(
                 a.max_stream_duration.as_ref(),
                 ctx.hcm.max_stream_duration,
                 req.headers(),
-            );
+            )
+            .map(|l| tokio::time::Instant::now() + l);
             let upgrade = upgrade_type(&req, &ctx.hcm.upgrades);
             let (mut parts, body) = req.into_parts();
             if let Some(t) = upgrade {
@@ -337,15 +339,14 @@ async fn route_request(
             };
             let mut tried = router::Tried::default();
             let body_done = hyper::body::Body::is_end_stream(&body);
-            let limit_at = limit.map(|l| tokio::time::Instant::now() + l);
             // Pinned in place: wrapping the (large) future by value would copy it per request.
             let result = {
                 let fwd = std::pin::pin!(router::forward(
                     cluster, a, retry, parts, body, down, active, &mut tried
                 ));
-                match limit {
+                match deadline {
                     None => fwd.await,
-                    Some(limit) => match tokio::time::timeout(limit, fwd).await {
+                    Some(at) => match tokio::time::timeout_at(at, fwd).await {
                         Ok(r) => r,
                         Err(_) => {
                             // Envoy: 504 once the request was received whole, else 408, and
@@ -383,7 +384,7 @@ async fn route_request(
                 Ok(mut r) => {
                     // The limit lasts until the response's end: a body still streaming when it
                     // passes is cut, as Envoy resets the stream.
-                    if let Some(at) = limit_at {
+                    if let Some(at) = deadline {
                         r = r.map(|b| {
                             super::body::DeadlineBody::wrap(
                                 b,
