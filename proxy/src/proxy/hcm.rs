@@ -90,15 +90,18 @@ pub struct HcmConfig {
     pub h2: crate::http2::H2Settings,
     /// `common_http_protocol_options.max_stream_duration`, for routes without their own.
     pub max_stream_duration: Option<Duration>,
-    /// `max_request_headers_kb` in bytes (Envoy's default: 60 KiB): a larger HTTP/1 request
-    /// head gets 431. (HTTP/2 applies it through [`Self::h2`].)
-    pub max_request_headers: usize,
     /// `common_http_protocol_options.max_headers_count` (Envoy's default: 100): more request
     /// headers get 431.
     pub max_headers_count: usize,
 }
 
 impl HcmConfig {
+    /// `max_request_headers_kb` in bytes (Envoy's default: 60 KiB): a larger request head gets
+    /// 431. It is read, with its default and range, along with the HTTP/2 settings.
+    pub fn max_request_headers(&self) -> usize {
+        self.h2.max_header_list as usize
+    }
+
     /// Decode and compile.
     pub fn from_any(any: &envoy_types::pb::google::protobuf::Any) -> Result<Self, String> {
         let h: hpb::HttpConnectionManager = decode::unpack(any)?;
@@ -164,6 +167,10 @@ impl HcmConfig {
             h.strip_port_mode,
             Some(hpb::http_connection_manager::StripPortMode::StripAnyHostPort(true))
         );
+        let h2 = crate::http2::H2Settings::from_proto(
+            h.http2_protocol_options.as_ref(),
+            h.max_request_headers_kb.as_ref().map(|v| v.value),
+        )?;
         Ok(HcmConfig {
             stat_prefix: h.stat_prefix.clone(),
             routes,
@@ -217,8 +224,6 @@ impl HcmConfig {
                 .common_http_protocol_options
                 .as_ref()
                 .and_then(|o| opt_duration(&o.max_stream_duration)),
-            max_request_headers: 1024
-                * h.max_request_headers_kb.as_ref().map_or(60, |v| v.value) as usize,
             max_headers_count: match h
                 .common_http_protocol_options
                 .as_ref()
@@ -230,10 +235,7 @@ impl HcmConfig {
                 Some(v) => v.value as usize,
                 None => 100,
             },
-            h2: crate::http2::H2Settings::from_proto(
-                h.http2_protocol_options.as_ref(),
-                h.max_request_headers_kb.as_ref().map(|v| v.value),
-            )?,
+            h2,
         })
     }
 }

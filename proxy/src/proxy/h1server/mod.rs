@@ -76,7 +76,7 @@ pub(super) async fn serve(
     loop {
         let (req, meta) = loop {
             if !c.rd.is_empty() {
-                let (size, count) = (ctx.hcm.max_request_headers, ctx.hcm.max_headers_count);
+                let (size, count) = (ctx.hcm.max_request_headers(), ctx.hcm.max_headers_count);
                 match request::parse(&mut c.rd, &mut c.scratch, size, count) {
                     Parsed::Inline(req, meta) => break (req, meta),
                     Parsed::Partial => {}
@@ -238,7 +238,7 @@ async fn handoff(c: Conn, ctx: Arc<ConnCtx>, closing: &AtomicBool) -> io::Result
     // No header-read timer: hyper would arm and cancel it for every request of a keep-alive
     // connection; the connection's one idle timer stands in.
     // hyper's read buffer bounds the head (431 past it); 8 KiB is the least it takes.
-    let max_head = ctx.hcm.max_request_headers.max(8192);
+    let max_head = ctx.hcm.max_request_headers().max(8192);
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .header_read_timeout(None)
