@@ -120,43 +120,36 @@ impl LocalReply {
         grpc: bool,
         grpc_status: Option<u32>,
     ) -> Response<BoxBody> {
-        if grpc {
-            return self.into_grpc_response(server, grpc_status);
-        }
-        let has_body = !self.body.is_empty();
-        let mut r = Response::new(full(self.body));
-        *r.status_mut() =
-            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let h = r.headers_mut();
-        if has_body {
+        let mut r = if grpc {
+            let mut r = Response::new(full(""));
+            let h = r.headers_mut();
             h.insert(
                 http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain"),
+                HeaderValue::from_static("application/grpc"),
             );
-        }
-        if let Ok(v) = HeaderValue::from_str(server) {
-            h.insert(http::header::SERVER, v);
-        }
-        r.extensions_mut().insert(ResponseFlags::of(&self.flags));
-        r
-    }
-
-    fn into_grpc_response(self, server: &str, grpc_status: Option<u32>) -> Response<BoxBody> {
-        let mut r = Response::new(full(""));
-        let h = r.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        let code = grpc_status.unwrap_or_else(|| grpc_status_of(self.status));
-        h.insert("grpc-status", HeaderValue::from(code));
-        if !self.body.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&grpc_message(&self.body)) {
-                h.insert("grpc-message", v);
+            let code = grpc_status.unwrap_or_else(|| grpc_status_of(self.status));
+            h.insert("grpc-status", HeaderValue::from(code));
+            if !self.body.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&grpc_message(&self.body)) {
+                    h.insert("grpc-message", v);
+                }
             }
-        }
+            r
+        } else {
+            let has_body = !self.body.is_empty();
+            let mut r = Response::new(full(self.body));
+            *r.status_mut() =
+                StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if has_body {
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain"),
+                );
+            }
+            r
+        };
         if let Ok(v) = HeaderValue::from_str(server) {
-            h.insert(http::header::SERVER, v);
+            r.headers_mut().insert(http::header::SERVER, v);
         }
         r.extensions_mut().insert(ResponseFlags::of(&self.flags));
         r
