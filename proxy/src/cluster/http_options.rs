@@ -41,15 +41,16 @@ impl HttpOptions {
             ext.and_then(|o| o.common_http_protocol_options.as_ref()),
             c.common_http_protocol_options.as_ref(),
         ];
+        let (protocol, http2) = protocol(c, ext)?;
         Ok(HttpOptions {
-            protocol: protocol(c, ext)?,
+            protocol,
             idle_timeout: match common.iter().flatten().find_map(|o| o.idle_timeout) {
                 Some(d) => Some(crate::config::duration(&d)).filter(|d| !d.is_zero()),
                 None => Some(Duration::from_secs(3600)),
             },
             limits: limits(c, &common),
             h2: H2Settings::from_proto(
-                http2_options(c, ext),
+                http2,
                 common
                     .iter()
                     .flatten()
@@ -83,54 +84,41 @@ fn limits(c: &cpb::Cluster, common: &[Option<&core::HttpProtocolOptions>]) -> we
     }
 }
 
-fn protocol(
-    c: &cpb::Cluster,
-    ext: Option<&upb::HttpProtocolOptions>,
-) -> Result<UpstreamProtocol, String> {
+/// The upstream HTTP version and, for h2, the `http2_protocol_options` that go with it: the
+/// extension's (explicit, downstream-following or auto) when it is there, else the cluster's
+/// own deprecated fields.
+fn protocol<'a>(
+    c: &'a cpb::Cluster,
+    ext: Option<&'a upb::HttpProtocolOptions>,
+) -> Result<(UpstreamProtocol, Option<&'a core::Http2ProtocolOptions>), String> {
     use upb::http_protocol_options::{
         explicit_http_config::ProtocolConfig as P, UpstreamProtocolOptions as U,
     };
     if let Some(o) = ext {
         return Ok(match &o.upstream_protocol_options {
-            Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
-                Some(P::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+            Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
+                Some(P::Http2ProtocolOptions(h)) => (UpstreamProtocol::Http2, Some(h)),
                 Some(P::Http3ProtocolOptions(_)) => {
                     return Err("HTTP/3 upstreams are not supported".into())
                 }
-                _ => UpstreamProtocol::Http1,
+                _ => (UpstreamProtocol::Http1, None),
             },
-            Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
+            Some(U::UseDownstreamProtocolConfig(d)) => (
+                UpstreamProtocol::UseDownstream,
+                d.http2_protocol_options.as_ref(),
+            ),
             // Auto needs ALPN over TLS; in plaintext Envoy speaks HTTP/1.1.
-            _ => UpstreamProtocol::Http1,
+            Some(U::AutoConfig(a)) => (UpstreamProtocol::Http1, a.http2_protocol_options.as_ref()),
+            None => (UpstreamProtocol::Http1, c.http2_protocol_options.as_ref()),
         });
     }
+    let h2 = c.http2_protocol_options.as_ref();
     // protocol_selection USE_DOWNSTREAM_PROTOCOL (deprecated field) or http2_protocol_options.
     if c.protocol_selection == 1 {
-        return Ok(UpstreamProtocol::UseDownstream);
+        return Ok((UpstreamProtocol::UseDownstream, h2));
     }
-    Ok(if c.http2_protocol_options.is_some() {
-        UpstreamProtocol::Http2
-    } else {
-        UpstreamProtocol::Http1
+    Ok(match h2 {
+        Some(_) => (UpstreamProtocol::Http2, h2),
+        None => (UpstreamProtocol::Http1, None),
     })
-}
-
-/// The `http2_protocol_options` that apply when the cluster speaks h2: the extension's
-/// (explicit, downstream-following or auto), else the cluster's own.
-fn http2_options<'a>(
-    c: &'a cpb::Cluster,
-    ext: Option<&'a upb::HttpProtocolOptions>,
-) -> Option<&'a core::Http2ProtocolOptions> {
-    use upb::http_protocol_options::{
-        explicit_http_config::ProtocolConfig as P, UpstreamProtocolOptions as U,
-    };
-    match ext.and_then(|o| o.upstream_protocol_options.as_ref()) {
-        Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
-            Some(P::Http2ProtocolOptions(h)) => Some(h),
-            _ => None,
-        },
-        Some(U::UseDownstreamProtocolConfig(d)) => d.http2_protocol_options.as_ref(),
-        Some(U::AutoConfig(a)) => a.http2_protocol_options.as_ref(),
-        None => c.http2_protocol_options.as_ref(),
-    }
 }
