@@ -279,17 +279,31 @@ impl H1Pool {
     /// The most recently returned usable inline connection to `addr`.
     fn take_raw(&self, addr: SocketAddr) -> Option<(Conn, Wear)> {
         let mut st = self.state.lock().unwrap();
-        pop_live(st.raw.get_mut(&addr)?, self.idle_timeout, |c, w| {
-            c.is_usable() && self.limits.allow(w, self.connector.stats())
-        })
+        self.pop_live(st.raw.get_mut(&addr)?, |c| c.is_usable())
     }
 
     /// The most recently returned live hyper connection to `addr`.
     fn take_hyper(&self, addr: SocketAddr) -> Option<(SendRequest<UpstreamBody>, Wear)> {
         let mut st = self.state.lock().unwrap();
-        pop_live(st.idle.get_mut(&addr)?, self.idle_timeout, |tx, w| {
-            !tx.is_closed() && self.limits.allow(w, self.connector.stats())
-        })
+        self.pop_live(st.idle.get_mut(&addr)?, |tx| !tx.is_closed())
+    }
+
+    /// Pop connections off `stack`, most recent first, dropping those idle past the idle
+    /// timeout, no longer `live`, or past the cluster's [`Limits`], until one is left to use.
+    fn pop_live<T>(
+        &self,
+        stack: &mut Vec<Idle<T>>,
+        mut live: impl FnMut(&mut T) -> bool,
+    ) -> Option<(T, Wear)> {
+        // The clock is read only when there is a timeout to check.
+        let limit = self.idle_timeout.map(|t| (crate::clock::coarse_now(), t));
+        while let Some(mut i) = stack.pop() {
+            let fresh = limit.is_none_or(|(now, t)| now.saturating_sub(i.since) < t);
+            if fresh && live(&mut i.conn) && self.limits.allow(&i.wear, self.connector.stats()) {
+                return Some((i.conn, i.wear));
+            }
+        }
+        None
     }
 
     async fn handshake(
@@ -433,24 +447,6 @@ async fn reap(pool: Weak<H1Pool>, first: Duration) {
             }
         }
     }
-}
-
-/// Pop connections off `stack`, most recent first, dropping those idle past `timeout` or no
-/// longer `live`, until one is left to use.
-fn pop_live<T>(
-    stack: &mut Vec<Idle<T>>,
-    timeout: Option<Duration>,
-    mut live: impl FnMut(&mut T, &Wear) -> bool,
-) -> Option<(T, Wear)> {
-    // The clock is read only when there is a timeout to check.
-    let limit = timeout.map(|t| (crate::clock::coarse_now(), t));
-    while let Some(mut i) = stack.pop() {
-        let fresh = limit.is_none_or(|(now, t)| now.saturating_sub(i.since) < t);
-        if fresh && live(&mut i.conn, &i.wear) {
-            return Some((i.conn, i.wear));
-        }
-    }
-    None
 }
 
 /// Drop the oldest idle connection to `addr` (to any host when `None`); whether there was one.
