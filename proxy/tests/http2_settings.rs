@@ -16,16 +16,6 @@ fn route_to(cluster: &str) -> serde_json::Value {
     json!([{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}])
 }
 
-/// One h2c connection to `addr`.
-async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(c);
-    s
-}
-
 fn held_get(addr: SocketAddr) -> http::Request<Full<Bytes>> {
     http::Request::get(format!("http://{addr}/"))
         .header("x-test-hold", "1")
@@ -61,18 +51,7 @@ async fn streams_in_flight(px_addr: SocketAddr, up: &Upstream, n: usize) -> usiz
     let reached = up.hits() - before;
     // Released requests free their streams, which lets the queued ones through: release
     // until every request has been answered.
-    let all = async {
-        while !reqs.iter().all(|r| r.is_finished()) {
-            up.release();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut statuses = Vec::new();
-        for r in reqs {
-            statuses.push(r.await.unwrap());
-        }
-        statuses
-    };
-    let statuses = tokio::time::timeout(HANG, all)
+    let statuses = tokio::time::timeout(HANG, release_all(up, reqs))
         .await
         .expect("requests hung");
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");

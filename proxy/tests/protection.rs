@@ -10,18 +10,6 @@ async fn wait_hits(up: &Upstream, n: usize) {
     wait_until(&what, || up.hits() >= n).await;
 }
 
-async fn release_all(up: &Upstream, tasks: Vec<tokio::task::JoinHandle<Resp>>) -> Vec<Resp> {
-    while tasks.iter().any(|t| !t.is_finished()) {
-        up.release();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn circuit_breakers_overflow_with_503_uo() {
     let a = upstream("a").await;

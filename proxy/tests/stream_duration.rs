@@ -81,14 +81,7 @@ async fn a_response_still_streaming_at_the_deadline_is_cut() {
     )
     .await;
     let addr = px.addr("l");
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut s, c) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(c);
+    let mut s = h2_client(addr).await;
     // The upstream answers at once and never ends the body.
     let req = http::Request::post(format!("http://{addr}/pkg.Svc/Stream"))
         .header("content-type", "application/grpc")

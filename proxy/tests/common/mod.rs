@@ -391,6 +391,31 @@ pub async fn request(
     tokio::time::timeout(HANG, fut).await.expect("request hung")
 }
 
+/// One h2c (prior knowledge) client connection to `addr`, for tests that send several
+/// requests on it.
+pub async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    s
+}
+
+/// Let `up`'s held requests go until every one of `tasks` has finished, and return their
+/// results in order.
+pub async fn release_all<T>(up: &Upstream, tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    while tasks.iter().any(|t| !t.is_finished()) {
+        up.release();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
 /// GET over HTTP/1.1.
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
     request(addr, "GET", path, headers, "", false).await
