@@ -211,7 +211,7 @@ const USAGE: &str =
 [--config-yaml YAML] [--service-cluster C] [--service-node N] [--version]\n\
 Envoy's other flags are accepted; unknown flags are ignored with a warning.\n\
 Environment: MOSN_IDLE_SPIN_US=N, how long a worker that was busy 80% of the recent time \
-waits before sleeping (default 10; 0 turns it off).";
+waits before sleeping (default 10, at most 1000; 0 turns it off).";
 
 /// Entry point of the binary; returns the process exit code.
 pub fn run(args: Vec<String>) -> i32 {

@@ -25,7 +25,8 @@ pub const DEFAULT_WINDOW_US: u64 = 10;
 /// The busy share of recent wall time, in percent, from which a worker spins before sleeping.
 pub const BUSY_PERCENT: u64 = 80;
 
-/// The window from `MOSN_IDLE_SPIN_US`, or the default; `None` when it is 0 or unreadable.
+/// The window from `MOSN_IDLE_SPIN_US` (at most 1 ms: a longer wait is no longer a short
+/// spin), or the default; `None` when it is 0 or unreadable.
 pub fn window_from_env() -> Option<Duration> {
     let us = match std::env::var("MOSN_IDLE_SPIN_US") {
         Ok(v) => match v.trim().parse::<u64>() {
@@ -184,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn a_runtime_with_the_hooks_runs_timers_and_io() {
+    fn a_runtime_with_the_hooks_runs_and_measures() {
         let mut b = tokio::runtime::Builder::new_current_thread();
         install(&mut b, Duration::from_micros(10));
         let rt = b.enable_all().build().unwrap();
