@@ -257,9 +257,10 @@ awk -v m="$m_rps" -v l="$l_rps" -v n="$n_rps" -v h="$h_rps" -v mr="$m_rss" -v nr
   printf "ratio rss   mosn/nginx = %.2fx, mosn/haproxy = %.2fx; mosn rss %.1f MB\n", mr/nr, mr/hr, mr/1024 }'
 # The same ratios round by round: the paths of one round ran within a minute of each other, so
 # a slow phase of the box hits both sides of each ratio alike.
-paired() { # rows_a rows_b -> "r1 r2 ... | median"
-  paste -d' ' <(awk 'NF {print $1}' <<<"$1") <(awk 'NF {print $1}' <<<"$2") | awk '{printf "%.3f\n", $1 / $2}' |
-    sort -g | awk '{a[NR] = $1; s = s sprintf("%.2f ", $1)} END {printf "%s| median %.2fx", s, (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'
+paired() { # rows_a rows_b -> "r1 r2 ... | median", the median as median_col takes it
+  local r
+  r=$(paste -d' ' <(awk 'NF {print $1}' <<<"$1") <(awk 'NF {print $1}' <<<"$2") | awk '{printf "%.3f\n", $1 / $2}' | sort -g)
+  echo "$(awk '{printf "%.2f ", $1}' <<<"$r")| median $(median_col "$r" 1 | awk '{printf "%.2f", $1}')x"
 }
 echo "paired req/s ratios per round (sorted): mosn/nginx $(paired "$s_m" "$s_n"); mosn-lean/nginx $(paired "$s_l" "$s_n")"
 echo "mosn rss after load: $m_split"
