@@ -123,3 +123,66 @@ async fn the_proxys_own_answers_reach_grpc_clients_in_grpc_form() {
     // A plain HTTP client still gets HTTP statuses.
     assert_eq!(get(addr, "/other", &[]).await.status, 404);
 }
+
+#[tokio::test]
+async fn fault_aborts_reach_grpc_clients_in_grpc_form() {
+    let up = upstream("up").await;
+    let fault = |abort: serde_json::Value| {
+        json!({"envoy.filters.http.fault": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "abort": abort}})
+    };
+    // As Istio writes a VirtualService's `fault.abort.grpcStatus` and `httpStatus`.
+    let routes = json!([
+        {"match": {"prefix": "/grpc-abort"}, "route": {"cluster": "c"},
+         "typed_per_filter_config": fault(json!({"grpc_status": 8, "percentage": {"numerator": 100}}))},
+        {"match": {"prefix": "/http-abort"}, "route": {"cluster": "c"},
+         "typed_per_filter_config": fault(json!({"http_status": 503, "percentage": {"numerator": 100}}))},
+        {"match": {"prefix": "/header-abort"}, "route": {"cluster": "c"},
+         "typed_per_filter_config": fault(json!({"header_abort": {}, "percentage": {"numerator": 100}}))}]);
+    let filters = vec![json!({"name": "envoy.filters.http.fault", "typed_config":
+        {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}})];
+    let px = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
+            filters,
+            json!({}),
+        )],
+        vec![cluster("c", &[up.addr], json!({}))],
+    ))
+    .await;
+    let addr = px.addr("l");
+
+    // A gRPC abort answers a gRPC call trailers-only: no body for the client to misread as
+    // a message.
+    let r = grpc_call(addr, "/grpc-abort", &[]).await;
+    assert_eq!(
+        (r.status, r.header("content-type"), r.header("grpc-status")),
+        (200, Some("application/grpc"), Some("8")),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("grpc-message"), Some("fault filter abort"));
+    assert_eq!(r.body, "", "a trailers-only reply has no body");
+    // An HTTP abort of a gRPC call maps its status, as any local reply does.
+    let r = grpc_call(addr, "/http-abort", &[]).await;
+    assert_eq!((r.status, r.header("grpc-status")), (200, Some("14")));
+    assert_eq!(r.body, "");
+    // The gRPC status from the request's header.
+    let r = grpc_call(
+        addr,
+        "/header-abort",
+        &[("x-envoy-fault-abort-grpc-request", "5")],
+    )
+    .await;
+    assert_eq!((r.status, r.header("grpc-status")), (200, Some("5")));
+    // A plain HTTP request to the gRPC-abort route gets a plain 200 with the text.
+    let r = get(addr, "/grpc-abort", &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_str(), r.header("grpc-status")),
+        (200, "fault filter abort", None)
+    );
+    assert_eq!(up.hits(), 0, "aborted requests never reach the upstream");
+    assert_eq!(px.stat("http.l.fault.aborts_injected"), 4);
+}

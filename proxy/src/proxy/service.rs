@@ -238,29 +238,14 @@ async fn route_request(
                 if let Some((status, grpc_abort)) = d.abort {
                     ctx.stats.fault_aborts.inc();
                     flags.push(Flag::FaultInjected);
-                    let mut reply = LocalReply {
+                    // A gRPC abort reaches a gRPC client trailers-only with its code, and
+                    // anything else as a plain 200 with the text (Envoy's sendLocalReply).
+                    return LocalReply {
                         status,
                         body: d.body,
                         flags,
                     }
-                    .into_response(
-                        &ctx.hcm.server_name,
-                        grpc && grpc_abort.is_none(),
-                        None,
-                    );
-                    if let Some(g) = grpc_abort {
-                        let h = reply.headers_mut();
-                        h.insert(
-                            http::header::CONTENT_TYPE,
-                            HeaderValue::from_static("application/grpc"),
-                        );
-                        h.insert("grpc-status", HeaderValue::from(g));
-                        h.insert(
-                            "grpc-message",
-                            HeaderValue::from_static("fault filter abort"),
-                        );
-                    }
-                    return reply;
+                    .into_response(&ctx.hcm.server_name, grpc, grpc_abort);
                 }
             }
             HttpFilter::Cors => {
