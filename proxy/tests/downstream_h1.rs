@@ -139,6 +139,11 @@ impl Client {
 }
 
 async fn setup() -> (Upstream, Proxy, SocketAddr) {
+    setup_with(json!({"http_protocol_options": {"accept_http_10": true}})).await
+}
+
+/// The test proxy with `hcm` merged into its HTTP connection manager.
+async fn setup_with(hcm: serde_json::Value) -> (Upstream, Proxy, SocketAddr) {
     let up = upstream("a").await;
     let vh = json!([{"name": "all", "domains": ["*"], "routes": [
         {"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
@@ -146,7 +151,7 @@ async fn setup() -> (Upstream, Proxy, SocketAddr) {
         {"match": {"prefix": "/held"}, "route": {"cluster": "a", "timeout": "0s"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
     let p = proxy(bootstrap(
-        vec![listener("l", vh, vec![], json!({}))],
+        vec![listener("l", vh, vec![], hcm)],
         vec![cluster("a", &[up.addr], json!({}))],
     ))
     .await;
@@ -155,7 +160,7 @@ async fn setup() -> (Upstream, Proxy, SocketAddr) {
 }
 
 #[tokio::test]
-async fn keep_alive_pipelining_and_http10() {
+async fn keep_alive_pipelining_and_http10_where_accepted() {
     let (_up, _p, addr) = setup().await;
 
     // Three requests in one write are answered in order on one connection; the HEAD
@@ -382,4 +387,76 @@ async fn more_headers_than_max_headers_count_get_431() {
     assert!(status(&px, 150).await.contains("200"));
     assert!(status(&px, 151).await.contains("431"));
     assert_eq!(up.hits(), 3);
+}
+
+#[tokio::test]
+async fn heads_envoy_refuses_are_refused_and_end_the_connection() {
+    // Envoy's defaults: no HTTP/1.0, no length beside chunked, no coding but chunked, and
+    // every request names its host.
+    let (up, px, addr) = setup_with(json!({})).await;
+    let refused = |req: &'static str, line: &'static str, body: &'static str| async move {
+        let mut c = Client::connect(addr).await;
+        c.send(req).await;
+        let r = c.response(false).await;
+        assert_eq!(
+            (r.line.as_str(), r.body.as_slice()),
+            (line, body.as_bytes()),
+            "{req:?}"
+        );
+        assert_eq!(r.header("connection"), Some("close"), "{req:?}");
+        assert!(c.closed().await, "{req:?}: the connection stays open");
+    };
+    refused(
+        "GET /old HTTP/1.0\r\nhost: x\r\n\r\n",
+        "HTTP/1.0 426 Upgrade Required",
+        "Upgrade Required",
+    )
+    .await;
+    refused(
+        "GET /nohost HTTP/1.1\r\n\r\n",
+        "HTTP/1.1 400 Bad Request",
+        "",
+    )
+    .await;
+    // A smuggling attempt: which of the two lengths would the upstream believe?
+    refused(
+        "POST /te HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 400 Bad Request",
+        "Bad Request",
+    )
+    .await;
+    refused(
+        "POST /te HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 501 Not Implemented",
+        "Not Implemented",
+    )
+    .await;
+    assert_eq!(up.hits(), 0, "no refused request reaches the upstream");
+    // The codec's refusals count as protocol errors; the missing host does not.
+    assert_eq!(px.stat("http.l.downstream_cx_protocol_error"), 3);
+    assert_eq!(px.stat("http.l.downstream_rq_4xx"), 3);
+    assert_eq!(px.stat("http.l.downstream_rq_5xx"), 1);
+    // An absolute request target names the host without a Host header.
+    let mut c = Client::connect(addr).await;
+    c.send("GET http://x/abs HTTP/1.1\r\n\r\n").await;
+    assert_eq!(c.response(false).await.line, "HTTP/1.1 200 OK");
+    drop(px);
+
+    // What `http_protocol_options` allows: HTTP/1.0 given a default host, and a chunked
+    // request's length dropped before it goes upstream.
+    let (up, _px, addr) = setup_with(json!({"http_protocol_options": {"accept_http_10": true,
+        "default_host_for_http_10": "default.example", "allow_chunked_length": true}}))
+    .await;
+    let mut c = Client::connect(addr).await;
+    c.send("GET /old HTTP/1.0\r\n\r\n").await;
+    let r = c.response(false).await;
+    assert_eq!(r.line, "HTTP/1.0 200 OK");
+    assert_eq!(r.json()["headers"]["host"], "default.example");
+    let mut c = Client::connect(addr).await;
+    c.send("POST /te HTTP/1.1\r\nhost: x\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await;
+    let r = c.response(false).await;
+    assert_eq!(r.line, "HTTP/1.1 200 OK", "{r:?}");
+    assert_eq!(r.json()["body_len"], 5);
+    assert!(r.json()["headers"].get("content-length").is_none(), "{r:?}");
+    assert_eq!(up.hits(), 2);
 }

@@ -93,6 +93,8 @@ pub struct HcmConfig {
     /// `common_http_protocol_options.max_headers_count` (Envoy's default: 100): more request
     /// headers get 431.
     pub max_headers_count: usize,
+    /// `http_protocol_options`: HTTP/1.0, chunked with a length (see `head_checks`).
+    pub http1: super::head_checks::Http1Options,
 }
 
 impl HcmConfig {
@@ -236,6 +238,7 @@ impl HcmConfig {
                 None => 100,
             },
             h2,
+            http1: super::head_checks::Http1Options::from_proto(h.http_protocol_options.as_ref())?,
         })
     }
 }

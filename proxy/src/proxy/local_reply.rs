@@ -30,6 +30,8 @@ pub enum Flag {
     DownstreamConnectionTermination,
     /// Stream idle timeout.
     StreamIdleTimeout,
+    /// The request broke the protocol (Envoy's codec and host checks).
+    DownstreamProtocolError,
 }
 
 impl Flag {
@@ -46,6 +48,7 @@ impl Flag {
             Flag::UpstreamRetryLimitExceeded => "URX",
             Flag::DelayInjected => "DI",
             Flag::FaultInjected => "FI",
+            Flag::DownstreamProtocolError => "DPE",
             Flag::DownstreamConnectionTermination => "DC",
             Flag::StreamIdleTimeout => "SI",
         }

@@ -10,6 +10,7 @@ pub mod cors;
 pub mod fault;
 pub mod h1server;
 pub mod hcm;
+pub mod head_checks;
 pub mod hop_by_hop;
 pub mod local_reply;
 pub mod router;
@@ -44,6 +45,8 @@ pub struct HcmStats {
     pub rq_max_duration_reached: Arc<Stat>,
     /// `rq_direct_response`.
     pub direct_response: Arc<Stat>,
+    /// `downstream_cx_protocol_error`: requests refused by the HTTP/1 codec's checks.
+    pub cx_protocol_error: Arc<Stat>,
     /// `fault.delays_injected`.
     pub fault_delays: Arc<Stat>,
     /// `fault.aborts_injected`.
@@ -65,6 +68,7 @@ impl HcmStats {
             no_route: c("no_route"),
             rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             direct_response: c("rq_direct_response"),
+            cx_protocol_error: c("downstream_cx_protocol_error"),
             fault_delays: c("fault.delays_injected"),
             fault_aborts: c("fault.aborts_injected"),
             classes: std::array::from_fn(|i| {

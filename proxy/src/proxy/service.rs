@@ -4,6 +4,7 @@
 use super::access_log;
 use super::body::{full, BoxBody, DownstreamBody};
 use super::hcm::HttpFilter;
+use super::head_checks;
 use super::local_reply::{Flag, LocalReply, ResponseFlags};
 use super::router::{self, Downstream};
 use super::ConnCtx;
@@ -31,6 +32,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Option<Incoming>>) -> Re
             ctx.hcm.access_logs.clone(),
         )
     });
+    let refused = head_checks::check(&ctx.hcm.http1, &mut req).err();
     let req = req.map(|b| DownstreamBody::new(b, record.as_ref().map(|r| r.received())));
     let mut info = access_log::RouteInfo::default();
     // The request is active until its response body ends, or until hyper drops this future
@@ -40,7 +42,21 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Option<Incoming>>) -> Re
     let mut active = Some(ActiveGauge::new(ctx.clone()));
     let h1 = req.version() < http::Version::HTTP_2;
     let logging = record.is_some();
-    let resp = route_request(&ctx, req, &mut active, logging.then_some(&mut info)).await;
+    let resp = match refused {
+        None => route_request(&ctx, req, &mut active, logging.then_some(&mut info)).await,
+        Some(r) => {
+            if r.protocol_error {
+                stats.cx_protocol_error.inc();
+            }
+            let mut resp = r.reply.into_response(&ctx.hcm.server_name, false, None);
+            // The rest of an HTTP/1 connection cannot be trusted after a refused head.
+            if h1 {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
+    };
     stats.status(resp.status().as_u16());
     let mut resp = match active {
         Some(active) => {

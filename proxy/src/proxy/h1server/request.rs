@@ -52,12 +52,14 @@ pub(super) struct Scratch {
 
 /// Parse the request at the front of `buf`. A head longer than `limit` (the HCM's
 /// `max_request_headers_kb`) or with more than `max_count` headers gets 431: here when the
-/// inline path can tell, else from hyper.
+/// inline path can tell, else from hyper. `chunked_length_ok` is the HCM's
+/// `allow_chunked_length`.
 pub(super) fn parse(
     buf: &mut BytesMut,
     scratch: &mut Scratch,
     limit: usize,
     max_count: usize,
+    chunked_length_ok: bool,
 ) -> Parsed {
     let inline_max = limit.min(MAX_INLINE_HEAD);
     // Uninitialised slots, as in hyper: zeroing 100 headers per request costs more than
@@ -89,6 +91,10 @@ pub(super) fn parse(
     let http10 = version == 0;
     let mut keep_alive = !http10;
     let mut close = false;
+    // A body, a protocol change or an interim response: hyper's server does these, except
+    // for a head with both Content-Length and Transfer-Encoding, which hyper would take (it
+    // drops the length) and Envoy refuses: that one stays here to be refused (head_checks).
+    let (mut handoff, mut length, mut coded) = (false, false, false);
     let base = buf.as_ptr() as usize;
     let fields = &mut scratch.fields;
     fields.clear();
@@ -97,10 +103,11 @@ pub(super) fn parse(
             return Parsed::Handoff;
         };
         match name {
-            // A body, a protocol change or an interim response: hyper's server does these.
-            header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT => return Parsed::Handoff,
-            header::CONTENT_LENGTH if h.value.iter().any(|b| *b != b'0') || h.value.is_empty() => {
-                return Parsed::Handoff
+            header::TRANSFER_ENCODING => (handoff, coded) = (true, true),
+            header::UPGRADE | header::EXPECT => handoff = true,
+            header::CONTENT_LENGTH => {
+                length = true;
+                handoff |= h.value.iter().any(|b| *b != b'0') || h.value.is_empty();
             }
             header::CONNECTION => {
                 let t = crate::wire::connection_tokens(h.value);
@@ -111,6 +118,10 @@ pub(super) fn parse(
         }
         let from = h.value.as_ptr() as usize - base;
         fields.push((name, from, from + h.value.len()));
+    }
+    let refused = length && coded && !chunked_length_ok;
+    if handoff && !refused {
+        return Parsed::Handoff;
     }
     let path_from = path.as_ptr() as usize - base;
     let path_to = path_from + path.len();
@@ -124,7 +135,8 @@ pub(super) fn parse(
         headers.append(name, crate::wire::header_value(head.slice(from..to)));
     }
     let meta = Meta {
-        keep_alive: keep_alive && !close,
+        // The body of a refused head is never read: the connection ends with the answer.
+        keep_alive: keep_alive && !close && !refused,
         http10,
         head: method == Method::HEAD,
     };
@@ -151,14 +163,20 @@ pub fn decode_requests(chunks: &[&[u8]]) -> Vec<String> {
     for chunk in chunks {
         buf.extend_from_slice(chunk);
         while !buf.is_empty() {
-            match parse(&mut buf, &mut scratch, 60 * 1024, MAX_HEADERS) {
-                Parsed::Inline(req, meta) => out.push(format!(
-                    "{} {} {:?} {:?} {meta:?}",
-                    req.method(),
-                    req.uri(),
-                    req.version(),
-                    req.headers()
-                )),
+            match parse(&mut buf, &mut scratch, 60 * 1024, MAX_HEADERS, false) {
+                Parsed::Inline(req, meta) => {
+                    out.push(format!(
+                        "{} {} {:?} {:?} {meta:?}",
+                        req.method(),
+                        req.uri(),
+                        req.version(),
+                        req.headers()
+                    ));
+                    // The server closes the connection after this one's answer.
+                    if !meta.keep_alive {
+                        return out;
+                    }
+                }
                 Parsed::Partial => break,
                 Parsed::Handoff => {
                     out.push("handoff".into());

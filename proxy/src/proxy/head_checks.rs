@@ -1,0 +1,222 @@
+//! The checks Envoy makes on a request head before any filter sees it: its HTTP/1 codec's
+//! (HTTP/1.0 only when `accept_http_10`, no `Content-Length` beside `Transfer-Encoding`,
+//! no transfer coding but `chunked`) and its connection manager's (a request needs a host).
+//! These are request-smuggling and routing guards, so mosn answers them as Envoy does
+//! rather than as hyper would (hyper serves HTTP/1.0, takes `Transfer-Encoding` over
+//! `Content-Length`, and accepts a request without `Host`).
+
+use super::local_reply::{Flag, LocalReply};
+use envoy_types::pb::envoy::config::core::v3::Http1ProtocolOptions;
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderValue, Request, Version};
+
+/// The HCM's `http_protocol_options` that decide which HTTP/1 requests are served.
+#[derive(Debug, Clone, Default)]
+pub struct Http1Options {
+    /// `accept_http_10`: serve HTTP/1.0 (else 426, Envoy's default).
+    pub accept_http_10: bool,
+    /// `default_host_for_http_10`: the host of an HTTP/1.0 request without one.
+    pub default_host_for_http_10: Option<HeaderValue>,
+    /// `allow_chunked_length`: a chunked request's `Content-Length` is dropped (else 400).
+    pub allow_chunked_length: bool,
+}
+
+impl Http1Options {
+    /// From the HCM's `http_protocol_options` (absent: Envoy's defaults).
+    pub fn from_proto(o: Option<&Http1ProtocolOptions>) -> Result<Self, String> {
+        let Some(o) = o else {
+            return Ok(Self::default());
+        };
+        let default_host = match o.default_host_for_http_10.as_str() {
+            "" => None,
+            h => Some(HeaderValue::from_str(h).map_err(|_| {
+                format!("http_protocol_options.default_host_for_http_10 {h:?} is not a valid host")
+            })?),
+        };
+        Ok(Http1Options {
+            accept_http_10: o.accept_http_10,
+            default_host_for_http_10: default_host,
+            allow_chunked_length: o.allow_chunked_length,
+        })
+    }
+}
+
+/// A refused request head: the reply, and whether Envoy counts it as a protocol error of the
+/// connection (`downstream_cx_protocol_error`; the codec's refusals are, a missing host is not).
+pub struct Refusal {
+    /// What the client gets. HTTP/1 connections close after it.
+    pub reply: LocalReply,
+    /// A codec error.
+    pub protocol_error: bool,
+}
+
+/// Check `req` as Envoy's HTTP/1 codec and HCM would, in their order. A chunked request's
+/// `Content-Length` is removed, and an HTTP/1.0 request gets the default host, where the
+/// options say so.
+pub fn check<B>(opts: &Http1Options, req: &mut Request<B>) -> Result<(), Refusal> {
+    let h1 = req.version() < Version::HTTP_2;
+    if h1 {
+        let headers = req.headers_mut();
+        if headers.contains_key(TRANSFER_ENCODING) {
+            // Only `chunked`, whole and alone (case and surrounding blanks aside).
+            let mut te = headers.get_all(TRANSFER_ENCODING).iter();
+            let chunked = te
+                .next()
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
+                && te.next().is_none();
+            if headers.contains_key(CONTENT_LENGTH) {
+                if !(chunked && opts.allow_chunked_length) {
+                    return Err(codec_error(http::StatusCode::BAD_REQUEST));
+                }
+                headers.remove(CONTENT_LENGTH);
+            }
+            if !chunked {
+                return Err(codec_error(http::StatusCode::NOT_IMPLEMENTED));
+            }
+        }
+        if req.version() < Version::HTTP_11 {
+            if !opts.accept_http_10 {
+                return Err(codec_error(http::StatusCode::UPGRADE_REQUIRED));
+            }
+            if let Some(host) = &opts.default_host_for_http_10 {
+                if !req.headers().contains_key(HOST) {
+                    req.headers_mut().insert(HOST, host.clone());
+                }
+            }
+        }
+    }
+    // HTTP/2 carries the host as `:authority` (the URI's), HTTP/1.1 as `Host` or in an
+    // absolute request target.
+    if !req.headers().contains_key(HOST) && req.uri().authority().is_none() {
+        return Err(Refusal {
+            // Envoy's HCM sends this one without a response flag.
+            reply: LocalReply {
+                status: 400,
+                body: String::new(),
+                flags: Vec::new(),
+            },
+            protocol_error: false,
+        });
+    }
+    Ok(())
+}
+
+/// The codec's answer: the status's reason phrase as the text, as Envoy's `sendProtocolError`.
+fn codec_error(status: http::StatusCode) -> Refusal {
+    Refusal {
+        reply: LocalReply {
+            status: status.as_u16(),
+            body: status.canonical_reason().unwrap_or_default().to_string(),
+            flags: vec![Flag::DownstreamProtocolError],
+        },
+        protocol_error: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri("/p").version(version);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn status(opts: &Http1Options, r: &mut Request<()>) -> Option<u16> {
+        check(opts, r).err().map(|e| e.reply.status)
+    }
+
+    #[test]
+    fn envoys_defaults() {
+        let d = Http1Options::default();
+        let h11 = Version::HTTP_11;
+        assert_eq!(status(&d, &mut req(h11, &[("host", "a")])), None);
+        assert_eq!(status(&d, &mut req(h11, &[])), Some(400), "no host");
+        assert_eq!(
+            status(&d, &mut req(Version::HTTP_10, &[("host", "a")])),
+            Some(426)
+        );
+        let te = |v| req(h11, &[("host", "a"), ("transfer-encoding", v)]);
+        assert_eq!(status(&d, &mut te("chunked")), None);
+        assert_eq!(status(&d, &mut te(" Chunked ")), None);
+        assert_eq!(status(&d, &mut te("gzip, chunked")), Some(501));
+        assert_eq!(status(&d, &mut te("identity")), Some(501));
+        let mut two = req(
+            h11,
+            &[
+                ("host", "a"),
+                ("transfer-encoding", "identity"),
+                ("transfer-encoding", "chunked"),
+            ],
+        );
+        assert_eq!(status(&d, &mut two), Some(501));
+        let mut both = req(
+            h11,
+            &[
+                ("host", "a"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "5"),
+            ],
+        );
+        assert_eq!(status(&d, &mut both), Some(400));
+        // HTTP/2 has neither check, and its host is the URI's authority.
+        let mut h2 = Request::builder()
+            .uri("http://a/p")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        assert_eq!(status(&d, &mut h2), None);
+    }
+
+    #[test]
+    fn what_the_options_allow() {
+        let o = Http1Options::from_proto(Some(&Http1ProtocolOptions {
+            accept_http_10: true,
+            default_host_for_http_10: "default.example".into(),
+            allow_chunked_length: true,
+            ..Default::default()
+        }))
+        .unwrap();
+        let mut old = req(Version::HTTP_10, &[]);
+        assert_eq!(status(&o, &mut old), None);
+        assert_eq!(old.headers()["host"], "default.example");
+        let mut both = req(
+            Version::HTTP_11,
+            &[
+                ("host", "a"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "5"),
+            ],
+        );
+        assert_eq!(status(&o, &mut both), None);
+        assert!(!both.headers().contains_key("content-length"));
+        // Allowed only with chunked.
+        let mut gz = req(
+            Version::HTTP_11,
+            &[
+                ("host", "a"),
+                ("transfer-encoding", "gzip"),
+                ("content-length", "5"),
+            ],
+        );
+        assert_eq!(status(&o, &mut gz), Some(400));
+        // HTTP/1.0 accepted without a default host still needs one.
+        let no_default = Http1Options {
+            accept_http_10: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            status(&no_default, &mut req(Version::HTTP_10, &[])),
+            Some(400)
+        );
+        assert!(Http1Options::from_proto(Some(&Http1ProtocolOptions {
+            default_host_for_http_10: "bad\nhost".into(),
+            ..Default::default()
+        }))
+        .is_err());
+    }
+}
