@@ -23,7 +23,7 @@ pub(super) fn hyper_service(
 > + Clone {
     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
-        async move { Ok(service::handle(ctx, req.map(Some)).await) }
+        async move { Ok(service::handle(ctx, req.map(Some), false).await) }
     })
 }
 

@@ -17,8 +17,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Handle one downstream request (its body `None` when it has none); never fails (errors
-/// become local replies).
-pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Option<Incoming>>) -> Response<BoxBody> {
+/// become local replies). `checked`: the head is known to pass `head_checks` already.
+pub async fn handle(
+    ctx: Arc<ConnCtx>,
+    mut req: Request<Option<Incoming>>,
+    checked: bool,
+) -> Response<BoxBody> {
     let stats = &ctx.stats;
     stats.rq_total.inc();
     // Access logging costs nothing unless the HCM has loggers. Envoy's HCM gives every request
@@ -32,7 +36,12 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Option<Incoming>>) -> Re
             ctx.hcm.access_logs.clone(),
         )
     });
-    let refused = head_checks::check(&ctx.hcm.http1, &mut req).err();
+    // The inline HTTP/1 codec saw whether its head passes while parsing it (`checked`).
+    let refused = if checked {
+        None
+    } else {
+        head_checks::check(&ctx.hcm.http1, &mut req).err()
+    };
     let req = req.map(|b| DownstreamBody::new(b, record.as_ref().map(|r| r.received())));
     let mut info = access_log::RouteInfo::default();
     // The request is active until its response body ends, or until hyper drops this future

@@ -95,7 +95,7 @@ pub(super) async fn serve(
         };
         // The handler runs while the socket is watched for the client leaving: hyper drops
         // the request then, and so must this, so that the upstream request is cancelled.
-        let mut handler = pin!(service::handle(ctx.clone(), req));
+        let mut handler = pin!(service::handle(ctx.clone(), req, meta.checked));
         let Some(resp) = poll_fn(|cx| match handler.as_mut().poll(cx) {
             Poll::Ready(r) => Poll::Ready(Some(r)),
             Poll::Pending if c.poll_gone(cx) => Poll::Ready(None),
@@ -222,6 +222,7 @@ impl Conn {
             keep_alive: false,
             http10: false,
             head: false,
+            checked: true,
         };
         let empty = (true, hyper::body::SizeHint::with_exact(0));
         response::encode_head(&mut self.wr, status, &Default::default(), empty, meta, true);

@@ -42,6 +42,9 @@ pub(super) struct Meta {
     pub http10: bool,
     /// HEAD: the response has no body on the wire.
     pub head: bool,
+    /// The head passes `head_checks` as it is (HTTP/1.1, a host, no length beside a
+    /// coding), seen while parsing, so the service need not look again.
+    pub checked: bool,
 }
 
 /// Header name positions, kept between requests so that parsing allocates nothing here.
@@ -94,7 +97,7 @@ pub(super) fn parse(
     // A body, a protocol change or an interim response: hyper's server does these, except
     // for a head with both Content-Length and Transfer-Encoding, which hyper would take (it
     // drops the length) and Envoy refuses: that one stays here to be refused (head_checks).
-    let (mut handoff, mut length, mut coded) = (false, false, false);
+    let (mut handoff, mut length, mut coded, mut host) = (false, false, false, false);
     let base = buf.as_ptr() as usize;
     let fields = &mut scratch.fields;
     fields.clear();
@@ -105,6 +108,7 @@ pub(super) fn parse(
         match name {
             header::TRANSFER_ENCODING => (handoff, coded) = (true, true),
             header::UPGRADE | header::EXPECT => handoff = true,
+            header::HOST => host = true,
             header::CONTENT_LENGTH => {
                 length = true;
                 handoff |= h.value.iter().any(|b| *b != b'0') || h.value.is_empty();
@@ -139,6 +143,7 @@ pub(super) fn parse(
         keep_alive: keep_alive && !close && !refused,
         http10,
         head: method == Method::HEAD,
+        checked: !http10 && !refused && (host || uri.authority().is_some()),
     };
     let mut req = Request::new(None);
     *req.method_mut() = method;

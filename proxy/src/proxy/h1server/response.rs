@@ -223,6 +223,7 @@ mod tests {
             keep_alive,
             http10,
             head,
+            checked: true,
         }
     }
 
