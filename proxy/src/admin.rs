@@ -369,7 +369,7 @@ fn clusters(server: &Server, as_json: bool) -> Response<BoxBody> {
                     .all
                     .iter()
                     .map(|h| {
-                        let mut health = json!({"eds_health_status": "HEALTHY"});
+                        let mut health = json!({"eds_health_status": h.eds_status_name()});
                         if h.outlier.is_ejected(now) {
                             health["failed_outlier_check"] = json!(true);
                         }
@@ -403,11 +403,19 @@ fn clusters(server: &Server, as_json: bool) -> Response<BoxBody> {
         out.push_str(&format!("{n}::added_via_api::{}\n", via_api(n)));
         for h in &c.hosts().all {
             let a = h.addr;
-            let flags = if h.outlier.is_ejected(now) {
-                "/failed_outlier_check"
-            } else {
-                "healthy"
-            };
+            // Envoy's order: outlier check, then EDS health.
+            let mut flags = String::new();
+            if h.outlier.is_ejected(now) {
+                flags.push_str("/failed_outlier_check");
+            }
+            if h.eds_unhealthy() {
+                flags.push_str("/failed_eds_health");
+            } else if h.eds_status == 5 {
+                flags.push_str("/degraded_eds_health");
+            }
+            if flags.is_empty() {
+                flags.push_str("healthy");
+            }
             out.push_str(&format!("{n}::{a}::rq_active::{}\n", h.active()));
             out.push_str(&format!(
                 "{n}::{a}::health_flags::{flags}\n{n}::{a}::weight::{}\n",

@@ -424,3 +424,86 @@ async fn ejected_hosts_come_back_after_the_ejection_time() {
     }
     assert_eq!(p.stat("cluster.ab.membership_healthy"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eds_unhealthy_endpoints_are_kept_and_serve_only_in_panic() {
+    // Current Istio sends not-ready pods as UNHEALTHY endpoints (and sets the panic threshold
+    // to 0 for them). Envoy keeps them in the host set: they count toward panic mode, take
+    // traffic only in panic, and show in /clusters.
+    let (a, b, c) = (
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    );
+    let health = |mut cl: serde_json::Value, statuses: &[&str]| {
+        for (i, s) in statuses.iter().enumerate() {
+            cl["load_assignment"]["endpoints"][0]["lb_endpoints"][i]["health_status"] = json!(s);
+        }
+        cl
+    };
+    let istio = json!({"common_lb_config": {"healthy_panic_threshold": {"value": 0}}});
+    let three = [a.addr, b.addr, c.addr];
+    let routes = json!(["half", "third", "istio", "none"].map(|n| json!(
+        {"match": {"prefix": format!("/{n}")}, "route": {"cluster": n}})));
+    let p = routes_proxy(
+        routes,
+        json!({}),
+        vec![
+            // Half healthy: not below Envoy's default threshold of 50%, so no panic.
+            health(
+                cluster("half", &[a.addr, b.addr], json!({})),
+                &["HEALTHY", "UNHEALTHY"],
+            ),
+            // A third healthy: panic, every host serves.
+            health(
+                cluster("third", &three, json!({})),
+                &["HEALTHY", "UNHEALTHY", "DRAINING"],
+            ),
+            // The same with Istio's threshold of 0: never panic.
+            health(
+                cluster("istio", &three, istio.clone()),
+                &["HEALTHY", "UNHEALTHY", "TIMEOUT"],
+            ),
+            health(cluster("none", &[a.addr], istio), &["UNHEALTHY"]),
+        ],
+    )
+    .await;
+    let addr = p.addr("l");
+    let seen = |path: &'static str| async move {
+        let mut s = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            s.insert(get(addr, path, &[]).await.upstream());
+        }
+        s.into_iter().collect::<Vec<_>>().join(",")
+    };
+    assert_eq!(seen("/half").await, "a");
+    assert_eq!(seen("/third").await, "a,b,c", "panic mode uses every host");
+    assert_eq!(seen("/istio").await, "a");
+    let r = get(addr, "/none", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (503, "no healthy upstream"));
+
+    assert_eq!(p.stat("cluster.third.membership_total"), 3);
+    assert_eq!(p.stat("cluster.third.membership_healthy"), 1);
+    let text = get(p.admin(), "/clusters", &[]).await.body;
+    for line in [
+        format!("half::{}::health_flags::healthy", a.addr),
+        format!("half::{}::health_flags::/failed_eds_health", b.addr),
+        format!("third::{}::health_flags::/failed_eds_health", c.addr),
+    ] {
+        assert!(text.contains(&line), "{line} not in\n{text}");
+    }
+    let json = get(p.admin(), "/clusters?format=json", &[]).await.json();
+    let third = json["cluster_statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "third")
+        .unwrap();
+    let statuses: Vec<&str> = third["host_statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["health_status"]["eds_health_status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["HEALTHY", "UNHEALTHY", "DRAINING"]);
+}

@@ -21,6 +21,10 @@ pub struct Host {
     pub active_rq: AtomicU64,
     /// Outlier-detection state.
     pub outlier: HostOutlier,
+    /// The endpoint's EDS `health_status` (`core.v3.HealthStatus`: 0 UNKNOWN, 1 HEALTHY,
+    /// 2 UNHEALTHY, 3 DRAINING, 4 TIMEOUT, 5 DEGRADED). Istio sends not-ready pods as
+    /// UNHEALTHY; they stay in the set, as in Envoy, but take traffic only in panic mode.
+    pub eds_status: i32,
 }
 
 impl Host {
@@ -34,7 +38,36 @@ impl Host {
             priority,
             active_rq: AtomicU64::new(0),
             outlier: HostOutlier::default(),
+            eds_status: 0,
         }
+    }
+
+    /// The same host with the endpoint's EDS `health_status`.
+    pub fn with_eds_status(mut self, status: i32) -> Self {
+        self.eds_status = status;
+        self
+    }
+
+    /// EDS marks it unhealthy (UNHEALTHY, DRAINING or TIMEOUT: Envoy's FAILED_EDS_HEALTH).
+    pub fn eds_unhealthy(&self) -> bool {
+        matches!(self.eds_status, 2..=4)
+    }
+
+    /// The EDS status as the admin API names it (UNKNOWN shows as HEALTHY).
+    pub fn eds_status_name(&self) -> &'static str {
+        match self.eds_status {
+            2 => "UNHEALTHY",
+            3 => "DRAINING",
+            4 => "TIMEOUT",
+            5 => "DEGRADED",
+            _ => "HEALTHY",
+        }
+    }
+
+    /// Usable for new requests at `now`: not unhealthy by EDS nor ejected by outlier
+    /// detection.
+    pub fn is_healthy(&self, now: std::time::Instant) -> bool {
+        !self.eds_unhealthy() && !self.outlier.is_ejected(now)
     }
 
     /// Requests in flight.

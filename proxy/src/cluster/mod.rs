@@ -171,10 +171,6 @@ impl Cluster {
         if let Some(la) = &c.load_assignment {
             for group in &la.endpoints {
                 for ep in &group.lb_endpoints {
-                    // Unhealthy, draining and timed-out endpoints take no traffic.
-                    if matches!(ep.health_status, 2..=4) {
-                        continue;
-                    }
                     let weight = ep
                         .load_balancing_weight
                         .as_ref()
@@ -192,12 +188,15 @@ impl Cluster {
                                     Discovery::StrictDns | Discovery::LogicalDns
                                 ) =>
                             {
-                                static_hosts.push(Arc::new(Host::new(
-                                    SocketAddr::new(ip, port),
-                                    e.hostname.clone(),
-                                    weight,
-                                    group.priority,
-                                )))
+                                static_hosts.push(Arc::new(
+                                    Host::new(
+                                        SocketAddr::new(ip, port),
+                                        e.hostname.clone(),
+                                        weight,
+                                        group.priority,
+                                    )
+                                    .with_eds_status(ep.health_status),
+                                ))
                             }
                             _ if matches!(
                                 discovery,
@@ -292,12 +291,9 @@ impl Cluster {
         let set = self.hosts.load();
         self.stats.membership_total.set(set.all.len() as u64);
         let now = std::time::Instant::now();
-        self.stats.membership_healthy.set(
-            set.all
-                .iter()
-                .filter(|h| !h.outlier.is_ejected(now))
-                .count() as u64,
-        );
+        self.stats
+            .membership_healthy
+            .set(set.all.iter().filter(|h| h.is_healthy(now)).count() as u64);
     }
 
     /// For an ORIGINAL_DST cluster, where a connection addressed to `dst` goes
@@ -366,7 +362,7 @@ impl Cluster {
         self.stats.ejections_active.set(ejected);
         self.stats
             .membership_healthy
-            .set(set.all.len() as u64 - ejected);
+            .set(set.all.iter().filter(|h| h.is_healthy(now)).count() as u64);
     }
 
     /// Try to take a retry slot (`max_retries` breaker); release it with [`Cluster::end_retry`].

@@ -174,9 +174,9 @@ impl HostSet {
         self.all.is_empty()
     }
 
-    /// Pick a host. Ejected hosts are skipped unless the share of a priority level that is
-    /// not ejected falls below `panic_threshold` percent (Envoy's panic mode, 50 by default;
-    /// 0 never panics), in which case all of that level is used.
+    /// Pick a host. Unhealthy hosts (EDS-unhealthy or ejected) are skipped unless the
+    /// healthy share of a priority level falls below `panic_threshold` percent (Envoy's panic
+    /// mode, 50 by default; 0 never panics), in which case all of that level is used.
     pub fn choose(
         &self,
         policy: &LbPolicy,
@@ -186,7 +186,8 @@ impl HostSet {
         // The clock is read only if some host was ever ejected (a clock read costs more than
         // the rest of a round-robin pick).
         let now = std::cell::LazyCell::new(Instant::now);
-        let is_ejected = |h: &Host| h.outlier.was_ejected() && h.outlier.is_ejected(*now);
+        let is_ejected =
+            |h: &Host| h.eds_unhealthy() || (h.outlier.was_ejected() && h.outlier.is_ejected(*now));
         for level in &self.levels {
             // No allocation on the hot path: the ejection check is one atomic load per host.
             let n_ejected = level.hosts.iter().filter(|h| is_ejected(h)).count();

@@ -362,16 +362,14 @@ fn eds_name(c: &cpb::Cluster) -> &str {
     }
 }
 
-/// The serving hosts of an assignment; a host equal to one in `keep` (address, weight,
-/// priority) is reused so its outlier state and request counts carry over.
+/// The hosts of an assignment, unhealthy ones included (as Envoy keeps them: they count
+/// toward panic mode and show in `/clusters`); a host equal to one in `keep` (address,
+/// weight, priority, EDS status) is reused so its outlier state and request counts carry
+/// over.
 pub fn hosts(cla: &ClusterLoadAssignment, keep: &[Arc<Host>]) -> Result<Vec<Arc<Host>>, String> {
     let mut out = Vec::new();
     for group in &cla.endpoints {
         for ep in &group.lb_endpoints {
-            // Unhealthy, draining and timed-out endpoints take no traffic.
-            if matches!(ep.health_status, 2..=4) {
-                continue;
-            }
             let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
                 continue;
             };
@@ -389,12 +387,18 @@ pub fn hosts(cla: &ClusterLoadAssignment, keep: &[Arc<Host>]) -> Result<Vec<Arc<
                 .map(|w| w.value)
                 .unwrap_or(1)
                 .max(1);
-            let reuse = keep
-                .iter()
-                .find(|h| h.addr == addr && h.weight == weight && h.priority == group.priority);
+            let reuse = keep.iter().find(|h| {
+                h.addr == addr
+                    && h.weight == weight
+                    && h.priority == group.priority
+                    && h.eds_status == ep.health_status
+            });
             out.push(match reuse {
                 Some(h) => h.clone(),
-                None => Arc::new(Host::new(addr, e.hostname.clone(), weight, group.priority)),
+                None => Arc::new(
+                    Host::new(addr, e.hostname.clone(), weight, group.priority)
+                        .with_eds_status(ep.health_status),
+                ),
             });
         }
     }
