@@ -174,9 +174,12 @@ impl HostSet {
         self.all.is_empty()
     }
 
-    /// Pick a host. Unhealthy hosts (EDS-unhealthy or ejected) are skipped unless the
-    /// healthy share of a priority level falls below `panic_threshold` percent (Envoy's panic
-    /// mode, 50 by default; 0 never panics), in which case all of that level is used.
+    /// Pick a host as Envoy does. The priority level comes from the levels' health (their
+    /// healthy share times the overprovisioning factor, 1.4): a level short of healthy hosts
+    /// passes part of its load to the next. Within the level, unhealthy hosts (EDS-unhealthy
+    /// or ejected) are skipped, unless the levels together lack healthy hosts and this one's
+    /// healthy share is below `panic_threshold` percent (panic mode, 50 by default; 0 never
+    /// panics): then all of that level is used.
     pub fn choose(
         &self,
         policy: &LbPolicy,
@@ -186,41 +189,90 @@ impl HostSet {
         // The clock is read only if some host was ever ejected (a clock read costs more than
         // the rest of a round-robin pick).
         let now = std::cell::LazyCell::new(Instant::now);
-        let is_ejected =
+        let is_down =
             |h: &Host| h.eds_unhealthy() || (h.outlier.was_ejected() && h.outlier.is_ejected(*now));
-        for level in &self.levels {
-            // No allocation on the hot path: the ejection check is one atomic load per host.
-            let n_ejected = level.hosts.iter().filter(|h| is_ejected(h)).count();
-            let ejected = |i: usize| n_ejected > 0 && is_ejected(&level.hosts[i]);
-            let healthy = (level.hosts.len() - n_ejected) as f64;
-            let panic =
-                n_ejected > 0 && healthy * 100.0 < panic_threshold * level.hosts.len() as f64;
-            if n_ejected == level.hosts.len()
-                && self.levels.len() > 1
-                && !std::ptr::eq(level, self.levels.last().unwrap())
-            {
-                continue; // spill to the next priority
+        // No allocation for one level (the usual cluster): the check is a load per host.
+        let count_down = |l: &Level| l.hosts.iter().filter(|h| is_down(h)).count();
+        let (level, n_down, total_health) = match self.levels.as_slice() {
+            [] => return None,
+            [only] => {
+                let d = count_down(only);
+                (only, d, health(only.hosts.len(), d))
             }
-            let usable =
-                |i: usize| (panic || !ejected(i)) && !ctx.exclude.contains(&level.hosts[i].addr);
-            if let Some(i) = level.pick(policy, ctx, &usable) {
-                return Some(level.hosts[i].clone());
+            levels => {
+                let downs: Vec<usize> = levels.iter().map(count_down).collect();
+                let healths: Vec<usize> = levels
+                    .iter()
+                    .zip(&downs)
+                    .map(|(l, d)| health(l.hosts.len(), *d))
+                    .collect();
+                // A hash policy picks the level by the request's hash, so a key stays put.
+                let roll = ctx
+                    .hash
+                    .map_or_else(|| fastrand::usize(..100), |h| (h % 100) as usize);
+                let mut upto = 0;
+                let i = priority_loads(&healths)
+                    .iter()
+                    .position(|load| {
+                        upto += load;
+                        roll < upto
+                    })
+                    .unwrap_or(0);
+                (&levels[i], downs[i], healths.iter().sum::<usize>().min(100))
             }
-            // Everything excluded by retry predicates: fall back to any non-ejected host.
-            let fallback = |i: usize| panic || !ejected(i);
-            if let Some(i) = level.pick(
-                policy,
-                &LbContext {
-                    exclude: &[],
-                    ..*ctx
-                },
-                &fallback,
-            ) {
-                return Some(level.hosts[i].clone());
-            }
+        };
+        let down = |i: usize| n_down > 0 && is_down(&level.hosts[i]);
+        let healthy = (level.hosts.len() - n_down) as f64;
+        let panic = n_down > 0
+            && total_health < 100
+            && healthy * 100.0 < panic_threshold * level.hosts.len() as f64;
+        let usable = |i: usize| (panic || !down(i)) && !ctx.exclude.contains(&level.hosts[i].addr);
+        if let Some(i) = level.pick(policy, ctx, &usable) {
+            return Some(level.hosts[i].clone());
         }
-        None
+        // Everything excluded by retry predicates: fall back to any healthy host.
+        let fallback = |i: usize| panic || !down(i);
+        let any = LbContext {
+            exclude: &[],
+            ..*ctx
+        };
+        level
+            .pick(policy, &any, &fallback)
+            .map(|i| level.hosts[i].clone())
     }
+}
+
+/// Envoy's default overprovisioning factor, in percent.
+const OVERPROVISIONING: usize = 140;
+
+/// A priority level's health in percent: its healthy share times the overprovisioning
+/// factor, at most 100.
+fn health(hosts: usize, down: usize) -> usize {
+    (OVERPROVISIONING * (hosts - down))
+        .checked_div(hosts)
+        .unwrap_or(0)
+        .min(100)
+}
+
+/// Each level's share of the load in percent (Envoy's priority load): its health over the
+/// levels' total (capped at 100), and at most what the levels before it left. Rounding's
+/// remainder goes to the first level with load; with no health anywhere, all to the first.
+fn priority_loads(healths: &[usize]) -> Vec<usize> {
+    let total = healths.iter().sum::<usize>().min(100);
+    let mut loads = vec![0; healths.len()];
+    if total == 0 {
+        loads[0] = 100;
+        return loads;
+    }
+    let mut left = 100;
+    for (load, h) in loads.iter_mut().zip(healths) {
+        *load = (h * 100 / total).min(left);
+        left -= *load;
+    }
+    if let Some(first) = loads.iter_mut().find(|l| **l > 0) {
+        *first += left;
+    }
+    loads
 }
 
 impl Level {
@@ -349,6 +401,26 @@ fn smooth_wrr(hosts: &[Arc<Host>]) -> Vec<u32> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn priority_loads_follow_envoys_arithmetic() {
+        // Envoy's documented examples: P0 healthy takes all; at 50% healthy its health is
+        // 70, so 30% spills; a level at 1/1.4 of its hosts or more keeps all its load.
+        assert_eq!(health(4, 0), 100);
+        assert_eq!(health(2, 1), 70);
+        assert_eq!(health(10, 2), 100);
+        assert_eq!(health(0, 0), 0);
+        assert_eq!(priority_loads(&[100, 100]), [100, 0]);
+        assert_eq!(priority_loads(&[70, 100]), [70, 30]);
+        assert_eq!(priority_loads(&[0, 70]), [0, 100]);
+        assert_eq!(priority_loads(&[20, 20]), [50, 50], "scaled to the total");
+        assert_eq!(priority_loads(&[0, 0, 0]), [100, 0, 0]);
+        assert_eq!(
+            priority_loads(&[33, 33, 33]),
+            [34, 33, 33],
+            "rounding's remainder"
+        );
+    }
+
     fn hosts(weights: &[u32]) -> Vec<Arc<Host>> {
         weights
             .iter()
@@ -362,6 +434,36 @@ mod tests {
                 ))
             })
             .collect()
+    }
+
+    #[test]
+    fn panic_needs_the_levels_short_of_healthy_hosts_too() {
+        // With a threshold of 80%: 3 of 4 healthy is below it, but the level's health is
+        // still 100 (75% x 1.4), so no panic and the unhealthy host gets nothing; at 2 of 4
+        // the health is 70 and the level panics.
+        let policy = LbPolicy::RoundRobin;
+        let with_down = |down: usize| {
+            let hs = (0..4)
+                .map(|i| {
+                    let h = Host::new(
+                        format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
+                        String::new(),
+                        1,
+                        0,
+                    );
+                    Arc::new(h.with_eds_status(if i < down { 2 } else { 1 }))
+                })
+                .collect();
+            HostSet::new(hs, &policy)
+        };
+        let picks_down = |set: &HostSet, down: usize| {
+            (0..40).any(|_| {
+                let h = set.choose(&policy, 80.0, &LbContext::default()).unwrap();
+                (h.addr.port() as usize) < 2000 + down
+            })
+        };
+        assert!(!picks_down(&with_down(1), 1));
+        assert!(picks_down(&with_down(2), 2));
     }
 
     #[test]
