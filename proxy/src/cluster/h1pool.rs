@@ -10,19 +10,18 @@
 //! Leaner than hyper-util's pooled client, which this replaced: no per-request pool-key
 //! hashing, URI rewriting, or "when ready" task spawned per request.
 
-use super::connector::{BoxError, ConnectError, CountingConnector};
-use super::h1conn::{Conn, ExchangeError, RawBody, Release};
+use super::connector::{ConnectError, CountingConnector};
+pub use super::h1body::PooledBody;
+use super::h1body::{Checkin, Home, Kind};
+use super::h1conn::{Conn, ExchangeError, RawBody};
 use super::wear::{Limits, Wear};
 use super::UpstreamBody;
-use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Why an HTTP/1.1 request could not be sent or answered.
@@ -348,14 +347,14 @@ impl H1Pool {
         })
     }
 
-    fn checkin(&self, addr: SocketAddr, tx: SendRequest<UpstreamBody>, wear: Wear) {
+    pub(super) fn checkin(&self, addr: SocketAddr, tx: SendRequest<UpstreamBody>, wear: Wear) {
         if tx.is_closed() {
             return;
         }
         self.put_back(|st| &mut st.idle, addr, tx, wear);
     }
 
-    fn checkin_raw(&self, addr: SocketAddr, conn: Conn, wear: Wear) {
+    pub(super) fn checkin_raw(&self, addr: SocketAddr, conn: Conn, wear: Wear) {
         self.put_back(|st| &mut st.raw, addr, conn, wear);
     }
 
@@ -481,96 +480,4 @@ fn inline(req: &Request<UpstreamBody>) -> bool {
         && req.body().is_end_stream()
         && !req.headers().contains_key(http::header::UPGRADE)
         && !req.headers().contains_key(http::header::EXPECT)
-}
-
-struct Checkin {
-    pool: Arc<H1Pool>,
-    addr: SocketAddr,
-    tx: SendRequest<UpstreamBody>,
-    /// Requests carried, this one included, and age.
-    wear: Wear,
-}
-
-/// Where an inline connection goes back to.
-struct Home {
-    pool: Arc<H1Pool>,
-    addr: SocketAddr,
-    /// Requests carried, this one included, and age.
-    wear: Wear,
-}
-
-impl Release for Home {
-    fn release(&mut self, conn: Conn) {
-        self.pool.checkin_raw(self.addr, conn, self.wear);
-    }
-}
-
-/// An upstream response body; an HTTP/1.1 one returns its connection to the pool once read to
-/// the end.
-pub struct PooledBody(Kind);
-
-enum Kind {
-    Hyper {
-        inner: Incoming,
-        done: bool,
-        back: Option<Checkin>,
-    },
-    Raw(RawBody<Home>),
-}
-
-impl PooledBody {
-    /// A body with no connection to return (HTTP/2).
-    pub fn unpooled(inner: Incoming) -> Self {
-        PooledBody(Kind::Hyper {
-            inner,
-            done: false,
-            back: None,
-        })
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if let Kind::Hyper { inner, done, back } = &mut self.0 {
-            if let Some(c) = back.take() {
-                if *done || inner.is_end_stream() {
-                    c.pool.checkin(c.addr, c.tx, c.wear);
-                }
-            }
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.0 {
-            Kind::Raw(b) => b.poll_next(cx),
-            Kind::Hyper { inner, done, back } => {
-                let r = Pin::new(inner).poll_frame(cx);
-                match &r {
-                    Poll::Ready(None) => *done = true,
-                    Poll::Ready(Some(Err(_))) => *back = None,
-                    _ => {}
-                }
-                r.map(|o| o.map(|r| r.map_err(Into::into)))
-            }
-        }
-    }
-    fn size_hint(&self) -> SizeHint {
-        match &self.0 {
-            Kind::Raw(b) => b.size_hint(),
-            Kind::Hyper { inner, .. } => inner.size_hint(),
-        }
-    }
-    fn is_end_stream(&self) -> bool {
-        match &self.0 {
-            Kind::Raw(b) => b.is_end_stream(),
-            Kind::Hyper { inner, done, .. } => *done || inner.is_end_stream(),
-        }
-    }
 }

@@ -5,6 +5,7 @@
 mod addr_hash;
 pub mod connector;
 mod dns;
+mod h1body;
 pub mod h1conn;
 mod h1framing;
 pub mod h1pool;

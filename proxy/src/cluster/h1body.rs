@@ -1,0 +1,109 @@
+//! The body of an HTTP/1.1 upstream response: it returns its connection to the pool once
+//! read to the end (an HTTP/2 one has nothing to return).
+
+use super::connector::BoxError;
+use super::h1conn::{Conn, RawBody, Release};
+use super::h1pool::H1Pool;
+use super::wear::Wear;
+use super::UpstreamBody;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// Where a hyper client connection goes back to.
+pub(super) struct Checkin {
+    pub(super) pool: Arc<H1Pool>,
+    pub(super) addr: SocketAddr,
+    pub(super) tx: SendRequest<UpstreamBody>,
+    /// Requests carried, this one included, and age.
+    pub(super) wear: Wear,
+}
+
+/// Where an inline connection goes back to.
+pub(super) struct Home {
+    pub(super) pool: Arc<H1Pool>,
+    pub(super) addr: SocketAddr,
+    /// Requests carried, this one included, and age.
+    pub(super) wear: Wear,
+}
+
+impl Release for Home {
+    fn release(&mut self, conn: Conn) {
+        self.pool.checkin_raw(self.addr, conn, self.wear);
+    }
+}
+
+/// An upstream response body; an HTTP/1.1 one returns its connection to the pool once read to
+/// the end.
+pub struct PooledBody(pub(super) Kind);
+
+/// A hyper client's body (with the connection to check in), or an inline exchange's.
+pub(super) enum Kind {
+    Hyper {
+        inner: Incoming,
+        done: bool,
+        back: Option<Checkin>,
+    },
+    Raw(RawBody<Home>),
+}
+
+impl PooledBody {
+    /// A body with no connection to return (HTTP/2).
+    pub fn unpooled(inner: Incoming) -> Self {
+        PooledBody(Kind::Hyper {
+            inner,
+            done: false,
+            back: None,
+        })
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let Kind::Hyper { inner, done, back } = &mut self.0 {
+            if let Some(c) = back.take() {
+                if *done || inner.is_end_stream() {
+                    c.pool.checkin(c.addr, c.tx, c.wear);
+                }
+            }
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.0 {
+            Kind::Raw(b) => b.poll_next(cx),
+            Kind::Hyper { inner, done, back } => {
+                let r = Pin::new(inner).poll_frame(cx);
+                match &r {
+                    Poll::Ready(None) => *done = true,
+                    Poll::Ready(Some(Err(_))) => *back = None,
+                    _ => {}
+                }
+                r.map(|o| o.map(|r| r.map_err(Into::into)))
+            }
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Raw(b) => b.size_hint(),
+            Kind::Hyper { inner, .. } => inner.size_hint(),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Raw(b) => b.is_end_stream(),
+            Kind::Hyper { inner, done, .. } => *done || inner.is_end_stream(),
+        }
+    }
+}
