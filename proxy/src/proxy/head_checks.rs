@@ -48,6 +48,9 @@ pub struct Refusal {
     pub reply: LocalReply,
     /// A codec error.
     pub protocol_error: bool,
+    /// To be answered in gRPC's form: the HCM's refusals of a gRPC request are (the codec's
+    /// come before the request's headers are known, so they are not).
+    pub grpc: bool,
 }
 
 /// Check `req` as Envoy's HTTP/1 codec and HCM would, in their order. A chunked request's
@@ -97,6 +100,7 @@ pub fn check<B>(opts: &Http1Options, req: &mut Request<B>) -> Result<(), Refusal
                 flags: Vec::new(),
             },
             protocol_error: false,
+            grpc: crate::route::matcher::is_grpc(req.headers()),
         });
     }
     Ok(())
@@ -111,6 +115,7 @@ fn codec_error(status: http::StatusCode) -> Refusal {
             flags: vec![Flag::DownstreamProtocolError],
         },
         protocol_error: true,
+        grpc: false,
     }
 }
 
@@ -170,6 +175,15 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(status(&d, &mut h2), None);
+        // Without :authority, a gRPC call is refused in gRPC's form.
+        let mut call = Request::builder()
+            .uri("/pkg.Svc/M")
+            .version(Version::HTTP_2)
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let r = check(&d, &mut call).err().unwrap();
+        assert!(r.grpc && !r.protocol_error && r.reply.status == 400);
     }
 
     #[test]

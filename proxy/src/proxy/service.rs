@@ -57,7 +57,7 @@ pub async fn handle(
             if r.protocol_error {
                 stats.cx_protocol_error.inc();
             }
-            let mut resp = r.reply.into_response(&ctx.hcm.server_name, false, None);
+            let mut resp = r.reply.into_response(&ctx.hcm.server_name, r.grpc, None);
             // The rest of an HTTP/1 connection cannot be trusted after a refused head.
             if h1 {
                 resp.headers_mut()
