@@ -262,3 +262,83 @@ async fn retries_timeouts_and_failure_answers() {
     // The proxy is still healthy after all of that.
     assert_eq!(get(addr, "/noretry", &[]).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_headers_count_only_from_internal_clients() {
+    let up = upstream("up").await;
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]);
+    let sent: [(&str, &str); 4] = [
+        ("x-envoy-upstream-rq-timeout-ms", "200"),
+        ("x-envoy-internal", "true"),
+        ("x-envoy-decorator-operation", "op"),
+        ("x-test-delay-ms", "600"),
+    ];
+    // Envoy's defaults (nothing internal): the request's timeout is stripped, not obeyed.
+    let px = routes_proxy(
+        routes.clone(),
+        json!({}),
+        vec![cluster("c", &[up.addr], json!({}))],
+    )
+    .await;
+    let r = get(px.addr("l"), "/", &sent).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = &r.json()["headers"];
+    assert!(
+        seen.get("x-envoy-upstream-rq-timeout-ms").is_none(),
+        "{seen}"
+    );
+    assert!(seen.get("x-envoy-internal").is_none(), "{seen}");
+    assert_eq!(
+        seen["x-envoy-decorator-operation"], "op",
+        "not an edge request"
+    );
+    drop(px);
+
+    // Loopback clients internal: the router obeys and consumes the headers.
+    let hcm = json!({"use_remote_address": true, "internal_address_config": {"cidr_ranges": [
+        {"address_prefix": "127.0.0.0", "prefix_len": 8}]}});
+    let px = routes_proxy(routes, hcm, vec![cluster("c", &[up.addr], json!({}))]).await;
+    let addr = px.addr("l");
+    let r = get(addr, "/", &sent).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (504, "upstream request timeout")
+    );
+    let r = get(addr, "/", &[("x-envoy-upstream-rq-timeout-ms", "5000")]).await;
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-envoy-internal"], "true", "{seen}");
+    assert_eq!(seen["x-envoy-expected-rq-timeout-ms"], "5000", "{seen}");
+    assert!(
+        seen.get("x-envoy-upstream-rq-timeout-ms").is_none(),
+        "consumed: {seen}"
+    );
+    // Retries from the headers alone, on a route without a retry policy.
+    let before = up.hits();
+    let r = get(
+        addr,
+        "/",
+        &[
+            ("x-envoy-retry-on", "retriable-status-codes"),
+            ("x-envoy-retriable-status-codes", "418"),
+            ("x-envoy-max-retries", "2"),
+            ("x-test-status", "418"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 418);
+    assert_eq!(up.hits() - before, 3, "the first try and two retries");
+    // A request that something forwarded is not the peer's own: not internal, so stripped.
+    let before = up.hits();
+    let r = get(
+        addr,
+        "/",
+        &[
+            ("x-forwarded-for", "127.0.0.9"),
+            ("x-envoy-retry-on", "5xx"),
+            ("x-test-status", "503"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(up.hits() - before, 1, "no retry");
+}

@@ -95,6 +95,10 @@ pub struct HcmConfig {
     pub max_headers_count: usize,
     /// `http_protocol_options`: HTTP/1.0, chunked with a length (see `head_checks`).
     pub http1: super::head_checks::Http1Options,
+    /// `use_remote_address`: the peer is the client (else `x-forwarded-for` says who is).
+    pub use_remote_address: bool,
+    /// `internal_address_config`: whose requests may carry Envoy's control headers.
+    pub internal: super::control_headers::InternalAddresses,
 }
 
 impl HcmConfig {
@@ -239,6 +243,10 @@ impl HcmConfig {
             },
             h2,
             http1: super::head_checks::Http1Options::from_proto(h.http_protocol_options.as_ref())?,
+            use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
+            internal: super::control_headers::InternalAddresses::from_proto(
+                h.internal_address_config.as_ref(),
+            )?,
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod access_log;
 mod attempt;
 pub mod body;
 mod conn;
+pub mod control_headers;
 pub mod cors;
 pub mod fault;
 pub mod h1server;

@@ -32,6 +32,9 @@ pub struct Downstream<'a> {
     pub attempt_count: bool,
     /// The connection's request timer (per-try and route timeouts).
     pub timer: &'a super::timer::RequestTimer,
+    /// The request's own timeout (`x-envoy-upstream-rq-timeout-ms`; `Some(None)`: none),
+    /// over the route's.
+    pub timeout: Option<Option<Duration>>,
 }
 
 /// `x-envoy-attempt-count`.
@@ -102,7 +105,9 @@ pub async fn forward(
     let idle = action.idle_timeout.or(down.stream_idle);
     // The request's one precise clock read (the first attempt's timer starts from it too).
     let started = tokio::time::Instant::now();
-    let timeout = crate::route::action::effective_timeout(action, &parts.headers);
+    let timeout = down
+        .timeout
+        .unwrap_or_else(|| crate::route::action::effective_timeout(action, &parts.headers));
     let deadline = timeout.and_then(|t| started.checked_add(t));
     if let (Some(t), true) = (timeout, down.envoy_headers) {
         const EXPECTED_TIMEOUT: HeaderName =

@@ -3,6 +3,7 @@
 
 use super::access_log;
 use super::body::{full, BoxBody, DownstreamBody};
+use super::control_headers;
 use super::hcm::HttpFilter;
 use super::head_checks;
 use super::local_reply::{Flag, LocalReply, ResponseFlags};
@@ -213,10 +214,17 @@ impl<'a> Levels<'a> {
 
 async fn route_request(
     ctx: &ConnCtx,
-    req: Request<DownstreamBody>,
+    mut req: Request<DownstreamBody>,
     active: &mut Option<ActiveGauge>,
     mut info: Option<&mut access_log::RouteInfo>,
 ) -> Response<BoxBody> {
+    // Before routing, as Envoy's connection manager: control headers only from the trusted.
+    let control = control_headers::sanitize(
+        req.headers_mut(),
+        ctx.peer.ip(),
+        ctx.hcm.use_remote_address,
+        &ctx.hcm.internal,
+    );
     let snap = ctx.store.load();
     // A gRPC client gets the proxy's own answers in gRPC's form, as from Envoy.
     let grpc = crate::route::matcher::is_grpc(req.headers());
@@ -339,7 +347,14 @@ async fn route_request(
             }
             prepare_upstream_headers(&mut parts, &ctx.hcm, a, wt, route, path, levels);
             let retry = a.retry.as_ref().or(vh.retry.as_ref());
+            let overrides = if control {
+                control_headers::take(&mut parts.headers, retry)
+            } else {
+                Default::default()
+            };
+            let retry = overrides.retry.as_ref().or(retry);
             let down = Downstream {
+                timeout: overrides.timeout,
                 peer: ctx.peer,
                 original_dst: ctx.original_dst,
                 stream_idle: ctx.hcm.stream_idle_timeout,

@@ -117,24 +117,60 @@ pub struct RetryPolicy {
     pub backoff_max: Duration,
 }
 
+impl RetryOn {
+    /// Add the HTTP conditions named in a comma-separated list (others are ignored).
+    pub fn add_http(&mut self, list: &str) {
+        for cond in list.split(',').map(str::trim) {
+            match cond {
+                "5xx" => self.five_xx = true,
+                "gateway-error" => self.gateway_error = true,
+                "connect-failure" => self.connect_failure = true,
+                "refused-stream" => self.refused_stream = true,
+                "reset" => self.reset = true,
+                "retriable-status-codes" => self.retriable_status_codes = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// Add the gRPC conditions named in a comma-separated list (others are ignored).
+    pub fn add_grpc(&mut self, list: &str) {
+        for cond in list.split(',').map(str::trim) {
+            match cond {
+                "unavailable" => self.grpc[0] = true,
+                "cancelled" => self.grpc[1] = true,
+                "deadline-exceeded" => self.grpc[2] = true,
+                "resource-exhausted" => self.grpc[3] = true,
+                _ => {}
+            }
+        }
+    }
+}
+
 impl RetryPolicy {
+    /// Envoy's policy for a route without one, for retries the request headers enable: one
+    /// retry, no per-try timeout, 25 ms backoff.
+    pub fn header_default() -> Self {
+        Self::from_proto(&rpb::RetryPolicy::default())
+    }
+
     /// Convert the proto form.
     pub fn from_proto(p: &rpb::RetryPolicy) -> Self {
         let mut on = RetryOn::default();
-        for cond in p.retry_on.split(',').map(str::trim) {
-            match cond {
-                "5xx" => on.five_xx = true,
-                "gateway-error" => on.gateway_error = true,
-                "connect-failure" => on.connect_failure = true,
-                "refused-stream" => on.refused_stream = true,
-                "reset" => on.reset = true,
-                "retriable-status-codes" => on.retriable_status_codes = true,
-                "unavailable" => on.grpc[0] = true,
-                "cancelled" => on.grpc[1] = true,
-                "deadline-exceeded" => on.grpc[2] = true,
-                "resource-exhausted" => on.grpc[3] = true,
-                "" => {}
-                other => tracing::debug!("retry_on {other:?} is not supported; ignored"),
+        // The config's retry_on takes both kinds of condition; the request headers one each.
+        on.add_http(&p.retry_on);
+        on.add_grpc(&p.retry_on);
+        for cond in p
+            .retry_on
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
+            let mut one = RetryOn::default();
+            one.add_http(cond);
+            one.add_grpc(cond);
+            if one == RetryOn::default() {
+                tracing::debug!("retry_on {cond:?} is not supported; ignored");
             }
         }
         let base = p
