@@ -479,3 +479,44 @@ async fn attempt_count_goes_upstream_and_back_when_the_vhost_asks() {
     let r = get(p.addr("plain"), "/dead", &[]).await;
     assert_eq!(r.header("x-envoy-attempt-count"), None);
 }
+
+#[tokio::test]
+async fn the_expected_timeout_header_is_what_the_attempt_may_take() {
+    // Envoy's x-envoy-expected-rq-timeout-ms: the per-try timeout when there is one below
+    // the request's, else the request's; nothing when neither limits the attempt.
+    let a = upstream("a").await;
+    let route = |prefix: &str, extra: serde_json::Value| {
+        let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": "a"}});
+        mosn::config::merge(&mut r["route"], extra);
+        r
+    };
+    let retry =
+        |per_try: &str| json!({"retry_on": "5xx", "num_retries": 1, "per_try_timeout": per_try});
+    let p = routes_proxy(
+        json!([
+            route("/per-try", json!({"retry_policy": retry("1s")})),
+            route("/long-try", json!({"retry_policy": retry("20s")})),
+            route(
+                "/unlimited-try",
+                json!({"timeout": "0s", "retry_policy": retry("2s")})
+            ),
+            route("/unlimited", json!({"timeout": "0s"}))
+        ]),
+        json!({}),
+        vec![cluster("a", &[a.addr], json!({}))],
+    )
+    .await;
+    for (path, expected) in [
+        ("/per-try", Some("1000")),
+        ("/long-try", Some("15000")),
+        ("/unlimited-try", Some("2000")),
+        ("/unlimited", None),
+    ] {
+        let j = get(p.addr("l"), path, &[]).await.json();
+        assert_eq!(
+            j["headers"]["x-envoy-expected-rq-timeout-ms"].as_str(),
+            expected,
+            "{path}"
+        );
+    }
+}

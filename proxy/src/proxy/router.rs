@@ -109,13 +109,6 @@ pub async fn forward(
         .timeout
         .unwrap_or_else(|| crate::route::action::effective_timeout(action, &parts.headers));
     let deadline = timeout.and_then(|t| started.checked_add(t));
-    if let (Some(t), true) = (timeout, down.envoy_headers) {
-        const EXPECTED_TIMEOUT: HeaderName =
-            HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
-        parts
-            .headers
-            .insert(EXPECTED_TIMEOUT, millis_value(t.as_millis()));
-    }
     // A reference-counted clone: path and query are borrowed from it, not copied.
     let pq = parts.uri.path_and_query().cloned();
     let path: &str = pq.as_ref().map_or("/", |p| p.as_str());
@@ -168,6 +161,28 @@ pub async fn forward(
                 .headers
                 .insert(ATTEMPT_COUNT, HeaderValue::from(attempt + 1));
         }
+        // A per-try timeout not below the request's is no limit of its own (Envoy's rule).
+        let per_try = retry
+            .and_then(|r| r.per_try_timeout)
+            .filter(|p| timeout.is_none_or(|t| *p < t));
+        let now = if attempt == 0 {
+            started
+        } else {
+            tokio::time::Instant::now()
+        };
+        let remaining = deadline.map(|d| d.saturating_duration_since(now));
+        let wait = match (per_try, remaining) {
+            (Some(p), Some(r)) => Some(p.min(r)),
+            (p, r) => p.or(r),
+        };
+        // What this attempt may take, as Envoy tells the upstream: the per-try timeout, else
+        // what is left of the request's (at least 1 ms).
+        if let (Some(w), true) = (wait, down.envoy_headers) {
+            const EXPECTED_TIMEOUT: HeaderName =
+                HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+            let ms = w.as_millis().max(1);
+            parts.headers.insert(EXPECTED_TIMEOUT, millis_value(ms));
+        }
         // The last possible attempt takes the headers instead of copying them (no retry can
         // follow it, so `parts.headers` is not read again).
         let headers = if attempt >= retries {
@@ -184,17 +199,6 @@ pub async fn forward(
             req_body,
             upgrade.as_deref(),
         );
-        let per_try = retry.and_then(|r| r.per_try_timeout);
-        let now = if attempt == 0 {
-            started
-        } else {
-            tokio::time::Instant::now()
-        };
-        let remaining = deadline.map(|d| d.saturating_duration_since(now));
-        let wait = match (per_try, remaining) {
-            (Some(p), Some(r)) => Some(p.min(r)),
-            (p, r) => p.or(r),
-        };
         // The stream idle timeout also bounds the wait for response headers.
         let idle_first = idle.is_some_and(|i| wait.is_none_or(|w| i < w));
         stats.rq_total.inc();
