@@ -313,32 +313,33 @@ async fn control_headers_count_only_from_internal_clients() {
         "consumed: {seen}"
     );
     // Retries from the headers alone, on a route without a retry policy.
-    let before = up.hits();
-    let r = get(
-        addr,
-        "/",
-        &[
-            ("x-envoy-retry-on", "retriable-status-codes"),
-            ("x-envoy-retriable-status-codes", "418"),
-            ("x-envoy-max-retries", "2"),
-            ("x-test-status", "418"),
-        ],
-    )
-    .await;
-    assert_eq!(r.status, 418);
-    assert_eq!(up.hits() - before, 3, "the first try and two retries");
+    let retried = [
+        ("x-envoy-retry-on", "retriable-status-codes"),
+        ("x-envoy-retriable-status-codes", "418"),
+        ("x-envoy-max-retries", "2"),
+        ("x-test-status", "418"),
+    ];
+    assert_eq!(
+        tries(&up, addr, &retried).await,
+        (418, 3),
+        "the first and two retries"
+    );
     // A request that something forwarded is not the peer's own: not internal, so stripped.
+    let forwarded = [
+        ("x-forwarded-for", "127.0.0.9"),
+        ("x-envoy-retry-on", "5xx"),
+        ("x-test-status", "503"),
+    ];
+    assert_eq!(tries(&up, addr, &forwarded).await, (503, 1), "no retry");
+}
+
+/// A request's status and how many tries of it reached `up`.
+async fn tries(
+    up: &Upstream,
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+) -> (u16, usize) {
     let before = up.hits();
-    let r = get(
-        addr,
-        "/",
-        &[
-            ("x-forwarded-for", "127.0.0.9"),
-            ("x-envoy-retry-on", "5xx"),
-            ("x-test-status", "503"),
-        ],
-    )
-    .await;
-    assert_eq!(r.status, 503);
-    assert_eq!(up.hits() - before, 1, "no retry");
+    let status = get(addr, "/", headers).await.status;
+    (status, up.hits() - before)
 }
