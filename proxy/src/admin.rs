@@ -6,6 +6,7 @@ use crate::config::decode::to_json;
 use crate::proxy::body::{full, BoxBody};
 use crate::route::matcher::percent_decode;
 use crate::server::{Server, Shutdown};
+use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -410,7 +411,7 @@ fn clusters(server: &Server, as_json: bool) -> Response<BoxBody> {
             }
             if h.eds_unhealthy() {
                 flags.push_str("/failed_eds_health");
-            } else if h.eds_status == 5 {
+            } else if h.eds_status == HealthStatus::Degraded {
                 flags.push_str("/degraded_eds_health");
             }
             if flags.is_empty() {

@@ -1,6 +1,7 @@
 //! Upstream hosts and the host set a load balancer picks from.
 
 use super::outlier::HostOutlier;
+use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,10 +22,9 @@ pub struct Host {
     pub active_rq: AtomicU64,
     /// Outlier-detection state.
     pub outlier: HostOutlier,
-    /// The endpoint's EDS `health_status` (`core.v3.HealthStatus`: 0 UNKNOWN, 1 HEALTHY,
-    /// 2 UNHEALTHY, 3 DRAINING, 4 TIMEOUT, 5 DEGRADED). Istio sends not-ready pods as
-    /// UNHEALTHY; they stay in the set, as in Envoy, but take traffic only in panic mode.
-    pub eds_status: i32,
+    /// The endpoint's EDS `health_status`. Istio sends not-ready pods as UNHEALTHY; they
+    /// stay in the set, as in Envoy, but take traffic only in panic mode.
+    pub eds_status: HealthStatus,
 }
 
 impl Host {
@@ -38,36 +38,36 @@ impl Host {
             priority,
             active_rq: AtomicU64::new(0),
             outlier: HostOutlier::default(),
-            eds_status: 0,
+            eds_status: HealthStatus::Unknown,
         }
     }
 
-    /// The same host with the endpoint's EDS `health_status`.
+    /// The same host with the endpoint's EDS `health_status` (the proto's number; an
+    /// unknown one counts as UNKNOWN).
     pub fn with_eds_status(mut self, status: i32) -> Self {
-        self.eds_status = status;
+        self.eds_status = HealthStatus::try_from(status).unwrap_or(HealthStatus::Unknown);
         self
     }
 
     /// EDS marks it unhealthy (UNHEALTHY, DRAINING or TIMEOUT: Envoy's FAILED_EDS_HEALTH).
     pub fn eds_unhealthy(&self) -> bool {
-        matches!(self.eds_status, 2..=4)
+        use HealthStatus::*;
+        matches!(self.eds_status, Unhealthy | Draining | Timeout)
     }
 
     /// The EDS status as the admin API names it (UNKNOWN shows as HEALTHY).
     pub fn eds_status_name(&self) -> &'static str {
         match self.eds_status {
-            2 => "UNHEALTHY",
-            3 => "DRAINING",
-            4 => "TIMEOUT",
-            5 => "DEGRADED",
-            _ => "HEALTHY",
+            HealthStatus::Unknown => "HEALTHY",
+            s => s.as_str_name(),
         }
     }
 
-    /// Usable for new requests at `now`: not unhealthy by EDS nor ejected by outlier
-    /// detection.
-    pub fn is_healthy(&self, now: std::time::Instant) -> bool {
-        !self.eds_unhealthy() && !self.outlier.is_ejected(now)
+    /// Not to be used for new requests: unhealthy by EDS, or ejected by outlier detection.
+    /// `now` is called only for a host that was ever ejected, so that a balancer pass over
+    /// healthy hosts reads no clock.
+    pub fn is_down(&self, now: impl FnOnce() -> std::time::Instant) -> bool {
+        self.eds_unhealthy() || (self.outlier.was_ejected() && self.outlier.is_ejected(now()))
     }
 
     /// Requests in flight.

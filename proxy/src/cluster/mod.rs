@@ -294,7 +294,7 @@ impl Cluster {
         let now = std::time::Instant::now();
         self.stats
             .membership_healthy
-            .set(set.all.iter().filter(|h| h.is_healthy(now)).count() as u64);
+            .set(set.all.iter().filter(|h| !h.is_down(|| now)).count() as u64);
     }
 
     /// For an ORIGINAL_DST cluster, where a connection addressed to `dst` goes
@@ -363,7 +363,7 @@ impl Cluster {
         self.stats.ejections_active.set(ejected);
         self.stats
             .membership_healthy
-            .set(set.all.iter().filter(|h| h.is_healthy(now)).count() as u64);
+            .set(set.all.iter().filter(|h| !h.is_down(|| now)).count() as u64);
     }
 
     /// Try to take a retry slot (`max_retries` breaker); release it with [`Cluster::end_retry`].

@@ -189,8 +189,7 @@ impl HostSet {
         // The clock is read only if some host was ever ejected (a clock read costs more than
         // the rest of a round-robin pick).
         let now = std::cell::LazyCell::new(Instant::now);
-        let is_down =
-            |h: &Host| h.eds_unhealthy() || (h.outlier.was_ejected() && h.outlier.is_ejected(*now));
+        let is_down = |h: &Host| h.is_down(|| *now);
         // No allocation for one level (the usual cluster): the check is a load per host.
         let count_down = |l: &Level| l.hosts.iter().filter(|h| is_down(h)).count();
         let (level, n_down, total_health) = match self.levels.as_slice() {
@@ -400,6 +399,7 @@ fn smooth_wrr(hosts: &[Arc<Host>]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 
     #[test]
     fn priority_loads_follow_envoys_arithmetic() {
@@ -451,7 +451,12 @@ mod tests {
                         1,
                         0,
                     );
-                    Arc::new(h.with_eds_status(if i < down { 2 } else { 1 }))
+                    let status = if i < down {
+                        HealthStatus::Unhealthy
+                    } else {
+                        HealthStatus::Healthy
+                    };
+                    Arc::new(h.with_eds_status(status as i32))
                 })
                 .collect();
             HostSet::new(hs, &policy)

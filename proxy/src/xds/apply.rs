@@ -391,7 +391,7 @@ pub fn hosts(cla: &ClusterLoadAssignment, keep: &[Arc<Host>]) -> Result<Vec<Arc<
                 h.addr == addr
                     && h.weight == weight
                     && h.priority == group.priority
-                    && h.eds_status == ep.health_status
+                    && h.eds_status as i32 == ep.health_status
             });
             out.push(match reuse {
                 Some(h) => h.clone(),
