@@ -35,6 +35,8 @@ pub struct Downstream<'a> {
     /// The request's own timeout (`x-envoy-upstream-rq-timeout-ms`; `Some(None)`: none),
     /// over the route's.
     pub timeout: Option<Option<Duration>>,
+    /// A gRPC request (by its content type), as the HCM found it.
+    pub grpc: bool,
 }
 
 /// `x-envoy-attempt-count`.
@@ -105,9 +107,13 @@ pub async fn forward(
     let idle = action.idle_timeout.or(down.stream_idle);
     // The request's one precise clock read (the first attempt's timer starts from it too).
     let started = tokio::time::Instant::now();
-    let timeout = down
-        .timeout
-        .unwrap_or_else(|| crate::route::action::effective_timeout(action, &parts.headers));
+    let timeout = down.timeout.unwrap_or_else(|| {
+        crate::route::action::effective_timeout(action, down.grpc, &parts.headers)
+    });
+    // A per-try timeout not below the request's is no limit of its own (Envoy's rule).
+    let per_try = retry
+        .and_then(|r| r.per_try_timeout)
+        .filter(|p| timeout.is_none_or(|t| *p < t));
     let deadline = timeout.and_then(|t| started.checked_add(t));
     // A reference-counted clone: path and query are borrowed from it, not copied.
     let pq = parts.uri.path_and_query().cloned();
@@ -161,10 +167,6 @@ pub async fn forward(
                 .headers
                 .insert(ATTEMPT_COUNT, HeaderValue::from(attempt + 1));
         }
-        // A per-try timeout not below the request's is no limit of its own (Envoy's rule).
-        let per_try = retry
-            .and_then(|r| r.per_try_timeout)
-            .filter(|p| timeout.is_none_or(|t| *p < t));
         let now = if attempt == 0 {
             started
         } else {

@@ -355,6 +355,7 @@ async fn route_request(
             let retry = overrides.retry.as_ref().or(retry);
             let down = Downstream {
                 timeout: overrides.timeout,
+                grpc,
                 peer: ctx.peer,
                 original_dst: ctx.original_dst,
                 stream_idle: ctx.hcm.stream_idle_timeout,

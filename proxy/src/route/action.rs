@@ -391,12 +391,17 @@ impl ForwardAction {
     }
 }
 
-/// The effective route timeout of a request (Envoy's `FilterUtility::finalTimeout`): for gRPC
-/// with `max_grpc_timeout` set, the `grpc-timeout` header (absent = none) capped by the max
-/// (0 = no cap); otherwise the route `timeout`.
-pub fn effective_timeout(a: &ForwardAction, headers: &http::HeaderMap) -> Option<Duration> {
+/// The effective route timeout of a request (Envoy's `FilterUtility::finalTimeout`): for a
+/// gRPC request (`grpc`, known from its content type) with `max_grpc_timeout` set, the
+/// `grpc-timeout` header (absent = none) capped by the max (0 = no cap); otherwise the route
+/// `timeout`.
+pub fn effective_timeout(
+    a: &ForwardAction,
+    grpc: bool,
+    headers: &http::HeaderMap,
+) -> Option<Duration> {
     match a.max_grpc_timeout {
-        Some(max) if super::matcher::is_grpc(headers) => {
+        Some(max) if grpc => {
             let mut t = grpc_timeout(headers).unwrap_or(Duration::ZERO);
             if !max.is_zero() && (t.is_zero() || t > max) {
                 t = max;
