@@ -124,7 +124,11 @@ mod tests {
     use super::*;
 
     fn req(version: Version, headers: &[(&str, &str)]) -> Request<()> {
-        let mut b = Request::builder().uri("/p").version(version);
+        req_at("/p", version, headers)
+    }
+
+    fn req_at(uri: &str, version: Version, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri(uri).version(version);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -168,20 +172,14 @@ mod tests {
             ],
         );
         assert_eq!(status(&d, &mut both), Some(400));
-        // HTTP/2 has neither check, and its host is the URI's authority.
-        let mut h2 = Request::builder()
-            .uri("http://a/p")
-            .version(Version::HTTP_2)
-            .body(())
-            .unwrap();
+        // HTTP/2 has neither HTTP/1 check (a length beside a coding passes), and its host
+        // is the URI's authority.
+        let framing = [("transfer-encoding", "gzip"), ("content-length", "5")];
+        let mut h2 = req_at("http://a/p", Version::HTTP_2, &framing);
         assert_eq!(status(&d, &mut h2), None);
         // Without :authority, a gRPC call is refused in gRPC's form.
-        let mut call = Request::builder()
-            .uri("/pkg.Svc/M")
-            .version(Version::HTTP_2)
-            .header("content-type", "application/grpc")
-            .body(())
-            .unwrap();
+        let grpc = [("content-type", "application/grpc")];
+        let mut call = req_at("/pkg.Svc/M", Version::HTTP_2, &grpc);
         let r = check(&d, &mut call).err().unwrap();
         assert!(r.grpc && !r.protocol_error && r.reply.status == 400);
     }
