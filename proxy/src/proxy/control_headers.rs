@@ -126,8 +126,8 @@ pub struct Overrides {
 /// the timeout replaces the route's; `x-envoy-retry-on` and `x-envoy-retry-grpc-on` add
 /// conditions to the route's (and enable retries, once by default, on a route without a
 /// policy); `x-envoy-max-retries` replaces the count when some condition is set; status
-/// codes are added; the per-try timeout replaces the route's unless it is not below the
-/// request timeout. Values that do not parse are ignored.
+/// codes are added; the per-try timeout replaces the route's (the router ignores one not
+/// below the request timeout). Values that do not parse are ignored.
 pub fn take(headers: &mut HeaderMap, route: Option<&RetryPolicy>) -> Overrides {
     let mut take = |name: &str| {
         headers
@@ -140,10 +140,12 @@ pub fn take(headers: &mut HeaderMap, route: Option<&RetryPolicy>) -> Overrides {
     let per_try = millis(take(PER_TRY));
     let (on, grpc_on) = (take(RETRY_ON), take(RETRY_GRPC_ON));
     let (max, codes) = (take(MAX_RETRIES), take(RETRIABLE_CODES));
+    // The route's policy, or Envoy's default for retries the headers enable.
+    let base = || route.cloned().unwrap_or_else(RetryPolicy::header_default);
     let mut retry = None;
     if on.is_some() || grpc_on.is_some() || (route.is_some() && (max.is_some() || codes.is_some()))
     {
-        let mut p = route.cloned().unwrap_or_else(RetryPolicy::header_default);
+        let mut p = base();
         if let Some(on) = &on {
             p.on.add_http(on);
         }
@@ -164,8 +166,7 @@ pub fn take(headers: &mut HeaderMap, route: Option<&RetryPolicy>) -> Overrides {
         retry = Some(p);
     }
     if let Some(ms) = per_try {
-        let p =
-            retry.get_or_insert_with(|| route.cloned().unwrap_or_else(RetryPolicy::header_default));
+        let p = retry.get_or_insert_with(base);
         p.per_try_timeout = Some(Duration::from_millis(ms)).filter(|d| !d.is_zero());
     }
     Overrides { timeout, retry }
