@@ -432,15 +432,28 @@ fn clusters(server: &Server, as_json: bool) -> Response<BoxBody> {
 fn listeners(server: &Server, as_json: bool) -> Response<BoxBody> {
     let running = server.listeners.lock().unwrap().clone();
     if as_json {
+        let addr = |a: &SocketAddr| json!({"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}});
         let s: Vec<Value> = running
             .iter()
-            .map(|l| json!({"name": l.config.name, "local_address": {"socket_address": {"address": l.local_addr.ip().to_string(), "port_value": l.local_addr.port()}}}))
+            .map(|l| {
+                let mut v = json!({"name": l.config.name, "local_address": addr(&l.local_addr)});
+                // Envoy's ListenerStatus lists the sockets of `additional_addresses` apart.
+                if l.local_addrs.len() > 1 {
+                    v["additional_local_addresses"] = l.local_addrs[1..].iter().map(addr).collect();
+                }
+                v
+            })
             .collect();
         return json_response(&json!({"listener_statuses": s}));
     }
+    // One line per socket, as Envoy writes them.
     let out: String = running
         .iter()
-        .map(|l| format!("{}::{}\n", l.config.name, l.local_addr))
+        .flat_map(|l| {
+            l.local_addrs
+                .iter()
+                .map(move |a| format!("{}::{a}\n", l.config.name))
+        })
         .collect();
     text(StatusCode::OK, out)
 }

@@ -113,7 +113,7 @@ impl Server {
         for l in snap.listeners.iter().filter(|l| l.bind) {
             let running = crate::proxy::bind(l.clone(), self.store.clone(), self.stats.clone())
                 .await
-                .map_err(|e| format!("cannot bind listener {} on {}: {e}", l.name, l.address))?;
+                .map_err(|e| format!("cannot bind listener {} on {e}", l.name))?;
             self.listeners.lock().unwrap().push(running);
         }
         self.stats

@@ -15,6 +15,7 @@ mod harness;
 use ads_server::*;
 use bookinfo::*;
 use common::*;
+use envoy_types::pb::google::protobuf::Any;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -40,52 +41,60 @@ async fn once(addr: SocketAddr) -> Result<(), String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_listener_on_the_same_port_refuses_nobody() {
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Serves `make("gen0")` over LDS, then replaces it ten times (a new stat_prefix each
+/// time, so it really is a new listener) while a client opens a new connection per request,
+/// as fast as it can, to each of `addrs` in turn. Asserts that no request failed and that the
+/// last generation served.
+async fn replaced_ten_times_under_load(
+    make: impl Fn(&str) -> (String, Any),
+    addrs: Vec<SocketAddr>,
+) -> Proxy {
     let ups = vec![
         upstream("v1").await,
         upstream("v2").await,
         upstream("v3").await,
     ];
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let ads = Ads::new();
     ads.put(CDS, clusters("0s"));
     ads.put(EDS, endpoints(&ups));
-    ads.put(LDS, vec![listener_on(LISTENER, "9080", "gen0", port)]);
+    ads.put(LDS, vec![make("gen0")]);
     let v = ads.put(RDS, route(Vs::AllV1, false));
     let xds = ads.serve_tcp().await;
     let p = harness::start_proxy(harness::tcp(xds), false).await;
     ads.reply(RDS, v).await.unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + HANG;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "listener never bound");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for &addr in &addrs {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "listener never bound on {addr}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
-    // A client opening a new connection per request, as fast as it can, while the listener is
-    // replaced ten times (a new stat_prefix each time, so it really is a new listener).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
     let client = tokio::spawn(async move {
         let (mut ok, mut failed) = (0, Vec::new());
-        while !s.load(std::sync::atomic::Ordering::Relaxed) {
-            match once(addr).await {
+        for addr in addrs.iter().cycle() {
+            if s.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            match once(*addr).await {
                 Ok(()) => ok += 1,
-                Err(e) => failed.push(e),
+                Err(e) => failed.push(format!("{addr}: {e}")),
             }
         }
         (ok, failed)
     });
     for gen in 1..=10 {
-        let v = ads.put(
-            LDS,
-            vec![listener_on(LISTENER, "9080", &format!("gen{gen}"), port)],
-        );
+        let v = ads.put(LDS, vec![make(&format!("gen{gen}"))]);
         ads.reply(LDS, v).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -99,7 +108,56 @@ async fn a_changed_listener_on_the_same_port_refuses_nobody() {
         &failed[..failed.len().min(5)]
     );
     assert!(ok > 50, "only {ok} requests were made");
-    // Every generation served traffic on the same socket.
+    // Every generation served traffic on the same sockets.
     assert!(p.stat("http.gen10.downstream_rq_total") > 0);
     assert_eq!(p.stat("listener_manager.listener_create_failure"), 0);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_listener_on_the_same_port_refuses_nobody() {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    replaced_ten_times_under_load(|g| listener_on(LISTENER, "9080", g, port), vec![addr]).await;
+}
+
+/// Istio's dual-stack listeners: `0.0.0.0:port` with `[::]:port` in `additional_addresses`.
+/// Both sockets serve, `[::]` takes IPv6 only (so both can bind), both carry over when LDS
+/// replaces the listener, and the admin API lists both, as Envoy does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_listener_serves_and_is_replaced_on_both_families() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this host; skipped");
+        return;
+    }
+    let port = free_port();
+    let dual = |g: &str| {
+        let mut l = listener_json(LISTENER, "9080", g, port);
+        l["address"]["socket_address"]["address"] = "0.0.0.0".into();
+        l["additional_addresses"] = serde_json::json!([{"address":
+            {"socket_address": {"address": "::", "port_value": port}}}]);
+        pack_listener(l)
+    };
+    let v4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let p = replaced_ten_times_under_load(dual, vec![v4, v6]).await;
+    // Connections on both sockets count under the listener's first address.
+    let total = p.stat(&format!("listener.0.0.0.0_{port}.downstream_cx_total"));
+    assert!(
+        total > 50,
+        "listener.0.0.0.0_{port}.downstream_cx_total = {total}"
+    );
+
+    let text = get(p.admin(), "/listeners", &[]).await.body;
+    assert_eq!(
+        text,
+        format!("{LISTENER}::0.0.0.0:{port}\n{LISTENER}::[::]:{port}\n")
+    );
+    let json = get(p.admin(), "/listeners?format=json", &[]).await.json();
+    let l = &json["listener_statuses"][0];
+    assert_eq!(l["local_address"]["socket_address"]["address"], "0.0.0.0");
+    assert_eq!(
+        l["additional_local_addresses"][0]["socket_address"],
+        serde_json::json!({"address": "::", "port_value": port})
+    );
 }

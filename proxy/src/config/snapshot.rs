@@ -64,7 +64,9 @@ impl Snapshot {
         let index = self.by_address.get_or_init(|| {
             let mut m = HashMap::new();
             for (i, l) in self.listeners.iter().enumerate() {
-                m.entry(l.address).or_insert(i);
+                for b in &l.binds {
+                    m.entry(b.addr).or_insert(i);
+                }
             }
             m
         });

@@ -6,6 +6,7 @@
 
 pub mod chain_match;
 pub mod inspect;
+pub mod socket;
 
 use crate::cluster::{address, Addr};
 use crate::config::decode;
@@ -130,13 +131,50 @@ impl FilterChain {
     }
 }
 
+/// One socket a listener binds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindAddr {
+    /// The address.
+    pub addr: SocketAddr,
+    /// `IPV6_V6ONLY`. Envoy sets it on every IPv6 socket unless the address has
+    /// `ipv4_compat`, so that `[::]` takes IPv6 alone and a dual-stack listener (Istio's
+    /// `additional_addresses`) can bind `0.0.0.0` and `[::]` on the same port.
+    pub v6only: bool,
+}
+
+impl BindAddr {
+    /// Decode a listener's `Address`; `what` names it in errors.
+    fn from_proto(
+        a: Option<&envoy_types::pb::envoy::config::core::v3::Address>,
+        what: &str,
+    ) -> Result<Self, String> {
+        use envoy_types::pb::envoy::config::core::v3::address::Address as A;
+        let addr = match address(a)? {
+            Addr::Socket(ip, port) => {
+                let ip: std::net::IpAddr = ip
+                    .parse()
+                    .map_err(|_| format!("{what} {ip:?} is not an IP"))?;
+                SocketAddr::new(ip, port)
+            }
+            Addr::Pipe(p) => return Err(format!("pipe listeners ({p}) are not supported")),
+        };
+        let compat = matches!(a.and_then(|a| a.address.as_ref()), Some(A::SocketAddress(s)) if s.ipv4_compat);
+        Ok(BindAddr {
+            addr,
+            v6only: addr.is_ipv6() && !compat,
+        })
+    }
+}
+
 /// A compiled listener.
 #[derive(Debug)]
 pub struct ListenerConfig {
     /// Listener name (Envoy names unnamed static listeners by address).
     pub name: String,
-    /// Bind address.
+    /// Bind address (the first of `binds`).
     pub address: SocketAddr,
+    /// Every socket to bind: `address`, then `additional_addresses` in config order.
+    pub binds: Vec<BindAddr>,
     /// Whether to bind a socket (`bind_to_port` / `deprecated_v1.bind_to_port`).
     pub bind: bool,
     /// `use_original_dst`: hand connections to the listener of their original destination.
@@ -158,15 +196,23 @@ pub struct ListenerConfig {
 impl ListenerConfig {
     /// Compile a listener. Errors name the chain or filter at fault.
     pub fn from_proto(l: &lpb::Listener) -> Result<Self, String> {
-        let address = match address(l.address.as_ref())? {
-            Addr::Socket(ip, port) => {
-                let ip: std::net::IpAddr = ip
-                    .parse()
-                    .map_err(|_| format!("listener address {ip:?} is not an IP"))?;
-                SocketAddr::new(ip, port)
+        let mut binds = vec![BindAddr::from_proto(
+            l.address.as_ref(),
+            "listener address",
+        )?];
+        for (i, a) in l.additional_addresses.iter().enumerate() {
+            let b = BindAddr::from_proto(a.address.as_ref(), "additional address")
+                .map_err(|e| format!("additional_addresses[{i}]: {e}"))?;
+            // Envoy refuses a listener whose sockets would collide with each other.
+            if binds.iter().any(|x| x.addr == b.addr) {
+                return Err(format!(
+                    "additional_addresses[{i}]: {} is already an address of this listener",
+                    b.addr
+                ));
             }
-            Addr::Pipe(p) => return Err(format!("pipe listeners ({p}) are not supported")),
-        };
+            binds.push(b);
+        }
+        let address = binds[0].addr;
         let bind = l
             .bind_to_port
             .as_ref()
@@ -220,6 +266,7 @@ impl ListenerConfig {
                 l.name.clone()
             },
             address,
+            binds,
             bind,
             hand_off,
             original_dst: hand_off
@@ -239,5 +286,64 @@ impl ListenerConfig {
             Some(i) => Some(&self.chains[i]),
             None => self.default_chain.as_ref(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(extra: serde_json::Value) -> Result<ListenerConfig, String> {
+        let mut l = serde_json::json!({"name": "l", "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                "@type": TCP_PROXY_URL, "stat_prefix": "t", "cluster": "c"}}]}]});
+        for (k, v) in extra.as_object().unwrap() {
+            l[k] = v.clone();
+        }
+        let l: lpb::Listener = decode::from_json(&l, true)?;
+        ListenerConfig::from_proto(&l)
+    }
+
+    fn sock(addr: &str, compat: bool) -> serde_json::Value {
+        serde_json::json!({"socket_address": {"address": addr, "port_value": 15001, "ipv4_compat": compat}})
+    }
+
+    #[test]
+    fn binds_follow_envoys_v6only_rule() {
+        let l = listener(serde_json::json!({"address": sock("0.0.0.0", false),
+            "additional_addresses": [{"address": sock("::", false)}, {"address": sock("::1", true)}]}))
+        .unwrap();
+        let got: Vec<(String, bool)> = l
+            .binds
+            .iter()
+            .map(|b| (b.addr.to_string(), b.v6only))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("0.0.0.0:15001".to_string(), false),
+                ("[::]:15001".to_string(), true),
+                ("[::1]:15001".to_string(), false),
+            ]
+        );
+        assert_eq!(l.address, l.binds[0].addr);
+    }
+
+    #[test]
+    fn an_additional_address_must_be_new_and_an_ip() {
+        let e = listener(serde_json::json!({"address": sock("::", false),
+            "additional_addresses": [{"address": sock("::", true)}]}))
+        .unwrap_err();
+        assert!(
+            e.contains("additional_addresses[0]") && e.contains("[::]:15001"),
+            "{e}"
+        );
+        let e = listener(serde_json::json!({"address": sock("0.0.0.0", false),
+            "additional_addresses": [{"address": sock("localhost", false)}]}))
+        .unwrap_err();
+        assert!(
+            e.contains("additional_addresses[0]: additional address \"localhost\" is not an IP"),
+            "{e}"
+        );
     }
 }

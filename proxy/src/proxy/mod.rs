@@ -177,15 +177,17 @@ impl Activity {
 pub struct RunningListener {
     /// Its config.
     pub config: Arc<ListenerConfig>,
-    /// The bound address (port 0 resolved).
+    /// The bound address (port 0 resolved): the first of `local_addrs`.
     pub local_addr: SocketAddr,
+    /// Every bound address, in the order of the config's `binds`.
+    pub local_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     drain: watch::Sender<bool>,
     /// Open downstream connections.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
-    /// The accept loop gives its socket back here when it stops, if `want_socket` is set;
+    /// Each accept loop gives its socket back here when it stops, if `want_socket` is set;
     /// otherwise it closes the socket, so that a stopped listener refuses connections.
-    socket_back: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<TcpListener>>>,
+    socket_back: std::sync::Mutex<Vec<tokio::sync::oneshot::Receiver<TcpListener>>>,
     want_socket: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -205,102 +207,142 @@ impl RunningListener {
         *self.drain.borrow()
     }
 
-    /// Stop accepting and take the listening socket, so that a changed listener on the same
-    /// address serves it without a gap: connections waiting in the accept queue are kept
-    /// (Envoy also passes the socket to the new listener).
-    pub async fn take_socket(&self) -> Option<TcpListener> {
+    /// Stop accepting and take the listening sockets, in the order of `local_addrs`, so that
+    /// a changed listener on the same addresses serves them without a gap: connections
+    /// waiting in the accept queues are kept (Envoy also passes the sockets to the new
+    /// listener). `None` when any of them cannot be had.
+    pub async fn take_sockets(&self) -> Option<Vec<TcpListener>> {
         self.want_socket
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.stop();
-        let rx = self.socket_back.lock().unwrap().take()?;
-        tokio::time::timeout(std::time::Duration::from_secs(1), rx)
-            .await
-            .ok()?
-            .ok()
+        let backs = std::mem::take(&mut *self.socket_back.lock().unwrap());
+        if backs.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(backs.len());
+        for rx in backs {
+            let sock = tokio::time::timeout(std::time::Duration::from_secs(1), rx).await;
+            out.push(sock.ok()?.ok()?);
+        }
+        Some(out)
     }
 }
 
-/// Bind `config` and serve it on the current runtime.
+/// Bind every address of `config` and serve them on the current runtime.
 pub async fn bind(
     config: Arc<ListenerConfig>,
     store: Arc<ConfigStore>,
     stats: Arc<Stats>,
 ) -> std::io::Result<Arc<RunningListener>> {
-    let listener = TcpListener::bind(config.address).await?;
-    serve(listener, config, store, stats)
+    let sockets = crate::listener::socket::bind_all(&config.binds)?;
+    serve(sockets, config, store, stats)
 }
 
-/// Serve `config` on an already bound socket (a fresh one, or one taken over from the listener
-/// it replaces).
+/// Serve `config` on already bound sockets, one per address (fresh ones, or those taken
+/// over from the listener it replaces). All of them feed the same filter chains, stats and
+/// drain.
 pub fn serve(
-    listener: TcpListener,
+    sockets: Vec<TcpListener>,
     config: Arc<ListenerConfig>,
     store: Arc<ConfigStore>,
     stats: Arc<Stats>,
 ) -> std::io::Result<Arc<RunningListener>> {
-    let local_addr = listener.local_addr()?;
-    let (stop, mut stop_rx) = watch::channel(false);
+    let local_addrs = sockets
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let Some(&local_addr) = local_addrs.first() else {
+        return Err(std::io::Error::other(format!(
+            "listener {} has no socket",
+            config.name
+        )));
+    };
+    let (stop, stop_rx) = watch::channel(false);
     let (drain, drain_rx) = watch::channel(false);
-    let (back_tx, back_rx) = tokio::sync::oneshot::channel();
+    let (backs, back_rxs): (Vec<_>, Vec<_>) = sockets
+        .iter()
+        .map(|_| tokio::sync::oneshot::channel())
+        .unzip();
     let running = Arc::new(RunningListener {
         config: config.clone(),
         local_addr,
+        local_addrs: local_addrs.clone(),
         stop,
         drain,
         connections: Default::default(),
-        socket_back: std::sync::Mutex::new(Some(back_rx)),
+        socket_back: std::sync::Mutex::new(back_rxs),
         want_socket: Default::default(),
     });
-    let want_socket = running.want_socket.clone();
-    // Envoy names listener stats by address with `:` turned into `_` (`0.0.0.0_15001`).
+    // Envoy names listener stats by the first address with `:` turned into `_`
+    // (`0.0.0.0_15001`); the additional addresses count there too.
     let laddr = config.address.to_string().replace(':', "_");
     let lstats = Arc::new(ListenerStats {
         cx_total: stats.listener(&laddr, "downstream_cx_total", Kind::Counter),
         cx_active: stats.listener(&laddr, "downstream_cx_active", Kind::Gauge),
         no_chain: stats.listener(&laddr, "no_filter_chain_match", Kind::Counter),
     });
-    let conns = running.connections.clone();
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop_rx.wait_for(|s| *s) => {
-                    if want_socket.load(std::sync::atomic::Ordering::SeqCst) {
-                        let _ = back_tx.send(listener);
-                    }
-                    return;
-                }
-            };
-            let (stream, peer) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let accept = Accepted {
-                listener: config.clone(),
-                store: store.clone(),
-                stats: stats.clone(),
-                lstats: lstats.clone(),
-                draining: drain_rx.clone(),
-                local: local_addr,
-            };
-            let conns = conns.clone();
-            tokio::spawn(async move {
-                accept.lstats.cx_total.inc();
-                accept.lstats.cx_active.inc();
-                conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let lstats = accept.lstats.clone();
-                accept.dispatch(stream, peer).await;
-                conns.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                lstats.cx_active.dec();
-            });
-        }
-    });
+    for ((listener, back_tx), local) in sockets.into_iter().zip(backs).zip(local_addrs) {
+        let accept = Accepted {
+            listener: config.clone(),
+            store: store.clone(),
+            stats: stats.clone(),
+            lstats: lstats.clone(),
+            draining: drain_rx.clone(),
+            local,
+        };
+        tokio::spawn(accept_loop(
+            listener,
+            accept,
+            stop_rx.clone(),
+            back_tx,
+            running.want_socket.clone(),
+            running.connections.clone(),
+        ));
+    }
     Ok(running)
+}
+
+/// Accept on one socket of a listener until it is stopped, then close the socket or hand it
+/// back through `back_tx`.
+async fn accept_loop(
+    listener: TcpListener,
+    template: Accepted,
+    mut stop_rx: watch::Receiver<bool>,
+    back_tx: tokio::sync::oneshot::Sender<TcpListener>,
+    want_socket: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop_rx.wait_for(|s| *s) => {
+                if want_socket.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = back_tx.send(listener);
+                }
+                return;
+            }
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let accept = template.clone();
+        let conns = conns.clone();
+        tokio::spawn(async move {
+            accept.lstats.cx_total.inc();
+            accept.lstats.cx_active.inc();
+            conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let lstats = accept.lstats.clone();
+            accept.dispatch(stream, peer).await;
+            conns.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            lstats.cx_active.dec();
+        });
+    }
 }
 
 /// `listener.<address>.*` stats.
@@ -312,6 +354,7 @@ struct ListenerStats {
 }
 
 /// A connection accepted by a bound listener, before its filter chain is known.
+#[derive(Clone)]
 struct Accepted {
     listener: Arc<ListenerConfig>,
     store: Arc<ConfigStore>,

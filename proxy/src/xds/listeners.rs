@@ -44,10 +44,10 @@ impl DynamicListeners {
                 }
                 let old = self.bound.remove(&l.name).expect("present");
                 tracing::info!(listener = %l.name, "listener changed; draining the old one");
-                if old.config.address == l.address {
-                    // Same address: the new listener takes over the socket, so no connection
-                    // is refused between the two.
-                    if let Some(sock) = old.take_socket().await {
+                if old.config.binds == l.binds {
+                    // Same addresses: the new listener takes over the sockets, so no
+                    // connection is refused between the two.
+                    if let Some(sock) = old.take_sockets().await {
                         retire(server, &old);
                         match crate::proxy::serve(
                             sock,
@@ -70,7 +70,7 @@ impl DynamicListeners {
             }
             match bind(server, l).await {
                 Ok(r) => {
-                    tracing::info!(listener = %l.name, addr = %r.local_addr, "listener added");
+                    tracing::info!(listener = %l.name, addr = ?r.local_addrs, "listener added");
                     server.listeners.lock().unwrap().push(r.clone());
                     self.bound.insert(l.name.clone(), r);
                 }
@@ -79,7 +79,7 @@ impl DynamicListeners {
                         .stats
                         .counter("listener_manager.listener_create_failure")
                         .inc();
-                    tracing::error!(listener = %l.name, "cannot bind {}: {e}", l.address);
+                    tracing::error!(listener = %l.name, "cannot bind {e}");
                 }
             }
         }

@@ -94,7 +94,17 @@ pub fn listener(name: &str, rds: &str, stat_prefix: &str) -> (String, Any) {
 
 /// The same on a given port.
 pub fn listener_on(name: &str, rds: &str, stat_prefix: &str, port: u16) -> (String, Any) {
-    pack::<envoy_types::pb::envoy::config::listener::v3::Listener>(json!({
+    pack_listener(listener_json(name, rds, stat_prefix, port))
+}
+
+/// A listener resource from JSON.
+pub fn pack_listener(v: Value) -> (String, Any) {
+    pack::<envoy_types::pb::envoy::config::listener::v3::Listener>(v)
+}
+
+/// The JSON of [`listener_on`]'s listener: 127.0.0.1:`port`, routes from RDS `rds`.
+pub fn listener_json(name: &str, rds: &str, stat_prefix: &str, port: u16) -> Value {
+    json!({
         "name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
         "traffic_direction": "OUTBOUND",
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
@@ -102,7 +112,7 @@ pub fn listener_on(name: &str, rds: &str, stat_prefix: &str, port: u16) -> (Stri
             "stat_prefix": stat_prefix,
             "rds": {"config_source": ads_source("0s"), "route_config_name": rds},
             "http_filters": [{"name": "envoy.filters.http.router", "typed_config":
-                {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}))
+                {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]})
 }
 
 /// The routing a Bookinfo VirtualService asks for.
