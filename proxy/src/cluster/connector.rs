@@ -37,13 +37,36 @@ impl std::fmt::Display for ConnectError {
 }
 impl std::error::Error for ConnectError {}
 
+/// `upstream_bind_config`'s source addresses: `source_address` and the extra one of the other
+/// family (Istio binds inbound traffic to 127.0.0.6, and to ::6 in dual-stack pods).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceAddrs {
+    /// The IPv4 source, if any.
+    pub v4: Option<IpAddr>,
+    /// The IPv6 source, if any.
+    pub v6: Option<IpAddr>,
+}
+
+impl SourceAddrs {
+    /// The source for a connection to `dest`: the one of its family, as Envoy's default local
+    /// address selector picks. mosn does not bind a source of the other family, which could
+    /// only fail the connect.
+    pub fn for_dest(&self, dest: SocketAddr) -> Option<IpAddr> {
+        if dest.is_ipv4() {
+            self.v4
+        } else {
+            self.v6
+        }
+    }
+}
+
 /// A TCP connector that counts connections for one cluster.
 #[derive(Clone, Debug)]
 pub struct CountingConnector {
     stats: Arc<ClusterStats>,
     timeout: Duration,
     max_connections: u64,
-    source: Option<IpAddr>,
+    source: SourceAddrs,
     /// `upstream_connection_options.tcp_keepalive`.
     keepalive: Option<socket2::TcpKeepalive>,
     room: Arc<Room>,
@@ -94,7 +117,7 @@ impl CountingConnector {
         stats: Arc<ClusterStats>,
         timeout: Duration,
         max_connections: u64,
-        source: Option<IpAddr>,
+        source: SourceAddrs,
         keepalive: Option<socket2::TcpKeepalive>,
     ) -> Self {
         CountingConnector {
@@ -132,7 +155,7 @@ impl CountingConnector {
             return Err(ConnectError::Overflow);
         }
         let mut slot = Slot(Some(self.room.clone()));
-        let source = self.source.filter(|s| s.is_ipv4() == addr.is_ipv4());
+        let source = self.source.for_dest(addr);
         let keepalive = self.keepalive.as_ref();
         let dial = async move {
             let sock = if addr.is_ipv4() {
@@ -246,5 +269,50 @@ mod tests {
         assert!(room.take(1));
         assert!(room.take(2));
         assert!(!room.take(2));
+    }
+
+    /// Each connection leaves from the source of its destination's family, as Istio's
+    /// dual-stack inbound clusters ask (127.0.0.6 and ::6; ::1 here, which lo always has).
+    #[tokio::test]
+    async fn the_source_follows_the_destination_family() {
+        let v6 = match tokio::net::TcpListener::bind("[::1]:0").await {
+            Ok(l) => Some(l),
+            Err(_) => {
+                eprintln!("no IPv6 loopback: the IPv6 half is skipped");
+                None
+            }
+        };
+        let v4 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sources = SourceAddrs {
+            v4: Some("127.0.0.6".parse().unwrap()),
+            v6: Some("::1".parse().unwrap()),
+        };
+        let c = CountingConnector::new(
+            ClusterStats::new(&crate::stats::Stats::new(), "c"),
+            Duration::from_secs(5),
+            10,
+            sources,
+            None,
+        );
+        for l in std::iter::once(&v4).chain(v6.as_ref()) {
+            let dest = l.local_addr().unwrap();
+            let _conn = c.connect(dest).await.unwrap();
+            let (_, peer) = l.accept().await.unwrap();
+            assert_eq!(Some(peer.ip()), sources.for_dest(dest), "to {dest}");
+        }
+        // Without a source of the destination's family the kernel picks one.
+        let only_v6 = CountingConnector::new(
+            ClusterStats::new(&crate::stats::Stats::new(), "d"),
+            Duration::from_secs(5),
+            10,
+            SourceAddrs {
+                v4: None,
+                v6: sources.v6,
+            },
+            None,
+        );
+        let _conn = only_v6.connect(v4.local_addr().unwrap()).await.unwrap();
+        let (_, peer) = v4.accept().await.unwrap();
+        assert_eq!(peer.ip().to_string(), "127.0.0.1");
     }
 }

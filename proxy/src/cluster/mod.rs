@@ -20,7 +20,7 @@ use crate::config::opt_duration;
 use crate::lb::{HostSet, LbContext, LbPolicy};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use connector::{BoxError, CountingConnector};
+use connector::{BoxError, CountingConnector, SourceAddrs};
 use envoy_types::pb::envoy::config::cluster::v3 as cpb;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use host::Host;
@@ -405,18 +405,51 @@ fn tcp_keepalive(c: &cpb::Cluster) -> Option<socket2::TcpKeepalive> {
     Some(out)
 }
 
-/// `upstream_bind_config.source_address` as an IP (port 0: the kernel picks one).
-fn bind_source(c: &cpb::Cluster) -> Result<Option<std::net::IpAddr>, String> {
+/// `upstream_bind_config`: `source_address` and at most one extra address of the other family
+/// (`extra_source_addresses`, or the deprecated `additional_source_addresses`), as Envoy's
+/// default selector allows. The port is ignored: the kernel picks one.
+fn bind_source(c: &cpb::Cluster) -> Result<SourceAddrs, String> {
     let Some(b) = &c.upstream_bind_config else {
-        return Ok(None);
+        return Ok(SourceAddrs::default());
     };
-    let Some(sa) = &b.source_address else {
-        return Ok(None);
-    };
-    sa.address
-        .parse()
-        .map(Some)
-        .map_err(|_| format!("upstream_bind_config address {:?} is not an IP", sa.address))
+    #[allow(deprecated)]
+    let all = b
+        .source_address
+        .iter()
+        .chain(
+            b.extra_source_addresses
+                .iter()
+                .filter_map(|e| e.address.as_ref()),
+        )
+        .chain(b.additional_source_addresses.iter());
+    let mut out = SourceAddrs::default();
+    for (i, sa) in all.enumerate() {
+        let ip: std::net::IpAddr = sa
+            .address
+            .parse()
+            .map_err(|_| format!("upstream_bind_config address {:?} is not an IP", sa.address))?;
+        if i == 2 {
+            return Err(
+                "upstream_bind_config has more than one extra source address: \
+                 give source_address and at most one extra_source_addresses entry"
+                    .into(),
+            );
+        }
+        let slot = if ip.is_ipv4() {
+            &mut out.v4
+        } else {
+            &mut out.v6
+        };
+        if slot.is_some() {
+            return Err(format!(
+                "upstream_bind_config has two IPv{} source addresses: the extra source \
+                 address must be of the other IP family",
+                if ip.is_ipv4() { 4 } else { 6 }
+            ));
+        }
+        *slot = Some(ip);
+    }
+    Ok(out)
 }
 
 fn breakers(cb: Option<&cpb::CircuitBreakers>) -> Breakers {
@@ -469,4 +502,57 @@ fn panic_threshold(c: &cpb::Cluster) -> f64 {
         .as_ref()
         .and_then(|l| l.healthy_panic_threshold.as_ref())
         .map_or(50.0, |p| p.value.clamp(0.0, 100.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(bind: serde_json::Value) -> Result<SourceAddrs, String> {
+        let c: cpb::Cluster = crate::config::decode::from_json(
+            &serde_json::json!({"name": "c", "upstream_bind_config": bind}),
+            true,
+        )?;
+        bind_source(&c)
+    }
+
+    fn sa(ip: &str) -> serde_json::Value {
+        serde_json::json!({"address": ip, "port_value": 0})
+    }
+
+    #[test]
+    fn bind_sources_are_one_per_family() {
+        let ip = |s: &str| Some(s.parse().unwrap());
+        // Istio's dual-stack inbound clusters.
+        let got = sources(serde_json::json!({"source_address": sa("127.0.0.6"),
+            "extra_source_addresses": [{"address": sa("::6")}]}));
+        assert_eq!(
+            got,
+            Ok(SourceAddrs {
+                v4: ip("127.0.0.6"),
+                v6: ip("::6")
+            })
+        );
+        let got = sources(serde_json::json!({"source_address": sa("::6"),
+            "additional_source_addresses": [sa("127.0.0.6")]}));
+        assert_eq!(
+            got,
+            Ok(SourceAddrs {
+                v4: ip("127.0.0.6"),
+                v6: ip("::6")
+            })
+        );
+        assert_eq!(sources(serde_json::json!({})), Ok(SourceAddrs::default()));
+
+        let e = sources(serde_json::json!({"source_address": sa("127.0.0.6"),
+            "extra_source_addresses": [{"address": sa("127.0.0.7")}]}))
+        .unwrap_err();
+        assert!(e.contains("two IPv4 source addresses"), "{e}");
+        let e = sources(serde_json::json!({"source_address": sa("127.0.0.6"),
+            "extra_source_addresses": [{"address": sa("::6")}, {"address": sa("::7")}]}))
+        .unwrap_err();
+        assert!(e.contains("more than one extra source address"), "{e}");
+        let e = sources(serde_json::json!({"source_address": sa("localhost")})).unwrap_err();
+        assert!(e.contains("\"localhost\" is not an IP"), "{e}");
+    }
 }
