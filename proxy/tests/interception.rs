@@ -4,6 +4,10 @@
 //! shaped as Istio 1.10 writes them, and Bookinfo's reviews v1..v3 in a "node" namespace.
 //! The app in the pod is `curl`, calling `reviews:9080` at its ClusterIP.
 //!
+//! The pod is dual-stack, as Istio's dual-stack mode sets it up: ip6tables carries the same
+//! rules (passthrough source ::6), and the capture listeners add `[::]` sockets in
+//! `additional_addresses`, so IPv6 traffic takes the same paths as IPv4.
+//!
 //! Needs root (CI runs as root). Where namespaces cannot be created it says why and skips.
 
 #[allow(dead_code)]
@@ -36,6 +40,9 @@ const REVIEWS: [(&str, &str); 3] = [
 ];
 const MYSQL_POD: &str = "10.77.0.21";
 const OUTSIDE: &str = "10.77.0.1";
+const POD_IP6: &str = "fd00:77::2";
+const OUTSIDE6: &str = "fd00:77::1";
+const REVIEWS_VIP6: &str = "fd00:96::10";
 
 fn any<M: prost::Message + prost::Name + Default>(
     v: Value,
@@ -60,6 +67,11 @@ use prost::Message;
 
 fn sock(ip: &str, port: u16) -> Value {
     json!({"socket_address": {"address": ip, "port_value": port}})
+}
+
+/// Istio's dual-stack addition to a 0.0.0.0 listener: the same port on `[::]`.
+fn and_ipv6(port: u16) -> Value {
+    json!([{"address": sock("::", port)}])
 }
 
 fn tcp_proxy(prefix: &str, cluster: &str) -> Value {
@@ -137,16 +149,18 @@ fn listeners() -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
     vec![
         listener(
             json!({"name": "virtualOutbound", "address": sock("0.0.0.0", 15001),
+            "additional_addresses": and_ipv6(15001),
             "use_original_dst": true, "traffic_direction": "OUTBOUND",
             "filter_chains": [
                 {"name": "virtualOutbound-blackhole", "filter_chain_match": {"destination_port": 15001},
                  "filters": [tcp_proxy("BlackHoleCluster", "BlackHoleCluster")]},
-                {"name": "virtualOutbound-catchall-tcp", "filter_chain_match": {"prefix_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 0}]},
+                {"name": "virtualOutbound-catchall-tcp", "filter_chain_match": {"prefix_ranges": [
+                    {"address_prefix": "0.0.0.0", "prefix_len": 0}, {"address_prefix": "::", "prefix_len": 0}]},
                  "filters": [tcp_proxy("PassthroughCluster", "PassthroughCluster")]}]}),
         ),
         listener(
             json!({"name": "0.0.0.0_9080", "address": sock("0.0.0.0", 9080),
-            "deprecated_v1": unbound, "traffic_direction": "OUTBOUND",
+            "additional_addresses": and_ipv6(9080), "deprecated_v1": unbound, "traffic_direction": "OUTBOUND",
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                 "stat_prefix": "outbound_0.0.0.0_9080",
@@ -165,7 +179,7 @@ fn listeners() -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
         ),
         listener(
             json!({"name": "virtualInbound", "address": sock("0.0.0.0", 15006),
-            "traffic_direction": "INBOUND", "continue_on_listener_filters_timeout": true, "listener_filters_timeout": "1s",
+            "additional_addresses": and_ipv6(15006), "traffic_direction": "INBOUND", "continue_on_listener_filters_timeout": true, "listener_filters_timeout": "1s",
             "listener_filters": [
                 {"name": "envoy.filters.listener.original_dst", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}},
                 {"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}},
@@ -182,20 +196,28 @@ fn listeners() -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
                         "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": "inbound|9080||", "timeout": "0s"}}]}]},
                     "http_filters": router()}}]},
                 {"name": "virtualInbound-catchall-tcp", "filter_chain_match": {"prefix_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 0}]},
-                 "filters": [tcp_proxy("InboundPassthroughClusterIpv4", "InboundPassthroughClusterIpv4")]}]}),
+                 "filters": [tcp_proxy("InboundPassthroughClusterIpv4", "InboundPassthroughClusterIpv4")]},
+                {"name": "virtualInbound-catchall-tcp-ipv6", "filter_chain_match": {"prefix_ranges": [{"address_prefix": "::", "prefix_len": 0}]},
+                 "filters": [tcp_proxy("InboundPassthroughClusterIpv6", "InboundPassthroughClusterIpv6")]}]}),
         ),
     ]
 }
 
 fn clusters() -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
     let mut v = bookinfo::clusters("0s");
-    let bind = json!({"source_address": {"address": "127.0.0.6", "port_value": 0}});
+    let bind = json!({"source_address": {"address": "127.0.0.6", "port_value": 0},
+        "extra_source_addresses": [{"address": {"address": "::6", "port_value": 0}}]});
     v.push(any::<Cluster>(
         json!({"name": "BlackHoleCluster", "type": "STATIC", "connect_timeout": "10s"}),
     ));
     v.push(any::<Cluster>(
         json!({"name": "InboundPassthroughClusterIpv4", "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "10s", "upstream_bind_config": bind}),
+    ));
+    v.push(any::<Cluster>(
+        json!({"name": "InboundPassthroughClusterIpv6", "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "10s",
+        "upstream_bind_config": {"source_address": {"address": "::6", "port_value": 0}}}),
     ));
     v.push(any::<Cluster>(
         json!({"name": "inbound|9080||", "type": "ORIGINAL_DST",
@@ -302,12 +324,16 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
     let id = std::process::id() % 100_000;
     let pod = Netns::new(&format!("mosn-pod-{id}")).unwrap();
     let node = Netns::new(&format!("mosn-node-{id}")).unwrap();
-    let mut node_addrs = vec![format!("{OUTSIDE}/24"), format!("{MYSQL_POD}/24")];
+    let mut node_addrs = vec![
+        format!("{OUTSIDE}/24"),
+        format!("{MYSQL_POD}/24"),
+        format!("{OUTSIDE6}/64"),
+    ];
     node_addrs.extend(REVIEWS.iter().map(|r| format!("{}/24", r.1)));
     let node_addrs: Vec<&str> = node_addrs.iter().map(String::as_str).collect();
     netns::link(
         &pod,
-        &[&format!("{POD_IP}/24")],
+        &[&format!("{POD_IP}/24"), &format!("{POD_IP6}/64")],
         &node,
         &node_addrs,
         &id.to_string(),
@@ -315,7 +341,13 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
     .unwrap();
     pod.exec(&["ip", "route", "add", "default", "via", OUTSIDE])
         .unwrap();
+    pod.exec(&["ip", "-6", "route", "add", "default", "via", OUTSIDE6])
+        .unwrap();
     pod.iptables_restore(netns::ISTIO_RULES).unwrap();
+    pod.ip6tables_restore(&netns::istio_rules_v6()).unwrap();
+    // istio-iptables gives a dual-stack pod's loopback the IPv6 passthrough source.
+    pod.exec(&["ip", "-6", "addr", "add", "::6/128", "dev", "lo"])
+        .unwrap();
 
     // The rest of the "cluster": reviews v1..v3, mysql, and a server outside the mesh.
     node.spawn(|| async {
@@ -329,10 +361,17 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
             format!("{MYSQL_POD}:3306").parse().unwrap(),
             "mysql",
         ));
+        tokio::spawn(netns::http_server(
+            format!("[{OUTSIDE6}]:8000").parse().unwrap(),
+            "outside6",
+        ));
         netns::http_server(format!("{OUTSIDE}:8000").parse().unwrap(), "outside").await;
     });
-    // The pod's own app on 9080, for inbound traffic.
-    pod.spawn(|| netns::http_server("0.0.0.0:9080".parse().unwrap(), "pod-app"));
+    // The pod's own app on 9080, for inbound traffic, on both families.
+    pod.spawn(|| async {
+        tokio::spawn(netns::http_server("[::]:9080".parse().unwrap(), "pod-app"));
+        netns::http_server("0.0.0.0:9080".parse().unwrap(), "pod-app").await
+    });
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _guard = rt.enter();
@@ -456,7 +495,10 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
     assert!(stat(&pod, "http.inbound_0.0.0.0_9080.downstream_rq_total") >= 1);
 
     // Inbound non-HTTP to another port: the catch-all chain, InboundPassthroughClusterIpv4.
-    pod.spawn(|| netns::greeter("0.0.0.0:7000".parse().unwrap(), "pod-tcp"));
+    pod.spawn(|| async {
+        tokio::spawn(netns::greeter("[::]:7000".parse().unwrap(), "pod-tcp"));
+        netns::greeter("0.0.0.0:7000".parse().unwrap(), "pod-tcp").await
+    });
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(tcp_read(&node, format!("{POD_IP}:7000")), "pod-tcp\n");
     assert!(
@@ -465,6 +507,37 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
             "cluster.InboundPassthroughClusterIpv4.upstream_cx_total"
         ) >= 1
     );
+
+    // IPv6, the same paths through the listeners' [::] sockets. Outbound HTTP to the
+    // reviews ClusterIP of the other family: 15001 hands it to 0.0.0.0_9080 by [::]:9080.
+    let resolve6 = format!("reviews:9080:[{REVIEWS_VIP6}]");
+    let (code, body) = curl(&pod, &["--resolve", &resolve6, "http://reviews:9080/"]).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with('v'), "reviews answered {body}");
+    // Outside the mesh: PassthroughCluster to the original IPv6 destination.
+    let (code, body) = curl(&pod, &["-g", &format!("http://[{OUTSIDE6}]:8000/")]).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (name, peer) = body.split_once(' ').unwrap();
+    assert_eq!(name, "outside6");
+    assert!(peer.starts_with(&format!("[{POD_IP6}]:")), "{peer}");
+    // Inbound: the app sees ::6, the IPv6 passthrough source (extra_source_addresses).
+    let (code, body) = curl(&node, &["-g", &format!("http://[{POD_IP6}]:9080/")]).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (name, peer) = body.split_once(' ').unwrap();
+    assert_eq!(name, "pod-app");
+    assert!(peer.starts_with("[::6]:"), "the app saw {peer}");
+    // Inbound non-HTTP: the IPv6 catch-all chain.
+    assert_eq!(tcp_read(&node, format!("[{POD_IP6}]:7000")), "pod-tcp\n");
+    assert!(
+        stat(
+            &pod,
+            "cluster.InboundPassthroughClusterIpv6.upstream_cx_total"
+        ) >= 1
+    );
+    let (_, listed) = curl(&pod, &["http://127.0.0.1:15000/listeners"]).unwrap();
+    for want in ["virtualOutbound::[::]:15001", "virtualInbound::[::]:15006"] {
+        assert!(listed.contains(want), "/listeners lacks {want}:\n{listed}");
+    }
 
     // istioctl's view: the dynamic listeners, Istio's skipped filters included.
     let (code, dump) = curl(&pod, &["http://127.0.0.1:15000/config_dump"]).unwrap();

@@ -36,6 +36,14 @@ pub const ISTIO_RULES: &str = "*nat
 COMMIT
 ";
 
+/// The same rules for IPv6, as `istio-iptables` writes them in a dual-stack pod: the inbound
+/// passthrough source is ::6 and the loopback is ::1.
+pub fn istio_rules_v6() -> String {
+    ISTIO_RULES
+        .replace("127.0.0.6/32", "::6/128")
+        .replace("127.0.0.1/32", "::1/128")
+}
+
 fn run(args: &[&str]) -> Result<Output, String> {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -84,9 +92,18 @@ impl Netns {
 
     /// Load iptables rules (iptables-restore format) inside.
     pub fn iptables_restore(&self, rules: &str) -> Result<(), String> {
+        self.restore("iptables-restore", rules)
+    }
+
+    /// Load ip6tables rules inside.
+    pub fn ip6tables_restore(&self, rules: &str) -> Result<(), String> {
+        self.restore("ip6tables-restore", rules)
+    }
+
+    fn restore(&self, program: &str, rules: &str) -> Result<(), String> {
         use std::io::Write;
         let mut child = self
-            .command("iptables-restore")
+            .command(program)
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -100,7 +117,7 @@ impl Netns {
         let out = child.wait_with_output().map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(format!(
-                "iptables-restore: {}",
+                "{program}: {}",
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
@@ -154,7 +171,12 @@ pub fn link(
     run(&["ip", "link", "set", &eb, "netns", &b.name])?;
     for (ns, dev, addrs) in [(a, &ea, a_addrs), (b, &eb, b_addrs)] {
         for addr in addrs {
-            ns.exec(&["ip", "addr", "add", addr, "dev", dev])?;
+            if addr.contains(':') {
+                // No duplicate address detection: the address is usable at once.
+                ns.exec(&["ip", "addr", "add", addr, "dev", dev, "nodad"])?;
+            } else {
+                ns.exec(&["ip", "addr", "add", addr, "dev", dev])?;
+            }
         }
         ns.exec(&["ip", "link", "set", dev, "up"])?;
     }
@@ -167,7 +189,13 @@ pub fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not running as root".into());
     }
-    for tool in ["ip", "iptables-restore", "setpriv", "curl"] {
+    for tool in [
+        "ip",
+        "iptables-restore",
+        "ip6tables-restore",
+        "setpriv",
+        "curl",
+    ] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -189,12 +217,31 @@ pub fn unavailable() -> Option<String> {
     }
 }
 
+/// A listening socket; an IPv6 one takes IPv6 only, so that a server of each family can share
+/// a port and each sees its peers' own addresses.
+fn listen(addr: SocketAddr) -> tokio::net::TcpListener {
+    let bind = || -> std::io::Result<tokio::net::TcpListener> {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.set_reuse_address(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(128)?;
+        tokio::net::TcpListener::from_std(s.into())
+    };
+    bind().unwrap_or_else(|e| panic!("bind {addr}: {e}"))
+}
+
 /// A tiny HTTP/1.1 keep-alive server: every response body is `<name> <peer address>`.
 pub async fn http_server(addr: SocketAddr, name: &'static str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let l = listen(addr);
     while let Ok((mut s, peer)) = l.accept().await {
         tokio::spawn(async move {
             let mut buf = Vec::new();
@@ -223,9 +270,7 @@ pub async fn http_server(addr: SocketAddr, name: &'static str) {
 /// A TCP server that greets with `<name>\n` and closes.
 pub async fn greeter(addr: SocketAddr, name: &'static str) {
     use tokio::io::AsyncWriteExt;
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let l = listen(addr);
     while let Ok((mut s, _)) = l.accept().await {
         let _ = s.write_all(format!("{name}\n").as_bytes()).await;
     }
