@@ -77,8 +77,7 @@ pub(super) async fn serve(
         let (req, meta) = loop {
             if !c.rd.is_empty() {
                 let (size, count) = (ctx.hcm.max_request_headers(), ctx.hcm.max_headers_count);
-                let chunked_length_ok = ctx.hcm.http1.allow_chunked_length;
-                match request::parse(&mut c.rd, &mut c.scratch, size, count, chunked_length_ok) {
+                match request::parse(&mut c.rd, &mut c.scratch, size, count, &ctx.hcm.http1) {
                     Parsed::Inline(req, meta) => break (req, meta),
                     Parsed::Partial => {}
                     Parsed::Handoff => return handoff(c, ctx, closing).await,

@@ -3,6 +3,7 @@
 //! unconsumed, for hyper's server, so that hyper's answers to odd requests (400 on a bad
 //! head, 431, bodies, `Expect`, upgrades, CONNECT) are unchanged.
 
+use crate::proxy::head_checks::Http1Options;
 use bytes::BytesMut;
 use http::header::{self, HeaderName};
 use http::{Method, Request, Uri, Version};
@@ -55,14 +56,13 @@ pub(super) struct Scratch {
 
 /// Parse the request at the front of `buf`. A head longer than `limit` (the HCM's
 /// `max_request_headers_kb`) or with more than `max_count` headers gets 431: here when the
-/// inline path can tell, else from hyper. `chunked_length_ok` is the HCM's
-/// `allow_chunked_length`.
+/// inline path can tell, else from hyper. `opts` are the HCM's `http_protocol_options`.
 pub(super) fn parse(
     buf: &mut BytesMut,
     scratch: &mut Scratch,
     limit: usize,
     max_count: usize,
-    chunked_length_ok: bool,
+    opts: &Http1Options,
 ) -> Parsed {
     let inline_max = limit.min(MAX_INLINE_HEAD);
     // Uninitialised slots, as in hyper: zeroing 100 headers per request costs more than
@@ -95,9 +95,12 @@ pub(super) fn parse(
     let mut keep_alive = !http10;
     let mut close = false;
     // A body, a protocol change or an interim response: hyper's server does these, except
-    // for a head with both Content-Length and Transfer-Encoding, which hyper would take (it
-    // drops the length) and Envoy refuses: that one stays here to be refused (head_checks).
+    // for the heads Envoy refuses, which stay here to be refused (head_checks) and answered
+    // as Envoy answers them: Content-Length beside Transfer-Encoding (hyper would drop the
+    // length), a coding but `chunked` alone (hyper says 400 where Envoy says 501), and
+    // HTTP/1.0 unless it is accepted.
     let (mut handoff, mut length, mut coded, mut host) = (false, false, false, false);
+    let mut other_coding = false;
     let base = buf.as_ptr() as usize;
     let fields = &mut scratch.fields;
     fields.clear();
@@ -106,7 +109,11 @@ pub(super) fn parse(
             return Parsed::Handoff;
         };
         match name {
-            header::TRANSFER_ENCODING => (handoff, coded) = (true, true),
+            header::TRANSFER_ENCODING => {
+                // A second Transfer-Encoding line is a second coding.
+                other_coding |= coded || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                (handoff, coded) = (true, true);
+            }
             header::UPGRADE | header::EXPECT => handoff = true,
             header::HOST => host = true,
             header::CONTENT_LENGTH => {
@@ -123,7 +130,9 @@ pub(super) fn parse(
         let from = h.value.as_ptr() as usize - base;
         fields.push((name, from, from + h.value.len()));
     }
-    let refused = length && coded && !chunked_length_ok;
+    let refused = (length && coded && !opts.allow_chunked_length)
+        || other_coding
+        || (http10 && !opts.accept_http_10);
     if handoff && !refused {
         return Parsed::Handoff;
     }
@@ -141,7 +150,8 @@ pub(super) fn parse(
     let meta = Meta {
         // The body of a refused head is never read: the connection ends with the answer.
         keep_alive: keep_alive && !close && !refused,
-        http10,
+        // Envoy answers in HTTP/1.0 only where it serves HTTP/1.0: the 426 is in HTTP/1.1.
+        http10: http10 && opts.accept_http_10,
         head: method == Method::HEAD,
         checked: !http10 && !refused && (host || uri.authority().is_some()),
     };
@@ -168,7 +178,13 @@ pub fn decode_requests(chunks: &[&[u8]]) -> Vec<String> {
     for chunk in chunks {
         buf.extend_from_slice(chunk);
         while !buf.is_empty() {
-            match parse(&mut buf, &mut scratch, 60 * 1024, MAX_HEADERS, false) {
+            match parse(
+                &mut buf,
+                &mut scratch,
+                60 * 1024,
+                MAX_HEADERS,
+                &Http1Options::default(),
+            ) {
                 Parsed::Inline(req, meta) => {
                     out.push(format!(
                         "{} {} {:?} {:?} {meta:?}",
