@@ -90,6 +90,38 @@ pub(super) fn build_request(
     req
 }
 
+/// Send `req` to `host` through the cluster's pool for its protocol, without a timeout.
+pub(super) async fn dispatch(
+    cluster: &Cluster,
+    host: &Host,
+    req: Request<BoxBody>,
+) -> Result<Response<PooledBody>, AttemptError> {
+    if cluster.is_h2(req.version()) {
+        // Boxed, like the pool's hyper path, to keep the HTTP/1.1 future small.
+        Box::pin(async {
+            let mut sender = cluster.h2.sender(host.addr).await.map_err(connect_error)?;
+            // Wait for a free stream slot (SETTINGS_MAX_CONCURRENT_STREAMS).
+            sender
+                .ready()
+                .await
+                .map_err(|e| AttemptError::Reset(reset_reason(&e)))?;
+            sender
+                .send_request(req)
+                .await
+                .map(|r| r.map(PooledBody::unpooled))
+                .map_err(|e| AttemptError::Reset(reset_reason(&e)))
+        })
+        .await
+    } else {
+        cluster.h1.send(host.addr, req).await.map_err(|e| match e {
+            SendError::Connect(c) => AttemptError::Connect(connect_reply(&c)),
+            SendError::Http(e) => AttemptError::Reset(reset_reason(&e)),
+            SendError::Exchange(e) => AttemptError::Reset(reset_reason(&e.error)),
+        })
+    }
+}
+
+/// One attempt: [`dispatch`] under the attempt's deadline `until`, on the connection's timer.
 pub(super) async fn send(
     cluster: &Cluster,
     host: &Host,
@@ -97,31 +129,7 @@ pub(super) async fn send(
     down: Downstream<'_>,
     until: Option<tokio::time::Instant>,
 ) -> Result<Response<PooledBody>, AttemptError> {
-    let mut fut = std::pin::pin!(async {
-        if cluster.is_h2(req.version()) {
-            // Boxed, like the pool's hyper path, to keep the HTTP/1.1 future small.
-            Box::pin(async {
-                let mut sender = cluster.h2.sender(host.addr).await.map_err(connect_error)?;
-                // Wait for a free stream slot (SETTINGS_MAX_CONCURRENT_STREAMS).
-                sender
-                    .ready()
-                    .await
-                    .map_err(|e| AttemptError::Reset(reset_reason(&e)))?;
-                sender
-                    .send_request(req)
-                    .await
-                    .map(|r| r.map(PooledBody::unpooled))
-                    .map_err(|e| AttemptError::Reset(reset_reason(&e)))
-            })
-            .await
-        } else {
-            cluster.h1.send(host.addr, req).await.map_err(|e| match e {
-                SendError::Connect(c) => AttemptError::Connect(connect_reply(&c)),
-                SendError::Http(e) => AttemptError::Reset(reset_reason(&e)),
-                SendError::Exchange(e) => AttemptError::Reset(reset_reason(&e.error)),
-            })
-        }
-    });
+    let mut fut = std::pin::pin!(dispatch(cluster, host, req));
     let Some(until) = until else { return fut.await };
     let mut timer = down.timer.arm(until);
     // The attempt is polled in place (not moved into a timeout wrapper), the timer only

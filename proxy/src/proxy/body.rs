@@ -32,6 +32,8 @@ pub fn full(b: impl Into<Bytes>) -> BoxBody {
 pub struct DownstreamBody {
     inner: Option<Incoming>,
     received: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Mirrored requests' bodies, fed as this one is read.
+    tees: Vec<super::mirror::Tee>,
 }
 
 impl DownstreamBody {
@@ -41,7 +43,40 @@ impl DownstreamBody {
         inner: Option<Incoming>,
         received: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     ) -> Self {
-        DownstreamBody { inner, received }
+        DownstreamBody {
+            inner,
+            received,
+            tees: Vec::new(),
+        }
+    }
+
+    /// A body for a mirrored copy of this request: what this one yields from now on.
+    pub(super) fn tee(&mut self) -> BoxBody {
+        if self.is_end_stream() {
+            return full("");
+        }
+        let (tee, body) = super::mirror::Tee::new();
+        self.tees.push(tee);
+        body
+    }
+
+    /// Pass what `inner` yielded on to the tees.
+    fn feed_tees(&mut self, r: &Poll<Option<Result<Frame<Bytes>, hyper::Error>>>) {
+        match r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.tees.retain_mut(|t| t.data(d));
+                }
+                // A reader may stop at the end of the stream without polling past it.
+                if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+                    self.tees.drain(..).for_each(super::mirror::Tee::end);
+                }
+            }
+            Poll::Ready(None) => self.tees.drain(..).for_each(super::mirror::Tee::end),
+            // Dropped without `end`: the shadows' bodies are cut off.
+            Poll::Ready(Some(Err(_))) => self.tees.clear(),
+            Poll::Pending => {}
+        }
     }
 }
 
@@ -60,6 +95,9 @@ impl Body for DownstreamBody {
             if let Some(d) = f.data_ref() {
                 n.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
+        }
+        if !self.tees.is_empty() {
+            self.feed_tees(&r);
         }
         r
     }

@@ -27,6 +27,11 @@ impl Percent {
         }
     }
 
+    /// `n` millionths (at most one million).
+    pub const fn from_millionths(n: u32) -> Self {
+        Percent(if n > 1_000_000 { 1_000_000 } else { n })
+    }
+
     /// Roll the dice.
     pub fn sample(self) -> bool {
         self.0 >= 1_000_000 || (self.0 > 0 && fastrand::u32(0..1_000_000) < self.0)

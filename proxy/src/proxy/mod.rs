@@ -14,6 +14,7 @@ pub mod hcm;
 pub mod head_checks;
 pub mod hop_by_hop;
 pub mod local_reply;
+pub mod mirror;
 pub mod router;
 pub mod service;
 pub mod tcp_proxy;

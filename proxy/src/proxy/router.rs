@@ -460,7 +460,7 @@ impl Drop for RetrySlot {
     }
 }
 
-fn pick_host(
+pub(super) fn pick_host(
     cluster: &Cluster,
     headers: &HeaderMap,
     down: Downstream<'_>,

@@ -338,7 +338,7 @@ async fn route_request(
             )
             .map(|l| tokio::time::Instant::now() + l);
             let upgrade = upgrade_type(&req, &ctx.hcm.upgrades);
-            let (mut parts, body) = req.into_parts();
+            let (mut parts, mut body) = req.into_parts();
             if let Some(t) = upgrade {
                 parts.extensions.insert(router::Upgrade(t));
             }
@@ -363,6 +363,17 @@ async fn route_request(
                 attempt_count: vh.attempt_count_in_request,
                 timer: &ctx.timer,
             };
+            // Request mirroring: the route's policies, else the virtual host's, else the route
+            // configuration's (Envoy's precedence). Shadows leave before the original.
+            let mirrors = [&a.mirrors, &vh.mirrors, &rc.mirrors]
+                .into_iter()
+                .find(|m| !m.is_empty());
+            if let Some(m) = mirrors {
+                let timeout = overrides.timeout.unwrap_or_else(|| {
+                    crate::route::action::effective_timeout(a, grpc, &parts.headers)
+                });
+                super::mirror::launch(m, &snap, &parts, &mut body, down, timeout);
+            }
             let mut tried = router::Tried::default();
             let body_done = hyper::body::Body::is_end_stream(&body);
             // Pinned in place: wrapping the (large) future by value would copy it per request.

@@ -248,6 +248,9 @@ pub struct ForwardAction {
     pub max_grpc_timeout: Option<Duration>,
     /// `max_stream_duration` (see [`super::stream_duration`]).
     pub max_stream_duration: Option<super::stream_duration::StreamDuration>,
+    /// `request_mirror_policies` (the virtual host's, then the route configuration's, when
+    /// empty).
+    pub mirrors: Vec<crate::proxy::mirror::MirrorPolicy>,
 }
 
 impl ForwardAction {
@@ -357,6 +360,7 @@ impl ForwardAction {
                 .max_stream_duration
                 .as_ref()
                 .map(super::stream_duration::StreamDuration::from_proto),
+            mirrors: crate::proxy::mirror::MirrorPolicy::from_protos(&a.request_mirror_policies)?,
             cluster_not_found: if a.cluster_not_found_response_code == 1 {
                 404
             } else {

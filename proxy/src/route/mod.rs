@@ -10,6 +10,7 @@ mod tests;
 
 use crate::proxy::cors::CorsPolicy;
 use crate::proxy::fault::FaultConfig;
+use crate::proxy::mirror::MirrorPolicy;
 use action::{Action, ForwardAction, Redirect, RetryPolicy};
 use envoy_types::pb::envoy::config::route::v3 as rpb;
 use headers::HeaderPolicy;
@@ -100,6 +101,8 @@ pub struct VirtualHost {
     pub attempt_count_in_request: bool,
     /// `include_attempt_count_in_response`: return `x-envoy-attempt-count` downstream.
     pub attempt_count_in_response: bool,
+    /// `request_mirror_policies`, for routes without their own.
+    pub mirrors: Vec<MirrorPolicy>,
 }
 
 /// A compiled `RouteConfiguration`.
@@ -117,6 +120,8 @@ pub struct RouteConfig {
     default: Option<usize>,
     /// Route-config-level header mutations.
     pub headers: HeaderPolicy,
+    /// `request_mirror_policies`, for virtual hosts and routes without their own.
+    pub mirrors: Vec<MirrorPolicy>,
     ignore_port: bool,
 }
 
@@ -131,6 +136,7 @@ impl RouteConfig {
                 &rc.response_headers_to_add,
                 &rc.response_headers_to_remove,
             )?,
+            mirrors: MirrorPolicy::from_protos(&rc.request_mirror_policies)?,
             ignore_port: rc.ignore_port_in_host_matching,
             ..Default::default()
         };
@@ -235,6 +241,7 @@ impl VirtualHost {
             filters: FilterOverrides::from_proto(&vh.typed_per_filter_config, vh.cors.as_ref())?,
             attempt_count_in_request: vh.include_request_attempt_count,
             attempt_count_in_response: vh.include_attempt_count_in_response,
+            mirrors: MirrorPolicy::from_protos(&vh.request_mirror_policies)?,
         })
     }
 }
