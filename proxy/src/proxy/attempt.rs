@@ -20,6 +20,7 @@ pub(super) enum AttemptError {
     Idle,
 }
 
+#[inline(always)]
 pub(super) fn build_request(
     cluster: &Cluster,
     parts: &http::request::Parts,
@@ -91,6 +92,7 @@ pub(super) fn build_request(
 }
 
 /// Send `req` to `host` through the cluster's pool for its protocol, without a timeout.
+#[inline(always)]
 pub(super) async fn dispatch(
     cluster: &Cluster,
     host: &Host,

@@ -460,6 +460,7 @@ impl Drop for RetrySlot {
     }
 }
 
+#[inline(always)]
 pub(super) fn pick_host(
     cluster: &Cluster,
     headers: &HeaderMap,

@@ -399,6 +399,7 @@ impl ForwardAction {
 /// gRPC request (`grpc`, known from its content type) with `max_grpc_timeout` set, the
 /// `grpc-timeout` header (absent = none) capped by the max (0 = no cap); otherwise the route
 /// `timeout`.
+#[inline(always)]
 pub fn effective_timeout(
     a: &ForwardAction,
     grpc: bool,
