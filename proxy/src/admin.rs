@@ -436,7 +436,7 @@ fn listeners(server: &Server, as_json: bool) -> Response<BoxBody> {
         let s: Vec<Value> = running
             .iter()
             .map(|l| {
-                let mut v = json!({"name": l.config.name, "local_address": addr(&l.local_addr)});
+                let mut v = json!({"name": l.config().name, "local_address": addr(&l.local_addr)});
                 // Envoy's ListenerStatus lists the sockets of `additional_addresses` apart.
                 if l.local_addrs.len() > 1 {
                     v["additional_local_addresses"] = l.local_addrs[1..].iter().map(addr).collect();
@@ -452,7 +452,7 @@ fn listeners(server: &Server, as_json: bool) -> Response<BoxBody> {
         .flat_map(|l| {
             l.local_addrs
                 .iter()
-                .map(move |a| format!("{}::{a}\n", l.config.name))
+                .map(move |a| format!("{}::{a}\n", l.config().name))
         })
         .collect();
     text(StatusCode::OK, out)

@@ -180,7 +180,7 @@ impl Server {
             .lock()
             .unwrap()
             .iter()
-            .filter(|l| !inbound_only || l.config.proto.traffic_direction == 1)
+            .filter(|l| !inbound_only || l.config().proto.traffic_direction == 1)
             .cloned()
             .collect();
         if graceful {

@@ -332,7 +332,7 @@ async fn istio_xdsproxy_bootstrap_static_listeners() {
         .lock()
         .unwrap()
         .iter()
-        .map(|l| l.config.name.clone())
+        .map(|l| l.config().name.clone())
         .collect();
     let (readyl, proml) = (
         names.iter().find(|n| n.ends_with("15021")).unwrap(),

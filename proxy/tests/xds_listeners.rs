@@ -161,3 +161,120 @@ async fn a_dual_stack_listener_serves_and_is_replaced_on_both_families() {
         serde_json::json!({"address": "::", "port_value": port})
     );
 }
+
+/// A keep-alive HTTP/1.1 connection from `src` (a loopback address of the test's choosing,
+/// which the listener's chains match on).
+async fn connect_from(src: &str, addr: SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    s.connect(addr).await.unwrap()
+}
+
+/// One request on `s`: whether it was answered 200, and whether the answer said
+/// `connection: close`.
+async fn ask(s: &mut tokio::net::TcpStream) -> (bool, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before an answer");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + len {
+                    return (
+                        text.starts_with("http/1.1 200"),
+                        text[..end].contains("connection: close"),
+                    );
+                }
+            }
+        }
+    };
+    tokio::time::timeout(HANG, read).await.expect("no answer")
+}
+
+/// Envoy's in-place filter chain update: when only some filter chains change, connections on
+/// the unchanged ones go on and only those on the changed ones drain. A change outside the
+/// chains still drains everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_chain_update_drains_only_the_changed_chains() {
+    let ups = vec![
+        upstream("v1").await,
+        upstream("v2").await,
+        upstream("v3").await,
+    ];
+    let port = free_port();
+    // Chain "a" for clients from 127.0.0.1, chain "b" for 127.0.0.2.
+    let make = |b_prefix: &str, extra: serde_json::Value| {
+        let mut l = listener_json(LISTENER, "9080", "a", port);
+        let a = l["filter_chains"][0].clone();
+        let mut b = a.clone();
+        let mut a = a;
+        a["filter_chain_match"] = serde_json::json!({"source_prefix_ranges":
+            [{"address_prefix": "127.0.0.1", "prefix_len": 32}]});
+        b["filter_chain_match"] = serde_json::json!({"source_prefix_ranges":
+            [{"address_prefix": "127.0.0.2", "prefix_len": 32}]});
+        b["filters"][0]["typed_config"]["stat_prefix"] = b_prefix.into();
+        l["filter_chains"] = serde_json::json!([a, b]);
+        mosn::config::merge(&mut l, extra);
+        pack_listener(l)
+    };
+    let ads = Ads::new();
+    ads.put(CDS, clusters("0s"));
+    ads.put(EDS, endpoints(&ups));
+    ads.put(LDS, vec![make("b0", serde_json::json!({}))]);
+    let v = ads.put(RDS, route(Vs::AllV1, false));
+    let xds = ads.serve_tcp().await;
+    let p = harness::start_proxy(harness::tcp(xds), false).await;
+    ads.reply(RDS, v).await.unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + HANG;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "listener never bound");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut on_a = connect_from("127.0.0.1", addr).await;
+    let mut on_b = connect_from("127.0.0.2", addr).await;
+    assert_eq!(ask(&mut on_a).await, (true, false));
+    assert_eq!(ask(&mut on_b).await, (true, false));
+    assert_eq!(p.stat("http.b0.downstream_rq_total"), 1);
+
+    // Chain "b" changes (its stat prefix); chain "a" and the rest do not.
+    let v = ads.put(LDS, vec![make("b1", serde_json::json!({}))]);
+    ads.reply(LDS, v).await.unwrap();
+    let mut new_b = connect_from("127.0.0.2", addr).await;
+    assert_eq!(ask(&mut new_b).await, (true, false));
+    assert_eq!(
+        p.stat("http.b1.downstream_rq_total"),
+        1,
+        "the new chain serves"
+    );
+    // The old "b" connection is told to close; the "a" one goes on, request after request.
+    assert_eq!(ask(&mut on_b).await, (true, true));
+    for _ in 0..3 {
+        assert_eq!(ask(&mut on_a).await, (true, false));
+    }
+    assert_eq!(p.stat("listener_manager.listener_create_failure"), 0);
+
+    // A change outside the chains (a listener setting) replaces the listener: all drain,
+    // the connection on the kept chain included.
+    let v = ads.put(
+        LDS,
+        vec![make(
+            "b1",
+            serde_json::json!({"listener_filters_timeout": "2s"}),
+        )],
+    );
+    ads.reply(LDS, v).await.unwrap();
+    assert_eq!(ask(&mut on_a).await, (true, true));
+    assert_eq!(ask(&mut new_b).await, (true, true));
+}

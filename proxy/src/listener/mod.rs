@@ -282,9 +282,15 @@ impl ListenerConfig {
 
     /// The filter chain for a connection, Envoy's way; `None` closes it.
     pub fn select(&self, info: &ConnInfo<'_>) -> Option<&FilterChain> {
+        self.select_indexed(info).map(|(_, c)| c)
+    }
+
+    /// [`Self::select`] with the chain's index in `chains` (`chains.len()` for the default
+    /// chain).
+    pub fn select_indexed(&self, info: &ConnInfo<'_>) -> Option<(usize, &FilterChain)> {
         match chain_match::select(self.chains.iter().map(|c| &c.matcher), info) {
-            Some(i) => Some(&self.chains[i]),
-            None => self.default_chain.as_ref(),
+            Some(i) => Some((i, &self.chains[i])),
+            None => self.default_chain.as_ref().map(|c| (self.chains.len(), c)),
         }
     }
 }

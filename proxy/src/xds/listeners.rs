@@ -1,5 +1,7 @@
 //! Dynamic listeners around a snapshot swap: bind new ones, keep unchanged ones (same
-//! `Arc<ListenerConfig>`, so same socket and connections), drain removed and replaced ones.
+//! `Arc<ListenerConfig>`, so same socket and connections), update in place those whose
+//! filter chains alone changed (only the connections of changed chains drain), and drain
+//! removed and replaced ones.
 //!
 //! Static listeners are bound by `server.rs` at start-up and never touched here.
 
@@ -39,12 +41,16 @@ impl DynamicListeners {
         }
         for l in wanted {
             if let Some(old) = self.bound.get(&l.name) {
-                if Arc::ptr_eq(&old.config, l) {
+                if Arc::ptr_eq(&old.config(), l) {
+                    continue;
+                }
+                if old.update_in_place(l.clone()) {
+                    tracing::info!(listener = %l.name, "listener changed in place; draining the connections of changed filter chains");
                     continue;
                 }
                 let old = self.bound.remove(&l.name).expect("present");
                 tracing::info!(listener = %l.name, "listener changed; draining the old one");
-                if old.config.binds == l.binds {
+                if old.config().binds == l.binds {
                     // Same addresses: the new listener takes over the sockets, so no
                     // connection is refused between the two.
                     if let Some(sock) = old.take_sockets().await {

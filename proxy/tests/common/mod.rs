@@ -213,7 +213,7 @@ impl Proxy {
     pub fn addr(&self, name: &str) -> SocketAddr {
         let ls = self.server.listeners.lock().unwrap();
         ls.iter()
-            .find(|l| l.config.name == name)
+            .find(|l| l.config().name == name)
             .unwrap_or_else(|| panic!("no listener {name}"))
             .local_addr
     }

@@ -57,7 +57,7 @@ pub async fn wait_live(p: &Proxy) -> SocketAddr {
             .lock()
             .unwrap()
             .iter()
-            .find(|l| l.config.name == LISTENER)
+            .find(|l| l.config().name == LISTENER)
             .map(|l| l.local_addr);
         if let (Some(a), "LIVE") = (bound, p.server.state_name()) {
             return a;
@@ -86,7 +86,7 @@ pub async fn wait_bound(p: &Proxy, name: &str) -> SocketAddr {
 pub fn bound(p: &Proxy, name: &str) -> Option<SocketAddr> {
     let ls = p.server.listeners.lock().unwrap();
     ls.iter()
-        .find(|l| l.config.name == name)
+        .find(|l| l.config().name == name)
         .map(|l| l.local_addr)
 }
 

@@ -1,0 +1,381 @@
+//! Bound listeners: their sockets and accept loops, the dispatch of each connection to a
+//! filter chain, and draining, by listener or, when an update changes only some filter
+//! chains, by chain.
+//!
+//! Envoy updates a listener in place when nothing but its filter chains changed: the
+//! sockets stay, new connections take the new chains, and only the connections on chains
+//! that changed or went away are drained. Istio rewrites `virtualInbound` whenever one of
+//! the pod's ports changes, so draining every connection on each such push would reset the
+//! whole inbound side. Each chain has its own drain signal for that: a chain that an update
+//! keeps (an equal proto) hands its signal, and so its connections, to the new config.
+
+use super::{conn, original_dst, tcp_proxy, Activity, ConnCtx};
+use crate::config::{ConfigStore, ListenerConfig};
+use crate::listener::chain_match::ConnInfo;
+use crate::listener::{inspect, Terminal};
+use crate::stats::{Kind, Stat, Stats};
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+/// A listener's config with a drain signal per filter chain (`default_filter_chain` last).
+#[derive(Debug)]
+struct Current {
+    config: Arc<ListenerConfig>,
+    chains: Vec<watch::Sender<bool>>,
+}
+
+/// What the accept loops and the listener share.
+#[derive(Debug)]
+struct Shared {
+    current: ArcSwap<Current>,
+    /// The drain of connections handed off to another listener's chains (`use_original_dst`).
+    handed_off: watch::Sender<bool>,
+}
+
+/// A bound, serving listener.
+#[derive(Debug)]
+pub struct RunningListener {
+    shared: Arc<Shared>,
+    /// The bound address (port 0 resolved): the first of `local_addrs`.
+    pub local_addr: SocketAddr,
+    /// Every bound address, in the order of the config's `binds`.
+    pub local_addrs: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    /// Set once the whole listener drains.
+    draining: AtomicBool,
+    /// Open downstream connections.
+    pub connections: Arc<AtomicUsize>,
+    /// Each accept loop gives its socket back here when it stops, if `want_socket` is set;
+    /// otherwise it closes the socket, so that a stopped listener refuses connections.
+    socket_back: Mutex<Vec<oneshot::Receiver<TcpListener>>>,
+    want_socket: Arc<AtomicBool>,
+}
+
+impl RunningListener {
+    /// Its current config.
+    pub fn config(&self) -> Arc<ListenerConfig> {
+        self.shared.current.load().config.clone()
+    }
+
+    /// Stop accepting new connections.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Drain open connections (HTTP/1 `Connection: close`, h2 GOAWAY), and those accepted
+    /// from now on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.shared.handed_off.send_replace(true);
+        for c in &self.shared.current.load().chains {
+            c.send_replace(true);
+        }
+    }
+
+    /// Whether the listener was drained.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Take `new` in place when it differs from the current config in its filter chains
+    /// only (Envoy's rule), and drain the connections of the chains it changes or drops;
+    /// connections on chains it keeps go on. `false` (nothing done) when more changed.
+    pub fn update_in_place(&self, new: Arc<ListenerConfig>) -> bool {
+        let cur = self.shared.current.load_full();
+        if !chains_only_differ(&cur.config, &new) {
+            return false;
+        }
+        // Each old chain's proto with its signal, taken when a new chain reuses it.
+        let mut old: Vec<_> = chain_protos(&cur.config)
+            .zip(cur.chains.iter().map(Some))
+            .collect();
+        let new_protos = chain_protos(&new);
+        let draining = self.is_draining();
+        let chains = new_protos
+            .map(|p| {
+                // An equal chain keeps its signal (once: two equal chains are two chains).
+                let kept = old
+                    .iter_mut()
+                    .find(|(o, s)| s.is_some() && *o == p)
+                    .and_then(|(_, s)| s.take());
+                kept.cloned()
+                    .unwrap_or_else(|| watch::Sender::new(draining))
+            })
+            .collect();
+        for (_, s) in old {
+            if let Some(s) = s {
+                s.send_replace(true);
+            }
+        }
+        self.shared.current.store(Arc::new(Current {
+            config: new,
+            chains,
+        }));
+        true
+    }
+
+    /// Stop accepting and take the listening sockets, in the order of `local_addrs`, so that
+    /// a changed listener on the same addresses serves them without a gap: connections
+    /// waiting in the accept queues are kept (Envoy also passes the sockets to the new
+    /// listener). `None` when any of them cannot be had.
+    pub async fn take_sockets(&self) -> Option<Vec<TcpListener>> {
+        self.want_socket.store(true, Ordering::SeqCst);
+        self.stop();
+        let backs = std::mem::take(&mut *self.socket_back.lock().unwrap());
+        if backs.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(backs.len());
+        for rx in backs {
+            let sock = tokio::time::timeout(std::time::Duration::from_secs(1), rx).await;
+            out.push(sock.ok()?.ok()?);
+        }
+        Some(out)
+    }
+}
+
+/// A listener's filter chain protos in the order of [`Current::chains`]: its
+/// `filter_chains`, then its `default_filter_chain` (`None` if it has none).
+fn chain_protos(
+    l: &ListenerConfig,
+) -> impl Iterator<Item = Option<&envoy_types::pb::envoy::config::listener::v3::FilterChain>> {
+    l.proto
+        .filter_chains
+        .iter()
+        .map(Some)
+        .chain(std::iter::once(l.proto.default_filter_chain.as_ref()))
+}
+
+/// Whether `a` and `b` are the same listener but for their filter chains.
+fn chains_only_differ(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+    if a.binds != b.binds || a.bind != b.bind {
+        return false;
+    }
+    let strip = |l: &ListenerConfig| {
+        let mut p = l.proto.clone();
+        p.filter_chains.clear();
+        p.default_filter_chain = None;
+        p
+    };
+    strip(a) == strip(b)
+}
+
+/// Bind every address of `config` and serve them on the current runtime.
+pub async fn bind(
+    config: Arc<ListenerConfig>,
+    store: Arc<ConfigStore>,
+    stats: Arc<Stats>,
+) -> std::io::Result<Arc<RunningListener>> {
+    let sockets = crate::listener::socket::bind_all(&config.binds)?;
+    serve(sockets, config, store, stats)
+}
+
+/// Serve `config` on already bound sockets, one per address (fresh ones, or those taken
+/// over from the listener it replaces). All of them feed the same filter chains, stats and
+/// drain.
+pub fn serve(
+    sockets: Vec<TcpListener>,
+    config: Arc<ListenerConfig>,
+    store: Arc<ConfigStore>,
+    stats: Arc<Stats>,
+) -> std::io::Result<Arc<RunningListener>> {
+    let local_addrs = sockets
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let Some(&local_addr) = local_addrs.first() else {
+        return Err(std::io::Error::other(format!(
+            "listener {} has no socket",
+            config.name
+        )));
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let (backs, back_rxs): (Vec<_>, Vec<_>) = sockets.iter().map(|_| oneshot::channel()).unzip();
+    let chains = (0..=config.chains.len())
+        .map(|_| watch::Sender::new(false))
+        .collect();
+    // Envoy names listener stats by the first address with `:` turned into `_`
+    // (`0.0.0.0_15001`); the additional addresses count there too.
+    let laddr = config.address.to_string().replace(':', "_");
+    let lstats = Arc::new(ListenerStats {
+        cx_total: stats.listener(&laddr, "downstream_cx_total", Kind::Counter),
+        cx_active: stats.listener(&laddr, "downstream_cx_active", Kind::Gauge),
+        no_chain: stats.listener(&laddr, "no_filter_chain_match", Kind::Counter),
+    });
+    let running = Arc::new(RunningListener {
+        shared: Arc::new(Shared {
+            current: ArcSwap::from_pointee(Current { config, chains }),
+            handed_off: watch::Sender::new(false),
+        }),
+        local_addr,
+        local_addrs: local_addrs.clone(),
+        stop,
+        draining: AtomicBool::new(false),
+        connections: Default::default(),
+        socket_back: Mutex::new(back_rxs),
+        want_socket: Default::default(),
+    });
+    for ((listener, back_tx), local) in sockets.into_iter().zip(backs).zip(local_addrs) {
+        let accept = Accepted {
+            shared: running.shared.clone(),
+            store: store.clone(),
+            stats: stats.clone(),
+            lstats: lstats.clone(),
+            local,
+        };
+        tokio::spawn(accept_loop(
+            listener,
+            accept,
+            stop_rx.clone(),
+            back_tx,
+            running.want_socket.clone(),
+            running.connections.clone(),
+        ));
+    }
+    Ok(running)
+}
+
+/// Accept on one socket of a listener until it is stopped, then close the socket or hand it
+/// back through `back_tx`.
+async fn accept_loop(
+    listener: TcpListener,
+    template: Accepted,
+    mut stop_rx: watch::Receiver<bool>,
+    back_tx: oneshot::Sender<TcpListener>,
+    want_socket: Arc<AtomicBool>,
+    conns: Arc<AtomicUsize>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop_rx.wait_for(|s| *s) => {
+                if want_socket.load(Ordering::SeqCst) {
+                    let _ = back_tx.send(listener);
+                }
+                return;
+            }
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let accept = template.clone();
+        let conns = conns.clone();
+        tokio::spawn(async move {
+            accept.lstats.cx_total.inc();
+            accept.lstats.cx_active.inc();
+            conns.fetch_add(1, Ordering::Relaxed);
+            let lstats = accept.lstats.clone();
+            accept.dispatch(stream, peer).await;
+            conns.fetch_sub(1, Ordering::Relaxed);
+            lstats.cx_active.dec();
+        });
+    }
+}
+
+/// `listener.<address>.*` stats.
+#[derive(Debug)]
+struct ListenerStats {
+    cx_total: Arc<Stat>,
+    cx_active: Arc<Stat>,
+    no_chain: Arc<Stat>,
+}
+
+/// A connection accepted by a bound listener, before its filter chain is known.
+#[derive(Clone)]
+struct Accepted {
+    shared: Arc<Shared>,
+    store: Arc<ConfigStore>,
+    stats: Arc<Stats>,
+    lstats: Arc<ListenerStats>,
+    local: SocketAddr,
+}
+
+impl Accepted {
+    /// Envoy's path for a new connection: restore the original destination, hand it to the
+    /// listener of that address (`use_original_dst`), run the listener filters, pick the filter
+    /// chain and run its terminal filter.
+    async fn dispatch(self, stream: TcpStream, peer: SocketAddr) {
+        let local = stream.local_addr().unwrap_or(self.local);
+        let current = self.shared.current.load_full();
+        let own = &current.config;
+        let dst = if own.original_dst {
+            original_dst(&stream).unwrap_or(local)
+        } else {
+            local
+        };
+        let snap = self.store.load();
+        let mut target = own.clone();
+        if own.hand_off && dst != local {
+            if let Some(l) = snap.listener_for(dst, &own.name) {
+                tracing::trace!(from = %own.name, to = %l.name, %dst, "handing off");
+                target = l.clone();
+            }
+        }
+        let detected = match inspect::inspect(&stream, target.inspectors).await {
+            Ok(d) => d,
+            Err(why) => {
+                tracing::debug!(listener = %target.name, %peer, "connection closed by listener filters: {why}");
+                return;
+            }
+        };
+        let info = ConnInfo {
+            dst,
+            src: peer,
+            sni: detected.sni.as_deref(),
+            transport: detected.transport,
+            alpn: &detected.alpn,
+        };
+        let Some((index, chain)) = target.select_indexed(&info) else {
+            self.lstats.no_chain.inc();
+            tracing::debug!(listener = %target.name, %peer, %dst, transport = detected.transport, alpn = ?detected.alpn, "no filter chain matches; closing");
+            return;
+        };
+        if chain.tls {
+            tracing::debug!(listener = %target.name, chain = %chain.name, "chain terminates TLS, which is not supported; closing");
+            return;
+        }
+        match &chain.terminal {
+            Terminal::Tcp(tp) => tcp_proxy::serve(stream, tp, &snap, &self.stats, dst).await,
+            t @ Terminal::Http { .. } => {
+                let Some((hcm, hstats)) = t.hcm_stats(&self.stats) else {
+                    return;
+                };
+                // Requests load the snapshot themselves; a keep-alive connection must not pin
+                // an old one.
+                drop(snap);
+                // The drain of the chain it runs on, or of hand-offs for another listener's.
+                let draining = if Arc::ptr_eq(&target, own) {
+                    current.chains[index].subscribe()
+                } else {
+                    self.shared.handed_off.subscribe()
+                };
+                drop(current);
+                let ctx = Arc::new(ConnCtx {
+                    hcm: hcm.clone(),
+                    store: self.store,
+                    stats: hstats.clone(),
+                    peer,
+                    original_dst: dst,
+                    listener_port: dst.port(),
+                    draining,
+                    activity: Activity::default(),
+                    timer: Default::default(),
+                });
+                hstats.cx_total.inc();
+                hstats.cx_active.inc();
+                conn::serve_connection(stream, ctx).await;
+                hstats.cx_active.dec();
+            }
+        }
+    }
+}
