@@ -520,3 +520,55 @@ async fn the_expected_timeout_header_is_what_the_attempt_may_take() {
         );
     }
 }
+
+#[tokio::test]
+async fn grpc_requests_learn_the_attempts_timeout_in_grpc_timeout() {
+    // With max_grpc_timeout (Istio 1.10 sets 0s on every route), Envoy rewrites a gRPC
+    // request's grpc-timeout to what the attempt may take, as it does the expected-timeout
+    // header; without it, grpc-timeout passes as sent.
+    let a = upstream("a").await;
+    let route = |prefix: &str, extra: serde_json::Value| {
+        let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": "a"}});
+        mosn::config::merge(&mut r["route"], extra);
+        r
+    };
+    let retry = json!({"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "2s"});
+    let p = routes_proxy(
+        json!([
+            route(
+                "/per-try",
+                json!({"max_grpc_timeout": "0s", "retry_policy": retry})
+            ),
+            route("/capped", json!({"max_grpc_timeout": "3s"})),
+            route("/deadline", json!({"max_grpc_timeout": "0s"})),
+            route("/plain", json!({}))
+        ]),
+        // Envoy's own headers off: grpc-timeout does not depend on them.
+        json!({"http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            "suppress_envoy_headers": true}}]}),
+        vec![cluster("a", &[a.addr], json!({}))],
+    )
+    .await;
+    let grpc = |t: &'static str| vec![("content-type", "application/grpc"), ("grpc-timeout", t)];
+    let seen = |path: &'static str, h: Vec<(&'static str, &'static str)>| {
+        let addr = p.addr("l");
+        async move {
+            let j = get(addr, path, &h).await.json();
+            j["headers"]["grpc-timeout"].as_str().map(str::to_string)
+        }
+    };
+    assert_eq!(
+        seen("/per-try", grpc("10S")).await.as_deref(),
+        Some("2000m")
+    );
+    assert_eq!(seen("/capped", grpc("1H")).await.as_deref(), Some("3000m"));
+    // What is left of the client's own deadline (it started when mosn received the request).
+    let left = seen("/deadline", grpc("900m")).await.unwrap();
+    let ms: u64 = left.strip_suffix('m').unwrap().parse().unwrap();
+    assert!((500..=900).contains(&ms), "grpc-timeout {left}");
+    assert_eq!(seen("/plain", grpc("900m")).await.as_deref(), Some("900m"));
+    // Not gRPC: left alone.
+    let plain = vec![("grpc-timeout", "900m")];
+    assert_eq!(seen("/per-try", plain).await.as_deref(), Some("900m"));
+}

@@ -185,6 +185,12 @@ pub async fn forward(
             let ms = w.as_millis().max(1);
             parts.headers.insert(EXPECTED_TIMEOUT, millis_value(ms));
         }
+        // With `max_grpc_timeout` set, a gRPC upstream is told the same in `grpc-timeout`
+        // (so that it knows of a per-try timeout), whatever `suppress_envoy_headers` says.
+        if let (Some(w), true) = (wait, down.grpc && action.max_grpc_timeout.is_some()) {
+            const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+            parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(w));
+        }
         // The last possible attempt takes the headers instead of copying them (no retry can
         // follow it, so `parts.headers` is not read again).
         let headers = if attempt >= retries {
@@ -356,6 +362,28 @@ pub async fn forward(
     }
 }
 
+/// A `grpc-timeout` value as Envoy writes it: milliseconds (at least 1), or the smallest of
+/// seconds, minutes and hours that fits gRPC's eight digits (clipped at 99999999 hours).
+fn grpc_timeout_value(d: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let mut t = d.as_millis().max(1);
+    let mut unit = 0;
+    if t > MAX {
+        t /= 1000;
+        unit = 1;
+    }
+    while t > MAX {
+        if unit == 3 {
+            t = MAX;
+        } else {
+            t /= 60;
+            unit += 1;
+        }
+    }
+    let v = format!("{t}{}", ['m', 'S', 'M', 'H'][unit]);
+    HeaderValue::from_str(&v).expect("digits and a letter")
+}
+
 /// A millisecond count as a header value, without an allocation in the common cases: counts
 /// under 100 (most upstream service times) are static strings, and the last larger value
 /// (typically the route timeout, the same for every request) is kept per thread and shared.
@@ -482,7 +510,22 @@ pub(super) fn pick_host(
 
 #[cfg(test)]
 mod tests {
-    use super::millis_value;
+    use super::{grpc_timeout_value, millis_value};
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_take_the_smallest_unit_that_fits() {
+        let v = |ms: u64| grpc_timeout_value(Duration::from_millis(ms));
+        assert_eq!(v(0), "1m");
+        assert_eq!(v(2000), "2000m");
+        assert_eq!(v(99_999_999), "99999999m");
+        assert_eq!(v(100_000_000), "100000S");
+        assert_eq!(v(u64::MAX), "99999999H");
+        let secs = |s: u64| grpc_timeout_value(Duration::from_secs(s));
+        assert_eq!(secs(200_000_000), "3333333M");
+        assert_eq!(secs(8_640_000_000), "2400000H");
+        assert_eq!(secs(u64::MAX / 1000), "99999999H");
+    }
 
     #[test]
     fn millis_values_format_like_integers() {
