@@ -111,7 +111,8 @@ impl Server {
             }
         }
         for l in snap.listeners.iter().filter(|l| l.bind) {
-            let running = crate::proxy::bind(l.clone(), self.store.clone(), self.stats.clone())
+            let (store, stats) = (self.store.clone(), self.stats.clone());
+            let running = crate::proxy::bind(l.clone(), store, stats, self.drain_time)
                 .await
                 .map_err(|e| format!("cannot bind listener {} on {e}", l.name))?;
             self.listeners.lock().unwrap().push(running);

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
@@ -164,14 +165,16 @@ fn chains_only_differ(a: &ListenerConfig, b: &ListenerConfig) -> bool {
     strip(a) == strip(b)
 }
 
-/// Bind every address of `config` and serve them on the current runtime.
+/// Bind every address of `config` and serve them on the current runtime. `drain_time`
+/// (`--drain-time-s`) is how long a drained TCP proxy connection may go on.
 pub async fn bind(
     config: Arc<ListenerConfig>,
     store: Arc<ConfigStore>,
     stats: Arc<Stats>,
+    drain_time: Duration,
 ) -> std::io::Result<Arc<RunningListener>> {
     let sockets = crate::listener::socket::bind_all(&config.binds)?;
-    serve(sockets, config, store, stats)
+    serve(sockets, config, store, stats, drain_time)
 }
 
 /// Serve `config` on already bound sockets, one per address (fresh ones, or those taken
@@ -182,6 +185,7 @@ pub fn serve(
     config: Arc<ListenerConfig>,
     store: Arc<ConfigStore>,
     stats: Arc<Stats>,
+    drain_time: Duration,
 ) -> std::io::Result<Arc<RunningListener>> {
     let local_addrs = sockets
         .iter()
@@ -226,6 +230,7 @@ pub fn serve(
             stats: stats.clone(),
             lstats: lstats.clone(),
             local,
+            drain_time,
         };
         tokio::spawn(accept_loop(
             listener,
@@ -298,6 +303,7 @@ struct Accepted {
     stats: Arc<Stats>,
     lstats: Arc<ListenerStats>,
     local: SocketAddr,
+    drain_time: Duration,
 }
 
 impl Accepted {
@@ -344,8 +350,25 @@ impl Accepted {
             tracing::debug!(listener = %target.name, chain = %chain.name, "chain terminates TLS, which is not supported; closing");
             return;
         }
+        // The drain of the chain it runs on, or of hand-offs for another listener's.
+        let draining = if Arc::ptr_eq(&target, own) {
+            current.chains[index].subscribe()
+        } else {
+            self.shared.handed_off.subscribe()
+        };
+        drop(current);
         match &chain.terminal {
-            Terminal::Tcp(tp) => tcp_proxy::serve(stream, tp, &snap, &self.stats, dst).await,
+            Terminal::Tcp(tp) => {
+                // Envoy closes what is left of a drained listener's connections once its
+                // drain time is over; TCP has no way to ask the client to leave earlier.
+                let mut draining = draining;
+                let drain_time = self.drain_time;
+                let over = async move {
+                    let _ = draining.wait_for(|d| *d).await;
+                    tokio::time::sleep(drain_time).await;
+                };
+                tcp_proxy::serve(stream, tp, &snap, &self.stats, dst, over).await
+            }
             t @ Terminal::Http { .. } => {
                 let Some((hcm, hstats)) = t.hcm_stats(&self.stats) else {
                     return;
@@ -353,13 +376,6 @@ impl Accepted {
                 // Requests load the snapshot themselves; a keep-alive connection must not pin
                 // an old one.
                 drop(snap);
-                // The drain of the chain it runs on, or of hand-offs for another listener's.
-                let draining = if Arc::ptr_eq(&target, own) {
-                    current.chains[index].subscribe()
-                } else {
-                    self.shared.handed_off.subscribe()
-                };
-                drop(current);
                 let ctx = Arc::new(ConnCtx {
                     hcm: hcm.clone(),
                     store: self.store,

@@ -113,11 +113,12 @@ pub async fn serve(
     snap: &Snapshot,
     stats: &Arc<Stats>,
     original_dst: SocketAddr,
+    drained: impl std::future::Future<Output = ()>,
 ) {
     let started = (SystemTime::now(), Instant::now());
     let peer = down.peer_addr().ok();
     let mut log = Outcome::default();
-    proxy(down, cfg, snap, stats, original_dst, &mut log).await;
+    proxy(down, cfg, snap, stats, original_dst, drained, &mut log).await;
     if cfg.access_logs.is_empty() {
         return;
     }
@@ -156,6 +157,7 @@ async fn proxy(
     snap: &Snapshot,
     stats: &Arc<Stats>,
     original_dst: SocketAddr,
+    drained: impl std::future::Future<Output = ()>,
     log: &mut Outcome,
 ) {
     let st = cfg.stats(stats);
@@ -204,29 +206,26 @@ async fn proxy(
             pipe(ur, dw, &st.tx_bytes, &tx, &touch)
         )
     };
-    match cfg.idle_timeout {
-        None => {
-            both.await;
-        }
-        Some(idle) => {
-            let watch = async {
-                loop {
-                    let seen = Duration::from_millis(last.load(Ordering::Relaxed));
-                    let since = start.elapsed().saturating_sub(seen);
-                    if since >= idle {
-                        return;
-                    }
-                    tokio::time::sleep(idle - since).await;
-                }
-            };
-            tokio::select! {
-                _ = both => {}
-                _ = watch => {
-                    st.idle_timeout.inc();
-                    tracing::debug!(cluster = %name, "tcp_proxy: idle timeout");
-                }
+    let idle = async {
+        let Some(idle) = cfg.idle_timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let seen = Duration::from_millis(last.load(Ordering::Relaxed));
+            let since = start.elapsed().saturating_sub(seen);
+            if since >= idle {
+                return;
             }
+            tokio::time::sleep(idle - since).await;
         }
+    };
+    tokio::select! {
+        _ = both => {}
+        _ = idle => {
+            st.idle_timeout.inc();
+            tracing::debug!(cluster = %name, "tcp_proxy: idle timeout");
+        }
+        _ = drained => tracing::debug!(cluster = %name, "tcp_proxy: drain time over; closing"),
     }
     log.rx = rx.load(Ordering::Relaxed);
     log.tx = tx.load(Ordering::Relaxed);

@@ -60,6 +60,7 @@ impl DynamicListeners {
                             l.clone(),
                             server.store.clone(),
                             server.stats.clone(),
+                            server.drain_time,
                         ) {
                             Ok(r) => {
                                 server.listeners.lock().unwrap().push(r.clone());
@@ -111,7 +112,8 @@ async fn bind(
 ) -> std::io::Result<Arc<RunningListener>> {
     let mut tries = 0;
     loop {
-        match crate::proxy::bind(l.clone(), server.store.clone(), server.stats.clone()).await {
+        let (store, stats) = (server.store.clone(), server.stats.clone());
+        match crate::proxy::bind(l.clone(), store, stats, server.drain_time).await {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -229,11 +229,16 @@ impl Proxy {
 
 /// Start a proxy from a bootstrap JSON value.
 pub async fn proxy(boot: Value) -> Proxy {
+    proxy_with_options(boot, mosn::cli::Options::default()).await
+}
+
+/// Start a proxy from a bootstrap JSON value and command-line options.
+pub async fn proxy_with_options(boot: Value, opts: mosn::cli::Options) -> Proxy {
     mosn::logging::init(Some("warning"), None);
     let loaded = decode_bootstrap(boot, true).expect("bootstrap decodes");
     let stats = mosn::stats::Stats::new();
     let snap = Snapshot::build(&loaded, &stats).expect("snapshot builds");
-    let server = Server::new(mosn::cli::Options::default(), snap, stats);
+    let server = Server::new(opts, snap, stats);
     server.start().await.expect("server starts");
     Proxy { server }
 }
