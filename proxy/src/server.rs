@@ -2,7 +2,7 @@
 //! `server.state` gauge pilot-agent polls, drain and shutdown.
 
 use crate::cli::Options;
-use crate::config::{ConfigStore, LoadedBootstrap, Snapshot};
+use crate::config::{ConfigStore, ListenerConfig, LoadedBootstrap, Snapshot};
 use crate::proxy::RunningListener;
 use crate::stats::{server_state, Stat, Stats};
 use std::net::SocketAddr;
@@ -184,6 +184,12 @@ impl Server {
             .filter(|l| !inbound_only || l.config().proto.traffic_direction == 1)
             .cloned()
             .collect();
+        // Unbound listeners drain the connections handed to them.
+        let unbound =
+            |l: &&Arc<ListenerConfig>| !l.bind && (!inbound_only || l.proto.traffic_direction == 1);
+        for l in self.store.load().listeners.iter().filter(unbound) {
+            l.handed_off.send_replace(true);
+        }
         if graceful {
             self.state.set(server_state::DRAINING);
             self.live.set(0);
@@ -224,6 +230,9 @@ impl Server {
             self.live.set(0);
             let all: Vec<_> = self.listeners.lock().unwrap().clone();
             all.iter().for_each(|l| l.drain());
+            for l in self.store.load().listeners.iter().filter(|l| !l.bind) {
+                l.handed_off.send_replace(true);
+            }
             let deadline = Instant::now()
                 .checked_add(self.drain_time)
                 .unwrap_or_else(Instant::now);

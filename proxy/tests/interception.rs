@@ -24,7 +24,7 @@ mod netns;
 
 use ads_server::*;
 use bookinfo::*;
-use netns::Netns;
+use netns::{curl, tcp_read, Netns};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::process::Child;
@@ -143,8 +143,9 @@ fn router() -> Value {
 }
 
 /// LDS as Istio 1.10 writes it for a pod that calls reviews (HTTP, port 9080) and mysql (TCP,
-/// ClusterIP listener) and serves HTTP on 9080 itself.
-fn listeners() -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
+/// ClusterIP listener) and serves HTTP on 9080 itself. Later generations `gen` change a
+/// setting of the mysql listener (1 and up) and of 0.0.0.0_9080 (2 and up).
+fn listeners(gen: u32) -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
     let unbound = json!({"bind_to_port": false});
     vec![
         listener(
@@ -164,11 +165,13 @@ fn listeners() -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                 "stat_prefix": "outbound_0.0.0.0_9080",
+                "stream_idle_timeout": if gen >= 2 { "301s" } else { "300s" },
                 "rds": {"config_source": ads_source("0s"), "route_config_name": "9080"},
                 "http_filters": router()}}]}]}),
         ),
         listener(
             json!({"name": format!("{MYSQL_VIP}_3306"), "address": sock(MYSQL_VIP, 3306),
+            "per_connection_buffer_limit_bytes": 32768 + gen.min(1),
             "bind_to_port": false, "traffic_direction": "OUTBOUND",
             "filter_chains": [{"filters": [tcp_proxy("outbound|3306||mysql", "outbound|3306||mysql.default.svc.cluster.local")]}]}),
         ),
@@ -254,49 +257,12 @@ impl Drop for Sidecar {
     }
 }
 
-/// `curl` as the app in the pod (uid 0, so its traffic is captured): (status, body).
-fn curl(ns: &Netns, args: &[&str]) -> Result<(u16, String), String> {
-    let out = ns
-        .command("curl")
-        .args(["-sS", "-m", "10", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    if !out.status.success() {
-        return Err(format!(
-            "curl {args:?}: exit {:?}: {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    Ok((code.trim().parse().unwrap_or(0), body.to_string()))
-}
-
 fn stat(pod: &Netns, name: &str) -> u64 {
     let (_, body) = curl(pod, &["http://127.0.0.1:15000/stats"]).unwrap_or_default();
     body.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}: ")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// Connect from inside `ns` and read until the peer closes.
-fn tcp_read(ns: &Netns, addr: String) -> String {
-    let got = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let g = got.clone();
-    ns.spawn(move || async move {
-        use tokio::io::AsyncReadExt;
-        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let mut out = String::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await;
-        *g.lock().unwrap() = out;
-    })
-    .join()
-    .unwrap();
-    let out = got.lock().unwrap().clone();
-    out
 }
 
 fn reviews_call(pod: &Netns, headers: &[&str]) -> String {
@@ -384,7 +350,7 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
     let ads = Ads::new();
     ads.put(CDS, clusters());
     ads.put(EDS, endpoints());
-    ads.put(LDS, listeners());
+    ads.put(LDS, listeners(0));
     let v = ads.put(RDS, route(Vs::Default, false));
     let (_stop, stop_rx) = tokio::sync::oneshot::channel();
     ads.serve_unix(&xds_path, stop_rx);
@@ -473,6 +439,22 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
         assert!(reviews_call(&pod, &[]).starts_with("v1 "));
     }
 
+    // A keep-alive connection handed to 0.0.0.0_9080 belongs to that listener, as in Envoy:
+    // an LDS push that leaves it as it was lets the connection go on; a change to it drains
+    // the connection (the answer says `connection: close`).
+    let (go, answers) =
+        netns::keepalive_client(&pod, format!("{REVIEWS_VIP}:9080"), "reviews:9080");
+    let ask = || {
+        go.send(()).unwrap();
+        answers.recv().unwrap().unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert!(!ask(), "a fresh connection is asked to close");
+    for (gen, closes) in [(1, false), (2, true)] {
+        let v = ads.put(LDS, listeners(gen));
+        rt.block_on(async { ads.reply(LDS, v).await }).unwrap();
+        assert_eq!(ask(), closes, "after LDS generation {gen}");
+    }
+
     // Outbound TCP: the exact ClusterIP listener wins over 0.0.0.0_3306.
     assert_eq!(tcp_read(&pod, format!("{MYSQL_VIP}:3306")), "mysql\n");
 
@@ -558,6 +540,29 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
     assert!(clusters
         .contains("outbound|9080|v1|reviews.default.svc.cluster.local::added_via_api::true"));
     assert!(clusters.contains("xds-grpc::added_via_api::false"));
+
+    // A drain of all listeners (pilot-agent's at pod shutdown) reaches the connections
+    // handed to unbound listeners too.
+    let (go, answers) =
+        netns::keepalive_client(&pod, format!("{REVIEWS_VIP}:9080"), "reviews:9080");
+    let ask = || {
+        go.send(()).unwrap();
+        answers.recv().unwrap().unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert!(!ask());
+    let drain = curl(
+        &pod,
+        &[
+            "-X",
+            "POST",
+            "http://127.0.0.1:15000/drain_listeners?graceful",
+        ],
+    );
+    assert_eq!(drain.map(|r| r.0), Ok(200));
+    assert!(
+        ask(),
+        "a handed-off connection is asked to close by the drain"
+    );
 
     drop(sidecar);
     let _ = std::fs::remove_dir_all(&dir);

@@ -191,6 +191,9 @@ pub struct ListenerConfig {
     pub hcm: Option<Arc<HcmConfig>>,
     /// The proto (for `/config_dump`).
     pub proto: lpb::Listener,
+    /// The drain of connections handed to this listener by another (`use_original_dst`):
+    /// they belong to it, as in Envoy, and drain when it is drained, changed or removed.
+    pub handed_off: tokio::sync::watch::Sender<bool>,
 }
 
 impl ListenerConfig {
@@ -277,6 +280,7 @@ impl ListenerConfig {
             default_chain,
             hcm,
             proto: l.clone(),
+            handed_off: tokio::sync::watch::Sender::new(false),
         })
     }
 

@@ -33,8 +33,6 @@ struct Current {
 #[derive(Debug)]
 struct Shared {
     current: ArcSwap<Current>,
-    /// The drain of connections handed off to another listener's chains (`use_original_dst`).
-    handed_off: watch::Sender<bool>,
 }
 
 /// A bound, serving listener.
@@ -71,8 +69,9 @@ impl RunningListener {
     /// from now on.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        self.shared.handed_off.send_replace(true);
-        for c in &self.shared.current.load().chains {
+        let current = self.shared.current.load();
+        current.config.handed_off.send_replace(true);
+        for c in &current.chains {
             c.send_replace(true);
         }
     }
@@ -112,6 +111,8 @@ impl RunningListener {
                 s.send_replace(true);
             }
         }
+        // Connections handed to this listener are not told apart by chain.
+        cur.config.handed_off.send_replace(true);
         self.shared.current.store(Arc::new(Current {
             config: new,
             chains,
@@ -213,7 +214,6 @@ pub fn serve(
     let running = Arc::new(RunningListener {
         shared: Arc::new(Shared {
             current: ArcSwap::from_pointee(Current { config, chains }),
-            handed_off: watch::Sender::new(false),
         }),
         local_addr,
         local_addrs: local_addrs.clone(),
@@ -350,11 +350,11 @@ impl Accepted {
             tracing::debug!(listener = %target.name, chain = %chain.name, "chain terminates TLS, which is not supported; closing");
             return;
         }
-        // The drain of the chain it runs on, or of hand-offs for another listener's.
+        // The drain of the chain it runs on, or that of the listener it was handed to.
         let draining = if Arc::ptr_eq(&target, own) {
             current.chains[index].subscribe()
         } else {
-            self.shared.handed_off.subscribe()
+            target.handed_off.subscribe()
         };
         drop(current);
         match &chain.terminal {

@@ -13,15 +13,31 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The listeners this client bound, by name.
+/// The listeners this client bound, by name, and the unbound ones (`bind_to_port: false`)
+/// it has seen, whose hand-offs drain when they change.
 #[derive(Debug, Default)]
 pub struct DynamicListeners {
     bound: HashMap<String, Arc<RunningListener>>,
+    unbound: HashMap<String, Arc<ListenerConfig>>,
 }
 
 impl DynamicListeners {
     /// Make the bound dynamic listeners match `snap`.
     pub async fn reconcile(&mut self, server: &Arc<Server>, snap: &Snapshot, statics: &Statics) {
+        // An unbound listener owns the connections handed to it: when it changes or goes,
+        // they drain (Envoy drains a replaced listener's connections).
+        let unbound: HashMap<String, Arc<ListenerConfig>> = snap
+            .listeners
+            .iter()
+            .filter(|l| !l.bind && !statics.is_static_listener(&l.name))
+            .map(|l| (l.name.clone(), l.clone()))
+            .collect();
+        for (name, old) in &self.unbound {
+            if unbound.get(name).is_none_or(|new| !Arc::ptr_eq(new, old)) {
+                old.handed_off.send_replace(true);
+            }
+        }
+        self.unbound = unbound;
         let wanted: Vec<&Arc<ListenerConfig>> = snap
             .listeners
             .iter()

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 /// Istio 1.10's `istio-iptables` nat rules (tools/istio-iptables, default flags: capture all
 /// inbound ports, proxy uid/gid 1337, inbound passthrough source 127.0.0.6).
@@ -274,4 +275,102 @@ pub async fn greeter(addr: SocketAddr, name: &'static str) {
     while let Ok((mut s, _)) = l.accept().await {
         let _ = s.write_all(format!("{name}\n").as_bytes()).await;
     }
+}
+
+/// `curl` inside `ns` (as uid 0: in a pod, its traffic is captured): (status, body).
+pub fn curl(ns: &Netns, args: &[&str]) -> Result<(u16, String), String> {
+    let out = ns
+        .command("curl")
+        .args(["-sS", "-m", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        return Err(format!(
+            "curl {args:?}: exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Ok((code.trim().parse().unwrap_or(0), body.to_string()))
+}
+
+/// Connect from inside `ns` and read until the peer closes.
+pub fn tcp_read(ns: &Netns, addr: String) -> String {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let g = got.clone();
+    ns.spawn(move || async move {
+        use tokio::io::AsyncReadExt;
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut out = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await;
+        *g.lock().unwrap() = out;
+    })
+    .join()
+    .unwrap();
+    let out = got.lock().unwrap().clone();
+    out
+}
+
+/// A keep-alive HTTP/1.1 client inside `ns` on one connection to `addr`: each message on the
+/// returned sender makes it send one request for `host`; for each it reports whether the
+/// answer (a 200) carried `connection: close`.
+pub fn keepalive_client(
+    ns: &Netns,
+    addr: String,
+    host: &'static str,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    std::sync::mpsc::Receiver<Result<bool, String>>,
+) {
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let (out_tx, out) = std::sync::mpsc::channel();
+    ns.spawn(move || async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = match tokio::net::TcpStream::connect(&addr).await {
+            Ok(s) => s,
+            Err(e) => return drop(out_tx.send(Err(format!("connect {addr}: {e}")))),
+        };
+        // This thread's runtime runs nothing else, so waiting here blocks no one.
+        while go_rx.recv().is_ok() {
+            let req = format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n");
+            let answer = async {
+                s.write_all(req.as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err("closed before an answer".to_string());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                    if buf.len() >= end + 4 + len {
+                        if !text.starts_with("http/1.1 200") {
+                            return Err(text[..end].to_string());
+                        }
+                        return Ok(text[..end].contains("connection: close"));
+                    }
+                }
+            };
+            let r = tokio::time::timeout(std::time::Duration::from_secs(10), answer)
+                .await
+                .unwrap_or_else(|_| Err("no answer in 10 s".into()));
+            if out_tx.send(r).is_err() {
+                return;
+            }
+        }
+    });
+    (go, out)
 }
