@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 type Seen = Arc<Mutex<Vec<(String, String, Result<Bytes, String>)>>>;
 
 /// An upstream that records each request and answers 500 (a shadow's answer is ignored).
-/// A request to `/stuck` is never answered.
+/// A request to `/stuck...` is never answered.
 async fn recorder() -> (SocketAddr, Seen) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -38,7 +38,7 @@ async fn recorder() -> (SocketAddr, Seen) {
                         let body = req.into_body().collect().await;
                         let body = body.map(|b| b.to_bytes()).map_err(|e| e.to_string());
                         s.lock().unwrap().push((host, path.clone(), body));
-                        if path == "/stuck" {
+                        if path.starts_with("/stuck") {
                             std::future::pending::<()>().await;
                         }
                         let mut r = http::Response::new(http_body_util::Full::new(Bytes::new()));
@@ -99,6 +99,8 @@ async fn mirrored_requests_reach_the_shadow_with_host_and_body() {
                 )])
             ),
             route("/missing", json!([mirror("no-such-cluster", json!({}))])),
+            json!({"match": {"prefix": "/stuck-short"}, "route": {"cluster": "v1", "timeout": "0.2s",
+                "request_mirror_policies": [mirror("mirror", json!({}))]}}),
             json!({"match": {"prefix": "/toh2"}, "route": {"cluster": "v1h2",
                 "request_mirror_policies": [mirror("mirror", json!({}))]}}),
             route("/", json!([mirror("mirror", json!({}))])),
@@ -174,6 +176,21 @@ async fn mirrored_requests_reach_the_shadow_with_host_and_body() {
     .await;
     assert_eq!(px.stat("cluster.mirror.upstream_rq_total"), 9);
 
+    // A shadow gets the request's timeout: one that never answers is given up.
+    assert_eq!(
+        get(addr, "/stuck-short", &[("host", "h")]).await.status,
+        200
+    );
+    wait_until("the shadow to time out", || {
+        px.stat("cluster.mirror.upstream_rq_timeout") == 1
+    })
+    .await;
+    assert_eq!(
+        px.stat("cluster.mirror.upstream_rq_active"),
+        3,
+        "the three /stuck shadows"
+    );
+
     // A client that leaves mid-body: the copy is cut off too, never sent short as whole.
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -183,9 +200,9 @@ async fn mirrored_requests_reach_the_shadow_with_host_and_body() {
     )
     .await
     .unwrap();
-    wait_until("the original to reach v1", || v1.hits() == 11).await;
+    wait_until("the original to reach v1", || v1.hits() == 12).await;
     drop(s);
-    wait_seen(&seen, 10).await;
+    wait_seen(&seen, 11).await;
     let cut = copy_of(&seen, "/cut").1;
     assert!(cut.is_err(), "the copy's body looked whole: {cut:?}");
 }

@@ -134,21 +134,26 @@ pub(super) fn launch(
             stats.rq_total.inc();
             stats.rq_active.inc();
             let _active = ActiveRequest::new(host.clone());
-            let sent = dispatch(&cluster, &host, req);
-            let outcome = match timeout {
-                Some(t) => tokio::time::timeout(t, sent).await.ok(),
-                None => Some(sent.await),
-            };
-            match outcome {
-                Some(Ok(resp)) => {
-                    let status = resp.status().as_u16();
-                    cluster.record_result(&host, Some(status));
-                    stats.response(status);
-                    // Read to the end, so that the connection goes back to the pool.
-                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            // The whole exchange, body included, within the request's timeout.
+            let exchange = async {
+                match dispatch(&cluster, &host, req).await {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        cluster.record_result(&host, Some(status));
+                        stats.response(status);
+                        // Read to the end, so that the connection goes back to the pool.
+                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                    }
+                    Err(_) => cluster.record_result(&host, None),
                 }
-                Some(Err(_)) => cluster.record_result(&host, None),
-                None => stats.rq_timeout.inc(),
+            };
+            match timeout {
+                Some(t) => {
+                    if tokio::time::timeout(t, exchange).await.is_err() {
+                        stats.rq_timeout.inc();
+                    }
+                }
+                None => exchange.await,
             }
             stats.rq_active.dec();
         });

@@ -113,10 +113,18 @@ impl RunningListener {
         }
         // Connections handed to this listener are not told apart by chain.
         cur.config.handed_off.send_replace(true);
-        self.shared.current.store(Arc::new(Current {
+        let current = Arc::new(Current {
             config: new,
             chains,
-        }));
+        });
+        self.shared.current.store(current.clone());
+        // A drain that read the config before the store missed the new chains (it sets the
+        // flag first, so it is seen here).
+        if self.is_draining() {
+            current.chains.iter().for_each(|c| {
+                c.send_replace(true);
+            });
+        }
         true
     }
 
