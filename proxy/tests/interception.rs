@@ -442,17 +442,13 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
     // A keep-alive connection handed to 0.0.0.0_9080 belongs to that listener, as in Envoy:
     // an LDS push that leaves it as it was lets the connection go on; a change to it drains
     // the connection (the answer says `connection: close`).
-    let (go, answers) =
-        netns::keepalive_client(&pod, format!("{REVIEWS_VIP}:9080"), "reviews:9080");
-    let ask = || {
-        go.send(()).unwrap();
-        answers.recv().unwrap().unwrap_or_else(|e| panic!("{e}"))
-    };
-    assert!(!ask(), "a fresh connection is asked to close");
+    let reviews = || netns::keepalive_client(&pod, format!("{REVIEWS_VIP}:9080"), "reviews:9080");
+    let client = reviews();
+    assert!(!client.ask(), "a fresh connection is asked to close");
     for (gen, closes) in [(1, false), (2, true)] {
         let v = ads.put(LDS, listeners(gen));
         rt.block_on(async { ads.reply(LDS, v).await }).unwrap();
-        assert_eq!(ask(), closes, "after LDS generation {gen}");
+        assert_eq!(client.ask(), closes, "after LDS generation {gen}");
     }
 
     // Outbound TCP: the exact ClusterIP listener wins over 0.0.0.0_3306.
@@ -543,13 +539,8 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
 
     // A drain of all listeners (pilot-agent's at pod shutdown) reaches the connections
     // handed to unbound listeners too.
-    let (go, answers) =
-        netns::keepalive_client(&pod, format!("{REVIEWS_VIP}:9080"), "reviews:9080");
-    let ask = || {
-        go.send(()).unwrap();
-        answers.recv().unwrap().unwrap_or_else(|e| panic!("{e}"))
-    };
-    assert!(!ask());
+    let client = reviews();
+    assert!(!client.ask());
     let drain = curl(
         &pod,
         &[
@@ -560,7 +551,7 @@ fn istio_iptables_interception_through_mosn_as_uid_1337() {
     );
     assert_eq!(drain.map(|r| r.0), Ok(200));
     assert!(
-        ask(),
+        client.ask(),
         "a handed-off connection is asked to close by the drain"
     );
 

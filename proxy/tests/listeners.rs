@@ -78,14 +78,6 @@ fn http_filter(name: &str, cluster: &str) -> Value {
 }
 
 /// A free port on 127.0.0.1 (chains match on the destination port, so it must be known).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn greet(addr: SocketAddr) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut line = Vec::new();

@@ -480,16 +480,19 @@ async fn attempt_count_goes_upstream_and_back_when_the_vhost_asks() {
     assert_eq!(r.header("x-envoy-attempt-count"), None);
 }
 
+/// A route for `prefix` to cluster "a", with `extra` merged into its action.
+fn route_to_a(prefix: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": "a"}});
+    mosn::config::merge(&mut r["route"], extra);
+    r
+}
+
 #[tokio::test]
 async fn the_expected_timeout_header_is_what_the_attempt_may_take() {
     // Envoy's x-envoy-expected-rq-timeout-ms: the per-try timeout when there is one below
     // the request's, else the request's; nothing when neither limits the attempt.
     let a = upstream("a").await;
-    let route = |prefix: &str, extra: serde_json::Value| {
-        let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": "a"}});
-        mosn::config::merge(&mut r["route"], extra);
-        r
-    };
+    let route = route_to_a;
     let retry =
         |per_try: &str| json!({"retry_on": "5xx", "num_retries": 1, "per_try_timeout": per_try});
     let p = routes_proxy(
@@ -527,11 +530,7 @@ async fn grpc_requests_learn_the_attempts_timeout_in_grpc_timeout() {
     // request's grpc-timeout to what the attempt may take, as it does the expected-timeout
     // header; without it, grpc-timeout passes as sent.
     let a = upstream("a").await;
-    let route = |prefix: &str, extra: serde_json::Value| {
-        let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": "a"}});
-        mosn::config::merge(&mut r["route"], extra);
-        r
-    };
+    let route = route_to_a;
     let retry = json!({"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "2s"});
     let p = routes_proxy(
         json!([

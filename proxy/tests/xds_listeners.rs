@@ -41,14 +41,6 @@ async fn once(addr: SocketAddr) -> Result<(), String> {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Serves `make("gen0")` over LDS, then replaces it ten times (a new stat_prefix each
 /// time, so it really is a new listener) while a client opens a new connection per request,
 /// as fast as it can, to each of `addrs` in turn. Asserts that no request failed and that the

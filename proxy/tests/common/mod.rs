@@ -45,6 +45,15 @@ impl Upstream {
     }
 }
 
+/// A loopback port that was free a moment ago (for listeners that must name their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Start an upstream.
 pub async fn upstream(name: &str) -> Upstream {
     // A deep accept queue: tests open hundreds of connections at once, and a SYN dropped

@@ -314,17 +314,23 @@ pub fn tcp_read(ns: &Netns, addr: String) -> String {
     out
 }
 
-/// A keep-alive HTTP/1.1 client inside `ns` on one connection to `addr`: each message on the
-/// returned sender makes it send one request for `host`; for each it reports whether the
-/// answer (a 200) carried `connection: close`.
-pub fn keepalive_client(
-    ns: &Netns,
-    addr: String,
-    host: &'static str,
-) -> (
-    std::sync::mpsc::Sender<()>,
-    std::sync::mpsc::Receiver<Result<bool, String>>,
-) {
+/// A keep-alive HTTP/1.1 client inside a namespace, on one connection.
+pub struct KeepAlive {
+    go: std::sync::mpsc::Sender<()>,
+    answers: std::sync::mpsc::Receiver<Result<bool, String>>,
+}
+
+impl KeepAlive {
+    /// Send one request and tell whether its answer (a 200) said `connection: close`.
+    pub fn ask(&self) -> bool {
+        self.go.send(()).unwrap();
+        let answer = self.answers.recv().unwrap();
+        answer.unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// A [`KeepAlive`] client inside `ns` connected to `addr`, asking for `host`.
+pub fn keepalive_client(ns: &Netns, addr: String, host: &'static str) -> KeepAlive {
     let (go, go_rx) = std::sync::mpsc::channel::<()>();
     let (out_tx, out) = std::sync::mpsc::channel();
     ns.spawn(move || async move {
@@ -372,5 +378,5 @@ pub fn keepalive_client(
             }
         }
     });
-    (go, out)
+    KeepAlive { go, answers: out }
 }
