@@ -477,3 +477,32 @@ async fn heads_envoy_refuses_are_refused_and_end_the_connection() {
     assert!(r.json()["headers"].get("content-length").is_none(), "{r:?}");
     assert_eq!(up.hits(), 2);
 }
+
+#[tokio::test]
+async fn paths_are_normalized_before_routing_when_the_hcm_asks() {
+    // Istio's default meshConfig.pathNormalization (BASE) sets the HCM's normalize_path.
+    let ask = |addr: SocketAddr, target: &'static str| async move {
+        let mut c = Client::connect(addr).await;
+        c.send(&format!("GET {target} HTTP/1.1\r\nhost: x\r\n\r\n"))
+            .await;
+        c.response(false).await
+    };
+    let (_up, _p, addr) = setup_with(json!({"normalize_path": true, "merge_slashes": true})).await;
+    // A dot segment does not get past a route: /x/../direct is /direct.
+    let r = ask(addr, "/x/%2e%2e/direct").await;
+    assert_eq!(
+        (r.line.as_str(), r.body.as_slice()),
+        ("HTTP/1.1 200 OK", &b"hi"[..])
+    );
+    // The upstream gets the normalized path: dot segments resolved, unreserved escapes
+    // decoded, other escapes kept, runs of slashes merged, the query untouched.
+    let r = ask(addr, "/a/./b/../c%7e%2F//d?q=/../").await;
+    assert_eq!(r.json()["path"], "/a/c~%2F/d?q=/../", "{r:?}");
+    // A path that cannot be normalized (an escaped NUL) gets Envoy's 400.
+    let r = ask(addr, "/a/%00/b").await;
+    assert_eq!(r.line, "HTTP/1.1 400 Bad Request");
+    // Without the options the path goes as it came.
+    let (_up, _p, addr) = setup_with(json!({})).await;
+    let r = ask(addr, "/x/%2e%2e/direct").await;
+    assert_eq!(r.json()["path"], "/x/%2e%2e/direct", "{r:?}");
+}

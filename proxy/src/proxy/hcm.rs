@@ -97,6 +97,8 @@ pub struct HcmConfig {
     pub http1: super::head_checks::Http1Options,
     /// `use_remote_address`: the peer is the client (else `x-forwarded-for` says who is).
     pub use_remote_address: bool,
+    /// `normalize_path` and `merge_slashes` (see [`super::path_norm`]).
+    pub path_norm: super::path_norm::PathNorm,
     /// `internal_address_config`: whose requests may carry Envoy's control headers.
     pub internal: super::control_headers::InternalAddresses,
 }
@@ -244,6 +246,10 @@ impl HcmConfig {
             h2,
             http1: super::head_checks::Http1Options::from_proto(h.http_protocol_options.as_ref())?,
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
+            path_norm: super::path_norm::PathNorm {
+                normalize: h.normalize_path.as_ref().is_some_and(|b| b.value),
+                merge_slashes: h.merge_slashes,
+            },
             internal: super::control_headers::InternalAddresses::from_proto(
                 h.internal_address_config.as_ref(),
             )?,

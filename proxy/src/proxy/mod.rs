@@ -15,6 +15,7 @@ pub mod head_checks;
 pub mod hop_by_hop;
 pub mod local_reply;
 pub mod mirror;
+pub mod path_norm;
 pub mod router;
 mod running;
 pub mod service;

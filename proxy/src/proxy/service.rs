@@ -229,6 +229,9 @@ async fn route_request(
     // A gRPC client gets the proxy's own answers in gRPC's form, as from Envoy.
     let grpc = crate::route::matcher::is_grpc(req.headers());
     let reply = |r: LocalReply| r.into_response(&ctx.hcm.server_name, grpc, None);
+    if let Err(r) = ctx.hcm.path_norm.apply(&mut req) {
+        return reply(r);
+    }
     let no_route = || reply(LocalReply::new(404, "", Flag::NoRoute));
     let Some(rc) = snap.route_config(&ctx.hcm) else {
         ctx.stats.no_route.inc();
