@@ -297,10 +297,10 @@ async fn inbound_chains_by_port_transport_and_protocol() {
     );
 }
 
-/// A drained listener's TCP proxy connections are closed once the drain time is over, as
-/// Envoy closes what is left of a drained listener (HTTP ones are asked to leave at once).
+/// `/drain_listeners` asks HTTP connections to leave but lets TCP proxy connections run on,
+/// as Envoy does (it closes them only when their listener is removed; see xds_listeners.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_connections_close_when_the_drain_time_is_over() {
+async fn a_drain_leaves_tcp_connections_alone() {
     let a = tcp_upstream("a").await;
     let l = json!({"name": "tcp", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
         "filter_chains": [{"filters": [tcp_proxy("tcp", json!([{"name": "a", "weight": 1}]))]}]});
@@ -315,10 +315,6 @@ async fn tcp_connections_close_when_the_drain_time_is_over() {
     .await;
     let (mut s, who) = greet(p.addr("tcp")).await;
     assert_eq!(who, "a");
-    s.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 4];
-    s.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"ping");
     let r = request(
         p.admin(),
         "POST",
@@ -329,10 +325,10 @@ async fn tcp_connections_close_when_the_drain_time_is_over() {
     )
     .await;
     assert_eq!(r.status, 200);
-    // Still open while the drain lasts.
-    s.write_all(b"pong").await.unwrap();
+    // Past the drain time, the connection still carries bytes both ways.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
     s.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"pong");
-    // Then closed by the proxy, within the test's patience (the upstream keeps it open).
-    assert_eq!(read_to_end(&mut s).await, b"");
+    assert_eq!(&buf, b"ping");
 }

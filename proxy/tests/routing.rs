@@ -540,6 +540,11 @@ async fn grpc_requests_learn_the_attempts_timeout_in_grpc_timeout() {
             ),
             route("/capped", json!({"max_grpc_timeout": "3s"})),
             route("/deadline", json!({"max_grpc_timeout": "0s"})),
+            route(
+                "/new-timeouts",
+                json!({"max_grpc_timeout": "0s", "retry_policy": retry,
+                "max_stream_duration": {"grpc_timeout_header_max": "0s"}})
+            ),
             route("/plain", json!({}))
         ]),
         // Envoy's own headers off: grpc-timeout does not depend on them.
@@ -567,6 +572,11 @@ async fn grpc_requests_learn_the_attempts_timeout_in_grpc_timeout() {
     let ms: u64 = left.strip_suffix('m').unwrap().parse().unwrap();
     assert!((500..=900).contains(&ms), "grpc-timeout {left}");
     assert_eq!(seen("/plain", grpc("900m")).await.as_deref(), Some("900m"));
+    // With max_stream_duration, Envoy's "new timeouts", max_grpc_timeout is ignored.
+    assert_eq!(
+        seen("/new-timeouts", grpc("10S")).await.as_deref(),
+        Some("10S")
+    );
     // Not gRPC: left alone.
     let plain = vec![("grpc-timeout", "900m")];
     assert_eq!(seen("/per-try", plain).await.as_deref(), Some("900m"));

@@ -270,3 +270,68 @@ async fn a_filter_chain_update_drains_only_the_changed_chains() {
     assert_eq!(ask(&mut on_a).await, (true, true));
     assert_eq!(ask(&mut new_b).await, (true, true));
 }
+
+/// A listener removed by LDS: its TCP proxy connections close once the drain time is over,
+/// as Envoy closes what is left of a removed listener (a mere drain leaves them alone, see
+/// listeners.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_listeners_tcp_connections_close_after_the_drain_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An echo server.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let port = free_port();
+    let tcp = |name: &str, port: u16| {
+        pack_listener(serde_json::json!({"name": name,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "echo", "cluster": "echo"}}]}]}))
+    };
+    let echo_cluster = pack_cluster(serde_json::json!({"name": "echo", "type": "STATIC",
+        "connect_timeout": "1s", "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": echo_addr.port()}}}}]}]}}));
+    let ads = Ads::new();
+    ads.put(CDS, vec![echo_cluster]);
+    ads.put(LDS, vec![tcp("echo", port)]);
+    let xds = ads.serve_tcp().await;
+    let opts = mosn::cli::Options {
+        drain_time_s: Some(1),
+        ..Default::default()
+    };
+    let _p = harness::start_proxy_with(harness::tcp(xds), false, opts).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + HANG;
+    let mut s = loop {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "listener never bound");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+
+    // The listener goes: the connection goes on through the drain time, then is closed.
+    let v = ads.put(LDS, vec![]);
+    ads.reply(LDS, v).await.unwrap();
+    s.write_all(b"pong").await.unwrap();
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"pong");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(HANG, s.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "not closed by the proxy: {closed:?}"
+    );
+}

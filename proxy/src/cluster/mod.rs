@@ -413,15 +413,23 @@ fn bind_source(c: &cpb::Cluster) -> Result<SourceAddrs, String> {
         return Ok(SourceAddrs::default());
     };
     #[allow(deprecated)]
+    let (extra, additional) = (&b.extra_source_addresses, &b.additional_source_addresses);
+    // Envoy's own checks.
+    if b.source_address.is_none() && (!extra.is_empty() || !additional.is_empty()) {
+        return Err("upstream_bind_config has extra source addresses but no source_address".into());
+    }
+    if !extra.is_empty() && !additional.is_empty() {
+        return Err(
+            "upstream_bind_config: give extra_source_addresses or the deprecated \
+             additional_source_addresses, not both"
+                .into(),
+        );
+    }
     let all = b
         .source_address
         .iter()
-        .chain(
-            b.extra_source_addresses
-                .iter()
-                .filter_map(|e| e.address.as_ref()),
-        )
-        .chain(b.additional_source_addresses.iter());
+        .chain(extra.iter().filter_map(|e| e.address.as_ref()))
+        .chain(additional.iter());
     let mut out = SourceAddrs::default();
     for (i, sa) in all.enumerate() {
         let ip: std::net::IpAddr = sa
@@ -552,6 +560,14 @@ mod tests {
             "extra_source_addresses": [{"address": sa("::6")}, {"address": sa("::7")}]}))
         .unwrap_err();
         assert!(e.contains("more than one extra source address"), "{e}");
+        let e = sources(serde_json::json!({"extra_source_addresses": [{"address": sa("::6")}]}))
+            .unwrap_err();
+        assert!(e.contains("no source_address"), "{e}");
+        let e = sources(serde_json::json!({"source_address": sa("127.0.0.6"),
+            "extra_source_addresses": [{"address": sa("::6")}],
+            "additional_source_addresses": [sa("::7")]}))
+        .unwrap_err();
+        assert!(e.contains("not both"), "{e}");
         let e = sources(serde_json::json!({"source_address": sa("localhost")})).unwrap_err();
         assert!(e.contains("\"localhost\" is not an IP"), "{e}");
     }

@@ -193,7 +193,7 @@ pub struct ListenerConfig {
     pub proto: lpb::Listener,
     /// The drain of connections handed to this listener by another (`use_original_dst`):
     /// they belong to it, as in Envoy, and drain when it is drained, changed or removed.
-    pub handed_off: tokio::sync::watch::Sender<bool>,
+    pub handed_off: crate::proxy::drain::DrainTx,
 }
 
 impl ListenerConfig {
@@ -280,7 +280,7 @@ impl ListenerConfig {
             default_chain,
             hcm,
             proto: l.clone(),
-            handed_off: tokio::sync::watch::Sender::new(false),
+            handed_off: crate::proxy::drain::signal(Default::default()),
         })
     }
 

@@ -37,7 +37,7 @@ pub(super) async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
     let draining = ctx.draining.clone();
     // A connection accepted while draining still gets its request answered (with
     // `Connection: close`, see service::handle) instead of being shut before it is read.
-    let already = *draining.borrow();
+    let already = draining.borrow().is_draining();
     let mut st = ConnState {
         idle,
         idle_sleep,
@@ -55,7 +55,7 @@ pub(super) async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
                 p = sniff_h2(&stream) => p,
                 _ = st.idle_sleep.as_mut(), if idle.is_some() => return,
                 _ = async {
-                    let _ = st.draining.wait_for(|d| *d).await;
+                    let _ = st.draining.wait_for(|d| d.is_draining()).await;
                     tokio::time::sleep(DRAIN_GRACE).await;
                 }, if !already => return,
             };
@@ -120,7 +120,7 @@ async fn sniff_h2(stream: &TcpStream) -> Option<bool> {
 struct ConnState {
     idle: Option<std::time::Duration>,
     idle_sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
-    draining: watch::Receiver<bool>,
+    draining: watch::Receiver<super::drain::Drain>,
     already: bool,
 }
 
@@ -172,7 +172,7 @@ where
         if already {
             std::future::pending::<()>().await;
         }
-        let _ = draining.wait_for(|d| *d).await;
+        let _ = draining.wait_for(|d| d.is_draining()).await;
     };
     tokio::pin!(drain_wait);
     let mut drain_waiting = false;

@@ -80,11 +80,16 @@ impl MirrorPolicy {
     }
 }
 
-/// Envoy's shadow authority: `-shadow` after the host name, before any port.
+/// Envoy's shadow authority: `-shadow` after the host name, before any port (an IPv6
+/// literal's brackets included: `[::1]-shadow:80`).
 pub fn shadow_host(host: &str) -> String {
-    match host.split_once(':') {
-        Some((name, port)) if !port.contains(':') => format!("{name}-shadow:{port}"),
-        _ => format!("{host}-shadow"),
+    // The port's colon is the last one, after any `]`.
+    let port_at = host
+        .rfind(':')
+        .filter(|&i| host.rfind(']').is_none_or(|b| b < i));
+    match port_at {
+        Some(i) => format!("{}-shadow{}", &host[..i], &host[i..]),
+        None => format!("{host}-shadow"),
     }
 }
 
@@ -244,7 +249,8 @@ mod tests {
     fn the_shadow_suffix_goes_before_the_port() {
         assert_eq!(shadow_host("httpbin:8000"), "httpbin-shadow:8000");
         assert_eq!(shadow_host("httpbin"), "httpbin-shadow");
-        assert_eq!(shadow_host("[::1]:80"), "[::1]:80-shadow");
+        assert_eq!(shadow_host("[::1]:80"), "[::1]-shadow:80");
+        assert_eq!(shadow_host("[::1]"), "[::1]-shadow");
     }
 
     #[tokio::test]

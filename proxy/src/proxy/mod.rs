@@ -8,6 +8,7 @@ pub mod body;
 mod conn;
 pub mod control_headers;
 pub mod cors;
+pub mod drain;
 pub mod fault;
 pub mod h1server;
 pub mod hcm;
@@ -105,7 +106,7 @@ pub struct ConnCtx {
     /// The port the connection was addressed to (strip_matching_host_port).
     pub listener_port: u16,
     /// Becomes true when the listener drains.
-    pub draining: watch::Receiver<bool>,
+    pub draining: watch::Receiver<drain::Drain>,
     /// Requests in flight and when the last one ended, for the HCM connection `idle_timeout`.
     pub activity: Activity,
     /// The timer its requests' timeouts reuse.

@@ -185,9 +185,14 @@ pub async fn forward(
             let ms = w.as_millis().max(1);
             parts.headers.insert(EXPECTED_TIMEOUT, millis_value(ms));
         }
-        // With `max_grpc_timeout` set, a gRPC upstream is told the same in `grpc-timeout`
-        // (so that it knows of a per-try timeout), whatever `suppress_envoy_headers` says.
-        if let (Some(w), true) = (wait, down.grpc && action.max_grpc_timeout.is_some()) {
+        // With `max_grpc_timeout` set (and no `max_stream_duration`, Envoy's "new timeouts"),
+        // a gRPC upstream is told the same in `grpc-timeout` (so that it knows of a per-try
+        // timeout), whatever `suppress_envoy_headers` says.
+        let old_timeouts = action.max_stream_duration.is_none();
+        if let (Some(w), true) = (
+            wait,
+            down.grpc && action.max_grpc_timeout.is_some() && old_timeouts,
+        ) {
             const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
             parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(w));
         }

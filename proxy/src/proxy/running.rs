@@ -9,6 +9,7 @@
 //! whole inbound side. Each chain has its own drain signal for that: a chain that an update
 //! keeps (an equal proto) hands its signal, and so its connections, to the new config.
 
+use super::drain::{raise, signal, Drain, DrainTx};
 use super::{conn, original_dst, tcp_proxy, Activity, ConnCtx};
 use crate::config::{ConfigStore, ListenerConfig};
 use crate::listener::chain_match::ConnInfo;
@@ -16,7 +17,7 @@ use crate::listener::{inspect, Terminal};
 use crate::stats::{Kind, Stat, Stats};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -26,7 +27,7 @@ use tokio::sync::{oneshot, watch};
 #[derive(Debug)]
 struct Current {
     config: Arc<ListenerConfig>,
-    chains: Vec<watch::Sender<bool>>,
+    chains: Vec<DrainTx>,
 }
 
 /// What the accept loops and the listener share.
@@ -44,8 +45,8 @@ pub struct RunningListener {
     /// Every bound address, in the order of the config's `binds`.
     pub local_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
-    /// Set once the whole listener drains.
-    draining: AtomicBool,
+    /// How far the whole listener has drained (a [`Drain`] as a number).
+    level: AtomicU8,
     /// Open downstream connections.
     pub connections: Arc<AtomicUsize>,
     /// Each accept loop gives its socket back here when it stops, if `want_socket` is set;
@@ -68,17 +69,32 @@ impl RunningListener {
     /// Drain open connections (HTTP/1 `Connection: close`, h2 GOAWAY), and those accepted
     /// from now on.
     pub fn drain(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-        let current = self.shared.current.load();
-        current.config.handed_off.send_replace(true);
-        for c in &current.chains {
-            c.send_replace(true);
+        self.raise(Drain::Draining);
+    }
+
+    /// Drain as a listener that was changed or removed: TCP proxy connections also close
+    /// once the drain time is over.
+    pub fn retire(&self) {
+        self.raise(Drain::Retired);
+    }
+
+    fn raise(&self, to: Drain) {
+        self.level.fetch_max(to as u8, Ordering::SeqCst);
+        signal_all(&self.shared.current.load(), to);
+    }
+
+    /// How far the whole listener has drained.
+    fn level(&self) -> Drain {
+        match self.level.load(Ordering::SeqCst) {
+            0 => Drain::Serving,
+            1 => Drain::Draining,
+            _ => Drain::Retired,
         }
     }
 
     /// Whether the listener was drained.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.level().is_draining()
     }
 
     /// Take `new` in place when it differs from the current config in its filter chains
@@ -94,7 +110,7 @@ impl RunningListener {
             .zip(cur.chains.iter().map(Some))
             .collect();
         let new_protos = chain_protos(&new);
-        let draining = self.is_draining();
+        let level = self.level();
         let chains = new_protos
             .map(|p| {
                 // An equal chain keeps its signal (once: two equal chains are two chains).
@@ -102,17 +118,16 @@ impl RunningListener {
                     .iter_mut()
                     .find(|(o, s)| s.is_some() && *o == p)
                     .and_then(|(_, s)| s.take());
-                kept.cloned()
-                    .unwrap_or_else(|| watch::Sender::new(draining))
+                kept.cloned().unwrap_or_else(|| signal(level))
             })
             .collect();
         for (_, s) in old {
             if let Some(s) = s {
-                s.send_replace(true);
+                raise(s, Drain::Retired);
             }
         }
         // Connections handed to this listener are not told apart by chain.
-        cur.config.handed_off.send_replace(true);
+        raise(&cur.config.handed_off, Drain::Retired);
         let current = Arc::new(Current {
             config: new,
             chains,
@@ -120,11 +135,7 @@ impl RunningListener {
         self.shared.current.store(current.clone());
         // A drain that read the config before the store missed the new chains (it sets the
         // flag first, so it is seen here).
-        if self.is_draining() {
-            current.chains.iter().for_each(|c| {
-                c.send_replace(true);
-            });
-        }
+        signal_all(&current, self.level());
         true
     }
 
@@ -146,6 +157,15 @@ impl RunningListener {
         }
         Some(out)
     }
+}
+
+/// Raise every signal of `current` (its chains and its hand-offs) to `to`.
+fn signal_all(current: &Current, to: Drain) {
+    if to == Drain::Serving {
+        return;
+    }
+    raise(&current.config.handed_off, to);
+    current.chains.iter().for_each(|c| raise(c, to));
 }
 
 /// A listener's filter chain protos in the order of [`Current::chains`]: its
@@ -209,7 +229,7 @@ pub fn serve(
     let (stop, stop_rx) = watch::channel(false);
     let (backs, back_rxs): (Vec<_>, Vec<_>) = sockets.iter().map(|_| oneshot::channel()).unzip();
     let chains = (0..=config.chains.len())
-        .map(|_| watch::Sender::new(false))
+        .map(|_| signal(Drain::Serving))
         .collect();
     // Envoy names listener stats by the first address with `:` turned into `_`
     // (`0.0.0.0_15001`); the additional addresses count there too.
@@ -226,7 +246,7 @@ pub fn serve(
         local_addr,
         local_addrs: local_addrs.clone(),
         stop,
-        draining: AtomicBool::new(false),
+        level: AtomicU8::new(Drain::Serving as u8),
         connections: Default::default(),
         socket_back: Mutex::new(back_rxs),
         want_socket: Default::default(),
@@ -320,8 +340,8 @@ impl Accepted {
     /// chain and run its terminal filter.
     async fn dispatch(self, stream: TcpStream, peer: SocketAddr) {
         let local = stream.local_addr().unwrap_or(self.local);
-        let current = self.shared.current.load_full();
-        let own = &current.config;
+        let mut current = self.shared.current.load_full();
+        let own = current.config.clone();
         let dst = if own.original_dst {
             original_dst(&stream).unwrap_or(local)
         } else {
@@ -329,10 +349,12 @@ impl Accepted {
         };
         let snap = self.store.load();
         let mut target = own.clone();
+        let mut handed = false;
         if own.hand_off && dst != local {
             if let Some(l) = snap.listener_for(dst, &own.name) {
                 tracing::trace!(from = %own.name, to = %l.name, %dst, "handing off");
                 target = l.clone();
+                handed = true;
             }
         }
         let detected = match inspect::inspect(&stream, target.inspectors).await {
@@ -342,6 +364,12 @@ impl Accepted {
                 return;
             }
         };
+        if !handed {
+            // The listener may have been updated in place while its filters ran: the chain
+            // is picked, and its drain signal taken, from the config now current.
+            current = self.shared.current.load_full();
+            target = current.config.clone();
+        }
         let info = ConnInfo {
             dst,
             src: peer,
@@ -359,20 +387,21 @@ impl Accepted {
             return;
         }
         // The drain of the chain it runs on, or that of the listener it was handed to.
-        let draining = if Arc::ptr_eq(&target, own) {
-            current.chains[index].subscribe()
-        } else {
+        let draining = if handed {
             target.handed_off.subscribe()
+        } else {
+            current.chains[index].subscribe()
         };
         drop(current);
         match &chain.terminal {
             Terminal::Tcp(tp) => {
-                // Envoy closes what is left of a drained listener's connections once its
-                // drain time is over; TCP has no way to ask the client to leave earlier.
+                // Envoy closes what is left of a removed listener's (or chain's) connections
+                // once its drain time is over; TCP has no way to ask the client to leave
+                // earlier. A mere drain (`/drain_listeners`, SIGTERM) leaves them.
                 let mut draining = draining;
                 let drain_time = self.drain_time;
                 let over = async move {
-                    let _ = draining.wait_for(|d| *d).await;
+                    let _ = draining.wait_for(|d| *d == Drain::Retired).await;
                     tokio::time::sleep(drain_time).await;
                 };
                 tcp_proxy::serve(stream, tp, &snap, &self.stats, dst, over).await

@@ -83,7 +83,7 @@ pub async fn handle(
         }
     }
     // `Connection` is illegal in HTTP/2; hyper sends GOAWAY for h2 connections instead.
-    if h1 && *ctx.draining.borrow() {
+    if h1 && ctx.draining.borrow().is_draining() {
         // Draining: ask HTTP/1 clients to reconnect elsewhere (h2 gets GOAWAY from hyper).
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));

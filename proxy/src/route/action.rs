@@ -405,8 +405,10 @@ pub fn effective_timeout(
     grpc: bool,
     headers: &http::HeaderMap,
 ) -> Option<Duration> {
+    // A route with `max_stream_duration` uses Envoy's "new timeouts": `max_grpc_timeout` is
+    // ignored there (the stream duration reads `grpc-timeout` instead).
     match a.max_grpc_timeout {
-        Some(max) if grpc => {
+        Some(max) if grpc && a.max_stream_duration.is_none() => {
             let mut t = grpc_timeout(headers).unwrap_or(Duration::ZERO);
             if !max.is_zero() && (t.is_zero() || t > max) {
                 t = max;

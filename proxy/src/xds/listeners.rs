@@ -7,6 +7,7 @@
 
 use super::apply::Statics;
 use crate::config::{ListenerConfig, Snapshot};
+use crate::proxy::drain::{raise, Drain};
 use crate::proxy::RunningListener;
 use crate::server::Server;
 use std::collections::HashMap;
@@ -34,7 +35,7 @@ impl DynamicListeners {
             .collect();
         for (name, old) in &self.unbound {
             if unbound.get(name).is_none_or(|new| !Arc::ptr_eq(new, old)) {
-                old.handed_off.send_replace(true);
+                raise(&old.handed_off, Drain::Retired);
             }
         }
         self.unbound = unbound;
@@ -112,7 +113,7 @@ impl DynamicListeners {
 /// Stop accepting, drain open connections, and forget the listener.
 fn retire(server: &Server, old: &Arc<RunningListener>) {
     old.stop();
-    old.drain();
+    old.retire();
     server
         .listeners
         .lock()

@@ -97,6 +97,11 @@ pub fn listener_on(name: &str, rds: &str, stat_prefix: &str, port: u16) -> (Stri
     pack_listener(listener_json(name, rds, stat_prefix, port))
 }
 
+/// A cluster resource from JSON.
+pub fn pack_cluster(v: Value) -> (String, Any) {
+    pack::<envoy_types::pb::envoy::config::cluster::v3::Cluster>(v)
+}
+
 /// A listener resource from JSON.
 pub fn pack_listener(v: Value) -> (String, Any) {
     pack::<envoy_types::pb::envoy::config::listener::v3::Listener>(v)

@@ -42,7 +42,12 @@ pub fn start_xds(server: &Arc<mosn::server::Server>) {
 
 /// Start the proxy in-process with the ADS client.
 pub async fn start_proxy(xds: Value, delta: bool) -> Proxy {
-    let p = proxy(bootstrap(xds, delta)).await;
+    start_proxy_with(xds, delta, mosn::cli::Options::default()).await
+}
+
+/// The same with command-line options.
+pub async fn start_proxy_with(xds: Value, delta: bool, opts: mosn::cli::Options) -> Proxy {
+    let p = proxy_with_options(bootstrap(xds, delta), opts).await;
     start_xds(&p.server);
     p
 }
