@@ -77,7 +77,7 @@ fn http_filter(name: &str, cluster: &str) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}})
 }
 
-/// A free port on 127.0.0.1 (chains match on the destination port, so it must be known).
+/// Connect and read the upstream's greeting line.
 async fn greet(addr: SocketAddr) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut line = Vec::new();
@@ -331,4 +331,34 @@ async fn a_drain_leaves_tcp_connections_alone() {
     let mut buf = [0u8; 4];
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ping");
+}
+
+/// A dual-stack socket (`::` with `ipv4_compat`) sees its IPv4 clients as IPv4, as Envoy does:
+/// the address it appends to `x-forwarded-for` is `127.0.0.1`, not `::ffff:127.0.0.1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_clients_of_a_dual_stack_socket_are_ipv4() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 on this host; skipped");
+        return;
+    }
+    let up = upstream("up").await;
+    let mut hcm = http_filter("dual", "up");
+    hcm["typed_config"]["use_remote_address"] = json!(true);
+    let l = json!({"name": "dual", "address": {"socket_address": {"address": "::", "port_value": 0, "ipv4_compat": true}},
+        "filter_chains": [{"filters": [hcm]}]});
+    let p = proxy(bootstrap(
+        vec![l],
+        vec![cluster("up", &[up.addr], json!({}))],
+    ))
+    .await;
+    let port = p.addr("dual").port();
+    for (client, seen) in [("127.0.0.1", "127.0.0.1"), ("[::1]", "::1")] {
+        let addr = format!("{client}:{port}").parse().unwrap();
+        let r = get(addr, "/", &[("host", "x")]).await;
+        assert_eq!(
+            r.json()["headers"]["x-forwarded-for"],
+            seen,
+            "from {client}"
+        );
+    }
 }

@@ -190,7 +190,8 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     let local = stream.local_addr().ok()?;
     // SAFETY: getsockopt writes at most `len` bytes into a properly sized, zeroed sockaddr.
     unsafe {
-        if local.is_ipv4() {
+        // An IPv4 connection on a dual-stack socket has its conntrack entry under IPv4.
+        if local.ip().to_canonical().is_ipv4() {
             let mut addr: libc::sockaddr_in = std::mem::zeroed();
             let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             if libc::getsockopt(

@@ -159,6 +159,11 @@ impl RunningListener {
     }
 }
 
+/// `a` with an IPv4-mapped IPv6 address written as IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
 /// Raise every signal of `current` (its chains and its hand-offs) to `to`.
 fn signal_all(current: &Current, to: Drain) {
     if to == Drain::Serving {
@@ -293,7 +298,9 @@ async fn accept_loop(
             }
         };
         let (stream, peer) = match accepted {
-            Ok(x) => x,
+            // An IPv4 client of a dual-stack (`ipv4_compat`) socket is seen as IPv4, as Envoy
+            // sees it, not as `::ffff:a.b.c.d`.
+            Ok((s, p)) => (s, canonical(p)),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!("accept failed: {e}");
@@ -339,7 +346,7 @@ impl Accepted {
     /// listener of that address (`use_original_dst`), run the listener filters, pick the filter
     /// chain and run its terminal filter.
     async fn dispatch(self, stream: TcpStream, peer: SocketAddr) {
-        let local = stream.local_addr().unwrap_or(self.local);
+        let local = canonical(stream.local_addr().unwrap_or(self.local));
         let mut current = self.shared.current.load_full();
         let own = current.config.clone();
         let dst = if own.original_dst {
