@@ -188,7 +188,7 @@ impl Server {
         let unbound =
             |l: &&Arc<ListenerConfig>| !l.bind && (!inbound_only || l.proto.traffic_direction == 1);
         for l in self.store.load().listeners.iter().filter(unbound) {
-            crate::proxy::drain::raise(&l.handed_off, crate::proxy::drain::Drain::Draining);
+            l.raise_all(crate::proxy::drain::Drain::Draining);
         }
         if graceful {
             self.state.set(server_state::DRAINING);
@@ -231,7 +231,7 @@ impl Server {
             let all: Vec<_> = self.listeners.lock().unwrap().clone();
             all.iter().for_each(|l| l.drain());
             for l in self.store.load().listeners.iter().filter(|l| !l.bind) {
-                crate::proxy::drain::raise(&l.handed_off, crate::proxy::drain::Drain::Draining);
+                l.raise_all(crate::proxy::drain::Drain::Draining);
             }
             let deadline = Instant::now()
                 .checked_add(self.drain_time)

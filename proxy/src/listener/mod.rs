@@ -5,6 +5,7 @@
 //! [`ListenerConfig::select`] after the inspectors in [`inspect`] have run.
 
 pub mod chain_match;
+mod drains;
 pub mod inspect;
 pub mod socket;
 
@@ -191,9 +192,10 @@ pub struct ListenerConfig {
     pub hcm: Option<Arc<HcmConfig>>,
     /// The proto (for `/config_dump`).
     pub proto: lpb::Listener,
-    /// The drain of connections handed to this listener by another (`use_original_dst`):
-    /// they belong to it, as in Envoy, and drain when it is drained, changed or removed.
-    pub handed_off: crate::proxy::drain::DrainTx,
+    /// One drain signal per chain, `default_filter_chain` last (see `drains.rs`). The
+    /// connections of a chain watch its signal, also those handed to this listener by
+    /// another (`use_original_dst`): they belong to it, as in Envoy.
+    drains: Vec<crate::proxy::drain::DrainTx>,
 }
 
 impl ListenerConfig {
@@ -262,6 +264,7 @@ impl ListenerConfig {
                 Terminal::Http { hcm, .. } => Some(hcm.clone()),
                 Terminal::Tcp(_) => None,
             });
+        let chains_len = chains.len();
         Ok(ListenerConfig {
             name: if l.name.is_empty() {
                 address.to_string()
@@ -280,7 +283,7 @@ impl ListenerConfig {
             default_chain,
             hcm,
             proto: l.clone(),
-            handed_off: crate::proxy::drain::signal(Default::default()),
+            drains: Self::fresh_drains(chains_len),
         })
     }
 

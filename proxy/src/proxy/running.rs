@@ -6,10 +6,12 @@
 //! sockets stay, new connections take the new chains, and only the connections on chains
 //! that changed or went away are drained. Istio rewrites `virtualInbound` whenever one of
 //! the pod's ports changes, so draining every connection on each such push would reset the
-//! whole inbound side. Each chain has its own drain signal for that: a chain that an update
-//! keeps (an equal proto) hands its signal, and so its connections, to the new config.
+//! whole inbound side. Each chain has its own drain signal for that, carried by the config
+//! (`listener/drains.rs`): a version that keeps a chain (an equal proto) takes its signal,
+//! and so its connections, over. The same holds for connections handed to an unbound
+//! listener, which watch the signal of their chain there.
 
-use super::drain::{raise, signal, Drain, DrainTx};
+use super::drain::Drain;
 use super::{conn, original_dst, tcp_proxy, Activity, ConnCtx};
 use crate::config::{ConfigStore, ListenerConfig};
 use crate::listener::chain_match::ConnInfo;
@@ -23,17 +25,11 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
-/// A listener's config with a drain signal per filter chain (`default_filter_chain` last).
-#[derive(Debug)]
-struct Current {
-    config: Arc<ListenerConfig>,
-    chains: Vec<DrainTx>,
-}
-
-/// What the accept loops and the listener share.
+/// What the accept loops and the listener share: the current config (which carries the
+/// chains' drain signals).
 #[derive(Debug)]
 struct Shared {
-    current: ArcSwap<Current>,
+    current: ArcSwap<ListenerConfig>,
 }
 
 /// A bound, serving listener.
@@ -58,7 +54,7 @@ pub struct RunningListener {
 impl RunningListener {
     /// Its current config.
     pub fn config(&self) -> Arc<ListenerConfig> {
-        self.shared.current.load().config.clone()
+        self.shared.current.load_full()
     }
 
     /// Stop accepting new connections.
@@ -80,7 +76,7 @@ impl RunningListener {
 
     fn raise(&self, to: Drain) {
         self.level.fetch_max(to as u8, Ordering::SeqCst);
-        signal_all(&self.shared.current.load(), to);
+        self.shared.current.load().raise_all(to);
     }
 
     /// How far the whole listener has drained.
@@ -102,40 +98,15 @@ impl RunningListener {
     /// connections on chains it keeps go on. `false` (nothing done) when more changed.
     pub fn update_in_place(&self, new: Arc<ListenerConfig>) -> bool {
         let cur = self.shared.current.load_full();
-        if !chains_only_differ(&cur.config, &new) {
+        if !new.chains_only_differ(&cur) {
             return false;
         }
-        // Each old chain's proto with its signal, taken when a new chain reuses it.
-        let mut old: Vec<_> = chain_protos(&cur.config)
-            .zip(cur.chains.iter().map(Some))
-            .collect();
-        let new_protos = chain_protos(&new);
-        let level = self.level();
-        let chains = new_protos
-            .map(|p| {
-                // An equal chain keeps its signal (once: two equal chains are two chains).
-                let kept = old
-                    .iter_mut()
-                    .find(|(o, s)| s.is_some() && *o == p)
-                    .and_then(|(_, s)| s.take());
-                kept.cloned().unwrap_or_else(|| signal(level))
-            })
-            .collect();
-        for (_, s) in old {
-            if let Some(s) = s {
-                raise(s, Drain::Retired);
-            }
-        }
-        // Connections handed to this listener are not told apart by chain.
-        raise(&cur.config.handed_off, Drain::Retired);
-        let current = Arc::new(Current {
-            config: new,
-            chains,
-        });
-        self.shared.current.store(current.clone());
+        // The kept chains' signals were carried over when `new` was built (xds/apply.rs).
+        cur.retire_replaced(Some(&new));
+        self.shared.current.store(new.clone());
         // A drain that read the config before the store missed the new chains (it sets the
-        // flag first, so it is seen here).
-        signal_all(&current, self.level());
+        // level first, so it is seen here).
+        new.raise_all(self.level());
         true
     }
 
@@ -162,41 +133,6 @@ impl RunningListener {
 /// `a` with an IPv4-mapped IPv6 address written as IPv4.
 fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
-}
-
-/// Raise every signal of `current` (its chains and its hand-offs) to `to`.
-fn signal_all(current: &Current, to: Drain) {
-    if to == Drain::Serving {
-        return;
-    }
-    raise(&current.config.handed_off, to);
-    current.chains.iter().for_each(|c| raise(c, to));
-}
-
-/// A listener's filter chain protos in the order of [`Current::chains`]: its
-/// `filter_chains`, then its `default_filter_chain` (`None` if it has none).
-fn chain_protos(
-    l: &ListenerConfig,
-) -> impl Iterator<Item = Option<&envoy_types::pb::envoy::config::listener::v3::FilterChain>> {
-    l.proto
-        .filter_chains
-        .iter()
-        .map(Some)
-        .chain(std::iter::once(l.proto.default_filter_chain.as_ref()))
-}
-
-/// Whether `a` and `b` are the same listener but for their filter chains.
-fn chains_only_differ(a: &ListenerConfig, b: &ListenerConfig) -> bool {
-    if a.binds != b.binds || a.bind != b.bind {
-        return false;
-    }
-    let strip = |l: &ListenerConfig| {
-        let mut p = l.proto.clone();
-        p.filter_chains.clear();
-        p.default_filter_chain = None;
-        p
-    };
-    strip(a) == strip(b)
 }
 
 /// Bind every address of `config` and serve them on the current runtime. `drain_time`
@@ -233,9 +169,6 @@ pub fn serve(
     };
     let (stop, stop_rx) = watch::channel(false);
     let (backs, back_rxs): (Vec<_>, Vec<_>) = sockets.iter().map(|_| oneshot::channel()).unzip();
-    let chains = (0..=config.chains.len())
-        .map(|_| signal(Drain::Serving))
-        .collect();
     // Envoy names listener stats by the first address with `:` turned into `_`
     // (`0.0.0.0_15001`); the additional addresses count there too.
     let laddr = config.address.to_string().replace(':', "_");
@@ -246,7 +179,7 @@ pub fn serve(
     });
     let running = Arc::new(RunningListener {
         shared: Arc::new(Shared {
-            current: ArcSwap::from_pointee(Current { config, chains }),
+            current: ArcSwap::new(config),
         }),
         local_addr,
         local_addrs: local_addrs.clone(),
@@ -347,8 +280,7 @@ impl Accepted {
     /// chain and run its terminal filter.
     async fn dispatch(self, stream: TcpStream, peer: SocketAddr) {
         let local = canonical(stream.local_addr().unwrap_or(self.local));
-        let mut current = self.shared.current.load_full();
-        let own = current.config.clone();
+        let own = self.shared.current.load_full();
         let dst = if own.original_dst {
             original_dst(&stream).unwrap_or(local)
         } else {
@@ -374,8 +306,7 @@ impl Accepted {
         if !handed {
             // The listener may have been updated in place while its filters ran: the chain
             // is picked, and its drain signal taken, from the config now current.
-            current = self.shared.current.load_full();
-            target = current.config.clone();
+            target = self.shared.current.load_full();
         }
         let info = ConnInfo {
             dst,
@@ -393,13 +324,8 @@ impl Accepted {
             tracing::debug!(listener = %target.name, chain = %chain.name, "chain terminates TLS, which is not supported; closing");
             return;
         }
-        // The drain of the chain it runs on, or that of the listener it was handed to.
-        let draining = if handed {
-            target.handed_off.subscribe()
-        } else {
-            current.chains[index].subscribe()
-        };
-        drop(current);
+        // The drain of its chain, in the listener it was accepted by or handed to.
+        let draining = target.drain_of(index).subscribe();
         match &chain.terminal {
             Terminal::Tcp(tp) => {
                 // Envoy closes what is left of a removed listener's (or chain's) connections

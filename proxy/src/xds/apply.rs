@@ -428,13 +428,18 @@ fn accept_listeners(
             continue; // unchanged: keeps its socket and connections
         }
         let compiled = ListenerConfig::from_proto(&l).and_then(|c| Ok((c, rds_of(&l)?)));
-        let (config, (rds, timeout)) = match compiled {
+        let (mut config, (rds, timeout)) = match compiled {
             Ok(x) => x,
             Err(e) => {
                 out.reject(&l.name, format!("listener {:?}: {e}", l.name));
                 continue;
             }
         };
+        // Connections on the chains this version keeps must not drain (Envoy's in-place
+        // filter chain update): it takes over their drain signals.
+        if let Some(old) = state.listeners.get(&l.name) {
+            config.carry_drains_from(&old.config);
+        }
         changed.push(ListenerEntry {
             proto: Arc::new(l),
             config: Arc::new(config),

@@ -7,7 +7,6 @@
 
 use super::apply::Statics;
 use crate::config::{ListenerConfig, Snapshot};
-use crate::proxy::drain::{raise, Drain};
 use crate::proxy::RunningListener;
 use crate::server::Server;
 use std::collections::HashMap;
@@ -34,8 +33,10 @@ impl DynamicListeners {
             .map(|l| (l.name.clone(), l.clone()))
             .collect();
         for (name, old) in &self.unbound {
-            if unbound.get(name).is_none_or(|new| !Arc::ptr_eq(new, old)) {
-                raise(&old.handed_off, Drain::Retired);
+            match unbound.get(name) {
+                Some(new) if Arc::ptr_eq(new, old) => {}
+                // The chains the new version kept go on; the rest drain, as in Envoy.
+                next => old.retire_replaced(next.map(|n| &**n)),
             }
         }
         self.unbound = unbound;
