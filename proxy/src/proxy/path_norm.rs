@@ -92,6 +92,8 @@ pub fn canonical(path: &str) -> Result<Option<String>, Unnormalizable> {
     let is_slash = |c: u8| c == b'/' || c == b'\\';
     let mut out: Vec<u8> = Vec::with_capacity(bytes.len() + 8);
     out.push(b'/');
+    // Where the last `%` that began no escape was written.
+    let mut stray: Option<usize> = None;
     // A path that does not start with a slash is read as if it did.
     let mut i = usize::from(bytes.first().is_some_and(|&c| is_slash(c)));
     // At the start of a segment, just after a slash.
@@ -114,7 +116,7 @@ pub fn canonical(path: &str) -> Result<Option<String>, Unnormalizable> {
                 }
             }
             None => {
-                segment(&bytes[i..end], &mut out)?;
+                segment(&bytes[i..end], &mut out, &mut stray)?;
                 if end < bytes.len() {
                     out.push(b'/');
                 }
@@ -129,8 +131,9 @@ pub fn canonical(path: &str) -> Result<Option<String>, Unnormalizable> {
     Ok((out != path).then_some(out))
 }
 
-/// Copy one segment (no slashes) in canonical form.
-fn segment(seg: &[u8], out: &mut Vec<u8>) -> Result<(), Unnormalizable> {
+/// Copy one segment (no slashes) in canonical form. `stray` is where the last `%` that
+/// began no escape was written.
+fn segment(seg: &[u8], out: &mut Vec<u8>, stray: &mut Option<usize>) -> Result<(), Unnormalizable> {
     let mut i = 0;
     while i < seg.len() {
         let b = seg[i];
@@ -143,6 +146,13 @@ fn segment(seg: &[u8], out: &mut Vec<u8>) -> Result<(), Unnormalizable> {
                         return Err(Unnormalizable);
                     }
                     if class(v) == Class::Unreserved {
+                        // A stray `%` just before would make an escape of what follows
+                        // ("%%30%30" would read "%00" next time): Chromium writes it `%25`.
+                        // (A `..` may have cut the output back past it since.)
+                        let near = |p: usize| out.get(p) == Some(&b'%') && out.len() - p <= 2;
+                        if let Some(p) = stray.take().filter(|&p| near(p)) {
+                            out.splice(p..=p, *b"%25");
+                        }
                         out.push(v);
                     } else {
                         // Kept exactly as written: a server may care about the hex case.
@@ -152,11 +162,16 @@ fn segment(seg: &[u8], out: &mut Vec<u8>) -> Result<(), Unnormalizable> {
                 }
                 // Not an escape: passed through, as browsers other than IE do.
                 _ => {
+                    *stray = Some(out.len());
                     out.push(b'%');
                     i += 1;
                 }
             }
             continue;
+        }
+        if b == 0 {
+            // A NUL, raw or escaped, is invalid (Chromium's INVALID_BIT).
+            return Err(Unnormalizable);
         }
         if b < 0x80 {
             match class(b) {
@@ -336,7 +351,11 @@ mod tests {
         assert_eq!(c("/caf\u{e9}"), "/caf%C3%A9");
         assert_eq!(canonical("/x"), Ok(None));
         // Envoy's invalid paths: an escaped NUL.
+        assert_eq!(c("%33%/%3%33%4"), "/3%/%2533%4");
+        // A stray `%` cut off by a `..` is no longer there to escape.
+        assert_eq!(c("/a/%/../%41"), "/a/A");
         for p in [
+            "/a\0b",
             "/xyz/.%00../abc",
             "/xyz/%00.%00./abc",
             "/xyz/AAAAA%%0000/abc",

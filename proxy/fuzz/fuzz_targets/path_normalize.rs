@@ -1,0 +1,27 @@
+//! Fuzz Envoy's path normalization (`normalize_path`, `merge_slashes`) with arbitrary request
+//! targets: it must never panic, a normalized path starts with `/` and has no `.` or `..`
+//! segment left, and normalizing again changes nothing.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mosn::proxy::path_norm::{canonical, normalize};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(target) = std::str::from_utf8(data) else {
+        return;
+    };
+    for merge in [false, true] {
+        let Ok(once) = normalize(target, true, merge) else {
+            continue;
+        };
+        let path = once.split('?').next().unwrap_or("");
+        assert!(path.starts_with('/'), "{target:?} -> {once:?}");
+        assert!(
+            !path.split('/').any(|s| s == "." || s == ".."),
+            "{target:?} -> {once:?}"
+        );
+        let twice = normalize(&once, true, merge).expect("a normalized path normalizes");
+        assert_eq!(once, twice, "{target:?}");
+        let _ = canonical(path);
+    }
+});
