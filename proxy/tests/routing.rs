@@ -480,104 +480,33 @@ async fn attempt_count_goes_upstream_and_back_when_the_vhost_asks() {
     assert_eq!(r.header("x-envoy-attempt-count"), None);
 }
 
-/// A route for `prefix` to cluster "a", with `extra` merged into its action.
-fn route_to_a(prefix: &str, extra: serde_json::Value) -> serde_json::Value {
-    let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": "a"}});
-    mosn::config::merge(&mut r["route"], extra);
-    r
-}
-
 #[tokio::test]
-async fn the_expected_timeout_header_is_what_the_attempt_may_take() {
-    // Envoy's x-envoy-expected-rq-timeout-ms: the per-try timeout when there is one below
-    // the request's, else the request's; nothing when neither limits the attempt.
+async fn header_values_carry_envoys_formatters() {
+    // `%...%` in a header value is rendered per request, as Envoy does (Istio users write
+    // `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%` into VirtualService headers); `%%` is a `%`;
+    // what has no value renders empty, and an empty value is not added.
     let a = upstream("a").await;
-    let route = route_to_a;
-    let retry =
-        |per_try: &str| json!({"retry_on": "5xx", "num_retries": 1, "per_try_timeout": per_try});
+    let add = |k: &str, v: &str| json!({"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"});
     let p = routes_proxy(
-        json!([
-            route("/per-try", json!({"retry_policy": retry("1s")})),
-            route("/long-try", json!({"retry_policy": retry("20s")})),
-            route(
-                "/unlimited-try",
-                json!({"timeout": "0s", "retry_policy": retry("2s")})
-            ),
-            route("/unlimited", json!({"timeout": "0s"}))
-        ]),
+        json!([{"match": {"prefix": "/"}, "route": {"cluster": "a"},
+            "request_headers_to_add": [
+                add("x-real-ip", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+                add("x-proto", "via %PROTOCOL%"),
+                add("x-copy", "%REQ(x-in)%"),
+                add("x-pct", "100%%"),
+                add("x-none", "%REQ(x-absent)%")],
+            "response_headers_to_add": [add("x-client", "%DOWNSTREAM_REMOTE_ADDRESS%")]}]),
         json!({}),
         vec![cluster("a", &[a.addr], json!({}))],
     )
     .await;
-    for (path, expected) in [
-        ("/per-try", Some("1000")),
-        ("/long-try", Some("15000")),
-        ("/unlimited-try", Some("2000")),
-        ("/unlimited", None),
-    ] {
-        let j = get(p.addr("l"), path, &[]).await.json();
-        assert_eq!(
-            j["headers"]["x-envoy-expected-rq-timeout-ms"].as_str(),
-            expected,
-            "{path}"
-        );
-    }
-}
-
-#[tokio::test]
-async fn grpc_requests_learn_the_attempts_timeout_in_grpc_timeout() {
-    // With max_grpc_timeout (Istio 1.10 sets 0s on every route), Envoy rewrites a gRPC
-    // request's grpc-timeout to what the attempt may take, as it does the expected-timeout
-    // header; without it, grpc-timeout passes as sent.
-    let a = upstream("a").await;
-    let route = route_to_a;
-    let retry = json!({"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "2s"});
-    let p = routes_proxy(
-        json!([
-            route(
-                "/per-try",
-                json!({"max_grpc_timeout": "0s", "retry_policy": retry})
-            ),
-            route("/capped", json!({"max_grpc_timeout": "3s"})),
-            route("/deadline", json!({"max_grpc_timeout": "0s"})),
-            route(
-                "/new-timeouts",
-                json!({"max_grpc_timeout": "0s", "retry_policy": retry,
-                "max_stream_duration": {"grpc_timeout_header_max": "0s"}})
-            ),
-            route("/plain", json!({}))
-        ]),
-        // Envoy's own headers off: grpc-timeout does not depend on them.
-        json!({"http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-            "suppress_envoy_headers": true}}]}),
-        vec![cluster("a", &[a.addr], json!({}))],
-    )
-    .await;
-    let grpc = |t: &'static str| vec![("content-type", "application/grpc"), ("grpc-timeout", t)];
-    let seen = |path: &'static str, h: Vec<(&'static str, &'static str)>| {
-        let addr = p.addr("l");
-        async move {
-            let j = get(addr, path, &h).await.json();
-            j["headers"]["grpc-timeout"].as_str().map(str::to_string)
-        }
-    };
-    assert_eq!(
-        seen("/per-try", grpc("10S")).await.as_deref(),
-        Some("2000m")
-    );
-    assert_eq!(seen("/capped", grpc("1H")).await.as_deref(), Some("3000m"));
-    // What is left of the client's own deadline (it started when mosn received the request).
-    let left = seen("/deadline", grpc("900m")).await.unwrap();
-    let ms: u64 = left.strip_suffix('m').unwrap().parse().unwrap();
-    assert!((500..=900).contains(&ms), "grpc-timeout {left}");
-    assert_eq!(seen("/plain", grpc("900m")).await.as_deref(), Some("900m"));
-    // With max_stream_duration, Envoy's "new timeouts", max_grpc_timeout is ignored.
-    assert_eq!(
-        seen("/new-timeouts", grpc("10S")).await.as_deref(),
-        Some("10S")
-    );
-    // Not gRPC: left alone.
-    let plain = vec![("grpc-timeout", "900m")];
-    assert_eq!(seen("/per-try", plain).await.as_deref(), Some("900m"));
+    let r = get(p.addr("l"), "/", &[("x-in", "copied")]).await;
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(h["x-proto"], "via HTTP/1.1");
+    assert_eq!(h["x-copy"], "copied");
+    assert_eq!(h["x-pct"], "100%");
+    assert!(h.get("x-none").is_none(), "{h}");
+    let client = r.header("x-client").unwrap_or("");
+    assert!(client.starts_with("127.0.0.1:"), "{client:?}");
 }

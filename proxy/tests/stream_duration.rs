@@ -1,6 +1,7 @@
 //! `max_stream_duration` as Istio writes it on every route (gRPC deadlines from the
-//! `grpc-timeout` header), a route's and the HCM's own limits, and the proxy's answers to
-//! gRPC clients in gRPC's form.
+//! `grpc-timeout` header), a route's and the HCM's own limits, the proxy's answers to gRPC
+//! clients in gRPC's form, and the timeouts the upstream is told (`x-envoy-expected-rq-timeout-ms`,
+//! `grpc-timeout`).
 
 mod common;
 
@@ -185,4 +186,106 @@ async fn fault_aborts_reach_grpc_clients_in_grpc_form() {
     );
     assert_eq!(up.hits(), 0, "aborted requests never reach the upstream");
     assert_eq!(px.stat("http.l.fault.aborts_injected"), 4);
+}
+
+/// A route for `prefix` to cluster "a", with `extra` merged into its action.
+fn route_to_a(prefix: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": "a"}});
+    mosn::config::merge(&mut r["route"], extra);
+    r
+}
+
+#[tokio::test]
+async fn the_expected_timeout_header_is_what_the_attempt_may_take() {
+    // Envoy's x-envoy-expected-rq-timeout-ms: the per-try timeout when there is one below
+    // the request's, else the request's; nothing when neither limits the attempt.
+    let a = upstream("a").await;
+    let route = route_to_a;
+    let retry =
+        |per_try: &str| json!({"retry_on": "5xx", "num_retries": 1, "per_try_timeout": per_try});
+    let p = routes_proxy(
+        json!([
+            route("/per-try", json!({"retry_policy": retry("1s")})),
+            route("/long-try", json!({"retry_policy": retry("20s")})),
+            route(
+                "/unlimited-try",
+                json!({"timeout": "0s", "retry_policy": retry("2s")})
+            ),
+            route("/unlimited", json!({"timeout": "0s"}))
+        ]),
+        json!({}),
+        vec![cluster("a", &[a.addr], json!({}))],
+    )
+    .await;
+    for (path, expected) in [
+        ("/per-try", Some("1000")),
+        ("/long-try", Some("15000")),
+        ("/unlimited-try", Some("2000")),
+        ("/unlimited", None),
+    ] {
+        let j = get(p.addr("l"), path, &[]).await.json();
+        assert_eq!(
+            j["headers"]["x-envoy-expected-rq-timeout-ms"].as_str(),
+            expected,
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn grpc_requests_learn_the_attempts_timeout_in_grpc_timeout() {
+    // With max_grpc_timeout (Istio 1.10 sets 0s on every route), Envoy rewrites a gRPC
+    // request's grpc-timeout to what the attempt may take, as it does the expected-timeout
+    // header; without it, grpc-timeout passes as sent.
+    let a = upstream("a").await;
+    let route = route_to_a;
+    let retry = json!({"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "2s"});
+    let p = routes_proxy(
+        json!([
+            route(
+                "/per-try",
+                json!({"max_grpc_timeout": "0s", "retry_policy": retry})
+            ),
+            route("/capped", json!({"max_grpc_timeout": "3s"})),
+            route("/deadline", json!({"max_grpc_timeout": "0s"})),
+            route(
+                "/new-timeouts",
+                json!({"max_grpc_timeout": "0s", "retry_policy": retry,
+                "max_stream_duration": {"grpc_timeout_header_max": "0s"}})
+            ),
+            route("/plain", json!({}))
+        ]),
+        // Envoy's own headers off: grpc-timeout does not depend on them.
+        json!({"http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            "suppress_envoy_headers": true}}]}),
+        vec![cluster("a", &[a.addr], json!({}))],
+    )
+    .await;
+    let grpc = |t: &'static str| vec![("content-type", "application/grpc"), ("grpc-timeout", t)];
+    let seen = |path: &'static str, h: Vec<(&'static str, &'static str)>| {
+        let addr = p.addr("l");
+        async move {
+            let j = get(addr, path, &h).await.json();
+            j["headers"]["grpc-timeout"].as_str().map(str::to_string)
+        }
+    };
+    assert_eq!(
+        seen("/per-try", grpc("10S")).await.as_deref(),
+        Some("2000m")
+    );
+    assert_eq!(seen("/capped", grpc("1H")).await.as_deref(), Some("3000m"));
+    // What is left of the client's own deadline (it started when mosn received the request).
+    let left = seen("/deadline", grpc("900m")).await.unwrap();
+    let ms: u64 = left.strip_suffix('m').unwrap().parse().unwrap();
+    assert!((500..=900).contains(&ms), "grpc-timeout {left}");
+    assert_eq!(seen("/plain", grpc("900m")).await.as_deref(), Some("900m"));
+    // With max_stream_duration, Envoy's "new timeouts", max_grpc_timeout is ignored.
+    assert_eq!(
+        seen("/new-timeouts", grpc("10S")).await.as_deref(),
+        Some("10S")
+    );
+    // Not gRPC: left alone.
+    let plain = vec![("grpc-timeout", "900m")];
+    assert_eq!(seen("/per-try", plain).await.as_deref(), Some("900m"));
 }

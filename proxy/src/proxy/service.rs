@@ -226,12 +226,20 @@ async fn route_request(
         &ctx.hcm.internal,
     );
     let snap = ctx.store.load();
+    let req_version = req.version();
     // A gRPC client gets the proxy's own answers in gRPC's form, as from Envoy.
     let grpc = crate::route::matcher::is_grpc(req.headers());
     let reply = |r: LocalReply| r.into_response(&ctx.hcm.server_name, grpc, None);
     if let Err(r) = ctx.hcm.path_norm.apply(&mut req) {
         return reply(r);
     }
+    // What formatted header values (`%DOWNSTREAM_REMOTE_ADDRESS%`, ...) refer to.
+    let hctx = |request| crate::route::headers::Ctx {
+        peer: ctx.peer,
+        local: ctx.original_dst,
+        protocol: crate::route::headers::protocol_name(req_version),
+        request,
+    };
     let no_route = || reply(LocalReply::new(404, "", Flag::NoRoute));
     let Some(rc) = snap.route_config(&ctx.hcm) else {
         ctx.stats.no_route.inc();
@@ -348,7 +356,14 @@ async fn route_request(
             if ctx.hcm.append_xff {
                 append_xff(&mut parts.headers, ctx.peer.ip());
             }
-            prepare_upstream_headers(&mut parts, &ctx.hcm, a, wt, route, path, levels);
+            prepare_upstream_headers(
+                &mut parts,
+                &ctx.hcm,
+                (a, wt, route),
+                path,
+                levels,
+                &hctx(true),
+            );
             let retry = a.retry.as_ref().or(vh.retry.as_ref());
             let overrides = if control {
                 control_headers::take(&mut parts.headers, retry)
@@ -402,7 +417,7 @@ async fn route_request(
                             let mut r = timeout.into_response(&ctx.hcm.server_name, grpc, Some(4));
                             levels
                                 .iter()
-                                .for_each(|p| p.response.apply(r.headers_mut()));
+                                .for_each(|p| p.response.apply(r.headers_mut(), &hctx(false)));
                             return r;
                         }
                     },
@@ -447,7 +462,7 @@ async fn route_request(
                     stamp(r.headers_mut());
                     levels
                         .iter()
-                        .for_each(|p| p.response.apply(r.headers_mut()));
+                        .for_each(|p| p.response.apply(r.headers_mut(), &hctx(false)));
                     return r;
                 }
             }
@@ -455,7 +470,7 @@ async fn route_request(
     };
     levels
         .iter()
-        .for_each(|p| p.response.apply(resp.headers_mut()));
+        .for_each(|p| p.response.apply(resp.headers_mut(), &hctx(false)));
     if let (Some(p), Some(h)) = (cors, req_headers_for_cors) {
         p.decorate(&h, resp.headers_mut());
     }
@@ -465,11 +480,10 @@ async fn route_request(
 fn prepare_upstream_headers(
     parts: &mut http::request::Parts,
     hcm: &super::hcm::HcmConfig,
-    a: &ForwardAction,
-    wt: Option<&WeightedTarget>,
-    route: &Route,
+    (a, wt, route): (&ForwardAction, Option<&WeightedTarget>, &Route),
     path: &str,
     levels: &[&HeaderPolicy],
+    hctx: &crate::route::headers::Ctx<'_>,
 ) {
     // Pre-parsed names: `&str` names are parsed on every use.
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -515,7 +529,7 @@ fn prepare_upstream_headers(
         }
     }
     for p in levels {
-        p.request.apply(&mut parts.headers);
+        p.request.apply(&mut parts.headers, hctx);
     }
 }
 

@@ -1,7 +1,41 @@
-//! Request/response header mutations (`*_headers_to_add` / `*_headers_to_remove`).
+//! Request/response header mutations (`*_headers_to_add` / `*_headers_to_remove`). A value
+//! may carry Envoy's substitution formatters (`%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`,
+//! `%REQ(x)%`, `%PROTOCOL%`, ...; `%%` is a `%`), rendered per request; what a formatter has
+//! no value for renders empty, and an empty value is not added (unless `keep_empty_value`).
 
+use crate::proxy::access_log::format::{Entry, Format};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use std::net::SocketAddr;
+
+/// Envoy's name of an HTTP version (`%PROTOCOL%`).
+pub fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// What a formatted value may refer to.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    /// The client.
+    pub peer: SocketAddr,
+    /// The address the connection arrived on (its original destination).
+    pub local: SocketAddr,
+    /// `HTTP/1.1`, `HTTP/2`, ...
+    pub protocol: &'a str,
+    /// Whether the headers being changed are the request's (`%REQ(x)%` reads them).
+    pub request: bool,
+}
+
+/// A value to add: as configured, or rendered per request.
+#[derive(Debug, Clone)]
+enum Val {
+    Lit(HeaderValue),
+    Fmt(Format),
+}
 
 /// What to do when the header already exists (`HeaderValueOption.append_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +53,7 @@ pub enum Append {
 /// One level's header mutations.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
-    add: Vec<(HeaderName, HeaderValue, Append, bool)>,
+    add: Vec<(HeaderName, Val, Append, bool)>,
     remove: Vec<HeaderName>,
 }
 
@@ -36,8 +70,16 @@ impl HeaderOps {
             } else {
                 &h.raw_value
             };
-            let value =
-                HeaderValue::from_bytes(raw).map_err(|_| format!("bad value for {:?}", h.key))?;
+            let value = if raw.contains(&b'%') {
+                let text = std::str::from_utf8(raw)
+                    .map_err(|_| format!("value of {:?} is not UTF-8", h.key))?;
+                Val::Fmt(Format::parse(text))
+            } else {
+                Val::Lit(
+                    HeaderValue::from_bytes(raw)
+                        .map_err(|_| format!("bad value for {:?}", h.key))?,
+                )
+            };
             // The deprecated `append` BoolValue (default true) wins when present.
             let mode = match (&o.append, o.append_action) {
                 (Some(b), _) if !b.value => Append::OverwriteOrAdd,
@@ -64,11 +106,32 @@ impl HeaderOps {
     }
 
     /// Apply: removals first, then additions (Envoy's HeaderParser order).
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    pub fn apply(&self, headers: &mut HeaderMap, ctx: &Ctx<'_>) {
         for r in &self.remove {
             headers.remove(r);
         }
         for (name, value, mode, keep_empty) in &self.add {
+            let rendered;
+            let value = match value {
+                Val::Lit(v) => v,
+                Val::Fmt(f) => {
+                    let e = Entry {
+                        downstream_remote: Some(ctx.peer),
+                        downstream_local: Some(ctx.local),
+                        protocol: ctx.protocol,
+                        req_headers: ctx.request.then_some(&*headers),
+                        start: Some(std::time::SystemTime::now()),
+                        ..Default::default()
+                    };
+                    match HeaderValue::from_str(&f.render_or(&e, "")) {
+                        Ok(v) => {
+                            rendered = v;
+                            &rendered
+                        }
+                        Err(_) => continue,
+                    }
+                }
+            };
             if value.is_empty() && !keep_empty {
                 continue;
             }

@@ -115,11 +115,17 @@ impl Format {
 
     /// Render one entry.
     pub fn render(&self, e: &Entry<'_>) -> String {
-        let mut out = String::with_capacity(256);
+        self.render_or(e, "-")
+    }
+
+    /// Render one entry with `missing` for values that are not there (a log writes `-`, a
+    /// header formatter nothing).
+    pub fn render_or(&self, e: &Entry<'_>, missing: &str) -> String {
+        let mut out = String::with_capacity(64);
         for op in &self.0 {
             match op {
                 Op::Lit(s) => out.push_str(s),
-                op => out.push_str(&value(op, e).unwrap_or_else(|| "-".into())),
+                op => out.push_str(value(op, e).as_deref().unwrap_or(missing)),
             }
         }
         out

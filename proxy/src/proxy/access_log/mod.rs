@@ -5,7 +5,7 @@
 //! Lines are built on the request's task and handed to one writer thread per sink, so a slow
 //! stdout never blocks a worker; the writer flushes whenever its queue is empty.
 
-mod format;
+pub(crate) mod format;
 
 pub use format::{Entry, Format, DEFAULT_FORMAT};
 
@@ -217,11 +217,7 @@ impl Record {
                 .map(str::to_string)
                 .or_else(|| req.uri().authority().map(|a| a.to_string()))
                 .unwrap_or_default(),
-            protocol: match req.version() {
-                http::Version::HTTP_10 => "HTTP/1.0",
-                http::Version::HTTP_2 => "HTTP/2",
-                _ => "HTTP/1.1",
-            },
+            protocol: crate::route::headers::protocol_name(req.version()),
             req_headers: h.clone(),
             resp_headers: HeaderMap::new(),
             status: 0,
