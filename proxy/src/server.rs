@@ -2,7 +2,7 @@
 //! `server.state` gauge pilot-agent polls, drain and shutdown.
 
 use crate::cli::Options;
-use crate::config::{ConfigStore, ListenerConfig, LoadedBootstrap, Snapshot};
+use crate::config::{ConfigStore, LoadedBootstrap, Snapshot};
 use crate::proxy::RunningListener;
 use crate::stats::{server_state, Stat, Stats};
 use std::net::SocketAddr;
@@ -184,12 +184,7 @@ impl Server {
             .filter(|l| !inbound_only || l.config().proto.traffic_direction == 1)
             .cloned()
             .collect();
-        // Unbound listeners drain the connections handed to them.
-        let unbound =
-            |l: &&Arc<ListenerConfig>| !l.bind && (!inbound_only || l.proto.traffic_direction == 1);
-        for l in self.store.load().listeners.iter().filter(unbound) {
-            l.raise_all(crate::proxy::drain::Drain::Draining);
-        }
+        self.drain_unbound(inbound_only);
         if graceful {
             self.state.set(server_state::DRAINING);
             self.live.set(0);
@@ -207,6 +202,16 @@ impl Server {
                 l.drain();
             }
         }
+    }
+
+    /// Drain the connections handed to unbound listeners (only inbound ones if asked).
+    fn drain_unbound(&self, inbound_only: bool) {
+        let snap = self.store.load();
+        let unbound = snap
+            .listeners
+            .iter()
+            .filter(|l| !l.bind && (!inbound_only || l.proto.traffic_direction == 1));
+        unbound.for_each(|l| l.raise_all(crate::proxy::drain::Drain::Draining));
     }
 
     /// Ask the process to end.
@@ -230,9 +235,7 @@ impl Server {
             self.live.set(0);
             let all: Vec<_> = self.listeners.lock().unwrap().clone();
             all.iter().for_each(|l| l.drain());
-            for l in self.store.load().listeners.iter().filter(|l| !l.bind) {
-                l.raise_all(crate::proxy::drain::Drain::Draining);
-            }
+            self.drain_unbound(false);
             let deadline = Instant::now()
                 .checked_add(self.drain_time)
                 .unwrap_or_else(Instant::now);

@@ -71,7 +71,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn all_or_none() {
+    async fn one_address_that_cannot_be_bound_fails_them_all() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let a = BindAddr {
             addr: "127.0.0.1:0".parse().unwrap(),

@@ -182,12 +182,12 @@ pub(crate) fn later(t: tokio::time::Instant, d: std::time::Duration) -> tokio::t
         .unwrap_or(t + std::time::Duration::from_secs(86400 * 365))
 }
 
-/// The pre-NAT destination of a redirected connection (iptables REDIRECT), if any.
-pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+/// The pre-NAT destination of a redirected connection (iptables REDIRECT), if any. `local` is
+/// the connection's canonical local address, which picks the family to ask.
+pub fn original_dst(stream: &TcpStream, local: SocketAddr) -> Option<SocketAddr> {
     use std::os::fd::AsRawFd;
     const SO_ORIGINAL_DST: libc::c_int = 80;
     let fd = stream.as_raw_fd();
-    let local = stream.local_addr().ok()?;
     // SAFETY: getsockopt writes at most `len` bytes into a properly sized, zeroed sockaddr.
     unsafe {
         // An IPv4 connection on a dual-stack socket has its conntrack entry under IPv4.

@@ -25,17 +25,12 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
-/// What the accept loops and the listener share: the current config (which carries the
-/// chains' drain signals).
-#[derive(Debug)]
-struct Shared {
-    current: ArcSwap<ListenerConfig>,
-}
-
 /// A bound, serving listener.
 #[derive(Debug)]
 pub struct RunningListener {
-    shared: Arc<Shared>,
+    /// The current config (it carries the chains' drain signals), shared with the accept
+    /// loops.
+    current: Arc<ArcSwap<ListenerConfig>>,
     /// The bound address (port 0 resolved): the first of `local_addrs`.
     pub local_addr: SocketAddr,
     /// Every bound address, in the order of the config's `binds`.
@@ -54,7 +49,7 @@ pub struct RunningListener {
 impl RunningListener {
     /// Its current config.
     pub fn config(&self) -> Arc<ListenerConfig> {
-        self.shared.current.load_full()
+        self.current.load_full()
     }
 
     /// Stop accepting new connections.
@@ -76,7 +71,7 @@ impl RunningListener {
 
     fn raise(&self, to: Drain) {
         self.level.fetch_max(to as u8, Ordering::SeqCst);
-        self.shared.current.load().raise_all(to);
+        self.current.load().raise_all(to);
     }
 
     /// How far the whole listener has drained.
@@ -97,13 +92,13 @@ impl RunningListener {
     /// only (Envoy's rule), and drain the connections of the chains it changes or drops;
     /// connections on chains it keeps go on. `false` (nothing done) when more changed.
     pub fn update_in_place(&self, new: Arc<ListenerConfig>) -> bool {
-        let cur = self.shared.current.load_full();
+        let cur = self.current.load_full();
         if !new.chains_only_differ(&cur) {
             return false;
         }
         // The kept chains' signals were carried over when `new` was built (xds/apply.rs).
         cur.retire_replaced(Some(&new));
-        self.shared.current.store(new.clone());
+        self.current.store(new.clone());
         // A drain that read the config before the store missed the new chains (it sets the
         // level first, so it is seen here).
         new.raise_all(self.level());
@@ -178,9 +173,7 @@ pub fn serve(
         no_chain: stats.listener(&laddr, "no_filter_chain_match", Kind::Counter),
     });
     let running = Arc::new(RunningListener {
-        shared: Arc::new(Shared {
-            current: ArcSwap::new(config),
-        }),
+        current: Arc::new(ArcSwap::new(config)),
         local_addr,
         local_addrs: local_addrs.clone(),
         stop,
@@ -191,7 +184,7 @@ pub fn serve(
     });
     for ((listener, back_tx), local) in sockets.into_iter().zip(backs).zip(local_addrs) {
         let accept = Accepted {
-            shared: running.shared.clone(),
+            current: running.current.clone(),
             store: store.clone(),
             stats: stats.clone(),
             lstats: lstats.clone(),
@@ -266,7 +259,7 @@ struct ListenerStats {
 /// A connection accepted by a bound listener, before its filter chain is known.
 #[derive(Clone)]
 struct Accepted {
-    shared: Arc<Shared>,
+    current: Arc<ArcSwap<ListenerConfig>>,
     store: Arc<ConfigStore>,
     stats: Arc<Stats>,
     lstats: Arc<ListenerStats>,
@@ -280,9 +273,9 @@ impl Accepted {
     /// chain and run its terminal filter.
     async fn dispatch(self, stream: TcpStream, peer: SocketAddr) {
         let local = canonical(stream.local_addr().unwrap_or(self.local));
-        let own = self.shared.current.load_full();
+        let own = self.current.load_full();
         let dst = if own.original_dst {
-            original_dst(&stream).unwrap_or(local)
+            original_dst(&stream, local).unwrap_or(local)
         } else {
             local
         };
@@ -306,7 +299,7 @@ impl Accepted {
         if !handed {
             // The listener may have been updated in place while its filters ran: the chain
             // is picked, and its drain signal taken, from the config now current.
-            target = self.shared.current.load_full();
+            target = self.current.load_full();
         }
         let info = ConnInfo {
             dst,
