@@ -165,33 +165,14 @@ async fn connect_from(src: &str, addr: SocketAddr) -> tokio::net::TcpStream {
 /// One request on `s`: whether it was answered 200, and whether the answer said
 /// `connection: close`.
 async fn ask(s: &mut tokio::net::TcpStream) -> (bool, bool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+    let head = tokio::time::timeout(HANG, get_on(s, HOST))
         .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let read = async {
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before an answer");
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let len: usize = text[..end]
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if buf.len() >= end + 4 + len {
-                    return (
-                        text.starts_with("http/1.1 200"),
-                        text[..end].contains("connection: close"),
-                    );
-                }
-            }
-        }
-    };
-    tokio::time::timeout(HANG, read).await.expect("no answer")
+        .expect("no answer");
+    let head = head.unwrap_or_else(|e| panic!("{e}"));
+    (
+        head.starts_with("http/1.1 200"),
+        head.contains("connection: close"),
+    )
 }
 
 /// Envoy's in-place filter chain update: when only some filter chains change, connections on

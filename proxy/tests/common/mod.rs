@@ -531,3 +531,33 @@ impl Drop for FlagLog {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// One GET for `host` on a kept-alive HTTP/1.1 connection, read to the end of its answer
+/// (by Content-Length): the answer's head, lower-cased.
+pub async fn get_on(s: &mut tokio::net::TcpStream, host: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before an answer".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let len: usize = text[..end]
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap_or(0));
+        if buf.len() >= end + 4 + len {
+            return Ok(text[..end].to_string());
+        }
+    }
+}

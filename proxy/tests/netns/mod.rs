@@ -334,45 +334,20 @@ pub fn keepalive_client(ns: &Netns, addr: String, host: &'static str) -> KeepAli
     let (go, go_rx) = std::sync::mpsc::channel::<()>();
     let (out_tx, out) = std::sync::mpsc::channel();
     ns.spawn(move || async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = match tokio::net::TcpStream::connect(&addr).await {
             Ok(s) => s,
             Err(e) => return drop(out_tx.send(Err(format!("connect {addr}: {e}")))),
         };
         // This thread's runtime runs nothing else, so waiting here blocks no one.
         while go_rx.recv().is_ok() {
-            let req = format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n");
-            let answer = async {
-                s.write_all(req.as_bytes())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut buf = Vec::new();
-                loop {
-                    let mut chunk = [0u8; 4096];
-                    let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
-                    if n == 0 {
-                        return Err("closed before an answer".to_string());
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-                    let Some(end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let len: usize = text[..end]
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                    if buf.len() >= end + 4 + len {
-                        if !text.starts_with("http/1.1 200") {
-                            return Err(text[..end].to_string());
-                        }
-                        return Ok(text[..end].contains("connection: close"));
-                    }
-                }
+            let answer =
+                tokio::time::timeout(Duration::from_secs(10), crate::common::get_on(&mut s, host));
+            let r = match answer.await {
+                Err(_) => Err("no answer in 10 s".to_string()),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(head)) if !head.starts_with("http/1.1 200") => Err(head),
+                Ok(Ok(head)) => Ok(head.contains("connection: close")),
             };
-            let r = tokio::time::timeout(std::time::Duration::from_secs(10), answer)
-                .await
-                .unwrap_or_else(|_| Err("no answer in 10 s".into()));
             if out_tx.send(r).is_err() {
                 return;
             }
