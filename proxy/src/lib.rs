@@ -37,6 +37,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod stats;
+pub mod tls;
 pub mod wire;
 pub mod xds;
 

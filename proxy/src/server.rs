@@ -61,8 +61,11 @@ impl Server {
         stats.gauge("server.hot_restart_epoch").set(0);
         let live = stats.gauge("server.live");
         let (shutdown, _) = watch::channel(None);
+        let secrets = snap.static_secrets.clone();
+        let store = ConfigStore::new(snap);
+        store.secrets.put(secrets);
         Arc::new(Server {
-            store: ConfigStore::new(snap),
+            store,
             drain_time: Duration::from_secs(opts.drain_time_s.unwrap_or(600)),
             opts,
             stats,

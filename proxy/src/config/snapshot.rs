@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub bootstrap: Option<Arc<LoadedBootstrap>>,
     /// Listener index by address, built on first hand-off.
     pub by_address: std::sync::OnceLock<HashMap<SocketAddr, usize>>,
+    /// The bootstrap's `static_resources.secrets`, compiled (the server puts them in its
+    /// [`ConfigStore::secrets`]).
+    pub static_secrets: Vec<(String, crate::tls::secrets::Entry)>,
 }
 
 impl Snapshot {
@@ -39,6 +42,13 @@ impl Snapshot {
         let Some(sr) = &boot.proto.static_resources else {
             return Ok(snap);
         };
+        for s in &sr.secrets {
+            if snap.static_secrets.iter().any(|(n, _)| *n == s.name) {
+                return Err(format!("duplicate secret {:?}", s.name));
+            }
+            snap.static_secrets
+                .push((s.name.clone(), crate::tls::secrets::entry(s)?));
+        }
         for c in &sr.clusters {
             if snap.clusters.contains_key(&c.name) {
                 return Err(format!("duplicate cluster {:?}", c.name));
@@ -95,6 +105,8 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
+    /// TLS secrets by name (bootstrap and SDS); they change apart from snapshots.
+    pub secrets: crate::tls::Secrets,
 }
 
 impl ConfigStore {
@@ -102,6 +114,7 @@ impl ConfigStore {
     pub fn new(snap: Snapshot) -> Arc<Self> {
         Arc::new(ConfigStore {
             current: ArcSwap::from_pointee(snap),
+            secrets: Default::default(),
         })
     }
 

@@ -15,7 +15,9 @@ use crate::proxy::hcm::HcmConfig;
 use crate::proxy::tcp_proxy::TcpProxyConfig;
 use crate::proxy::HcmStats;
 use crate::stats::Stats;
+use crate::tls::context::RAW_BUFFER_URL;
 use chain_match::{ChainMatch, ConnInfo};
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as TsConfig;
 use envoy_types::pb::envoy::config::listener::v3 as lpb;
 use inspect::Inspectors;
 use std::net::SocketAddr;
@@ -65,9 +67,8 @@ pub struct FilterChain {
     pub matcher: ChainMatch,
     /// The terminal network filter.
     pub terminal: Terminal,
-    /// The chain terminates TLS (`transport_socket`), which is not supported: its connections
-    /// are closed.
-    pub tls: bool,
+    /// The chain terminates TLS (a `DownstreamTlsContext` transport socket: Istio's mTLS).
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl FilterChain {
@@ -80,11 +81,21 @@ impl FilterChain {
                 format!("filter chain {name:?}: {e}")
             }
         };
-        if c.transport_socket.is_some() {
-            // Downstream TLS (Istio's mTLS chains) needs SDS certificates; such chains are
-            // kept so that chain selection stays Envoy's, and their connections are closed.
-            tracing::debug!(chain = %name, "downstream TLS is not supported; the chain will close its connections");
-        }
+        let tls = match c
+            .transport_socket
+            .as_ref()
+            .map(|t| (&t.name, &t.config_type))
+        {
+            None => None,
+            Some((_, Some(TsConfig::TypedConfig(any)))) if any.type_url == RAW_BUFFER_URL => None,
+            Some((_, Some(TsConfig::TypedConfig(any)))) => Some(Arc::new(
+                crate::tls::ServerTls::from_any(any)
+                    .map_err(|e| ctx(format!("transport socket: {e}")))?,
+            )),
+            Some((n, None)) => {
+                return Err(ctx(format!("transport socket {n:?} has no typed_config")))
+            }
+        };
         let mut terminal = None;
         for f in &c.filters {
             let Some(lpb::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -126,7 +137,7 @@ impl FilterChain {
         Ok(FilterChain {
             matcher: ChainMatch::from_proto(c.filter_chain_match.as_ref()).map_err(ctx)?,
             terminal,
-            tls: c.transport_socket.is_some(),
+            tls,
             name,
         })
     }

@@ -29,21 +29,7 @@ pub(super) fn hyper_service(
 
 pub(super) async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
     let _ = stream.set_nodelay(true);
-    // Envoy's HCM idle_timeout: close a connection that has had no request in flight for that
-    // long. One sleep per connection, moved only when it fires (to the end of the current idle
-    // period, or a full period on while requests are in flight), never per request.
-    let idle = ctx.hcm.idle_timeout.filter(|d| !d.is_zero());
-    let idle_sleep = Box::pin(tokio::time::sleep(idle.unwrap_or(DRAIN_GRACE)));
-    let draining = ctx.draining.clone();
-    // A connection accepted while draining still gets its request answered (with
-    // `Connection: close`, see service::handle) instead of being shut before it is read.
-    let already = draining.borrow().is_draining();
-    let mut st = ConnState {
-        idle,
-        idle_sleep,
-        draining,
-        already,
-    };
+    let mut st = ConnState::new(&ctx);
     let h2 = match ctx.hcm.codec {
         Codec::Http1 => false,
         Codec::Http2 => true,
@@ -51,6 +37,7 @@ pub(super) async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
         // wrapper around the socket, on every read and write of the connection; a peek costs
         // nothing afterwards.
         Codec::Auto => {
+            let (idle, already) = (st.idle, st.already);
             let sniffed = tokio::select! {
                 p = sniff_h2(&stream) => p,
                 _ = st.idle_sleep.as_mut(), if idle.is_some() => return,
@@ -65,15 +52,32 @@ pub(super) async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>) {
             }
         }
     };
+    serve_as(stream, h2, ctx, st).await
+}
+
+/// Serve HTTP on a connection whose TLS handshake is done: with the `auto` codec, HTTP/2 when
+/// the client and the chain agreed on `h2` by ALPN (the bytes are encrypted: no peeking).
+pub(super) async fn serve_tls(stream: crate::tls::ServerStream, ctx: Arc<ConnCtx>) {
+    let _ = stream.get_ref().0.set_nodelay(true);
+    let st = ConnState::new(&ctx);
+    let h2 = match ctx.hcm.codec {
+        Codec::Http1 => false,
+        Codec::Http2 => true,
+        Codec::Auto => stream.get_ref().1.alpn_protocol() == Some(b"h2"),
+    };
+    serve_as(stream, h2, ctx, st).await
+}
+
+async fn serve_as<IO: h1server::Io>(io: IO, h2: bool, ctx: Arc<ConnCtx>, st: ConnState) {
     if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         ctx.hcm.h2.server(&mut builder);
-        let conn = builder.serve_connection(TokioIo::new(stream), hyper_service(ctx.clone()));
+        let conn = builder.serve_connection(TokioIo::new(io), hyper_service(ctx.clone()));
         drive(std::pin::pin!(conn), &ctx, st).await;
     } else {
         let closing = std::sync::atomic::AtomicBool::new(false);
-        let fut = std::pin::pin!(h1server::serve(stream, ctx.clone(), &closing));
+        let fut = std::pin::pin!(h1server::serve(io, ctx.clone(), &closing));
         let conn = h1server::Served {
             fut,
             closing: &closing,
@@ -124,6 +128,26 @@ struct ConnState {
     already: bool,
 }
 
+impl ConnState {
+    fn new(ctx: &ConnCtx) -> Self {
+        // Envoy's HCM idle_timeout: close a connection that has had no request in flight for
+        // that long. One sleep per connection, moved only when it fires (to the end of the
+        // current idle period, or a full period on while requests are in flight), never per
+        // request.
+        let idle = ctx.hcm.idle_timeout.filter(|d| !d.is_zero());
+        let draining = ctx.draining.clone();
+        // A connection accepted while draining still gets its request answered (with
+        // `Connection: close`, see service::handle) instead of being shut before it is read.
+        let already = draining.borrow().is_draining();
+        ConnState {
+            idle,
+            idle_sleep: Box::pin(tokio::time::sleep(idle.unwrap_or(DRAIN_GRACE))),
+            draining,
+            already,
+        }
+    }
+}
+
 /// A served connection of either protocol.
 trait ServedConn: std::future::Future {
     /// Stop taking requests: finish the ones in flight and close (HTTP/1 closes an idle
@@ -138,8 +162,9 @@ impl<F: std::future::Future> ServedConn for h1server::Served<'_, F> {
     }
 }
 
-impl<S> ServedConn for hyper::server::conn::http2::Connection<TokioIo<TcpStream>, S, TokioExecutor>
+impl<IO, S> ServedConn for hyper::server::conn::http2::Connection<TokioIo<IO>, S, TokioExecutor>
 where
+    IO: h1server::Io,
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = body::BoxBody>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     S::Future: Send + 'static,

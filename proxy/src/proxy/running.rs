@@ -171,6 +171,8 @@ pub fn serve(
         cx_total: stats.listener(&laddr, "downstream_cx_total", Kind::Counter),
         cx_active: stats.listener(&laddr, "downstream_cx_active", Kind::Gauge),
         no_chain: stats.listener(&laddr, "no_filter_chain_match", Kind::Counter),
+        ssl_handshake: stats.listener(&laddr, "ssl.handshake", Kind::Counter),
+        ssl_error: stats.listener(&laddr, "ssl.connection_error", Kind::Counter),
     });
     let running = Arc::new(RunningListener {
         current: Arc::new(ArcSwap::new(config)),
@@ -254,6 +256,16 @@ struct ListenerStats {
     cx_total: Arc<Stat>,
     cx_active: Arc<Stat>,
     no_chain: Arc<Stat>,
+    /// TLS handshakes completed on TLS chains.
+    ssl_handshake: Arc<Stat>,
+    /// TLS handshakes that failed (or could not start: a secret not yet received).
+    ssl_error: Arc<Stat>,
+}
+
+/// A downstream connection once its chain's transport socket has run.
+enum Down {
+    Plain(TcpStream),
+    Tls(Box<crate::tls::ServerStream>),
 }
 
 /// A connection accepted by a bound listener, before its filter chain is known.
@@ -313,12 +325,32 @@ impl Accepted {
             tracing::debug!(listener = %target.name, %peer, %dst, transport = detected.transport, alpn = ?detected.alpn, "no filter chain matches; closing");
             return;
         };
-        if chain.tls {
-            tracing::debug!(listener = %target.name, chain = %chain.name, "chain terminates TLS, which is not supported; closing");
-            return;
-        }
         // The drain of its chain, in the listener it was accepted by or handed to.
         let draining = target.drain_of(index).subscribe();
+        let stream = match &chain.tls {
+            None => Down::Plain(stream),
+            Some(tls) => {
+                let cfg = match tls.config(&self.store.secrets) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(listener = %target.name, chain = %chain.name, "TLS chain not ready ({e}); closing");
+                        self.lstats.ssl_error.inc();
+                        return;
+                    }
+                };
+                match tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await {
+                    Ok(s) => {
+                        self.lstats.ssl_handshake.inc();
+                        Down::Tls(Box::new(s))
+                    }
+                    Err(e) => {
+                        tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS handshake failed: {e}");
+                        self.lstats.ssl_error.inc();
+                        return;
+                    }
+                }
+            }
+        };
         match &chain.terminal {
             Terminal::Tcp(tp) => {
                 // Envoy closes what is left of a removed listener's (or chain's) connections
@@ -330,7 +362,18 @@ impl Accepted {
                     let _ = draining.wait_for(|d| *d == Drain::Retired).await;
                     tokio::time::sleep(drain_time).await;
                 };
-                tcp_proxy::serve(stream, tp, &snap, &self.stats, dst, over).await
+                match stream {
+                    Down::Plain(s) => {
+                        let _ = s.set_nodelay(true);
+                        let down = s.into_split();
+                        tcp_proxy::serve(down, Some(peer), tp, &snap, &self.stats, dst, over).await
+                    }
+                    Down::Tls(s) => {
+                        let _ = s.get_ref().0.set_nodelay(true);
+                        let down = tokio::io::split(s);
+                        tcp_proxy::serve(down, Some(peer), tp, &snap, &self.stats, dst, over).await
+                    }
+                }
             }
             t @ Terminal::Http { .. } => {
                 let Some((hcm, hstats)) = t.hcm_stats(&self.stats) else {
@@ -352,7 +395,10 @@ impl Accepted {
                 });
                 hstats.cx_total.inc();
                 hstats.cx_active.inc();
-                conn::serve_connection(stream, ctx).await;
+                match stream {
+                    Down::Plain(s) => conn::serve_connection(s, ctx).await,
+                    Down::Tls(s) => conn::serve_tls(*s, ctx).await,
+                }
                 hstats.cx_active.dec();
             }
         }

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// A compiled tcp_proxy.
 #[derive(Debug)]
@@ -106,17 +105,22 @@ impl TcpProxyConfig {
     }
 }
 
-/// Serve one downstream connection until both directions have closed or it idles out.
-pub async fn serve(
-    down: TcpStream,
+/// Serve one downstream connection, given as its read and write halves (a TCP socket's, or
+/// those of TLS over one) and its peer, until both directions have closed or it idles out.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<R, W>(
+    down: (R, W),
+    peer: Option<SocketAddr>,
     cfg: &TcpProxyConfig,
     snap: &Snapshot,
     stats: &Arc<Stats>,
     original_dst: SocketAddr,
     drained: impl std::future::Future<Output = ()>,
-) {
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let started = (SystemTime::now(), Instant::now());
-    let peer = down.peer_addr().ok();
     let mut log = Outcome::default();
     proxy(down, cfg, snap, stats, original_dst, drained, &mut log).await;
     if cfg.access_logs.is_empty() {
@@ -151,15 +155,18 @@ struct Outcome {
     tx: u64,
 }
 
-async fn proxy(
-    mut down: TcpStream,
+async fn proxy<R, W>(
+    down: (R, W),
     cfg: &TcpProxyConfig,
     snap: &Snapshot,
     stats: &Arc<Stats>,
     original_dst: SocketAddr,
     drained: impl std::future::Future<Output = ()>,
     log: &mut Outcome,
-) {
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let st = cfg.stats(stats);
     st.cx_total.inc();
     let name = cfg.pick_cluster();
@@ -192,8 +199,7 @@ async fn proxy(
         st.connect_attempts_exceeded.inc();
         return;
     };
-    let _ = down.set_nodelay(true);
-    let (dr, dw) = down.split();
+    let (dr, dw) = down;
     let mut up = up;
     let (ur, uw) = up.stream_mut().split();
     let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));

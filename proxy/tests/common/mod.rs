@@ -2,6 +2,8 @@
 //! JSON bootstrap, and small HTTP clients. Everything listens on 127.0.0.1 port 0.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

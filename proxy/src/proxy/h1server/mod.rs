@@ -29,7 +29,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+
+/// A downstream byte stream: a TCP socket, or TLS over one.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// Read size: a typical request head whole, with room for a few pipelined ones.
 const READ_CHUNK: usize = 8 * 1024;
@@ -37,8 +40,8 @@ const READ_CHUNK: usize = 8 * 1024;
 const WRITE_CHUNK: usize = 64 * 1024;
 
 /// A downstream connection: the socket, bytes read and not yet parsed, bytes to write.
-struct Conn {
-    io: TcpStream,
+struct Conn<IO> {
+    io: IO,
     rd: BytesMut,
     wr: Vec<u8>,
     scratch: Scratch,
@@ -62,8 +65,8 @@ impl<F: Future> Future for Served<'_, F> {
 
 /// Serve HTTP/1.x on `stream` until the client closes, an error, or `closing` is set (then
 /// the request in flight is answered with `Connection: close` and the connection closed).
-pub(super) async fn serve(
-    stream: TcpStream,
+pub(super) async fn serve<IO: Io>(
+    stream: IO,
     ctx: Arc<ConnCtx>,
     closing: &AtomicBool,
 ) -> io::Result<()> {
@@ -124,7 +127,7 @@ pub(super) async fn serve(
     }
 }
 
-impl Conn {
+impl<IO: Io> Conn<IO> {
     /// Read more of a request head; false when the connection should end (the client
     /// closed, or `closing` was set while no request was complete).
     async fn read_more(&mut self, closing: &AtomicBool) -> io::Result<bool> {
@@ -231,7 +234,7 @@ impl Conn {
 }
 
 /// Serve the rest of the connection with hyper's server, starting with the bytes read.
-async fn handoff(c: Conn, ctx: Arc<ConnCtx>, closing: &AtomicBool) -> io::Result<()> {
+async fn handoff<IO: Io>(c: Conn<IO>, ctx: Arc<ConnCtx>, closing: &AtomicBool) -> io::Result<()> {
     let io = Prefixed {
         prefix: c.rd.freeze(),
         io: c.io,
@@ -261,12 +264,12 @@ async fn handoff(c: Conn, ctx: Arc<ConnCtx>, closing: &AtomicBool) -> io::Result
 }
 
 /// A socket with bytes already read from it put back in front.
-struct Prefixed {
+struct Prefixed<IO> {
     prefix: Bytes,
-    io: TcpStream,
+    io: IO,
 }
 
-impl AsyncRead for Prefixed {
+impl<IO: Io> AsyncRead for Prefixed<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -283,7 +286,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<IO: Io> AsyncWrite for Prefixed<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,0 +1,570 @@
+//! Envoy's TLS transport sockets: `DownstreamTlsContext` on a filter chain (Istio's inbound
+//! mTLS) and `UpstreamTlsContext` on a cluster (Istio's auto-mTLS to other sidecars), compiled
+//! into rustls configs. Certificates and CAs are named SDS secrets or inline; a config is
+//! built at the first handshake after its secrets change (see [`Secrets::generation`]).
+//!
+//! Peer verification is Envoy's, not the web's: a peer certificate must chain to the
+//! validation context's CAs, and when SAN matchers are set one of its names must match. The
+//! server's name is not compared with SNI (Istio's SNI is `outbound_.9080_.v1_.reviews…`,
+//! which no certificate carries); a context without a validation context does not verify
+//! the peer at all, as in Envoy.
+
+use super::der::{subject_alt_names, Sans};
+use super::secrets::{certified_key, Entry, Secrets, Validation};
+use crate::route::matcher::StringMatch;
+use arc_swap::ArcSwapOption;
+use envoy_types::pb::envoy::config::core::v3::{
+    config_source::ConfigSourceSpecifier, grpc_service,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType, CommonTlsContext,
+    DownstreamTlsContext, SdsSecretConfig, SubjectAltNameMatcher, TlsParameters,
+    UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use std::sync::Arc;
+
+/// The `@type` of a downstream TLS transport socket.
+pub const DOWNSTREAM_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+/// The `@type` of an upstream TLS transport socket.
+pub const UPSTREAM_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+/// The `@type` of a plaintext transport socket.
+pub const RAW_BUFFER_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+
+/// One SAN matcher: of one SAN type (`match_typed_subject_alt_names`) or of any
+/// (`match_subject_alt_names`).
+#[derive(Debug, Clone)]
+pub struct SanMatch {
+    kind: Option<SanType>,
+    m: StringMatch,
+}
+
+impl SanMatch {
+    /// An untyped matcher: DNS, URI, email and IP SANs are all tried.
+    pub fn any(m: &StringMatcher) -> Result<Self, String> {
+        Ok(SanMatch {
+            kind: None,
+            m: StringMatch::from_proto(m)?,
+        })
+    }
+
+    /// A typed matcher.
+    pub fn typed(m: &SubjectAltNameMatcher) -> Result<Self, String> {
+        let kind = match SanType::try_from(m.san_type) {
+            Ok(k @ (SanType::Dns | SanType::Uri | SanType::Email | SanType::IpAddress)) => k,
+            _ => return Err(format!("SAN type {} is not supported", m.san_type)),
+        };
+        let matcher = m.matcher.as_ref().ok_or("SAN matcher without a matcher")?;
+        Ok(SanMatch {
+            kind: Some(kind),
+            m: StringMatch::from_proto(matcher)?,
+        })
+    }
+
+    /// Whether one of `s` matches.
+    pub fn matches(&self, s: &Sans) -> bool {
+        let want = |k: SanType| self.kind.is_none_or(|x| x == k);
+        (want(SanType::Dns) && s.dns.iter().any(|d| self.dns(d)))
+            || (want(SanType::Uri) && s.uri.iter().any(|u| self.m.matches(u)))
+            || (want(SanType::Email) && s.email.iter().any(|e| self.m.matches(e)))
+            || (want(SanType::IpAddress) && s.ip.iter().any(|i| self.m.matches(&i.to_string())))
+    }
+
+    /// A DNS SAN: an exact matcher also accepts a certificate's wildcard for its first label,
+    /// as Envoy's `dnsNameMatch` does.
+    fn dns(&self, san: &str) -> bool {
+        if self.m.matches(san) {
+            return true;
+        }
+        match (&self.m, san.strip_prefix('*')) {
+            (StringMatch::Exact(want, _), Some(rest)) if rest.starts_with('.') => want
+                .find('.')
+                .is_some_and(|i| i > 0 && want[i..].eq_ignore_ascii_case(rest)),
+            _ => false,
+        }
+    }
+}
+
+/// Where a context's certificate or validation context comes from.
+#[derive(Debug, Clone)]
+enum Source<T> {
+    Inline(T),
+    /// An SDS secret by name, with the validation context it is merged with (combined
+    /// validation contexts).
+    Sds(String, Option<Arc<Validation>>),
+}
+
+/// An SDS secret a context needs, and where it is served.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SdsRef {
+    /// The cluster of the SDS server (Istio's `sds-grpc`), or `None` for the ADS stream.
+    pub cluster: Option<String>,
+    /// The secret's name (`default`, `ROOTCA`, `file-cert:…`).
+    pub name: String,
+}
+
+/// Where a named secret comes from: `None` for a static one (no `sds_config`: the
+/// bootstrap's `static_resources.secrets`).
+fn sds_ref(c: &SdsSecretConfig) -> Result<Option<SdsRef>, String> {
+    let Some(src) = &c.sds_config else {
+        return Ok(None);
+    };
+    let cluster = match &src.config_source_specifier {
+        Some(ConfigSourceSpecifier::Ads(_)) => None,
+        Some(ConfigSourceSpecifier::ApiConfigSource(a)) => {
+            let g = a
+                .grpc_services
+                .first()
+                .and_then(|g| g.target_specifier.as_ref());
+            match g {
+                Some(grpc_service::TargetSpecifier::EnvoyGrpc(e)) => Some(e.cluster_name.clone()),
+                _ => {
+                    return Err(format!(
+                        "SDS secret {:?}: only envoy_grpc SDS sources are supported",
+                        c.name
+                    ))
+                }
+            }
+        }
+        _ => {
+            return Err(format!(
+                "SDS secret {:?} has no api_config_source or ads source",
+                c.name
+            ))
+        }
+    };
+    Ok(Some(SdsRef {
+        cluster,
+        name: c.name.clone(),
+    }))
+}
+
+/// What both kinds of context share.
+#[derive(Debug)]
+struct Common {
+    cert: Option<Source<Arc<CertifiedKey>>>,
+    validation: Option<Source<Arc<Validation>>>,
+    alpn: Vec<Vec<u8>>,
+    tls13_only: bool,
+    sds: Vec<SdsRef>,
+}
+
+impl Common {
+    fn from_proto(c: Option<&CommonTlsContext>) -> Result<Self, String> {
+        let Some(c) = c else {
+            return Ok(Common {
+                cert: None,
+                validation: None,
+                alpn: Vec::new(),
+                tls13_only: false,
+                sds: Vec::new(),
+            });
+        };
+        let mut sds = Vec::new();
+        let cert = if let Some(t) = c.tls_certificates.first() {
+            Some(Source::Inline(certified_key(t)?))
+        } else if let Some(s) = c.tls_certificate_sds_secret_configs.first() {
+            sds.extend(sds_ref(s)?);
+            Some(Source::Sds(s.name.clone(), None))
+        } else {
+            None
+        };
+        let validation = match &c.validation_context_type {
+            Some(ValidationContextType::ValidationContext(v)) => {
+                Some(Source::Inline(Arc::new(Validation::from_proto(v)?)))
+            }
+            Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+                sds.extend(sds_ref(s)?);
+                Some(Source::Sds(s.name.clone(), None))
+            }
+            Some(ValidationContextType::CombinedValidationContext(cv)) => {
+                let default = cv
+                    .default_validation_context
+                    .as_ref()
+                    .map(Validation::from_proto)
+                    .transpose()?
+                    .map(Arc::new);
+                let s = cv.validation_context_sds_secret_config.as_ref().ok_or(
+                    "combined_validation_context without validation_context_sds_secret_config",
+                )?;
+                sds.extend(sds_ref(s)?);
+                Some(Source::Sds(s.name.clone(), default))
+            }
+            Some(_) => {
+                return Err("certificate provider validation contexts are not supported".into())
+            }
+            None => None,
+        };
+        Ok(Common {
+            cert,
+            validation,
+            alpn: c
+                .alpn_protocols
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect(),
+            tls13_only: tls13_only(c.tls_params.as_ref())?,
+            sds,
+        })
+    }
+
+    fn cert(&self, secrets: &Secrets) -> Result<Option<Arc<CertifiedKey>>, String> {
+        match &self.cert {
+            None => Ok(None),
+            Some(Source::Inline(k)) => Ok(Some(k.clone())),
+            Some(Source::Sds(name, _)) => match secrets.get(name) {
+                Some(Entry::Cert(k)) => Ok(Some(k)),
+                Some(Entry::Validation(_)) => {
+                    Err(format!("SDS secret {name:?} is not a certificate"))
+                }
+                None => Err(format!("SDS secret {name:?} has not arrived")),
+            },
+        }
+    }
+
+    fn validation(&self, secrets: &Secrets) -> Result<Option<Arc<Validation>>, String> {
+        match &self.validation {
+            None => Ok(None),
+            Some(Source::Inline(v)) => Ok(Some(v.clone())),
+            Some(Source::Sds(name, default)) => match (secrets.get(name), default) {
+                (Some(Entry::Validation(v)), None) => Ok(Some(v)),
+                (Some(Entry::Validation(v)), Some(d)) => Ok(Some(Arc::new(v.merged(d)))),
+                (Some(Entry::Cert(_)), _) => {
+                    Err(format!("SDS secret {name:?} is not a validation context"))
+                }
+                (None, _) => Err(format!("SDS secret {name:?} has not arrived")),
+            },
+        }
+    }
+
+    fn versions(&self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static TLS13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS12, &rustls::version::TLS13];
+        if self.tls13_only {
+            &TLS13
+        } else {
+            &BOTH
+        }
+    }
+}
+
+/// Whether `tls_params` ask for TLS 1.3 only; versions below 1.2 are not offered at all
+/// (rustls has none), and a maximum below 1.2 is an error.
+fn tls13_only(p: Option<&TlsParameters>) -> Result<bool, String> {
+    let Some(p) = p else { return Ok(false) };
+    // TLS_AUTO 0, TLSv1_0 1, TLSv1_1 2, TLSv1_2 3, TLSv1_3 4.
+    if matches!(p.tls_maximum_protocol_version, 1 | 2) {
+        return Err("tls_maximum_protocol_version below TLSv1_2 is not supported".into());
+    }
+    Ok(p.tls_minimum_protocol_version == 4)
+}
+
+/// A built config and the secrets generation it was built from.
+type Cached<T> = ArcSwapOption<(u64, Arc<T>)>;
+
+fn cached<T>(
+    cache: &Cached<T>,
+    secrets: &Secrets,
+    build: impl FnOnce() -> Result<T, String>,
+) -> Result<Arc<T>, String> {
+    let generation = secrets.generation();
+    if let Some(c) = &*cache.load() {
+        if c.0 == generation {
+            return Ok(c.1.clone());
+        }
+    }
+    let cfg = Arc::new(build()?);
+    cache.store(Some(Arc::new((generation, cfg.clone()))));
+    Ok(cfg)
+}
+
+/// A compiled `DownstreamTlsContext`.
+#[derive(Debug)]
+pub struct ServerTls {
+    common: Common,
+    require_client: bool,
+    cache: Cached<rustls::ServerConfig>,
+}
+
+impl ServerTls {
+    /// Compile the transport socket's config (a `DownstreamTlsContext`).
+    pub fn from_any(any: &Any) -> Result<Self, String> {
+        if any.type_url != DOWNSTREAM_URL {
+            return Err(format!(
+                "downstream transport socket {:?} is not supported",
+                any.type_url
+            ));
+        }
+        let d = DownstreamTlsContext::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+        let common = Common::from_proto(d.common_tls_context.as_ref())?;
+        if common.cert.is_none() {
+            return Err("DownstreamTlsContext has no certificate".into());
+        }
+        let require_client = d.require_client_certificate.is_some_and(|b| b.value);
+        if require_client && common.validation.is_none() {
+            return Err("require_client_certificate needs a validation context".into());
+        }
+        Ok(ServerTls {
+            common,
+            require_client,
+            cache: Default::default(),
+        })
+    }
+
+    /// The SDS secrets it names.
+    pub fn sds(&self) -> &[SdsRef] {
+        &self.common.sds
+    }
+
+    /// The rustls config for the next handshake; an error when a secret is missing.
+    pub fn config(&self, secrets: &Secrets) -> Result<Arc<rustls::ServerConfig>, String> {
+        cached(&self.cache, secrets, || {
+            let key = self.common.cert(secrets)?.ok_or("no certificate")?;
+            let provider = super::provider();
+            let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(self.common.versions())
+                .map_err(|e| e.to_string())?;
+            let builder = match self.common.validation(secrets)? {
+                Some(v) => {
+                    let mut b =
+                        WebPkiClientVerifier::builder_with_provider(v.roots.clone(), provider);
+                    if !self.require_client {
+                        b = b.allow_unauthenticated();
+                    }
+                    let inner = b.build().map_err(|e| format!("validation context: {e}"))?;
+                    builder.with_client_cert_verifier(Arc::new(ClientSans {
+                        inner,
+                        sans: v.sans.clone(),
+                    }))
+                }
+                None => builder.with_no_client_auth(),
+            };
+            let mut cfg = builder.with_cert_resolver(Arc::new(One(key)));
+            cfg.alpn_protocols = self.common.alpn.clone();
+            Ok(cfg)
+        })
+    }
+}
+
+/// The one certificate a context presents.
+#[derive(Debug)]
+struct One(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for One {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// webpki's client verification, then the SAN matchers.
+#[derive(Debug)]
+struct ClientSans {
+    inner: Arc<dyn ClientCertVerifier>,
+    sans: Vec<SanMatch>,
+}
+
+impl ClientCertVerifier for ClientSans {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_sans(&self.sans, end_entity)?;
+        Ok(ok)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn check_sans(sans: &[SanMatch], cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+    if sans.is_empty() {
+        return Ok(());
+    }
+    let names = subject_alt_names(cert).ok_or(rustls::Error::InvalidCertificate(
+        CertificateError::BadEncoding,
+    ))?;
+    if sans.iter().any(|m| m.matches(&names)) {
+        Ok(())
+    } else {
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName,
+        ))
+    }
+}
+
+/// A compiled `UpstreamTlsContext`.
+#[derive(Debug)]
+pub struct ClientTls {
+    common: Common,
+    sni: String,
+    cache: Cached<rustls::ClientConfig>,
+}
+
+impl ClientTls {
+    /// Compile the transport socket's config (an `UpstreamTlsContext`).
+    pub fn from_any(any: &Any) -> Result<Self, String> {
+        if any.type_url != UPSTREAM_URL {
+            return Err(format!(
+                "upstream transport socket {:?} is not supported",
+                any.type_url
+            ));
+        }
+        let u = UpstreamTlsContext::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+        if u.auto_host_sni || u.auto_sni_san_validation {
+            return Err("auto_host_sni and auto_sni_san_validation are not supported".into());
+        }
+        Ok(ClientTls {
+            common: Common::from_proto(u.common_tls_context.as_ref())?,
+            sni: u.sni,
+            cache: Default::default(),
+        })
+    }
+
+    /// The SDS secrets it names.
+    pub fn sds(&self) -> &[SdsRef] {
+        &self.common.sds
+    }
+
+    /// The ALPN protocols offered (Istio: `istio-peer-exchange`, `istio`, and `h2` for
+    /// HTTP/2 clusters).
+    pub fn alpn(&self) -> &[Vec<u8>] {
+        &self.common.alpn
+    }
+
+    /// The name to send as SNI and hand rustls: `sni`, else the upstream's IP address
+    /// (rustls sends no SNI for an address).
+    pub fn server_name(&self, ip: std::net::IpAddr) -> ServerName<'static> {
+        ServerName::try_from(self.sni.clone()).unwrap_or(ServerName::IpAddress(ip.into()))
+    }
+
+    /// The rustls config for the next handshake; an error when a secret is missing.
+    pub fn config(&self, secrets: &Secrets) -> Result<Arc<rustls::ClientConfig>, String> {
+        cached(&self.cache, secrets, || {
+            let provider = super::provider();
+            let verifier = Arc::new(ServerPeer {
+                validation: self.common.validation(secrets)?,
+                algs: provider.signature_verification_algorithms,
+            });
+            let builder = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(self.common.versions())
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier);
+            let mut cfg = match self.common.cert(secrets)? {
+                Some(k) => builder.with_client_cert_resolver(Arc::new(ClientCert(k))),
+                None => builder.with_no_client_auth(),
+            };
+            cfg.alpn_protocols = self.common.alpn.clone();
+            cfg.enable_sni = !self.sni.is_empty();
+            Ok(cfg)
+        })
+    }
+}
+
+/// The client certificate, offered whatever the server asks for.
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Envoy's upstream verification: the chain against the validation context's CAs and its
+/// SAN matchers, never the SNI; nothing without a validation context.
+#[derive(Debug)]
+struct ServerPeer {
+    validation: Option<Arc<Validation>>,
+    algs: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ServerPeer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(v) = &self.validation {
+            if !v.roots.is_empty() {
+                let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_cert_signed_by_trust_anchor(
+                    &cert,
+                    &v.roots,
+                    intermediates,
+                    now,
+                    self.algs.all,
+                )?;
+            }
+            check_sans(&v.sans, end_entity)?;
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}

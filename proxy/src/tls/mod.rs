@@ -1,0 +1,29 @@
+//! TLS for the data path: Istio's mutual TLS between sidecars.
+//!
+//! - [`secrets`] holds named certificates and validation contexts (bootstrap and SDS),
+//! - [`context`] compiles Envoy's `DownstreamTlsContext` and `UpstreamTlsContext` into rustls
+//!   configs, with Envoy's peer verification (CA chain plus SAN matchers, not the SNI),
+//! - [`der`] reads a certificate's SANs (the SPIFFE URI Istio identifies workloads by),
+//! - [`sds`] fetches the secrets the contexts name from their SDS servers (Istio's
+//!   `sds-grpc` pipe to pilot-agent).
+//!
+//! rustls runs on ring, which the ADS client's TLS already builds.
+
+pub mod context;
+pub mod der;
+pub mod secrets;
+
+pub use context::{ClientTls, SdsRef, ServerTls};
+pub use secrets::Secrets;
+
+use std::sync::{Arc, OnceLock};
+
+/// The crypto provider every TLS config here uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static P: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// A downstream connection after its TLS handshake.
+pub type ServerStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
