@@ -44,6 +44,8 @@ pub struct Server {
     state: Arc<Stat>,
     live: Arc<Stat>,
     shutdown: watch::Sender<Option<Shutdown>>,
+    /// The SDS streams for the secrets TLS contexts name.
+    pub sds: crate::tls::sds::Manager,
 }
 
 impl Server {
@@ -77,6 +79,7 @@ impl Server {
             state,
             live,
             shutdown,
+            sds: Default::default(),
         })
     }
 
@@ -127,6 +130,7 @@ impl Server {
             .gauge("cluster_manager.active_clusters")
             .set(snap.clusters.len() as u64);
         self.stats.gauge("listener_manager.workers_started").set(1);
+        self.sds.sync(self);
         let dynamic = boot
             .as_ref()
             .and_then(|b| b.proto.dynamic_resources.as_ref())

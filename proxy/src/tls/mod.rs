@@ -11,6 +11,7 @@
 
 pub mod context;
 pub mod der;
+pub mod sds;
 pub mod secrets;
 
 pub use context::{ClientTls, SdsRef, ServerTls};

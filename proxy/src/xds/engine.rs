@@ -184,6 +184,7 @@ impl Engine {
         drop(prev);
         let (nc, nl) = (snap.clusters.len(), snap.listeners.len());
         self.server.store.swap(snap);
+        self.server.sds.sync(&self.server);
         let cur = self.server.store.load();
         self.listeners
             .reconcile(&self.server, &cur, &self.statics)

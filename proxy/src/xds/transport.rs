@@ -81,6 +81,11 @@ pub fn resolve(target: &Target, snap: &Snapshot) -> Result<Dial, String> {
 
 /// Connect (HTTP/2 handshake included) and wrap in the ADS client.
 pub async fn connect(dial: &Dial) -> Result<Client, String> {
+    channel(dial).await.map(client)
+}
+
+/// Connect: the gRPC channel any discovery service (ADS, SDS) runs over.
+pub async fn channel(dial: &Dial) -> Result<Channel, String> {
     let ep = |uri: String| -> Result<Endpoint, String> {
         Ok(Endpoint::from_shared(uri)
             .map_err(|e| e.to_string())?
@@ -116,11 +121,11 @@ pub async fn connect(dial: &Dial) -> Result<Client, String> {
                 Dial::Tls(_) => return Err("TLS over TLS is not a thing".into()),
             };
             let channel = res.map_err(|e| t.explain(&source_chain_all(&e)))?;
-            return Ok(client(channel));
+            return Ok(channel);
         }
     }
     .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
-    Ok(client(channel))
+    Ok(channel)
 }
 
 fn client(channel: Channel) -> Client {

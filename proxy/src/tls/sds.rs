@@ -1,0 +1,226 @@
+//! SDS: the secrets that TLS contexts name, fetched from their SDS servers. Istio's contexts
+//! name `default` (the workload certificate) and `ROOTCA`, served by pilot-agent over the
+//! `sds-grpc` cluster's unix pipe; pilot-agent rotates them by pushing new versions.
+//!
+//! One state-of-the-world `StreamSecrets` per SDS cluster, subscribed to the names that the
+//! current snapshot's contexts use ([`Manager::sync`] runs at start and after every xDS
+//! update). A response is compiled whole before it is accepted: a bad secret is NACKed with
+//! its name and the problem, and the previous version keeps serving. Streams reconnect with
+//! the ADS client's jittered backoff.
+
+use super::context::SdsRef;
+use super::secrets::entry;
+use crate::config::Snapshot;
+use crate::server::Server;
+use crate::xds::{client::backoff, config::Target, transport};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use envoy_types::pb::google::rpc::Status;
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+/// The `Secret` type URL.
+pub const SECRET_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// The SDS streams of a server, one per SDS cluster, each with the names it subscribes to.
+#[derive(Debug, Default)]
+pub struct Manager {
+    streams: Mutex<HashMap<String, watch::Sender<BTreeSet<String>>>>,
+}
+
+impl Manager {
+    /// Subscribe to the secrets the current snapshot's TLS contexts name, starting a stream
+    /// for an SDS cluster not seen before (call inside the runtime). Names no longer used are
+    /// unsubscribed; their secrets stay until replaced.
+    pub fn sync(&self, server: &Arc<Server>) {
+        let mut by_cluster: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for r in wanted(&server.store.load()) {
+            match r.cluster {
+                Some(c) => {
+                    by_cluster.entry(c).or_default().insert(r.name);
+                }
+                None => {
+                    tracing::warn!(secret = %r.name, "secrets over the ADS stream are not supported; give the context an SDS cluster")
+                }
+            }
+        }
+        let mut streams = self.streams.lock().unwrap();
+        for (cluster, tx) in streams.iter() {
+            if !by_cluster.contains_key(cluster) {
+                tx.send_if_modified(|n| !std::mem::take(n).is_empty());
+            }
+        }
+        for (cluster, names) in by_cluster {
+            match streams.get(&cluster) {
+                Some(tx) => {
+                    tx.send_if_modified(|n| {
+                        let changed = *n != names;
+                        *n = names;
+                        changed
+                    });
+                }
+                None => {
+                    let (tx, rx) = watch::channel(names);
+                    tokio::spawn(run(Arc::downgrade(server), cluster.clone(), rx));
+                    streams.insert(cluster, tx);
+                }
+            }
+        }
+    }
+}
+
+/// The SDS secrets `snap`'s TLS contexts name.
+pub fn wanted(snap: &Snapshot) -> BTreeSet<SdsRef> {
+    let mut out = BTreeSet::new();
+    for l in &snap.listeners {
+        for c in l.chains.iter().chain(l.default_chain.iter()) {
+            if let Some(t) = &c.tls {
+                out.extend(t.sds().iter().cloned());
+            }
+        }
+    }
+    out
+}
+
+/// One SDS cluster's stream, reconnecting until the server is gone.
+async fn run(server: Weak<Server>, cluster: String, mut names: watch::Receiver<BTreeSet<String>>) {
+    let mut failures = 0u32;
+    loop {
+        let Some(srv) = server.upgrade() else { return };
+        let node = node(&srv);
+        let (got, why) =
+            match transport::resolve(&Target::Cluster(cluster.clone()), &srv.store.load()) {
+                Ok(dial) => {
+                    drop(srv);
+                    match transport::channel(&dial).await {
+                        Ok(ch) => stream(&server, ch, node, &mut names).await,
+                        Err(e) => (false, format!("cannot connect to {dial:?}: {e}")),
+                    }
+                }
+                Err(e) => (false, e),
+            };
+        if got {
+            failures = 0;
+        }
+        let delay = backoff(failures);
+        failures = failures.saturating_add(1);
+        tracing::warn!(%cluster, "SDS stream ended ({why}); reconnecting in {delay:?}");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// The node sent on the stream's first request: the bootstrap's, as on the ADS stream.
+fn node(server: &Server) -> Node {
+    let mut node = server
+        .store
+        .load()
+        .bootstrap
+        .as_ref()
+        .and_then(|b| b.proto.node.clone())
+        .unwrap_or_default();
+    if node.user_agent_name.is_empty() {
+        node.user_agent_name = "envoy".into();
+    }
+    node
+}
+
+/// Run one stream; whether a response arrived, and why it ended.
+async fn stream(
+    server: &Weak<Server>,
+    channel: tonic::transport::Channel,
+    node: Node,
+    names: &mut watch::Receiver<BTreeSet<String>>,
+) -> (bool, String) {
+    let mut client = SecretDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(transport::MAX_MESSAGE);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut sub: BTreeSet<String> = names.borrow_and_update().clone();
+    let (mut version, mut nonce) = (String::new(), String::new());
+    let request = |sub: &BTreeSet<String>, version: &str, nonce: &str| DiscoveryRequest {
+        version_info: version.into(),
+        resource_names: sub.iter().cloned().collect(),
+        type_url: SECRET_URL.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    };
+    let _ = tx.send(DiscoveryRequest {
+        node: Some(node),
+        ..request(&sub, "", "")
+    });
+    let mut inbound = match client
+        .stream_secrets(UnboundedReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => return (false, format!("StreamSecrets: {e}")),
+    };
+    let mut got = false;
+    loop {
+        tokio::select! {
+            changed = names.changed() => {
+                if changed.is_err() {
+                    return (got, "no longer needed".into());
+                }
+                let now = names.borrow_and_update().clone();
+                if now != sub {
+                    sub = now;
+                    let _ = tx.send(request(&sub, &version, &nonce));
+                }
+            }
+            msg = inbound.message() => {
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return (got, "the server closed the stream".into()),
+                    Err(e) => return (got, format!("stream failed: {e}")),
+                };
+                got = true;
+                let Some(srv) = server.upgrade() else {
+                    return (got, "server gone".into());
+                };
+                nonce = resp.nonce.clone();
+                match accept(&srv, &resp) {
+                    Ok(n) => {
+                        version = resp.version_info.clone();
+                        tracing::info!(version = %version, secrets = n, "SDS update accepted");
+                        let _ = tx.send(request(&sub, &version, &nonce));
+                    }
+                    Err(e) => {
+                        tracing::warn!(version = %resp.version_info, "SDS update rejected: {e}");
+                        let _ = tx.send(DiscoveryRequest {
+                            error_detail: Some(Status {
+                                code: crate::xds::sotw::INVALID_ARGUMENT,
+                                message: e,
+                                details: Vec::new(),
+                            }),
+                            ..request(&sub, &version, &nonce)
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Compile every secret of a response, then put them all in the store; the count.
+fn accept(server: &Server, resp: &DiscoveryResponse) -> Result<usize, String> {
+    let mut entries = Vec::new();
+    for any in &resp.resources {
+        if any.type_url != SECRET_URL {
+            return Err(format!(
+                "resource of type {} in an SDS response",
+                any.type_url
+            ));
+        }
+        let s =
+            Secret::decode(any.value.as_slice()).map_err(|e| format!("undecodable Secret: {e}"))?;
+        entries.push((s.name.clone(), entry(&s)?));
+    }
+    let n = entries.len();
+    server.store.secrets.put(entries);
+    Ok(n)
+}
