@@ -450,3 +450,131 @@ async fn secrets_come_from_sds_rotate_and_bad_ones_are_nacked() {
     );
     assert_eq!(up.hits(), 3);
 }
+
+/// Istio's auto-mTLS client side: `transport_socket_matches` with `tlsMode-istio` (an
+/// UpstreamTlsContext with Istio's SNI, ALPN and the server's SPIFFE id) and
+/// `tlsMode-disabled` (plaintext), as outbound clusters carry them.
+fn auto_mtls(san: &str) -> Value {
+    json!({"transport_socket_matches": [
+        {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": {
+            "name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "outbound_.9080_._.reviews.default.svc.cluster.local",
+                "common_tls_context": {
+                    "alpn_protocols": ["istio-peer-exchange", "istio"],
+                    "tls_certificate_sds_secret_configs": [{"name": "default"}],
+                    "combined_validation_context": {
+                        "default_validation_context": {"match_subject_alt_names": [{"exact": san}]},
+                        "validation_context_sds_secret_config": {"name": "ROOTCA"}}}}}},
+        {"name": "tlsMode-disabled", "match": {}, "transport_socket": {"name": "envoy.transport_sockets.raw_buffer",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}}]})
+}
+
+/// The server sidecar: Istio's inbound chains for a sniffed port behind tls_inspector, the
+/// HTTP one for Istio's HTTP ALPNs (it adds `x-chain: http`) and the TCP one for any other
+/// TLS client; both in front of `app`.
+async fn server_sidecar(d: &Path, app: SocketAddr) -> Proxy {
+    let vhosts = json!([{"name": "v", "domains": ["*"], "response_headers_to_add": [{"header": {"key": "x-chain", "value": "http"}}],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]);
+    let mut l = listener("in", vhosts, vec![], json!({}));
+    let mut http = l["filter_chains"][0].take();
+    http["filter_chain_match"] = json!({"transport_protocol": "tls", "application_protocols": ["istio-http/1.0", "istio-http/1.1", "istio-h2"]});
+    http["transport_socket"] = downstream_tls(json!([]));
+    let tcp = json!({"filter_chain_match": {"transport_protocol": "tls"}, "transport_socket": downstream_tls(json!([])),
+        "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "in-tcp", "cluster": "app"}}]});
+    l["filter_chains"] = json!([http, tcp]);
+    l["listener_filters"] = json!([{"name": "envoy.filters.listener.tls_inspector",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]);
+    let mut boot = bootstrap(vec![l], vec![cluster("app", &[app], json!({}))]);
+    boot["static_resources"]["secrets"] = secrets(d);
+    proxy(boot).await
+}
+
+/// The client sidecar: an outbound listener routing to cluster `reviews`, whose one endpoint
+/// (`server`, labelled `tlsMode: istio` unless `plain`) is reached with auto-mTLS expecting
+/// `san`; `istio_alpn` adds Istio's `istio.alpn` HTTP filter.
+async fn client_sidecar(
+    d: &Path,
+    server: SocketAddr,
+    san: &str,
+    istio_alpn: bool,
+    plain: bool,
+) -> Proxy {
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "reviews"}}]}]);
+    let filters = if istio_alpn {
+        vec![
+            json!({"name": "istio.alpn", "typed_config": {"@type": "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+            "alpn_override": [{"alpn_override": ["istio-http/1.0", "istio", "http/1.0"]},
+                              {"upstream_protocol": "HTTP11", "alpn_override": ["istio-http/1.1", "istio", "http/1.1"]},
+                              {"upstream_protocol": "HTTP2", "alpn_override": ["istio-h2", "istio", "h2"]}]}}),
+        ]
+    } else {
+        vec![]
+    };
+    let l = listener("out", vhosts, filters, json!({}));
+    let mut c = cluster("reviews", &[server], auto_mtls(san));
+    if !plain {
+        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["metadata"] =
+            json!({"filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}});
+    }
+    let mut boot = bootstrap(vec![l], vec![c]);
+    boot["static_resources"]["secrets"] = json!([
+        {"name": "default", "tls_certificate": {"certificate_chain": file(d, "client.crt"), "private_key": file(d, "client.key")}},
+        {"name": "ROOTCA", "validation_context": {"trusted_ca": file(d, "ca.crt")}},
+    ]);
+    proxy(boot).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_talk_mutual_tls_with_istios_alpn() {
+    let dir = pki();
+    let d = dir.path();
+    let app = upstream("app").await;
+    let server = server_sidecar(d, app.addr).await;
+    let in_addr = server.addr("in");
+    // With istio.alpn: the server's HTTP chain (its response header comes back).
+    let client = client_sidecar(d, in_addr, SPIFFE_SERVER, true, false).await;
+    let r = get(client.addr("out"), "/a", &[]).await;
+    assert_eq!(
+        (r.status, r.header("x-chain")),
+        (200, Some("http")),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.upstream(), "app");
+    // A second request reuses the pooled TLS connection.
+    assert_eq!(get(client.addr("out"), "/b", &[]).await.status, 200);
+    assert_eq!(server.stat("listener.127.0.0.1_0.ssl.handshake"), 1);
+    // Without it the cluster's `istio-peer-exchange, istio`: the TCP chain, still mTLS.
+    let client = client_sidecar(d, in_addr, SPIFFE_SERVER, false, false).await;
+    let r = get(client.addr("out"), "/c", &[]).await;
+    assert_eq!((r.status, r.header("x-chain")), (200, None), "{}", r.body);
+    assert_eq!(server.stat("listener.127.0.0.1_0.ssl.handshake"), 2);
+    assert_eq!(app.hits(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_identity_is_checked_and_unlabelled_endpoints_are_plaintext() {
+    let dir = pki();
+    let d = dir.path();
+    let app = upstream("app").await;
+    let server = server_sidecar(d, app.addr).await;
+    // The server is not who the cluster expects: the handshake fails on the client side (UF).
+    let client = client_sidecar(d, server.addr("in"), SPIFFE_OTHER, true, false).await;
+    let r = get(client.addr("out"), "/", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("connection failure"), "{}", r.body);
+    assert_eq!(server.stat("listener.127.0.0.1_0.ssl.handshake"), 0);
+    // An endpoint without `tlsMode: istio` takes the tlsMode-disabled match: plaintext, so
+    // the app itself answers it directly.
+    let client = client_sidecar(d, app.addr, SPIFFE_SERVER, true, true).await;
+    let r = get(client.addr("out"), "/", &[]).await;
+    assert_eq!(
+        (r.status, r.upstream().as_str()),
+        (200, "app"),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.hits(), 1);
+}

@@ -147,8 +147,13 @@ impl CountingConnector {
     }
 
     /// Open a TCP connection to `addr` (TCP_NODELAY, bound to the source address when one is
-    /// configured and of the same family), counted in `upstream_cx_*`.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<Counted, ConnectError> {
+    /// configured and of the same family), counted in `upstream_cx_*`, and run TLS over it
+    /// when `tls` is given (the handshake within the connect timeout).
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&crate::tls::Dial>,
+    ) -> Result<Counted, ConnectError> {
         let stats = &self.stats;
         if !self.room.take(self.max_connections) {
             stats.cx_overflow.inc();
@@ -171,7 +176,15 @@ impl CountingConnector {
             }
             let stream = sock.connect(addr).await?;
             stream.set_nodelay(true)?;
-            Ok::<_, io::Error>(stream)
+            let Some(tls) = tls else {
+                return Ok::<_, io::Error>(UpIo::Plain(stream));
+            };
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            let tls = connector
+                .connect(tls.name.clone(), stream)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
+            Ok(UpIo::Tls(Box::new(tls)))
         };
         match tokio::time::timeout(self.timeout, dial).await {
             Ok(Ok(stream)) => {
@@ -196,17 +209,93 @@ impl CountingConnector {
     }
 }
 
+/// An upstream connection's bytes: TCP, or TLS over it.
+#[derive(Debug)]
+pub enum UpIo {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS (Istio's mTLS to another sidecar).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl UpIo {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            UpIo::Plain(s) => s,
+            UpIo::Tls(t) => t.get_ref().0,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for UpIo {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpIo::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpIo {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpIo::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpIo::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpIo::Plain(s) => s.is_write_vectored(),
+            UpIo::Tls(t) => t.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpIo::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpIo::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A connection that decrements `upstream_cx_active` when closed.
 #[derive(Debug)]
 pub struct Counted {
-    io: TokioIo<TcpStream>,
+    io: TokioIo<UpIo>,
     stats: Arc<ClusterStats>,
     room: Arc<Room>,
 }
 
 impl Counted {
-    /// The socket, for byte-level proxying (tcp_proxy).
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
+    /// The connection's bytes, for the inline HTTP/1.1 client and tcp_proxy.
+    pub fn stream_mut(&mut self) -> &mut UpIo {
         self.io.inner_mut()
     }
 }
@@ -296,7 +385,7 @@ mod tests {
         );
         for l in std::iter::once(&v4).chain(v6.as_ref()) {
             let dest = l.local_addr().unwrap();
-            let _conn = c.connect(dest).await.unwrap();
+            let _conn = c.connect(dest, None).await.unwrap();
             let (_, peer) = l.accept().await.unwrap();
             assert_eq!(Some(peer.ip()), sources.for_dest(dest), "to {dest}");
         }
@@ -311,7 +400,10 @@ mod tests {
             },
             None,
         );
-        let _conn = only_v6.connect(v4.local_addr().unwrap()).await.unwrap();
+        let _conn = only_v6
+            .connect(v4.local_addr().unwrap(), None)
+            .await
+            .unwrap();
         let (_, peer) = v4.accept().await.unwrap();
         assert_eq!(peer.ip().to_string(), "127.0.0.1");
     }

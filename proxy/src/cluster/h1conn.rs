@@ -99,11 +99,16 @@ impl Conn {
     /// it nor sent anything while it sat in the pool. Costs no system call unless the event
     /// loop saw the socket become readable.
     pub fn is_usable(&mut self) -> bool {
-        let stream = self.io.stream_mut();
+        let io = self.io.stream_mut();
+        let tls = matches!(io, super::connector::UpIo::Tls(_));
+        let stream = io.tcp();
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match stream.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
+            // Bytes on an idle TLS connection are a close_notify or garbage, never a
+            // response; a probe would eat a record.
+            Poll::Ready(Ok(())) if tls => false,
             Poll::Ready(Ok(())) => {
                 let mut probe = [0u8; 1];
                 matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)

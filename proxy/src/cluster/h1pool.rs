@@ -103,24 +103,26 @@ impl H1Pool {
     pub async fn send(
         &self,
         addr: SocketAddr,
+        tls: Option<&crate::tls::Dial>,
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         if inline(&req) {
-            return self.send_inline(addr, req).await;
+            return self.send_inline(addr, tls, req).await;
         }
         // Boxed: hyper's handshake and send futures would otherwise make every request's
         // future (and each move of it) several times larger.
-        Box::pin(self.send_hyper(addr, req)).await
+        Box::pin(self.send_hyper(addr, tls, req)).await
     }
 
     /// A request with a body to stream, or an upgrade, through hyper's client.
     async fn send_hyper(
         &self,
         addr: SocketAddr,
+        tls: Option<&crate::tls::Dial>,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         loop {
-            let (mut tx, wear) = match self.acquire(addr, false, Self::take_hyper).await? {
+            let (mut tx, wear) = match self.acquire(addr, tls, false, Self::take_hyper).await? {
                 Got::Idle(mut tx, wear) => {
                     // Normally ready at once: the connection finished the previous exchange
                     // before its response body ended here.
@@ -149,12 +151,13 @@ impl H1Pool {
     async fn send_inline(
         &self,
         addr: SocketAddr,
+        tls: Option<&crate::tls::Dial>,
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let (parts, _) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         loop {
-            let (mut conn, wear) = match self.acquire(addr, true, Self::take_raw).await? {
+            let (mut conn, wear) = match self.acquire(addr, tls, true, Self::take_raw).await? {
                 Got::Idle(c, wear) => (c, wear),
                 Got::Fresh(io) => (Conn::new(io), Wear::new()),
             };
@@ -193,6 +196,7 @@ impl H1Pool {
     async fn acquire<T>(
         &self,
         addr: SocketAddr,
+        tls: Option<&crate::tls::Dial>,
         raw: bool,
         take: fn(&Self, SocketAddr) -> Option<(T, Wear)>,
     ) -> Result<Got<T>, SendError> {
@@ -214,7 +218,7 @@ impl H1Pool {
                 return Ok(Got::Idle(c, wear));
             }
             if self.connector.has_room() {
-                match self.connector.connect(addr).await {
+                match self.connector.connect(addr, tls).await {
                     Ok(io) => return Ok(Got::Fresh(io)),
                     // Another request took the last slot first.
                     Err(ConnectError::Overflow) => continue,

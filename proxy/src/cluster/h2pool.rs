@@ -46,7 +46,11 @@ impl H2Pool {
 
     /// A sender for one request to `addr`, dialling if there is none, the old one closed, or
     /// it is past the cluster's limits.
-    pub async fn sender(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, BoxError> {
+    pub async fn sender(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&crate::tls::Dial>,
+    ) -> Result<SendRequest<UpstreamBody>, BoxError> {
         let slot = self.conns.lock().unwrap().entry(addr).or_default().clone();
         // Holding the host's lock while dialling makes concurrent first requests share one
         // connection instead of racing to open several.
@@ -61,7 +65,7 @@ impl H2Pool {
             // Dropping the last sender lets the connection finish its streams and close.
             *slot = None;
         }
-        let io = self.connector.connect(addr).await?;
+        let io = self.connector.connect(addr, tls).await?;
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         self.settings.client(&mut builder);

@@ -25,6 +25,8 @@ pub struct Host {
     /// The endpoint's EDS `health_status`. Istio sends not-ready pods as UNHEALTHY; they
     /// stay in the set, as in Envoy, but take traffic only in panic mode.
     pub eds_status: HealthStatus,
+    /// The endpoint's `envoy.transport_socket_match` metadata (Istio's `tlsMode: istio`).
+    pub socket_match: Vec<(String, String)>,
 }
 
 impl Host {
@@ -39,7 +41,17 @@ impl Host {
             active_rq: AtomicU64::new(0),
             outlier: HostOutlier::default(),
             eds_status: HealthStatus::Unknown,
+            socket_match: Vec::new(),
         }
+    }
+
+    /// The same host with the endpoint's transport socket match metadata.
+    pub fn with_socket_match(
+        mut self,
+        md: Option<&envoy_types::pb::envoy::config::core::v3::Metadata>,
+    ) -> Self {
+        self.socket_match = super::transport::socket_match(md);
+        self
     }
 
     /// The same host with the endpoint's EDS `health_status` (the proto's number; an

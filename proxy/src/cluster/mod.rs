@@ -14,6 +14,7 @@ pub mod host;
 mod http_options;
 pub mod outlier;
 pub mod stats;
+pub mod transport;
 pub mod wear;
 
 use crate::config::opt_duration;
@@ -110,6 +111,8 @@ pub struct Cluster {
     pub outlier: Option<OutlierConfig>,
     /// `common_lb_config.healthy_panic_threshold`, percent (Envoy's default 50; 0 = never).
     pub panic_threshold: f64,
+    /// TLS per endpoint (`transport_socket`, `transport_socket_matches`).
+    pub transport: transport::Transport,
     /// Opens and counts this cluster's upstream TCP connections (connect timeout,
     /// `max_connections`, `upstream_bind_config`); the pools and tcp_proxy dial through it.
     pub connector: CountingConnector,
@@ -196,7 +199,8 @@ impl Cluster {
                                         weight,
                                         group.priority,
                                     )
-                                    .with_eds_status(ep.health_status),
+                                    .with_eds_status(ep.health_status)
+                                    .with_socket_match(ep.metadata.as_ref()),
                                 ))
                             }
                             _ if matches!(
@@ -257,6 +261,7 @@ impl Cluster {
             breakers,
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
             panic_threshold: panic_threshold(c),
+            transport: transport::Transport::from_cluster(c)?,
             connector,
             stats,
             proto: c.clone(),

@@ -9,6 +9,7 @@ use crate::cluster::connector::{BoxError, ConnectError};
 use crate::cluster::h1pool::{PooledBody, SendError};
 use crate::cluster::host::Host;
 use crate::cluster::Cluster;
+use crate::tls::{Alpn, Dial};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use std::task::Poll;
 
@@ -96,12 +97,17 @@ pub(super) fn build_request(
 pub(super) async fn dispatch(
     cluster: &Cluster,
     host: &Host,
+    tls: Option<&Dial>,
     req: Request<BoxBody>,
 ) -> Result<Response<PooledBody>, AttemptError> {
     if cluster.is_h2(req.version()) {
         // Boxed, like the pool's hyper path, to keep the HTTP/1.1 future small.
         Box::pin(async {
-            let mut sender = cluster.h2.sender(host.addr).await.map_err(connect_error)?;
+            let mut sender = cluster
+                .h2
+                .sender(host.addr, tls)
+                .await
+                .map_err(connect_error)?;
             // Wait for a free stream slot (SETTINGS_MAX_CONCURRENT_STREAMS).
             sender
                 .ready()
@@ -115,11 +121,15 @@ pub(super) async fn dispatch(
         })
         .await
     } else {
-        cluster.h1.send(host.addr, req).await.map_err(|e| match e {
-            SendError::Connect(c) => AttemptError::Connect(connect_reply(&c)),
-            SendError::Http(e) => AttemptError::Reset(reset_reason(&e)),
-            SendError::Exchange(e) => AttemptError::Reset(reset_reason(&e.error)),
-        })
+        cluster
+            .h1
+            .send(host.addr, tls, req)
+            .await
+            .map_err(|e| match e {
+                SendError::Connect(c) => AttemptError::Connect(connect_reply(&c)),
+                SendError::Http(e) => AttemptError::Reset(reset_reason(&e)),
+                SendError::Exchange(e) => AttemptError::Reset(reset_reason(&e.error)),
+            })
     }
 }
 
@@ -131,7 +141,8 @@ pub(super) async fn send(
     down: Downstream<'_>,
     until: Option<tokio::time::Instant>,
 ) -> Result<Response<PooledBody>, AttemptError> {
-    let mut fut = std::pin::pin!(dispatch(cluster, host, req));
+    let tls = tls_dial(cluster, host, down, cluster.is_h2(req.version()))?;
+    let mut fut = std::pin::pin!(dispatch(cluster, host, tls.as_ref(), req));
     let Some(until) = until else { return fut.await };
     let mut timer = down.timer.arm(until);
     // The attempt is polled in place (not moved into a timeout wrapper), the timer only
@@ -142,6 +153,30 @@ pub(super) async fn send(
         Poll::Pending => Poll::Pending,
     })
     .await
+}
+
+/// What a new connection to `host` needs for TLS, when its cluster's transport socket (or
+/// the endpoint's match) asks for it. A context whose secrets have not arrived fails the
+/// attempt as a connection failure (UF), as Envoy's connection would.
+#[inline]
+pub(super) fn tls_dial(
+    cluster: &Cluster,
+    host: &Host,
+    down: Downstream<'_>,
+    h2: bool,
+) -> Result<Option<Dial>, AttemptError> {
+    let Some(t) = cluster.transport.for_host(host) else {
+        return Ok(None);
+    };
+    let alpn = match (down.istio_alpn, h2) {
+        (false, _) => Alpn::Configured,
+        (true, false) => Alpn::IstioHttp11,
+        (true, true) => Alpn::IstioH2,
+    };
+    t.dial(down.secrets, host.addr.ip(), alpn).map(Some).map_err(|e| {
+        tracing::debug!(cluster = %cluster.name, host = %host.addr, "upstream TLS not ready: {e}");
+        AttemptError::Connect(connect_reply(&ConnectError::Failed(e)))
+    })
 }
 
 fn connect_reply(c: &ConnectError) -> LocalReply {

@@ -86,6 +86,9 @@ pub struct HcmConfig {
     /// The router's `suppress_envoy_headers`: no `x-envoy-expected-rq-timeout-ms`,
     /// `x-envoy-upstream-service-time` or `x-envoy-original-path` from the router.
     pub suppress_envoy_headers: bool,
+    /// Istio's `istio.alpn` HTTP filter is in the chain: upstream mTLS connections offer
+    /// Istio's ALPN for the upstream protocol (see [`crate::tls::Alpn`]).
+    pub istio_alpn: bool,
     /// Downstream HTTP/2: `http2_protocol_options` and `max_request_headers_kb`.
     pub h2: crate::http2::H2Settings,
     /// `common_http_protocol_options.max_stream_duration`, for routes without their own.
@@ -215,6 +218,7 @@ impl HcmConfig {
             } else {
                 h.server_name.clone()
             },
+            istio_alpn: skipped.iter().any(|n| n == "istio.alpn"),
             skipped,
             append_xff: h.use_remote_address.as_ref().is_some_and(|b| b.value)
                 && !h.skip_xff_append,

@@ -134,6 +134,10 @@ pub(super) fn launch(
         }
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let req = build_request(&cluster, parts, headers, path, &host, body.tee(), None);
+        let Ok(tls) = super::attempt::tls_dial(&cluster, &host, down, cluster.is_h2(req.version()))
+        else {
+            continue;
+        };
         tokio::spawn(async move {
             let stats = &cluster.stats;
             stats.rq_total.inc();
@@ -141,7 +145,7 @@ pub(super) fn launch(
             let _active = ActiveRequest::new(host.clone());
             // The whole exchange, body included, within the request's timeout.
             let exchange = async {
-                match dispatch(&cluster, &host, req).await {
+                match dispatch(&cluster, &host, tls.as_ref(), req).await {
                     Ok(resp) => {
                         let status = resp.status().as_u16();
                         cluster.record_result(&host, Some(status));

@@ -37,6 +37,10 @@ pub struct Downstream<'a> {
     pub timeout: Option<Option<Duration>>,
     /// A gRPC request (by its content type), as the HCM found it.
     pub grpc: bool,
+    /// The TLS secrets, for upstream mTLS.
+    pub secrets: &'a crate::tls::Secrets,
+    /// The HCM's `istio.alpn` (see [`super::hcm::HcmConfig::istio_alpn`]).
+    pub istio_alpn: bool,
 }
 
 /// `x-envoy-attempt-count`.

@@ -330,7 +330,20 @@ impl Accepted {
         let stream = match &chain.tls {
             None => Down::Plain(stream),
             Some(tls) => {
-                let cfg = match tls.config(&self.store.secrets) {
+                // The ClientHello first: the config depends on the client's ALPN.
+                let acceptor = rustls::server::Acceptor::default();
+                let start = match tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS handshake failed: {e}");
+                        self.lstats.ssl_error.inc();
+                        return;
+                    }
+                };
+                let offered = start.client_hello().alpn().is_some_and(|mut a| {
+                    a.any(|p| tls.alpn().iter().any(|ours| ours.as_slice() == p))
+                });
+                let cfg = match tls.config(&self.store.secrets, offered) {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::debug!(listener = %target.name, chain = %chain.name, "TLS chain not ready ({e}); closing");
@@ -338,7 +351,7 @@ impl Accepted {
                         return;
                     }
                 };
-                match tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await {
+                match start.into_stream(cfg).await {
                     Ok(s) => {
                         self.lstats.ssl_handshake.inc();
                         Down::Tls(Box::new(s))
@@ -366,12 +379,32 @@ impl Accepted {
                     Down::Plain(s) => {
                         let _ = s.set_nodelay(true);
                         let down = s.into_split();
-                        tcp_proxy::serve(down, Some(peer), tp, &snap, &self.stats, dst, over).await
+                        tcp_proxy::serve(
+                            down,
+                            Some(peer),
+                            tp,
+                            &snap,
+                            &self.store.secrets,
+                            &self.stats,
+                            dst,
+                            over,
+                        )
+                        .await
                     }
                     Down::Tls(s) => {
                         let _ = s.get_ref().0.set_nodelay(true);
                         let down = tokio::io::split(s);
-                        tcp_proxy::serve(down, Some(peer), tp, &snap, &self.stats, dst, over).await
+                        tcp_proxy::serve(
+                            down,
+                            Some(peer),
+                            tp,
+                            &snap,
+                            &self.store.secrets,
+                            &self.stats,
+                            dst,
+                            over,
+                        )
+                        .await
                     }
                 }
             }

@@ -380,6 +380,8 @@ async fn route_request(
                 envoy_headers: !ctx.hcm.suppress_envoy_headers,
                 attempt_count: vh.attempt_count_in_request,
                 timer: &ctx.timer,
+                secrets: &ctx.store.secrets,
+                istio_alpn: ctx.hcm.istio_alpn,
             };
             // Request mirroring: the route's policies, else the virtual host's, else the route
             // configuration's (Envoy's precedence). Shadows leave before the original.

@@ -3,6 +3,7 @@
 //! as Istio's PassthroughCluster), and copy bytes both ways with half-close and an idle timeout.
 //! A cluster without hosts (Istio's BlackHoleCluster) closes the connection.
 
+use crate::cluster::host::Host;
 use crate::cluster::Cluster;
 use crate::config::{decode, Snapshot};
 use crate::lb::LbContext;
@@ -113,6 +114,7 @@ pub async fn serve<R, W>(
     peer: Option<SocketAddr>,
     cfg: &TcpProxyConfig,
     snap: &Snapshot,
+    secrets: &crate::tls::Secrets,
     stats: &Arc<Stats>,
     original_dst: SocketAddr,
     drained: impl std::future::Future<Output = ()>,
@@ -122,7 +124,17 @@ pub async fn serve<R, W>(
 {
     let started = (SystemTime::now(), Instant::now());
     let mut log = Outcome::default();
-    proxy(down, cfg, snap, stats, original_dst, drained, &mut log).await;
+    proxy(
+        down,
+        cfg,
+        snap,
+        secrets,
+        stats,
+        original_dst,
+        drained,
+        &mut log,
+    )
+    .await;
     if cfg.access_logs.is_empty() {
         return;
     }
@@ -155,10 +167,12 @@ struct Outcome {
     tx: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn proxy<R, W>(
     down: (R, W),
     cfg: &TcpProxyConfig,
     snap: &Snapshot,
+    secrets: &crate::tls::Secrets,
     stats: &Arc<Stats>,
     original_dst: SocketAddr,
     drained: impl std::future::Future<Output = ()>,
@@ -179,14 +193,26 @@ async fn proxy<R, W>(
     };
     let mut up = None;
     for _ in 0..cfg.max_connect_attempts {
-        let Some(addr) = pick_host(cluster, original_dst) else {
+        let Some((addr, host)) = pick_host(cluster, original_dst) else {
             cluster.stats.cx_none_healthy.inc();
             log.flags.push("UH");
             tracing::debug!(cluster = %name, "tcp_proxy: no host; closing");
             return;
         };
         log.host = Some(addr);
-        match cluster.connector.connect(addr).await {
+        // Istio's outbound TCP to a sidecar'd service goes over mTLS (ALPN as configured:
+        // `istio-peer-exchange, istio`).
+        let tls = match host.as_ref().and_then(|h| cluster.transport.for_host(h)) {
+            None => None,
+            Some(t) => match t.dial(secrets, addr.ip(), crate::tls::Alpn::Configured) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::debug!(cluster = %name, %addr, "tcp_proxy: upstream TLS not ready: {e}");
+                    continue;
+                }
+            },
+        };
+        match cluster.connector.connect(addr, tls.as_ref()).await {
             Ok(s) => {
                 up = Some(s);
                 break;
@@ -201,7 +227,7 @@ async fn proxy<R, W>(
     };
     let (dr, dw) = down;
     let mut up = up;
-    let (ur, uw) = up.stream_mut().split();
+    let (ur, uw) = tokio::io::split(up.stream_mut());
     let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
     let last = AtomicU64::new(0);
     let start = Instant::now();
@@ -259,13 +285,19 @@ where
     let _ = w.shutdown().await;
 }
 
-fn pick_host(cluster: &Cluster, original_dst: SocketAddr) -> Option<SocketAddr> {
-    cluster.original_dst_target(original_dst).or_else(|| {
-        cluster
-            .choose(&LbContext {
-                hash: None,
-                exclude: &[],
-            })
-            .map(|h| h.addr)
-    })
+/// The address to connect to, and its host when the cluster has one (ORIGINAL_DST clusters
+/// connect to the original destination).
+fn pick_host(
+    cluster: &Cluster,
+    original_dst: SocketAddr,
+) -> Option<(SocketAddr, Option<Arc<Host>>)> {
+    if let Some(a) = cluster.original_dst_target(original_dst) {
+        return Some((a, None));
+    }
+    cluster
+        .choose(&LbContext {
+            hash: None,
+            exclude: &[],
+        })
+        .map(|h| (h.addr, Some(h)))
 }

@@ -10,16 +10,16 @@
 //! the peer at all, as in Envoy.
 
 use super::der::{subject_alt_names, Sans};
-use super::secrets::{certified_key, Entry, Secrets, Validation};
+use super::secrets::{certified_key, check_certificate, Entry, Secrets, Validation};
 use crate::route::matcher::StringMatch;
 use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, grpc_service,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType, CommonTlsContext,
-    DownstreamTlsContext, SdsSecretConfig, SubjectAltNameMatcher, TlsParameters,
-    UpstreamTlsContext,
+    common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::google::protobuf::Any;
@@ -96,13 +96,16 @@ impl SanMatch {
     }
 }
 
-/// Where a context's certificate or validation context comes from.
+/// Where a context's certificate or validation context comes from. Inline ones are read
+/// (their files too) when a config is built, not when the context is compiled: Envoy's
+/// bootstraps name certificate files that appear later (pilot-agent writes them), and
+/// `--mode validate` runs where they do not exist.
 #[derive(Debug, Clone)]
-enum Source<T> {
-    Inline(T),
+enum Source<P> {
+    Inline(P),
     /// An SDS secret by name, with the validation context it is merged with (combined
     /// validation contexts).
-    Sds(String, Option<Arc<Validation>>),
+    Sds(String, Option<Box<CertificateValidationContext>>),
 }
 
 /// An SDS secret a context needs, and where it is served.
@@ -153,8 +156,8 @@ fn sds_ref(c: &SdsSecretConfig) -> Result<Option<SdsRef>, String> {
 /// What both kinds of context share.
 #[derive(Debug)]
 struct Common {
-    cert: Option<Source<Arc<CertifiedKey>>>,
-    validation: Option<Source<Arc<Validation>>>,
+    cert: Option<Source<TlsCertificate>>,
+    validation: Option<Source<CertificateValidationContext>>,
     alpn: Vec<Vec<u8>>,
     tls13_only: bool,
     sds: Vec<SdsRef>,
@@ -173,7 +176,8 @@ impl Common {
         };
         let mut sds = Vec::new();
         let cert = if let Some(t) = c.tls_certificates.first() {
-            Some(Source::Inline(certified_key(t)?))
+            check_certificate(t)?;
+            Some(Source::Inline(t.clone()))
         } else if let Some(s) = c.tls_certificate_sds_secret_configs.first() {
             sds.extend(sds_ref(s)?);
             Some(Source::Sds(s.name.clone(), None))
@@ -182,24 +186,25 @@ impl Common {
         };
         let validation = match &c.validation_context_type {
             Some(ValidationContextType::ValidationContext(v)) => {
-                Some(Source::Inline(Arc::new(Validation::from_proto(v)?)))
+                Validation::check(v)?;
+                Some(Source::Inline(v.clone()))
             }
             Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
                 sds.extend(sds_ref(s)?);
                 Some(Source::Sds(s.name.clone(), None))
             }
             Some(ValidationContextType::CombinedValidationContext(cv)) => {
-                let default = cv
-                    .default_validation_context
-                    .as_ref()
-                    .map(Validation::from_proto)
-                    .transpose()?
-                    .map(Arc::new);
-                let s = cv.validation_context_sds_secret_config.as_ref().ok_or(
-                    "combined_validation_context without validation_context_sds_secret_config",
-                )?;
-                sds.extend(sds_ref(s)?);
-                Some(Source::Sds(s.name.clone(), default))
+                let default = cv.default_validation_context.clone();
+                default.as_ref().map(Validation::check).transpose()?;
+                match (&cv.validation_context_sds_secret_config, default) {
+                    (Some(s), default) => {
+                        sds.extend(sds_ref(s)?);
+                        Some(Source::Sds(s.name.clone(), default.map(Box::new)))
+                    }
+                    // Without the SDS half, the default alone.
+                    (None, Some(d)) => Some(Source::Inline(d)),
+                    (None, None) => None,
+                }
             }
             Some(_) => {
                 return Err("certificate provider validation contexts are not supported".into())
@@ -222,7 +227,7 @@ impl Common {
     fn cert(&self, secrets: &Secrets) -> Result<Option<Arc<CertifiedKey>>, String> {
         match &self.cert {
             None => Ok(None),
-            Some(Source::Inline(k)) => Ok(Some(k.clone())),
+            Some(Source::Inline(t)) => certified_key(t).map(Some),
             Some(Source::Sds(name, _)) => match secrets.get(name) {
                 Some(Entry::Cert(k)) => Ok(Some(k)),
                 Some(Entry::Validation(_)) => {
@@ -236,10 +241,12 @@ impl Common {
     fn validation(&self, secrets: &Secrets) -> Result<Option<Arc<Validation>>, String> {
         match &self.validation {
             None => Ok(None),
-            Some(Source::Inline(v)) => Ok(Some(v.clone())),
+            Some(Source::Inline(v)) => Validation::from_proto(v).map(|v| Some(Arc::new(v))),
             Some(Source::Sds(name, default)) => match (secrets.get(name), default) {
                 (Some(Entry::Validation(v)), None) => Ok(Some(v)),
-                (Some(Entry::Validation(v)), Some(d)) => Ok(Some(Arc::new(v.merged(d)))),
+                (Some(Entry::Validation(v)), Some(d)) => {
+                    Ok(Some(Arc::new(v.merged(&Validation::from_proto(d)?))))
+                }
                 (Some(Entry::Cert(_)), _) => {
                     Err(format!("SDS secret {name:?} is not a validation context"))
                 }
@@ -295,7 +302,8 @@ fn cached<T>(
 pub struct ServerTls {
     common: Common,
     require_client: bool,
-    cache: Cached<rustls::ServerConfig>,
+    /// Configs with the context's ALPN, and without (see [`ServerTls::config`]).
+    cache: [Cached<rustls::ServerConfig>; 2],
 }
 
 impl ServerTls {
@@ -328,9 +336,21 @@ impl ServerTls {
         &self.common.sds
     }
 
-    /// The rustls config for the next handshake; an error when a secret is missing.
-    pub fn config(&self, secrets: &Secrets) -> Result<Arc<rustls::ServerConfig>, String> {
-        cached(&self.cache, secrets, || {
+    /// The ALPN protocols it selects from.
+    pub fn alpn(&self) -> &[Vec<u8>] {
+        &self.common.alpn
+    }
+
+    /// The rustls config for the next handshake; an error when a secret is missing. `alpn`:
+    /// the client offered one of ours. When it did not, the config selects none: rustls
+    /// would refuse the handshake, where Envoy (BoringSSL) goes on without ALPN (an Istio
+    /// client offers `istio-peer-exchange, istio` to a chain that lists `h2, http/1.1`).
+    pub fn config(
+        &self,
+        secrets: &Secrets,
+        alpn: bool,
+    ) -> Result<Arc<rustls::ServerConfig>, String> {
+        cached(&self.cache[alpn as usize], secrets, || {
             let key = self.common.cert(secrets)?.ok_or("no certificate")?;
             let provider = super::provider();
             let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -352,7 +372,9 @@ impl ServerTls {
                 None => builder.with_no_client_auth(),
             };
             let mut cfg = builder.with_cert_resolver(Arc::new(One(key)));
-            cfg.alpn_protocols = self.common.alpn.clone();
+            if alpn {
+                cfg.alpn_protocols = self.common.alpn.clone();
+            }
             Ok(cfg)
         })
     }
@@ -439,7 +461,41 @@ fn check_sans(sans: &[SanMatch], cert: &CertificateDer<'_>) -> Result<(), rustls
 pub struct ClientTls {
     common: Common,
     sni: String,
-    cache: Cached<rustls::ClientConfig>,
+    /// Configs by ALPN: as configured, then Istio's override for HTTP/1.1 and for HTTP/2.
+    cache: [Cached<rustls::ClientConfig>; 3],
+}
+
+/// The ALPN protocols a connection offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// The context's `alpn_protocols`.
+    Configured,
+    /// Istio's `istio.alpn` HTTP filter on an outbound HCM, for an HTTP/1.1 upstream:
+    /// `istio-http/1.1, istio, http/1.1`, so that an Envoy server's filter chain match
+    /// knows the traffic is HTTP (on a sniffed port it would otherwise be TCP).
+    IstioHttp11,
+    /// The same for HTTP/2: `istio-h2, istio, h2`.
+    IstioH2,
+}
+
+impl Alpn {
+    fn protocols(self) -> Option<Vec<Vec<u8>>> {
+        let list: &[&[u8]] = match self {
+            Alpn::Configured => return None,
+            Alpn::IstioHttp11 => &[b"istio-http/1.1", b"istio", b"http/1.1"],
+            Alpn::IstioH2 => &[b"istio-h2", b"istio", b"h2"],
+        };
+        Some(list.iter().map(|p| p.to_vec()).collect())
+    }
+}
+
+/// What a new upstream connection needs to start TLS.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// The rustls config (certificate, verifier, ALPN).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The SNI (or the address, which sends none).
+    pub name: ServerName<'static>,
 }
 
 impl ClientTls {
@@ -479,9 +535,26 @@ impl ClientTls {
         ServerName::try_from(self.sni.clone()).unwrap_or(ServerName::IpAddress(ip.into()))
     }
 
+    /// What a connection to `ip` needs, offering `alpn`; an error when a secret is missing.
+    pub fn dial(
+        &self,
+        secrets: &Secrets,
+        ip: std::net::IpAddr,
+        alpn: Alpn,
+    ) -> Result<Dial, String> {
+        Ok(Dial {
+            config: self.config(secrets, alpn)?,
+            name: self.server_name(ip),
+        })
+    }
+
     /// The rustls config for the next handshake; an error when a secret is missing.
-    pub fn config(&self, secrets: &Secrets) -> Result<Arc<rustls::ClientConfig>, String> {
-        cached(&self.cache, secrets, || {
+    pub fn config(
+        &self,
+        secrets: &Secrets,
+        alpn: Alpn,
+    ) -> Result<Arc<rustls::ClientConfig>, String> {
+        cached(&self.cache[alpn as usize], secrets, || {
             let provider = super::provider();
             let verifier = Arc::new(ServerPeer {
                 validation: self.common.validation(secrets)?,
@@ -496,7 +569,7 @@ impl ClientTls {
                 Some(k) => builder.with_client_cert_resolver(Arc::new(ClientCert(k))),
                 None => builder.with_no_client_auth(),
             };
-            cfg.alpn_protocols = self.common.alpn.clone();
+            cfg.alpn_protocols = alpn.protocols().unwrap_or_else(|| self.common.alpn.clone());
             cfg.enable_sni = !self.sni.is_empty();
             Ok(cfg)
         })

@@ -14,7 +14,7 @@ pub mod der;
 pub mod sds;
 pub mod secrets;
 
-pub use context::{ClientTls, SdsRef, ServerTls};
+pub use context::{Alpn, ClientTls, Dial, SdsRef, ServerTls};
 pub use secrets::Secrets;
 
 use std::sync::{Arc, OnceLock};

@@ -84,6 +84,11 @@ pub fn wanted(snap: &Snapshot) -> BTreeSet<SdsRef> {
             }
         }
     }
+    for c in snap.clusters.values() {
+        for t in c.transport.contexts() {
+            out.extend(t.sds().iter().cloned());
+        }
+    }
     out
 }
 

@@ -53,6 +53,24 @@ impl Validation {
     /// (pinned hashes or keys, CRLs) or less (untrusted chains) are refused rather than
     /// ignored.
     pub fn from_proto(v: &CertificateValidationContext) -> Result<Self, String> {
+        let sans = Self::check(v)?;
+        let mut roots = RootCertStore::empty();
+        if let Some(ca) = &v.trusted_ca {
+            let pem = read(ca, "trusted_ca")?;
+            let certs = certificates(&pem, "trusted_ca")?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err("trusted_ca holds no usable CA certificate".into());
+            }
+        }
+        Ok(Validation {
+            roots: Arc::new(roots),
+            sans,
+        })
+    }
+
+    /// Check what can be checked without reading files; the SAN matchers compiled.
+    pub fn check(v: &CertificateValidationContext) -> Result<Vec<SanMatch>, String> {
         if !v.verify_certificate_hash.is_empty() || !v.verify_certificate_spki.is_empty() {
             return Err(
                 "verify_certificate_hash and verify_certificate_spki are not supported".into(),
@@ -67,15 +85,6 @@ impl Validation {
         if v.custom_validator_config.is_some() {
             return Err("custom_validator_config is not supported".into());
         }
-        let mut roots = RootCertStore::empty();
-        if let Some(ca) = &v.trusted_ca {
-            let pem = read(ca, "trusted_ca")?;
-            let certs = certificates(&pem, "trusted_ca")?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err("trusted_ca holds no usable CA certificate".into());
-            }
-        }
         let mut sans = Vec::new();
         for m in &v.match_subject_alt_names {
             sans.push(SanMatch::any(m)?);
@@ -83,10 +92,7 @@ impl Validation {
         for m in &v.match_typed_subject_alt_names {
             sans.push(SanMatch::typed(m)?);
         }
-        Ok(Validation {
-            roots: Arc::new(roots),
-            sans,
-        })
+        Ok(sans)
     }
 
     /// This context with the names of `default` added (Envoy merges a combined validation
@@ -101,19 +107,26 @@ impl Validation {
     }
 }
 
-/// Compile a `TlsCertificate`: the chain and key must be PEM, the key the chain's.
-pub fn certified_key(t: &TlsCertificate) -> Result<Arc<CertifiedKey>, String> {
-    let chain = t
-        .certificate_chain
-        .as_ref()
-        .ok_or("tls_certificate has no certificate_chain")?;
-    let key = t
-        .private_key
-        .as_ref()
-        .ok_or("tls_certificate has no private_key")?;
+/// Check a `TlsCertificate` without reading its files.
+pub fn check_certificate(t: &TlsCertificate) -> Result<(), String> {
+    if t.certificate_chain.is_none() {
+        return Err("tls_certificate has no certificate_chain".into());
+    }
+    if t.private_key.is_none() {
+        return Err("tls_certificate has no private_key".into());
+    }
     if t.private_key_provider.is_some() || t.password.is_some() {
         return Err("private_key_provider and password are not supported".into());
     }
+    Ok(())
+}
+
+/// Compile a `TlsCertificate`: the chain and key must be PEM, the key the chain's.
+pub fn certified_key(t: &TlsCertificate) -> Result<Arc<CertifiedKey>, String> {
+    check_certificate(t)?;
+    let (Some(chain), Some(key)) = (&t.certificate_chain, &t.private_key) else {
+        return Err("tls_certificate has no certificate_chain or private_key".into());
+    };
     let certs = certificates(&read(chain, "certificate_chain")?, "certificate_chain")?;
     let key_pem = read(key, "private_key")?;
     // The key's bytes never reach a message: only what is wrong with them.

@@ -387,17 +387,20 @@ pub fn hosts(cla: &ClusterLoadAssignment, keep: &[Arc<Host>]) -> Result<Vec<Arc<
                 .map(|w| w.value)
                 .unwrap_or(1)
                 .max(1);
+            let socket_match = crate::cluster::transport::socket_match(ep.metadata.as_ref());
             let reuse = keep.iter().find(|h| {
                 h.addr == addr
                     && h.weight == weight
                     && h.priority == group.priority
                     && h.eds_status as i32 == ep.health_status
+                    && h.socket_match == socket_match
             });
             out.push(match reuse {
                 Some(h) => h.clone(),
                 None => Arc::new(
                     Host::new(addr, e.hostname.clone(), weight, group.priority)
-                        .with_eds_status(ep.health_status),
+                        .with_eds_status(ep.health_status)
+                        .with_socket_match(ep.metadata.as_ref()),
                 ),
             });
         }
