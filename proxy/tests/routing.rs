@@ -510,3 +510,53 @@ async fn header_values_carry_envoys_formatters() {
     let client = r.header("x-client").unwrap_or("");
     assert!(client.starts_with("127.0.0.1:"), "{client:?}");
 }
+
+/// Pseudo-header matchers, as Istio writes a VirtualService's `method`, `authority` and
+/// `scheme` matches: `:method`, `:authority`, `:scheme`, and `:path` (query included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pseudo_header_matchers_route() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let c = upstream("c").await;
+    let d = upstream("d").await;
+    let routes = json!([
+        {"match": {"prefix": "/", "headers": [{"name": ":method", "string_match": {"exact": "POST"}}]}, "route": {"cluster": "b"}},
+        {"match": {"prefix": "/", "headers": [{"name": ":authority", "string_match": {"prefix": "api."}}]}, "route": {"cluster": "c"}},
+        {"match": {"prefix": "/", "headers": [
+            {"name": ":path", "string_match": {"suffix": "?v=2"}},
+            {"name": ":scheme", "string_match": {"exact": "http"}}]}, "route": {"cluster": "d"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]);
+    let p = routes_proxy(
+        routes,
+        json!({}),
+        vec![
+            cluster("a", &[a.addr], json!({})),
+            cluster("b", &[b.addr], json!({})),
+            cluster("c", &[c.addr], json!({})),
+            cluster("d", &[d.addr], json!({})),
+        ],
+    )
+    .await;
+    let l = p.addr("l");
+    assert_eq!(
+        request(l, "POST", "/x", &[], "body", false)
+            .await
+            .upstream(),
+        "b"
+    );
+    assert_eq!(
+        get(l, "/x", &[("host", "api.example.com")])
+            .await
+            .upstream(),
+        "c"
+    );
+    assert_eq!(get(l, "/x?v=2", &[]).await.upstream(), "d");
+    assert_eq!(get(l, "/x?v=3", &[]).await.upstream(), "a");
+    // Over h2c the authority is the request's.
+    assert_eq!(
+        request(l, "GET", "/x", &[("host", "api.example.com")], "", true)
+            .await
+            .upstream(),
+        "c"
+    );
+}

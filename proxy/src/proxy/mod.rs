@@ -111,6 +111,8 @@ pub struct ConnCtx {
     pub activity: Activity,
     /// The timer its requests' timeouts reuse.
     pub timer: timer::RequestTimer,
+    /// The TLS client, when the chain terminated TLS.
+    pub tls: Option<Arc<crate::tls::Peer>>,
 }
 
 /// What the connection idle timer reads: the request path only touches two atomics per

@@ -425,6 +425,10 @@ impl Accepted {
                     draining,
                     activity: Activity::default(),
                     timer: Default::default(),
+                    tls: match &stream {
+                        Down::Plain(_) => None,
+                        Down::Tls(s) => Some(Arc::new(crate::tls::Peer::of(s.get_ref().1))),
+                    },
                 });
                 hstats.cx_total.inc();
                 hstats.cx_active.inc();

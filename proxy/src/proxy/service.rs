@@ -11,6 +11,7 @@ use super::router::{self, Downstream};
 use super::ConnCtx;
 use crate::route::action::{split_host_port, Action, ClusterTarget, ForwardAction, WeightedTarget};
 use crate::route::headers::HeaderPolicy;
+use crate::route::matcher::Pseudo;
 use crate::route::{Route, RouteConfig, VirtualHost};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -250,7 +251,14 @@ async fn route_request(
     let host = request_host(ctx, &req, &host_value);
     let pq = req.uri().path_and_query().cloned();
     let path: &str = pq.as_ref().map_or("/", |p| p.as_str());
-    let Some((vh, route)) = rc.route(&host, path, req.headers()) else {
+    let pseudo = Pseudo {
+        method: req.method().as_str(),
+        // As routing sees it: the Host header or the h2 authority, ports stripped as asked.
+        authority: Some(&host).filter(|h| !h.is_empty()).map(|h| &**h),
+        path,
+        scheme: if ctx.tls.is_some() { "https" } else { "http" },
+    };
+    let Some((vh, route)) = rc.route(&host, path, req.headers(), &pseudo) else {
         ctx.stats.no_route.inc();
         return no_route();
     };

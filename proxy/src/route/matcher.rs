@@ -81,10 +81,35 @@ enum HeaderKind {
     Str(StringMatch),
 }
 
+/// What a header matcher reads: a header, or one of the request's pseudo-headers, which
+/// Envoy's matchers see as headers (Istio's VirtualService `method` and `authority` matches
+/// are `:method` and `:authority` header matchers).
+#[derive(Debug, Clone)]
+enum Name {
+    Header(http::HeaderName),
+    Method,
+    Authority,
+    Path,
+    Scheme,
+}
+
+/// The request's pseudo-headers, which a `HeaderMap` does not hold.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pseudo<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:authority` (the Host header for HTTP/1).
+    pub authority: Option<&'a str>,
+    /// `:path`, query included.
+    pub path: &'a str,
+    /// `:scheme`: `https` on a TLS connection, else `http`.
+    pub scheme: &'a str,
+}
+
 /// `envoy.config.route.v3.HeaderMatcher`.
 #[derive(Debug, Clone)]
 pub struct HeaderMatch {
-    name: http::HeaderName,
+    name: Name,
     kind: HeaderKind,
     invert: bool,
     missing_as_empty: bool,
@@ -94,8 +119,17 @@ impl HeaderMatch {
     /// Convert the proto form.
     pub fn from_proto(h: &rpb::HeaderMatcher) -> Result<Self, String> {
         use rpb::header_matcher::HeaderMatchSpecifier as S;
-        let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
-            .map_err(|_| format!("bad header name {:?}", h.name))?;
+        let lower = h.name.to_ascii_lowercase();
+        let name = match lower.as_str() {
+            ":method" => Name::Method,
+            ":authority" => Name::Authority,
+            ":path" => Name::Path,
+            ":scheme" => Name::Scheme,
+            _ => Name::Header(
+                http::HeaderName::from_bytes(lower.as_bytes())
+                    .map_err(|_| format!("bad header name {:?}", h.name))?,
+            ),
+        };
         let kind = match &h.header_match_specifier {
             Some(S::ExactMatch(v)) => HeaderKind::Value(v.clone()),
             Some(S::SafeRegexMatch(r)) => HeaderKind::Regex(full_regex(&r.regex)?),
@@ -117,16 +151,30 @@ impl HeaderMatch {
     }
 
     /// Envoy's `HeaderUtility::matchHeaders`: values of a repeated header are joined by ",".
+    /// Pseudo-headers are missing here (see [`HeaderMatch::matches_in`]).
     pub fn matches(&self, headers: &HeaderMap) -> bool {
-        let mut vals = headers.get_all(&self.name).iter().peekable();
-        let value: Option<String> = if vals.peek().is_none() {
-            None
-        } else {
-            Some(
-                vals.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            )
+        self.matches_in(headers, None)
+    }
+
+    /// [`HeaderMatch::matches`], with the request's pseudo-headers.
+    pub fn matches_in(&self, headers: &HeaderMap, pseudo: Option<&Pseudo<'_>>) -> bool {
+        let value: Option<String> = match &self.name {
+            Name::Header(name) => {
+                let mut vals = headers.get_all(name).iter().peekable();
+                if vals.peek().is_none() {
+                    None
+                } else {
+                    Some(
+                        vals.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
+                }
+            }
+            Name::Method => pseudo.map(|p| p.method.to_string()),
+            Name::Authority => pseudo.and_then(|p| p.authority).map(str::to_string),
+            Name::Path => pseudo.map(|p| p.path.to_string()),
+            Name::Scheme => pseudo.map(|p| p.scheme.to_string()),
         };
         let value = match value {
             Some(v) => v,
@@ -290,8 +338,9 @@ impl RouteMatch {
         })
     }
 
-    /// Whether a request with this path (query included, as in `:path`) and headers matches.
-    pub fn matches(&self, path_and_query: &str, headers: &HeaderMap) -> bool {
+    /// Whether a request with this path (query included, as in `:path`), headers and
+    /// pseudo-headers matches.
+    pub fn matches(&self, path_and_query: &str, headers: &HeaderMap, pseudo: &Pseudo<'_>) -> bool {
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
@@ -323,7 +372,10 @@ impl RouteMatch {
         path_ok
             && !self.needs_tls
             && (!self.grpc || is_grpc(headers))
-            && self.headers.iter().all(|h| h.matches(headers))
+            && self
+                .headers
+                .iter()
+                .all(|h| h.matches_in(headers, Some(pseudo)))
             && self.query.iter().all(|q| q.matches(query))
             && self.fraction.is_none_or(|f| f.sample())
     }

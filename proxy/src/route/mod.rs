@@ -209,12 +209,13 @@ impl RouteConfig {
         host: &str,
         path_and_query: &str,
         headers: &http::HeaderMap,
+        pseudo: &matcher::Pseudo<'_>,
     ) -> Option<(&VirtualHost, &Route)> {
         let vh = self.select_vhost(host)?;
         let r = vh
             .routes
             .iter()
-            .find(|r| r.matcher.matches(path_and_query, headers))?;
+            .find(|r| r.matcher.matches(path_and_query, headers, pseudo))?;
         Some((vh, r))
     }
 }

@@ -163,7 +163,10 @@ fn redirects_and_host_ports() {
         {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]}),
     );
     assert!(matches!(
-        c.route("h", "/", &HeaderMap::new()).unwrap().1.action,
+        c.route("h", "/", &HeaderMap::new(), &Default::default())
+            .unwrap()
+            .1
+            .action,
         Action::Direct { status: 200, .. }
     ));
 }
@@ -180,7 +183,7 @@ fn runtime_fraction_and_tls_context() {
     let hits = |path: &str| {
         (0..400)
             .filter(|_| {
-                let (_, r) = c.route("h", path, &HeaderMap::new()).unwrap();
+                let (_, r) = c.route("h", path, &HeaderMap::new(), &Default::default()).unwrap();
                 matches!(&r.action, Action::Forward(f) if matches!(&f.target, super::action::ClusterTarget::Name(n) if n == "frac"))
             })
             .count()
@@ -191,7 +194,9 @@ fn runtime_fraction_and_tls_context() {
         (120..=280).contains(&half),
         "50% runtime_fraction matched {half}/400"
     );
-    let (_, r) = c.route("h", "/tls", &HeaderMap::new()).unwrap();
+    let (_, r) = c
+        .route("h", "/tls", &HeaderMap::new(), &Default::default())
+        .unwrap();
     assert!(
         matches!(&r.action, Action::Forward(f) if matches!(&f.target, super::action::ClusterTarget::Name(n) if n == "rest")),
         "plaintext never matches tls_context.presented"

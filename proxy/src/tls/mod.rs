@@ -26,5 +26,31 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         .clone()
 }
 
+/// What a downstream TLS connection says about its client, for RBAC's `authenticated`
+/// principals and `:scheme`.
+#[derive(Debug, Default, Clone)]
+pub struct Peer {
+    /// The client certificate's SANs (none without a certificate).
+    pub sans: der::Sans,
+    /// Whether the client presented a certificate (it was verified, or the handshake failed).
+    pub authenticated: bool,
+    /// The SNI the client sent.
+    pub sni: Option<String>,
+}
+
+impl Peer {
+    /// Read the peer of a finished handshake.
+    pub fn of(conn: &rustls::ServerConnection) -> Peer {
+        let cert = conn.peer_certificates().and_then(|c| c.first());
+        Peer {
+            sans: cert
+                .and_then(|c| der::subject_alt_names(c))
+                .unwrap_or_default(),
+            authenticated: cert.is_some(),
+            sni: conn.server_name().map(str::to_string),
+        }
+    }
+}
+
 /// A downstream connection after its TLS handshake.
 pub type ServerStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
