@@ -34,6 +34,7 @@ pub mod lb;
 pub mod listener;
 pub mod logging;
 pub mod proxy;
+pub mod rbac;
 pub mod route;
 pub mod server;
 pub mod stats;

@@ -69,6 +69,9 @@ pub struct FilterChain {
     pub terminal: Terminal,
     /// The chain terminates TLS (a `DownstreamTlsContext` transport socket: Istio's mTLS).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Network RBAC filters (Istio's AuthorizationPolicy on TCP), checked once the
+    /// connection's TLS handshake is done.
+    pub rbac: Vec<Arc<crate::rbac::Rbac>>,
 }
 
 impl FilterChain {
@@ -97,6 +100,7 @@ impl FilterChain {
             }
         };
         let mut terminal = None;
+        let mut rbac = Vec::new();
         for f in &c.filters {
             let Some(lpb::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
                 tracing::debug!(filter = %f.name, "network filter without typed_config skipped");
@@ -113,6 +117,11 @@ impl FilterChain {
                 continue;
             }
             match any.type_url.as_str() {
+                crate::rbac::NETWORK_URL => rbac.extend(
+                    crate::rbac::Rbac::from_network(any)
+                        .map_err(|e| ctx(format!("filter {:?}: {e}", f.name)))?
+                        .map(Arc::new),
+                ),
                 HCM_URL => {
                     terminal = Some(Terminal::Http {
                         hcm: Arc::new(HcmConfig::from_any(any).map_err(ctx)?),
@@ -138,6 +147,7 @@ impl FilterChain {
             matcher: ChainMatch::from_proto(c.filter_chain_match.as_ref()).map_err(ctx)?,
             terminal,
             tls,
+            rbac,
             name,
         })
     }

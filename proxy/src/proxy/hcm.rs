@@ -31,6 +31,8 @@ pub enum HttpFilter {
     Fault(Arc<FaultConfig>),
     /// CORS (policies come from routes/vhosts).
     Cors,
+    /// RBAC (Istio's AuthorizationPolicy).
+    Rbac(Arc<crate::rbac::Rbac>),
     /// The router (terminal).
     Router,
 }
@@ -165,6 +167,12 @@ impl HcmConfig {
                     filters.push(HttpFilter::Fault(Default::default()))
                 }
                 _ if t == full_name::<CorsProto>() => filters.push(HttpFilter::Cors),
+                _ if any.is_some_and(|a| a.type_url == crate::rbac::HTTP_URL) => {
+                    let rbac = crate::rbac::Rbac::from_http(any.unwrap())
+                        .map_err(|e| format!("filter {}: {e}", f.name))?;
+                    // Without rules the filter has no effect.
+                    filters.extend(rbac.map(|r| HttpFilter::Rbac(Arc::new(r))));
+                }
                 ("envoy.filters.http.cors" | "envoy.cors", "") => filters.push(HttpFilter::Cors),
                 (name, t) => {
                     // Istio's allowlisted extras (alpn, grpc_stats, compressor, ...) are

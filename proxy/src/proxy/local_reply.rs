@@ -32,6 +32,8 @@ pub enum Flag {
     StreamIdleTimeout,
     /// The request broke the protocol (Envoy's codec and host checks).
     DownstreamProtocolError,
+    /// An RBAC filter denied the request (RBAC).
+    RbacDenied,
 }
 
 impl Flag {
@@ -49,6 +51,7 @@ impl Flag {
             Flag::DelayInjected => "DI",
             Flag::FaultInjected => "FI",
             Flag::DownstreamProtocolError => "DPE",
+            Flag::RbacDenied => "RBAC",
             Flag::DownstreamConnectionTermination => "DC",
             Flag::StreamIdleTimeout => "SI",
         }

@@ -173,6 +173,7 @@ pub fn serve(
         no_chain: stats.listener(&laddr, "no_filter_chain_match", Kind::Counter),
         ssl_handshake: stats.listener(&laddr, "ssl.handshake", Kind::Counter),
         ssl_error: stats.listener(&laddr, "ssl.connection_error", Kind::Counter),
+        rbac_denied: stats.listener(&laddr, "rbac.denied", Kind::Counter),
     });
     let running = Arc::new(RunningListener {
         current: Arc::new(ArcSwap::new(config)),
@@ -260,6 +261,8 @@ struct ListenerStats {
     ssl_handshake: Arc<Stat>,
     /// TLS handshakes that failed (or could not start: a secret not yet received).
     ssl_error: Arc<Stat>,
+    /// Connections a network RBAC filter closed.
+    rbac_denied: Arc<Stat>,
 }
 
 /// A downstream connection once its chain's transport socket has run.
@@ -364,6 +367,25 @@ impl Accepted {
                 }
             }
         };
+        if !chain.rbac.is_empty() {
+            let peer_tls = match &stream {
+                Down::Tls(s) => Some(crate::tls::Peer::of(s.get_ref().1)),
+                Down::Plain(_) => None,
+            };
+            let subject = crate::rbac::Subject {
+                http: None,
+                peer,
+                dst,
+                tls: peer_tls.as_ref(),
+            };
+            for r in &chain.rbac {
+                if let (false, policy) = r.allows(&subject) {
+                    tracing::debug!(listener = %target.name, chain = %chain.name, %peer, policy = ?policy, "RBAC: connection denied");
+                    self.lstats.rbac_denied.inc();
+                    return;
+                }
+            }
+        }
         match &chain.terminal {
             Terminal::Tcp(tp) => {
                 // Envoy closes what is left of a removed listener's (or chain's) connections

@@ -313,6 +313,25 @@ async fn route_request(
                     }
                 }
             }
+            HttpFilter::Rbac(rbac) => {
+                let subject = crate::rbac::Subject {
+                    http: Some((req.headers(), &pseudo)),
+                    peer: ctx.peer,
+                    dst: ctx.original_dst,
+                    tls: ctx.tls.as_deref(),
+                };
+                let (allowed, policy) = rbac.allows(&subject);
+                if !allowed {
+                    tracing::debug!(policy = ?policy, peer = %ctx.peer, "RBAC: access denied");
+                    flags.push(Flag::RbacDenied);
+                    return LocalReply {
+                        status: 403,
+                        body: "RBAC: access denied".into(),
+                        flags,
+                    }
+                    .into_response(&ctx.hcm.server_name, grpc, None);
+                }
+            }
             HttpFilter::Router => break,
         }
     }

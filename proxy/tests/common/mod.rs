@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod mtls;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

@@ -1,0 +1,350 @@
+//! Envoy's RBAC filters, `envoy.filters.http.rbac` and `envoy.filters.network.rbac`: what
+//! Istio makes of an AuthorizationPolicy. A policy matches when one of its permissions (what
+//! is asked: path, method, port, ...) and one of its principals (who asks: the client
+//! certificate's SPIFFE id, its address, ...) match; an ALLOW filter lets through only what a
+//! policy matches, a DENY filter stops it, a LOG filter only logs.
+//!
+//! Matchers this proxy cannot evaluate never match: dynamic metadata (Istio's
+//! `requestPrincipals` and `request.auth.claims`, which need the JWT filter), filter state and
+//! extensions. So a request behaves as one without a JWT: ALLOW rules on them deny, and a
+//! DENY on "no request principal" (`not_id` of metadata) denies. A policy `condition` (CEL)
+//! is refused, since skipping it would widen the policy.
+
+use crate::listener::chain_match::Cidr;
+use crate::route::matcher::{HeaderMatch, Pseudo, StringMatch};
+use crate::tls::Peer;
+use envoy_types::pb::envoy::config::rbac::v3 as rpb;
+use envoy_types::pb::google::protobuf::Any;
+use http::HeaderMap;
+use prost::Message;
+use std::net::SocketAddr;
+
+/// The HTTP filter's `@type`.
+pub const HTTP_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+/// The network filter's `@type`.
+pub const NETWORK_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
+
+/// What the filter does with a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Allow,
+    Deny,
+    Log,
+}
+
+#[derive(Debug)]
+enum Perm {
+    Any,
+    And(Vec<Perm>),
+    Or(Vec<Perm>),
+    Not(Box<Perm>),
+    Header(HeaderMatch),
+    UrlPath(StringMatch),
+    DestIp(Cidr),
+    DestPort(u32),
+    DestPorts(i32, i32),
+    Sni(StringMatch),
+    Never,
+}
+
+#[derive(Debug)]
+enum Prin {
+    Any,
+    And(Vec<Prin>),
+    Or(Vec<Prin>),
+    Not(Box<Prin>),
+    /// `authenticated`, with its `principal_name` matcher (none: any client certificate).
+    Authenticated(Option<StringMatch>),
+    /// `direct_remote_ip`, `source_ip` and `remote_ip` (the peer: mosn does not derive a
+    /// remote address from `x-forwarded-for` for RBAC).
+    Ip(Cidr),
+    Header(HeaderMatch),
+    UrlPath(StringMatch),
+    Never,
+}
+
+#[derive(Debug)]
+struct Policy {
+    name: String,
+    permissions: Vec<Perm>,
+    principals: Vec<Prin>,
+}
+
+/// A compiled RBAC filter.
+#[derive(Debug)]
+pub struct Rbac {
+    action: Action,
+    policies: Vec<Policy>,
+}
+
+/// What a decision looks at. `http` is absent for the network filter, where header and path
+/// matchers never match.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// Request headers and pseudo-headers.
+    pub http: Option<(&'a HeaderMap, &'a Pseudo<'a>)>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address the connection was made to (the original destination).
+    pub dst: SocketAddr,
+    /// The TLS client, when the connection is TLS.
+    pub tls: Option<&'a Peer>,
+}
+
+impl Rbac {
+    /// Compile the HTTP filter's config; `None` when it has no `rules` (no effect).
+    pub fn from_http(any: &Any) -> Result<Option<Self>, String> {
+        use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as P;
+        let p = P::decode(any.value.as_slice()).map_err(|e| format!("RBAC: {e}"))?;
+        if p.matcher.is_some() {
+            return Err("RBAC: the matcher form is not supported; use rules".into());
+        }
+        p.rules.as_ref().map(Self::from_rules).transpose()
+    }
+
+    /// Compile the network filter's config; `None` when it has no `rules`.
+    pub fn from_network(any: &Any) -> Result<Option<Self>, String> {
+        use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as P;
+        let p = P::decode(any.value.as_slice()).map_err(|e| format!("RBAC: {e}"))?;
+        if p.matcher.is_some() {
+            return Err("RBAC: the matcher form is not supported; use rules".into());
+        }
+        p.rules.as_ref().map(Self::from_rules).transpose()
+    }
+
+    fn from_rules(r: &rpb::Rbac) -> Result<Self, String> {
+        let action = match r.action {
+            0 => Action::Allow,
+            1 => Action::Deny,
+            2 => Action::Log,
+            a => return Err(format!("RBAC: unknown action {a}")),
+        };
+        let mut names: Vec<&String> = r.policies.keys().collect();
+        // Envoy's map has no order; a sorted one makes the reported policy stable.
+        names.sort();
+        let mut policies = Vec::new();
+        for name in names {
+            let p = &r.policies[name];
+            let ctx = |e: String| format!("RBAC policy {name:?}: {e}");
+            if p.condition.is_some() || p.checked_condition.is_some() {
+                return Err(ctx("conditions (CEL) are not supported".into()));
+            }
+            policies.push(Policy {
+                name: name.clone(),
+                permissions: p
+                    .permissions
+                    .iter()
+                    .map(perm)
+                    .collect::<Result<_, _>>()
+                    .map_err(ctx)?,
+                principals: p
+                    .principals
+                    .iter()
+                    .map(prin)
+                    .collect::<Result<_, _>>()
+                    .map_err(ctx)?,
+            });
+        }
+        Ok(Rbac { action, policies })
+    }
+
+    /// Whether `s` may go on, and the name of the policy that matched (if one did).
+    pub fn allows(&self, s: &Subject<'_>) -> (bool, Option<&str>) {
+        let hit = self
+            .policies
+            .iter()
+            .find(|p| {
+                p.permissions.iter().any(|m| m.matches(s))
+                    && p.principals.iter().any(|m| m.matches(s))
+            })
+            .map(|p| p.name.as_str());
+        let allowed = match self.action {
+            Action::Allow => hit.is_some(),
+            Action::Deny => hit.is_none(),
+            Action::Log => true,
+        };
+        (allowed, hit)
+    }
+}
+
+fn path_matcher(
+    p: &envoy_types::pb::envoy::r#type::matcher::v3::PathMatcher,
+) -> Result<StringMatch, String> {
+    match &p.rule {
+        Some(envoy_types::pb::envoy::r#type::matcher::v3::path_matcher::Rule::Path(m)) => {
+            StringMatch::from_proto(m)
+        }
+        None => Err("url_path without a matcher".into()),
+    }
+}
+
+fn perm(p: &rpb::Permission) -> Result<Perm, String> {
+    use rpb::permission::Rule as R;
+    let all = |v: &[rpb::Permission]| v.iter().map(perm).collect::<Result<Vec<_>, _>>();
+    Ok(match &p.rule {
+        Some(R::Any(true)) => Perm::Any,
+        Some(R::Any(false)) | None => Perm::Never,
+        Some(R::AndRules(s)) => Perm::And(all(&s.rules)?),
+        Some(R::OrRules(s)) => Perm::Or(all(&s.rules)?),
+        Some(R::NotRule(r)) => Perm::Not(Box::new(perm(r)?)),
+        Some(R::Header(h)) => Perm::Header(HeaderMatch::from_proto(h)?),
+        Some(R::UrlPath(u)) => Perm::UrlPath(path_matcher(u)?),
+        Some(R::DestinationIp(c)) => Perm::DestIp(Cidr::from_proto(c)?),
+        Some(R::DestinationPort(n)) => Perm::DestPort(*n),
+        Some(R::DestinationPortRange(r)) => Perm::DestPorts(r.start, r.end),
+        Some(R::RequestedServerName(m)) => Perm::Sni(StringMatch::from_proto(m)?),
+        Some(_) => Perm::Never,
+    })
+}
+
+fn prin(p: &rpb::Principal) -> Result<Prin, String> {
+    use rpb::principal::Identifier as I;
+    let all = |v: &[rpb::Principal]| v.iter().map(prin).collect::<Result<Vec<_>, _>>();
+    Ok(match &p.identifier {
+        Some(I::Any(true)) => Prin::Any,
+        Some(I::Any(false)) | None => Prin::Never,
+        Some(I::AndIds(s)) => Prin::And(all(&s.ids)?),
+        Some(I::OrIds(s)) => Prin::Or(all(&s.ids)?),
+        Some(I::NotId(i)) => Prin::Not(Box::new(prin(i)?)),
+        Some(I::Authenticated(a)) => Prin::Authenticated(
+            a.principal_name
+                .as_ref()
+                .map(StringMatch::from_proto)
+                .transpose()?,
+        ),
+        Some(I::SourceIp(c)) | Some(I::DirectRemoteIp(c)) | Some(I::RemoteIp(c)) => {
+            Prin::Ip(Cidr::from_proto(c)?)
+        }
+        Some(I::Header(h)) => Prin::Header(HeaderMatch::from_proto(h)?),
+        Some(I::UrlPath(u)) => Prin::UrlPath(path_matcher(u)?),
+        Some(_) => Prin::Never,
+    })
+}
+
+/// The path without its query, as `url_path` sees it.
+fn bare_path<'a>(s: &Subject<'a>) -> Option<&'a str> {
+    s.http
+        .map(|(_, p)| p.path.split('?').next().unwrap_or(p.path))
+}
+
+impl Perm {
+    fn matches(&self, s: &Subject<'_>) -> bool {
+        match self {
+            Perm::Any => true,
+            Perm::Never => false,
+            Perm::And(v) => v.iter().all(|m| m.matches(s)),
+            Perm::Or(v) => v.iter().any(|m| m.matches(s)),
+            Perm::Not(m) => !m.matches(s),
+            Perm::Header(h) => s.http.is_some_and(|(hm, p)| h.matches_in(hm, Some(p))),
+            Perm::UrlPath(m) => bare_path(s).is_some_and(|p| m.matches(p)),
+            Perm::DestIp(c) => c.contains(s.dst.ip()),
+            Perm::DestPort(n) => u32::from(s.dst.port()) == *n,
+            Perm::DestPorts(a, b) => (*a..*b).contains(&i32::from(s.dst.port())),
+            Perm::Sni(m) => m.matches(s.tls.and_then(|t| t.sni.as_deref()).unwrap_or("")),
+        }
+    }
+}
+
+impl Prin {
+    fn matches(&self, s: &Subject<'_>) -> bool {
+        match self {
+            Prin::Any => true,
+            Prin::Never => false,
+            Prin::And(v) => v.iter().all(|m| m.matches(s)),
+            Prin::Or(v) => v.iter().any(|m| m.matches(s)),
+            Prin::Not(m) => !m.matches(s),
+            Prin::Authenticated(name) => match (s.tls.filter(|t| t.authenticated), name) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                // Envoy: the URI SANs, else the DNS SANs (the subject is not read here).
+                (Some(t), Some(m)) => {
+                    if t.sans.uri.is_empty() {
+                        t.sans.dns.iter().any(|d| m.matches(d))
+                    } else {
+                        t.sans.uri.iter().any(|u| m.matches(u))
+                    }
+                }
+            },
+            Prin::Ip(c) => c.contains(s.peer.ip()),
+            Prin::Header(h) => s.http.is_some_and(|(hm, p)| h.matches_in(hm, Some(p))),
+            Prin::UrlPath(m) => bare_path(s).is_some_and(|p| m.matches(p)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rbac(rules: serde_json::Value) -> Result<Option<Rbac>, String> {
+        let v = json!({"@type": HTTP_URL, "rules": rules});
+        let pool = mosn_proto::decode_pool();
+        let p: envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac =
+            mosn_proto::from_json(&pool, &json!({"rules": v["rules"]}), true).unwrap();
+        Rbac::from_http(&Any {
+            type_url: HTTP_URL.into(),
+            value: p.encode_to_vec(),
+        })
+    }
+
+    fn subject<'a>(h: &'a HeaderMap, p: &'a Pseudo<'a>, port: u16) -> Subject<'a> {
+        Subject {
+            http: Some((h, p)),
+            peer: "10.1.2.3:5000".parse().unwrap(),
+            dst: SocketAddr::from(([10, 0, 0, 1], port)),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn istio_deny_without_request_principal_and_ports() {
+        // Istio's DENY for `notRequestPrincipals: ["*"]`: metadata never matches here (no JWT
+        // filter), so its negation matches every request.
+        let r = rbac(json!({"action": "DENY", "policies": {"p": {
+            "permissions": [{"destination_port": 8080}],
+            "principals": [{"not_id": {"metadata": {"filter": "istio_authn", "path": [{"key": "request.auth.principal"}],
+                "value": {"string_match": {"safe_regex": {"regex": ".+"}}}}}}]}}}))
+        .unwrap()
+        .unwrap();
+        let (h, p) = (
+            HeaderMap::new(),
+            Pseudo {
+                method: "GET",
+                path: "/",
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.allows(&subject(&h, &p, 8080)), (false, Some("p")));
+        assert_eq!(r.allows(&subject(&h, &p, 9090)), (true, None));
+        // The source address and a port range.
+        let r = rbac(json!({"policies": {"p": {
+            "permissions": [{"destination_port_range": {"start": 8000, "end": 8100}}],
+            "principals": [{"direct_remote_ip": {"address_prefix": "10.1.0.0", "prefix_len": 16}}]}}}))
+        .unwrap()
+        .unwrap();
+        assert!(r.allows(&subject(&h, &p, 8080)).0);
+        assert!(!r.allows(&subject(&h, &p, 8100)).0);
+    }
+
+    #[test]
+    fn log_allows_no_rules_is_no_filter_and_conditions_are_refused() {
+        let r = rbac(json!({"action": "LOG", "policies": {"p": {"permissions": [{"any": true}], "principals": [{"any": true}]}}}))
+            .unwrap()
+            .unwrap();
+        let (h, p) = (HeaderMap::new(), Pseudo::default());
+        assert_eq!(r.allows(&subject(&h, &p, 1)), (true, Some("p")));
+        let none = Rbac::from_http(&Any {
+            type_url: HTTP_URL.into(),
+            value: vec![],
+        })
+        .unwrap();
+        assert!(none.is_none());
+        let err = rbac(
+            json!({"policies": {"p": {"permissions": [{"any": true}], "principals": [{"any": true}],
+            "condition": {"const_expr": {"bool_value": true}}}}}),
+        )
+        .unwrap_err();
+        assert!(err.contains("CEL"), "{err}");
+    }
+}

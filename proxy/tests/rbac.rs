@@ -1,0 +1,105 @@
+//! RBAC as Istio writes an AuthorizationPolicy: the HTTP filter (methods, paths and the
+//! client's SPIFFE id from its mTLS certificate; ALLOW and DENY) and the network filter on a
+//! TCP chain. curl is the client, with openssl-made workload certificates.
+
+mod common;
+
+use common::mtls::*;
+use common::*;
+use serde_json::{json, Value};
+
+/// An HTTP RBAC filter with `action` and one policy of `permissions` and `principals`.
+fn http_rbac(action: &str, permissions: Value, principals: Value) -> Value {
+    json!({"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": action, "policies": {"ns[default]-policy[p]-rule[0]": {
+            "permissions": permissions, "principals": principals}}}}})
+}
+
+fn principal(spiffe: &str) -> Value {
+    json!([{"and_ids": {"ids": [{"or_ids": {"ids": [{"authenticated": {"principal_name": {"exact": spiffe}}}]}}]}}])
+}
+
+const OTHER: [&str; 4] = ["--cert", "other.crt", "--key", "other.key"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_takes_method_path_and_the_spiffe_identity() {
+    let dir = pki();
+    let d = dir.path();
+    // Istio: `to: operation {methods: [GET], paths: [/public*]}`, `from: principals`.
+    let permissions = json!([{"and_rules": {"rules": [
+        {"or_rules": {"rules": [{"header": {"name": ":method", "string_match": {"exact": "GET"}}}]}},
+        {"or_rules": {"rules": [{"url_path": {"path": {"prefix": "/public"}}}]}}]}}]);
+    let rbac = http_rbac("ALLOW", permissions, principal(SPIFFE_CLIENT));
+    let (p, up) = mtls_proxy_with(d, json!([]), vec![rbac]).await;
+    let addr = p.addr("in");
+    let at = |path: &str| format!("https://server.test:{}{path}", addr.port());
+    assert_eq!(
+        curl_url(d, addr, &at("/public/x?q=1"), &CLIENT).await,
+        Ok((200, "2".into()))
+    );
+    assert_eq!(
+        curl_url(d, addr, &at("/private"), &CLIENT).await,
+        Ok((403, "2".into()))
+    );
+    let post = [&CLIENT[..], &["-X", "POST"]].concat();
+    assert_eq!(
+        curl_url(d, addr, &at("/public"), &post).await,
+        Ok((403, "2".into()))
+    );
+    assert_eq!(
+        curl_url(d, addr, &at("/public"), &OTHER).await,
+        Ok((403, "2".into()))
+    );
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_stops_what_it_matches_and_nothing_else() {
+    let dir = pki();
+    let d = dir.path();
+    let permissions = json!([{"url_path": {"path": {"prefix": "/admin"}}}]);
+    let rbac = http_rbac("DENY", permissions, json!([{"any": true}]));
+    let (p, up) = mtls_proxy_with(d, json!([]), vec![rbac]).await;
+    let addr = p.addr("in");
+    let at = |path: &str| format!("https://server.test:{}{path}", addr.port());
+    assert_eq!(
+        curl_url(d, addr, &at("/admin/users"), &CLIENT).await,
+        Ok((403, "2".into()))
+    );
+    assert_eq!(
+        curl_url(d, addr, &at("/home"), &CLIENT).await,
+        Ok((200, "2".into()))
+    );
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_rbac_closes_tcp_connections_of_other_identities() {
+    let dir = pki();
+    let d = dir.path();
+    let up = upstream("app").await;
+    // A TCP chain over mTLS whose network RBAC lets in only `other`.
+    let chain = json!({"transport_socket": downstream_tls(json!([])), "filters": [
+        {"name": "envoy.filters.network.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC", "stat_prefix": "tcp.",
+            "rules": {"policies": {"p": {"permissions": [{"any": true}], "principals": principal(SPIFFE_OTHER)}}}}},
+        {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "in", "cluster": "app"}}]});
+    let l = json!({"name": "in", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}, "filter_chains": [chain]});
+    let mut boot = bootstrap(vec![l], vec![cluster("app", &[up.addr], json!({}))]);
+    boot["static_resources"]["secrets"] = secrets(d);
+    let p = proxy(boot).await;
+    let addr = p.addr("in");
+    // The app speaks plain HTTP/1.1 behind the TCP proxy.
+    let url = format!("https://server.test:{}/", addr.port());
+    let ok = curl_url(d, addr, &url, &[&OTHER[..], &["--http1.1"]].concat()).await;
+    assert_eq!(ok, Ok((200, "1.1".into())));
+    let denied = curl_url(d, addr, &url, &[&CLIENT[..], &["--http1.1"]].concat()).await;
+    assert!(
+        denied.is_err(),
+        "the client's identity is not allowed: {denied:?}"
+    );
+    assert_eq!(p.stat("listener.127.0.0.1_0.rbac.denied"), 1);
+    assert_eq!(up.hits(), 1);
+}
