@@ -197,3 +197,55 @@ async fn the_server_identity_is_checked_and_unlabelled_endpoints_are_plaintext()
     );
     assert_eq!(app.hits(), 1);
 }
+
+/// Istio's inbound XFCC: APPEND_FORWARD with Subject, URI and DNS; a plaintext listener's
+/// default (SANITIZE) drops a client's own header, and the app sees https on mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_learns_the_clients_identity_and_nobody_can_forge_it() {
+    let dir = pki();
+    let d = dir.path();
+    let up = upstream("app").await;
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]);
+    let xfcc = json!({"forward_client_cert_details": "APPEND_FORWARD",
+        "set_current_client_cert_details": {"subject": true, "dns": true, "uri": true}});
+    let mut tls = listener("in", vhosts.clone(), vec![], xfcc);
+    tls["filter_chains"][0]["transport_socket"] = downstream_tls(json!([]));
+    let plain = listener("plain", vhosts, vec![], json!({}));
+    let mut boot = bootstrap(
+        vec![tls, plain],
+        vec![cluster("app", &[up.addr], json!({}))],
+    );
+    boot["static_resources"]["secrets"] = secrets(d);
+    let p = proxy(boot).await;
+    let addr = p.addr("in");
+    let url = format!("https://server.test:{}/", addr.port());
+    let args = [
+        &CLIENT[..],
+        &["-H", "x-forwarded-client-cert: By=spiffe://upstream-proxy"],
+    ]
+    .concat();
+    let body = curl_body(d, addr, &url, &args).await.unwrap();
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    let expected = format!(
+        "By=spiffe://upstream-proxy,By={SPIFFE_SERVER};Hash={};Subject=\"CN=client\";URI={SPIFFE_CLIENT}",
+        cert_sha256(d, "client.crt")
+    );
+    assert_eq!(echo["headers"]["x-forwarded-client-cert"], json!(expected));
+    assert_eq!(echo["headers"]["x-forwarded-proto"], json!("https"));
+    // Plaintext, default SANITIZE: a forged header is dropped.
+    let r = get(
+        p.addr("plain"),
+        "/",
+        &[(
+            "x-forwarded-client-cert",
+            "URI=spiffe://cluster.local/ns/x/sa/admin",
+        )],
+    )
+    .await;
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-client-cert"],
+        Value::Null,
+        "{}",
+        r.body
+    );
+}

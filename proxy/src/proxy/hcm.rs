@@ -91,6 +91,8 @@ pub struct HcmConfig {
     /// Istio's `istio.alpn` HTTP filter is in the chain: upstream mTLS connections offer
     /// Istio's ALPN for the upstream protocol (see [`crate::tls::Alpn`]).
     pub istio_alpn: bool,
+    /// `x-forwarded-client-cert` handling.
+    pub xfcc: super::xfcc::Xfcc,
     /// Downstream HTTP/2: `http2_protocol_options` and `max_request_headers_kb`.
     pub h2: crate::http2::H2Settings,
     /// `common_http_protocol_options.max_stream_duration`, for routes without their own.
@@ -227,6 +229,7 @@ impl HcmConfig {
                 h.server_name.clone()
             },
             istio_alpn: skipped.iter().any(|n| n == "istio.alpn"),
+            xfcc: super::xfcc::Xfcc::from_hcm(h),
             skipped,
             append_xff: h.use_remote_address.as_ref().is_some_and(|b| b.value)
                 && !h.skip_xff_append,

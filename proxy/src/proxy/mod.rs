@@ -22,6 +22,7 @@ mod running;
 pub mod service;
 pub mod tcp_proxy;
 pub mod timer;
+pub mod xfcc;
 
 pub use running::{bind, serve, RunningListener};
 

@@ -268,7 +268,7 @@ struct ListenerStats {
 /// A downstream connection once its chain's transport socket has run.
 enum Down {
     Plain(TcpStream),
-    Tls(Box<crate::tls::ServerStream>),
+    Tls(Box<crate::tls::ServerStream>, Arc<crate::tls::Peer>),
 }
 
 /// A connection accepted by a bound listener, before its filter chain is known.
@@ -354,10 +354,11 @@ impl Accepted {
                         return;
                     }
                 };
-                match start.into_stream(cfg).await {
+                match start.into_stream(cfg.config.clone()).await {
                     Ok(s) => {
                         self.lstats.ssl_handshake.inc();
-                        Down::Tls(Box::new(s))
+                        let peer = crate::tls::Peer::of(s.get_ref().1, cfg.local_uri.clone());
+                        Down::Tls(Box::new(s), Arc::new(peer))
                     }
                     Err(e) => {
                         tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS handshake failed: {e}");
@@ -368,15 +369,14 @@ impl Accepted {
             }
         };
         if !chain.rbac.is_empty() {
-            let peer_tls = match &stream {
-                Down::Tls(s) => Some(crate::tls::Peer::of(s.get_ref().1)),
-                Down::Plain(_) => None,
-            };
             let subject = crate::rbac::Subject {
                 http: None,
                 peer,
                 dst,
-                tls: peer_tls.as_ref(),
+                tls: match &stream {
+                    Down::Tls(_, p) => Some(p),
+                    Down::Plain(_) => None,
+                },
             };
             for r in &chain.rbac {
                 if let (false, policy) = r.allows(&subject) {
@@ -413,7 +413,7 @@ impl Accepted {
                         )
                         .await
                     }
-                    Down::Tls(s) => {
+                    Down::Tls(s, _) => {
                         let _ = s.get_ref().0.set_nodelay(true);
                         let down = tokio::io::split(s);
                         tcp_proxy::serve(
@@ -449,14 +449,14 @@ impl Accepted {
                     timer: Default::default(),
                     tls: match &stream {
                         Down::Plain(_) => None,
-                        Down::Tls(s) => Some(Arc::new(crate::tls::Peer::of(s.get_ref().1))),
+                        Down::Tls(_, p) => Some(p.clone()),
                     },
                 });
                 hstats.cx_total.inc();
                 hstats.cx_active.inc();
                 match stream {
                     Down::Plain(s) => conn::serve_connection(s, ctx).await,
-                    Down::Tls(s) => conn::serve_tls(*s, ctx).await,
+                    Down::Tls(s, _) => conn::serve_tls(*s, ctx).await,
                 }
                 hstats.cx_active.dec();
             }

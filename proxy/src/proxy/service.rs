@@ -383,6 +383,14 @@ async fn route_request(
             if ctx.hcm.append_xff {
                 append_xff(&mut parts.headers, ctx.peer.ip());
             }
+            ctx.hcm.xfcc.apply(&mut parts.headers, ctx.tls.as_deref());
+            if ctx.tls.is_some() {
+                // Envoy's x-forwarded-proto follows the downstream connection.
+                parts
+                    .headers
+                    .entry(http::HeaderName::from_static("x-forwarded-proto"))
+                    .or_insert(HeaderValue::from_static("https"));
+            }
             prepare_upstream_headers(
                 &mut parts,
                 &ctx.hcm,

@@ -303,7 +303,16 @@ pub struct ServerTls {
     common: Common,
     require_client: bool,
     /// Configs with the context's ALPN, and without (see [`ServerTls::config`]).
-    cache: [Cached<rustls::ServerConfig>; 2],
+    cache: [Cached<ServerSide>; 2],
+}
+
+/// A built server config and what it presents.
+#[derive(Debug)]
+pub struct ServerSide {
+    /// The rustls config.
+    pub config: Arc<rustls::ServerConfig>,
+    /// The URI SAN of the certificate presented (XFCC's `By=`).
+    pub local_uri: Option<String>,
 }
 
 impl ServerTls {
@@ -345,13 +354,14 @@ impl ServerTls {
     /// the client offered one of ours. When it did not, the config selects none: rustls
     /// would refuse the handshake, where Envoy (BoringSSL) goes on without ALPN (an Istio
     /// client offers `istio-peer-exchange, istio` to a chain that lists `h2, http/1.1`).
-    pub fn config(
-        &self,
-        secrets: &Secrets,
-        alpn: bool,
-    ) -> Result<Arc<rustls::ServerConfig>, String> {
+    pub fn config(&self, secrets: &Secrets, alpn: bool) -> Result<Arc<ServerSide>, String> {
         cached(&self.cache[alpn as usize], secrets, || {
             let key = self.common.cert(secrets)?.ok_or("no certificate")?;
+            let local_uri = key
+                .cert
+                .first()
+                .and_then(|c| subject_alt_names(c))
+                .and_then(|s| s.uri.into_iter().next());
             let provider = super::provider();
             let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(self.common.versions())
@@ -375,7 +385,10 @@ impl ServerTls {
             if alpn {
                 cfg.alpn_protocols = self.common.alpn.clone();
             }
-            Ok(cfg)
+            Ok(ServerSide {
+                config: Arc::new(cfg),
+                local_uri,
+            })
         })
     }
 }

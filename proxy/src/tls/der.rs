@@ -101,6 +101,88 @@ pub fn subject_alt_names(cert: &[u8]) -> Option<Sans> {
     Some(sans)
 }
 
+/// The subject of `cert` (DER) as RFC 2253 writes it (`CN=a,O=b`, last RDN first), as
+/// Envoy's `Subject=` in `x-forwarded-client-cert`; empty for an empty subject (Istio's
+/// workload certificates). `None` when it is not shaped like a certificate.
+pub fn subject(cert: &[u8]) -> Option<String> {
+    let (SEQUENCE, cert, _) = tlv(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = tlv(cert)? else {
+        return None;
+    };
+    // [0] version, then serial, signature, issuer, validity, subject.
+    let mut fields = elements(tbs).filter(|(t, _)| *t != 0xa0);
+    let (SEQUENCE, name) = fields.nth(4)? else {
+        return None;
+    };
+    let mut rdns = Vec::new();
+    for (tag, rdn) in elements(name) {
+        if tag != 0x31 {
+            return None;
+        }
+        let mut parts = Vec::new();
+        for (tag, atv) in elements(rdn) {
+            if tag != SEQUENCE {
+                return None;
+            }
+            let mut it = elements(atv);
+            let (0x06, oid) = it.next()? else {
+                return None;
+            };
+            let (_, value) = it.next()?;
+            let key = match oid {
+                [0x55, 0x04, 0x03] => "CN".to_string(),
+                [0x55, 0x04, 0x06] => "C".into(),
+                [0x55, 0x04, 0x07] => "L".into(),
+                [0x55, 0x04, 0x08] => "ST".into(),
+                [0x55, 0x04, 0x0a] => "O".into(),
+                [0x55, 0x04, 0x0b] => "OU".into(),
+                _ => oid_text(oid),
+            };
+            parts.push(format!("{key}={}", escape(&String::from_utf8_lossy(value))));
+        }
+        rdns.push(parts.join("+"));
+    }
+    rdns.reverse();
+    Some(rdns.join(","))
+}
+
+/// Dotted form of an OID's content bytes.
+fn oid_text(oid: &[u8]) -> String {
+    let mut out = Vec::new();
+    let mut n: u64 = 0;
+    for (i, b) in oid.iter().enumerate() {
+        n = (n << 7) | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            if out.is_empty() {
+                out.push((n / 40).min(2).to_string());
+                out.push((n - 40 * (n / 40).min(2)).to_string());
+            } else {
+                out.push(n.to_string());
+            }
+            n = 0;
+        }
+        if i > 32 {
+            break;
+        }
+    }
+    out.join(".")
+}
+
+/// RFC 2253 escaping of an attribute value.
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, c) in v.chars().enumerate() {
+        let edge = (i == 0 && (c == ' ' || c == '#')) || (i + 1 == v.chars().count() && c == ' ');
+        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';') || edge {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +244,40 @@ mod tests {
         assert_eq!(s.dns, ["reviews.default.svc"]);
         assert_eq!(s.email, ["a@b.c"]);
         assert_eq!(s.ip, [IpAddr::from([10, 0, 0, 1])]);
+    }
+
+    #[test]
+    fn subject_in_rfc2253_order() {
+        let atv = |oid: &[u8], v: &str| {
+            enc(
+                0x31,
+                &enc(
+                    SEQUENCE,
+                    &[enc(0x06, oid), enc(0x0c, v.as_bytes())].concat(),
+                ),
+            )
+        };
+        let name = enc(
+            SEQUENCE,
+            &[
+                atv(&[0x55, 4, 6], "US"),
+                atv(&[0x55, 4, 10], "Acme, Inc"),
+                atv(&[0x55, 4, 3], "web"),
+            ]
+            .concat(),
+        );
+        let mut tbs = enc(0xa0, &enc(0x02, &[2]));
+        tbs.extend(enc(0x02, &[1]));
+        tbs.extend(enc(SEQUENCE, &[]));
+        tbs.extend(enc(SEQUENCE, &[]));
+        tbs.extend(enc(SEQUENCE, &[]));
+        tbs.extend(name);
+        let c = enc(SEQUENCE, &enc(SEQUENCE, &tbs));
+        assert_eq!(subject(&c).as_deref(), Some("CN=web,O=Acme\\, Inc,C=US"));
+        assert_eq!(
+            oid_text(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]),
+            "1.2.840.113549"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod der;
 pub mod sds;
 pub mod secrets;
 
-pub use context::{Alpn, ClientTls, Dial, SdsRef, ServerTls};
+pub use context::{Alpn, ClientTls, Dial, SdsRef, ServerSide, ServerTls};
 pub use secrets::Secrets;
 
 use std::sync::{Arc, OnceLock};
@@ -27,7 +27,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// What a downstream TLS connection says about its client, for RBAC's `authenticated`
-/// principals and `:scheme`.
+/// principals, `:scheme` and `x-forwarded-client-cert`.
 #[derive(Debug, Default, Clone)]
 pub struct Peer {
     /// The client certificate's SANs (none without a certificate).
@@ -36,11 +36,17 @@ pub struct Peer {
     pub authenticated: bool,
     /// The SNI the client sent.
     pub sni: Option<String>,
+    /// The client certificate's SHA-256, lowercase hex.
+    pub hash: Option<String>,
+    /// The client certificate's subject (RFC 2253).
+    pub subject: Option<String>,
+    /// The URI SAN of the certificate this side presented (XFCC's `By=`).
+    pub local_uri: Option<String>,
 }
 
 impl Peer {
-    /// Read the peer of a finished handshake.
-    pub fn of(conn: &rustls::ServerConnection) -> Peer {
+    /// Read the peer of a finished handshake; `local_uri` from the certificate presented.
+    pub fn of(conn: &rustls::ServerConnection, local_uri: Option<String>) -> Peer {
         let cert = conn.peer_certificates().and_then(|c| c.first());
         Peer {
             sans: cert
@@ -48,6 +54,12 @@ impl Peer {
                 .unwrap_or_default(),
             authenticated: cert.is_some(),
             sni: conn.server_name().map(str::to_string),
+            hash: cert.map(|c| {
+                let d = ring::digest::digest(&ring::digest::SHA256, c);
+                d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+            }),
+            subject: cert.and_then(|c| der::subject(c)),
+            local_uri,
         }
     }
 }

@@ -137,3 +137,64 @@ pub async fn curl_url(
 }
 
 pub const CLIENT: [&str; 4] = ["--cert", "client.crt", "--key", "client.key"];
+
+/// The body curl gets from `url` over TLS (the upstream's JSON echo), or curl's error.
+pub async fn curl_body(
+    d: &Path,
+    addr: SocketAddr,
+    url: &str,
+    args: &[&str],
+) -> Result<String, String> {
+    let resolve = format!("server.test:{}:127.0.0.1", addr.port());
+    let (d, url) = (d.to_path_buf(), url.to_string());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .current_dir(d)
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--cacert",
+                "ca.crt",
+                "--resolve",
+                &resolve,
+            ])
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("curl (apt-get install curl)")
+    })
+    .await
+    .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// SHA-256 of a PEM certificate's DER, lowercase hex (openssl's own reading).
+pub fn cert_sha256(d: &Path, pem: &str) -> String {
+    let der = std::process::Command::new("openssl")
+        .args(["x509", "-in", pem, "-outform", "DER"])
+        .current_dir(d)
+        .output()
+        .unwrap()
+        .stdout;
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&der)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}

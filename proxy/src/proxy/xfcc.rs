@@ -1,0 +1,107 @@
+//! `x-forwarded-client-cert` (XFCC), Envoy's `forward_client_cert_details` and
+//! `set_current_client_cert_details`: what the upstream learns of an mTLS client. Istio's
+//! inbound HCMs use APPEND_FORWARD with Subject, URI and DNS, so the app sees
+//! `By=<this workload>;Hash=<client cert SHA-256>;Subject="";URI=<client SPIFFE id>`.
+//! The default, SANITIZE, removes the header, so that no client can claim an identity.
+
+use crate::tls::Peer;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The header.
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// `forward_client_cert_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Mode {
+    #[default]
+    Sanitize,
+    ForwardOnly,
+    AppendForward,
+    SanitizeSet,
+    AlwaysForwardOnly,
+}
+
+/// An HCM's XFCC settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Xfcc {
+    forward: Mode,
+    subject: bool,
+    uri: bool,
+    dns: bool,
+}
+
+impl Xfcc {
+    /// Read the HCM's settings (`cert` and `chain` details are not sent).
+    pub fn from_hcm(h: &HttpConnectionManager) -> Self {
+        let forward = match h.forward_client_cert_details {
+            1 => Mode::ForwardOnly,
+            2 => Mode::AppendForward,
+            3 => Mode::SanitizeSet,
+            4 => Mode::AlwaysForwardOnly,
+            _ => Mode::Sanitize,
+        };
+        let set = h.set_current_client_cert_details.as_ref();
+        Xfcc {
+            forward,
+            subject: set
+                .and_then(|s| s.subject.as_ref())
+                .is_some_and(|b| b.value),
+            uri: set.is_some_and(|s| s.uri),
+            dns: set.is_some_and(|s| s.dns),
+        }
+    }
+
+    /// Rewrite the request's XFCC for a client `tls` (`None`: plaintext), as Envoy does.
+    pub fn apply(&self, headers: &mut HeaderMap, tls: Option<&Peer>) {
+        let Some(peer) = tls.filter(|p| p.authenticated) else {
+            if self.forward != Mode::AlwaysForwardOnly {
+                headers.remove(XFCC);
+            }
+            return;
+        };
+        let append = match self.forward {
+            Mode::ForwardOnly | Mode::AlwaysForwardOnly => return,
+            Mode::Sanitize => {
+                headers.remove(XFCC);
+                return;
+            }
+            Mode::AppendForward => true,
+            Mode::SanitizeSet => false,
+        };
+        let mut parts = Vec::new();
+        if let Some(by) = &peer.local_uri {
+            parts.push(format!("By={by}"));
+        }
+        if let Some(h) = &peer.hash {
+            parts.push(format!("Hash={h}"));
+        }
+        if self.subject {
+            parts.push(format!(
+                "Subject=\"{}\"",
+                peer.subject.as_deref().unwrap_or("")
+            ));
+        }
+        if self.uri {
+            if let Some(u) = peer.sans.uri.first() {
+                parts.push(format!("URI={u}"));
+            }
+        }
+        if self.dns {
+            parts.extend(peer.sans.dns.iter().map(|d| format!("DNS={d}")));
+        }
+        let mine = parts.join(";");
+        let value = match headers.get(XFCC).and_then(|v| v.to_str().ok()) {
+            Some(prev) if append && !prev.is_empty() => format!("{prev},{mine}"),
+            _ => mine,
+        };
+        match HeaderValue::from_str(&value) {
+            Ok(v) => {
+                headers.insert(XFCC, v);
+            }
+            Err(_) => {
+                headers.remove(XFCC);
+            }
+        }
+    }
+}
