@@ -143,11 +143,9 @@ pub async fn handle(server: &Arc<Server>, req: Request<Incoming>) -> Response<Bo
             // Static config plus the xDS client's dynamic sections (with version_info and
             // last_updated), the shape `istioctl proxy-config` reads.
             let eds = has("include_eds");
-            json_response(&crate::xds::dump::augment(
-                server,
-                config_dump(server, eds),
-                eds,
-            ))
+            let mut dump = crate::xds::dump::augment(server, config_dump(server, eds), eds);
+            redact_keys(&mut dump);
+            json_response(&dump)
         }
         "/clusters" => clusters(server, get("format").as_deref() == Some("json")),
         "/listeners" => listeners(server, get("format").as_deref() == Some("json")),
@@ -307,7 +305,50 @@ pub fn config_dump(server: &Server, include_eds: bool) -> Value {
         .collect();
     configs.push(json!({"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": listeners}));
     configs.push(json!({"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "static_route_configs": routes}));
+    // Secrets, private keys redacted (`istioctl proxy-config secret` reads these).
+    let secret_url =
+        type_url::<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>();
+    let statics: Vec<Value> = snap
+        .bootstrap
+        .iter()
+        .flat_map(|b| b.proto.static_resources.iter().flat_map(|r| &r.secrets))
+        .map(|s| {
+            json!({"name": s.name, "last_updated": ts,
+            "secret": with_type(secret_url.clone(), to_json(&crate::tls::secrets::redacted(s)))})
+        })
+        .collect();
+    let dynamic: Vec<Value> = server
+        .store
+        .secrets
+        .dynamic()
+        .iter()
+        .map(|d| json!({"name": d.secret.name, "version_info": d.version, "last_updated": rfc3339(d.last_updated),
+            "secret": with_type(secret_url.clone(), to_json(&d.secret))}))
+        .collect();
+    configs.push(
+        json!({"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+        "static_secrets": statics, "dynamic_active_secrets": dynamic}),
+    );
     json!({ "configs": configs })
+}
+
+/// Replace every inline `private_key` (bootstrap, clusters, listeners, secrets) with
+/// `[redacted]`, as Envoy's dump does with fields marked sensitive. File paths stay.
+fn redact_keys(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m.iter_mut() {
+                let inline = v.get("inline_bytes").is_some() || v.get("inline_string").is_some();
+                if k == "private_key" && inline {
+                    *v = json!({"inline_string": "[redacted]"});
+                } else {
+                    redact_keys(v);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact_keys),
+        _ => {}
+    }
 }
 
 fn type_url<M: prost::Name>() -> String {

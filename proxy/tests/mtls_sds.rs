@@ -274,4 +274,24 @@ async fn secrets_come_from_sds_rotate_and_bad_ones_are_nacked() {
         Ok((200, "2".into()))
     );
     assert_eq!(up.hits(), 3);
+
+    // /config_dump lists the secrets as accepted (version 2), keys redacted.
+    let dump = get(p.admin(), "/config_dump", &[]).await;
+    let v: Value = serde_json::from_str(&dump.body).unwrap();
+    let secrets = v["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.SecretsConfigDump")
+        .expect("a SecretsConfigDump");
+    let active = secrets["dynamic_active_secrets"].as_array().unwrap();
+    let names: Vec<&str> = active.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ROOTCA", "default"]);
+    assert!(active.iter().all(|s| s["version_info"] == "2"), "{secrets}");
+    let key = &active[1]["secret"]["tls_certificate"]["private_key"];
+    assert_eq!(key, &json!({"inline_string": "[redacted]"}));
+    assert!(
+        !dump.body.contains("PRIVATE KEY") && !dump.body.contains("UFJJVkFURSBLRVk"),
+        "a key leaked into /config_dump"
+    );
 }

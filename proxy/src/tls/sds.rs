@@ -214,6 +214,7 @@ async fn stream(
 /// Compile every secret of a response, then put them all in the store; the count.
 fn accept(server: &Server, resp: &DiscoveryResponse) -> Result<usize, String> {
     let mut entries = Vec::new();
+    let mut protos = Vec::new();
     for any in &resp.resources {
         if any.type_url != SECRET_URL {
             return Err(format!(
@@ -224,8 +225,10 @@ fn accept(server: &Server, resp: &DiscoveryResponse) -> Result<usize, String> {
         let s =
             Secret::decode(any.value.as_slice()).map_err(|e| format!("undecodable Secret: {e}"))?;
         entries.push((s.name.clone(), entry(&s)?));
+        protos.push(s);
     }
     let n = entries.len();
     server.store.secrets.put(entries);
+    server.store.secrets.record(&protos, &resp.version_info);
     Ok(n)
 }

@@ -182,6 +182,33 @@ fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, 
 pub struct Secrets {
     map: ArcSwap<HashMap<String, Entry>>,
     generation: AtomicU64,
+    /// What SDS sent, keys redacted, for `/config_dump` (`dynamic_active_secrets`).
+    dynamic: std::sync::Mutex<std::collections::BTreeMap<String, Dumped>>,
+}
+
+/// A secret as `/config_dump` shows it.
+#[derive(Debug, Clone)]
+pub struct Dumped {
+    /// The SDS version it came with.
+    pub version: String,
+    /// When it was accepted.
+    pub last_updated: std::time::SystemTime,
+    /// The secret, its private key replaced by `[redacted]` as Envoy's dump does.
+    pub secret: Secret,
+}
+
+/// `s` with its private key replaced by `[redacted]`.
+pub fn redacted(s: &Secret) -> Secret {
+    let mut s = s.clone();
+    if let Some(Type::TlsCertificate(t)) = &mut s.r#type {
+        if t.private_key.is_some() {
+            t.private_key = Some(DataSource {
+                specifier: Some(Specifier::InlineString("[redacted]".into())),
+                ..Default::default()
+            });
+        }
+    }
+    s
 }
 
 impl Secrets {
@@ -201,6 +228,28 @@ impl Secrets {
         map.extend(entries);
         self.map.store(Arc::new(map));
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Record what an SDS update brought (keys redacted), for `/config_dump`.
+    pub fn record(&self, secrets: &[Secret], version: &str) {
+        let now = std::time::SystemTime::now();
+        let mut d = self.dynamic.lock().unwrap();
+        for s in secrets {
+            let secret = redacted(s);
+            d.insert(
+                s.name.clone(),
+                Dumped {
+                    version: version.to_string(),
+                    last_updated: now,
+                    secret,
+                },
+            );
+        }
+    }
+
+    /// The SDS secrets as last accepted, by name.
+    pub fn dynamic(&self) -> Vec<Dumped> {
+        self.dynamic.lock().unwrap().values().cloned().collect()
     }
 
     /// Names of the secrets held, sorted (for logs and the admin API).
