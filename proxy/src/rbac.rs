@@ -4,11 +4,13 @@
 //! certificate's SPIFFE id, its address, ...) match; an ALLOW filter lets through only what a
 //! policy matches, a DENY filter stops it, a LOG filter only logs.
 //!
-//! Matchers this proxy cannot evaluate never match: dynamic metadata (Istio's
-//! `requestPrincipals` and `request.auth.claims`, which need the JWT filter), filter state and
-//! extensions. So a request behaves as one without a JWT: ALLOW rules on them deny, and a
-//! DENY on "no request principal" (`not_id` of metadata) denies. A policy `condition` (CEL)
-//! is refused, since skipping it would widen the policy.
+//! Dynamic metadata matchers (Istio's `requestPrincipals` and `request.auth.claims`, written
+//! by Envoy's JWT filter) never match: mosn has no JWT filter and refuses requests that carry
+//! a token where one is configured (see `proxy::hcm`), so no request here has JWT metadata,
+//! as in Envoy for a request without a token. Matchers it cannot evaluate at all (URI
+//! templates, filter state, extensions) fail closed: they match where that denies (in a DENY
+//! policy, or under `not` in an ALLOW one) and not where that would allow. A policy
+//! `condition` (CEL) is refused, since skipping it would widen the policy.
 
 use crate::listener::chain_match::Cidr;
 use crate::route::matcher::{HeaderMatch, Pseudo, StringMatch};
@@ -45,6 +47,8 @@ enum Perm {
     DestPorts(i32, i32),
     Sni(StringMatch),
     Never,
+    /// A matcher mosn cannot evaluate (see the module docs).
+    Unknown,
 }
 
 #[derive(Debug)]
@@ -55,12 +59,15 @@ enum Prin {
     Not(Box<Prin>),
     /// `authenticated`, with its `principal_name` matcher (none: any client certificate).
     Authenticated(Option<StringMatch>),
-    /// `direct_remote_ip`, `source_ip` and `remote_ip` (the peer: mosn does not derive a
-    /// remote address from `x-forwarded-for` for RBAC).
+    /// `direct_remote_ip` and `source_ip`: the peer.
     Ip(Cidr),
+    /// `remote_ip`: [`Subject::remote`].
+    RemoteIp(Cidr),
     Header(HeaderMatch),
     UrlPath(StringMatch),
     Never,
+    /// A matcher mosn cannot evaluate (see the module docs).
+    Unknown,
 }
 
 #[derive(Debug)]
@@ -85,6 +92,9 @@ pub struct Subject<'a> {
     pub http: Option<(&'a HeaderMap, &'a Pseudo<'a>)>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The remote address as the HCM sees it (`remote_ip`): the peer, or with
+    /// `use_remote_address` off the last `x-forwarded-for` hop, as Envoy.
+    pub remote: std::net::IpAddr,
     /// The address the connection was made to (the original destination).
     pub dst: SocketAddr,
     /// The TLS client, when the connection is TLS.
@@ -150,12 +160,14 @@ impl Rbac {
 
     /// Whether `s` may go on, and the name of the policy that matched (if one did).
     pub fn allows(&self, s: &Subject<'_>) -> (bool, Option<&str>) {
+        // Where an unknown matcher must match for the filter to fail closed.
+        let deny = self.action == Action::Deny;
         let hit = self
             .policies
             .iter()
             .find(|p| {
-                p.permissions.iter().any(|m| m.matches(s))
-                    && p.principals.iter().any(|m| m.matches(s))
+                p.permissions.iter().any(|m| m.matches(s, deny))
+                    && p.principals.iter().any(|m| m.matches(s, deny))
             })
             .map(|p| p.name.as_str());
         let allowed = match self.action {
@@ -193,7 +205,8 @@ fn perm(p: &rpb::Permission) -> Result<Perm, String> {
         Some(R::DestinationPort(n)) => Perm::DestPort(*n),
         Some(R::DestinationPortRange(r)) => Perm::DestPorts(r.start, r.end),
         Some(R::RequestedServerName(m)) => Perm::Sni(StringMatch::from_proto(m)?),
-        Some(_) => Perm::Never,
+        Some(R::Metadata(_)) => Perm::Never,
+        Some(_) => Perm::Unknown,
     })
 }
 
@@ -212,12 +225,12 @@ fn prin(p: &rpb::Principal) -> Result<Prin, String> {
                 .map(StringMatch::from_proto)
                 .transpose()?,
         ),
-        Some(I::SourceIp(c)) | Some(I::DirectRemoteIp(c)) | Some(I::RemoteIp(c)) => {
-            Prin::Ip(Cidr::from_proto(c)?)
-        }
+        Some(I::SourceIp(c)) | Some(I::DirectRemoteIp(c)) => Prin::Ip(Cidr::from_proto(c)?),
+        Some(I::RemoteIp(c)) => Prin::RemoteIp(Cidr::from_proto(c)?),
         Some(I::Header(h)) => Prin::Header(HeaderMatch::from_proto(h)?),
         Some(I::UrlPath(u)) => Prin::UrlPath(path_matcher(u)?),
-        Some(_) => Prin::Never,
+        Some(I::Metadata(_)) => Prin::Never,
+        Some(_) => Prin::Unknown,
     })
 }
 
@@ -228,13 +241,15 @@ fn bare_path<'a>(s: &Subject<'a>) -> Option<&'a str> {
 }
 
 impl Perm {
-    fn matches(&self, s: &Subject<'_>) -> bool {
+    /// `deny`: an unknown matcher matches (it flips under `not`).
+    fn matches(&self, s: &Subject<'_>, deny: bool) -> bool {
         match self {
             Perm::Any => true,
             Perm::Never => false,
-            Perm::And(v) => v.iter().all(|m| m.matches(s)),
-            Perm::Or(v) => v.iter().any(|m| m.matches(s)),
-            Perm::Not(m) => !m.matches(s),
+            Perm::Unknown => deny,
+            Perm::And(v) => v.iter().all(|m| m.matches(s, deny)),
+            Perm::Or(v) => v.iter().any(|m| m.matches(s, deny)),
+            Perm::Not(m) => !m.matches(s, !deny),
             Perm::Header(h) => s.http.is_some_and(|(hm, p)| h.matches_in(hm, Some(p))),
             Perm::UrlPath(m) => bare_path(s).is_some_and(|p| m.matches(p)),
             Perm::DestIp(c) => c.contains(s.dst.ip()),
@@ -246,26 +261,27 @@ impl Perm {
 }
 
 impl Prin {
-    fn matches(&self, s: &Subject<'_>) -> bool {
+    /// `deny`: an unknown matcher matches (it flips under `not`).
+    fn matches(&self, s: &Subject<'_>, deny: bool) -> bool {
         match self {
             Prin::Any => true,
             Prin::Never => false,
-            Prin::And(v) => v.iter().all(|m| m.matches(s)),
-            Prin::Or(v) => v.iter().any(|m| m.matches(s)),
-            Prin::Not(m) => !m.matches(s),
+            Prin::Unknown => deny,
+            Prin::And(v) => v.iter().all(|m| m.matches(s, deny)),
+            Prin::Or(v) => v.iter().any(|m| m.matches(s, deny)),
+            Prin::Not(m) => !m.matches(s, !deny),
             Prin::Authenticated(name) => match (s.tls.filter(|t| t.authenticated), name) {
                 (None, _) => false,
                 (Some(_), None) => true,
-                // Envoy: the URI SANs, else the DNS SANs (the subject is not read here).
+                // Envoy: any URI SAN, then any DNS SAN, then the subject.
                 (Some(t), Some(m)) => {
-                    if t.sans.uri.is_empty() {
-                        t.sans.dns.iter().any(|d| m.matches(d))
-                    } else {
-                        t.sans.uri.iter().any(|u| m.matches(u))
-                    }
+                    t.sans.uri.iter().any(|u| m.matches(u))
+                        || t.sans.dns.iter().any(|d| m.matches(d))
+                        || t.subject.as_deref().is_some_and(|sub| m.matches(sub))
                 }
             },
             Prin::Ip(c) => c.contains(s.peer.ip()),
+            Prin::RemoteIp(c) => c.contains(s.remote),
             Prin::Header(h) => s.http.is_some_and(|(hm, p)| h.matches_in(hm, Some(p))),
             Prin::UrlPath(m) => bare_path(s).is_some_and(|p| m.matches(p)),
         }
@@ -292,6 +308,7 @@ mod tests {
         Subject {
             http: Some((h, p)),
             peer: "10.1.2.3:5000".parse().unwrap(),
+            remote: [10, 1, 2, 3].into(),
             dst: SocketAddr::from(([10, 0, 0, 1], port)),
             tls: None,
         }
@@ -325,6 +342,49 @@ mod tests {
         .unwrap();
         assert!(r.allows(&subject(&h, &p, 8080)).0);
         assert!(!r.allows(&subject(&h, &p, 8100)).0);
+    }
+
+    #[test]
+    fn matchers_mosn_cannot_evaluate_fail_closed() {
+        // Istio writes `paths: [/admin/{**}]` as a URI template.
+        let template = json!({"uri_template": {"name": "envoy.path.match.uri_template.uri_template_matcher",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+                "path_template": "/admin/{**}"}}});
+        let (h, p) = (
+            HeaderMap::new(),
+            Pseudo {
+                method: "GET",
+                path: "/home",
+                ..Default::default()
+            },
+        );
+        let policy = |action: &str, perm: serde_json::Value| {
+            rbac(json!({"action": action, "policies": {"p": {"permissions": [perm], "principals": [{"any": true}]}}}))
+                .unwrap()
+                .unwrap()
+        };
+        // DENY: it matches, so the request is denied; ALLOW: it does not, so it is not let in.
+        assert!(
+            !policy("DENY", template.clone())
+                .allows(&subject(&h, &p, 80))
+                .0
+        );
+        assert!(
+            !policy("ALLOW", template.clone())
+                .allows(&subject(&h, &p, 80))
+                .0
+        );
+        // Under `not` the sides swap, and still nothing is let through on its account.
+        assert!(
+            !policy("DENY", json!({"not_rule": template.clone()}))
+                .allows(&subject(&h, &p, 80))
+                .0
+        );
+        assert!(
+            !policy("ALLOW", json!({"not_rule": template}))
+                .allows(&subject(&h, &p, 80))
+                .0
+        );
     }
 
     #[test]

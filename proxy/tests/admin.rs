@@ -178,7 +178,8 @@ async fn admin_endpoints_and_readiness_on_a_static_bootstrap() {
             "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
             "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
             "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
-            "type.googleapis.com/envoy.admin.v3.RoutesConfigDump"
+            "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+            "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
         ]
     );
     assert_eq!(

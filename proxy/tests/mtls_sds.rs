@@ -224,9 +224,25 @@ async fn secrets_come_from_sds_rotate_and_bad_ones_are_nacked() {
         !server.replies_to(1).is_empty()
     })
     .await;
-    let first = server.requests.lock().unwrap()[0].clone();
-    assert_eq!(first.resource_names, ["ROOTCA", "default"]);
-    assert!(first.node.is_some(), "the node goes on the first request");
+    // One stream per secret, as Envoy: each opens with one name and the node.
+    let firsts: Vec<_> = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.response_nonce.is_empty())
+        .cloned()
+        .collect();
+    let mut names: Vec<_> = firsts.iter().map(|r| r.resource_names.clone()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [vec!["ROOTCA".to_string()], vec!["default".to_string()]]
+    );
+    assert!(
+        firsts.iter().all(|r| r.node.is_some()),
+        "the node goes on each stream's first request"
+    );
     assert!(server.replies_to(1)[0].error_detail.is_none());
     assert_eq!(curl(d, addr, &CLIENT).await, Ok((200, "2".into())));
 

@@ -103,3 +103,45 @@ async fn network_rbac_closes_tcp_connections_of_other_identities() {
     assert_eq!(p.stat("listener.127.0.0.1_0.rbac.denied"), 1);
     assert_eq!(up.hits(), 1);
 }
+
+/// Filters mosn cannot run fail closed: a request carrying a JWT gets 401 (a request without
+/// one passes, as Istio's providers allow a missing token); ext_authz answers 403 as Envoy
+/// does when its authorization service fails, unless `failure_mode_allow`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_and_ext_authz_fail_closed() {
+    let up = upstream("app").await;
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]);
+    let jwt = json!({"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"origins-0": {"issuer": "testing@secure.istio.io", "local_jwks": {"inline_string": "{}"}, "forward": true}}}});
+    let authz = |allow: bool| {
+        json!({"name": "envoy.filters.http.ext_authz", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "failure_mode_allow": allow,
+        "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}}}})
+    };
+    let p = proxy(bootstrap(
+        vec![
+            listener("jwt", vhosts.clone(), vec![jwt], json!({})),
+            listener("deny", vhosts.clone(), vec![authz(false)], json!({})),
+            listener("allow", vhosts, vec![authz(true)], json!({})),
+        ],
+        vec![cluster("app", &[up.addr], json!({}))],
+    ))
+    .await;
+    let r = get(
+        p.addr("jwt"),
+        "/",
+        &[("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln")],
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_str()), (401, "Jwt verification fails"));
+    assert_eq!(
+        get(p.addr("jwt"), "/?access_token=abc", &[]).await.status,
+        401
+    );
+    assert_eq!(get(p.addr("jwt"), "/", &[]).await.status, 200);
+    assert_eq!(get(p.addr("deny"), "/", &[]).await.status, 403);
+    assert_eq!(get(p.addr("allow"), "/", &[]).await.status, 200);
+    assert_eq!(up.hits(), 2);
+}

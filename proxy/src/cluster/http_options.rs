@@ -23,6 +23,9 @@ pub(super) struct HttpOptions {
     pub limits: wear::Limits,
     /// HTTP/2 settings for h2 upstream connections.
     pub h2: H2Settings,
+    /// `upstream_http_protocol_options` asks for `auto_sni` or `auto_san_validation` (Istio's
+    /// DestinationRule TLS without `sni` or `subjectAltNames`), which mosn does not do.
+    pub auto_sni: bool,
 }
 
 impl HttpOptions {
@@ -42,7 +45,15 @@ impl HttpOptions {
             c.common_http_protocol_options.as_ref(),
         ];
         let (protocol, http2) = protocol(c, ext)?;
+        let auto_sni = [
+            ext.and_then(|o| o.upstream_http_protocol_options.as_ref()),
+            c.upstream_http_protocol_options.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|u| u.auto_sni || u.auto_san_validation);
         Ok(HttpOptions {
+            auto_sni,
             protocol,
             idle_timeout: match common.iter().flatten().find_map(|o| o.idle_timeout) {
                 Some(d) => Some(crate::config::duration(&d)).filter(|d| !d.is_zero()),

@@ -261,7 +261,7 @@ impl Cluster {
             breakers,
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
             panic_threshold: panic_threshold(c),
-            transport: transport::Transport::from_cluster(c)?,
+            transport: transport::Transport::from_cluster(c, http.auto_sni)?,
             connector,
             stats,
             proto: c.clone(),

@@ -29,11 +29,15 @@ struct Match {
 pub struct Transport {
     default: Option<Arc<ClientTls>>,
     matches: Vec<Match>,
+    /// Why TLS connections of this cluster cannot be made as configured (they fail, rather
+    /// than go out with less checking than asked).
+    refuse: Option<String>,
 }
 
 impl Transport {
-    /// Compile the cluster's transport sockets.
-    pub fn from_cluster(c: &cpb::Cluster) -> Result<Self, String> {
+    /// Compile the cluster's transport sockets. `auto_sni`: the cluster's HTTP options ask
+    /// for SNI and SAN checks from each request's host, which mosn does not do.
+    pub fn from_cluster(c: &cpb::Cluster, auto_sni: bool) -> Result<Self, String> {
         let default =
             socket(c.transport_socket.as_ref()).map_err(|e| format!("transport_socket: {e}"))?;
         let mut matches = Vec::new();
@@ -45,7 +49,35 @@ impl Transport {
                 tls,
             });
         }
-        Ok(Transport { default, matches })
+        let refuse = auto_sni.then(|| {
+            "auto_sni / auto_san_validation (a DestinationRule's TLS without sni or subjectAltNames) are not supported; set them explicitly".to_string()
+        });
+        Ok(Transport {
+            default,
+            matches,
+            refuse,
+        })
+    }
+
+    /// What a new connection to `host` needs for TLS (`None` for plaintext); for a
+    /// connection without a host (ORIGINAL_DST), the cluster's own transport socket. An
+    /// error when the context cannot be used yet (a secret has not arrived) or at all.
+    pub fn dial(
+        &self,
+        host: Option<&Host>,
+        secrets: &crate::tls::Secrets,
+        ip: std::net::IpAddr,
+        alpn: crate::tls::Alpn,
+    ) -> Result<Option<crate::tls::Dial>, String> {
+        let t = match host {
+            Some(h) => self.for_host(h),
+            None => self.default.as_ref(),
+        };
+        let Some(t) = t else { return Ok(None) };
+        if let Some(why) = &self.refuse {
+            return Err(why.clone());
+        }
+        t.dial(secrets, ip, alpn).map(Some)
     }
 
     /// The TLS context for connections to `host` (`None`: plaintext): the first match whose
@@ -108,4 +140,54 @@ pub fn socket_match(md: Option<&Metadata>) -> Vec<(String, String)> {
     md.and_then(|m| m.filter_metadata.get(MATCH_NAMESPACE))
         .map(fields)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cluster(v: serde_json::Value) -> cpb::Cluster {
+        mosn_proto::from_json(&mosn_proto::decode_pool(), &v, true).unwrap()
+    }
+
+    /// Istio's auto-mTLS: the tlsMode-istio match for labelled endpoints, plaintext else; and
+    /// a cluster that asks for auto SNI refuses its TLS connections instead of making them
+    /// with fewer checks than asked.
+    #[test]
+    fn matches_pick_per_endpoint_and_auto_sni_refuses() {
+        let c = cluster(json!({"name": "c", "transport_socket_matches": [
+            {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": {"name": "tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", "sni": "a.b"}}},
+            {"name": "tlsMode-disabled", "match": {}, "transport_socket": {"name": "raw", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}}]}));
+        let md: envoy_types::pb::envoy::config::core::v3::Metadata = mosn_proto::from_json(
+            &mosn_proto::decode_pool(),
+            &json!({"filter_metadata": {MATCH_NAMESPACE: {"tlsMode": "istio"}}}),
+            true,
+        )
+        .unwrap();
+        let addr: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let labelled = Host::new(addr, String::new(), 1, 0).with_socket_match(Some(&md));
+        let plain = Host::new(addr, String::new(), 1, 0);
+        let t = Transport::from_cluster(&c, false).unwrap();
+        assert!(t.for_host(&labelled).is_some());
+        assert!(t.for_host(&plain).is_none());
+        let secrets = crate::tls::Secrets::default();
+        let alpn = crate::tls::Alpn::Configured;
+        assert!(t
+            .dial(Some(&labelled), &secrets, addr.ip(), alpn)
+            .unwrap()
+            .is_some());
+        let auto = Transport::from_cluster(&c, true).unwrap();
+        let err = auto
+            .dial(Some(&labelled), &secrets, addr.ip(), alpn)
+            .unwrap_err();
+        assert!(err.contains("auto_sni"), "{err}");
+        // Plaintext endpoints of such a cluster are not affected.
+        assert!(auto
+            .dial(Some(&plain), &secrets, addr.ip(), alpn)
+            .unwrap()
+            .is_none());
+    }
 }

@@ -165,18 +165,18 @@ pub(super) fn tls_dial(
     down: Downstream<'_>,
     h2: bool,
 ) -> Result<Option<Dial>, AttemptError> {
-    let Some(t) = cluster.transport.for_host(host) else {
-        return Ok(None);
-    };
     let alpn = match (down.istio_alpn, h2) {
         (false, _) => Alpn::Configured,
         (true, false) => Alpn::IstioHttp11,
         (true, true) => Alpn::IstioH2,
     };
-    t.dial(down.secrets, host.addr.ip(), alpn).map(Some).map_err(|e| {
-        tracing::debug!(cluster = %cluster.name, host = %host.addr, "upstream TLS not ready: {e}");
-        AttemptError::Connect(connect_reply(&ConnectError::Failed(e)))
-    })
+    cluster
+        .transport
+        .dial(Some(host), down.secrets, host.addr.ip(), alpn)
+        .map_err(|e| {
+            tracing::debug!(cluster = %cluster.name, host = %host.addr, "upstream TLS not ready: {e}");
+            AttemptError::Connect(connect_reply(&ConnectError::Failed(e)))
+        })
 }
 
 fn connect_reply(c: &ConnectError) -> LocalReply {

@@ -33,6 +33,13 @@ pub enum HttpFilter {
     Cors,
     /// RBAC (Istio's AuthorizationPolicy).
     Rbac(Arc<crate::rbac::Rbac>),
+    /// JWT authentication, which mosn cannot verify: requests with a token get 401.
+    Jwt(Arc<super::authn::JwtTokens>),
+    /// ext_authz, whose service mosn does not call: 403 unless `failure_mode_allow`.
+    ExtAuthz {
+        /// `failure_mode_allow`.
+        allow: bool,
+    },
     /// The router (terminal).
     Router,
 }
@@ -169,6 +176,16 @@ impl HcmConfig {
                     filters.push(HttpFilter::Fault(Default::default()))
                 }
                 _ if t == full_name::<CorsProto>() => filters.push(HttpFilter::Cors),
+                _ if any.is_some_and(|a| a.type_url == super::authn::JWT_URL) => {
+                    let t = super::authn::JwtTokens::from_any(any.unwrap())
+                        .map_err(|e| format!("filter {}: {e}", f.name))?;
+                    filters.push(HttpFilter::Jwt(Arc::new(t)))
+                }
+                _ if any.is_some_and(|a| a.type_url == super::authn::EXT_AUTHZ_URL) => {
+                    let allow = super::authn::ext_authz_allows(any.unwrap())
+                        .map_err(|e| format!("filter {}: {e}", f.name))?;
+                    filters.push(HttpFilter::ExtAuthz { allow })
+                }
                 _ if any.is_some_and(|a| a.type_url == crate::rbac::HTTP_URL) => {
                     let rbac = crate::rbac::Rbac::from_http(any.unwrap())
                         .map_err(|e| format!("filter {}: {e}", f.name))?;

@@ -34,6 +34,8 @@ pub enum Flag {
     DownstreamProtocolError,
     /// An RBAC filter denied the request (RBAC).
     RbacDenied,
+    /// ext_authz denied the request (UAEX).
+    UnauthorizedExternalService,
 }
 
 impl Flag {
@@ -52,6 +54,7 @@ impl Flag {
             Flag::FaultInjected => "FI",
             Flag::DownstreamProtocolError => "DPE",
             Flag::RbacDenied => "RBAC",
+            Flag::UnauthorizedExternalService => "UAEX",
             Flag::DownstreamConnectionTermination => "DC",
             Flag::StreamIdleTimeout => "SI",
         }

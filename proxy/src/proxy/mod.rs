@@ -4,6 +4,7 @@
 
 pub mod access_log;
 mod attempt;
+pub mod authn;
 pub mod body;
 mod conn;
 pub mod control_headers;

@@ -372,6 +372,7 @@ impl Accepted {
             let subject = crate::rbac::Subject {
                 http: None,
                 peer,
+                remote: peer.ip(),
                 dst,
                 tls: match &stream {
                     Down::Tls(_, p) => Some(p),

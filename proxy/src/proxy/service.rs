@@ -317,6 +317,7 @@ async fn route_request(
                 let subject = crate::rbac::Subject {
                     http: Some((req.headers(), &pseudo)),
                     peer: ctx.peer,
+                    remote: remote_address(ctx, req.headers()),
                     dst: ctx.original_dst,
                     tls: ctx.tls.as_deref(),
                 };
@@ -330,6 +331,25 @@ async fn route_request(
                         flags,
                     }
                     .into_response(&ctx.hcm.server_name, grpc, None);
+                }
+            }
+            HttpFilter::Jwt(tokens) => {
+                if tokens.present(req.headers(), path) {
+                    tracing::debug!(peer = %ctx.peer, "jwt_authn: a token mosn cannot verify; 401");
+                    // Envoy sets no response flag for a failed JWT.
+                    let reply = LocalReply {
+                        status: 401,
+                        body: "Jwt verification fails".into(),
+                        flags: std::mem::take(&mut flags),
+                    };
+                    return reply.into_response(&ctx.hcm.server_name, grpc, None);
+                }
+            }
+            HttpFilter::ExtAuthz { allow } => {
+                if !allow {
+                    tracing::debug!(peer = %ctx.peer, "ext_authz: no authorization service; 403");
+                    return LocalReply::new(403, "", Flag::UnauthorizedExternalService)
+                        .into_response(&ctx.hcm.server_name, grpc, None);
                 }
             }
             HttpFilter::Router => break,
@@ -384,12 +404,14 @@ async fn route_request(
                 append_xff(&mut parts.headers, ctx.peer.ip());
             }
             ctx.hcm.xfcc.apply(&mut parts.headers, ctx.tls.as_deref());
-            if ctx.tls.is_some() {
-                // Envoy's x-forwarded-proto follows the downstream connection.
-                parts
-                    .headers
-                    .entry(http::HeaderName::from_static("x-forwarded-proto"))
-                    .or_insert(HeaderValue::from_static("https"));
+            // Envoy's x-forwarded-proto follows the downstream connection; at the edge
+            // (`use_remote_address`) a client's own value is overwritten.
+            let scheme = HeaderValue::from_static(if ctx.tls.is_some() { "https" } else { "http" });
+            let xfp = http::HeaderName::from_static("x-forwarded-proto");
+            if ctx.hcm.use_remote_address {
+                parts.headers.insert(xfp, scheme);
+            } else if ctx.tls.is_some() {
+                parts.headers.entry(xfp).or_insert(scheme);
             }
             prepare_upstream_headers(
                 &mut parts,
@@ -582,6 +604,21 @@ fn ensure_request_id(hcm: &super::hcm::HcmConfig, h: &mut HeaderMap) {
 }
 
 /// Append the downstream address to `x-forwarded-for` (HCM `use_remote_address`).
+/// Envoy's downstream remote address for a request: the peer with `use_remote_address`,
+/// else the last `x-forwarded-for` hop (no trusted hops), else the peer.
+fn remote_address(ctx: &ConnCtx, h: &HeaderMap) -> std::net::IpAddr {
+    if ctx.hcm.use_remote_address {
+        return ctx.peer.ip();
+    }
+    h.get_all(http::header::HeaderName::from_static("x-forwarded-for"))
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or(ctx.peer.ip())
+}
+
 fn append_xff(h: &mut HeaderMap, peer: std::net::IpAddr) {
     let new = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(old) if !old.trim().is_empty() => format!("{old},{peer}"),

@@ -3,6 +3,7 @@
 //! as Istio's PassthroughCluster), and copy bytes both ways with half-close and an idle timeout.
 //! A cluster without hosts (Istio's BlackHoleCluster) closes the connection.
 
+use crate::cluster::connector::UpIo;
 use crate::cluster::host::Host;
 use crate::cluster::Cluster;
 use crate::config::{decode, Snapshot};
@@ -202,15 +203,16 @@ async fn proxy<R, W>(
         log.host = Some(addr);
         // Istio's outbound TCP to a sidecar'd service goes over mTLS (ALPN as configured:
         // `istio-peer-exchange, istio`).
-        let tls = match host.as_ref().and_then(|h| cluster.transport.for_host(h)) {
-            None => None,
-            Some(t) => match t.dial(secrets, addr.ip(), crate::tls::Alpn::Configured) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    tracing::debug!(cluster = %name, %addr, "tcp_proxy: upstream TLS not ready: {e}");
-                    continue;
-                }
-            },
+        let alpn = crate::tls::Alpn::Configured;
+        let tls = match cluster
+            .transport
+            .dial(host.as_deref(), secrets, addr.ip(), alpn)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(cluster = %name, %addr, "tcp_proxy: upstream TLS not ready: {e}");
+                continue;
+            }
         };
         match cluster.connector.connect(addr, tls.as_ref()).await {
             Ok(s) => {
@@ -227,16 +229,28 @@ async fn proxy<R, W>(
     };
     let (dr, dw) = down;
     let mut up = up;
-    let (ur, uw) = tokio::io::split(up.stream_mut());
     let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
     let last = AtomicU64::new(0);
     let start = Instant::now();
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let both = async {
-        tokio::join!(
-            pipe(dr, uw, &st.rx_bytes, &rx, &touch),
-            pipe(ur, dw, &st.tx_bytes, &tx, &touch)
-        )
+        // A plain socket splits by borrow; TLS needs tokio's split (a lock per poll).
+        match up.stream_mut() {
+            UpIo::Plain(s) => {
+                let (ur, uw) = s.split();
+                tokio::join!(
+                    pipe(dr, uw, &st.rx_bytes, &rx, &touch),
+                    pipe(ur, dw, &st.tx_bytes, &tx, &touch)
+                );
+            }
+            UpIo::Tls(t) => {
+                let (ur, uw) = tokio::io::split(t.as_mut());
+                tokio::join!(
+                    pipe(dr, uw, &st.rx_bytes, &rx, &touch),
+                    pipe(ur, dw, &st.tx_bytes, &tx, &touch)
+                );
+            }
+        }
     };
     let idle = async {
         let Some(idle) = cfg.idle_timeout else {

@@ -100,12 +100,22 @@ impl SanMatch {
 /// (their files too) when a config is built, not when the context is compiled: Envoy's
 /// bootstraps name certificate files that appear later (pilot-agent writes them), and
 /// `--mode validate` runs where they do not exist.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Source<P> {
     Inline(P),
     /// An SDS secret by name, with the validation context it is merged with (combined
     /// validation contexts).
     Sds(String, Option<Box<CertificateValidationContext>>),
+}
+
+/// Names only: an inline certificate's key must never reach a log through `{:?}`.
+impl<P> std::fmt::Debug for Source<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Inline(_) => f.write_str("Inline(<redacted>)"),
+            Source::Sds(name, _) => write!(f, "Sds({name:?})"),
+        }
+    }
 }
 
 /// An SDS secret a context needs, and where it is served.
@@ -187,6 +197,7 @@ impl Common {
         let validation = match &c.validation_context_type {
             Some(ValidationContextType::ValidationContext(v)) => {
                 Validation::check(v)?;
+                no_sans_without_ca(v)?;
                 Some(Source::Inline(v.clone()))
             }
             Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
@@ -202,7 +213,10 @@ impl Common {
                         Some(Source::Sds(s.name.clone(), default.map(Box::new)))
                     }
                     // Without the SDS half, the default alone.
-                    (None, Some(d)) => Some(Source::Inline(d)),
+                    (None, Some(d)) => {
+                        no_sans_without_ca(&d)?;
+                        Some(Source::Inline(d))
+                    }
                     (None, None) => None,
                 }
             }
@@ -214,9 +228,12 @@ impl Common {
         Ok(Common {
             cert,
             validation,
+            // Not `istio-peer-exchange`: an Envoy peer that selects it runs Istio's metadata
+            // exchange over the stream, and mosn would pass those bytes on as data.
             alpn: c
                 .alpn_protocols
                 .iter()
+                .filter(|p| p.as_str() != "istio-peer-exchange")
                 .map(|p| p.as_bytes().to_vec())
                 .collect(),
             tls13_only: tls13_only(c.tls_params.as_ref())?,
@@ -245,7 +262,13 @@ impl Common {
             Some(Source::Sds(name, default)) => match (secrets.get(name), default) {
                 (Some(Entry::Validation(v)), None) => Ok(Some(v)),
                 (Some(Entry::Validation(v)), Some(d)) => {
-                    Ok(Some(Arc::new(v.merged(&Validation::from_proto(d)?))))
+                    let merged = v.merged(&Validation::from_proto(d)?);
+                    if merged.roots.is_empty() && !merged.sans.is_empty() {
+                        return Err(format!(
+                            "SDS secret {name:?} has no trusted CA for the SAN matchers"
+                        ));
+                    }
+                    Ok(Some(Arc::new(merged)))
                 }
                 (Some(Entry::Cert(_)), _) => {
                     Err(format!("SDS secret {name:?} is not a validation context"))
@@ -265,6 +288,16 @@ impl Common {
             &BOTH
         }
     }
+}
+
+/// Envoy refuses SAN matchers without a trusted CA: a self-signed certificate could carry
+/// any name.
+fn no_sans_without_ca(v: &CertificateValidationContext) -> Result<(), String> {
+    let sans = !v.match_subject_alt_names.is_empty() || !v.match_typed_subject_alt_names.is_empty();
+    if sans && v.trusted_ca.is_none() {
+        return Err("SAN matchers without a trusted_ca would trust any self-signed certificate; add trusted_ca".into());
+    }
+    Ok(())
 }
 
 /// Whether `tls_params` ask for TLS 1.3 only; versions below 1.2 are not offered at all
@@ -652,5 +685,33 @@ impl ServerCertVerifier for ServerPeer {
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn upstream(ctx: serde_json::Value) -> Result<ClientTls, String> {
+        let pool = mosn_proto::decode_pool();
+        let u: UpstreamTlsContext = mosn_proto::from_json(&pool, &ctx, true)?;
+        ClientTls::from_any(&Any {
+            type_url: UPSTREAM_URL.into(),
+            value: u.encode_to_vec(),
+        })
+    }
+
+    #[test]
+    fn san_matchers_need_a_trusted_ca_and_peer_exchange_is_not_offered() {
+        let err = upstream(json!({"common_tls_context": {"validation_context": {
+            "match_subject_alt_names": [{"exact": "spiffe://cluster.local/ns/default/sa/reviews"}]}}}))
+        .unwrap_err();
+        assert!(err.contains("trusted_ca"), "{err}");
+        let t = upstream(
+            json!({"common_tls_context": {"alpn_protocols": ["istio-peer-exchange", "istio"]}}),
+        )
+        .unwrap();
+        assert_eq!(t.alpn(), [b"istio".to_vec()]);
     }
 }

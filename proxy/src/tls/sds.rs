@@ -2,8 +2,8 @@
 //! name `default` (the workload certificate) and `ROOTCA`, served by pilot-agent over the
 //! `sds-grpc` cluster's unix pipe; pilot-agent rotates them by pushing new versions.
 //!
-//! One state-of-the-world `StreamSecrets` per SDS cluster, subscribed to the names that the
-//! current snapshot's contexts use ([`Manager::sync`] runs at start and after every xDS
+//! One state-of-the-world `StreamSecrets` per SDS cluster and secret name (as Envoy), for the
+//! names that the current snapshot's contexts use ([`Manager::sync`] runs at start and after every xDS
 //! update). A response is compiled whole before it is accepted: a bad secret is NACKed with
 //! its name and the problem, and the previous version keeps serving. Streams reconnect with
 //! the ADS client's jittered backoff.
@@ -27,10 +27,14 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 /// The `Secret` type URL.
 pub const SECRET_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
-/// The SDS streams of a server, one per SDS cluster, each with the names it subscribes to.
+/// An SDS stream's (cluster, secret name).
+type StreamKey = (String, String);
+
+/// The SDS streams of a server, one per SDS cluster and secret name.
 #[derive(Debug, Default)]
 pub struct Manager {
-    streams: Mutex<HashMap<String, watch::Sender<BTreeSet<String>>>>,
+    /// By (SDS cluster, secret name).
+    streams: Mutex<HashMap<StreamKey, watch::Sender<BTreeSet<String>>>>,
 }
 
 impl Manager {
@@ -49,26 +53,22 @@ impl Manager {
                 }
             }
         }
+        // One stream per secret, as Envoy opens them: pilot-agent fails a whole response when
+        // one name cannot be served (a DestinationRule's `file-cert:` path), which would
+        // starve `default` and `ROOTCA` on a shared stream.
+        let wanted: BTreeSet<(String, String)> = by_cluster
+            .into_iter()
+            .flat_map(|(c, names)| names.into_iter().map(move |n| (c.clone(), n)))
+            .collect();
         let mut streams = self.streams.lock().unwrap();
-        for (cluster, tx) in streams.iter() {
-            if !by_cluster.contains_key(cluster) {
-                tx.send_if_modified(|n| !std::mem::take(n).is_empty());
-            }
-        }
-        for (cluster, names) in by_cluster {
-            match streams.get(&cluster) {
-                Some(tx) => {
-                    tx.send_if_modified(|n| {
-                        let changed = *n != names;
-                        *n = names;
-                        changed
-                    });
-                }
-                None => {
-                    let (tx, rx) = watch::channel(names);
-                    tokio::spawn(run(Arc::downgrade(server), cluster.clone(), rx));
-                    streams.insert(cluster, tx);
-                }
+        // A stream no longer needed ends (its receiver sees the sender dropped).
+        streams.retain(|k, _| wanted.contains(k));
+        for key in wanted {
+            if let std::collections::hash_map::Entry::Vacant(v) = streams.entry(key) {
+                let (cluster, name) = v.key().clone();
+                let (tx, rx) = watch::channel(BTreeSet::from([name]));
+                tokio::spawn(run(Arc::downgrade(server), cluster, rx));
+                v.insert(tx);
             }
         }
     }
@@ -96,6 +96,10 @@ pub fn wanted(snap: &Snapshot) -> BTreeSet<SdsRef> {
 async fn run(server: Weak<Server>, cluster: String, mut names: watch::Receiver<BTreeSet<String>>) {
     let mut failures = 0u32;
     loop {
+        // The manager dropped this stream's sender: its secret is no longer used.
+        if names.has_changed().is_err() {
+            return;
+        }
         let Some(srv) = server.upgrade() else { return };
         let node = node(&srv);
         let (got, why) =
