@@ -160,9 +160,42 @@ impl Server {
     }
 
     /// Initial configuration applied and listeners serving: `server.state` becomes LIVE.
-    pub fn mark_live(&self) {
-        self.state.set(server_state::LIVE);
-        self.live.set(1);
+    ///
+    /// Like Envoy's warming of TLS listeners and clusters, LIVE waits for the SDS secrets
+    /// that the TLS contexts name (Istio's `default` and `ROOTCA`), so that kubelet sees the
+    /// pod ready only once it can handshake; after 15 s it goes LIVE anyway, with a warning.
+    pub fn mark_live(self: &Arc<Self>) {
+        let missing = |s: &Server| {
+            crate::tls::sds::wanted(&s.store.load())
+                .into_iter()
+                .filter(|r| r.cluster.is_some() && s.store.secrets.get(&r.name).is_none())
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+        };
+        if missing(self).is_empty() {
+            self.state.set(server_state::LIVE);
+            self.live.set(1);
+            return;
+        }
+        self.state.set(server_state::INITIALIZING);
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                let Some(s) = me.upgrade() else { return };
+                let left = missing(&s);
+                if left.is_empty() || tokio::time::Instant::now() >= until {
+                    if !left.is_empty() {
+                        tracing::warn!(secrets = ?left, "SDS secrets not received within 15 s; going LIVE without them");
+                    }
+                    s.state.set(server_state::LIVE);
+                    s.live.set(1);
+                    return;
+                }
+                drop(s);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
     }
 
     /// Envoy's state value.

@@ -191,15 +191,9 @@ fn sds_source() -> Value {
         "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]}, "resource_api_version": "V3"})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_come_from_sds_rotate_and_bad_ones_are_nacked() {
-    let dir = pki();
-    let d = dir.path();
-    let sock = d.join("sds.sock");
-    let server = sds::Sds::serve(
-        &sock,
-        vec![cert_secret(d, "server", "server.key"), ca_secret(d, "ca")],
-    );
+/// A proxy whose listener "in" terminates mTLS with Istio's SDS secrets from the
+/// `sds-grpc` cluster at `sock`, in front of one upstream.
+async fn sds_proxy(sock: &std::path::Path) -> (Proxy, Upstream) {
     let up = upstream("app").await;
     let vhosts = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]);
     let mut l = listener("in", vhosts, vec![], json!({}));
@@ -219,6 +213,19 @@ async fn secrets_come_from_sds_rotate_and_bad_ones_are_nacked() {
         vec![cluster("app", &[up.addr], json!({})), sds_cluster],
     ))
     .await;
+    (p, up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_come_from_sds_rotate_and_bad_ones_are_nacked() {
+    let dir = pki();
+    let d = dir.path();
+    let sock = d.join("sds.sock");
+    let server = sds::Sds::serve(
+        &sock,
+        vec![cert_secret(d, "server", "server.key"), ca_secret(d, "ca")],
+    );
+    let (p, up) = sds_proxy(&sock).await;
     let addr = p.addr("in");
     wait_until("SDS version 1 acknowledged", || {
         !server.replies_to(1).is_empty()
@@ -310,4 +317,28 @@ async fn secrets_come_from_sds_rotate_and_bad_ones_are_nacked() {
         !dump.body.contains("PRIVATE KEY") && !dump.body.contains("UFJJVkFURSBLRVk"),
         "a key leaked into /config_dump"
     );
+}
+
+/// Like Envoy's warming, the server is not LIVE (nor `/ready`) until the secrets its TLS
+/// contexts name have arrived: here the SDS server starts late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_goes_live_once_its_secrets_arrive() {
+    let dir = pki();
+    let d = dir.path();
+    let sock = d.join("late.sock");
+    let (p, _up) = sds_proxy(&sock).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(p.server.state_name(), "INITIALIZING");
+    assert_ne!(
+        get(p.admin(), "/ready", &[]).await.status,
+        200,
+        "ready before its certificate"
+    );
+    let _sds = sds::Sds::serve(
+        &sock,
+        vec![cert_secret(d, "server", "server.key"), ca_secret(d, "ca")],
+    );
+    wait_until("LIVE", || p.server.state_name() == "LIVE").await;
+    assert_eq!(get(p.admin(), "/ready", &[]).await.status, 200);
+    assert_eq!(curl(d, p.addr("in"), &CLIENT).await, Ok((200, "2".into())));
 }
