@@ -406,12 +406,16 @@ async fn route_request(
             ctx.hcm.xfcc.apply(&mut parts.headers, ctx.tls.as_deref());
             // Envoy's x-forwarded-proto follows the downstream connection; at the edge
             // (`use_remote_address`) a client's own value is overwritten.
-            let scheme = HeaderValue::from_static(if ctx.tls.is_some() { "https" } else { "http" });
-            let xfp = http::HeaderName::from_static("x-forwarded-proto");
+            // (Names and values built in const context: `from_static` checks them at run
+            // time otherwise, on every request.)
+            const XFP: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+            const HTTPS: HeaderValue = HeaderValue::from_static("https");
+            const HTTP: HeaderValue = HeaderValue::from_static("http");
             if ctx.hcm.use_remote_address {
-                parts.headers.insert(xfp, scheme);
+                let scheme = if ctx.tls.is_some() { HTTPS } else { HTTP };
+                parts.headers.insert(XFP, scheme);
             } else if ctx.tls.is_some() {
-                parts.headers.entry(xfp).or_insert(scheme);
+                parts.headers.entry(XFP).or_insert(HTTPS);
             }
             prepare_upstream_headers(
                 &mut parts,
@@ -610,7 +614,8 @@ fn remote_address(ctx: &ConnCtx, h: &HeaderMap) -> std::net::IpAddr {
     if ctx.hcm.use_remote_address {
         return ctx.peer.ip();
     }
-    h.get_all(http::header::HeaderName::from_static("x-forwarded-for"))
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    h.get_all(XFF)
         .iter()
         .next_back()
         .and_then(|v| v.to_str().ok())
