@@ -165,6 +165,7 @@ async fn sidecars_talk_mutual_tls_with_istios_alpn() {
     // A second request reuses the pooled TLS connection.
     assert_eq!(get(client.addr("out"), "/b", &[]).await.status, 200);
     assert_eq!(server.stat("listener.127.0.0.1_0.ssl.handshake"), 1);
+    assert_eq!(client.stat("cluster.reviews.ssl.handshake"), 1);
     // Without it the cluster's `istio-peer-exchange, istio`: the TCP chain, still mTLS.
     let client = client_sidecar(d, in_addr, SPIFFE_SERVER, false, false).await;
     let r = get(client.addr("out"), "/c", &[]).await;
@@ -185,6 +186,8 @@ async fn the_server_identity_is_checked_and_unlabelled_endpoints_are_plaintext()
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("connection failure"), "{}", r.body);
     assert_eq!(server.stat("listener.127.0.0.1_0.ssl.handshake"), 0);
+    assert!(client.stat("cluster.reviews.ssl.connection_error") >= 1);
+    assert_eq!(client.stat("cluster.reviews.ssl.handshake"), 0);
     // An endpoint without `tlsMode: istio` takes the tlsMode-disabled match: plaintext, so
     // the app itself answers it directly.
     let client = client_sidecar(d, app.addr, SPIFFE_SERVER, true, true).await;

@@ -162,6 +162,7 @@ impl CountingConnector {
         let mut slot = Slot(Some(self.room.clone()));
         let source = self.source.for_dest(addr);
         let keepalive = self.keepalive.as_ref();
+        let ssl_stats = &self.stats;
         let dial = async move {
             let sock = if addr.is_ipv4() {
                 TcpSocket::new_v4()?
@@ -180,11 +181,16 @@ impl CountingConnector {
                 return Ok::<_, io::Error>(UpIo::Plain(stream));
             };
             let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-            let tls = connector
-                .connect(tls.name.clone(), stream)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
-            Ok(UpIo::Tls(Box::new(tls)))
+            match connector.connect(tls.name.clone(), stream).await {
+                Ok(t) => {
+                    ssl_stats.lazy_counter("ssl.handshake").inc();
+                    Ok(UpIo::Tls(Box::new(t)))
+                }
+                Err(e) => {
+                    ssl_stats.lazy_counter("ssl.connection_error").inc();
+                    Err(io::Error::new(e.kind(), format!("TLS handshake: {e}")))
+                }
+            }
         };
         match tokio::time::timeout(self.timeout, dial).await {
             Ok(Ok(stream)) => {

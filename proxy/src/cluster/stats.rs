@@ -72,6 +72,12 @@ pub struct ClusterStats {
 }
 
 impl ClusterStats {
+    /// A counter created on first use (`ssl.handshake`, `ssl.connection_error`): only
+    /// clusters that make TLS connections show them, as in Envoy.
+    pub fn lazy_counter(&self, stat: &str) -> Arc<Stat> {
+        self.store.cluster(&self.name, stat, Kind::Counter)
+    }
+
     /// Register a cluster's stats.
     pub fn new(store: &Arc<Stats>, name: &str) -> Arc<Self> {
         let c = |s: &str| store.cluster(name, s, Kind::Counter);
