@@ -120,6 +120,18 @@ async fn client_sidecar(
     istio_alpn: bool,
     plain: bool,
 ) -> Proxy {
+    client_sidecar_with(d, server, san, istio_alpn, plain, json!({})).await
+}
+
+/// [`client_sidecar`] with `extra` merged into the cluster.
+async fn client_sidecar_with(
+    d: &Path,
+    server: SocketAddr,
+    san: &str,
+    istio_alpn: bool,
+    plain: bool,
+    extra: Value,
+) -> Proxy {
     let vhosts = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "reviews"}}]}]);
     let filters = if istio_alpn {
         vec![
@@ -132,7 +144,9 @@ async fn client_sidecar(
         vec![]
     };
     let l = listener("out", vhosts, filters, json!({}));
-    let mut c = cluster("reviews", &[server], auto_mtls(san));
+    let mut tls = auto_mtls(san);
+    mosn::config::merge(&mut tls, extra);
+    let mut c = cluster("reviews", &[server], tls);
     if !plain {
         c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["metadata"] =
             json!({"filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}});
@@ -251,4 +265,33 @@ async fn the_app_learns_the_clients_identity_and_nobody_can_forge_it() {
         "{}",
         r.body
     );
+}
+
+/// HTTP/2 between sidecars over mTLS: an h2 cluster behind `istio.alpn` offers
+/// `istio-h2, istio, h2`, the server's chain selects `h2`, and both sides speak HTTP/2 on the
+/// TLS connection; several requests share it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_speak_h2_over_mutual_tls() {
+    let dir = pki();
+    let d = dir.path();
+    let app = upstream("app").await;
+    let server = server_sidecar(d, app.addr).await;
+    let h2 = json!({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}});
+    let client = client_sidecar_with(d, server.addr("in"), SPIFFE_SERVER, true, false, h2).await;
+    for path in ["/a", "/b", "/c"] {
+        let r = get(client.addr("out"), path, &[]).await;
+        assert_eq!(
+            (r.status, r.header("x-chain")),
+            (200, Some("http")),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(client.stat("cluster.reviews.ssl.handshake"), 1);
+    assert_eq!(server.stat("listener.127.0.0.1_0.ssl.handshake"), 1);
+    // The client's h2 pool sent the connection preface on the TLS stream; a server that had
+    // not negotiated h2 would have read it as a bad HTTP/1 request (503 on this side).
+    assert_eq!(app.hits(), 3);
 }
