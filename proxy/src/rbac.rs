@@ -12,13 +12,13 @@
 //! policy, or under `not` in an ALLOW one) and not where that would allow. A policy
 //! `condition` (CEL) is refused, since skipping it would widen the policy.
 
+use crate::config::decode;
 use crate::listener::chain_match::Cidr;
 use crate::route::matcher::{HeaderMatch, Pseudo, StringMatch};
 use crate::tls::Peer;
 use envoy_types::pb::envoy::config::rbac::v3 as rpb;
 use envoy_types::pb::google::protobuf::Any;
 use http::HeaderMap;
-use prost::Message;
 use std::net::SocketAddr;
 
 /// The HTTP filter's `@type`.
@@ -105,7 +105,7 @@ impl Rbac {
     /// Compile the HTTP filter's config; `None` when it has no `rules` (no effect).
     pub fn from_http(any: &Any) -> Result<Option<Self>, String> {
         use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as P;
-        let p = P::decode(any.value.as_slice()).map_err(|e| format!("RBAC: {e}"))?;
+        let p: P = decode::unpack(any)?;
         if p.matcher.is_some() {
             return Err("RBAC: the matcher form is not supported; use rules".into());
         }
@@ -115,7 +115,7 @@ impl Rbac {
     /// Compile the network filter's config; `None` when it has no `rules`.
     pub fn from_network(any: &Any) -> Result<Option<Self>, String> {
         use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as P;
-        let p = P::decode(any.value.as_slice()).map_err(|e| format!("RBAC: {e}"))?;
+        let p: P = decode::unpack(any)?;
         if p.matcher.is_some() {
             return Err("RBAC: the matcher form is not supported; use rules".into());
         }
@@ -270,7 +270,7 @@ impl Prin {
             Prin::And(v) => v.iter().all(|m| m.matches(s, deny)),
             Prin::Or(v) => v.iter().any(|m| m.matches(s, deny)),
             Prin::Not(m) => !m.matches(s, !deny),
-            Prin::Authenticated(name) => match (s.tls.filter(|t| t.authenticated), name) {
+            Prin::Authenticated(name) => match (s.tls.filter(|t| t.authenticated()), name) {
                 (None, _) => false,
                 (Some(_), None) => true,
                 // Envoy: any URI SAN, then any DNS SAN, then the subject.
@@ -291,6 +291,7 @@ impl Prin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
     use serde_json::json;
 
     fn rbac(rules: serde_json::Value) -> Result<Option<Rbac>, String> {

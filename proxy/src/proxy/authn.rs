@@ -9,12 +9,12 @@
 //! - ext_authz: every request is treated as if the authorization service could not be
 //!   reached: 403 (response flag UAEX), or let through with `failure_mode_allow`.
 
+use crate::config::decode;
 use envoy_types::pb::envoy::extensions::filters::http::{
     ext_authz::v3 as authz, jwt_authn::v3 as jwt,
 };
 use envoy_types::pb::google::protobuf::Any;
 use http::HeaderMap;
-use prost::Message;
 
 /// The JWT filter's `@type`.
 pub const JWT_URL: &str =
@@ -38,8 +38,7 @@ impl JwtTokens {
     /// The token locations of every provider (Envoy's defaults, `Authorization: Bearer` and
     /// `access_token`, for a provider that names none).
     pub fn from_any(any: &Any) -> Result<Self, String> {
-        let cfg = jwt::JwtAuthentication::decode(any.value.as_slice())
-            .map_err(|e| format!("jwt_authn: {e}"))?;
+        let cfg: jwt::JwtAuthentication = decode::unpack(any)?;
         let mut t = JwtTokens::default();
         for p in cfg.providers.values() {
             if p.from_headers.is_empty() && p.from_params.is_empty() && p.from_cookies.is_empty() {
@@ -89,7 +88,5 @@ impl JwtTokens {
 
 /// ext_authz's `failure_mode_allow`.
 pub fn ext_authz_allows(any: &Any) -> Result<bool, String> {
-    authz::ExtAuthz::decode(any.value.as_slice())
-        .map(|c| c.failure_mode_allow)
-        .map_err(|e| format!("ext_authz: {e}"))
+    decode::unpack::<authz::ExtAuthz>(any).map(|c| c.failure_mode_allow)
 }

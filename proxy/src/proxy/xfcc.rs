@@ -54,7 +54,7 @@ impl Xfcc {
 
     /// Rewrite the request's XFCC for a client `tls` (`None`: plaintext), as Envoy does.
     pub fn apply(&self, headers: &mut HeaderMap, tls: Option<&Peer>) {
-        let Some(peer) = tls.filter(|p| p.authenticated) else {
+        let Some(peer) = tls.filter(|p| p.authenticated()) else {
             // Nearly every request has no XFCC and a handful of headers: a scan of the names
             // costs a fifth of a hashed remove (about 200 instructions per request).
             if self.forward != Mode::AlwaysForwardOnly && headers.keys().any(|k| *k == XFCC) {

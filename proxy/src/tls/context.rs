@@ -11,6 +11,7 @@
 
 use super::der::{subject_alt_names, Sans};
 use super::secrets::{certified_key, check_certificate, Entry, Secrets, Validation};
+use crate::config::decode;
 use crate::route::matcher::StringMatch;
 use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -23,7 +24,6 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::google::protobuf::Any;
-use prost::Message;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -351,13 +351,7 @@ pub struct ServerSide {
 impl ServerTls {
     /// Compile the transport socket's config (a `DownstreamTlsContext`).
     pub fn from_any(any: &Any) -> Result<Self, String> {
-        if any.type_url != DOWNSTREAM_URL {
-            return Err(format!(
-                "downstream transport socket {:?} is not supported",
-                any.type_url
-            ));
-        }
-        let d = DownstreamTlsContext::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+        let d: DownstreamTlsContext = decode::unpack(any)?;
         let common = Common::from_proto(d.common_tls_context.as_ref())?;
         if common.cert.is_none() {
             return Err("DownstreamTlsContext has no certificate".into());
@@ -547,13 +541,7 @@ pub struct Dial {
 impl ClientTls {
     /// Compile the transport socket's config (an `UpstreamTlsContext`).
     pub fn from_any(any: &Any) -> Result<Self, String> {
-        if any.type_url != UPSTREAM_URL {
-            return Err(format!(
-                "upstream transport socket {:?} is not supported",
-                any.type_url
-            ));
-        }
-        let u = UpstreamTlsContext::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+        let u: UpstreamTlsContext = decode::unpack(any)?;
         if u.auto_host_sni || u.auto_sni_san_validation {
             return Err("auto_host_sni and auto_sni_san_validation are not supported".into());
         }
@@ -691,6 +679,7 @@ impl ServerCertVerifier for ServerPeer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
     use serde_json::json;
 
     fn upstream(ctx: serde_json::Value) -> Result<ClientTls, String> {

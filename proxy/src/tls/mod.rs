@@ -32,8 +32,6 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub struct Peer {
     /// The client certificate's SANs (none without a certificate).
     pub sans: der::Sans,
-    /// Whether the client presented a certificate (it was verified, or the handshake failed).
-    pub authenticated: bool,
     /// The SNI the client sent.
     pub sni: Option<String>,
     /// The client certificate's SHA-256, lowercase hex.
@@ -45,6 +43,11 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Whether the client presented a certificate (it was verified, or the handshake failed).
+    pub fn authenticated(&self) -> bool {
+        self.hash.is_some()
+    }
+
     /// Read the peer of a finished handshake; `local_uri` from the certificate presented.
     pub fn of(conn: &rustls::ServerConnection, local_uri: Option<String>) -> Peer {
         let cert = conn.peer_certificates().and_then(|c| c.first());
@@ -52,7 +55,6 @@ impl Peer {
             sans: cert
                 .and_then(|c| der::subject_alt_names(c))
                 .unwrap_or_default(),
-            authenticated: cert.is_some(),
             sni: conn.server_name().map(str::to_string),
             hash: cert.map(|c| {
                 let d = ring::digest::digest(&ring::digest::SHA256, c);

@@ -251,11 +251,4 @@ impl Secrets {
     pub fn dynamic(&self) -> Vec<Dumped> {
         self.dynamic.lock().unwrap().values().cloned().collect()
     }
-
-    /// Names of the secrets held, sorted (for logs and the admin API).
-    pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.map.load().keys().cloned().collect();
-        v.sort();
-        v
-    }
 }
