@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
@@ -332,41 +333,17 @@ impl Accepted {
         let draining = target.drain_of(index).subscribe();
         let stream = match &chain.tls {
             None => Down::Plain(stream),
-            Some(tls) => {
-                // The ClientHello first: the config depends on the client's ALPN.
-                let acceptor = rustls::server::Acceptor::default();
-                let start = match tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS handshake failed: {e}");
-                        self.lstats.ssl_error.inc();
-                        return;
-                    }
-                };
-                let offered = start.client_hello().alpn().is_some_and(|mut a| {
-                    a.any(|p| tls.alpn().iter().any(|ours| ours.as_slice() == p))
-                });
-                let cfg = match tls.config(&self.store.secrets, offered) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!(listener = %target.name, chain = %chain.name, "TLS chain not ready ({e}); closing");
-                        self.lstats.ssl_error.inc();
-                        return;
-                    }
-                };
-                match start.into_stream(cfg.config.clone()).await {
-                    Ok(s) => {
-                        self.lstats.ssl_handshake.inc();
-                        let peer = crate::tls::Peer::of(s.get_ref().1, cfg.local_uri.clone());
-                        Down::Tls(Box::new(s), Arc::new(peer))
-                    }
-                    Err(e) => {
-                        tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS handshake failed: {e}");
-                        self.lstats.ssl_error.inc();
-                        return;
-                    }
+            Some(tls) => match tls.accept(stream, &self.store.secrets).await {
+                Ok((s, peer)) => {
+                    self.lstats.ssl_handshake.inc();
+                    Down::Tls(Box::new(s), Arc::new(peer))
                 }
-            }
+                Err(e) => {
+                    tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS: {e}");
+                    self.lstats.ssl_error.inc();
+                    return;
+                }
+            },
         };
         if !chain.rbac.is_empty() {
             let subject = crate::rbac::Subject {
@@ -398,38 +375,25 @@ impl Accepted {
                     let _ = draining.wait_for(|d| *d == Drain::Retired).await;
                     tokio::time::sleep(drain_time).await;
                 };
-                match stream {
+                // Boxed halves: one copy loop for both, at an indirect call per read or
+                // write of up to 16 KiB.
+                let down: (
+                    Box<dyn AsyncRead + Unpin + Send>,
+                    Box<dyn AsyncWrite + Unpin + Send>,
+                ) = match stream {
                     Down::Plain(s) => {
                         let _ = s.set_nodelay(true);
-                        let down = s.into_split();
-                        tcp_proxy::serve(
-                            down,
-                            Some(peer),
-                            tp,
-                            &snap,
-                            &self.store.secrets,
-                            &self.stats,
-                            dst,
-                            over,
-                        )
-                        .await
+                        let (r, w) = s.into_split();
+                        (Box::new(r), Box::new(w))
                     }
                     Down::Tls(s, _) => {
                         let _ = s.get_ref().0.set_nodelay(true);
-                        let down = tokio::io::split(s);
-                        tcp_proxy::serve(
-                            down,
-                            Some(peer),
-                            tp,
-                            &snap,
-                            &self.store.secrets,
-                            &self.stats,
-                            dst,
-                            over,
-                        )
-                        .await
+                        let (r, w) = tokio::io::split(s);
+                        (Box::new(r), Box::new(w))
                     }
-                }
+                };
+                let secrets = &self.store.secrets;
+                tcp_proxy::serve(down, Some(peer), tp, &snap, secrets, &self.stats, dst, over).await
             }
             t @ Terminal::Http { .. } => {
                 let Some((hcm, hstats)) = t.hcm_stats(&self.stats) else {

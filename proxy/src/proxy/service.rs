@@ -404,22 +404,10 @@ async fn route_request(
                 append_xff(&mut parts.headers, ctx.peer.ip());
             }
             ctx.hcm.xfcc.apply(&mut parts.headers, ctx.tls.as_deref());
-            // Envoy's x-forwarded-proto follows the downstream connection; at the edge
-            // (`use_remote_address`) a client's own value is overwritten.
-            // (Names and values built in const context: `from_static` checks them at run
-            // time otherwise, on every request.)
-            const XFP: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
-            const HTTPS: HeaderValue = HeaderValue::from_static("https");
-            const HTTP: HeaderValue = HeaderValue::from_static("http");
-            if ctx.hcm.use_remote_address {
-                let scheme = if ctx.tls.is_some() { HTTPS } else { HTTP };
-                parts.headers.insert(XFP, scheme);
-            } else if ctx.tls.is_some() {
-                parts.headers.entry(XFP).or_insert(HTTPS);
-            }
             prepare_upstream_headers(
                 &mut parts,
                 &ctx.hcm,
+                ctx.tls.is_some(),
                 (a, wt, route),
                 path,
                 levels,
@@ -543,6 +531,7 @@ async fn route_request(
 fn prepare_upstream_headers(
     parts: &mut http::request::Parts,
     hcm: &super::hcm::HcmConfig,
+    tls: bool,
     (a, wt, route): (&ForwardAction, Option<&WeightedTarget>, &Route),
     path: &str,
     levels: &[&HeaderPolicy],
@@ -555,9 +544,17 @@ fn prepare_upstream_headers(
     // Room for what this and the router add (x-forwarded-proto, x-request-id,
     // x-envoy-expected-rq-timeout-ms) in one step, not one map growth per header.
     h.reserve(3);
-    // One hashed lookup each (entry), not contains_key then insert.
-    h.entry(XFP)
-        .or_insert_with(|| HeaderValue::from_static("http"));
+    // Envoy's x-forwarded-proto follows the downstream connection, and at the edge
+    // (`use_remote_address`) replaces the client's own. One hashed lookup (entry), not
+    // contains_key then insert.
+    const HTTPS: HeaderValue = HeaderValue::from_static("https");
+    const HTTP: HeaderValue = HeaderValue::from_static("http");
+    let scheme = if tls { HTTPS } else { HTTP };
+    if hcm.use_remote_address {
+        h.insert(XFP, scheme);
+    } else {
+        h.entry(XFP).or_insert(scheme);
+    }
     ensure_request_id(hcm, h);
     if let Some(new) = a.rewrite_path(path, route.matched_prefix()) {
         if !hcm.suppress_envoy_headers {

@@ -339,6 +339,33 @@ pub struct ServerTls {
     cache: [Cached<ServerSide>; 2],
 }
 
+impl ServerTls {
+    /// Run the server side of a handshake on `stream`: the ClientHello first, since the
+    /// config depends on whether the client offered one of the chain's ALPN protocols.
+    pub async fn accept(
+        &self,
+        stream: tokio::net::TcpStream,
+        secrets: &Secrets,
+    ) -> Result<(super::ServerStream, super::Peer), String> {
+        let acceptor = rustls::server::Acceptor::default();
+        let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream)
+            .await
+            .map_err(|e| format!("handshake failed: {e}"))?;
+        let offered = start.client_hello().alpn().is_some_and(|mut a| {
+            a.any(|p| self.common.alpn.iter().any(|ours| ours.as_slice() == p))
+        });
+        let side = self
+            .config(secrets, offered)
+            .map_err(|e| format!("chain not ready ({e}); closing"))?;
+        let s = start
+            .into_stream(side.config.clone())
+            .await
+            .map_err(|e| format!("handshake failed: {e}"))?;
+        let peer = super::Peer::of(s.get_ref().1, side.local_uri.clone());
+        Ok((s, peer))
+    }
+}
+
 /// A built server config and what it presents.
 #[derive(Debug)]
 pub struct ServerSide {
@@ -370,11 +397,6 @@ impl ServerTls {
     /// The SDS secrets it names.
     pub fn sds(&self) -> &[SdsRef] {
         &self.common.sds
-    }
-
-    /// The ALPN protocols it selects from.
-    pub fn alpn(&self) -> &[Vec<u8>] {
-        &self.common.alpn
     }
 
     /// The rustls config for the next handshake; an error when a secret is missing. `alpn`:
