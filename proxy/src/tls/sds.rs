@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -34,7 +34,8 @@ type StreamKey = (String, String);
 #[derive(Debug, Default)]
 pub struct Manager {
     /// By (SDS cluster, secret name).
-    streams: Mutex<HashMap<StreamKey, watch::Sender<BTreeSet<String>>>>,
+    /// Dropping a sender ends its stream.
+    streams: Mutex<HashMap<StreamKey, watch::Sender<()>>>,
 }
 
 impl Manager {
@@ -42,32 +43,28 @@ impl Manager {
     /// for an SDS cluster not seen before (call inside the runtime). Names no longer used are
     /// unsubscribed; their secrets stay until replaced.
     pub fn sync(&self, server: &Arc<Server>) {
-        let mut by_cluster: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        // One stream per secret, as Envoy opens them: pilot-agent fails a whole response when
+        // one name cannot be served (a DestinationRule's `file-cert:` path), which would
+        // starve `default` and `ROOTCA` on a shared stream.
+        let mut wanted_streams = BTreeSet::new();
         for r in wanted(&server.store.load()) {
             match r.cluster {
                 Some(c) => {
-                    by_cluster.entry(c).or_default().insert(r.name);
+                    wanted_streams.insert((c, r.name));
                 }
                 None => {
                     tracing::warn!(secret = %r.name, "secrets over the ADS stream are not supported; give the context an SDS cluster")
                 }
             }
         }
-        // One stream per secret, as Envoy opens them: pilot-agent fails a whole response when
-        // one name cannot be served (a DestinationRule's `file-cert:` path), which would
-        // starve `default` and `ROOTCA` on a shared stream.
-        let wanted: BTreeSet<(String, String)> = by_cluster
-            .into_iter()
-            .flat_map(|(c, names)| names.into_iter().map(move |n| (c.clone(), n)))
-            .collect();
         let mut streams = self.streams.lock().unwrap();
         // A stream no longer needed ends (its receiver sees the sender dropped).
-        streams.retain(|k, _| wanted.contains(k));
-        for key in wanted {
+        streams.retain(|k, _| wanted_streams.contains(k));
+        for key in wanted_streams {
             if let std::collections::hash_map::Entry::Vacant(v) = streams.entry(key) {
                 let (cluster, name) = v.key().clone();
-                let (tx, rx) = watch::channel(BTreeSet::from([name]));
-                tokio::spawn(run(Arc::downgrade(server), cluster, rx));
+                let (tx, rx) = watch::channel(());
+                tokio::spawn(run(Arc::downgrade(server), cluster, name, rx));
                 v.insert(tx);
             }
         }
@@ -93,13 +90,9 @@ pub fn wanted(snap: &Snapshot) -> BTreeSet<SdsRef> {
 }
 
 /// One SDS cluster's stream, reconnecting until the server is gone.
-async fn run(server: Weak<Server>, cluster: String, mut names: watch::Receiver<BTreeSet<String>>) {
+async fn run(server: Weak<Server>, cluster: String, name: String, mut stop: watch::Receiver<()>) {
     let mut failures = 0u32;
     loop {
-        // The manager dropped this stream's sender: its secret is no longer used.
-        if names.has_changed().is_err() {
-            return;
-        }
         let Some(srv) = server.upgrade() else { return };
         let node = node(&srv);
         let (got, why) =
@@ -107,12 +100,16 @@ async fn run(server: Weak<Server>, cluster: String, mut names: watch::Receiver<B
                 Ok(dial) => {
                     drop(srv);
                     match transport::channel(&dial).await {
-                        Ok(ch) => stream(&server, ch, node, &mut names).await,
+                        Ok(ch) => stream(&server, ch, node, &name, &mut stop).await,
                         Err(e) => (false, format!("cannot connect to {dial:?}: {e}")),
                     }
                 }
                 Err(e) => (false, e),
             };
+        // The manager dropped this stream's sender: its secret is no longer used.
+        if stop.has_changed().is_err() {
+            return;
+        }
         if got {
             failures = 0;
         }
@@ -143,23 +140,23 @@ async fn stream(
     server: &Weak<Server>,
     channel: tonic::transport::Channel,
     node: Node,
-    names: &mut watch::Receiver<BTreeSet<String>>,
+    name: &str,
+    stop: &mut watch::Receiver<()>,
 ) -> (bool, String) {
     let mut client = SecretDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(transport::MAX_MESSAGE);
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut sub: BTreeSet<String> = names.borrow_and_update().clone();
-    let (mut version, mut nonce) = (String::new(), String::new());
-    let request = |sub: &BTreeSet<String>, version: &str, nonce: &str| DiscoveryRequest {
+    let mut version = String::new();
+    let request = |version: &str, nonce: &str| DiscoveryRequest {
         version_info: version.into(),
-        resource_names: sub.iter().cloned().collect(),
+        resource_names: vec![name.to_string()],
         type_url: SECRET_URL.into(),
         response_nonce: nonce.into(),
         ..Default::default()
     };
     let _ = tx.send(DiscoveryRequest {
         node: Some(node),
-        ..request(&sub, "", "")
+        ..request("", "")
     });
     let mut inbound = match client
         .stream_secrets(UnboundedReceiverStream::new(rx))
@@ -171,16 +168,8 @@ async fn stream(
     let mut got = false;
     loop {
         tokio::select! {
-            changed = names.changed() => {
-                if changed.is_err() {
-                    return (got, "no longer needed".into());
-                }
-                let now = names.borrow_and_update().clone();
-                if now != sub {
-                    sub = now;
-                    let _ = tx.send(request(&sub, &version, &nonce));
-                }
-            }
+            // Never sent: only the sender's drop ends the wait.
+            _ = stop.changed() => return (got, "no longer needed".into()),
             msg = inbound.message() => {
                 let resp = match msg {
                     Ok(Some(r)) => r,
@@ -191,12 +180,11 @@ async fn stream(
                 let Some(srv) = server.upgrade() else {
                     return (got, "server gone".into());
                 };
-                nonce = resp.nonce.clone();
                 match accept(&srv, &resp) {
                     Ok(n) => {
                         version = resp.version_info.clone();
                         tracing::info!(version = %version, secrets = n, "SDS update accepted");
-                        let _ = tx.send(request(&sub, &version, &nonce));
+                        let _ = tx.send(request(&version, &resp.nonce));
                     }
                     Err(e) => {
                         tracing::warn!(version = %resp.version_info, "SDS update rejected: {e}");
@@ -206,7 +194,7 @@ async fn stream(
                                 message: e,
                                 details: Vec::new(),
                             }),
-                            ..request(&sub, &version, &nonce)
+                            ..request(&version, &resp.nonce)
                         });
                     }
                 }
