@@ -103,42 +103,17 @@ pub async fn curl_url(
     url: &str,
     args: &[&str],
 ) -> Result<(u16, String), String> {
-    let resolve = format!("server.test:{}:127.0.0.1", addr.port());
-    let url = url.to_string();
-    let (d, args): (std::path::PathBuf, Vec<String>) =
-        (d.into(), args.iter().map(|a| a.to_string()).collect());
-    // Blocking, off the runtime's workers: the proxy under test runs on them.
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("curl")
-            .current_dir(d)
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{http_version}",
-                "--max-time",
-                "10",
-            ])
-            .args(["--cacert", "ca.crt", "--resolve", &resolve])
-            .args(args)
-            .arg(&url)
-            .output()
-            .expect("curl (apt-get install curl)")
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
+    let format = ["-o", "/dev/null", "-w", "%{http_code} %{http_version}"];
+    let text = curl_body(d, addr, url, &[&format[..], args].concat()).await?;
     let (code, version) = text.split_once(' ').unwrap();
     Ok((code.parse().unwrap(), version.to_string()))
 }
 
 pub const CLIENT: [&str; 4] = ["--cert", "client.crt", "--key", "client.key"];
 
-/// The body curl gets from `url` over TLS (the upstream's JSON echo), or curl's error.
+/// What curl prints for `url` over TLS (by default the body: the upstream's JSON echo), or
+/// curl's error. It runs blocking, off the runtime's workers: the proxy under test runs on
+/// them.
 pub async fn curl_body(
     d: &Path,
     addr: SocketAddr,
