@@ -2,7 +2,6 @@
 //! here; xDS later) and ORIGINAL_DST, each with HTTP/1.1 and h2 connection pools, circuit breakers,
 //! outlier detection and Envoy's per-cluster stats.
 
-mod addr_hash;
 pub mod connector;
 mod dns;
 mod h1body;

@@ -10,6 +10,7 @@ use crate::proxy::hcm::HcmConfig;
 use crate::route::RouteConfig;
 use crate::stats::Stats;
 use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,12 +18,12 @@ use std::sync::Arc;
 /// Everything the data path needs, immutable.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Clusters by name.
-    pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Clusters by name (FxHash: looked up per request, keyed by config).
+    pub clusters: FxHashMap<String, Arc<Cluster>>,
     /// Listeners in config order.
     pub listeners: Vec<Arc<ListenerConfig>>,
     /// Route configurations by name (RDS; empty until xDS).
-    pub routes: HashMap<String, Arc<RouteConfig>>,
+    pub routes: FxHashMap<String, Arc<RouteConfig>>,
     /// The bootstrap it came from.
     pub bootstrap: Option<Arc<LoadedBootstrap>>,
     /// Listener index by address, built on first hand-off.

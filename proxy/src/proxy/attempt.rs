@@ -93,14 +93,19 @@ pub(super) fn build_request(
 }
 
 /// Send `req` to `host` through the cluster's pool for its protocol, without a timeout.
+///
+/// The request stays in the caller's `Option` (borrowed, not moved through each layer) until
+/// a client that needs it whole takes it; see [`crate::cluster::h1pool::H1Pool::send`].
 #[inline(always)]
 pub(super) async fn dispatch(
     cluster: &Cluster,
     host: &Host,
     tls: Option<&Dial>,
-    req: Request<BoxBody>,
+    req: &mut Option<Request<BoxBody>>,
 ) -> Result<Response<PooledBody>, AttemptError> {
-    if cluster.is_h2(req.version()) {
+    let h2 = req.as_ref().is_some_and(|r| cluster.is_h2(r.version()));
+    if h2 {
+        let req = req.take().expect("checked above");
         // Boxed, like the pool's hyper path, to keep the HTTP/1.1 future small.
         Box::pin(async {
             let mut sender = cluster
@@ -137,11 +142,12 @@ pub(super) async fn dispatch(
 pub(super) async fn send(
     cluster: &Cluster,
     host: &Host,
-    req: Request<BoxBody>,
+    req: &mut Option<Request<BoxBody>>,
     down: Downstream<'_>,
     until: Option<tokio::time::Instant>,
 ) -> Result<Response<PooledBody>, AttemptError> {
-    let tls = tls_dial(cluster, host, down, cluster.is_h2(req.version()))?;
+    let h2 = req.as_ref().is_some_and(|r| cluster.is_h2(r.version()));
+    let tls = tls_dial(cluster, host, down, h2)?;
     let mut fut = std::pin::pin!(dispatch(cluster, host, tls.as_ref(), req));
     let Some(until) = until else { return fut.await };
     let mut timer = down.timer.arm(until);

@@ -139,13 +139,14 @@ pub(super) fn launch(
             continue;
         };
         tokio::spawn(async move {
+            let mut req = Some(req);
             let stats = &cluster.stats;
             stats.rq_total.inc();
             stats.rq_active.inc();
             let _active = ActiveRequest::new(host.clone());
             // The whole exchange, body included, within the request's timeout.
             let exchange = async {
-                match dispatch(&cluster, &host, tls.as_ref(), req).await {
+                match dispatch(&cluster, &host, tls.as_ref(), &mut req).await {
                     Ok(resp) => {
                         let status = resp.status().as_u16();
                         cluster.record_result(&host, Some(status));

@@ -207,7 +207,7 @@ pub async fn forward(
         } else {
             parts.headers.clone()
         };
-        let req = build_request(
+        let mut req = Some(build_request(
             &cluster,
             &parts,
             headers,
@@ -215,7 +215,7 @@ pub async fn forward(
             &host,
             req_body,
             upgrade.as_deref(),
-        );
+        ));
         // The stream idle timeout also bounds the wait for response headers.
         let idle_first = idle.is_some_and(|i| wait.is_none_or(|w| i < w));
         stats.rq_total.inc();
@@ -228,7 +228,7 @@ pub async fn forward(
         let outcome = match send(
             &cluster,
             &host,
-            req,
+            &mut req,
             down,
             (if idle_first { idle } else { wait }).map(|w| super::later(now, w)),
         )

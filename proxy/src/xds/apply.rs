@@ -53,7 +53,7 @@ pub struct Update {
 #[derive(Debug, Clone)]
 pub struct Statics {
     /// Static clusters.
-    pub clusters: HashMap<String, Arc<Cluster>>,
+    pub clusters: rustc_hash::FxHashMap<String, Arc<Cluster>>,
     /// Static listeners.
     pub listeners: Vec<Arc<ListenerConfig>>,
     /// The bootstrap.
