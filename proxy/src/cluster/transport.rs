@@ -5,7 +5,8 @@
 //! match → plaintext), and EDS labels the endpoints that have a sidecar.
 
 use super::host::Host;
-use crate::tls::context::{ClientTls, RAW_BUFFER_URL};
+use crate::tls::context::RAW_BUFFER_URL;
+use crate::tls::ClientTls;
 use envoy_types::pb::envoy::config::cluster::v3 as cpb;
 use envoy_types::pb::envoy::config::core::v3::{
     transport_socket::ConfigType, Metadata, TransportSocket,

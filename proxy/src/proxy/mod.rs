@@ -23,6 +23,7 @@ mod running;
 pub mod service;
 pub mod tcp_proxy;
 pub mod timer;
+mod upstream_headers;
 pub mod xfcc;
 
 pub use running::{bind, serve, RunningListener};

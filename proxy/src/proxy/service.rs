@@ -8,12 +8,15 @@ use super::hcm::HttpFilter;
 use super::head_checks;
 use super::local_reply::{Flag, LocalReply, ResponseFlags};
 use super::router::{self, Downstream};
+use super::upstream_headers::{
+    append_xff, ensure_request_id, prepare_upstream_headers, remote_address,
+};
 use super::ConnCtx;
 use crate::route::action::{split_host_port, Action, ClusterTarget, ForwardAction, WeightedTarget};
 use crate::route::headers::HeaderPolicy;
 use crate::route::matcher::Pseudo;
 use crate::route::{Route, RouteConfig, VirtualHost};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -528,109 +531,6 @@ async fn route_request(
     resp
 }
 
-fn prepare_upstream_headers(
-    parts: &mut http::request::Parts,
-    hcm: &super::hcm::HcmConfig,
-    tls: bool,
-    (a, wt, route): (&ForwardAction, Option<&WeightedTarget>, &Route),
-    path: &str,
-    levels: &[&HeaderPolicy],
-    hctx: &crate::route::headers::Ctx<'_>,
-) {
-    // Pre-parsed names: `&str` names are parsed on every use.
-    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    const ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
-    let h = &mut parts.headers;
-    // Room for what this and the router add (x-forwarded-proto, x-request-id,
-    // x-envoy-expected-rq-timeout-ms) in one step, not one map growth per header.
-    h.reserve(3);
-    // Envoy's x-forwarded-proto follows the downstream connection, and at the edge
-    // (`use_remote_address`) replaces the client's own. One hashed lookup (entry), not
-    // contains_key then insert.
-    const HTTPS: HeaderValue = HeaderValue::from_static("https");
-    const HTTP: HeaderValue = HeaderValue::from_static("http");
-    let scheme = if tls { HTTPS } else { HTTP };
-    if hcm.use_remote_address {
-        h.insert(XFP, scheme);
-    } else {
-        h.entry(XFP).or_insert(scheme);
-    }
-    ensure_request_id(hcm, h);
-    if let Some(new) = a.rewrite_path(path, route.matched_prefix()) {
-        if !hcm.suppress_envoy_headers {
-            if let Ok(v) = HeaderValue::from_str(path) {
-                h.insert(ORIGINAL_PATH, v);
-            }
-        }
-        if let Ok(uri) = http::Uri::builder().path_and_query(new.as_str()).build() {
-            let mut p = http::uri::Parts::from(uri);
-            p.scheme = parts.uri.scheme().cloned();
-            p.authority = parts.uri.authority().cloned();
-            if let Ok(u) = http::Uri::from_parts(p) {
-                parts.uri = u;
-            }
-        }
-    }
-    if let Some(host) = wt
-        .and_then(|w| w.host_rewrite.as_ref())
-        .or(a.host_rewrite.as_ref())
-    {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            h.insert(http::header::HOST, v);
-            if let Ok(auth) = host.parse::<http::uri::Authority>() {
-                let mut p = parts.uri.clone().into_parts();
-                if p.authority.is_some() {
-                    p.authority = Some(auth);
-                    if let Ok(u) = http::Uri::from_parts(p) {
-                        parts.uri = u;
-                    }
-                }
-            }
-        }
-    }
-    for p in levels {
-        p.request.apply(&mut parts.headers, hctx);
-    }
-}
-
-/// Give a request without an `x-request-id` one, unless the HCM's `generate_request_id` is
-/// off. It runs before access logging starts (so the log and the upstream see the same id)
-/// and again before forwarding, where it finds the id already there.
-fn ensure_request_id(hcm: &super::hcm::HcmConfig, h: &mut HeaderMap) {
-    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-    if hcm.generate_request_id {
-        // One hashed lookup (entry), not contains_key then insert.
-        h.entry(REQUEST_ID).or_insert_with(request_id);
-    }
-}
-
-/// Append the downstream address to `x-forwarded-for` (HCM `use_remote_address`).
-/// Envoy's downstream remote address for a request: the peer with `use_remote_address`,
-/// else the last `x-forwarded-for` hop (no trusted hops), else the peer.
-fn remote_address(ctx: &ConnCtx, h: &HeaderMap) -> std::net::IpAddr {
-    if ctx.hcm.use_remote_address {
-        return ctx.peer.ip();
-    }
-    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    h.get_all(XFF)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|a| a.trim().parse().ok())
-        .unwrap_or(ctx.peer.ip())
-}
-
-fn append_xff(h: &mut HeaderMap, peer: std::net::IpAddr) {
-    let new = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(old) if !old.trim().is_empty() => format!("{old},{peer}"),
-        _ => peer.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&new) {
-        h.insert("x-forwarded-for", v);
-    }
-}
-
 /// The upgrade type of an HTTP/1.1 `Connection: upgrade` request, if the HCM allows it.
 fn upgrade_type(req: &Request<DownstreamBody>, allowed: &[String]) -> Option<String> {
     if req.version() != http::Version::HTTP_11 || allowed.is_empty() {
@@ -651,35 +551,4 @@ fn upgrade_type(req: &Request<DownstreamBody>, allowed: &[String]) -> Option<Str
         .ok()?
         .to_ascii_lowercase();
     (conn_upgrade && allowed.contains(&t)).then_some(t)
-}
-
-/// A random RFC 4122 version-4 UUID, as Envoy generates for `x-request-id`.
-pub fn uuid4() -> String {
-    let b = uuid4_bytes();
-    std::str::from_utf8(&b).expect("hex digits").to_string()
-}
-
-/// [`uuid4`] as a header value, formatted on the stack (one allocation, for the value).
-fn request_id() -> HeaderValue {
-    let id = bytes::Bytes::copy_from_slice(&uuid4_bytes());
-    // SAFETY: hex digits and dashes only, all valid in a header value.
-    unsafe { HeaderValue::from_maybe_shared_unchecked(id) }
-}
-
-fn uuid4_bytes() -> [u8; 36] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut b = fastrand::u128(..).to_be_bytes();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let mut out = [b'-'; 36];
-    let mut o = 0;
-    for (i, x) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            o += 1;
-        }
-        out[o] = HEX[(x >> 4) as usize];
-        out[o + 1] = HEX[(x & 15) as usize];
-        o += 2;
-    }
-    out
 }

@@ -20,12 +20,12 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext,
+    SubjectAltNameMatcher, TlsCertificate, TlsParameters,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::google::protobuf::Any;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -165,16 +165,16 @@ fn sds_ref(c: &SdsSecretConfig) -> Result<Option<SdsRef>, String> {
 
 /// What both kinds of context share.
 #[derive(Debug)]
-struct Common {
+pub(super) struct Common {
     cert: Option<Source<TlsCertificate>>,
     validation: Option<Source<CertificateValidationContext>>,
-    alpn: Vec<Vec<u8>>,
+    pub(super) alpn: Vec<Vec<u8>>,
     tls13_only: bool,
-    sds: Vec<SdsRef>,
+    pub(super) sds: Vec<SdsRef>,
 }
 
 impl Common {
-    fn from_proto(c: Option<&CommonTlsContext>) -> Result<Self, String> {
+    pub(super) fn from_proto(c: Option<&CommonTlsContext>) -> Result<Self, String> {
         let Some(c) = c else {
             return Ok(Common {
                 cert: None,
@@ -241,7 +241,7 @@ impl Common {
         })
     }
 
-    fn cert(&self, secrets: &Secrets) -> Result<Option<Arc<CertifiedKey>>, String> {
+    pub(super) fn cert(&self, secrets: &Secrets) -> Result<Option<Arc<CertifiedKey>>, String> {
         match &self.cert {
             None => Ok(None),
             Some(Source::Inline(t)) => certified_key(t).map(Some),
@@ -255,7 +255,7 @@ impl Common {
         }
     }
 
-    fn validation(&self, secrets: &Secrets) -> Result<Option<Arc<Validation>>, String> {
+    pub(super) fn validation(&self, secrets: &Secrets) -> Result<Option<Arc<Validation>>, String> {
         match &self.validation {
             None => Ok(None),
             Some(Source::Inline(v)) => Validation::from_proto(v).map(|v| Some(Arc::new(v))),
@@ -278,7 +278,7 @@ impl Common {
         }
     }
 
-    fn versions(&self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    pub(super) fn versions(&self) -> &'static [&'static rustls::SupportedProtocolVersion] {
         static TLS13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
         static BOTH: [&rustls::SupportedProtocolVersion; 2] =
             [&rustls::version::TLS12, &rustls::version::TLS13];
@@ -312,9 +312,9 @@ fn tls13_only(p: Option<&TlsParameters>) -> Result<bool, String> {
 }
 
 /// A built config and the secrets generation it was built from.
-type Cached<T> = ArcSwapOption<(u64, Arc<T>)>;
+pub(super) type Cached<T> = ArcSwapOption<(u64, Arc<T>)>;
 
-fn cached<T>(
+pub(super) fn cached<T>(
     cache: &Cached<T>,
     secrets: &Secrets,
     build: impl FnOnce() -> Result<T, String>,
@@ -502,7 +502,10 @@ impl ClientCertVerifier for ClientSans {
     }
 }
 
-fn check_sans(sans: &[SanMatch], cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+pub(super) fn check_sans(
+    sans: &[SanMatch],
+    cert: &CertificateDer<'_>,
+) -> Result<(), rustls::Error> {
     if sans.is_empty() {
         return Ok(());
     }
@@ -515,214 +518,5 @@ fn check_sans(sans: &[SanMatch], cert: &CertificateDer<'_>) -> Result<(), rustls
         Err(rustls::Error::InvalidCertificate(
             CertificateError::NotValidForName,
         ))
-    }
-}
-
-/// A compiled `UpstreamTlsContext`.
-#[derive(Debug)]
-pub struct ClientTls {
-    common: Common,
-    sni: String,
-    /// Configs by ALPN: as configured, then Istio's override for HTTP/1.1 and for HTTP/2.
-    cache: [Cached<rustls::ClientConfig>; 3],
-}
-
-/// The ALPN protocols a connection offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Alpn {
-    /// The context's `alpn_protocols`.
-    Configured,
-    /// Istio's `istio.alpn` HTTP filter on an outbound HCM, for an HTTP/1.1 upstream:
-    /// `istio-http/1.1, istio, http/1.1`, so that an Envoy server's filter chain match
-    /// knows the traffic is HTTP (on a sniffed port it would otherwise be TCP).
-    IstioHttp11,
-    /// The same for HTTP/2: `istio-h2, istio, h2`.
-    IstioH2,
-}
-
-impl Alpn {
-    fn protocols(self) -> Option<Vec<Vec<u8>>> {
-        let list: &[&[u8]] = match self {
-            Alpn::Configured => return None,
-            Alpn::IstioHttp11 => &[b"istio-http/1.1", b"istio", b"http/1.1"],
-            Alpn::IstioH2 => &[b"istio-h2", b"istio", b"h2"],
-        };
-        Some(list.iter().map(|p| p.to_vec()).collect())
-    }
-}
-
-/// What a new upstream connection needs to start TLS.
-#[derive(Debug, Clone)]
-pub struct Dial {
-    /// The rustls config (certificate, verifier, ALPN).
-    pub config: Arc<rustls::ClientConfig>,
-    /// The SNI (or the address, which sends none).
-    pub name: ServerName<'static>,
-}
-
-impl ClientTls {
-    /// Compile the transport socket's config (an `UpstreamTlsContext`).
-    pub fn from_any(any: &Any) -> Result<Self, String> {
-        let u: UpstreamTlsContext = decode::unpack(any)?;
-        if u.auto_host_sni || u.auto_sni_san_validation {
-            return Err("auto_host_sni and auto_sni_san_validation are not supported".into());
-        }
-        Ok(ClientTls {
-            common: Common::from_proto(u.common_tls_context.as_ref())?,
-            sni: u.sni,
-            cache: Default::default(),
-        })
-    }
-
-    /// The SDS secrets it names.
-    pub fn sds(&self) -> &[SdsRef] {
-        &self.common.sds
-    }
-
-    /// The ALPN protocols offered (Istio: `istio-peer-exchange`, `istio`, and `h2` for
-    /// HTTP/2 clusters).
-    pub fn alpn(&self) -> &[Vec<u8>] {
-        &self.common.alpn
-    }
-
-    /// The name to send as SNI and hand rustls: `sni`, else the upstream's IP address
-    /// (rustls sends no SNI for an address).
-    pub fn server_name(&self, ip: std::net::IpAddr) -> ServerName<'static> {
-        ServerName::try_from(self.sni.clone()).unwrap_or(ServerName::IpAddress(ip.into()))
-    }
-
-    /// What a connection to `ip` needs, offering `alpn`; an error when a secret is missing.
-    pub fn dial(
-        &self,
-        secrets: &Secrets,
-        ip: std::net::IpAddr,
-        alpn: Alpn,
-    ) -> Result<Dial, String> {
-        Ok(Dial {
-            config: self.config(secrets, alpn)?,
-            name: self.server_name(ip),
-        })
-    }
-
-    /// The rustls config for the next handshake; an error when a secret is missing.
-    pub fn config(
-        &self,
-        secrets: &Secrets,
-        alpn: Alpn,
-    ) -> Result<Arc<rustls::ClientConfig>, String> {
-        cached(&self.cache[alpn as usize], secrets, || {
-            let provider = super::provider();
-            let verifier = Arc::new(ServerPeer {
-                validation: self.common.validation(secrets)?,
-                algs: provider.signature_verification_algorithms,
-            });
-            let builder = rustls::ClientConfig::builder_with_provider(provider)
-                .with_protocol_versions(self.common.versions())
-                .map_err(|e| e.to_string())?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier);
-            let mut cfg = match self.common.cert(secrets)? {
-                Some(k) => builder.with_client_cert_resolver(Arc::new(ClientCert(k))),
-                None => builder.with_no_client_auth(),
-            };
-            cfg.alpn_protocols = alpn.protocols().unwrap_or_else(|| self.common.alpn.clone());
-            cfg.enable_sni = !self.sni.is_empty();
-            Ok(cfg)
-        })
-    }
-}
-
-/// The client certificate, offered whatever the server asks for.
-#[derive(Debug)]
-struct ClientCert(Arc<CertifiedKey>);
-
-impl rustls::client::ResolvesClientCert for ClientCert {
-    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-/// Envoy's upstream verification: the chain against the validation context's CAs and its
-/// SAN matchers, never the SNI; nothing without a validation context.
-#[derive(Debug)]
-struct ServerPeer {
-    validation: Option<Arc<Validation>>,
-    algs: rustls::crypto::WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ServerPeer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(v) = &self.validation {
-            if !v.roots.is_empty() {
-                let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-                rustls::client::verify_server_cert_signed_by_trust_anchor(
-                    &cert,
-                    &v.roots,
-                    intermediates,
-                    now,
-                    self.algs.all,
-                )?;
-            }
-            check_sans(&v.sans, end_entity)?;
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use prost::Message;
-    use serde_json::json;
-
-    fn upstream(ctx: serde_json::Value) -> Result<ClientTls, String> {
-        let pool = mosn_proto::decode_pool();
-        let u: UpstreamTlsContext = mosn_proto::from_json(&pool, &ctx, true)?;
-        ClientTls::from_any(&Any {
-            type_url: UPSTREAM_URL.into(),
-            value: u.encode_to_vec(),
-        })
-    }
-
-    #[test]
-    fn san_matchers_need_a_trusted_ca_and_peer_exchange_is_not_offered() {
-        let err = upstream(json!({"common_tls_context": {"validation_context": {
-            "match_subject_alt_names": [{"exact": "spiffe://cluster.local/ns/default/sa/reviews"}]}}}))
-        .unwrap_err();
-        assert!(err.contains("trusted_ca"), "{err}");
-        let t = upstream(
-            json!({"common_tls_context": {"alpn_protocols": ["istio-peer-exchange", "istio"]}}),
-        )
-        .unwrap();
-        assert_eq!(t.alpn(), [b"istio".to_vec()]);
     }
 }

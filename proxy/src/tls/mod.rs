@@ -1,20 +1,23 @@
 //! TLS for the data path: Istio's mutual TLS between sidecars.
 //!
 //! - [`secrets`] holds named certificates and validation contexts (bootstrap and SDS),
-//! - [`context`] compiles Envoy's `DownstreamTlsContext` and `UpstreamTlsContext` into rustls
-//!   configs, with Envoy's peer verification (CA chain plus SAN matchers, not the SNI),
+//! - [`context`] compiles Envoy's `DownstreamTlsContext` into rustls configs, with Envoy's peer
+//!   verification (CA chain plus SAN matchers, not the SNI), and holds what both sides share,
+//! - [`client`] compiles `UpstreamTlsContext`, one config per ALPN offer,
 //! - [`der`] reads a certificate's SANs (the SPIFFE URI Istio identifies workloads by),
 //! - [`sds`] fetches the secrets the contexts name from their SDS servers (Istio's
 //!   `sds-grpc` pipe to pilot-agent).
 //!
 //! rustls runs on ring, which the ADS client's TLS already builds.
 
+pub mod client;
 pub mod context;
 pub mod der;
 pub mod sds;
 pub mod secrets;
 
-pub use context::{Alpn, ClientTls, Dial, SdsRef, ServerSide, ServerTls};
+pub use client::{Alpn, ClientTls, Dial};
+pub use context::{SdsRef, ServerSide, ServerTls};
 pub use secrets::Secrets;
 
 use std::sync::{Arc, OnceLock};

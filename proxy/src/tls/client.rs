@@ -1,0 +1,224 @@
+//! Envoy's `UpstreamTlsContext` (Istio's auto-mTLS to other sidecars), compiled into rustls
+//! client configs, one per ALPN offer, with Envoy's server verification: the chain against
+//! the validation context's CAs and its SAN matchers, never the SNI.
+
+use super::context::{cached, check_sans, Cached, Common, SdsRef};
+use super::secrets::{Secrets, Validation};
+use crate::config::decode;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use envoy_types::pb::google::protobuf::Any;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::sync::Arc;
+
+/// A compiled `UpstreamTlsContext`.
+#[derive(Debug)]
+pub struct ClientTls {
+    common: Common,
+    sni: String,
+    /// Configs by ALPN: as configured, then Istio's override for HTTP/1.1 and for HTTP/2.
+    cache: [Cached<rustls::ClientConfig>; 3],
+}
+
+/// The ALPN protocols a connection offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// The context's `alpn_protocols`.
+    Configured,
+    /// Istio's `istio.alpn` HTTP filter on an outbound HCM, for an HTTP/1.1 upstream:
+    /// `istio-http/1.1, istio, http/1.1`, so that an Envoy server's filter chain match
+    /// knows the traffic is HTTP (on a sniffed port it would otherwise be TCP).
+    IstioHttp11,
+    /// The same for HTTP/2: `istio-h2, istio, h2`.
+    IstioH2,
+}
+
+impl Alpn {
+    fn protocols(self) -> Option<Vec<Vec<u8>>> {
+        let list: &[&[u8]] = match self {
+            Alpn::Configured => return None,
+            Alpn::IstioHttp11 => &[b"istio-http/1.1", b"istio", b"http/1.1"],
+            Alpn::IstioH2 => &[b"istio-h2", b"istio", b"h2"],
+        };
+        Some(list.iter().map(|p| p.to_vec()).collect())
+    }
+}
+
+/// What a new upstream connection needs to start TLS.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// The rustls config (certificate, verifier, ALPN).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The SNI (or the address, which sends none).
+    pub name: ServerName<'static>,
+}
+
+impl ClientTls {
+    /// Compile the transport socket's config (an `UpstreamTlsContext`).
+    pub fn from_any(any: &Any) -> Result<Self, String> {
+        let u: UpstreamTlsContext = decode::unpack(any)?;
+        if u.auto_host_sni || u.auto_sni_san_validation {
+            return Err("auto_host_sni and auto_sni_san_validation are not supported".into());
+        }
+        Ok(ClientTls {
+            common: Common::from_proto(u.common_tls_context.as_ref())?,
+            sni: u.sni,
+            cache: Default::default(),
+        })
+    }
+
+    /// The SDS secrets it names.
+    pub fn sds(&self) -> &[SdsRef] {
+        &self.common.sds
+    }
+
+    /// The ALPN protocols offered (Istio: `istio-peer-exchange`, `istio`, and `h2` for
+    /// HTTP/2 clusters).
+    pub fn alpn(&self) -> &[Vec<u8>] {
+        &self.common.alpn
+    }
+
+    /// The name to send as SNI and hand rustls: `sni`, else the upstream's IP address
+    /// (rustls sends no SNI for an address).
+    pub fn server_name(&self, ip: std::net::IpAddr) -> ServerName<'static> {
+        ServerName::try_from(self.sni.clone()).unwrap_or(ServerName::IpAddress(ip.into()))
+    }
+
+    /// What a connection to `ip` needs, offering `alpn`; an error when a secret is missing.
+    pub fn dial(
+        &self,
+        secrets: &Secrets,
+        ip: std::net::IpAddr,
+        alpn: Alpn,
+    ) -> Result<Dial, String> {
+        Ok(Dial {
+            config: self.config(secrets, alpn)?,
+            name: self.server_name(ip),
+        })
+    }
+
+    /// The rustls config for the next handshake; an error when a secret is missing.
+    pub fn config(
+        &self,
+        secrets: &Secrets,
+        alpn: Alpn,
+    ) -> Result<Arc<rustls::ClientConfig>, String> {
+        cached(&self.cache[alpn as usize], secrets, || {
+            let provider = super::provider();
+            let verifier = Arc::new(ServerPeer {
+                validation: self.common.validation(secrets)?,
+                algs: provider.signature_verification_algorithms,
+            });
+            let builder = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(self.common.versions())
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier);
+            let mut cfg = match self.common.cert(secrets)? {
+                Some(k) => builder.with_client_cert_resolver(Arc::new(ClientCert(k))),
+                None => builder.with_no_client_auth(),
+            };
+            cfg.alpn_protocols = alpn.protocols().unwrap_or_else(|| self.common.alpn.clone());
+            cfg.enable_sni = !self.sni.is_empty();
+            Ok(cfg)
+        })
+    }
+}
+
+/// The client certificate, offered whatever the server asks for.
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Envoy's upstream verification: the chain against the validation context's CAs and its
+/// SAN matchers, never the SNI; nothing without a validation context.
+#[derive(Debug)]
+struct ServerPeer {
+    validation: Option<Arc<Validation>>,
+    algs: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ServerPeer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(v) = &self.validation {
+            if !v.roots.is_empty() {
+                let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_cert_signed_by_trust_anchor(
+                    &cert,
+                    &v.roots,
+                    intermediates,
+                    now,
+                    self.algs.all,
+                )?;
+            }
+            check_sans(&v.sans, end_entity)?;
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::context::UPSTREAM_URL;
+    use prost::Message;
+    use serde_json::json;
+
+    fn upstream(ctx: serde_json::Value) -> Result<ClientTls, String> {
+        let pool = mosn_proto::decode_pool();
+        let u: UpstreamTlsContext = mosn_proto::from_json(&pool, &ctx, true)?;
+        ClientTls::from_any(&Any {
+            type_url: UPSTREAM_URL.into(),
+            value: u.encode_to_vec(),
+        })
+    }
+
+    #[test]
+    fn san_matchers_need_a_trusted_ca_and_peer_exchange_is_not_offered() {
+        let err = upstream(json!({"common_tls_context": {"validation_context": {
+            "match_subject_alt_names": [{"exact": "spiffe://cluster.local/ns/default/sa/reviews"}]}}}))
+        .unwrap_err();
+        assert!(err.contains("trusted_ca"), "{err}");
+        let t = upstream(
+            json!({"common_tls_context": {"alpn_protocols": ["istio-peer-exchange", "istio"]}}),
+        )
+        .unwrap();
+        assert_eq!(t.alpn(), [b"istio".to_vec()]);
+    }
+}
