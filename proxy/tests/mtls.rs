@@ -132,6 +132,12 @@ async fn client_sidecar_with(
     plain: bool,
     extra: Value,
 ) -> Proxy {
+    proxy(client_bootstrap(d, server, san, istio_alpn, plain, extra)).await
+}
+
+/// An outbound listener `name` routing to cluster `reviews`, with Istio's `istio.alpn` filter
+/// when `istio_alpn`.
+fn outbound(name: &str, istio_alpn: bool) -> Value {
     let vhosts = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "reviews"}}]}]);
     let filters = if istio_alpn {
         vec![
@@ -143,7 +149,19 @@ async fn client_sidecar_with(
     } else {
         vec![]
     };
-    let l = listener("out", vhosts, filters, json!({}));
+    listener(name, vhosts, filters, json!({}))
+}
+
+/// The bootstrap of [`client_sidecar_with`].
+fn client_bootstrap(
+    d: &Path,
+    server: SocketAddr,
+    san: &str,
+    istio_alpn: bool,
+    plain: bool,
+    extra: Value,
+) -> Value {
+    let l = outbound("out", istio_alpn);
     let mut tls = auto_mtls(san);
     mosn::config::merge(&mut tls, extra);
     let mut c = cluster("reviews", &[server], tls);
@@ -156,7 +174,7 @@ async fn client_sidecar_with(
         {"name": "default", "tls_certificate": {"certificate_chain": file(d, "client.crt"), "private_key": file(d, "client.key")}},
         {"name": "ROOTCA", "validation_context": {"trusted_ca": file(d, "ca.crt")}},
     ]);
-    proxy(boot).await
+    boot
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,6 +204,40 @@ async fn sidecars_talk_mutual_tls_with_istios_alpn() {
     assert_eq!((r.status, r.header("x-chain")), (200, None), "{}", r.body);
     assert_eq!(server.stat("listener.127.0.0.1_0.ssl.handshake"), 2);
     assert_eq!(app.hits(), 3);
+}
+
+/// Connections are pooled per ALPN offer, as Envoy keys its pools: a listener without
+/// `istio.alpn` does not reuse the connection that one with it opened (that connection runs on
+/// the server's HTTP chain), and each goes on reusing its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_keep_connections_of_different_alpn_apart() {
+    let dir = pki();
+    let d = dir.path();
+    let app = upstream("app").await;
+    let server = server_sidecar(d, app.addr).await;
+    let mut boot = client_bootstrap(d, server.addr("in"), SPIFFE_SERVER, true, false, json!({}));
+    boot["static_resources"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(outbound("plain-alpn", false));
+    let client = proxy(boot).await;
+    let chain = |r: &Resp| (r.status, r.header("x-chain").map(str::to_string));
+    let http = (200, Some("http".to_string()));
+    let r = get(client.addr("out"), "/a", &[]).await;
+    assert_eq!(chain(&r), http, "{}", r.body);
+    let r = get(client.addr("plain-alpn"), "/b", &[]).await;
+    assert_eq!(
+        chain(&r),
+        (200, None),
+        "the istio.alpn connection was reused: {}",
+        r.body
+    );
+    for (l, want) in [("out", &http), ("plain-alpn", &(200, None))] {
+        let r = get(client.addr(l), "/c", &[]).await;
+        assert_eq!(&chain(&r), want, "{l}: {}", r.body);
+    }
+    assert_eq!(client.stat("cluster.reviews.ssl.handshake"), 2);
+    assert_eq!(app.hits(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

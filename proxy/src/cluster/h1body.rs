@@ -9,7 +9,6 @@ use super::UpstreamBody;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -17,7 +16,7 @@ use std::task::{Context, Poll};
 /// Where a hyper client connection goes back to.
 pub(super) struct Checkin {
     pub(super) pool: Arc<H1Pool>,
-    pub(super) addr: SocketAddr,
+    pub(super) key: super::h1pool::PoolKey,
     pub(super) tx: SendRequest<UpstreamBody>,
     /// Requests carried, this one included, and age.
     pub(super) wear: Wear,
@@ -26,14 +25,14 @@ pub(super) struct Checkin {
 /// Where an inline connection goes back to.
 pub(super) struct Home {
     pub(super) pool: Arc<H1Pool>,
-    pub(super) addr: SocketAddr,
+    pub(super) key: super::h1pool::PoolKey,
     /// Requests carried, this one included, and age.
     pub(super) wear: Wear,
 }
 
 impl Release for Home {
     fn release(&mut self, conn: Conn) {
-        self.pool.checkin_raw(self.addr, conn, self.wear);
+        self.pool.checkin_raw(self.key, conn, self.wear);
     }
 }
 
@@ -67,7 +66,7 @@ impl Drop for PooledBody {
         if let Kind::Hyper { inner, done, back } = &mut self.0 {
             if let Some(c) = back.take() {
                 if *done || inner.is_end_stream() {
-                    c.pool.checkin(c.addr, c.tx, c.wear);
+                    c.pool.checkin(c.key, c.tx, c.wear);
                 }
             }
         }

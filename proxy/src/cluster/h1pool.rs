@@ -46,7 +46,29 @@ struct Idle<T> {
 /// How often a request waiting for a connection looks again without being woken.
 const PENDING_RECHECK: Duration = Duration::from_millis(50);
 
-type ByAddr<T> = HashMap<SocketAddr, Vec<Idle<T>>, rustc_hash::FxBuildHasher>;
+type ByAddr<T> = HashMap<PoolKey, Vec<Idle<T>>, rustc_hash::FxBuildHasher>;
+
+/// What a pooled connection is for: its upstream address and its transport's flavor
+/// ([`crate::tls::Dial::flavor`], 0 for plaintext). A connection is reused only for the same
+/// key, so an endpoint whose `tlsMode` changes, or a request that offers other ALPN
+/// protocols, gets a connection of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The upstream address.
+    pub addr: SocketAddr,
+    /// The transport's flavor.
+    pub flavor: u64,
+}
+
+impl PoolKey {
+    /// The key of connections to `addr` made with `tls`.
+    pub fn new(addr: SocketAddr, tls: Option<&crate::tls::Dial>) -> Self {
+        PoolKey {
+            addr,
+            flavor: tls.map_or(0, |d| d.flavor),
+        }
+    }
+}
 
 #[derive(Default)]
 struct State {
@@ -115,24 +137,25 @@ impl H1Pool {
                 before_response: true,
             }));
         };
+        let key = PoolKey::new(addr, tls);
         if inline(r) {
-            return self.send_inline(addr, tls, r).await;
+            return self.send_inline(key, tls, r).await;
         }
         let req = req.take().expect("checked above");
         // Boxed: hyper's handshake and send futures would otherwise make every request's
         // future (and each move of it) several times larger.
-        Box::pin(self.send_hyper(addr, tls, req)).await
+        Box::pin(self.send_hyper(key, tls, req)).await
     }
 
     /// A request with a body to stream, or an upgrade, through hyper's client.
     async fn send_hyper(
         &self,
-        addr: SocketAddr,
+        key: PoolKey,
         tls: Option<&crate::tls::Dial>,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         loop {
-            let (mut tx, wear) = match self.acquire(addr, tls, false, Self::take_hyper).await? {
+            let (mut tx, wear) = match self.acquire(key, tls, false, Self::take_hyper).await? {
                 Got::Idle(mut tx, wear) => {
                     // Normally ready at once: the connection finished the previous exchange
                     // before its response body ended here.
@@ -141,11 +164,11 @@ impl H1Pool {
                     }
                     (tx, wear)
                 }
-                Got::Fresh(io) => (self.handshake(addr, io).await?, Wear::new()),
+                Got::Fresh(io) => (self.handshake(key.addr, io).await?, Wear::new()),
             };
             let reused = wear.uses > 0;
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(addr, resp, tx, wear.one_more())),
+                Ok(resp) => return Ok(self.wrap(key, resp, tx, wear.one_more())),
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection went away between checkout and send.
                     Some(r) if reused => req = r,
@@ -160,13 +183,13 @@ impl H1Pool {
     /// is sent again on the next connection, as HTTP clients do (RFC 9110 §9.2.2).
     async fn send_inline(
         &self,
-        addr: SocketAddr,
+        key: PoolKey,
         tls: Option<&crate::tls::Dial>,
         req: &mut Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         loop {
-            let (mut conn, wear) = match self.acquire(addr, tls, true, Self::take_raw).await? {
+            let (mut conn, wear) = match self.acquire(key, tls, true, Self::take_raw).await? {
                 Got::Idle(c, wear) => (c, wear),
                 Got::Fresh(io) => (Conn::new(io), Wear::new()),
             };
@@ -176,7 +199,7 @@ impl H1Pool {
                     crate::header_pool::give(std::mem::take(req.headers_mut()));
                     let home = self.me.upgrade().map(|pool| Home {
                         pool,
-                        addr,
+                        key,
                         wear: wear.one_more(),
                     });
                     let body = RawBody::new(conn, &head, home);
@@ -186,14 +209,14 @@ impl H1Pool {
                     ));
                 }
                 Err(e) if reused && e.before_response && req.method().is_idempotent() => {
-                    tracing::debug!("idle upstream connection to {addr} was closed: {e}");
+                    tracing::debug!("idle upstream connection to {} was closed: {e}", key.addr);
                 }
                 Err(e) => return Err(SendError::Exchange(e)),
             }
         }
     }
 
-    /// A connection for a request to `addr`: an idle one of the kind it needs (`raw`: inline,
+    /// A connection for a request to `key`: an idle one of the kind it needs (`raw`: inline,
     /// else hyper's), taken by `take`, or a new one.
     ///
     /// Envoy's pending queue: with `max_connections` reached, an idle connection this request
@@ -204,10 +227,10 @@ impl H1Pool {
     /// wait.
     async fn acquire<T>(
         &self,
-        addr: SocketAddr,
+        key: PoolKey,
         tls: Option<&crate::tls::Dial>,
         raw: bool,
-        take: fn(&Self, SocketAddr) -> Option<(T, Wear)>,
+        take: fn(&Self, PoolKey) -> Option<(T, Wear)>,
     ) -> Result<Got<T>, SendError> {
         struct Pending<'a>(&'a crate::stats::Stat);
         impl Drop for Pending<'_> {
@@ -223,18 +246,18 @@ impl H1Pool {
         let freed = self.connector.freed();
         let mut place = std::pin::pin!(None::<tokio::sync::futures::Notified<'_>>);
         loop {
-            if let Some((c, wear)) = take(self, addr) {
+            if let Some((c, wear)) = take(self, key) {
                 return Ok(Got::Idle(c, wear));
             }
             if self.connector.has_room() {
-                match self.connector.connect(addr, tls).await {
+                match self.connector.connect(key.addr, tls).await {
                     Ok(io) => return Ok(Got::Fresh(io)),
                     // Another request took the last slot first.
                     Err(ConnectError::Overflow) => continue,
                     Err(e) => return Err(SendError::Connect(e)),
                 }
             }
-            match self.evict_unusable(addr, raw) {
+            match self.evict_unusable(key, raw) {
                 Evicted::Closed => continue,
                 Evicted::Closing => {}
                 Evicted::Nothing => {
@@ -268,15 +291,15 @@ impl H1Pool {
         }
     }
 
-    /// Close one idle connection that a request of kind `raw` to `addr` cannot use: the other
+    /// Close one idle connection that a request of kind `raw` to `key` cannot use: the other
     /// kind to the same host first, then any to another host.
-    fn evict_unusable(&self, addr: SocketAddr, raw: bool) -> Evicted {
+    fn evict_unusable(&self, key: PoolKey, raw: bool) -> Evicted {
         let mut st = self.state.lock().unwrap();
         let st = &mut *st;
-        if !raw && drop_oldest(&mut st.raw, Some(addr)) {
+        if !raw && drop_oldest(&mut st.raw, Some(key)) {
             return Evicted::Closed;
         }
-        if raw && drop_oldest(&mut st.idle, Some(addr)) {
+        if raw && drop_oldest(&mut st.idle, Some(key)) {
             return Evicted::Closing;
         }
         if drop_oldest(&mut st.raw, None) {
@@ -288,16 +311,16 @@ impl H1Pool {
         }
     }
 
-    /// The most recently returned usable inline connection to `addr`.
-    fn take_raw(&self, addr: SocketAddr) -> Option<(Conn, Wear)> {
+    /// The most recently returned usable inline connection to `key`.
+    fn take_raw(&self, key: PoolKey) -> Option<(Conn, Wear)> {
         let mut st = self.state.lock().unwrap();
-        self.pop_live(st.raw.get_mut(&addr)?, |c| c.is_usable())
+        self.pop_live(st.raw.get_mut(&key)?, |c| c.is_usable())
     }
 
-    /// The most recently returned live hyper connection to `addr`.
-    fn take_hyper(&self, addr: SocketAddr) -> Option<(SendRequest<UpstreamBody>, Wear)> {
+    /// The most recently returned live hyper connection to `key`.
+    fn take_hyper(&self, key: PoolKey) -> Option<(SendRequest<UpstreamBody>, Wear)> {
         let mut st = self.state.lock().unwrap();
-        self.pop_live(st.idle.get_mut(&addr)?, |tx| !tx.is_closed())
+        self.pop_live(st.idle.get_mut(&key)?, |tx| !tx.is_closed())
     }
 
     /// Pop connections off `stack`, most recent first, dropping those idle past the idle
@@ -336,7 +359,7 @@ impl H1Pool {
 
     fn wrap(
         &self,
-        addr: SocketAddr,
+        key: PoolKey,
         resp: Response<Incoming>,
         tx: SendRequest<UpstreamBody>,
         wear: Wear,
@@ -347,7 +370,7 @@ impl H1Pool {
             .flatten()
             .map(|pool| Checkin {
                 pool,
-                addr,
+                key,
                 tx,
                 wear,
             });
@@ -360,15 +383,15 @@ impl H1Pool {
         })
     }
 
-    pub(super) fn checkin(&self, addr: SocketAddr, tx: SendRequest<UpstreamBody>, wear: Wear) {
+    pub(super) fn checkin(&self, key: PoolKey, tx: SendRequest<UpstreamBody>, wear: Wear) {
         if tx.is_closed() {
             return;
         }
-        self.put_back(|st| &mut st.idle, addr, tx, wear);
+        self.put_back(|st| &mut st.idle, key, tx, wear);
     }
 
-    pub(super) fn checkin_raw(&self, addr: SocketAddr, conn: Conn, wear: Wear) {
-        self.put_back(|st| &mut st.raw, addr, conn, wear);
+    pub(super) fn checkin_raw(&self, key: PoolKey, conn: Conn, wear: Wear) {
+        self.put_back(|st| &mut st.raw, key, conn, wear);
     }
 
     /// Push a returned connection on its host's stack (of the kind `stacks` picks), keep the
@@ -378,7 +401,7 @@ impl H1Pool {
     fn put_back<T>(
         &self,
         stacks: fn(&mut State) -> &mut ByAddr<T>,
-        addr: SocketAddr,
+        key: PoolKey,
         conn: T,
         wear: Wear,
     ) {
@@ -386,7 +409,7 @@ impl H1Pool {
             return;
         }
         let mut st = self.state.lock().unwrap();
-        stacks(&mut st).entry(addr).or_default().push(Idle {
+        stacks(&mut st).entry(key).or_default().push(Idle {
             conn,
             since: crate::clock::coarse_now(),
             wear,
@@ -461,9 +484,9 @@ async fn reap(pool: Weak<H1Pool>, first: Duration) {
     }
 }
 
-/// Drop the oldest idle connection to `addr` (to any host when `None`); whether there was one.
-fn drop_oldest<T>(stacks: &mut ByAddr<T>, addr: Option<SocketAddr>) -> bool {
-    let stack = match addr {
+/// Drop the oldest idle connection for `key` (for any when `None`); whether there was one.
+fn drop_oldest<T>(stacks: &mut ByAddr<T>, key: Option<PoolKey>) -> bool {
+    let stack = match key {
         Some(a) => stacks.get_mut(&a).filter(|s| !s.is_empty()),
         None => stacks.values_mut().find(|s| !s.is_empty()),
     };

@@ -23,7 +23,9 @@ pub struct H2Pool {
     connector: CountingConnector,
     /// A slot per host. Each has its own lock, held while dialling, so that a host whose
     /// connect hangs holds up only its own requests.
-    conns: std::sync::Mutex<HashMap<SocketAddr, Slot>>,
+    /// Keyed by address and transport flavor, as the HTTP/1.1 pool
+    /// ([`super::h1pool::PoolKey`]).
+    conns: std::sync::Mutex<HashMap<super::h1pool::PoolKey, Slot>>,
     limits: Limits,
     settings: crate::http2::H2Settings,
 }
@@ -51,7 +53,8 @@ impl H2Pool {
         addr: SocketAddr,
         tls: Option<&crate::tls::Dial>,
     ) -> Result<SendRequest<UpstreamBody>, BoxError> {
-        let slot = self.conns.lock().unwrap().entry(addr).or_default().clone();
+        let key = super::h1pool::PoolKey::new(addr, tls);
+        let slot = self.conns.lock().unwrap().entry(key).or_default().clone();
         // Holding the host's lock while dialling makes concurrent first requests share one
         // connection instead of racing to open several.
         let mut slot = slot.lock().await;

@@ -180,6 +180,15 @@ mod tests {
             .dial(Some(&labelled), &secrets, addr.ip(), alpn)
             .unwrap()
             .is_some());
+        // Pools key by flavor: one per context and ALPN offer, never plaintext's 0.
+        let flavor = |alpn| {
+            let d = t.dial(Some(&labelled), &secrets, addr.ip(), alpn);
+            d.unwrap().unwrap().flavor
+        };
+        let istio = crate::tls::Alpn::IstioHttp11;
+        assert_eq!(flavor(alpn), flavor(alpn));
+        assert_ne!(flavor(alpn), flavor(istio));
+        assert!(flavor(alpn) != 0 && flavor(istio) != 0);
         let auto = Transport::from_cluster(&c, true).unwrap();
         let err = auto
             .dial(Some(&labelled), &secrets, addr.ip(), alpn)

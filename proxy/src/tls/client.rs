@@ -53,6 +53,10 @@ pub struct Dial {
     pub config: Arc<rustls::ClientConfig>,
     /// The SNI (or the address, which sends none).
     pub name: ServerName<'static>,
+    /// Which context and ALPN offer made it: connections of different flavors to one
+    /// address are not interchangeable (Envoy keys its pools by transport socket and ALPN),
+    /// so the pools key by it. Never 0, which stands for plaintext.
+    pub flavor: u64,
 }
 
 impl ClientTls {
@@ -96,6 +100,10 @@ impl ClientTls {
         Ok(Dial {
             config: self.config(secrets, alpn)?,
             name: self.server_name(ip),
+            // The context's address (stable while the cluster lives, and 8-aligned) with the
+            // ALPN offer in its low bits. Secret rotation does not change it: established
+            // connections stay in use, as in Envoy.
+            flavor: (self as *const ClientTls as u64) | alpn as u64,
         })
     }
 
