@@ -181,7 +181,7 @@ impl CountingConnector {
                 return Ok::<_, io::Error>(UpIo::Plain(stream));
             };
             let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-            match connector.connect(tls.name.clone(), stream).await {
+            match connector.connect(tls.server_name(addr.ip()), stream).await {
                 Ok(t) => {
                     ssl_stats.lazy_counter("ssl.handshake").inc();
                     Ok(UpIo::Tls(Box::new(t)))

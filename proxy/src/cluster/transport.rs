@@ -67,9 +67,8 @@ impl Transport {
         &self,
         host: Option<&Host>,
         secrets: &crate::tls::Secrets,
-        ip: std::net::IpAddr,
         alpn: crate::tls::Alpn,
-    ) -> Result<Option<crate::tls::Dial>, String> {
+    ) -> Result<Option<Arc<crate::tls::Dial>>, String> {
         let t = match host {
             Some(h) => self.for_host(h),
             None => self.default.as_ref(),
@@ -78,7 +77,7 @@ impl Transport {
         if let Some(why) = &self.refuse {
             return Err(why.clone());
         }
-        t.dial(secrets, ip, alpn).map(Some)
+        t.dial(secrets, alpn).map(Some)
     }
 
     /// The TLS context for connections to `host` (`None`: plaintext): the first match whose
@@ -176,13 +175,10 @@ mod tests {
         assert!(t.for_host(&plain).is_none());
         let secrets = crate::tls::Secrets::default();
         let alpn = crate::tls::Alpn::Configured;
-        assert!(t
-            .dial(Some(&labelled), &secrets, addr.ip(), alpn)
-            .unwrap()
-            .is_some());
+        assert!(t.dial(Some(&labelled), &secrets, alpn).unwrap().is_some());
         // Pools key by flavor: one per context and ALPN offer, never plaintext's 0.
         let flavor = |alpn| {
-            let d = t.dial(Some(&labelled), &secrets, addr.ip(), alpn);
+            let d = t.dial(Some(&labelled), &secrets, alpn);
             d.unwrap().unwrap().flavor
         };
         let istio = crate::tls::Alpn::IstioHttp11;
@@ -190,14 +186,9 @@ mod tests {
         assert_ne!(flavor(alpn), flavor(istio));
         assert!(flavor(alpn) != 0 && flavor(istio) != 0);
         let auto = Transport::from_cluster(&c, true).unwrap();
-        let err = auto
-            .dial(Some(&labelled), &secrets, addr.ip(), alpn)
-            .unwrap_err();
+        let err = auto.dial(Some(&labelled), &secrets, alpn).unwrap_err();
         assert!(err.contains("auto_sni"), "{err}");
         // Plaintext endpoints of such a cluster are not affected.
-        assert!(auto
-            .dial(Some(&plain), &secrets, addr.ip(), alpn)
-            .unwrap()
-            .is_none());
+        assert!(auto.dial(Some(&plain), &secrets, alpn).unwrap().is_none());
     }
 }

@@ -148,7 +148,7 @@ pub(super) async fn send(
 ) -> Result<Response<PooledBody>, AttemptError> {
     let h2 = req.as_ref().is_some_and(|r| cluster.is_h2(r.version()));
     let tls = tls_dial(cluster, host, down, h2)?;
-    let mut fut = std::pin::pin!(dispatch(cluster, host, tls.as_ref(), req));
+    let mut fut = std::pin::pin!(dispatch(cluster, host, tls.as_deref(), req));
     let Some(until) = until else { return fut.await };
     let mut timer = down.timer.arm(until);
     // The attempt is polled in place (not moved into a timeout wrapper), the timer only
@@ -170,7 +170,7 @@ pub(super) fn tls_dial(
     host: &Host,
     down: Downstream<'_>,
     h2: bool,
-) -> Result<Option<Dial>, AttemptError> {
+) -> Result<Option<std::sync::Arc<Dial>>, AttemptError> {
     let alpn = match (down.istio_alpn, h2) {
         (false, _) => Alpn::Configured,
         (true, false) => Alpn::IstioHttp11,
@@ -178,7 +178,7 @@ pub(super) fn tls_dial(
     };
     cluster
         .transport
-        .dial(Some(host), down.secrets, host.addr.ip(), alpn)
+        .dial(Some(host), down.secrets, alpn)
         .map_err(|e| {
             tracing::debug!(cluster = %cluster.name, host = %host.addr, "upstream TLS not ready: {e}");
             AttemptError::Connect(connect_reply(&ConnectError::Failed(e)))

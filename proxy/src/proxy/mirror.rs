@@ -146,7 +146,7 @@ pub(super) fn launch(
             let _active = ActiveRequest::new(host.clone());
             // The whole exchange, body included, within the request's timeout.
             let exchange = async {
-                match dispatch(&cluster, &host, tls.as_ref(), &mut req).await {
+                match dispatch(&cluster, &host, tls.as_deref(), &mut req).await {
                     Ok(resp) => {
                         let status = resp.status().as_u16();
                         cluster.record_result(&host, Some(status));

@@ -204,17 +204,14 @@ async fn proxy<R, W>(
         // Istio's outbound TCP to a sidecar'd service goes over mTLS (ALPN as configured:
         // `istio-peer-exchange, istio`).
         let alpn = crate::tls::Alpn::Configured;
-        let tls = match cluster
-            .transport
-            .dial(host.as_deref(), secrets, addr.ip(), alpn)
-        {
+        let tls = match cluster.transport.dial(host.as_deref(), secrets, alpn) {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(cluster = %name, %addr, "tcp_proxy: upstream TLS not ready: {e}");
                 continue;
             }
         };
-        match cluster.connector.connect(addr, tls.as_ref()).await {
+        match cluster.connector.connect(addr, tls.as_deref()).await {
             Ok(s) => {
                 up = Some(s);
                 break;

@@ -19,7 +19,7 @@ pub struct ClientTls {
     common: Common,
     sni: String,
     /// Configs by ALPN: as configured, then Istio's override for HTTP/1.1 and for HTTP/2.
-    cache: [Cached<rustls::ClientConfig>; 3],
+    cache: [Cached<Dial>; 3],
 }
 
 /// The ALPN protocols a connection offers.
@@ -46,17 +46,27 @@ impl Alpn {
     }
 }
 
-/// What a new upstream connection needs to start TLS.
-#[derive(Debug, Clone)]
+/// What a new upstream connection needs to start TLS. Built once per context, ALPN offer
+/// and secrets generation, and shared: a request to a pooled connection only clones the
+/// `Arc` (building one per request cost an SNI `String` and a config lookup).
+#[derive(Debug)]
 pub struct Dial {
     /// The rustls config (certificate, verifier, ALPN).
     pub config: Arc<rustls::ClientConfig>,
-    /// The SNI (or the address, which sends none).
-    pub name: ServerName<'static>,
+    /// The SNI; `None` sends none.
+    pub sni: Option<ServerName<'static>>,
     /// Which context and ALPN offer made it: connections of different flavors to one
     /// address are not interchangeable (Envoy keys its pools by transport socket and ALPN),
     /// so the pools key by it. Never 0, which stands for plaintext.
     pub flavor: u64,
+}
+
+impl Dial {
+    /// The name to hand rustls for a connection to `ip`: the SNI, else the address (for
+    /// which rustls sends no SNI).
+    pub fn server_name(&self, ip: std::net::IpAddr) -> ServerName<'static> {
+        self.sni.clone().unwrap_or(ServerName::IpAddress(ip.into()))
+    }
 }
 
 impl ClientTls {
@@ -84,54 +94,39 @@ impl ClientTls {
         &self.common.alpn
     }
 
-    /// The name to send as SNI and hand rustls: `sni`, else the upstream's IP address
-    /// (rustls sends no SNI for an address).
-    pub fn server_name(&self, ip: std::net::IpAddr) -> ServerName<'static> {
-        ServerName::try_from(self.sni.clone()).unwrap_or(ServerName::IpAddress(ip.into()))
-    }
-
-    /// What a connection to `ip` needs, offering `alpn`; an error when a secret is missing.
-    pub fn dial(
-        &self,
-        secrets: &Secrets,
-        ip: std::net::IpAddr,
-        alpn: Alpn,
-    ) -> Result<Dial, String> {
-        Ok(Dial {
-            config: self.config(secrets, alpn)?,
-            name: self.server_name(ip),
-            // The context's address (stable while the cluster lives, and 8-aligned) with the
-            // ALPN offer in its low bits. Secret rotation does not change it: established
-            // connections stay in use, as in Envoy.
-            flavor: (self as *const ClientTls as u64) | alpn as u64,
-        })
-    }
-
-    /// The rustls config for the next handshake; an error when a secret is missing.
-    pub fn config(
-        &self,
-        secrets: &Secrets,
-        alpn: Alpn,
-    ) -> Result<Arc<rustls::ClientConfig>, String> {
+    /// What a new connection needs, offering `alpn`; an error when a secret is missing.
+    pub fn dial(&self, secrets: &Secrets, alpn: Alpn) -> Result<Arc<Dial>, String> {
         cached(&self.cache[alpn as usize], secrets, || {
-            let provider = super::provider();
-            let verifier = Arc::new(ServerPeer {
-                validation: self.common.validation(secrets)?,
-                algs: provider.signature_verification_algorithms,
-            });
-            let builder = rustls::ClientConfig::builder_with_provider(provider)
-                .with_protocol_versions(self.common.versions())
-                .map_err(|e| e.to_string())?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier);
-            let mut cfg = match self.common.cert(secrets)? {
-                Some(k) => builder.with_client_cert_resolver(Arc::new(ClientCert(k))),
-                None => builder.with_no_client_auth(),
-            };
-            cfg.alpn_protocols = alpn.protocols().unwrap_or_else(|| self.common.alpn.clone());
-            cfg.enable_sni = !self.sni.is_empty();
-            Ok(cfg)
+            Ok(Dial {
+                config: Arc::new(self.config(secrets, alpn)?),
+                sni: ServerName::try_from(self.sni.clone()).ok(),
+                // The context's address (stable while the cluster lives, and 8-aligned) with
+                // the ALPN offer in its low bits. Secret rotation does not change it:
+                // established connections stay in use, as in Envoy.
+                flavor: (self as *const ClientTls as u64) | alpn as u64,
+            })
         })
+    }
+
+    /// A rustls config for the next handshake; an error when a secret is missing.
+    fn config(&self, secrets: &Secrets, alpn: Alpn) -> Result<rustls::ClientConfig, String> {
+        let provider = super::provider();
+        let verifier = Arc::new(ServerPeer {
+            validation: self.common.validation(secrets)?,
+            algs: provider.signature_verification_algorithms,
+        });
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(self.common.versions())
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut cfg = match self.common.cert(secrets)? {
+            Some(k) => builder.with_client_cert_resolver(Arc::new(ClientCert(k))),
+            None => builder.with_no_client_auth(),
+        };
+        cfg.alpn_protocols = alpn.protocols().unwrap_or_else(|| self.common.alpn.clone());
+        cfg.enable_sni = !self.sni.is_empty();
+        Ok(cfg)
     }
 }
 
