@@ -50,6 +50,11 @@ impl DownstreamBody {
         }
     }
 
+    /// Add the length of each data frame to `received` from now on (the access log's count).
+    pub fn count_into(&mut self, received: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        self.received = Some(received);
+    }
+
     /// A body for a mirrored copy of this request: what this one yields from now on.
     pub(super) fn tee(&mut self) -> BoxBody {
         if self.is_end_stream() {

@@ -23,7 +23,10 @@ pub(super) fn hyper_service(
 > + Clone {
     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
-        async move { Ok(service::handle(ctx, req.map(Some), false).await) }
+        async move {
+            let req = req.map(|b| body::DownstreamBody::new(Some(b), None));
+            Ok(service::handle(ctx, req, false).await)
+        }
     })
 }
 

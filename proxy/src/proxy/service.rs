@@ -17,7 +17,6 @@ use crate::route::headers::HeaderPolicy;
 use crate::route::matcher::Pseudo;
 use crate::route::{Route, RouteConfig, VirtualHost};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -25,7 +24,7 @@ use std::sync::Arc;
 /// become local replies). `checked`: the head is known to pass `head_checks` already.
 pub async fn handle(
     ctx: Arc<ConnCtx>,
-    mut req: Request<Option<Incoming>>,
+    mut req: Request<DownstreamBody>,
     checked: bool,
 ) -> Response<BoxBody> {
     let stats = &ctx.stats;
@@ -47,7 +46,11 @@ pub async fn handle(
     } else {
         head_checks::check(&ctx.hcm.http1, &mut req).err()
     };
-    let req = req.map(|b| DownstreamBody::new(b, record.as_ref().map(|r| r.received())));
+    // The body's bytes count into the log record; the request is not rebuilt for it (each
+    // rebuild was two copies of the whole request).
+    if let Some(r) = &record {
+        req.body_mut().count_into(r.received());
+    }
     let mut info = access_log::RouteInfo::default();
     // The request is active until its response body ends, or until hyper drops this future
     // because the client went away: a drop guard covers both.

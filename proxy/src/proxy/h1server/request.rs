@@ -20,7 +20,7 @@ pub(super) const MAX_INLINE_HEAD: usize = 64 * 1024;
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Parsed {
     /// A complete bodiless request, taken off the buffer.
-    Inline(Request<Option<hyper::body::Incoming>>, Meta),
+    Inline(Request<crate::proxy::body::DownstreamBody>, Meta),
     /// Not yet a complete head.
     Partial,
     /// A request the inline path does not serve: the bytes stay in the buffer for hyper.
@@ -155,7 +155,7 @@ pub(super) fn parse(
         head: method == Method::HEAD,
         checked: !http10 && !refused && (host || uri.authority().is_some()),
     };
-    let mut req = Request::new(None);
+    let mut req = Request::new(crate::proxy::body::DownstreamBody::new(None, None));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = if http10 {
