@@ -131,6 +131,7 @@ impl H1Pool {
         tls: Option<&crate::tls::Dial>,
         req: &mut Option<Request<UpstreamBody>>,
     ) -> Result<Response<PooledBody>, SendError> {
+        debug_assert!(req.is_some(), "a request is sent once per attempt");
         let Some(r) = req.as_mut() else {
             return Err(SendError::Exchange(ExchangeError {
                 error: std::io::Error::other("request already sent"),

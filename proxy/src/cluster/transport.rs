@@ -182,9 +182,23 @@ mod tests {
             d.unwrap().unwrap().flavor
         };
         let istio = crate::tls::Alpn::IstioHttp11;
-        assert_eq!(flavor(alpn), flavor(alpn));
         assert_ne!(flavor(alpn), flavor(istio));
         assert!(flavor(alpn) != 0 && flavor(istio) != 0);
+        // A rotation (a new secrets generation) rebuilds the Dial for the next handshake, and
+        // keeps its flavor, so that established connections stay pooled.
+        let before = t.dial(Some(&labelled), &secrets, alpn).unwrap().unwrap();
+        let (f, g) = (flavor(alpn), secrets.generation());
+        secrets.put(std::iter::empty());
+        let after = t.dial(Some(&labelled), &secrets, alpn).unwrap().unwrap();
+        assert!(secrets.generation() > g && !Arc::ptr_eq(&before, &after));
+        assert_eq!(after.flavor, f);
+        // Another context (the same config compiled again, as after a CDS update) has its own.
+        let again = Transport::from_cluster(&c, false).unwrap();
+        let d = again
+            .dial(Some(&labelled), &secrets, alpn)
+            .unwrap()
+            .unwrap();
+        assert_ne!(d.flavor, f);
         let auto = Transport::from_cluster(&c, true).unwrap();
         let err = auto.dial(Some(&labelled), &secrets, alpn).unwrap_err();
         assert!(err.contains("auto_sni"), "{err}");

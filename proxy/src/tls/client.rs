@@ -18,6 +18,9 @@ use std::sync::Arc;
 pub struct ClientTls {
     common: Common,
     sni: String,
+    /// This context's number, unique in the process (from 1): the high bits of its
+    /// connections' [`Dial::flavor`].
+    id: u64,
     /// Configs by ALPN: as configured, then Istio's override for HTTP/1.1 and for HTTP/2.
     cache: [Cached<Dial>; 3],
 }
@@ -76,9 +79,11 @@ impl ClientTls {
         if u.auto_host_sni || u.auto_sni_san_validation {
             return Err("auto_host_sni and auto_sni_san_validation are not supported".into());
         }
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(ClientTls {
             common: Common::from_proto(u.common_tls_context.as_ref())?,
             sni: u.sni,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             cache: Default::default(),
         })
     }
@@ -100,10 +105,9 @@ impl ClientTls {
             Ok(Dial {
                 config: Arc::new(self.config(secrets, alpn)?),
                 sni: ServerName::try_from(self.sni.clone()).ok(),
-                // The context's address (stable while the cluster lives, and 8-aligned) with
-                // the ALPN offer in its low bits. Secret rotation does not change it:
-                // established connections stay in use, as in Envoy.
-                flavor: (self as *const ClientTls as u64) | alpn as u64,
+                // The context's number with the ALPN offer in the low bits. Secret rotation
+                // does not change it: established connections stay in use, as in Envoy.
+                flavor: self.id << 2 | alpn as u64,
             })
         })
     }
