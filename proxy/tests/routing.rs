@@ -373,6 +373,36 @@ async fn x_forwarded_for_follows_use_remote_address() {
     );
 }
 
+/// Envoy's `server_header_transformation`: OVERWRITE replaces the upstream's Server with the
+/// HCM's `server_name`, APPEND_IF_ABSENT adds it only when the upstream sent none, and
+/// PASS_THROUGH leaves the header as the upstream sent it, or absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_header_transformations() {
+    let a = upstream("a").await;
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
+    let mode = |m: &str| json!({"server_header_transformation": m, "server_name": "mosn-test"});
+    let p = proxy(bootstrap(
+        vec![
+            listener("overwrite", vh.clone(), vec![], mode("OVERWRITE")),
+            listener("append", vh.clone(), vec![], mode("APPEND_IF_ABSENT")),
+            listener("pass", vh, vec![], mode("PASS_THROUGH")),
+        ],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let own = [("x-test-server", "app")];
+    for (l, with, without) in [
+        ("overwrite", Some("mosn-test"), Some("mosn-test")),
+        ("append", Some("app"), Some("mosn-test")),
+        ("pass", Some("app"), None),
+    ] {
+        let r = get(p.addr(l), "/", &own).await;
+        assert_eq!(r.header("server"), with, "{l}, upstream sends Server");
+        let r = get(p.addr(l), "/", &[]).await;
+        assert_eq!(r.header("server"), without, "{l}, upstream sends none");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_id_and_router_headers_can_be_turned_off() {
     let a = upstream("a").await;

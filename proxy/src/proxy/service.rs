@@ -83,8 +83,10 @@ pub async fn handle(
         None => resp,
     };
     // Envoy stamps its server name on responses unless told to pass the upstream's through.
-    let has_server = resp.headers().contains_key(http::header::SERVER);
-    if ctx.hcm.server_header == 0 || (ctx.hcm.server_header == 1 && !has_server) {
+    // The lookup only for APPEND_IF_ABSENT: the default (OVERWRITE) needs none.
+    if ctx.hcm.server_header == 0
+        || (ctx.hcm.server_header == 1 && !resp.headers().contains_key(http::header::SERVER))
+    {
         if let Some(v) = &ctx.hcm.server_value {
             resp.headers_mut().insert(http::header::SERVER, v.clone());
         }

@@ -148,6 +148,7 @@ async fn echo(
         status = 503;
     }
     let trailers = hdr("x-test-trailers").is_some();
+    let own_server = hdr("x-test-server");
     let hdr_stall = hdr("x-test-stall-body").is_some();
     let mut headers = serde_json::Map::new();
     for k in req.headers().keys() {
@@ -185,6 +186,10 @@ async fn echo(
         .insert("x-upstream", name.parse().unwrap());
     resp.headers_mut()
         .insert("x-upstream-remove-me", "yes".parse().unwrap());
+    // The upstream's own Server header, when asked for (server_header_transformation).
+    if let Some(v) = own_server {
+        resp.headers_mut().insert("server", v.parse().unwrap());
+    }
     Ok(resp)
 }
 
