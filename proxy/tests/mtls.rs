@@ -208,14 +208,31 @@ async fn sidecars_talk_mutual_tls_with_istios_alpn() {
 
 /// Connections are pooled per ALPN offer, as Envoy keys its pools: a listener without
 /// `istio.alpn` does not reuse the connection that one with it opened (that connection runs on
-/// the server's HTTP chain), and each goes on reusing its own.
+/// the server's HTTP chain), and each goes on reusing its own. HTTP/1.1 (the inline pool).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_keep_connections_of_different_alpn_apart() {
+    alpn_pools_apart(json!({})).await;
+}
+
+/// The same through the h2 pool: without `istio.alpn` the h2 connection lands on the server's
+/// TCP chain and the app (which speaks h2c) answers it directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_pools_keep_connections_of_different_alpn_apart() {
+    alpn_pools_apart(json!({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}}))
+    .await;
+}
+
+/// Two outbound listeners, with and without `istio.alpn`, to one auto-mTLS cluster (with
+/// `extra` merged into it): each listener's requests reach their own server chain, over one
+/// handshake each.
+async fn alpn_pools_apart(extra: serde_json::Value) {
     let dir = pki();
     let d = dir.path();
     let app = upstream("app").await;
     let server = server_sidecar(d, app.addr).await;
-    let mut boot = client_bootstrap(d, server.addr("in"), SPIFFE_SERVER, true, false, json!({}));
+    let mut boot = client_bootstrap(d, server.addr("in"), SPIFFE_SERVER, true, false, extra);
     boot["static_resources"]["listeners"]
         .as_array_mut()
         .unwrap()
