@@ -120,19 +120,22 @@ async fn client_sidecar(
     istio_alpn: bool,
     plain: bool,
 ) -> Proxy {
-    client_sidecar_with(d, server, san, istio_alpn, plain, json!({})).await
+    proxy(client_bootstrap(
+        d,
+        server,
+        san,
+        istio_alpn,
+        plain,
+        json!({}),
+    ))
+    .await
 }
 
-/// [`client_sidecar`] with `extra` merged into the cluster.
-async fn client_sidecar_with(
-    d: &Path,
-    server: SocketAddr,
-    san: &str,
-    istio_alpn: bool,
-    plain: bool,
-    extra: Value,
-) -> Proxy {
-    proxy(client_bootstrap(d, server, san, istio_alpn, plain, extra)).await
+/// Cluster options for HTTP/2 upstream connections.
+fn h2_upstream() -> Value {
+    json!({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}}}}})
 }
 
 /// An outbound listener `name` routing to cluster `reviews`, with Istio's `istio.alpn` filter
@@ -152,7 +155,7 @@ fn outbound(name: &str, istio_alpn: bool) -> Value {
     listener(name, vhosts, filters, json!({}))
 }
 
-/// The bootstrap of [`client_sidecar_with`].
+/// The bootstrap of [`client_sidecar`], with `extra` merged into the cluster.
 fn client_bootstrap(
     d: &Path,
     server: SocketAddr,
@@ -218,10 +221,7 @@ async fn pools_keep_connections_of_different_alpn_apart() {
 /// TCP chain and the app (which speaks h2c) answers it directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_pools_keep_connections_of_different_alpn_apart() {
-    alpn_pools_apart(json!({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}}}}}))
-    .await;
+    alpn_pools_apart(h2_upstream()).await;
 }
 
 /// Two outbound listeners, with and without `istio.alpn`, to one auto-mTLS cluster (with
@@ -345,10 +345,15 @@ async fn sidecars_speak_h2_over_mutual_tls() {
     let d = dir.path();
     let app = upstream("app").await;
     let server = server_sidecar(d, app.addr).await;
-    let h2 = json!({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}}}}});
-    let client = client_sidecar_with(d, server.addr("in"), SPIFFE_SERVER, true, false, h2).await;
+    let client = proxy(client_bootstrap(
+        d,
+        server.addr("in"),
+        SPIFFE_SERVER,
+        true,
+        false,
+        h2_upstream(),
+    ))
+    .await;
     for path in ["/a", "/b", "/c"] {
         let r = get(client.addr("out"), path, &[]).await;
         assert_eq!(
