@@ -221,7 +221,7 @@ impl H1Pool {
     /// else hyper's), taken by `take`, or a new one.
     ///
     /// Envoy's pending queue: with `max_connections` reached, an idle connection this request
-    /// cannot use (the other kind, or to another host) is closed to make room; failing that,
+    /// cannot use (the other kind, or under another key) is closed to make room; failing that,
     /// the request waits until a connection is returned or closed, counted once in
     /// `upstream_rq_pending_*` and `upstream_cx_overflow`, unless `max_pending_requests` are
     /// waiting already (503 UO, `upstream_rq_pending_overflow`). The route timeout bounds the
@@ -293,7 +293,8 @@ impl H1Pool {
     }
 
     /// Close one idle connection that a request of kind `raw` to `key` cannot use: the other
-    /// kind to the same host first, then any to another host.
+    /// kind under the same key first, then any under another key (another host, or the same
+    /// host over another transport).
     fn evict_unusable(&self, key: PoolKey, raw: bool) -> Evicted {
         let mut st = self.state.lock().unwrap();
         let st = &mut *st;
