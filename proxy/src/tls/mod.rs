@@ -61,7 +61,14 @@ impl Peer {
             sni: conn.server_name().map(str::to_string),
             hash: cert.map(|c| {
                 let d = ring::digest::digest(&ring::digest::SHA256, c);
-                d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+                // One string, not one per byte (mosnctl's fsutil::hex, in the other crate).
+                d.as_ref()
+                    .iter()
+                    .fold(String::with_capacity(64), |mut s, b| {
+                        use std::fmt::Write as _;
+                        let _ = write!(s, "{b:02x}");
+                        s
+                    })
             }),
             subject: cert.and_then(|c| der::subject(c)),
             local_uri,
