@@ -154,16 +154,60 @@ pub fn entry(s: &Secret) -> Result<Entry, String> {
 
 /// PEM data from a `DataSource`; `what` names the field in messages.
 pub fn read(ds: &DataSource, what: &str) -> Result<Vec<u8>, String> {
-    match &ds.specifier {
-        Some(Specifier::Filename(f)) => std::fs::read(f).map_err(|e| {
-            format!("cannot read {what} from {f}: {e} (relative paths are resolved against mosn's working directory)")
-        }),
-        Some(Specifier::InlineBytes(b)) => Ok(b.clone()),
-        Some(Specifier::InlineString(s)) => Ok(s.clone().into_bytes()),
-        Some(Specifier::EnvironmentVariable(v)) => std::env::var(v)
-            .map(String::into_bytes)
-            .map_err(|_| format!("{what} names environment variable {v}, which is not set")),
-        None => Err(format!("{what} is empty")),
+    Source::from(Some(ds))
+        .ok_or_else(|| format!("{what} is empty"))?
+        .read(what)
+}
+
+/// Where PEM data comes from (a `DataSource`), kept to read later: the xDS cluster's TLS
+/// files are read at each connect. `Debug` shows a file's path, never inline content.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `filename`, relative to the working directory like a pipe path.
+    File(std::path::PathBuf),
+    /// `inline_bytes` or `inline_string`.
+    Inline(Vec<u8>),
+    /// `environment_variable`.
+    Env(String),
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Inline(b) => write!(f, "<inline, {} bytes>", b.len()),
+            Source::Env(v) => write!(f, "${v}"),
+        }
+    }
+}
+
+impl Source {
+    /// The source `ds` names; `None` when it names none (or an empty file name).
+    pub fn from(ds: Option<&DataSource>) -> Option<Source> {
+        match ds?.specifier.as_ref()? {
+            Specifier::Filename(f) if !f.is_empty() => Some(Source::File(f.into())),
+            Specifier::Filename(_) => None,
+            Specifier::InlineBytes(b) => Some(Source::Inline(b.clone())),
+            Specifier::InlineString(s) => Some(Source::Inline(s.clone().into_bytes())),
+            Specifier::EnvironmentVariable(v) => Some(Source::Env(v.clone())),
+        }
+    }
+
+    /// The data; `what` names the field in messages.
+    pub fn read(&self, what: &str) -> Result<Vec<u8>, String> {
+        match self {
+            Source::File(p) => std::fs::read(p).map_err(|e| {
+                format!(
+                    "cannot read {what} from {}: {e} (relative paths are resolved against \
+                     mosn's working directory)",
+                    p.display()
+                )
+            }),
+            Source::Inline(b) => Ok(b.clone()),
+            Source::Env(v) => std::env::var(v)
+                .map(String::into_bytes)
+                .map_err(|_| format!("{what} names environment variable {v}, which is not set")),
+        }
     }
 }
 

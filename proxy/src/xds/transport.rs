@@ -199,14 +199,11 @@ impl tower_service::Service<http::Uri> for UnixConnector {
 /// supported for the xDS cluster. Key material never appears in errors or `Debug` output.
 pub mod tls {
     use super::Dial;
-    use envoy_types::pb::envoy::config::core::v3::{
-        data_source::Specifier, transport_socket::ConfigType, DataSource, TransportSocket,
-    };
+    use envoy_types::pb::envoy::config::core::v3::{transport_socket::ConfigType, TransportSocket};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         common_tls_context::ValidationContextType, UpstreamTlsContext,
     };
     use std::fmt;
-    use std::path::PathBuf;
     use std::time::Duration;
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -215,68 +212,35 @@ pub mod tls {
     const RAW_BUFFER: &str =
         "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
-    /// Where PEM data comes from. `Debug` shows a file's path, never inline content.
-    #[derive(Clone, PartialEq, Eq)]
-    pub enum Source {
-        /// `filename`, relative to the working directory like a pipe path.
-        File(PathBuf),
-        /// `inline_bytes` or `inline_string`.
-        Inline(Vec<u8>),
-        /// `environment_variable`.
-        Env(String),
-    }
+    /// Where the PEM files come from: the TLS contexts' reader, kept to read at each connect.
+    pub use crate::tls::secrets::Source;
 
-    impl fmt::Debug for Source {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            match self {
-                Source::File(p) => write!(f, "{}", p.display()),
-                Source::Inline(b) => write!(f, "<inline, {} bytes>", b.len()),
-                Source::Env(v) => write!(f, "${v}"),
-            }
+    /// Read the PEM data of `source` for `cluster`; `what` names the field and `block` the
+    /// PEM label expected.
+    fn read_pem(
+        source: &Source,
+        cluster: &str,
+        what: &str,
+        block: &str,
+    ) -> Result<Vec<u8>, String> {
+        let field = format!("{what} of cluster {cluster:?}");
+        let data = source.read(&field).map_err(|e| match source {
+            Source::File(_) => format!(
+                "{e}\nhelp: create the file, or fix the path in the cluster's transport_socket"
+            ),
+            _ => e,
+        })?;
+        let text = String::from_utf8_lossy(&data);
+        let found = text.lines().any(|l| {
+            l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{block}-----"))
+        });
+        if !found {
+            return Err(format!(
+                "{field} ({source:?}) holds no PEM {block}\n\
+                 help: it must contain a `-----BEGIN …{block}-----` block"
+            ));
         }
-    }
-
-    impl Source {
-        fn from(ds: Option<&DataSource>) -> Option<Source> {
-            match ds?.specifier.as_ref()? {
-                Specifier::Filename(f) if !f.is_empty() => Some(Source::File(f.into())),
-                Specifier::Filename(_) => None,
-                Specifier::InlineBytes(b) => Some(Source::Inline(b.clone())),
-                Specifier::InlineString(s) => Some(Source::Inline(s.clone().into_bytes())),
-                Specifier::EnvironmentVariable(v) => Some(Source::Env(v.clone())),
-            }
-        }
-
-        /// Read the PEM data; `what` names the field and `block` the PEM label expected.
-        fn read(&self, cluster: &str, what: &str, block: &str) -> Result<Vec<u8>, String> {
-            let data = match self {
-                Source::File(p) => std::fs::read(p).map_err(|e| {
-                    format!(
-                        "cannot read {what} of cluster {cluster:?} from {}: {e}\n\
-                         help: create the file, or fix the path in the cluster's transport_socket \
-                         (relative paths are resolved against mosn's working directory)",
-                        p.display()
-                    )
-                })?,
-                Source::Inline(b) => b.clone(),
-                Source::Env(v) => std::env::var(v)
-                    .map_err(|_| {
-                        format!("{what} of cluster {cluster:?} names environment variable {v}, which is not set")
-                    })?
-                    .into_bytes(),
-            };
-            let text = String::from_utf8_lossy(&data);
-            let found = text.lines().any(|l| {
-                l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{block}-----"))
-            });
-            if !found {
-                return Err(format!(
-                    "{what} of cluster {cluster:?} ({self:?}) holds no PEM {block}\n\
-                     help: it must contain a `-----BEGIN …{block}-----` block"
-                ));
-            }
-            Ok(data)
-        }
+        Ok(data)
     }
 
     /// The TLS side of a [`Dial::Tls`].
@@ -319,14 +283,14 @@ pub mod tls {
         /// tonic's client TLS settings, reading the PEM files now.
         pub fn client_config(&self) -> Result<ClientTlsConfig, String> {
             let c = &self.cluster;
-            let ca = self.ca.read(c, "trusted_ca", "CERTIFICATE")?;
+            let ca = read_pem(&self.ca, c, "trusted_ca", "CERTIFICATE")?;
             let mut cfg = ClientTlsConfig::new()
                 .domain_name(self.server_name.clone())
                 .ca_certificate(Certificate::from_pem(ca))
                 .timeout(Duration::from_secs(5));
             if let Some((cert, key)) = &self.identity {
-                let cert = cert.read(c, "tls_certificates certificate_chain", "CERTIFICATE")?;
-                let key = key.read(c, "tls_certificates private_key", "PRIVATE KEY")?;
+                let cert = read_pem(cert, c, "tls_certificates certificate_chain", "CERTIFICATE")?;
+                let key = read_pem(key, c, "tls_certificates private_key", "PRIVATE KEY")?;
                 cfg = cfg.identity(Identity::from_pem(cert, key));
             }
             Ok(cfg)
