@@ -48,15 +48,20 @@ pub(super) enum Kind {
         back: Option<Checkin>,
     },
     Raw(RawBody<Home>),
+    /// An HTTP/2 stream's body, with the mark that keeps its connection from idling out.
+    H2 {
+        inner: Incoming,
+        _stream: super::h2pool::Stream,
+    },
 }
 
 impl PooledBody {
-    /// A body with no connection to return (HTTP/2).
-    pub fn unpooled(inner: Incoming) -> Self {
-        PooledBody(Kind::Hyper {
+    /// An HTTP/2 stream's body: no connection to return, but the connection is busy until
+    /// the body is dropped.
+    pub fn h2(inner: Incoming, stream: super::h2pool::Stream) -> Self {
+        PooledBody(Kind::H2 {
             inner,
-            done: false,
-            back: None,
+            _stream: stream,
         })
     }
 }
@@ -82,6 +87,9 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.0 {
             Kind::Raw(b) => b.poll_next(cx),
+            Kind::H2 { inner, .. } => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(Into::into))),
             Kind::Hyper { inner, done, back } => {
                 let r = Pin::new(inner).poll_frame(cx);
                 match &r {
@@ -96,12 +104,14 @@ impl Body for PooledBody {
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Kind::Raw(b) => b.size_hint(),
+            Kind::H2 { inner, .. } => inner.size_hint(),
             Kind::Hyper { inner, .. } => inner.size_hint(),
         }
     }
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Raw(b) => b.is_end_stream(),
+            Kind::H2 { inner, .. } => inner.is_end_stream(),
             Kind::Hyper { inner, done, .. } => *done || inner.is_end_stream(),
         }
     }

@@ -336,7 +336,10 @@ impl H1Pool {
         let limit = self.idle_timeout.map(|t| (crate::clock::coarse_now(), t));
         while let Some(mut i) = stack.pop() {
             let fresh = limit.is_none_or(|(now, t)| now.saturating_sub(i.since) < t);
-            if fresh && live(&mut i.conn) && self.limits.allow(&i.wear, self.connector.stats()) {
+            if !fresh {
+                // The reaper had not come round to it yet.
+                self.connector.stats().cx_idle_timeout.inc();
+            } else if live(&mut i.conn) && self.limits.allow(&i.wear, self.connector.stats()) {
                 return Some((i.conn, i.wear));
             }
         }
@@ -457,7 +460,11 @@ async fn reap(pool: Weak<H1Pool>, first: Duration) {
         // age-out, as when a connection is taken or given back).
         let mut keep = |since: Duration, wear: &Wear, live: bool| {
             let idle = timeout.map(|t| since + t);
-            let keep = live && limits.allow(wear, stats) && idle.is_none_or(|d| now < d);
+            let idle_out = idle.is_some_and(|d| now >= d);
+            if live && idle_out {
+                stats.cx_idle_timeout.inc();
+            }
+            let keep = live && !idle_out && limits.allow(wear, stats);
             let due = [idle, wear.retire_at(&limits, now)]
                 .into_iter()
                 .flatten()

@@ -1,69 +1,114 @@
-//! HTTP/2 (h2c) upstream connections: one multiplexed connection per host, re-dialled when it
-//! closes, or once it has carried `max_requests_per_connection` streams or reached
-//! `max_connection_duration` (it then ends when its last stream does). hyper-util's pooled
-//! client would put the endpoint address in `:authority`; Envoy forwards the request's own
-//! authority, so h2 uses hyper's connection API directly.
+//! HTTP/2 (h2c) upstream connections: one multiplexed connection per host and transport
+//! flavor, re-dialled when it closes, or once it has carried `max_requests_per_connection`
+//! streams or reached `max_connection_duration` (it then ends when its last stream does). A
+//! connection with no stream open for the cluster's idle timeout is closed, as Envoy closes
+//! it (`upstream_cx_idle_timeout`), and a host's entry goes when its connection has.
+//!
+//! hyper-util's pooled client would put the endpoint address in `:authority`; Envoy forwards
+//! the request's own authority, so h2 uses hyper's connection API directly.
 
 use super::connector::{BoxError, CountingConnector};
+use super::h1pool::PoolKey;
 use super::wear::{Limits, Wear};
 use super::UpstreamBody;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 use tokio::sync::Mutex;
 
-/// One host's connection and its wear (streams given, age), if it has one.
-type Slot = Arc<Mutex<Option<(SendRequest<UpstreamBody>, Wear)>>>;
+/// The coarse clock in wrapping milliseconds, as [`Wear`] keeps it.
+fn now_ms() -> u32 {
+    crate::clock::coarse_now().as_millis() as u32
+}
+
+/// When a connection's last stream ended. The pool holds one reference and each open
+/// [`Stream`] another, so more than one holder means the connection is busy.
+#[derive(Debug)]
+struct Activity {
+    last_ms: AtomicU32,
+}
+
+/// One open stream on a pooled h2 connection. It rides in the response body: while it lives
+/// the connection is not idle, and dropping it starts the idle period.
+#[derive(Debug)]
+pub struct Stream(Arc<Activity>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.last_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// A host's connection: its sender, wear (streams given, age) and activity.
+#[derive(Debug)]
+struct Entry {
+    tx: SendRequest<UpstreamBody>,
+    wear: Wear,
+    activity: Arc<Activity>,
+}
+
+/// One host's connection, if it has one.
+type Slot = Arc<Mutex<Option<Entry>>>;
 
 /// Per-host h2 connections of one cluster.
 #[derive(Debug)]
 pub struct H2Pool {
+    me: Weak<H2Pool>,
     connector: CountingConnector,
     /// A slot per host. Each has its own lock, held while dialling, so that a host whose
     /// connect hangs holds up only its own requests.
-    /// Keyed by address and transport flavor, as the HTTP/1.1 pool
-    /// ([`super::h1pool::PoolKey`]).
-    conns: std::sync::Mutex<HashMap<super::h1pool::PoolKey, Slot>>,
+    /// Keyed by address and transport flavor, as the HTTP/1.1 pool ([`PoolKey`]).
+    conns: std::sync::Mutex<HashMap<PoolKey, Slot>>,
+    idle_timeout: Option<Duration>,
     limits: Limits,
     settings: crate::http2::H2Settings,
+    /// Whether the task that closes idle and aged connections runs.
+    reaping: AtomicBool,
 }
 
 impl H2Pool {
     /// A pool dialling through `connector`, with `settings`; a connection lives within
-    /// `limits`.
+    /// `limits`, and closes after `idle_timeout` without a stream.
     pub fn new(
         connector: CountingConnector,
+        idle_timeout: Option<Duration>,
         limits: Limits,
         settings: crate::http2::H2Settings,
     ) -> Arc<Self> {
-        Arc::new(H2Pool {
+        Arc::new_cyclic(|me| H2Pool {
+            me: me.clone(),
             connector,
             conns: std::sync::Mutex::new(HashMap::new()),
+            idle_timeout,
             limits,
             settings,
+            reaping: AtomicBool::new(false),
         })
     }
 
     /// A sender for one request to `addr`, dialling if there is none, the old one closed, or
-    /// it is past the cluster's limits.
+    /// it is past the cluster's limits; and the stream's mark, to keep until the response
+    /// has ended.
     pub async fn sender(
         &self,
         addr: SocketAddr,
         tls: Option<&crate::tls::Dial>,
-    ) -> Result<SendRequest<UpstreamBody>, BoxError> {
-        let key = super::h1pool::PoolKey::new(addr, tls);
+    ) -> Result<(SendRequest<UpstreamBody>, Stream), BoxError> {
+        let key = PoolKey::new(addr, tls);
         let slot = self.conns.lock().unwrap().entry(key).or_default().clone();
         // Holding the host's lock while dialling makes concurrent first requests share one
         // connection instead of racing to open several.
         let mut slot = slot.lock().await;
-        if let Some((s, wear)) = slot.as_mut() {
+        if let Some(e) = slot.as_mut() {
             // A busy connection (max concurrent streams) is still reused: the caller waits
             // for a stream slot with `ready()`.
-            if !s.is_closed() && self.limits.allow(wear, self.connector.stats()) {
-                *wear = wear.one_more();
-                return Ok(s.clone());
+            if !e.tx.is_closed() && self.limits.allow(&e.wear, self.connector.stats()) {
+                e.wear = e.wear.one_more();
+                return Ok((e.tx.clone(), Stream(e.activity.clone())));
             }
             // Dropping the last sender lets the connection finish its streams and close.
             *slot = None;
@@ -72,13 +117,97 @@ impl H2Pool {
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         self.settings.client(&mut builder);
-        let (sender, conn) = builder.handshake(io).await?;
+        let (tx, conn) = builder.handshake(io).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("upstream h2 connection to {addr} ended: {e}");
             }
         });
-        *slot = Some((sender.clone(), Wear::new().one_more()));
-        Ok(sender)
+        let activity = Arc::new(Activity {
+            last_ms: AtomicU32::new(now_ms()),
+        });
+        let stream = Stream(activity.clone());
+        *slot = Some(Entry {
+            tx: tx.clone(),
+            wear: Wear::new().one_more(),
+            activity,
+        });
+        drop(slot);
+        self.start_reaper();
+        Ok((tx, stream))
+    }
+
+    /// Start the reaper, unless it runs or nothing would ever be due.
+    fn start_reaper(&self) {
+        let Some(first) = [self.idle_timeout, self.limits.max_duration]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            return;
+        };
+        if self.reaping.swap(true, Ordering::AcqRel) {
+            return; // the common case
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(reap(self.me.clone(), first))),
+            Err(_) => self.reaping.store(false, Ordering::Release),
+        }
+    }
+}
+
+/// Close connections without a stream for the idle timeout, or past `max_connection_duration`
+/// (their open streams finish first), and forget hosts whose connection is gone. The task ends
+/// when the pool has no host left (the next connection starts another) or is gone.
+async fn reap(pool: Weak<H2Pool>, first: Duration) {
+    let mut wait = first;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let now = crate::clock::coarse_now();
+        let stats = pool.connector.stats();
+        let mut next = now + first;
+        let mut conns = pool.conns.lock().unwrap();
+        conns.retain(|_, slot| {
+            // Locked: being dialled or handed out; look again later.
+            let Ok(mut entry) = slot.try_lock() else {
+                return true;
+            };
+            if let Some(e) = entry.as_ref() {
+                let busy = Arc::strong_count(&e.activity) > 1;
+                let idle_for = Duration::from_millis(
+                    now_ms()
+                        .wrapping_sub(e.activity.last_ms.load(Ordering::Relaxed))
+                        .into(),
+                );
+                // A busy connection is looked at again one idle timeout on: its idle period
+                // cannot end sooner.
+                let idle_due = pool
+                    .idle_timeout
+                    .map(|t| now + if busy { t } else { t.saturating_sub(idle_for) });
+                let idle_out = !busy && idle_due.is_some_and(|d| d <= now);
+                if idle_out && !e.tx.is_closed() {
+                    stats.cx_idle_timeout.inc();
+                }
+                // `allow` counts an age-out, as when a connection is taken.
+                if !idle_out && !e.tx.is_closed() && pool.limits.allow(&e.wear, stats) {
+                    let due = [idle_due, e.wear.retire_at(&pool.limits, now)]
+                        .into_iter()
+                        .flatten()
+                        .min();
+                    next = due.map_or(next, |d| d.min(next));
+                } else {
+                    *entry = None;
+                }
+            }
+            // An empty slot stays while a request holds it, to dial into it.
+            entry.is_some() || Arc::strong_count(slot) > 1
+        });
+        if conns.is_empty() {
+            pool.reaping.store(false, Ordering::Release);
+            return;
+        }
+        // At least a tick: the coarse clock may not have reached the deadline yet.
+        wait = next.saturating_sub(now).max(crate::clock::resolution());
     }
 }

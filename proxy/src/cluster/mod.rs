@@ -255,7 +255,7 @@ impl Cluster {
             dns_family: c.dns_lookup_family,
             pipes,
             h1,
-            h2: h2pool::H2Pool::new(connector.clone(), limits, http.h2),
+            h2: h2pool::H2Pool::new(connector.clone(), http.idle_timeout, limits, http.h2),
             protocol,
             breakers,
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),

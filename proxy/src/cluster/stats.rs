@@ -28,6 +28,8 @@ pub struct ClusterStats {
     pub cx_max_requests: Arc<Stat>,
     /// `upstream_cx_max_duration_reached`: closed after `max_connection_duration`.
     pub cx_max_duration_reached: Arc<Stat>,
+    /// `upstream_cx_idle_timeout`: closed after the idle timeout.
+    pub cx_idle_timeout: Arc<Stat>,
     /// `upstream_rq_total`.
     pub rq_total: Arc<Stat>,
     /// `upstream_rq_active`.
@@ -93,6 +95,7 @@ impl ClusterStats {
             cx_overflow: c("upstream_cx_overflow"),
             cx_max_requests: c("upstream_cx_max_requests"),
             cx_max_duration_reached: c("upstream_cx_max_duration_reached"),
+            cx_idle_timeout: c("upstream_cx_idle_timeout"),
             rq_total: c("upstream_rq_total"),
             rq_active: g("upstream_rq_active"),
             rq_pending_active: g("upstream_rq_pending_active"),

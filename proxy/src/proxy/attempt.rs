@@ -108,7 +108,7 @@ pub(super) async fn dispatch(
         let req = req.take().expect("checked above");
         // Boxed, like the pool's hyper path, to keep the HTTP/1.1 future small.
         Box::pin(async {
-            let mut sender = cluster
+            let (mut sender, stream) = cluster
                 .h2
                 .sender(host.addr, tls)
                 .await
@@ -121,7 +121,7 @@ pub(super) async fn dispatch(
             sender
                 .send_request(req)
                 .await
-                .map(|r| r.map(PooledBody::unpooled))
+                .map(|r| r.map(|b| PooledBody::h2(b, stream)))
                 .map_err(|e| AttemptError::Reset(reset_reason(&e)))
         })
         .await
