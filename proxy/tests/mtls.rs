@@ -214,20 +214,27 @@ async fn sidecars_talk_mutual_tls_with_istios_alpn() {
 /// the server's HTTP chain), and each goes on reusing its own. HTTP/1.1 (the inline pool).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_keep_connections_of_different_alpn_apart() {
-    alpn_pools_apart(json!({})).await;
+    alpn_pools_apart(json!({}), false).await;
+}
+
+/// The same for requests with a body, which go through hyper's HTTP/1.1 client and its own
+/// map of idle connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_keep_connections_of_different_alpn_apart_for_requests_with_a_body() {
+    alpn_pools_apart(json!({}), true).await;
 }
 
 /// The same through the h2 pool: without `istio.alpn` the h2 connection lands on the server's
 /// TCP chain and the app (which speaks h2c) answers it directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_pools_keep_connections_of_different_alpn_apart() {
-    alpn_pools_apart(h2_upstream()).await;
+    alpn_pools_apart(h2_upstream(), false).await;
 }
 
 /// Two outbound listeners, with and without `istio.alpn`, to one auto-mTLS cluster (with
 /// `extra` merged into it): each listener's requests reach their own server chain, over one
-/// handshake each.
-async fn alpn_pools_apart(extra: serde_json::Value) {
+/// handshake each. With `body`, every request is a POST with a body.
+async fn alpn_pools_apart(extra: serde_json::Value, body: bool) {
     let dir = pki();
     let d = dir.path();
     let app = upstream("app").await;
@@ -238,11 +245,21 @@ async fn alpn_pools_apart(extra: serde_json::Value) {
         .unwrap()
         .push(outbound("plain-alpn", false));
     let client = proxy(boot).await;
+    let send = |l: &str, path: &'static str| {
+        let addr = client.addr(l);
+        async move {
+            if body {
+                request(addr, "POST", path, &[], "a body", false).await
+            } else {
+                get(addr, path, &[]).await
+            }
+        }
+    };
     let chain = |r: &Resp| (r.status, r.header("x-chain").map(str::to_string));
     let http = (200, Some("http".to_string()));
-    let r = get(client.addr("out"), "/a", &[]).await;
+    let r = send("out", "/a").await;
     assert_eq!(chain(&r), http, "{}", r.body);
-    let r = get(client.addr("plain-alpn"), "/b", &[]).await;
+    let r = send("plain-alpn", "/b").await;
     assert_eq!(
         chain(&r),
         (200, None),
@@ -250,11 +267,15 @@ async fn alpn_pools_apart(extra: serde_json::Value) {
         r.body
     );
     for (l, want) in [("out", &http), ("plain-alpn", &(200, None))] {
-        let r = get(client.addr(l), "/c", &[]).await;
+        let r = send(l, "/c").await;
         assert_eq!(&chain(&r), want, "{l}: {}", r.body);
     }
     assert_eq!(client.stat("cluster.reviews.ssl.handshake"), 2);
     assert_eq!(app.hits(), 4);
+    if body {
+        let r = send("out", "/d").await;
+        assert_eq!(r.json()["body_len"], 6, "{}", r.body);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
