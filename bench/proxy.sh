@@ -10,6 +10,9 @@
 #    same work as the peer. The upstream parses the extra headers too, so they cost the
 #    whole box, not only the proxy;
 #  - fixed rate: hey at 1,000 rps, the p99 each proxy adds over the direct path;
+#  - a concurrency sweep (SWEEP, default "8 128" connections): mosn-lean, nginx and haproxy
+#    at other loads than the target's 32 connections, ROUNDS alternating rounds of 5 s each,
+#    medians and paired ratios to nginx;
 #  - each of those ROUNDS times (default 5), the paths alternating, medians reported, and the
 #    ratios to nginx also round by round (paired), which the box's slow phases disturb less;
 #  - RSS after the load;
@@ -263,6 +266,17 @@ paired() { # rows_a rows_b -> "r1 r2 ... | median", the median as median_col tak
   echo "$(awk '{printf "%.2f ", $1}' <<<"$r")| median $(median_col "$r" 1 | awk '{printf "%.2f", $1}')x"
 }
 echo "paired req/s ratios per round (sorted): mosn/nginx $(paired "$s_m" "$s_n"); mosn-lean/nginx $(paired "$s_l" "$s_n")"
+# Other loads: fewer connections than the target's 32 (the chain is then bound by wake-ups
+# and CPU placement more than by CPU), and more.
+for c in ${SWEEP-8 128}; do
+  w_l=""; w_n=""; w_h=""
+  for _ in $(seq "$ROUNDS"); do
+    w_l+="$(CONNS=$c DURATION=5s saturate $MOSN_LEAN_PORT "$LEAN_PID")"$'\n'
+    w_n+="$(CONNS=$c DURATION=5s saturate $NGINX_PORT "$NGINX_PID")"$'\n'
+    w_h+="$(CONNS=$c DURATION=5s saturate $HAPROXY_PORT "$HAPROXY_PID")"$'\n'
+  done
+  echo "sweep -c$c: req/s medians mosn-lean $(median_col "$w_l" 1), nginx $(median_col "$w_n" 1), haproxy $(median_col "$w_h" 1); cpu s/10k $(median_col "$w_l" 4), $(median_col "$w_n" 4), $(median_col "$w_h" 4); paired mosn-lean/nginx $(paired "$w_l" "$w_n"); haproxy/nginx $(paired "$w_h" "$w_n")"
+done
 echo "mosn rss after load: $m_split"
 if [ "$bi_load" != - ]; then
   awk -v i="$bi_idle" -v l="$bi_load" 'BEGIN {
