@@ -98,6 +98,7 @@ pub fn install(builder: &mut tokio::runtime::Builder, window: Duration) {
 }
 
 fn before_park(window: Duration) {
+    crate::cluster::h1conn::worker_parks();
     let mut st = STATE.get();
     let now = Instant::now();
     if let Some(woke) = st.mark {

@@ -383,6 +383,8 @@ pub fn run(opts: Options, _boot: LoadedBootstrap, snap: Snapshot, stats: Arc<Sta
     };
     if let Some(window) = crate::idle_spin::window_from_env() {
         crate::idle_spin::install(&mut builder, window);
+    } else {
+        builder.on_thread_park(crate::cluster::h1conn::worker_parks);
     }
     let rt = match builder.thread_name("mosn-worker").enable_all().build() {
         Ok(rt) => rt,

@@ -20,6 +20,21 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The most inline requests of one worker whose writes wait for the end of its tick.
+const DEFER_MAX: u32 = 8;
+
+thread_local! {
+    /// Inline requests of this worker whose writes wait for the end of the tick.
+    static DEFERRED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Forget this worker's waiting writes: called when it parks, when none can be waiting. Only a
+/// task that resumed on another worker (multi-threaded runtime) could have left its count
+/// here, which would stop this worker from deferring.
+pub fn worker_parks() {
+    DEFERRED.set(0);
+}
+
 /// Largest response head (status line and headers) accepted, as Envoy's default
 /// `max_request_headers_kb` (60 KiB) plus room.
 pub(super) const MAX_HEAD: usize = 64 * 1024;
@@ -159,7 +174,14 @@ impl Conn {
         // then finds the others waiting and takes them in one wake-up, as it does behind
         // nginx, which writes its batch of requests in one go (bench/RESULTS.md, session 12:
         // at -c8, 0.58 upstream wake-ups per request without this, and 20% fewer requests).
-        tokio::task::yield_now().await;
+        // A few waiting writes make the burst; past [`DEFER_MAX`] the upstream has a batch
+        // anyway and waiting only costs (4% fewer requests at -c128 when every write waited).
+        let waiting = DEFERRED.get();
+        if waiting < DEFER_MAX {
+            DEFERRED.set(waiting + 1);
+            tokio::task::yield_now().await;
+            DEFERRED.set(DEFERRED.get().saturating_sub(1));
+        }
         let stream = st.io.stream_mut();
         stream
             .write_all(&st.wbuf)
