@@ -89,8 +89,14 @@ thread_local! {
     };
 }
 
-/// Installs the park and unpark hooks on `builder`, which spin for `window` before a park
-/// while the worker is saturated.
+/// Whether this worker has been busy for at least [`BUSY_PERCENT`] of the recent wall time
+/// (false on a thread without the hooks).
+pub fn saturated() -> bool {
+    STATE.get().load.saturated()
+}
+
+/// Installs the park and unpark hooks on `builder`, which spin for `window` (zero: not at
+/// all) before a park while the worker is saturated, and measure how busy it is.
 pub fn install(builder: &mut tokio::runtime::Builder, window: Duration) {
     builder
         .on_thread_park(move || before_park(window))

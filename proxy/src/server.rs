@@ -381,11 +381,10 @@ pub fn run(opts: Options, _boot: LoadedBootstrap, snap: Snapshot, stats: Arc<Sta
         b.worker_threads(server.concurrency);
         b
     };
-    if let Some(window) = crate::idle_spin::window_from_env() {
-        crate::idle_spin::install(&mut builder, window);
-    } else {
-        builder.on_thread_park(crate::cluster::h1conn::worker_parks);
-    }
+    // Installed even with the spin off: the inline exchange asks them whether the worker is
+    // saturated.
+    let window = crate::idle_spin::window_from_env().unwrap_or_default();
+    crate::idle_spin::install(&mut builder, window);
     let rt = match builder.thread_name("mosn-worker").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
