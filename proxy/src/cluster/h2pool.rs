@@ -9,7 +9,7 @@
 
 use super::connector::{BoxError, CountingConnector};
 use super::h1pool::PoolKey;
-use super::wear::{Limits, Wear};
+use super::wear::{self, Limits, Wear};
 use super::UpstreamBody;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -19,11 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Mutex;
-
-/// The coarse clock in wrapping milliseconds, as [`Wear`] keeps it.
-fn now_ms() -> u32 {
-    crate::clock::coarse_now().as_millis() as u32
-}
 
 /// When a connection's last stream ended. The pool holds one reference and each open
 /// [`Stream`] another, so more than one holder means the connection is busy.
@@ -39,7 +34,8 @@ pub struct Stream(Arc<Activity>);
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        self.0.last_ms.store(now_ms(), Ordering::Relaxed);
+        let now = wear::now_ms(crate::clock::coarse_now());
+        self.0.last_ms.store(now, Ordering::Relaxed);
     }
 }
 
@@ -124,7 +120,7 @@ impl H2Pool {
             }
         });
         let activity = Arc::new(Activity {
-            last_ms: AtomicU32::new(now_ms()),
+            last_ms: AtomicU32::new(wear::now_ms(crate::clock::coarse_now())),
         });
         let stream = Stream(activity.clone());
         *slot = Some(Entry {
@@ -175,22 +171,19 @@ async fn reap(pool: Weak<H2Pool>, first: Duration) {
             };
             if let Some(e) = entry.as_ref() {
                 let busy = Arc::strong_count(&e.activity) > 1;
-                let idle_for = Duration::from_millis(
-                    now_ms()
-                        .wrapping_sub(e.activity.last_ms.load(Ordering::Relaxed))
-                        .into(),
-                );
+                let idle_for = wear::since(e.activity.last_ms.load(Ordering::Relaxed), now);
                 // A busy connection is looked at again one idle timeout on: its idle period
                 // cannot end sooner.
                 let idle_due = pool
                     .idle_timeout
                     .map(|t| now + if busy { t } else { t.saturating_sub(idle_for) });
                 let idle_out = !busy && idle_due.is_some_and(|d| d <= now);
-                if idle_out && !e.tx.is_closed() {
+                let live = !e.tx.is_closed();
+                if idle_out && live {
                     stats.cx_idle_timeout.inc();
                 }
                 // `allow` counts an age-out, as when a connection is taken.
-                if !idle_out && !e.tx.is_closed() && pool.limits.allow(&e.wear, stats) {
+                if live && !idle_out && pool.limits.allow(&e.wear, stats) {
                     let due = [idle_due, e.wear.retire_at(&pool.limits, now)]
                         .into_iter()
                         .flatten()

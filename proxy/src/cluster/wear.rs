@@ -16,8 +16,13 @@ pub struct Wear {
 }
 
 /// The coarse clock in wrapping milliseconds.
-fn now_ms(now: Duration) -> u32 {
+pub(super) fn now_ms(now: Duration) -> u32 {
     now.as_millis() as u32
+}
+
+/// The time from `ms` (wrapping milliseconds, from [`now_ms`]) to `now`, exact up to 49 days.
+pub(super) fn since(ms: u32, now: Duration) -> Duration {
+    Duration::from_millis(now_ms(now).wrapping_sub(ms).into())
 }
 
 impl Wear {
@@ -31,7 +36,7 @@ impl Wear {
 
     /// Its age at `now` (coarse clock).
     fn age(&self, now: Duration) -> Duration {
-        Duration::from_millis(now_ms(now).wrapping_sub(self.born_ms).into())
+        since(self.born_ms, now)
     }
 
     /// When `limits` retire it for age, on the coarse clock as `now` is, if they do.
