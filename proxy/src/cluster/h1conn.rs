@@ -20,21 +20,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The most inline requests of one worker whose writes wait for the end of its tick.
-const DEFER_MAX: u32 = 8;
-
-thread_local! {
-    /// Inline requests of this worker whose writes wait for the end of the tick.
-    static DEFERRED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Forget this worker's waiting writes: called when it parks, when none can be waiting. Only a
-/// task that resumed on another worker (multi-threaded runtime) could have left its count
-/// here, which would stop this worker from deferring.
-pub fn worker_parks() {
-    DEFERRED.set(0);
-}
-
 /// Largest response head (status line and headers) accepted, as Envoy's default
 /// `max_request_headers_kb` (60 KiB) plus room.
 pub(super) const MAX_HEAD: usize = 64 * 1024;
@@ -168,23 +153,10 @@ impl Conn {
             error,
             before_response: !received,
         };
-        // Write at the end of the worker's tick, not in the middle of it: tokio runs a
-        // yielded task again only after it has polled for I/O, so the requests of all the
-        // connections served in one tick go out back to back. An upstream woken by the first
-        // then finds the others waiting and takes them in one wake-up, as it does behind
-        // nginx, which writes its batch of requests in one go (bench/RESULTS.md, session 12:
-        // at -c8, 0.58 upstream wake-ups per request without this, and 20% fewer requests).
-        // A few waiting writes make the burst; past [`DEFER_MAX`] the upstream has a batch
-        // anyway and waiting only costs (4% fewer requests at -c128 when every write waited).
-        // A worker that is not saturated has no batch to make and writes at once: the wait
-        // costs a task poll and a zero-timeout `epoll_wait` (1,300 instructions and one
-        // system call per request when each request has a tick of its own).
-        let waiting = DEFERRED.get();
-        if waiting < DEFER_MAX && crate::idle_spin::saturated() {
-            DEFERRED.set(waiting + 1);
-            tokio::task::yield_now().await;
-            DEFERRED.set(DEFERRED.get().saturating_sub(1));
-        }
+        // Write at the end of a saturated worker's tick, with the other connections'
+        // requests, so that the upstream takes them in one wake-up as it does behind nginx,
+        // which writes its batch of requests in one go.
+        crate::idle_spin::end_of_tick().await;
         let stream = st.io.stream_mut();
         stream
             .write_all(&st.wbuf)
