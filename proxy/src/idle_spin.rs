@@ -211,6 +211,66 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(2));
     }
 
+    /// Runs `tasks` tasks on one tick of a current-thread runtime, each logging its index
+    /// before and after `end_of_tick`, with the worker's load set to `busy`/`idle` ns.
+    fn tick_order(tasks: usize, busy_ns: u64, idle_ns: u64) -> Vec<(usize, bool)> {
+        use std::sync::{Arc, Mutex};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            STATE.set(ThreadState {
+                load: Load { busy_ns, idle_ns },
+                mark: None,
+            });
+            DEFERRED.set(0);
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let handles: Vec<_> = (0..tasks)
+                .map(|i| {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        log.lock().unwrap().push((i, false));
+                        end_of_tick().await;
+                        log.lock().unwrap().push((i, true));
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.await.unwrap();
+            }
+            assert_eq!(DEFERRED.get(), 0, "every wait was counted out");
+            let log = log.lock().unwrap().clone();
+            log
+        })
+    }
+
+    #[test]
+    fn a_saturated_worker_writes_at_the_end_of_its_tick() {
+        // Saturated, fewer tasks than the cap: every task's "before" comes first, then all
+        // the "after"s, back to back.
+        let n = DEFER_MAX as usize;
+        let log = tick_order(n, 90_000, 5_000);
+        let befores = log.iter().take_while(|(_, after)| !after).count();
+        assert_eq!(befores, n, "all waited for the end of the tick: {log:?}");
+        // Past the cap, the extra tasks go on at once.
+        let log = tick_order(n + 3, 90_000, 5_000);
+        let waited = log.iter().filter(|(i, after)| *after && *i < n).count();
+        assert_eq!(waited, n);
+        for extra in n..n + 3 {
+            let at = log.iter().position(|e| *e == (extra, false)).unwrap();
+            assert_eq!(
+                log[at + 1],
+                (extra, true),
+                "task {extra} did not wait: {log:?}"
+            );
+        }
+        // An idle worker has no batch to make: each task goes on at once.
+        let log = tick_order(n, 5_000, 90_000);
+        for (k, pair) in log.chunks(2).enumerate() {
+            assert_eq!(pair, [(k, false), (k, true)], "{log:?}");
+        }
+    }
+
     #[test]
     fn a_long_sleep_does_not_overflow_the_averages() {
         let mut load = Load::default();
