@@ -22,8 +22,9 @@ const DEFAULT_HEADERS_KB: u32 = 60;
 /// The HTTP/2 settings of one side of the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct H2Settings {
-    /// Streams the peer may open at once on one connection (servers only: hyper's client
-    /// follows what the server advertises).
+    /// Streams open at once on one connection: the peer's, on a server; on a client, the
+    /// most the pool puts on one upstream connection before it opens another, as Envoy's
+    /// pool does (hyper's client also keeps to what the server advertises, by queueing).
     pub max_concurrent_streams: u32,
     /// `initial_stream_window_size`, when configured.
     pub stream_window: Option<u32>,

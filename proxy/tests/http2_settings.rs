@@ -156,3 +156,89 @@ async fn header_blocks_up_to_60_kib_pass_both_ways() {
     };
     assert!(refused, "a 12 KiB header passed an 8 KiB limit");
 }
+
+/// Sends `n` held GETs through `px`'s listener and waits until `expect_at_upstream` of them
+/// have reached `up`; returns the request tasks.
+async fn hold(
+    px: &Proxy,
+    up: &Upstream,
+    n: usize,
+    expect_at_upstream: usize,
+) -> Vec<tokio::task::JoinHandle<u16>> {
+    let addr = px.addr("l");
+    let reqs = (0..n)
+        .map(|_| tokio::spawn(async move { get(addr, "/", &[("x-test-hold", "1")]).await.status }))
+        .collect();
+    wait_until("the held requests at the upstream", || {
+        up.hits() == expect_at_upstream
+    })
+    .await;
+    reqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_carries_the_clusters_stream_limit_then_another_opens() {
+    let h2 = |extra: serde_json::Value| {
+        let mut opts = json!({"http2_protocol_options": {"max_concurrent_streams": 3}});
+        opts.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        opts
+    };
+    // Seven streams at once, three to a connection: three connections.
+    let up = upstream("up").await;
+    let px = routes_proxy(
+        route_to("c"),
+        json!({}),
+        vec![cluster("c", &[up.addr], h2(json!({})))],
+    )
+    .await;
+    let reqs = hold(&px, &up, 7, 7).await;
+    assert_eq!(px.stat("cluster.c.upstream_cx_total"), 3);
+    let statuses = tokio::time::timeout(HANG, release_all(&up, reqs))
+        .await
+        .unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Streams that have ended free their places: the next seven need no new connection.
+    let reqs = hold(&px, &up, 7, 14).await;
+    assert_eq!(px.stat("cluster.c.upstream_cx_total"), 3);
+    tokio::time::timeout(HANG, release_all(&up, reqs))
+        .await
+        .unwrap();
+
+    // Envoy's default (no limit): one connection carries them all.
+    let up = upstream("up").await;
+    let px = routes_proxy(
+        route_to("c"),
+        json!({}),
+        vec![cluster(
+            "c",
+            &[up.addr],
+            json!({"http2_protocol_options": {}}),
+        )],
+    )
+    .await;
+    let reqs = hold(&px, &up, 7, 7).await;
+    assert_eq!(px.stat("cluster.c.upstream_cx_total"), 1);
+    tokio::time::timeout(HANG, release_all(&up, reqs))
+        .await
+        .unwrap();
+
+    // max_connections 2: no third connection and no overflow; the least busy of the two
+    // takes the seventh stream, and every request is answered.
+    let up = upstream("up").await;
+    let cb = json!({"circuit_breakers": {"thresholds": [{"max_connections": 2}]}});
+    let px = routes_proxy(
+        route_to("c"),
+        json!({}),
+        vec![cluster("c", &[up.addr], h2(cb))],
+    )
+    .await;
+    let reqs = hold(&px, &up, 7, 7).await;
+    assert_eq!(px.stat("cluster.c.upstream_cx_total"), 2);
+    assert_eq!(px.stat("cluster.c.upstream_cx_overflow"), 0);
+    let statuses = tokio::time::timeout(HANG, release_all(&up, reqs))
+        .await
+        .unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}

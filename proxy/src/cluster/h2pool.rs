@@ -1,8 +1,12 @@
-//! HTTP/2 (h2c) upstream connections: one multiplexed connection per host and transport
-//! flavor, re-dialled when it closes, or once it has carried `max_requests_per_connection`
-//! streams or reached `max_connection_duration` (it then ends when its last stream does). A
-//! connection with no stream open for the cluster's idle timeout is closed, as Envoy closes
-//! it (`upstream_cx_idle_timeout`), and a host's entry goes when its connection has.
+//! HTTP/2 (h2c) upstream connections: multiplexed connections per host and transport flavor.
+//! A request takes the first one with a stream to spare under the cluster's
+//! `max_concurrent_streams` (Envoy's per-connection stream limit, unlimited by default), and a
+//! new one is dialled when none has, while `max_connections` has room; past that the streams
+//! queue on the least busy connection. A connection is dropped when it closes, or once it has
+//! carried `max_requests_per_connection` streams or reached `max_connection_duration` (it then
+//! ends when its last stream does). A connection with no stream open for the cluster's idle
+//! timeout is closed, as Envoy closes it (`upstream_cx_idle_timeout`), and a host's entry goes
+//! when its connections have.
 //!
 //! hyper-util's pooled client would put the endpoint address in `:authority`; Envoy forwards
 //! the request's own authority, so h2 uses hyper's connection API directly.
@@ -47,8 +51,15 @@ struct Entry {
     activity: Arc<Activity>,
 }
 
-/// One host's connection, if it has one.
-type Slot = Arc<Mutex<Option<Entry>>>;
+impl Entry {
+    /// Streams open on this connection: the marks handed out and not yet dropped.
+    fn open(&self) -> usize {
+        Arc::strong_count(&self.activity) - 1
+    }
+}
+
+/// One host's connections.
+type Slot = Arc<Mutex<Vec<Entry>>>;
 
 /// Per-host h2 connections of one cluster.
 #[derive(Debug)]
@@ -86,9 +97,10 @@ impl H2Pool {
         })
     }
 
-    /// A sender for one request to `addr`, dialling if there is none, the old one closed, or
-    /// it is past the cluster's limits; and the stream's mark, to keep until the response
-    /// has ended.
+    /// A sender for one request to `addr` and the stream's mark, to keep until the response
+    /// has ended: on the first connection with a stream to spare, else on a new one, else
+    /// (`max_connections` reached) on the least busy. Closed connections and those past the
+    /// cluster's limits are dropped on the way.
     pub async fn sender(
         &self,
         addr: SocketAddr,
@@ -96,18 +108,36 @@ impl H2Pool {
     ) -> Result<(SendRequest<UpstreamBody>, Stream), BoxError> {
         let key = PoolKey::new(addr, tls);
         let slot = self.conns.lock().unwrap().entry(key).or_default().clone();
-        // Holding the host's lock while dialling makes concurrent first requests share one
+        // Holding the host's lock while dialling makes concurrent requests share the new
         // connection instead of racing to open several.
-        let mut slot = slot.lock().await;
-        if let Some(e) = slot.as_mut() {
-            // A busy connection (max concurrent streams) is still reused: the caller waits
-            // for a stream slot with `ready()`.
-            if !e.tx.is_closed() && self.limits.allow(&e.wear, self.connector.stats()) {
-                e.wear = e.wear.one_more();
-                return Ok((e.tx.clone(), Stream(e.activity.clone())));
-            }
+        let mut conns = slot.lock().await;
+        let cap = self.settings.max_concurrent_streams as usize;
+        let stats = self.connector.stats();
+        let mut spare = None;
+        let mut i = 0;
+        while i < conns.len() {
+            let e = &conns[i];
             // Dropping the last sender lets the connection finish its streams and close.
-            *slot = None;
+            // `allow` counts an age-out, once, as the connection goes.
+            if e.tx.is_closed() || !self.limits.allow(&e.wear, stats) {
+                conns.swap_remove(i);
+                continue;
+            }
+            if e.open() < cap {
+                spare = Some(i);
+                break;
+            }
+            i += 1;
+        }
+        // Every connection is full and no other may open: the stream waits on the least busy
+        // one, where hyper queues it until a stream ends (Envoy queues it as pending).
+        if spare.is_none() && !conns.is_empty() && !self.connector.has_room() {
+            spare = (0..conns.len()).min_by_key(|&i| conns[i].open());
+        }
+        if let Some(i) = spare {
+            let e = &mut conns[i];
+            e.wear = e.wear.one_more();
+            return Ok((e.tx.clone(), Stream(e.activity.clone())));
         }
         let io = self.connector.connect(addr, tls).await?;
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
@@ -123,12 +153,12 @@ impl H2Pool {
             last_ms: AtomicU32::new(wear::now_ms(crate::clock::coarse_now())),
         });
         let stream = Stream(activity.clone());
-        *slot = Some(Entry {
+        conns.push(Entry {
             tx: tx.clone(),
             wear: Wear::new().one_more(),
             activity,
         });
-        drop(slot);
+        drop(conns);
         self.start_reaper();
         Ok((tx, stream))
     }
@@ -166,11 +196,11 @@ async fn reap(pool: Weak<H2Pool>, first: Duration) {
         let mut conns = pool.conns.lock().unwrap();
         conns.retain(|_, slot| {
             // Locked: being dialled or handed out; look again later.
-            let Ok(mut entry) = slot.try_lock() else {
+            let Ok(mut entries) = slot.try_lock() else {
                 return true;
             };
-            if let Some(e) = entry.as_ref() {
-                let busy = Arc::strong_count(&e.activity) > 1;
+            entries.retain(|e| {
+                let busy = e.open() > 0;
                 let idle_for = wear::since(e.activity.last_ms.load(Ordering::Relaxed), now);
                 // A busy connection is looked at again one idle timeout on: its idle period
                 // cannot end sooner.
@@ -183,18 +213,18 @@ async fn reap(pool: Weak<H2Pool>, first: Duration) {
                     stats.cx_idle_timeout.inc();
                 }
                 // `allow` counts an age-out, as when a connection is taken.
-                if live && !idle_out && pool.limits.allow(&e.wear, stats) {
+                let keep = live && !idle_out && pool.limits.allow(&e.wear, stats);
+                if keep {
                     let due = [idle_due, e.wear.retire_at(&pool.limits, now)]
                         .into_iter()
                         .flatten()
                         .min();
                     next = due.map_or(next, |d| d.min(next));
-                } else {
-                    *entry = None;
                 }
-            }
+                keep
+            });
             // An empty slot stays while a request holds it, to dial into it.
-            entry.is_some() || Arc::strong_count(slot) > 1
+            !entries.is_empty() || Arc::strong_count(slot) > 1
         });
         if conns.is_empty() {
             pool.reaping.store(false, Ordering::Release);
