@@ -224,8 +224,8 @@ async fn an_upstream_connection_carries_the_clusters_stream_limit_then_another_o
         .await
         .unwrap();
 
-    // max_connections 2: no third connection and no overflow; the least busy of the two
-    // takes the seventh stream, and every request is answered.
+    // max_connections 2: no third connection. The seventh request waits in the pending
+    // queue (Envoy's), not on a full connection, and goes when a stream ends.
     let up = upstream("up").await;
     let cb = json!({"circuit_breakers": {"thresholds": [{"max_connections": 2}]}});
     let px = routes_proxy(
@@ -234,9 +234,42 @@ async fn an_upstream_connection_carries_the_clusters_stream_limit_then_another_o
         vec![cluster("c", &[up.addr], h2(cb))],
     )
     .await;
-    let reqs = hold(&px, &up, 7, 7).await;
+    let reqs = hold(&px, &up, 7, 6).await;
+    wait_until("the seventh request pending", || {
+        px.stat("cluster.c.upstream_rq_pending_active") == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(up.hits(), 6, "a stream past the limit reached the upstream");
     assert_eq!(px.stat("cluster.c.upstream_cx_total"), 2);
-    assert_eq!(px.stat("cluster.c.upstream_cx_overflow"), 0);
+    assert_eq!(px.stat("cluster.c.upstream_rq_pending_total"), 1);
+    let statuses = tokio::time::timeout(HANG, release_all(&up, reqs))
+        .await
+        .unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(up.hits(), 7);
+    assert_eq!(px.stat("cluster.c.upstream_cx_total"), 2);
+    assert_eq!(px.stat("cluster.c.upstream_rq_pending_active"), 0);
+
+    // With max_pending_requests 1 as well, a second waiting request is refused: 503 UO.
+    let up = upstream("up").await;
+    let cb = json!({"circuit_breakers": {"thresholds": [
+        {"max_connections": 1, "max_pending_requests": 1}]}});
+    let px = routes_proxy(
+        route_to("c"),
+        json!({}),
+        vec![cluster("c", &[up.addr], h2(cb))],
+    )
+    .await;
+    let reqs = hold(&px, &up, 4, 3).await;
+    let addr = px.addr("l");
+    wait_until("one request pending", || {
+        px.stat("cluster.c.upstream_rq_pending_active") == 1
+    })
+    .await;
+    let r = get(addr, "/", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(px.stat("cluster.c.upstream_rq_pending_overflow"), 1);
     let statuses = tokio::time::timeout(HANG, release_all(&up, reqs))
         .await
         .unwrap();

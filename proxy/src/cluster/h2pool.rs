@@ -1,10 +1,10 @@
 //! HTTP/2 (h2c) upstream connections: multiplexed connections per host and transport flavor.
 //! A request takes the first one with a stream to spare under the cluster's
 //! `max_concurrent_streams` (Envoy's per-connection stream limit, unlimited by default), and a
-//! new one is dialled when none has, while `max_connections` has room; past that the streams
-//! queue on the least busy connection. A connection is dropped when it closes, or once it has
-//! carried `max_requests_per_connection` streams or reached `max_connection_duration` (it then
-//! ends when its last stream does). A connection with no stream open for the cluster's idle
+//! new one is dialled when none has, while `max_connections` has room; past that the request
+//! waits in Envoy's pending queue (`max_pending_requests`) for a stream to end. A connection
+//! is dropped when it closes, or once it has carried `max_requests_per_connection` streams or
+//! reached `max_connection_duration` (it then ends when its last stream does). A connection with no stream open for the cluster's idle
 //! timeout is closed, as Envoy closes it (`upstream_cx_idle_timeout`), and a host's entry goes
 //! when its connections have.
 //!
@@ -24,11 +24,16 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
+/// How often a pending request looks again without a wake-up (h1pool's interval).
+const PENDING_RECHECK: Duration = Duration::from_millis(50);
+
 /// When a connection's last stream ended. The pool holds one reference and each open
 /// [`Stream`] another, so more than one holder means the connection is busy.
 #[derive(Debug)]
 struct Activity {
     last_ms: AtomicU32,
+    /// The cluster's connector: a stream that ends wakes a request pending for one.
+    connector: CountingConnector,
 }
 
 /// One open stream on a pooled h2 connection. It rides in the response body: while it lives
@@ -40,6 +45,10 @@ impl Drop for Stream {
     fn drop(&mut self) {
         let now = wear::now_ms(crate::clock::coarse_now());
         self.0.last_ms.store(now, Ordering::Relaxed);
+        let c = &self.0.connector;
+        if c.stats().rq_pending_active.get() > 0 {
+            c.freed().notify_one();
+        }
     }
 }
 
@@ -73,18 +82,22 @@ pub struct H2Pool {
     idle_timeout: Option<Duration>,
     limits: Limits,
     settings: crate::http2::H2Settings,
+    /// `max_pending_requests`: requests that may wait for a stream at once.
+    max_pending: u64,
     /// Whether the task that closes idle and aged connections runs.
     reaping: AtomicBool,
 }
 
 impl H2Pool {
     /// A pool dialling through `connector`, with `settings`; a connection lives within
-    /// `limits`, and closes after `idle_timeout` without a stream.
+    /// `limits`, and closes after `idle_timeout` without a stream. At most `max_pending`
+    /// requests wait for a stream when every connection is full.
     pub fn new(
         connector: CountingConnector,
         idle_timeout: Option<Duration>,
         limits: Limits,
         settings: crate::http2::H2Settings,
+        max_pending: u64,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| H2Pool {
             me: me.clone(),
@@ -93,52 +106,89 @@ impl H2Pool {
             idle_timeout,
             limits,
             settings,
+            max_pending,
             reaping: AtomicBool::new(false),
         })
     }
 
     /// A sender for one request to `addr` and the stream's mark, to keep until the response
-    /// has ended: on the first connection with a stream to spare, else on a new one, else
-    /// (`max_connections` reached) on the least busy. Closed connections and those past the
-    /// cluster's limits are dropped on the way.
+    /// has ended: on the first connection with a stream to spare, else on a new one. Closed
+    /// connections and those past the cluster's limits are dropped on the way.
+    ///
+    /// With every connection full and `max_connections` reached, the request waits for a
+    /// stream to end or a connection to close, counted in `upstream_rq_pending_*` and
+    /// `upstream_cx_overflow`, unless `max_pending_requests` wait already (503 UO,
+    /// `upstream_rq_pending_overflow`), as in Envoy's pending queue. The route timeout bounds
+    /// the wait.
     pub async fn sender(
         &self,
         addr: SocketAddr,
         tls: Option<&crate::tls::Dial>,
     ) -> Result<(SendRequest<UpstreamBody>, Stream), BoxError> {
+        struct Pending<'a>(&'a crate::stats::Stat);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
         let key = PoolKey::new(addr, tls);
         let slot = self.conns.lock().unwrap().entry(key).or_default().clone();
-        // Holding the host's lock while dialling makes concurrent requests share the new
-        // connection instead of racing to open several.
-        let mut conns = slot.lock().await;
         let cap = self.settings.max_concurrent_streams as usize;
         let stats = self.connector.stats();
-        let mut spare = None;
-        let mut i = 0;
-        while i < conns.len() {
-            let e = &conns[i];
-            // Dropping the last sender lets the connection finish its streams and close.
-            // `allow` counts an age-out, once, as the connection goes.
-            if e.tx.is_closed() || !self.limits.allow(&e.wear, stats) {
-                conns.swap_remove(i);
+        let mut pending: Option<Pending> = None;
+        let freed = self.connector.freed();
+        let mut place = std::pin::pin!(None::<tokio::sync::futures::Notified<'_>>);
+        let mut conns = loop {
+            // Holding the host's lock while dialling makes concurrent requests share the new
+            // connection instead of racing to open several.
+            let mut conns = slot.lock().await;
+            let mut i = 0;
+            while i < conns.len() {
+                let e = &mut conns[i];
+                // Dropping the last sender lets the connection finish its streams and close.
+                // `allow` counts an age-out, once, as the connection goes.
+                if e.tx.is_closed() || !self.limits.allow(&e.wear, stats) {
+                    conns.swap_remove(i);
+                    continue;
+                }
+                if e.open() < cap {
+                    e.wear = e.wear.one_more();
+                    return Ok((e.tx.clone(), Stream(e.activity.clone())));
+                }
+                i += 1;
+            }
+            // No connection yet: dial, and let the connector's overflow answer if there is
+            // no room (as before connections were shared).
+            if conns.is_empty() || self.connector.has_room() {
+                break conns;
+            }
+            drop(conns);
+            if pending.is_none() {
+                if stats.rq_pending_active.get() >= self.max_pending {
+                    stats.rq_pending_overflow.inc();
+                    return Err(super::connector::ConnectError::Overflow.into());
+                }
+                stats.cx_overflow.inc();
+                stats.rq_pending_total.inc();
+                stats.rq_pending_active.inc();
+                pending = Some(Pending(&stats.rq_pending_active));
+            }
+            let Some(waiting) = place.as_mut().as_pin_mut() else {
+                // Take a place, then look once more: a stream that ended before the place was
+                // taken woke nobody.
+                place.set(Some(freed.notified()));
+                if let Some(p) = place.as_mut().as_pin_mut() {
+                    p.enable();
+                }
                 continue;
+            };
+            // A wake-up that went to a waiter which then lost the race is covered by the
+            // periodic look.
+            if tokio::time::timeout(PENDING_RECHECK, waiting).await.is_ok() {
+                place.set(None);
             }
-            if e.open() < cap {
-                spare = Some(i);
-                break;
-            }
-            i += 1;
-        }
-        // Every connection is full and no other may open: the stream waits on the least busy
-        // one, where hyper queues it until a stream ends (Envoy queues it as pending).
-        if spare.is_none() && !conns.is_empty() && !self.connector.has_room() {
-            spare = (0..conns.len()).min_by_key(|&i| conns[i].open());
-        }
-        if let Some(i) = spare {
-            let e = &mut conns[i];
-            e.wear = e.wear.one_more();
-            return Ok((e.tx.clone(), Stream(e.activity.clone())));
-        }
+        };
+        drop(pending);
         let io = self.connector.connect(addr, tls).await?;
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
@@ -151,6 +201,7 @@ impl H2Pool {
         });
         let activity = Arc::new(Activity {
             last_ms: AtomicU32::new(wear::now_ms(crate::clock::coarse_now())),
+            connector: self.connector.clone(),
         });
         let stream = Stream(activity.clone());
         conns.push(Entry {
