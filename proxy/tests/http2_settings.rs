@@ -275,3 +275,32 @@ async fn an_upstream_connection_carries_the_clusters_stream_limit_then_another_o
         .unwrap();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
+
+#[tokio::test]
+async fn a_host_without_a_connection_gets_one_past_max_connections() {
+    // Two hosts, one connection allowed: the second host still gets its first connection
+    // (counted as an overflow), as in Envoy, instead of a 503 until the first host's idle
+    // connection times out.
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let px = routes_proxy(
+        route_to("c"),
+        json!({}),
+        vec![cluster(
+            "c",
+            &[a.addr, b.addr],
+            json!({"http2_protocol_options": {},
+                "circuit_breakers": {"thresholds": [{"max_connections": 1}]}}),
+        )],
+    )
+    .await;
+    let addr = px.addr("l");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let r = get(addr, "/", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        seen.insert(r.upstream());
+    }
+    assert_eq!(seen.len(), 2, "round robin reached both hosts: {seen:?}");
+    assert_eq!(px.stat("cluster.c.upstream_cx_total"), 2);
+    assert_eq!(px.stat("cluster.c.upstream_cx_overflow"), 1);
+}

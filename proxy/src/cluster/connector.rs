@@ -154,10 +154,36 @@ impl CountingConnector {
         addr: SocketAddr,
         tls: Option<&crate::tls::Dial>,
     ) -> Result<Counted, ConnectError> {
+        self.dial(addr, tls, false).await
+    }
+
+    /// [`connect`](Self::connect) for a pool's first connection to a host: made even past
+    /// `max_connections` (still counted in `upstream_cx_overflow` and against the limit), as
+    /// Envoy opens one when other hosts hold every connection, so that the host's requests are
+    /// not left with no connection that could ever serve them.
+    pub async fn connect_first(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&crate::tls::Dial>,
+    ) -> Result<Counted, ConnectError> {
+        self.dial(addr, tls, true).await
+    }
+
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&crate::tls::Dial>,
+        first: bool,
+    ) -> Result<Counted, ConnectError> {
         let stats = &self.stats;
         if !self.room.take(self.max_connections) {
             stats.cx_overflow.inc();
-            return Err(ConnectError::Overflow);
+            if !first {
+                return Err(ConnectError::Overflow);
+            }
+            self.room
+                .used
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         let mut slot = Slot(Some(self.room.clone()));
         let source = self.source.for_dest(addr);

@@ -1,8 +1,9 @@
 //! HTTP/2 (h2c) upstream connections: multiplexed connections per host and transport flavor.
 //! A request takes the first one with a stream to spare under the cluster's
 //! `max_concurrent_streams` (Envoy's per-connection stream limit, unlimited by default), and a
-//! new one is dialled when none has, while `max_connections` has room; past that the request
-//! waits in Envoy's pending queue (`max_pending_requests`) for a stream to end. A connection
+//! new one is dialled when none has, while `max_connections` has room (a host's first
+//! connection is dialled regardless, as Envoy's); past that the request waits in Envoy's
+//! pending queue (`max_pending_requests`) for a stream to end. A connection
 //! is dropped when it closes, or once it has carried `max_requests_per_connection` streams or
 //! reached `max_connection_duration` (it then ends when its last stream does). A connection with no stream open for the cluster's idle
 //! timeout is closed, as Envoy closes it (`upstream_cx_idle_timeout`), and a host's entry goes
@@ -157,8 +158,8 @@ impl H2Pool {
                 }
                 i += 1;
             }
-            // No connection yet: dial, and let the connector's overflow answer if there is
-            // no room (as before connections were shared).
+            // No connection to this host yet: dial, past `max_connections` if need be (see
+            // `connect_first`).
             if conns.is_empty() || self.connector.has_room() {
                 break conns;
             }
@@ -189,7 +190,11 @@ impl H2Pool {
             }
         };
         drop(pending);
-        let io = self.connector.connect(addr, tls).await?;
+        let io = if conns.is_empty() {
+            self.connector.connect_first(addr, tls).await?
+        } else {
+            self.connector.connect(addr, tls).await?
+        };
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         self.settings.client(&mut builder);
