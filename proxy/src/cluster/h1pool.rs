@@ -14,6 +14,7 @@ use super::connector::{ConnectError, CountingConnector};
 pub use super::h1body::PooledBody;
 use super::h1body::{Checkin, Home, Kind};
 use super::h1conn::{Conn, ExchangeError, RawBody};
+use super::pending::Pending;
 use super::wear::{Limits, Wear};
 use super::UpstreamBody;
 use hyper::body::{Body, Incoming};
@@ -42,9 +43,6 @@ struct Idle<T> {
     /// Requests carried and age, for the cluster's [`Limits`].
     wear: Wear,
 }
-
-/// How often a request waiting for a connection looks again without being woken.
-const PENDING_RECHECK: Duration = Duration::from_millis(50);
 
 type ByAddr<T> = HashMap<PoolKey, Vec<Idle<T>>, rustc_hash::FxBuildHasher>;
 
@@ -233,19 +231,7 @@ impl H1Pool {
         raw: bool,
         take: fn(&Self, PoolKey) -> Option<(T, Wear)>,
     ) -> Result<Got<T>, SendError> {
-        struct Pending<'a>(&'a crate::stats::Stat);
-        impl Drop for Pending<'_> {
-            fn drop(&mut self) {
-                self.0.dec();
-            }
-        }
-        let mut pending: Option<Pending> = None;
-        // The place in line, taken after the first look fails (the fast path takes none), and
-        // kept across the periodic looks, so waiters are served in the order they came
-        // (tokio's `notify_one` wakes the longest waiter), as in Envoy's pending queue. Only a
-        // wake-up that was used up takes a new place, at the back.
-        let freed = self.connector.freed();
-        let mut place = std::pin::pin!(None::<tokio::sync::futures::Notified<'_>>);
+        let mut pending = Pending::new(&self.connector);
         loop {
             if let Some((c, wear)) = take(self, key) {
                 return Ok(Got::Idle(c, wear));
@@ -261,34 +247,12 @@ impl H1Pool {
             match self.evict_unusable(key, raw) {
                 Evicted::Closed => continue,
                 Evicted::Closing => {}
-                Evicted::Nothing => {
-                    if pending.is_none() {
-                        let stats = self.connector.stats();
-                        if stats.rq_pending_active.get() >= self.max_pending {
-                            stats.rq_pending_overflow.inc();
-                            return Err(SendError::Connect(ConnectError::Overflow));
-                        }
-                        stats.cx_overflow.inc();
-                        stats.rq_pending_total.inc();
-                        stats.rq_pending_active.inc();
-                        pending = Some(Pending(&stats.rq_pending_active));
-                    }
-                }
+                Evicted::Nothing => pending
+                    .enter(self.max_pending)
+                    .map_err(SendError::Connect)?,
             }
-            let Some(waiting) = place.as_mut().as_pin_mut() else {
-                // Take a place, then look once more: a connection freed before the place was
-                // taken woke nobody.
-                place.set(Some(freed.notified()));
-                if let Some(p) = place.as_mut().as_pin_mut() {
-                    p.enable();
-                }
-                continue;
-            };
-            // Returns and closes wake one waiter each; the periodic look covers a wake-up
-            // that went to a waiter which then lost the race for the connection.
-            if tokio::time::timeout(PENDING_RECHECK, waiting).await.is_ok() {
-                place.set(None);
-            }
+            // Returns and closes wake one waiter each.
+            pending.wait().await;
         }
     }
 

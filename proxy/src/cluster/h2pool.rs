@@ -14,6 +14,7 @@
 
 use super::connector::{BoxError, CountingConnector};
 use super::h1pool::PoolKey;
+use super::pending::Pending;
 use super::wear::{self, Limits, Wear};
 use super::UpstreamBody;
 use hyper::client::conn::http2::SendRequest;
@@ -24,9 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Mutex;
-
-/// How often a pending request looks again without a wake-up (h1pool's interval).
-const PENDING_RECHECK: Duration = Duration::from_millis(50);
 
 /// When a connection's last stream ended. The pool holds one reference and each open
 /// [`Stream`] another, so more than one holder means the connection is busy.
@@ -126,19 +124,11 @@ impl H2Pool {
         addr: SocketAddr,
         tls: Option<&crate::tls::Dial>,
     ) -> Result<(SendRequest<UpstreamBody>, Stream), BoxError> {
-        struct Pending<'a>(&'a crate::stats::Stat);
-        impl Drop for Pending<'_> {
-            fn drop(&mut self) {
-                self.0.dec();
-            }
-        }
         let key = PoolKey::new(addr, tls);
         let slot = self.conns.lock().unwrap().entry(key).or_default().clone();
         let cap = self.settings.max_concurrent_streams as usize;
         let stats = self.connector.stats();
-        let mut pending: Option<Pending> = None;
-        let freed = self.connector.freed();
-        let mut place = std::pin::pin!(None::<tokio::sync::futures::Notified<'_>>);
+        let mut pending = Pending::new(&self.connector);
         let mut conns = loop {
             // Holding the host's lock while dialling makes concurrent requests share the new
             // connection instead of racing to open several.
@@ -164,30 +154,9 @@ impl H2Pool {
                 break conns;
             }
             drop(conns);
-            if pending.is_none() {
-                if stats.rq_pending_active.get() >= self.max_pending {
-                    stats.rq_pending_overflow.inc();
-                    return Err(super::connector::ConnectError::Overflow.into());
-                }
-                stats.cx_overflow.inc();
-                stats.rq_pending_total.inc();
-                stats.rq_pending_active.inc();
-                pending = Some(Pending(&stats.rq_pending_active));
-            }
-            let Some(waiting) = place.as_mut().as_pin_mut() else {
-                // Take a place, then look once more: a stream that ended before the place was
-                // taken woke nobody.
-                place.set(Some(freed.notified()));
-                if let Some(p) = place.as_mut().as_pin_mut() {
-                    p.enable();
-                }
-                continue;
-            };
-            // A wake-up that went to a waiter which then lost the race is covered by the
-            // periodic look.
-            if tokio::time::timeout(PENDING_RECHECK, waiting).await.is_ok() {
-                place.set(None);
-            }
+            pending.enter(self.max_pending)?;
+            // Streams that end and connections that close wake one waiter each.
+            pending.wait().await;
         };
         drop(pending);
         let io = if conns.is_empty() {

@@ -12,6 +12,7 @@ pub mod h2pool;
 pub mod host;
 mod http_options;
 pub mod outlier;
+mod pending;
 pub mod stats;
 pub mod transport;
 pub mod wear;

@@ -1,0 +1,81 @@
+//! Envoy's pending queue, shared by the HTTP/1.1 and HTTP/2 pools: a request that finds no
+//! connection (h1) or no stream (h2) it can use, and no room under `max_connections`, waits
+//! for one to be returned, to close, or for a stream to end. It is counted once in
+//! `upstream_rq_pending_*` and `upstream_cx_overflow`, and refused (503 UO,
+//! `upstream_rq_pending_overflow`) when `max_pending_requests` wait already. The route timeout
+//! bounds the wait.
+
+use super::connector::{ConnectError, CountingConnector};
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::futures::Notified;
+
+/// How often a waiting request looks again without being woken.
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// One request's stay in the pending queue; leaving `upstream_rq_pending_active` when dropped.
+pub struct Pending<'a> {
+    connector: &'a CountingConnector,
+    counted: bool,
+    /// The place in line, taken after the first look fails (the fast path takes none), and
+    /// kept across the periodic looks, so waiters are served in the order they came (tokio's
+    /// `notify_one` wakes the longest waiter). Only a wake-up that was used up takes a new
+    /// place, at the back.
+    place: Option<Pin<Box<Notified<'a>>>>,
+}
+
+impl<'a> Pending<'a> {
+    /// Not waiting yet, and not counted.
+    pub fn new(connector: &'a CountingConnector) -> Self {
+        Pending {
+            connector,
+            counted: false,
+            place: None,
+        }
+    }
+
+    /// Count the request as pending, the first time only; `Overflow` when `max_pending`
+    /// requests wait already.
+    pub fn enter(&mut self, max_pending: u64) -> Result<(), ConnectError> {
+        if self.counted {
+            return Ok(());
+        }
+        let stats = self.connector.stats();
+        if stats.rq_pending_active.get() >= max_pending {
+            stats.rq_pending_overflow.inc();
+            return Err(ConnectError::Overflow);
+        }
+        stats.cx_overflow.inc();
+        stats.rq_pending_total.inc();
+        stats.rq_pending_active.inc();
+        self.counted = true;
+        Ok(())
+    }
+
+    /// Wait to look again. The first call takes a place in line and returns at once: a
+    /// connection or stream freed before the place was taken woke nobody. Later calls wait
+    /// for a wake-up, or the periodic look, which covers a wake-up that went to a waiter that
+    /// then lost the race.
+    pub async fn wait(&mut self) {
+        match self.place.as_mut() {
+            None => {
+                let mut place = Box::pin(self.connector.freed().notified());
+                place.as_mut().enable();
+                self.place = Some(place);
+            }
+            Some(place) => {
+                if tokio::time::timeout(RECHECK, place.as_mut()).await.is_ok() {
+                    self.place = None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.connector.stats().rq_pending_active.dec();
+        }
+    }
+}
