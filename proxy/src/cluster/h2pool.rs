@@ -12,7 +12,7 @@
 //! hyper-util's pooled client would put the endpoint address in `:authority`; Envoy forwards
 //! the request's own authority, so h2 uses hyper's connection API directly.
 
-use super::connector::{BoxError, CountingConnector};
+use super::connector::{BoxError, ConnectError, CountingConnector};
 use super::h1pool::PoolKey;
 use super::pending::Pending;
 use super::wear::{self, Limits, Wear};
@@ -129,7 +129,7 @@ impl H2Pool {
         let cap = self.settings.max_concurrent_streams as usize;
         let stats = self.connector.stats();
         let mut pending = Pending::new(&self.connector);
-        let mut conns = loop {
+        let (io, mut conns) = loop {
             // Holding the host's lock while dialling makes concurrent requests share the new
             // connection instead of racing to open several.
             let mut conns = slot.lock().await;
@@ -150,8 +150,16 @@ impl H2Pool {
             }
             // No connection to this host yet: dial, past `max_connections` if need be (see
             // `connect_first`).
-            if conns.is_empty() || self.connector.has_room() {
-                break conns;
+            if conns.is_empty() {
+                break (self.connector.connect_first(addr, tls).await?, conns);
+            }
+            if self.connector.has_room() {
+                match self.connector.connect(addr, tls).await {
+                    Ok(io) => break (io, conns),
+                    // Another host's request took the last slot first: wait with the rest.
+                    Err(ConnectError::Overflow) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             drop(conns);
             pending.enter(self.max_pending)?;
@@ -159,11 +167,6 @@ impl H2Pool {
             pending.wait().await;
         };
         drop(pending);
-        let io = if conns.is_empty() {
-            self.connector.connect_first(addr, tls).await?
-        } else {
-            self.connector.connect(addr, tls).await?
-        };
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         self.settings.client(&mut builder);
