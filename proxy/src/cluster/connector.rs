@@ -91,6 +91,11 @@ impl Room {
             .is_ok()
     }
 
+    /// Takes a slot whatever the limit (a pool's first connection to a host).
+    fn take_past_limit(&self) {
+        self.used.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     fn give_back(&self) {
         self.used.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         self.freed.notify_one();
@@ -181,9 +186,7 @@ impl CountingConnector {
             if !first {
                 return Err(ConnectError::Overflow);
             }
-            self.room
-                .used
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            self.room.take_past_limit();
         }
         let mut slot = Slot(Some(self.room.clone()));
         let source = self.source.for_dest(addr);

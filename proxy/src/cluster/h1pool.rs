@@ -385,9 +385,7 @@ impl H1Pool {
         });
         self.start_reaper(&mut st);
         drop(st);
-        if self.connector.stats().rq_pending_active.get() > 0 {
-            self.connector.freed().notify_one();
-        }
+        super::pending::wake_one(&self.connector);
     }
 
     fn start_reaper(&self, st: &mut State) {

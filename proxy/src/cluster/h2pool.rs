@@ -3,11 +3,11 @@
 //! `max_concurrent_streams` (Envoy's per-connection stream limit, unlimited by default), and a
 //! new one is dialled when none has, while `max_connections` has room (a host's first
 //! connection is dialled regardless, as Envoy's); past that the request waits in Envoy's
-//! pending queue (`max_pending_requests`) for a stream to end. A connection
-//! is dropped when it closes, or once it has carried `max_requests_per_connection` streams or
-//! reached `max_connection_duration` (it then ends when its last stream does). A connection with no stream open for the cluster's idle
-//! timeout is closed, as Envoy closes it (`upstream_cx_idle_timeout`), and a host's entry goes
-//! when its connections have.
+//! pending queue (`max_pending_requests`) for a stream to end. A connection is dropped when it
+//! closes, or once it has carried `max_requests_per_connection` streams or reached
+//! `max_connection_duration` (it then ends when its last stream does). A connection with no
+//! stream open for the cluster's idle timeout is closed, as Envoy closes it
+//! (`upstream_cx_idle_timeout`), and a host's entry goes when its connections have.
 //!
 //! hyper-util's pooled client would put the endpoint address in `:authority`; Envoy forwards
 //! the request's own authority, so h2 uses hyper's connection API directly.
@@ -44,10 +44,7 @@ impl Drop for Stream {
     fn drop(&mut self) {
         let now = wear::now_ms(crate::clock::coarse_now());
         self.0.last_ms.store(now, Ordering::Relaxed);
-        let c = &self.0.connector;
-        if c.stats().rq_pending_active.get() > 0 {
-            c.freed().notify_one();
-        }
+        super::pending::wake_one(&self.0.connector);
     }
 }
 

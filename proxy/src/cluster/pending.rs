@@ -72,6 +72,14 @@ impl<'a> Pending<'a> {
     }
 }
 
+/// A connection was returned or a stream ended: wake the longest-waiting pending request, if
+/// one waits (closes wake one through the connector's own slot).
+pub fn wake_one(connector: &CountingConnector) {
+    if connector.stats().rq_pending_active.get() > 0 {
+        connector.freed().notify_one();
+    }
+}
+
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if self.counted {
