@@ -157,81 +157,71 @@ async fn header_blocks_up_to_60_kib_pass_both_ways() {
     assert!(refused, "a 12 KiB header passed an 8 KiB limit");
 }
 
-/// Sends `n` held GETs through `px`'s listener and waits until `expect_at_upstream` of them
-/// have reached `up`; returns the request tasks.
+/// Sends `n` held GETs through `px`'s listener and waits until `up` has served `hits`
+/// requests in all; returns the request tasks.
 async fn hold(
     px: &Proxy,
     up: &Upstream,
     n: usize,
-    expect_at_upstream: usize,
+    hits: usize,
 ) -> Vec<tokio::task::JoinHandle<u16>> {
     let addr = px.addr("l");
     let reqs = (0..n)
         .map(|_| tokio::spawn(async move { get(addr, "/", &[("x-test-hold", "1")]).await.status }))
         .collect();
-    wait_until("the held requests at the upstream", || {
-        up.hits() == expect_at_upstream
-    })
-    .await;
+    wait_until("the held requests at the upstream", || up.hits() == hits).await;
     reqs
+}
+
+/// Lets `up`'s held requests go and returns the statuses of `reqs`.
+async fn released(up: &Upstream, reqs: Vec<tokio::task::JoinHandle<u16>>) -> Vec<u16> {
+    tokio::time::timeout(HANG, release_all(up, reqs))
+        .await
+        .expect("requests hung")
+}
+
+/// A proxy routing everything to cluster `c` of `up`, with `opts` on the cluster.
+async fn proxy_to(up: &Upstream, opts: serde_json::Value) -> Proxy {
+    routes_proxy(
+        route_to("c"),
+        json!({}),
+        vec![cluster("c", &[up.addr], opts)],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_connection_carries_the_clusters_stream_limit_then_another_opens() {
-    let h2 = |extra: serde_json::Value| {
-        let mut opts = json!({"http2_protocol_options": {"max_concurrent_streams": 3}});
-        opts.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        opts
-    };
     // Seven streams at once, three to a connection: three connections.
     let up = upstream("up").await;
-    let px = routes_proxy(
-        route_to("c"),
-        json!({}),
-        vec![cluster("c", &[up.addr], h2(json!({})))],
+    let px = proxy_to(
+        &up,
+        json!({"http2_protocol_options": {"max_concurrent_streams": 3}}),
     )
     .await;
     let reqs = hold(&px, &up, 7, 7).await;
     assert_eq!(px.stat("cluster.c.upstream_cx_total"), 3);
-    let statuses = tokio::time::timeout(HANG, release_all(&up, reqs))
-        .await
-        .unwrap();
+    let statuses = released(&up, reqs).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     // Streams that have ended free their places: the next seven need no new connection.
     let reqs = hold(&px, &up, 7, 14).await;
     assert_eq!(px.stat("cluster.c.upstream_cx_total"), 3);
-    tokio::time::timeout(HANG, release_all(&up, reqs))
-        .await
-        .unwrap();
+    released(&up, reqs).await;
 
     // Envoy's default (no limit): one connection carries them all.
     let up = upstream("up").await;
-    let px = routes_proxy(
-        route_to("c"),
-        json!({}),
-        vec![cluster(
-            "c",
-            &[up.addr],
-            json!({"http2_protocol_options": {}}),
-        )],
-    )
-    .await;
+    let px = proxy_to(&up, json!({"http2_protocol_options": {}})).await;
     let reqs = hold(&px, &up, 7, 7).await;
     assert_eq!(px.stat("cluster.c.upstream_cx_total"), 1);
-    tokio::time::timeout(HANG, release_all(&up, reqs))
-        .await
-        .unwrap();
+    released(&up, reqs).await;
 
     // max_connections 2: no third connection. The seventh request waits in the pending
     // queue (Envoy's), not on a full connection, and goes when a stream ends.
     let up = upstream("up").await;
-    let cb = json!({"circuit_breakers": {"thresholds": [{"max_connections": 2}]}});
-    let px = routes_proxy(
-        route_to("c"),
-        json!({}),
-        vec![cluster("c", &[up.addr], h2(cb))],
+    let px = proxy_to(
+        &up,
+        json!({"http2_protocol_options": {"max_concurrent_streams": 3},
+            "circuit_breakers": {"thresholds": [{"max_connections": 2}]}}),
     )
     .await;
     let reqs = hold(&px, &up, 7, 6).await;
@@ -243,9 +233,7 @@ async fn an_upstream_connection_carries_the_clusters_stream_limit_then_another_o
     assert_eq!(up.hits(), 6, "a stream past the limit reached the upstream");
     assert_eq!(px.stat("cluster.c.upstream_cx_total"), 2);
     assert_eq!(px.stat("cluster.c.upstream_rq_pending_total"), 1);
-    let statuses = tokio::time::timeout(HANG, release_all(&up, reqs))
-        .await
-        .unwrap();
+    let statuses = released(&up, reqs).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(up.hits(), 7);
     assert_eq!(px.stat("cluster.c.upstream_cx_total"), 2);
@@ -253,26 +241,22 @@ async fn an_upstream_connection_carries_the_clusters_stream_limit_then_another_o
 
     // With max_pending_requests 1 as well, a second waiting request is refused: 503 UO.
     let up = upstream("up").await;
-    let cb = json!({"circuit_breakers": {"thresholds": [
-        {"max_connections": 1, "max_pending_requests": 1}]}});
-    let px = routes_proxy(
-        route_to("c"),
-        json!({}),
-        vec![cluster("c", &[up.addr], h2(cb))],
+    let px = proxy_to(
+        &up,
+        json!({"http2_protocol_options": {"max_concurrent_streams": 3},
+            "circuit_breakers": {"thresholds": [
+                {"max_connections": 1, "max_pending_requests": 1}]}}),
     )
     .await;
     let reqs = hold(&px, &up, 4, 3).await;
-    let addr = px.addr("l");
     wait_until("one request pending", || {
         px.stat("cluster.c.upstream_rq_pending_active") == 1
     })
     .await;
-    let r = get(addr, "/", &[]).await;
+    let r = get(px.addr("l"), "/", &[]).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(px.stat("cluster.c.upstream_rq_pending_overflow"), 1);
-    let statuses = tokio::time::timeout(HANG, release_all(&up, reqs))
-        .await
-        .unwrap();
+    let statuses = released(&up, reqs).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
