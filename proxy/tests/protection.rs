@@ -115,6 +115,49 @@ async fn circuit_breakers_overflow_with_503_uo() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_a_connection_gets_one_past_max_connections() {
+    // Two hosts, one connection allowed, and one host's connection busy: a request for the
+    // other host gets its first connection past the limit (counted as an overflow), as in
+    // Envoy, instead of waiting for the busy one to finish.
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "c", "timeout": "0s"}}]);
+    let limits = json!({"circuit_breakers": {"thresholds": [{"max_connections": 1}]}});
+    let p = routes_proxy(
+        routes,
+        json!({}),
+        vec![cluster("c", &[a.addr, b.addr], limits)],
+    )
+    .await;
+    let addr = p.addr("l");
+    let held = tokio::spawn(async move { get(addr, "/", &[("x-test-hold", "1")]).await });
+    wait_until("the held request at an upstream", || {
+        a.hits() + b.hits() == 1
+    })
+    .await;
+    let (busy, other) = if a.hits() == 1 { (&a, &b) } else { (&b, &a) };
+    // Round robin sends the next request to the other host.
+    let r = tokio::time::timeout(HANG, get(addr, "/", &[]))
+        .await
+        .expect("the request waited for the busy host's connection");
+    assert_eq!(
+        (r.status, r.upstream()),
+        (200, other.name.clone()),
+        "{}",
+        r.body
+    );
+    assert_eq!(p.stat("cluster.c.upstream_cx_total"), 2);
+    assert_eq!(p.stat("cluster.c.upstream_cx_overflow"), 1);
+    assert_eq!(p.stat("cluster.c.upstream_rq_pending_total"), 0);
+    // (A request that finds its host's one connection busy waits instead: the `/cx` case of
+    // `circuit_breakers_overflow_with_503_uo`.)
+    let done = release_all(busy, vec![held]).await;
+    assert_eq!(
+        (done[0].status, done[0].upstream()),
+        (200, busy.name.clone())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_requests_get_the_connection_in_the_order_they_came() {
     // Envoy's pending queue is first come, first served. The waits here (0.2 s, then 60 ms
     // per request) span several of the pool's periodic looks, which must not cost a waiter

@@ -229,6 +229,7 @@ impl CountingConnector {
                     io: TokioIo::new(stream),
                     stats: stats.clone(),
                     room: slot.0.take().expect("the slot is held until here"),
+                    mark: None,
                 })
             }
             Ok(Err(e)) => {
@@ -320,15 +321,36 @@ impl tokio::io::AsyncWrite for UpIo {
     }
 }
 
+/// A pool's mark on its connections to one host: each connection to the host, open or being
+/// made, holds a clone, so the count of clones tells whether the host has one. Envoy dials a
+/// host's first connection even past `max_connections` ([`CountingConnector::connect_first`]).
+#[derive(Debug, Default)]
+pub struct HostMark;
+
+impl HostMark {
+    /// Whether no connection holds `mark` (only its owner does).
+    pub fn unused(mark: &Arc<HostMark>) -> bool {
+        Arc::strong_count(mark) == 1
+    }
+}
+
 /// A connection that decrements `upstream_cx_active` when closed.
 #[derive(Debug)]
 pub struct Counted {
     io: TokioIo<UpIo>,
     stats: Arc<ClusterStats>,
     room: Arc<Room>,
+    /// Its host's mark in a pool that counts them.
+    mark: Option<Arc<HostMark>>,
 }
 
 impl Counted {
+    /// The connection, holding its host's `mark` for as long as it lives.
+    pub fn marked(mut self, mark: Arc<HostMark>) -> Self {
+        self.mark = Some(mark);
+        self
+    }
+
     /// The connection's bytes, for the inline HTTP/1.1 client and tcp_proxy.
     pub fn stream_mut(&mut self) -> &mut UpIo {
         self.io.inner_mut()

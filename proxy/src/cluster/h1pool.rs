@@ -10,7 +10,7 @@
 //! Leaner than hyper-util's pooled client, which this replaced: no per-request pool-key
 //! hashing, URI rewriting, or "when ready" task spawned per request.
 
-use super::connector::{ConnectError, CountingConnector};
+use super::connector::{ConnectError, CountingConnector, HostMark};
 pub use super::h1body::PooledBody;
 use super::h1body::{Checkin, Home, Kind};
 use super::h1conn::{Conn, ExchangeError, RawBody};
@@ -74,6 +74,8 @@ struct State {
     idle: ByAddr<SendRequest<UpstreamBody>>,
     /// Connections exchanged inline.
     raw: ByAddr<Conn>,
+    /// Each key's mark, held by its connections, idle or not.
+    marks: HashMap<PoolKey, Arc<HostMark>, rustc_hash::FxBuildHasher>,
     reaper: bool,
 }
 
@@ -220,10 +222,11 @@ impl H1Pool {
     ///
     /// Envoy's pending queue: with `max_connections` reached, an idle connection this request
     /// cannot use (the other kind, or under another key) is closed to make room; failing that,
-    /// the request waits until a connection is returned or closed, counted once in
-    /// `upstream_rq_pending_*` and `upstream_cx_overflow`, unless `max_pending_requests` are
-    /// waiting already (503 UO, `upstream_rq_pending_overflow`). The route timeout bounds the
-    /// wait.
+    /// a host with no connection at all gets one past the limit, as in Envoy (see
+    /// [`CountingConnector::connect_first`]); else the request waits until a connection is
+    /// returned or closed, counted once in `upstream_rq_pending_*` and `upstream_cx_overflow`,
+    /// unless `max_pending_requests` are waiting already (503 UO,
+    /// `upstream_rq_pending_overflow`). The route timeout bounds the wait.
     async fn acquire<T>(
         &self,
         key: PoolKey,
@@ -237,8 +240,11 @@ impl H1Pool {
                 return Ok(Got::Idle(c, wear));
             }
             if self.connector.has_room() {
+                // Held from before the dial, so that a concurrent request to the host counts
+                // this connection too.
+                let mark = self.mark(key);
                 match self.connector.connect(key.addr, tls).await {
-                    Ok(io) => return Ok(Got::Fresh(io)),
+                    Ok(io) => return Ok(Got::Fresh(io.marked(mark))),
                     // Another request took the last slot first.
                     Err(ConnectError::Overflow) => continue,
                     Err(e) => return Err(SendError::Connect(e)),
@@ -247,13 +253,40 @@ impl H1Pool {
             match self.evict_unusable(key, raw) {
                 Evicted::Closed => continue,
                 Evicted::Closing => {}
-                Evicted::Nothing => pending
-                    .enter(self.max_pending)
-                    .map_err(SendError::Connect)?,
+                Evicted::Nothing => {
+                    if let Some(mark) = self.first_mark(key) {
+                        return match self.connector.connect_first(key.addr, tls).await {
+                            Ok(io) => Ok(Got::Fresh(io.marked(mark))),
+                            Err(e) => Err(SendError::Connect(e)),
+                        };
+                    }
+                    pending
+                        .enter(self.max_pending)
+                        .map_err(SendError::Connect)?
+                }
             }
             // Returns and closes wake one waiter each.
             pending.wait().await;
         }
+    }
+
+    /// A clone of `key`'s mark, for a connection about to be dialled.
+    fn mark(&self, key: PoolKey) -> Arc<HostMark> {
+        self.state
+            .lock()
+            .unwrap()
+            .marks
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    /// [`mark`](Self::mark), only when the host has no connection (open, idle, or being
+    /// made).
+    fn first_mark(&self, key: PoolKey) -> Option<Arc<HostMark>> {
+        let mut st = self.state.lock().unwrap();
+        let mark = st.marks.entry(key).or_default();
+        HostMark::unused(mark).then(|| mark.clone())
     }
 
     /// Close one idle connection that a request of kind `raw` to `key` cannot use: the other
@@ -444,6 +477,8 @@ async fn reap(pool: Weak<H1Pool>, first: Duration) {
             stack.retain_mut(|i| keep(i.since, &i.wear, i.conn.is_usable()));
             !stack.is_empty()
         });
+        // Hosts left without connections (an EDS host that went away).
+        st.marks.retain(|_, m| !HostMark::unused(m));
         match next {
             // At least a tick: the coarse clock may not have reached the deadline yet.
             Some(d) => wait = d.saturating_sub(now).max(crate::clock::resolution()),
