@@ -590,3 +590,73 @@ async fn pseudo_header_matchers_route() {
         "c"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_redirects_follow_the_forwarded_scheme() {
+    // Istio's Gateway `tls.httpsRedirect`: a vhost with `require_tls: ALL` and no routes
+    // answers plaintext with a 301 to https; redirects without a scheme keep the request's
+    // (x-forwarded-proto from a trusted hop, as the connection manager leaves it).
+    let a = upstream("a").await;
+    let vh = json!([
+        {"name": "redir", "domains": ["gw.example.com", "gw.example.com:*"], "require_tls": "ALL"},
+        {"name": "app", "domains": ["*"], "routes": [
+            {"match": {"path": "/login"}, "route": {"cluster": "a", "prefix_rewrite": "/auth/login"}},
+            {"match": {"prefix": "/moved"}, "redirect": {"path_redirect": "/new"}}]}]);
+    let p = proxy(bootstrap(
+        vec![
+            listener(
+                "edge",
+                vh.clone(),
+                vec![],
+                json!({"use_remote_address": true}),
+            ),
+            listener("inner", vh, vec![], json!({})),
+        ],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let r = get(p.addr("edge"), "/x?y=1", &[("host", "gw.example.com")]).await;
+    assert_eq!(r.status, 301, "{}", r.body);
+    assert_eq!(r.header("location"), Some("https://gw.example.com/x?y=1"));
+    // At the edge the client's own x-forwarded-proto does not count.
+    let r = get(
+        p.addr("edge"),
+        "/x",
+        &[("host", "gw.example.com"), ("x-forwarded-proto", "https")],
+    )
+    .await;
+    assert_eq!(r.status, 301);
+    // Behind a trusted hop that terminated TLS, the request is https already: no redirect
+    // loop, and the vhost (no routes) answers 404.
+    let r = get(
+        p.addr("inner"),
+        "/x",
+        &[("host", "gw.example.com"), ("x-forwarded-proto", "https")],
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let moved = |xfp: &'static str| {
+        let addr = p.addr("inner");
+        async move {
+            get(
+                addr,
+                "/moved?k=v",
+                &[("host", "app.example.com"), ("x-forwarded-proto", xfp)],
+            )
+            .await
+            .header("location")
+            .map(str::to_string)
+        }
+    };
+    assert_eq!(
+        moved("https").await.as_deref(),
+        Some("https://app.example.com/new?k=v")
+    );
+    assert_eq!(
+        moved("http").await.as_deref(),
+        Some("http://app.example.com/new?k=v")
+    );
+    // An exact route's prefix_rewrite replaces the whole path and keeps the query.
+    let r = get(p.addr("inner"), "/login?next=%2F", &[]).await;
+    assert_eq!(r.json()["path"], "/auth/login?next=%2F");
+}

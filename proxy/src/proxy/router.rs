@@ -108,7 +108,11 @@ pub async fn forward(
             Flag::DownstreamConnectionTermination,
         )
     })?;
-    let idle = action.idle_timeout.or(down.stream_idle);
+    // A route's 0 disables the stream idle timeout, the connection manager's included.
+    let idle = action
+        .idle_timeout
+        .or(down.stream_idle)
+        .filter(|d| !d.is_zero());
     // The request's one precise clock read (the first attempt's timer starts from it too).
     let started = tokio::time::Instant::now();
     let timeout = down.timeout.unwrap_or_else(|| {

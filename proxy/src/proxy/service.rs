@@ -15,7 +15,7 @@ use super::ConnCtx;
 use crate::route::action::{split_host_port, Action, ClusterTarget, ForwardAction, WeightedTarget};
 use crate::route::headers::HeaderPolicy;
 use crate::route::matcher::Pseudo;
-use crate::route::{Route, RouteConfig, VirtualHost};
+use crate::route::{RequireTls, Route, RouteConfig, VirtualHost};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -159,6 +159,22 @@ fn request_host<'a>(
 }
 
 /// Pick the cluster of a forward action (weighted choice, cluster header).
+/// The request's scheme as Envoy's redirects and `require_tls` read it, from
+/// `x-forwarded-proto` as the connection manager leaves it: the connection's at the edge
+/// (`use_remote_address`, where the client's own is replaced), else a valid one the request
+/// brought, else the connection's.
+fn forwarded_proto(ctx: &ConnCtx, headers: &http::HeaderMap) -> &'static str {
+    let conn = if ctx.tls.is_some() { "https" } else { "http" };
+    if ctx.hcm.use_remote_address {
+        return conn;
+    }
+    match headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+        Some(v) if v.eq_ignore_ascii_case(b"https") => "https",
+        Some(v) if v.eq_ignore_ascii_case(b"http") => "http",
+        _ => conn,
+    }
+}
+
 fn choose_cluster<'a>(
     a: &'a ForwardAction,
     headers: &HeaderMap,
@@ -266,7 +282,27 @@ async fn route_request(
         path,
         scheme: if ctx.tls.is_some() { "https" } else { "http" },
     };
-    let Some((vh, route)) = rc.route(&host, path, req.headers(), &pseudo) else {
+    let Some(vh) = rc.select_vhost(&host) else {
+        ctx.stats.no_route.inc();
+        return no_route();
+    };
+    if vh.require_tls != RequireTls::None {
+        let internal = req
+            .headers()
+            .get("x-envoy-internal")
+            .is_some_and(|v| v == "true");
+        if vh.redirects_to_https(forwarded_proto(ctx, req.headers()), internal) {
+            // Envoy's `createSslRedirectPath`: the Host and path as they came.
+            let loc = format!("https://{host}{path}");
+            let mut r = Response::new(full(""));
+            *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            if let Ok(v) = HeaderValue::from_str(&loc) {
+                r.headers_mut().insert(http::header::LOCATION, v);
+            }
+            return r;
+        }
+    }
+    let Some(route) = vh.route(path, req.headers(), &pseudo) else {
         ctx.stats.no_route.inc();
         return no_route();
     };
@@ -380,7 +416,8 @@ async fn route_request(
             r
         }
         Action::Redirect(rd) => {
-            let loc = rd.location("http", &host, path, route.matched_prefix());
+            let scheme = forwarded_proto(ctx, req.headers());
+            let loc = rd.location(scheme, &host, path, route.matched_len(path));
             let mut r = Response::new(full(""));
             *r.status_mut() =
                 StatusCode::from_u16(rd.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);

@@ -40,7 +40,7 @@ pub(super) fn prepare_upstream_headers(
         h.entry(XFP).or_insert(scheme);
     }
     ensure_request_id(hcm, h);
-    if let Some(new) = a.rewrite_path(path, route.matched_prefix()) {
+    if let Some(new) = a.rewrite_path(path, route.matched_len(path)) {
         if !hcm.suppress_envoy_headers {
             if let Ok(v) = HeaderValue::from_str(path) {
                 h.insert(ORIGINAL_PATH, v);

@@ -2,7 +2,6 @@
 //! direct response.
 
 use super::headers::HeaderPolicy;
-use super::matcher::full_regex;
 use crate::config::{duration, opt_duration};
 use envoy_types::pb::envoy::config::route::v3 as rpb;
 use regex::Regex;
@@ -235,7 +234,8 @@ pub struct ForwardAction {
     pub host_rewrite: Option<String>,
     /// Whole-request timeout; `None` disables it (`timeout: 0s`). Envoy's default is 15 s.
     pub timeout: Option<Duration>,
-    /// Stream idle timeout for this route.
+    /// Stream idle timeout for this route; zero turns off the connection manager's too
+    /// (Envoy's `RouteAction.idle_timeout`).
     pub idle_timeout: Option<Duration>,
     /// Route-level retry policy.
     pub retry: Option<RetryPolicy>,
@@ -352,7 +352,7 @@ impl ForwardAction {
                 Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
                 None => Some(Duration::from_secs(15)),
             },
-            idle_timeout: opt_duration(&a.idle_timeout).filter(|d| !d.is_zero()),
+            idle_timeout: opt_duration(&a.idle_timeout),
             retry: a.retry_policy.as_ref().map(RetryPolicy::from_proto),
             hash_policy,
             max_grpc_timeout: opt_duration(&a.max_grpc_timeout),
@@ -361,23 +361,22 @@ impl ForwardAction {
                 .as_ref()
                 .map(super::stream_duration::StreamDuration::from_proto),
             mirrors: crate::proxy::mirror::MirrorPolicy::from_protos(&a.request_mirror_policies)?,
-            cluster_not_found: if a.cluster_not_found_response_code == 1 {
-                404
-            } else {
-                503
+            // Envoy's ClusterNotFoundResponseCode: SERVICE_UNAVAILABLE, NOT_FOUND,
+            // INTERNAL_SERVER_ERROR (Istio's choice for Gateway API routes).
+            cluster_not_found: match a.cluster_not_found_response_code {
+                1 => 404,
+                2 => 500,
+                _ => 503,
             },
         })
     }
 
-    /// Rewrite the path for this route. `matched_prefix` is the route's prefix, if any.
-    pub fn rewrite_path(
-        &self,
-        path_and_query: &str,
-        matched_prefix: Option<&str>,
-    ) -> Option<String> {
-        if let (Some(new), Some(prefix)) = (&self.prefix_rewrite, matched_prefix) {
+    /// Rewrite the path for this route. `matched` is how much of the path the route matched
+    /// ([`super::Route::matched_len`]).
+    pub fn rewrite_path(&self, path_and_query: &str, matched: usize) -> Option<String> {
+        if let Some(new) = &self.prefix_rewrite {
             // Case-insensitive routes match regardless of case, so cut by length.
-            let rest = path_and_query.get(prefix.len()..).unwrap_or("");
+            let rest = path_and_query.get(matched..).unwrap_or("");
             return Some(format!("{new}{rest}"));
         }
         if let Some((re, sub)) = &self.regex_rewrite {
@@ -494,8 +493,10 @@ impl Redirect {
             Some(P::PrefixRewrite(p)) => prefix = Some(p.clone()),
             Some(P::RegexRewrite(rr)) => {
                 let pat = rr.pattern.as_ref().ok_or("regex_rewrite without pattern")?;
+                // Unanchored, a global replace like the route action's (Envoy's
+                // `replaceAll`).
                 regex = Some((
-                    full_regex(&pat.regex)?,
+                    Regex::new(&pat.regex).map_err(|e| format!("regex_rewrite: {e}"))?,
                     envoy_substitution(&rr.substitution),
                 ));
             }
@@ -524,52 +525,54 @@ impl Redirect {
         })
     }
 
-    /// The Location for a request to `scheme://host` + `path_and_query`.
+    /// The Location for a request to `scheme://host` + `path_and_query`, of which the route
+    /// matched `matched` bytes ([`super::Route::matched_len`]), as Envoy's `newUri` builds it:
+    /// - the scheme is the redirect's, else the request's;
+    /// - the host is `host_redirect` verbatim, else the request's Host, whose port goes when
+    ///   a `port_redirect` is given or the scheme changes from one whose default port it is;
+    /// - a `port_redirect` is always written out;
+    /// - the query stays unless `strip_query`, or the `path_redirect` brings its own.
     pub fn location(
         &self,
         scheme: &str,
         host: &str,
         path_and_query: &str,
-        matched_prefix: Option<&str>,
+        matched: usize,
     ) -> String {
-        let scheme = self.scheme.as_deref().unwrap_or(scheme);
-        let (orig_host, orig_port) = split_host_port(host);
-        let host_part = self.host.as_deref().unwrap_or(orig_host);
-        let port = match self.port {
-            Some(p) => Some(p),
-            // A scheme change drops the old port; a host change keeps no port either.
-            None if self.scheme.is_some() || self.host.is_some() => None,
-            None => orig_port,
+        let new_scheme = self.scheme.as_deref().unwrap_or(scheme);
+        let host_part = match &self.host {
+            Some(h) => h.as_str(),
+            None => {
+                let (bare, port) = split_host_port(host);
+                let default_port =
+                    matches!((scheme, port), ("http", Some(80)) | ("https", Some(443)));
+                if self.port.is_some() || (new_scheme != scheme && default_port) {
+                    bare
+                } else {
+                    host
+                }
+            }
         };
-        let default_port = matches!((scheme, port), ("http", Some(80)) | ("https", Some(443)));
-        let authority = match port {
-            Some(p) if !default_port => format!("{host_part}:{p}"),
-            _ => host_part.to_string(),
-        };
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
         let (path, query) = match path_and_query.split_once('?') {
-            Some((p, q)) => (p.to_string(), Some(q)),
-            None => (path_and_query.to_string(), None),
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
         };
         let mut new_path = if let Some(p) = &self.path {
             p.clone()
-        } else if let (Some(pre), Some(m)) = (&self.prefix, matched_prefix) {
-            format!("{pre}{}", path.get(m.len()..).unwrap_or(""))
+        } else if let Some(pre) = &self.prefix {
+            format!("{pre}{}", path.get(matched..).unwrap_or(""))
         } else if let Some((re, sub)) = &self.regex {
-            re.replace_all(&path, sub.as_str()).into_owned()
+            re.replace_all(path, sub.as_str()).into_owned()
         } else {
-            path
+            path.to_string()
         };
-        // path_redirect may carry its own query; otherwise keep the original unless stripped.
-        if !new_path.contains('?') && !self.strip_query {
+        if !self.strip_query && !new_path.contains('?') {
             if let Some(q) = query {
                 new_path = format!("{new_path}?{q}");
             }
-        } else if self.strip_query {
-            if let Some(i) = new_path.find('?') {
-                new_path.truncate(i);
-            }
         }
-        format!("{scheme}://{authority}{new_path}")
+        format!("{new_scheme}://{host_part}{port}{new_path}")
     }
 }
 

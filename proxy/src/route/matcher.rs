@@ -220,15 +220,17 @@ impl QueryMatch {
         })
     }
 
-    /// Whether the first occurrence of the parameter in `query` matches.
+    /// Whether the first occurrence of the parameter in `query` matches. Names and values
+    /// are compared as they are written, escapes and `+` included: Envoy's route matching
+    /// parses the query without decoding it (`QueryParamsMulti::parseQueryString`).
     pub fn matches(&self, query: Option<&str>) -> bool {
         let Some(q) = query else { return false };
         for pair in q.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if percent_decode(k) == self.name {
+            if k == self.name {
                 return match &self.value {
                     None => true,
-                    Some(m) => m.matches(&percent_decode(v)),
+                    Some(m) => m.matches(v),
                 };
             }
         }
@@ -286,8 +288,14 @@ pub struct RouteMatch {
     grpc: bool,
     /// `runtime_fraction` (its default value; there is no runtime layer).
     fraction: Option<crate::proxy::fault::Percent>,
-    /// `tls_context.presented: true` can never match: listeners here are plaintext.
-    needs_tls: bool,
+    /// Conditions this proxy never meets, so the route never matches:
+    /// - `tls_context` `presented`/`validated: true` (not checked against the peer's
+    ///   certificate here);
+    /// - a `dynamic_metadata` matcher that is not inverted: no filter here writes dynamic
+    ///   metadata, and Envoy's matcher fails on metadata that is absent (`invert` flips it).
+    ///   Istio routes on JWT claims this way (`@request.auth.claims.*` header matches), and
+    ///   such a route must not take requests that carry no verified claim.
+    unmatchable: bool,
 }
 
 impl RouteMatch {
@@ -331,10 +339,10 @@ impl RouteMatch {
                 .runtime_fraction
                 .as_ref()
                 .map(|f| crate::proxy::fault::Percent::from_proto(f.default_value.as_ref())),
-            needs_tls: m.tls_context.as_ref().is_some_and(|t| {
+            unmatchable: m.tls_context.as_ref().is_some_and(|t| {
                 t.presented.as_ref().is_some_and(|p| p.value)
                     || t.validated.as_ref().is_some_and(|v| v.value)
-            }),
+            }) || m.dynamic_metadata.iter().any(|d| !d.invert),
         })
     }
 
@@ -370,7 +378,7 @@ impl RouteMatch {
             PathMatch::Regex(r) => r.is_match(path),
         };
         path_ok
-            && !self.needs_tls
+            && !self.unmatchable
             && (!self.grpc || is_grpc(headers))
             && self
                 .headers

@@ -73,11 +73,18 @@ pub struct Route {
 }
 
 impl Route {
-    /// The literal prefix of a prefix route (for prefix_rewrite).
-    pub fn matched_prefix(&self) -> Option<&str> {
+    /// How much of `path_and_query` the route matched, which `prefix_rewrite` replaces: the
+    /// prefix of a prefix route, the whole path (without the query) of an exact or regex
+    /// route, as in Envoy's `rewritePathHeader` of each route kind.
+    pub fn matched_len(&self, path_and_query: &str) -> usize {
+        let path_len = path_and_query
+            .find(['?', '#'])
+            .unwrap_or(path_and_query.len());
         match &self.matcher.path {
-            PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => Some(p),
-            _ => None,
+            PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => {
+                p.len().min(path_len)
+            }
+            PathMatch::Regex(_) => path_len,
         }
     }
 }
@@ -103,6 +110,45 @@ pub struct VirtualHost {
     pub attempt_count_in_response: bool,
     /// `request_mirror_policies`, for routes without their own.
     pub mirrors: Vec<MirrorPolicy>,
+    /// `require_tls`: which plaintext requests get a redirect to https instead of a route.
+    pub require_tls: RequireTls,
+}
+
+/// `VirtualHost.require_tls` (Istio's Gateway `tls.httpsRedirect` sets `ALL`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RequireTls {
+    /// No requirement.
+    #[default]
+    None,
+    /// Requests from outside (not marked `x-envoy-internal`) must be https.
+    ExternalOnly,
+    /// Every request must be https.
+    All,
+}
+
+impl VirtualHost {
+    /// Whether a request of `scheme` (as `x-forwarded-proto` says it, see Envoy's
+    /// `getRouteFromEntries`) gets a 301 to https before any route is looked at; `internal`
+    /// is whether the connection manager marked it `x-envoy-internal`.
+    pub fn redirects_to_https(&self, scheme: &str, internal: bool) -> bool {
+        match self.require_tls {
+            RequireTls::None => false,
+            RequireTls::ExternalOnly => scheme != "https" && !internal,
+            RequireTls::All => scheme != "https",
+        }
+    }
+
+    /// The first route that matches.
+    pub fn route(
+        &self,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+        pseudo: &matcher::Pseudo<'_>,
+    ) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(path_and_query, headers, pseudo))
+    }
 }
 
 /// A compiled `RouteConfiguration`.
@@ -212,11 +258,7 @@ impl RouteConfig {
         pseudo: &matcher::Pseudo<'_>,
     ) -> Option<(&VirtualHost, &Route)> {
         let vh = self.select_vhost(host)?;
-        let r = vh
-            .routes
-            .iter()
-            .find(|r| r.matcher.matches(path_and_query, headers, pseudo))?;
-        Some((vh, r))
+        Some((vh, vh.route(path_and_query, headers, pseudo)?))
     }
 }
 
@@ -243,6 +285,11 @@ impl VirtualHost {
             attempt_count_in_request: vh.include_request_attempt_count,
             attempt_count_in_response: vh.include_attempt_count_in_response,
             mirrors: MirrorPolicy::from_protos(&vh.request_mirror_policies)?,
+            require_tls: match vh.require_tls {
+                1 => RequireTls::ExternalOnly,
+                2 => RequireTls::All,
+                _ => RequireTls::None,
+            },
         })
     }
 }

@@ -106,10 +106,16 @@ fn string_and_query_matchers() {
     let qm = |v: serde_json::Value| {
         QueryMatch::from_proto(&from_json::<rpb::QueryParameterMatcher>(&v, true).unwrap()).unwrap()
     };
+    // As written, not decoded (Envoy's route matching parses the query raw).
     let q = qm(json!({"name": "k", "string_match": {"exact": "a b"}}));
-    assert!(q.matches(Some("x=1&k=a%20b")));
+    assert!(q.matches(Some("x=1&k=a b")));
+    assert!(!q.matches(Some("x=1&k=a%20b")));
+    assert!(!q.matches(Some("k=a+b")));
     assert!(!q.matches(Some("k=ab")));
     assert!(!q.matches(None));
+    let escaped = qm(json!({"name": "k", "string_match": {"exact": "a%2Fb"}}));
+    assert!(escaped.matches(Some("k=a%2Fb")));
+    assert!(!escaped.matches(Some("k=a/b")));
     assert!(qm(json!({"name": "flag", "present_match": true})).matches(Some("flag")));
 }
 
@@ -132,25 +138,103 @@ fn redirects_and_host_ports() {
     let redirect = |v: serde_json::Value| {
         Redirect::from_proto(&from_json::<rpb::RedirectAction>(&v, true).unwrap()).unwrap()
     };
+    let loc = |v: serde_json::Value, scheme: &str, host: &str, pq: &str, matched: usize| {
+        redirect(v).location(scheme, host, pq, matched)
+    };
+    // A scheme change drops the old scheme's default port, and only that.
     assert_eq!(
-        redirect(json!({"https_redirect": true})).location("http", "a.com:80", "/p?q", None),
+        loc(
+            json!({"https_redirect": true}),
+            "http",
+            "a.com:80",
+            "/p?q",
+            2
+        ),
         "https://a.com/p?q"
     );
     assert_eq!(
-        redirect(json!({"scheme_redirect": "https", "port_redirect": 8443}))
-            .location("http", "a.com", "/p", None),
+        loc(
+            json!({"https_redirect": true}),
+            "http",
+            "a.com:8080",
+            "/p",
+            2
+        ),
+        "https://a.com:8080/p"
+    );
+    // A port_redirect replaces the request's and is always written out.
+    assert_eq!(
+        loc(
+            json!({"scheme_redirect": "https", "port_redirect": 8443}),
+            "http",
+            "a.com:99",
+            "/p",
+            2
+        ),
         "https://a.com:8443/p"
     );
     assert_eq!(
-        redirect(json!({"prefix_rewrite": "/new", "strip_query": true})).location(
+        loc(json!({"port_redirect": 80}), "http", "a.com", "/p", 2),
+        "http://a.com:80/p"
+    );
+    // No scheme in the redirect: the request's (an https request stays https).
+    assert_eq!(
+        loc(json!({"path_redirect": "/n"}), "https", "a.com", "/p", 2),
+        "https://a.com/n"
+    );
+    // host_redirect is taken as it is, without the request's port.
+    assert_eq!(
+        loc(
+            json!({"host_redirect": "b.com"}),
+            "http",
+            "a.com:8080",
+            "/p",
+            2
+        ),
+        "http://b.com/p"
+    );
+    assert_eq!(
+        loc(
+            json!({"prefix_rewrite": "/new", "strip_query": true}),
             "http",
             "a.com:8080",
             "/old/x?q=1",
-            Some("/old")
+            4
         ),
         "http://a.com:8080/new/x"
     );
-    assert_eq!(redirect(json!({"regex_rewrite": {"pattern": {"regex": "^/(\\w+)/(\\w+)$"}, "substitution": "/\\2/\\1"}})).location("http", "h", "/a/b", None), "http://h/b/a");
+    // A path_redirect's own query is kept, strip_query or not.
+    assert_eq!(
+        loc(
+            json!({"path_redirect": "/n?x=1", "strip_query": true}),
+            "http",
+            "h",
+            "/p?q=2",
+            2
+        ),
+        "http://h/n?x=1"
+    );
+    assert_eq!(
+        loc(
+            json!({"regex_rewrite": {"pattern": {"regex": "^/(\\w+)/(\\w+)$"}, "substitution": "/\\2/\\1"}}),
+            "http",
+            "h",
+            "/a/b",
+            2
+        ),
+        "http://h/b/a"
+    );
+    // Unanchored, replacing every match, as the route action's regex_rewrite.
+    assert_eq!(
+        loc(
+            json!({"regex_rewrite": {"pattern": {"regex": "/foo/"}, "substitution": "/bar/"}}),
+            "http",
+            "h",
+            "/foo/x/foo/",
+            1
+        ),
+        "http://h/bar/x/bar/"
+    );
     assert_eq!(
         redirect(json!({"response_code": "PERMANENT_REDIRECT"})).status,
         308
@@ -215,4 +299,84 @@ fn grpc_timeout_header() {
     assert_eq!(p("S"), None);
     assert_eq!(p("1x"), None);
     assert_eq!(p(""), None);
+}
+
+#[test]
+fn prefix_rewrite_replaces_what_each_route_kind_matched() {
+    // Istio writes every VirtualService `rewrite.uri` as prefix_rewrite, whatever the match.
+    let c = rc(
+        json!({"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"path": "/login"}, "route": {"cluster": "x", "prefix_rewrite": "/auth/login"}},
+        {"match": {"path": "/CaSe", "case_sensitive": false}, "route": {"cluster": "x", "prefix_rewrite": "/c"}},
+        {"match": {"safe_regex": {"regex": "/v[0-9]+/users"}}, "route": {"cluster": "x", "prefix_rewrite": "/users"}},
+        {"match": {"prefix": "/old/"}, "route": {"cluster": "x", "prefix_rewrite": "/new/"}}]}]}),
+    );
+    let rewritten = |pq: &str| {
+        let (_, r) = c
+            .route("h", pq, &HeaderMap::new(), &Default::default())
+            .unwrap();
+        let Action::Forward(f) = &r.action else {
+            panic!("not forwarded")
+        };
+        f.rewrite_path(pq, r.matched_len(pq))
+    };
+    assert_eq!(
+        rewritten("/login?next=1").as_deref(),
+        Some("/auth/login?next=1")
+    );
+    assert_eq!(rewritten("/case").as_deref(), Some("/c"));
+    assert_eq!(rewritten("/v2/users?id=7").as_deref(), Some("/users?id=7"));
+    assert_eq!(rewritten("/old/x?q").as_deref(), Some("/new/x?q"));
+}
+
+#[test]
+fn dynamic_metadata_routes_and_missing_cluster_codes() {
+    // No filter here writes dynamic metadata: a claim-gated route (Istio's
+    // `@request.auth.claims` match) never matches, its inverted form always does.
+    let md = |invert: bool| {
+        json!([{"filter": "istio_authn", "path": [{"key": "request.auth.claims"}, {"key": "group"}],
+            "value": {"list_match": {"one_of": {"string_match": {"exact": "admin"}}}}, "invert": invert}])
+    };
+    let c = rc(
+        json!({"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/claims", "dynamic_metadata": md(false)}, "route": {"cluster": "admins"}},
+        {"match": {"prefix": "/not", "dynamic_metadata": md(true)}, "route": {"cluster": "others"}},
+        {"match": {"prefix": "/gw"}, "route": {"cluster": "gone", "cluster_not_found_response_code": "INTERNAL_SERVER_ERROR"}},
+        {"match": {"prefix": "/nf"}, "route": {"cluster": "gone", "cluster_not_found_response_code": "NOT_FOUND"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "rest"}}]}]}),
+    );
+    let forward = |path: &str| {
+        let (_, r) = c
+            .route("h", path, &HeaderMap::new(), &Default::default())
+            .unwrap();
+        match &r.action {
+            Action::Forward(f) => f.clone(),
+            _ => panic!("not forwarded"),
+        }
+    };
+    let cluster = |path: &str| match forward(path).target {
+        super::action::ClusterTarget::Name(n) => n.to_string(),
+        t => panic!("{t:?}"),
+    };
+    assert_eq!(cluster("/claims"), "rest");
+    assert_eq!(cluster("/not"), "others");
+    // Envoy's ClusterNotFoundResponseCode; Istio's Gateway API routes ask for 500.
+    assert_eq!(forward("/gw").cluster_not_found, 500);
+    assert_eq!(forward("/nf").cluster_not_found, 404);
+    assert_eq!(forward("/").cluster_not_found, 503);
+}
+
+#[test]
+fn require_tls_redirects_plaintext_before_any_route() {
+    let c = rc(json!({"virtual_hosts": [
+        {"name": "all", "domains": ["all.com"], "require_tls": "ALL"},
+        {"name": "ext", "domains": ["ext.com"], "require_tls": "EXTERNAL_ONLY", "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "x"}}]},
+        {"name": "none", "domains": ["*"], "routes": []}]}));
+    let vh = |h: &str| c.select_vhost(h).unwrap();
+    assert!(vh("all.com").redirects_to_https("http", true));
+    assert!(!vh("all.com").redirects_to_https("https", false));
+    assert!(vh("ext.com").redirects_to_https("http", false));
+    assert!(!vh("ext.com").redirects_to_https("http", true), "internal");
+    assert!(!vh("other").redirects_to_https("http", false));
 }
