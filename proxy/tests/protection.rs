@@ -244,6 +244,43 @@ async fn outlier_detection_ejects_a_failing_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_overflows_do_not_eject_hosts() {
+    // Istio's circuit-breaking shape: a small connection pool and outlier detection on one
+    // DestinationRule, with the panic threshold at 0. Overflows (503 UO) say the cluster is
+    // busy, not that the host failed; counting them would eject the one healthy host and
+    // turn every request into 503 UH.
+    let a = upstream("a").await;
+    let opts = json!({
+        "circuit_breakers": {"thresholds": [{"max_connections": 1, "max_pending_requests": 1}]},
+        "outlier_detection": {"consecutive_5xx": 1, "consecutive_gateway_failure": 1,
+            "enforcing_consecutive_gateway_failure": 100, "base_ejection_time": "60s",
+            "max_ejection_percent": 100, "interval": "1s"},
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}}});
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "c", "timeout": "0s"}}]);
+    let p = routes_proxy(routes, json!({}), vec![cluster("c", &[a.addr], opts)]).await;
+    let addr = p.addr("l");
+    let held = tokio::spawn(async move { get(addr, "/", &[("x-test-hold", "1")]).await });
+    wait_hits(&a, 1).await;
+    let queued = tokio::spawn(async move { get(addr, "/", &[]).await });
+    wait_until("the second request never queued", || {
+        p.stat("cluster.c.upstream_rq_pending_active") == 1
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/", &[]).await.status, 503, "overflow");
+    }
+    assert_eq!(p.stat("cluster.c.upstream_rq_pending_overflow"), 3);
+    let done = release_all(&a, vec![held, queued]).await;
+    assert_eq!((done[0].status, done[1].status), (200, 200));
+    assert_eq!(
+        p.stat("cluster.c.outlier_detection.ejections_enforced_total"),
+        0
+    );
+    let r = get(addr, "/", &[]).await;
+    assert_eq!(r.status, 200, "the host still serves: {}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_panic_threshold_decides_whether_ejected_hosts_take_traffic() {
     // One host, ejected after one 5xx. With Envoy's default threshold (50%) the cluster is in
     // panic and the ejected host still takes traffic; with 0 (what Istio writes for a

@@ -313,7 +313,14 @@ pub async fn forward(
             Err(e) => {
                 drop(guard);
                 let global_expired = global_expired();
-                cluster.record_result(&host, None);
+                // An overflow says the cluster is overloaded, not that the host failed:
+                // ejecting hosts for it would make the overload worse (Envoy's
+                // `onUpstreamReset` skips the outlier detector for a dropped request).
+                let dropped = matches!(&e, AttemptError::Connect(r)
+                    if r.flags.contains(&Flag::UpstreamOverflow));
+                if !dropped {
+                    cluster.record_result(&host, None);
+                }
                 let (reply, retriable) = match e {
                     AttemptError::Connect(r) => {
                         let retriable = r.flags.contains(&Flag::UpstreamConnectionFailure)
