@@ -5,7 +5,6 @@ use crate::cluster::connector::BoxError;
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -113,126 +112,6 @@ impl Body for DownstreamBody {
     }
     fn is_end_stream(&self) -> bool {
         self.inner.as_ref().is_none_or(Body::is_end_stream)
-    }
-}
-
-/// Envoy buffers request bodies up to this size so it can retry (its default buffer limit).
-pub const RETRY_BUFFER_LIMIT: usize = 1024 * 1024;
-
-/// A downstream request body prepared for forwarding.
-pub enum RequestBody {
-    /// Fully buffered (or empty): can be sent any number of times.
-    Replayable(Bytes, Option<http::HeaderMap>),
-    /// Too large to buffer: the buffered prefix plus the rest of the stream; sent once.
-    Streaming(Option<BoxBody>),
-}
-
-impl RequestBody {
-    /// Buffer `body` up to [`RETRY_BUFFER_LIMIT`] when `want_replay`, else stream it.
-    pub async fn prepare(body: DownstreamBody, want_replay: bool) -> Result<Self, BoxError> {
-        if !want_replay {
-            return Ok(RequestBody::Streaming(Some(boxed(body))));
-        }
-        if body.is_end_stream() {
-            return Ok(RequestBody::Replayable(Bytes::new(), None));
-        }
-        let mut body = body;
-        let mut chunks: VecDeque<Bytes> = VecDeque::new();
-        let mut size = 0usize;
-        loop {
-            match body.frame().await {
-                None => {
-                    let mut all = Vec::with_capacity(size);
-                    chunks.iter().for_each(|c| all.extend_from_slice(c));
-                    return Ok(RequestBody::Replayable(all.into(), None));
-                }
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(f)) => match f.into_data() {
-                    Ok(d) => {
-                        size += d.len();
-                        chunks.push_back(d);
-                        if size > RETRY_BUFFER_LIMIT {
-                            let rest = Prefixed {
-                                prefix: chunks,
-                                rest: body,
-                            };
-                            return Ok(RequestBody::Streaming(Some(boxed(rest))));
-                        }
-                    }
-                    Err(f) => {
-                        // Trailers end the body (gRPC clients rarely send them).
-                        let mut all = Vec::with_capacity(size);
-                        chunks.iter().for_each(|c| all.extend_from_slice(c));
-                        return Ok(RequestBody::Replayable(all.into(), f.into_trailers().ok()));
-                    }
-                },
-            }
-        }
-    }
-
-    /// The body for the next attempt; `None` once a streaming body was used.
-    pub fn take(&mut self) -> Option<BoxBody> {
-        match self {
-            RequestBody::Replayable(b, None) => Some(full(b.clone())),
-            RequestBody::Replayable(b, Some(t)) => {
-                let frames = VecDeque::from([Frame::data(b.clone()), Frame::trailers(t.clone())]);
-                Some(Frames(frames).boxed_unsync())
-            }
-            RequestBody::Streaming(b) => b.take(),
-        }
-    }
-
-    /// Whether another attempt can be made.
-    pub fn replayable(&self) -> bool {
-        matches!(self, RequestBody::Replayable(..))
-    }
-}
-
-/// A body made of ready frames (data then trailers).
-struct Frames(VecDeque<Frame<Bytes>>);
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.0.pop_front().map(Ok))
-    }
-    fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-struct Prefixed {
-    prefix: VecDeque<Bytes>,
-    rest: DownstreamBody,
-}
-
-impl Body for Prefixed {
-    type Data = Bytes;
-    type Error = hyper::Error;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(c) = self.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(c))));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-    fn size_hint(&self) -> SizeHint {
-        let mut h = self.rest.size_hint();
-        let p: u64 = self.prefix.iter().map(|c| c.len() as u64).sum();
-        h.set_lower(h.lower() + p);
-        if let Some(u) = h.upper() {
-            h.set_upper(u + p);
-        }
-        h
-    }
-    fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.rest.is_end_stream()
     }
 }
 

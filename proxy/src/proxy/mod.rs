@@ -18,6 +18,7 @@ pub mod hop_by_hop;
 pub mod local_reply;
 pub mod mirror;
 pub mod path_norm;
+pub mod request_body;
 pub mod router;
 mod running;
 pub mod service;

@@ -1,9 +1,10 @@
 //! The router filter: host selection, upstream request, timeouts and Envoy's retry semantics.
 
 use super::attempt::{build_request, send, AttemptError};
-use super::body::{BoxBody, Guarded, RequestBody};
+use super::body::{BoxBody, Guarded};
 use super::hop_by_hop::strip_hop_by_hop;
 use super::local_reply::{Flag, LocalReply};
+use super::request_body::RequestBody;
 use super::service::ActiveGauge;
 use crate::cluster::host::{ActiveRequest, Host};
 use crate::cluster::{Cluster, Discovery};
@@ -101,13 +102,9 @@ pub async fn forward(
         return Err(LocalReply::reset("overflow", Flag::UpstreamOverflow));
     }
     let retries = retry.map(|r| r.num_retries).unwrap_or(0);
-    let mut body = RequestBody::prepare(body, retries > 0).await.map_err(|e| {
-        LocalReply::new(
-            400,
-            format!("bad request body: {e}"),
-            Flag::DownstreamConnectionTermination,
-        )
-    })?;
+    // Streamed to the first attempt at once, and recorded for retries (never read whole
+    // first: see `request_body`).
+    let mut body = RequestBody::new(body, retries > 0);
     // A route's 0 disables the stream idle timeout, the connection manager's included.
     let idle = action
         .idle_timeout
