@@ -280,6 +280,69 @@ async fn circuit_breaker_overflows_do_not_eject_hosts() {
     assert_eq!(r.status, 200, "the host still serves: {}", r.body);
 }
 
+/// An HTTP/2 upstream whose every answer is gRPC's trailers-only form with `code`.
+async fn grpc_upstream(code: u32) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    let resp = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", code.to_string())
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_host_answering_unavailable_is_ejected() {
+    // Trailers-only UNAVAILABLE is HTTP 200 on the wire; Envoy's outlier detector reads it
+    // as 503.
+    let (failing, healthy) = (grpc_upstream(14).await, grpc_upstream(0).await);
+    let od = json!({"http2_protocol_options": {},
+        "outlier_detection": {"consecutive_5xx": 2, "base_ejection_time": "60s",
+            "max_ejection_percent": 100, "interval": "1s"}});
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "g"}}]);
+    let p = routes_proxy(
+        routes,
+        json!({}),
+        vec![cluster("g", &[failing, healthy], od)],
+    )
+    .await;
+    let addr = p.addr("l");
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let r = get(
+            addr,
+            "/pkg.Svc/Call",
+            &[("content-type", "application/grpc")],
+        )
+        .await;
+        codes.push(r.header("grpc-status").unwrap_or("-").to_string());
+    }
+    assert_eq!(
+        codes.iter().filter(|c| *c == "14").count(),
+        2,
+        "the failing host is ejected after two UNAVAILABLE: {codes:?}"
+    );
+    assert_eq!(
+        p.stat("cluster.g.outlier_detection.ejections_enforced_total"),
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_panic_threshold_decides_whether_ejected_hosts_take_traffic() {
     // One host, ejected after one 5xx. With Envoy's default threshold (50%) the cluster is in

@@ -178,6 +178,25 @@ pub fn grpc_status_of(http: u16) -> u32 {
     }
 }
 
+/// The HTTP status Envoy reads a gRPC status as (`Grpc::Utility::grpcToHttpStatus`): what its
+/// router gives the outlier detector for a trailers-only gRPC response.
+pub fn http_status_of_grpc(code: u32) -> u16 {
+    match code {
+        0 => 200,          // OK
+        1 => 499,          // CANCELLED
+        3 | 9 | 11 => 400, // INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE
+        4 => 504,          // DEADLINE_EXCEEDED
+        5 => 404,          // NOT_FOUND
+        6 | 10 => 409,     // ALREADY_EXISTS, ABORTED
+        7 => 403,          // PERMISSION_DENIED
+        8 => 429,          // RESOURCE_EXHAUSTED
+        12 => 501,         // UNIMPLEMENTED
+        14 => 503,         // UNAVAILABLE
+        16 => 401,         // UNAUTHENTICATED
+        _ => 500,          // UNKNOWN, INTERNAL, DATA_LOSS, and codes gRPC does not define
+    }
+}
+
 /// `grpc-message` is percent-encoded (gRPC's PROTOCOL-HTTP2): bytes outside 0x20..=0x7e and
 /// `%` itself.
 fn grpc_message(text: &str) -> String {

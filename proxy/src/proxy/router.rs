@@ -256,7 +256,18 @@ pub async fn forward(
                         return Ok(Response::from_parts(rp, super::body::full("")));
                     }
                 }
-                cluster.record_result(&host, Some(status));
+                // A trailers-only gRPC answer counts as its gRPC status reads in HTTP (a
+                // pod answering UNAVAILABLE is failing, though its HTTP status is 200), as
+                // Envoy's router reports it to the outlier detector.
+                let outlier_status = if down.grpc {
+                    resp.headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .map_or(status, super::local_reply::http_status_of_grpc)
+                } else {
+                    status
+                };
+                cluster.record_result(&host, Some(outlier_status));
                 stats.response(status);
                 // Looked up only when a retry policy could read it.
                 let retriable = retry.is_some_and(|r| {
