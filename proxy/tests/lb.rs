@@ -114,6 +114,68 @@ async fn consistent_hashing_is_sticky_and_spreads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_policy_with_a_ttl_makes_the_sticky_cookie() {
+    // Istio's sticky sessions (`consistentHash.httpCookie` with a ttl): the first request has
+    // no cookie, gets one in Set-Cookie, and the requests that bring it back stay on the host
+    // the first one went to.
+    let ups = [
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    ];
+    let hosts: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let routes = json!([
+        {"match": {"prefix": "/session"}, "route": {"cluster": "ring", "hash_policy": [
+            {"cookie": {"name": "sticky", "ttl": "0s"}}]}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "ring", "hash_policy": [
+            {"cookie": {"name": "user", "ttl": "3600s", "path": "/",
+                "attributes": [{"name": "SameSite", "value": "Lax"}]}}]}}]);
+    let p = proxy(bootstrap(
+        vec![listener("l", vh(routes), vec![], json!({}))],
+        vec![cluster("ring", &hosts, json!({"lb_policy": "RING_HASH"}))],
+    ))
+    .await;
+    let addr = p.addr("l");
+    for round in 0..4 {
+        let first = get(addr, "/", &[]).await;
+        let set = first
+            .header("set-cookie")
+            .expect("no cookie made")
+            .to_string();
+        let value = set
+            .strip_prefix("user=\"")
+            .and_then(|v| v.split_once('"'))
+            .map(|(v, rest)| {
+                assert_eq!(rest, "; Max-Age=3600; Path=/; SameSite=Lax; HttpOnly");
+                v.to_string()
+            })
+            .unwrap_or_else(|| panic!("{set}"));
+        assert_eq!(value.len(), 16, "{set}");
+        // As a browser sends it back (quoted), and bare.
+        for cookie in [format!("user=\"{value}\""), format!("x=1; user={value}")] {
+            let m = count(addr, "/", 5, &[("cookie", &cookie)]).await;
+            assert_eq!(
+                m.into_keys().collect::<Vec<_>>(),
+                [first.upstream()],
+                "round {round}: {cookie}"
+            );
+        }
+        let again = get(addr, "/", &[("cookie", &format!("user={value}"))]).await;
+        assert_eq!(
+            again.header("set-cookie"),
+            None,
+            "the cookie came: none made"
+        );
+    }
+    let session = get(addr, "/session", &[]).await;
+    let set = session.header("set-cookie").unwrap();
+    assert!(
+        set.starts_with("sticky=\"") && set.ends_with("\"; HttpOnly"),
+        "a session cookie has no Max-Age: {set}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_avoids_the_busy_host() {
     let (a, b) = (upstream("a").await, upstream("b").await);
     let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "lr", "timeout": "0s"}}]);

@@ -1,9 +1,9 @@
 //! Consistent hashing: hash-policy evaluation, the ring (RING_HASH) and the Maglev table.
 
 use crate::cluster::host::Host;
-use crate::route::action::{HashKey, HashPolicy};
+use crate::route::action::{CookieKey, HashKey, HashPolicy};
 use std::hash::{Hash, Hasher};
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// A stable 64-bit hash (SipHash with fixed keys, so every process agrees).
@@ -14,13 +14,27 @@ pub fn hash64(data: &[u8]) -> u64 {
     h.finish()
 }
 
+/// What hash policies read besides the headers: the query, and the connection's addresses
+/// (the client's, and the local one, which a made-up cookie is derived from).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inputs<'a> {
+    /// The request's query.
+    pub query: Option<&'a str>,
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+    /// The connection's local (original destination) address.
+    pub local: Option<SocketAddr>,
+}
+
 /// Evaluate the route's hash policies. Envoy combines several hashes by rotating the
 /// accumulated value left by one bit and xoring; a terminal policy that produced a hash stops.
+/// A cookie policy with a `ttl` whose cookie the request lacks makes one up: its value is
+/// hashed, and `set_cookie` gets the `Set-Cookie` value for the response.
 pub fn compute(
     policies: &[HashPolicy],
     headers: &http::HeaderMap,
-    query: Option<&str>,
-    source: Option<IpAddr>,
+    inputs: Inputs<'_>,
+    set_cookie: &mut Option<String>,
 ) -> Option<u64> {
     let mut acc: Option<u64> = None;
     for p in policies {
@@ -29,9 +43,16 @@ pub fn compute(
                 let vals: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
                 (!vals.is_empty()).then(|| hash64(&vals.join(&b","[..])))
             }
-            HashKey::Cookie(name) => cookie(headers, name).map(|v| hash64(v.as_bytes())),
-            HashKey::SourceIp => source.map(|ip| hash64(ip.to_string().as_bytes())),
-            HashKey::Query(name) => query.and_then(|q| {
+            HashKey::Cookie(c) => match cookie(headers, &c.name) {
+                Some(v) => Some(hash64(v.as_bytes())),
+                None => c.ttl.map(|ttl| {
+                    let value = made_up_cookie(inputs);
+                    *set_cookie = Some(set_cookie_value(c, &value, ttl));
+                    hash64(value.as_bytes())
+                }),
+            },
+            HashKey::SourceIp => inputs.peer.map(|a| hash64(a.ip().to_string().as_bytes())),
+            HashKey::Query(name) => inputs.query.and_then(|q| {
                 q.split('&')
                     .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
                     .find(|(k, _)| k == name)
@@ -51,11 +72,43 @@ pub fn compute(
     acc
 }
 
+/// A cookie value for a client without one, from the connection's two addresses as Envoy
+/// derives it (16 hex digits of a hash of both), so one client connection gets one value.
+fn made_up_cookie(inputs: Inputs<'_>) -> String {
+    let from = inputs.peer.map(|a| a.to_string()).unwrap_or_default();
+    let to = inputs.local.map(|a| a.to_string()).unwrap_or_default();
+    format!("{:016x}", hash64(format!("{from}{to}").as_bytes()))
+}
+
+/// Envoy's `makeSetCookieValue`: the value quoted, `Max-Age` unless a session cookie, the
+/// path, the attributes, and `HttpOnly`.
+fn set_cookie_value(c: &CookieKey, value: &str, ttl: std::time::Duration) -> String {
+    let mut out = format!("{}=\"{value}\"", c.name);
+    if !ttl.is_zero() {
+        out.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+    }
+    if !c.path.is_empty() {
+        out.push_str(&format!("; Path={}", c.path));
+    }
+    for a in &c.attributes {
+        out.push_str("; ");
+        out.push_str(a);
+    }
+    out.push_str("; HttpOnly");
+    out
+}
+
+/// The value of cookie `name`, without the double quotes it may be wrapped in (RFC 6265
+/// §4.1.1, as Envoy reads it).
 fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
     for v in headers.get_all(http::header::COOKIE) {
         for part in v.to_str().ok()?.split(';') {
             if let Some((k, val)) = part.trim().split_once('=') {
                 if k == name {
+                    let val = val
+                        .strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .unwrap_or(val);
                     return Some(val.to_string());
                 }
             }

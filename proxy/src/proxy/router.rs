@@ -124,15 +124,17 @@ pub async fn forward(
     let pq = parts.uri.path_and_query().cloned();
     let path: &str = pq.as_ref().map_or("/", |p| p.as_str());
     let query: Option<&str> = pq.as_ref().and_then(|p| p.query());
+    // A made-up hash cookie for the response (`Set-Cookie`), when a policy made one.
+    let mut set_cookie = None;
     let hash = if action.hash_policy.is_empty() {
         None
     } else {
-        hash::compute(
-            &action.hash_policy,
-            &parts.headers,
+        let inputs = hash::Inputs {
             query,
-            Some(down.peer.ip()),
-        )
+            peer: Some(down.peer),
+            local: Some(down.original_dst),
+        };
+        hash::compute(&action.hash_policy, &parts.headers, inputs, &mut set_cookie)
     };
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 0u32;
@@ -294,6 +296,12 @@ pub async fn forward(
                 in_retry.release();
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
+                if let Some(c) = set_cookie
+                    .take()
+                    .and_then(|c| HeaderValue::try_from(c).ok())
+                {
+                    rp.headers.append(http::header::SET_COOKIE, c);
+                }
                 if down.envoy_headers {
                     const SERVICE_TIME: HeaderName =
                         HeaderName::from_static("x-envoy-upstream-service-time");

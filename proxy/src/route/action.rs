@@ -59,12 +59,27 @@ pub enum ClusterTarget {
 pub enum HashKey {
     /// Hash a request header.
     Header(http::HeaderName),
-    /// Hash a cookie's value.
-    Cookie(String),
+    /// Hash a cookie's value, or make one up (see [`CookieKey`]).
+    Cookie(CookieKey),
     /// Hash the downstream source IP.
     SourceIp,
     /// Hash a query parameter.
     Query(String),
+}
+
+/// Envoy's cookie hash policy (Istio's `consistentHash.httpCookie`): the cookie's value is
+/// hashed; a request without the cookie gets one made up when `ttl` is set, sent back in
+/// `Set-Cookie` so that the client's next requests stick to the same host.
+#[derive(Debug, Clone)]
+pub struct CookieKey {
+    /// The cookie's name.
+    pub name: String,
+    /// `ttl`: `Some` makes a cookie when the request has none; zero makes a session cookie.
+    pub ttl: Option<Duration>,
+    /// `path` of a made-up cookie (none when empty).
+    pub path: String,
+    /// `attributes` of a made-up cookie, as written after its `;` (`name=value` or `name`).
+    pub attributes: Vec<String>,
 }
 
 /// A hash policy entry and whether it is terminal.
@@ -322,24 +337,38 @@ impl ForwardAction {
             }
             None => None,
         };
-        let hash_policy = a
-            .hash_policy
-            .iter()
-            .filter_map(|h| {
-                use rpb::route_action::hash_policy::PolicySpecifier as P;
-                let key = match h.policy_specifier.as_ref()? {
-                    P::Header(hd) => HashKey::Header(header_name(&hd.header_name).ok()?),
-                    P::Cookie(c) => HashKey::Cookie(c.name.clone()),
-                    P::ConnectionProperties(c) if c.source_ip => HashKey::SourceIp,
-                    P::QueryParameter(q) => HashKey::Query(q.name.clone()),
-                    _ => return None,
-                };
-                Some(HashPolicy {
-                    key,
-                    terminal: h.terminal,
+        let hash_policy =
+            a.hash_policy
+                .iter()
+                .filter_map(|h| {
+                    use rpb::route_action::hash_policy::PolicySpecifier as P;
+                    let key = match h.policy_specifier.as_ref()? {
+                        P::Header(hd) => HashKey::Header(header_name(&hd.header_name).ok()?),
+                        P::Cookie(c) => HashKey::Cookie(CookieKey {
+                            name: c.name.clone(),
+                            ttl: c.ttl.as_ref().map(|t| {
+                                Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
+                            }),
+                            path: c.path.clone(),
+                            attributes: c
+                                .attributes
+                                .iter()
+                                .map(|a| match a.value.as_str() {
+                                    "" => a.name.clone(),
+                                    v => format!("{}={v}", a.name),
+                                })
+                                .collect(),
+                        }),
+                        P::ConnectionProperties(c) if c.source_ip => HashKey::SourceIp,
+                        P::QueryParameter(q) => HashKey::Query(q.name.clone()),
+                        _ => return None,
+                    };
+                    Some(HashPolicy {
+                        key,
+                        terminal: h.terminal,
+                    })
                 })
-            })
-            .collect();
+                .collect();
         Ok(ForwardAction {
             target,
             prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
