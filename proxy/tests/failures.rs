@@ -264,6 +264,62 @@ async fn retries_timeouts_and_failure_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_conditions_istio_can_name() {
+    // `retryOn` values Istio accepts besides the common ones: each retries what it names and
+    // nothing else. One try more shows as one upstream hit more.
+    let a = upstream("a").await;
+    let route = |prefix: &str, r: serde_json::Value| json!({"match": {"prefix": prefix}, "route": {"cluster": "a", "retry_policy": r}});
+    let routes = json!([
+        route("/4xx", retry("retriable-4xx", 1, json!({}))),
+        route("/5xx", retry("5xx", 1, json!({}))),
+        route("/limited", retry("envoy-ratelimited", 1, json!({}))),
+        route(
+            "/headers",
+            retry(
+                "retriable-headers",
+                1,
+                json!({"retriable_headers": [{"name": "x-try-again", "present_match": true}]})
+            )
+        ),
+        route("/internal", retry("internal", 1, json!({}))),
+    ]);
+    let p = routes_proxy(routes, json!({}), vec![cluster("a", &[a.addr], json!({}))]).await;
+    let addr = p.addr("l");
+    let tries = |path: &'static str, headers: Vec<(&'static str, &'static str)>| {
+        let a = &a;
+        async move {
+            let before = a.hits();
+            get(addr, path, &headers).await;
+            a.hits() - before
+        }
+    };
+    let status = |s: &'static str| ("x-test-status", s);
+    let answer_with = |h: &'static str| ("x-test-response-header", h);
+    assert_eq!(tries("/4xx", vec![status("409")]).await, 2, "409");
+    assert_eq!(tries("/4xx", vec![status("404")]).await, 1, "only 409");
+    // A 5xx the upstream's rate limiter marked is retried only under envoy-ratelimited.
+    assert_eq!(tries("/5xx", vec![status("503")]).await, 2);
+    let limited = answer_with("x-envoy-ratelimited: true");
+    assert_eq!(tries("/5xx", vec![status("503"), limited]).await, 1);
+    assert_eq!(tries("/limited", vec![status("429"), limited]).await, 2);
+    assert_eq!(tries("/limited", vec![status("429")]).await, 1);
+    assert_eq!(
+        tries("/headers", vec![answer_with("x-try-again: 1")]).await,
+        2
+    );
+    assert_eq!(tries("/headers", vec![]).await, 1);
+    assert_eq!(
+        tries("/internal", vec![answer_with("grpc-status: 13")]).await,
+        2,
+        "gRPC INTERNAL"
+    );
+    assert_eq!(
+        tries("/internal", vec![answer_with("grpc-status: 14")]).await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_headers_count_only_from_internal_clients() {
     let up = upstream("up").await;
     let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]);

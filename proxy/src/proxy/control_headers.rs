@@ -22,12 +22,13 @@ const RETRY_ON: &str = "x-envoy-retry-on";
 const RETRY_GRPC_ON: &str = "x-envoy-retry-grpc-on";
 const MAX_RETRIES: &str = "x-envoy-max-retries";
 const RETRIABLE_CODES: &str = "x-envoy-retriable-status-codes";
+const RETRIABLE_HEADER_NAMES: &str = "x-envoy-retriable-header-names";
 const INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
 
 /// Stripped from requests that are not internal.
 const CONTROL: [&str; 14] = [
     RETRIABLE_CODES,
-    "x-envoy-retriable-header-names",
+    RETRIABLE_HEADER_NAMES,
     RETRY_ON,
     RETRY_GRPC_ON,
     MAX_RETRIES,
@@ -140,11 +141,12 @@ pub fn take(headers: &mut HeaderMap, route: Option<&RetryPolicy>) -> Overrides {
     let per_try = millis(take(PER_TRY));
     let (on, grpc_on) = (take(RETRY_ON), take(RETRY_GRPC_ON));
     let (max, codes) = (take(MAX_RETRIES), take(RETRIABLE_CODES));
+    let header_names = take(RETRIABLE_HEADER_NAMES);
     // The route's policy, or Envoy's default for retries the headers enable.
     let base = || route.cloned().unwrap_or_else(RetryPolicy::header_default);
     let mut retry = None;
-    if on.is_some() || grpc_on.is_some() || (route.is_some() && (max.is_some() || codes.is_some()))
-    {
+    let tunes_route = max.is_some() || codes.is_some() || header_names.is_some();
+    if on.is_some() || grpc_on.is_some() || (route.is_some() && tunes_route) {
         let mut p = base();
         if let Some(on) = &on {
             p.on.add_http(on);
@@ -161,6 +163,15 @@ pub fn take(headers: &mut HeaderMap, route: Option<&RetryPolicy>) -> Overrides {
                     .iter()
                     .flat_map(|c| c.split(','))
                     .filter_map(|c| c.trim().parse::<u16>().ok()),
+            );
+            // Each name a presence test, for `retriable-headers`.
+            p.retriable_headers.extend(
+                header_names
+                    .iter()
+                    .flat_map(|n| n.split(','))
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .filter_map(|n| crate::route::matcher::HeaderMatch::present(n).ok()),
             );
         }
         retry = Some(p);
@@ -266,5 +277,21 @@ mod tests {
         // The retry-on header alone retries once.
         let mut h = headers(&[("x-envoy-retry-on", "5xx")]);
         assert_eq!(take(&mut h, None).retry.unwrap().num_retries, 1);
+        // Retriable header names: each a presence test.
+        let mut h = headers(&[
+            ("x-envoy-retry-on", "retriable-headers"),
+            ("x-envoy-retriable-header-names", "x-a, x-b"),
+        ]);
+        let p = take(&mut h, None).retry.unwrap();
+        assert!(h.is_empty(), "consumed: {h:?}");
+        let answer = |k: &str| {
+            let mut r = HeaderMap::new();
+            r.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+            p.retry_response(200, &r)
+        };
+        assert!(answer("x-a") && answer("x-b") && !answer("x-c"));
     }
 }

@@ -272,15 +272,7 @@ pub async fn forward(
                 cluster.record_result(&host, Some(outlier_status));
                 stats.response(status);
                 // Looked up only when a retry policy could read it.
-                let retriable = retry.is_some_and(|r| {
-                    const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-                    let grpc = resp
-                        .headers()
-                        .get(GRPC_STATUS)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok());
-                    r.retry_status(status, grpc)
-                });
+                let retriable = retry.is_some_and(|r| r.retry_response(status, resp.headers()));
                 if retriable
                     && can_retry(global_expired())
                     && next_retry(&cluster, retry.unwrap(), attempt, &mut in_retry).await

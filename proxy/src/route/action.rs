@@ -106,9 +106,19 @@ pub struct RetryOn {
     pub reset: bool,
     /// Status in `retriable_status_codes`.
     pub retriable_status_codes: bool,
-    /// gRPC `unavailable` / `cancelled` / `deadline-exceeded` / `resource-exhausted`.
-    pub grpc: [bool; 4],
+    /// `retriable-4xx`: 409.
+    pub retriable_4xx: bool,
+    /// `envoy-ratelimited`: a response marked `x-envoy-ratelimited` (never retried without).
+    pub envoy_ratelimited: bool,
+    /// `retriable-headers`: a response header matches one of the policy's.
+    pub retriable_headers: bool,
+    /// gRPC `unavailable` / `cancelled` / `deadline-exceeded` / `resource-exhausted` /
+    /// `internal`.
+    pub grpc: [bool; 5],
 }
+
+/// gRPC status codes of [`RetryOn::grpc`], in order.
+const GRPC_RETRY_CODES: [u32; 5] = [14, 1, 4, 8, 13];
 
 /// `RetryPolicy`.
 #[derive(Debug, Clone)]
@@ -121,6 +131,9 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<Duration>,
     /// Status codes for `retriable-status-codes`.
     pub status_codes: Vec<u16>,
+    /// `retriable_headers`, for `retriable-headers` (and the request's
+    /// `x-envoy-retriable-header-names`).
+    pub retriable_headers: Vec<super::matcher::HeaderMatch>,
     /// `envoy.retry_host_predicates.previous_hosts`: do not pick a host tried before.
     pub skip_previous_hosts: bool,
     /// How often host selection may be redone to avoid a previous host.
@@ -142,6 +155,9 @@ impl RetryOn {
                 "refused-stream" => self.refused_stream = true,
                 "reset" => self.reset = true,
                 "retriable-status-codes" => self.retriable_status_codes = true,
+                "retriable-4xx" => self.retriable_4xx = true,
+                "envoy-ratelimited" => self.envoy_ratelimited = true,
+                "retriable-headers" => self.retriable_headers = true,
                 _ => {}
             }
         }
@@ -155,6 +171,7 @@ impl RetryOn {
                 "cancelled" => self.grpc[1] = true,
                 "deadline-exceeded" => self.grpc[2] = true,
                 "resource-exhausted" => self.grpc[3] = true,
+                "internal" => self.grpc[4] = true,
                 _ => {}
             }
         }
@@ -168,7 +185,8 @@ impl RetryPolicy {
         Self::from_proto(&rpb::RetryPolicy::default())
     }
 
-    /// Convert the proto form.
+    /// Convert the proto form; a `retriable_headers` matcher that does not compile is left
+    /// out, with a warning.
     pub fn from_proto(p: &rpb::RetryPolicy) -> Self {
         let mut on = RetryOn::default();
         // The config's retry_on takes both kinds of condition; the request headers one each.
@@ -202,6 +220,17 @@ impl RetryPolicy {
             num_retries: p.num_retries.as_ref().map(|n| n.value).unwrap_or(1),
             per_try_timeout: opt_duration(&p.per_try_timeout).filter(|d| !d.is_zero()),
             status_codes: p.retriable_status_codes.iter().map(|c| *c as u16).collect(),
+            retriable_headers: p
+                .retriable_headers
+                .iter()
+                .filter_map(|h| match super::matcher::HeaderMatch::from_proto(h) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!("retry policy: retriable_headers {:?}: {e}", h.name);
+                        None
+                    }
+                })
+                .collect(),
             skip_previous_hosts: p
                 .retry_host_predicate
                 .iter()
@@ -212,17 +241,33 @@ impl RetryPolicy {
         }
     }
 
-    /// Whether a response status makes the try retriable.
-    pub fn retry_status(&self, status: u16, grpc_status: Option<u32>) -> bool {
-        (self.on.five_xx && status >= 500)
+    /// Whether a response makes the try retriable (Envoy's `wouldRetryFromHeaders`).
+    pub fn retry_response(&self, status: u16, headers: &http::HeaderMap) -> bool {
+        // What the upstream's rate limiter refused is retried only when asked for.
+        if headers.contains_key("x-envoy-ratelimited") {
+            return self.on.envoy_ratelimited;
+        }
+        if (self.on.five_xx && status >= 500)
             || (self.on.gateway_error && matches!(status, 502..=504))
+            || (self.on.retriable_4xx && status == 409)
             || (self.on.retriable_status_codes && self.status_codes.contains(&status))
-            || grpc_status.is_some_and(|g| {
-                (self.on.grpc[0] && g == 14)
-                    || (self.on.grpc[1] && g == 1)
-                    || (self.on.grpc[2] && g == 4)
-                    || (self.on.grpc[3] && g == 8)
-            })
+            || (self.on.retriable_headers
+                && self.retriable_headers.iter().any(|m| m.matches(headers)))
+        {
+            return true;
+        }
+        if !self.on.grpc.contains(&true) {
+            return false;
+        }
+        let grpc = headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+        grpc.is_some_and(|g| {
+            GRPC_RETRY_CODES
+                .iter()
+                .zip(self.on.grpc)
+                .any(|(code, on)| on && *code == g)
+        })
     }
 
     /// Whether a connect failure is retriable.

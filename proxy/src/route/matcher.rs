@@ -150,6 +150,17 @@ impl HeaderMatch {
         })
     }
 
+    /// A presence test for header `name`.
+    pub fn present(name: &str) -> Result<Self, String> {
+        Self::from_proto(&rpb::HeaderMatcher {
+            name: name.to_string(),
+            header_match_specifier: Some(rpb::header_matcher::HeaderMatchSpecifier::PresentMatch(
+                true,
+            )),
+            ..Default::default()
+        })
+    }
+
     /// Envoy's `HeaderUtility::matchHeaders`: values of a repeated header are joined by ",".
     /// Pseudo-headers are missing here (see [`HeaderMatch::matches_in`]).
     pub fn matches(&self, headers: &HeaderMap) -> bool {

@@ -26,7 +26,7 @@ pub const HANG: Duration = Duration::from_secs(20);
 /// switches protocols and echoes bytes):
 /// `x-test-status: N` answers N; `x-test-fail-on: NAME` answers 503 only on upstream NAME;
 /// `x-test-reset-on: NAME` closes the connection without answering on upstream NAME;
-/// `x-test-delay-ms: N` waits first; `x-test-slow-on: NAME` waits 30 s on upstream NAME; `x-test-hold` (or `x-test-hold-on: NAME`) waits until [`Upstream::release`]; `x-test-trailers` adds grpc-status trailers; `x-test-stall-body` never ends the body.
+/// `x-test-delay-ms: N` waits first; `x-test-slow-on: NAME` waits 30 s on upstream NAME; `x-test-hold` (or `x-test-hold-on: NAME`) waits until [`Upstream::release`]; `x-test-trailers` adds grpc-status trailers; `x-test-stall-body` never ends the body; `x-test-response-header: NAME: VALUE` adds that header to the answer.
 pub struct Upstream {
     /// Listening address.
     pub addr: SocketAddr,
@@ -150,6 +150,7 @@ async fn echo(
     let trailers = hdr("x-test-trailers").is_some();
     let own_server = hdr("x-test-server");
     let hdr_stall = hdr("x-test-stall-body").is_some();
+    let extra_header = hdr("x-test-response-header");
     let mut headers = serde_json::Map::new();
     for k in req.headers().keys() {
         let all: Vec<&str> = req
@@ -186,6 +187,12 @@ async fn echo(
         .insert("x-upstream", name.parse().unwrap());
     resp.headers_mut()
         .insert("x-upstream-remove-me", "yes".parse().unwrap());
+    if let Some((k, v)) = extra_header.as_deref().and_then(|h| h.split_once(": ")) {
+        resp.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
     // The upstream's own Server header, when asked for (server_header_transformation).
     if let Some(v) = own_server {
         resp.headers_mut().insert("server", v.parse().unwrap());
