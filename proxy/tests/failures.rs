@@ -52,6 +52,7 @@ async fn retries_timeouts_and_failure_answers() {
         route("/gw", "ab", retry("gateway-error", 1, json!({}))),
         route("/codes", "ab", retry("retriable-status-codes", 1, json!({"retriable_status_codes": [409]}))),
         route("/reset", "ab", retry("reset", 1, json!({}))),
+        route("/allreset", "a", retry("reset", 1, json!({}))),
         route("/noretry", "a", serde_json::Value::Null),
         route("/connect", "deadfirst", retry("connect-failure", 3, json!({}))),
         route("/dead", "dead", serde_json::Value::Null),
@@ -139,10 +140,18 @@ async fn retries_timeouts_and_failure_answers() {
         &[("x-test-reset-on", "a"), ("x-test-tag", "ur")],
     )
     .await;
-    assert_eq!((r.status, log.flags("ur").await.as_str()), (503, "UR"));
+    // An upstream that closes the connection instead of answering: Envoy's UC.
+    assert_eq!((r.status, log.flags("ur").await.as_str()), (503, "UC"));
+    assert_eq!(
+        r.body,
+        "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+    );
+    // Retried and still failing: the text says the reason is the latest of several.
+    let r = get(addr, "/allreset", &[("x-test-reset-on", "a")]).await;
+    assert_eq!(r.status, 503);
     assert!(
         r.body
-            .starts_with("upstream connect error or disconnect/reset before headers"),
+            .ends_with("retried and the latest reset reason: connection termination"),
         "{}",
         r.body
     );
@@ -159,8 +168,11 @@ async fn retries_timeouts_and_failure_answers() {
     }
     let r = get(addr, "/dead", &[("x-test-tag", "uf")]).await;
     assert_eq!((r.status, log.flags("uf").await.as_str()), (503, "UF"));
+    // Envoy's words for a refused connection (errno 111, ECONNREFUSED).
     assert!(
-        r.body.ends_with("reset reason: connection failure"),
+        r.body.ends_with(
+            "reset reason: remote connection failure, transport failure reason: delayed connect error: 111"
+        ),
         "{}",
         r.body
     );

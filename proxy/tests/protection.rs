@@ -56,6 +56,7 @@ async fn circuit_breakers_overflow_with_503_uo() {
         "{}",
         r.body
     );
+    assert_eq!(r.header("x-envoy-overloaded"), Some("true"));
     assert_eq!(p.stat("cluster.maxrq.upstream_rq_pending_overflow"), 1);
     let done = release_all(&a, vec![held]).await;
     assert_eq!(done[0].status, 200);

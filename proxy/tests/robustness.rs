@@ -41,11 +41,11 @@ async fn bad_clients_and_bad_upstreams_do_not_hurt() {
     .await;
     let addr = p.addr("l");
 
-    // A malformed upstream answer is a 503 UR, not a crash.
+    // A malformed upstream answer is Envoy's 502 UPE, not a crash.
     let r = get(addr, "/junk", &[("x-test-tag", "junk")]).await;
     assert_eq!(
         (r.status, log.flags("junk").await.as_str()),
-        (503, "UR"),
+        (502, "UPE"),
         "{}",
         r.body
     );

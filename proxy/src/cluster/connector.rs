@@ -234,7 +234,11 @@ impl CountingConnector {
             }
             Ok(Err(e)) => {
                 stats.cx_connect_fail.inc();
-                Err(ConnectError::Failed(e.to_string()))
+                // Envoy's transport failure reason for a refused or unreachable peer.
+                Err(ConnectError::Failed(match e.raw_os_error() {
+                    Some(errno) => format!("delayed connect error: {errno}"),
+                    None => e.to_string(),
+                }))
             }
             Err(_) => {
                 stats.cx_connect_fail.inc();

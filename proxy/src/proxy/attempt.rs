@@ -16,9 +16,81 @@ use std::task::Poll;
 /// Why one attempt failed.
 pub(super) enum AttemptError {
     Connect(LocalReply),
-    Reset(String),
+    Reset(Reset),
     PerTryTimeout,
     Idle,
+}
+
+/// Why an upstream stream ended before its response, as Envoy names it
+/// (`StreamResetReason`), with the flag and status its router answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reset {
+    /// The connection closed (UC).
+    ConnectionTermination,
+    /// The upstream broke HTTP: a malformed response (UPE, 502).
+    ProtocolError,
+    /// The upstream reset the stream (UR).
+    ByPeer,
+    /// The upstream refused the stream before processing it (UR).
+    RefusedStream,
+}
+
+impl Reset {
+    /// The reply Envoy's router gives for it.
+    pub(super) fn reply(self) -> LocalReply {
+        match self {
+            Reset::ConnectionTermination => LocalReply::reset(
+                "connection termination",
+                Flag::UpstreamConnectionTermination,
+            ),
+            Reset::ProtocolError => {
+                LocalReply::reset_status(502, "protocol error", Flag::UpstreamProtocolError)
+            }
+            Reset::ByPeer => LocalReply::reset("remote reset", Flag::UpstreamRemoteReset),
+            Reset::RefusedStream => {
+                LocalReply::reset("remote refused stream reset", Flag::UpstreamRemoteReset)
+            }
+        }
+    }
+
+    /// Name the failure from its error chain: hyper's kinds, the inline codec's I/O errors,
+    /// and h2's messages (hyper does not expose h2's reason codes).
+    pub(super) fn of(e: &(dyn std::error::Error + 'static)) -> Reset {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = src {
+            if let Some(h) = s.downcast_ref::<hyper::Error>() {
+                if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+                    return Reset::ProtocolError;
+                }
+                if h.is_incomplete_message() {
+                    return Reset::ConnectionTermination;
+                }
+            }
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind as K;
+                match io.kind() {
+                    K::InvalidData => return Reset::ProtocolError,
+                    K::UnexpectedEof
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::BrokenPipe => return Reset::ConnectionTermination,
+                    _ => {}
+                }
+            }
+            let text = s.to_string();
+            if text.contains("REFUSED_STREAM") || text.contains("refused stream") {
+                return Reset::RefusedStream;
+            }
+            if text.contains("stream error") {
+                return Reset::ByPeer;
+            }
+            if text.contains("connection error") || text.contains("go away") {
+                return Reset::ConnectionTermination;
+            }
+            src = s.source();
+        }
+        Reset::ByPeer
+    }
 }
 
 #[inline(always)]
@@ -117,12 +189,12 @@ pub(super) async fn dispatch(
             sender
                 .ready()
                 .await
-                .map_err(|e| AttemptError::Reset(reset_reason(&e)))?;
+                .map_err(|e| AttemptError::Reset(Reset::of(&e)))?;
             sender
                 .send_request(req)
                 .await
                 .map(|r| r.map(|b| PooledBody::h2(b, stream)))
-                .map_err(|e| AttemptError::Reset(reset_reason(&e)))
+                .map_err(|e| AttemptError::Reset(Reset::of(&e)))
         })
         .await
     } else {
@@ -132,8 +204,8 @@ pub(super) async fn dispatch(
             .await
             .map_err(|e| match e {
                 SendError::Connect(c) => AttemptError::Connect(connect_reply(&c)),
-                SendError::Http(e) => AttemptError::Reset(reset_reason(&e)),
-                SendError::Exchange(e) => AttemptError::Reset(reset_reason(&e.error)),
+                SendError::Http(e) => AttemptError::Reset(Reset::of(&e)),
+                SendError::Exchange(e) => AttemptError::Reset(Reset::of(&e.error)),
             })
     }
 }
@@ -185,10 +257,18 @@ pub(super) fn tls_dial(
         })
 }
 
+/// Envoy's reply to a connection that could not be made: "remote connection failure" with
+/// the transport's reason, "connection timeout", or "overflow" (UO).
 fn connect_reply(c: &ConnectError) -> LocalReply {
     match c {
         ConnectError::Overflow => LocalReply::reset("overflow", Flag::UpstreamOverflow),
-        _ => LocalReply::reset("connection failure", Flag::UpstreamConnectionFailure),
+        ConnectError::Timeout => {
+            LocalReply::reset("connection timeout", Flag::UpstreamConnectionFailure)
+        }
+        ConnectError::Failed(why) => LocalReply::reset(
+            &format!("remote connection failure, transport failure reason: {why}"),
+            Flag::UpstreamConnectionFailure,
+        ),
     }
 }
 
@@ -201,21 +281,37 @@ fn connect_error(e: BoxError) -> AttemptError {
         src = s.source();
     }
     AttemptError::Connect(LocalReply::reset(
-        "connection failure",
+        &format!("remote connection failure, transport failure reason: {e}"),
         Flag::UpstreamConnectionFailure,
     ))
 }
 
-fn reset_reason(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg = format!("{msg}: {s}");
-        src = s.source();
-    }
-    if msg.contains("REFUSED_STREAM") || msg.contains("refused stream") {
-        "remote refused stream reset".into()
-    } else {
-        format!("remote reset ({msg})")
+#[cfg(test)]
+mod tests {
+    use super::Reset;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn failures_are_named_as_envoy_names_them() {
+        let io = |k: ErrorKind| Reset::of(&Error::new(k, "x"));
+        assert_eq!(io(ErrorKind::UnexpectedEof), Reset::ConnectionTermination);
+        assert_eq!(io(ErrorKind::ConnectionReset), Reset::ConnectionTermination);
+        assert_eq!(io(ErrorKind::InvalidData), Reset::ProtocolError);
+        let text = |t: &str| Reset::of(&Error::other(t.to_string()));
+        assert_eq!(
+            text("stream error received: refused stream before processing any application logic"),
+            Reset::RefusedStream
+        );
+        assert_eq!(
+            text("stream error received: unexpected internal error"),
+            Reset::ByPeer
+        );
+        assert_eq!(
+            text("connection error: broken"),
+            Reset::ConnectionTermination
+        );
+        assert_eq!(text("something else"), Reset::ByPeer);
+        assert_eq!(Reset::ProtocolError.reply().status, 502);
+        assert_eq!(Reset::ConnectionTermination.reply().status, 503);
     }
 }

@@ -18,8 +18,12 @@ pub enum Flag {
     UpstreamOverflow,
     /// Upstream request timeout.
     UpstreamRequestTimeout,
-    /// Upstream reset (remote reset / disconnect).
+    /// Upstream reset (remote reset).
     UpstreamRemoteReset,
+    /// The upstream connection closed before the response (UC).
+    UpstreamConnectionTermination,
+    /// The upstream broke the protocol (UPE).
+    UpstreamProtocolError,
     /// Retry limit exceeded with a retriable failure.
     UpstreamRetryLimitExceeded,
     /// Fault filter delay injected.
@@ -49,6 +53,8 @@ impl Flag {
             Flag::UpstreamOverflow => "UO",
             Flag::UpstreamRequestTimeout => "UT",
             Flag::UpstreamRemoteReset => "UR",
+            Flag::UpstreamConnectionTermination => "UC",
+            Flag::UpstreamProtocolError => "UPE",
             Flag::UpstreamRetryLimitExceeded => "URX",
             Flag::DelayInjected => "DI",
             Flag::FaultInjected => "FI",
@@ -111,13 +117,21 @@ impl LocalReply {
 
     /// Envoy's wording for a failure before response headers.
     pub fn reset(reason: &str, flag: Flag) -> Self {
-        Self::new(
-            503,
-            format!(
-                "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
-            ),
-            flag,
-        )
+        Self::reset_status(503, reason, flag)
+    }
+
+    /// [`reset`](Self::reset) with another status (Envoy answers a protocol error with 502).
+    pub fn reset_status(status: u16, reason: &str, flag: Flag) -> Self {
+        Self::new(status, format!("{RESET_TEXT}{reason}"), flag)
+    }
+
+    /// The reply to a request that was retried: Envoy's reset text says the reason is the
+    /// latest one ("retried and the latest reset reason: ...").
+    pub fn after_retries(mut self) -> Self {
+        if let Some(reason) = self.body.strip_prefix(RESET_TEXT) {
+            self.body = format!("{RESET_RETRIED}{reason}");
+        }
+        self
     }
 
     /// Render it; to a gRPC request (`grpc`), in gRPC's trailers-only form as Envoy does:
@@ -196,6 +210,11 @@ pub fn http_status_of_grpc(code: u32) -> u16 {
         _ => 500,          // UNKNOWN, INTERNAL, DATA_LOSS, and codes gRPC does not define
     }
 }
+
+const RESET_TEXT: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: ";
+const RESET_RETRIED: &str =
+    "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: ";
 
 /// `grpc-message` is percent-encoded (gRPC's PROTOCOL-HTTP2): bytes outside 0x20..=0x7e and
 /// `%` itself.

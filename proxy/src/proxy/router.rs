@@ -335,14 +335,11 @@ pub async fn forward(
                             && retry.is_some_and(|p| p.retry_connect_failure());
                         (r, retriable)
                     }
-                    AttemptError::Reset(reason) => {
-                        let refused = reason.contains("refused");
+                    AttemptError::Reset(reset) => {
+                        let refused = reset == super::attempt::Reset::RefusedStream;
                         let retriable = retry
                             .is_some_and(|p| p.retry_reset() || (refused && p.on.refused_stream));
-                        (
-                            LocalReply::reset(&reason, Flag::UpstreamRemoteReset),
-                            retriable,
-                        )
+                        (reset.reply(), retriable)
                     }
                     AttemptError::Idle => {
                         in_retry.release();
@@ -378,6 +375,9 @@ pub async fn forward(
                     return Err(LocalReply::timeout());
                 }
                 let mut reply = reply;
+                if attempt > 0 {
+                    reply = reply.after_retries();
+                }
                 if retriable && attempt > 0 {
                     reply.flags.push(Flag::UpstreamRetryLimitExceeded);
                 }

@@ -553,9 +553,18 @@ async fn route_request(
                     r
                 }
                 Err(mut reply) => {
+                    // Envoy's router marks a request the circuit breakers dropped.
+                    let overloaded = !ctx.hcm.suppress_envoy_headers
+                        && reply.flags.contains(&Flag::UpstreamOverflow);
                     reply.flags.splice(0..0, flags);
                     let mut r = reply.into_response(&ctx.hcm.server_name, grpc, None);
                     stamp(r.headers_mut());
+                    if overloaded {
+                        r.headers_mut().insert(
+                            http::HeaderName::from_static("x-envoy-overloaded"),
+                            HeaderValue::from_static("true"),
+                        );
+                    }
                     levels
                         .iter()
                         .for_each(|p| p.response.apply(r.headers_mut(), &hctx(false)));

@@ -286,6 +286,8 @@ fn details(flags: &str, upstream: bool, status: u16) -> &'static str {
         "UF" => "upstream_reset_before_response_started{connection_failure}",
         "UO" => "upstream_reset_before_response_started{overflow}",
         "UR" => "upstream_reset_before_response_started{remote_reset}",
+        "UC" => "upstream_reset_before_response_started{connection_termination}",
+        "UPE" => "upstream_reset_before_response_started{protocol_error}",
         "UT" => "response_timeout",
         "FI" | "DI" => "fault_filter_abort",
         "SI" => "stream_idle_timeout",
