@@ -660,3 +660,37 @@ async fn https_redirects_follow_the_forwarded_scheme() {
     let r = get(p.addr("inner"), "/login?next=%2F", &[]).await;
     assert_eq!(r.json()["path"], "/auth/login?next=%2F");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routes_host_rewrite_has_the_last_word() {
+    // Envoy's order: the weighted cluster's headers and host, then the other levels'
+    // headers, then the route's host_rewrite_literal.
+    let a = upstream("a").await;
+    let weighted = |host: &str| json!({"clusters": [{"name": "a", "weight": 1, "host_rewrite_literal": host}]});
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/both"}, "route": {"weighted_clusters": weighted("wt.local"), "host_rewrite_literal": "route.local"}},
+        {"match": {"prefix": "/wt"}, "route": {"weighted_clusters": weighted("wt.local")},
+            "request_headers_to_add": [{"header": {"key": "host", "value": "hdr.local"}, "append": false}]},
+        {"match": {"prefix": "/hdr"}, "route": {"cluster": "a", "host_rewrite_literal": "route.local"},
+            "request_headers_to_add": [{"header": {"key": "host", "value": "hdr.local"}, "append": false}]}]}]);
+    let p = proxy(bootstrap(
+        vec![listener("l", vh, vec![], json!({}))],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let host = |path: &'static str| {
+        let addr = p.addr("l");
+        async move { get(addr, path, &[]).await.json()["headers"]["host"].clone() }
+    };
+    assert_eq!(host("/both").await, "route.local");
+    assert_eq!(
+        host("/wt").await,
+        "hdr.local",
+        "the route's headers come after the weighted host"
+    );
+    assert_eq!(
+        host("/hdr").await,
+        "route.local",
+        "the literal comes after the headers"
+    );
+}

@@ -55,25 +55,43 @@ pub(super) fn prepare_upstream_headers(
             }
         }
     }
-    if let Some(host) = wt
-        .and_then(|w| w.host_rewrite.as_ref())
-        .or(a.host_rewrite.as_ref())
-    {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            h.insert(http::header::HOST, v);
-            if let Ok(auth) = host.parse::<http::uri::Authority>() {
-                let mut p = parts.uri.clone().into_parts();
-                if p.authority.is_some() {
-                    p.authority = Some(auth);
-                    if let Ok(u) = http::Uri::from_parts(p) {
-                        parts.uri = u;
-                    }
-                }
+    // Envoy's order (`WeightedClusterEntry::finalizeRequestHeaders`): the weighted cluster's
+    // headers and host, then the route's, virtual host's and configuration's headers, then
+    // the route's host, so a route's `host_rewrite_literal` has the last word.
+    let (first, rest) = match wt {
+        Some(_) => levels
+            .split_first()
+            .map_or((None, levels), |(f, r)| (Some(*f), r)),
+        None => (None, levels),
+    };
+    if let Some(p) = first {
+        p.request.apply(&mut parts.headers, hctx);
+    }
+    if let Some(host) = wt.and_then(|w| w.host_rewrite.as_ref()) {
+        rewrite_host(parts, host);
+    }
+    for p in rest {
+        p.request.apply(&mut parts.headers, hctx);
+    }
+    if let Some(host) = a.host_rewrite.as_ref() {
+        rewrite_host(parts, host);
+    }
+}
+
+/// Set the Host header, and the authority of an absolute URI, to `host`.
+fn rewrite_host(parts: &mut http::request::Parts, host: &str) {
+    let Ok(v) = HeaderValue::from_str(host) else {
+        return;
+    };
+    parts.headers.insert(http::header::HOST, v);
+    if let Ok(auth) = host.parse::<http::uri::Authority>() {
+        let mut p = parts.uri.clone().into_parts();
+        if p.authority.is_some() {
+            p.authority = Some(auth);
+            if let Ok(u) = http::Uri::from_parts(p) {
+                parts.uri = u;
             }
         }
-    }
-    for p in levels {
-        p.request.apply(&mut parts.headers, hctx);
     }
 }
 
