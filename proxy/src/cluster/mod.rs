@@ -353,6 +353,7 @@ impl Cluster {
             let ejected = set.all.iter().filter(|h| h.outlier.is_ejected(now)).count();
             // max_ejection_percent caps ejections, but one host may always be ejected.
             if ejected > 0 && ejected * 100 >= set.all.len() * cfg.max_ejection_percent as usize {
+                self.stats.ejections_overflow.inc();
                 return;
             }
             host.outlier.eject(cfg, now);

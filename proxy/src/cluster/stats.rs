@@ -64,6 +64,8 @@ pub struct ClusterStats {
     pub ejections_active: Arc<Stat>,
     /// `outlier_detection.ejections_enforced_total`.
     pub ejections_total: Arc<Stat>,
+    /// `outlier_detection.ejections_overflow`: ejections `max_ejection_percent` refused.
+    pub ejections_overflow: Arc<Stat>,
     /// `outlier_detection.ejections_enforced_consecutive_5xx`.
     pub ejections_5xx: Arc<Stat>,
     /// `outlier_detection.ejections_enforced_consecutive_gateway_failure`.
@@ -113,6 +115,7 @@ impl ClusterStats {
             membership_healthy: g("membership_healthy"),
             ejections_active: g("outlier_detection.ejections_active"),
             ejections_total: c("outlier_detection.ejections_enforced_total"),
+            ejections_overflow: c("outlier_detection.ejections_overflow"),
             ejections_5xx: c("outlier_detection.ejections_enforced_consecutive_5xx"),
             ejections_gateway: c(
                 "outlier_detection.ejections_enforced_consecutive_gateway_failure",
