@@ -53,6 +53,7 @@ async fn retries_timeouts_and_failure_answers() {
         route("/codes", "ab", retry("retriable-status-codes", 1, json!({"retriable_status_codes": [409]}))),
         route("/reset", "ab", retry("reset", 1, json!({}))),
         route("/allreset", "a", retry("reset", 1, json!({}))),
+        route("/nobudget", "nobudget", retry("5xx", 1, json!({}))),
         route("/noretry", "a", serde_json::Value::Null),
         route("/connect", "deadfirst", retry("connect-failure", 3, json!({}))),
         route("/dead", "dead", serde_json::Value::Null),
@@ -68,6 +69,11 @@ async fn retries_timeouts_and_failure_answers() {
     let clusters = vec![
         cluster("ab", &[a.addr, b.addr], json!({})),
         cluster("a", &[a.addr], json!({})),
+        cluster(
+            "nobudget",
+            &[a.addr],
+            json!({"circuit_breakers": {"thresholds": [{"max_retries": 0}]}}),
+        ),
         cluster("deadfirst", &[dead, a.addr], json!({})),
         cluster("dead", &[dead], json!({})),
         json!({"name": "empty", "type": "STATIC", "connect_timeout": "1s"}),
@@ -93,12 +99,28 @@ async fn retries_timeouts_and_failure_answers() {
     assert!(p.stat("cluster.ab.upstream_rq_retry_success") >= 2);
     // Exhausted: the upstream's own 503 comes back after 1 + num_retries tries.
     let before = a.hits() + b.hits();
-    assert_eq!(
-        get(addr, "/5xx", &[("x-test-status", "503")]).await.status,
-        503
-    );
+    let r = get(
+        addr,
+        "/5xx",
+        &[("x-test-status", "503"), ("x-test-tag", "urx")],
+    )
+    .await;
+    assert_eq!(r.status, 503);
     assert_eq!(a.hits() + b.hits() - before, 2);
     assert_eq!(p.stat("cluster.ab.upstream_rq_retry_limit_exceeded"), 1);
+    // The access log says why the upstream's answer was not retried again.
+    assert_eq!(log.flags("urx").await, "URX");
+    // The max_retries breaker at 0: not retried, and the log says UO.
+    let before = a.hits();
+    let r = get(
+        addr,
+        "/nobudget",
+        &[("x-test-status", "503"), ("x-test-tag", "budget")],
+    )
+    .await;
+    assert_eq!((r.status, a.hits() - before), (503, 1));
+    assert_eq!(log.flags("budget").await, "UO");
+    assert_eq!(p.stat("cluster.nobudget.upstream_rq_retry_overflow"), 1);
     // gateway-error retries 502 but not 500.
     let before = a.hits() + b.hits();
     assert_eq!(
@@ -147,8 +169,14 @@ async fn retries_timeouts_and_failure_answers() {
         "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
     );
     // Retried and still failing: the text says the reason is the latest of several.
-    let r = get(addr, "/allreset", &[("x-test-reset-on", "a")]).await;
+    let r = get(
+        addr,
+        "/allreset",
+        &[("x-test-reset-on", "a"), ("x-test-tag", "uc")],
+    )
+    .await;
     assert_eq!(r.status, 503);
+    assert_eq!(log.flags("uc").await, "UC,URX");
     assert!(
         r.body
             .ends_with("retried and the latest reset reason: connection termination"),

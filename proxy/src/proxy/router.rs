@@ -273,20 +273,35 @@ pub async fn forward(
                 stats.response(status);
                 // Looked up only when a retry policy could read it.
                 let retriable = retry.is_some_and(|r| r.retry_response(status, resp.headers()));
-                if retriable
-                    && can_retry(global_expired())
-                    && next_retry(&cluster, retry.unwrap(), attempt, &mut in_retry).await
-                {
-                    attempt += 1;
-                    continue;
-                }
-                if retriable && retries > 0 && attempt >= retries {
-                    stats.rq_retry_limit_exceeded.inc();
-                } else if in_retry.held && !retriable {
+                let mut stopped = None;
+                if retriable {
+                    match retry_or_stop(
+                        &cluster,
+                        retry,
+                        attempt,
+                        retries,
+                        can_retry(global_expired()),
+                        &mut in_retry,
+                    )
+                    .await
+                    {
+                        None => {
+                            attempt += 1;
+                            continue;
+                        }
+                        Some(flag) => stopped = flag,
+                    }
+                } else if in_retry.held {
                     stats.rq_retry_success.inc();
                 }
                 in_retry.release();
                 let (mut rp, rb) = resp.into_parts();
+                // Why a retriable answer was not retried, for the access log (as Envoy's
+                // `onUpstreamHeaders` sets it).
+                if let Some(flag) = stopped {
+                    rp.extensions
+                        .insert(super::local_reply::ResponseFlags::of(&[flag]));
+                }
                 strip_hop_by_hop(&mut rp.headers);
                 if let Some(c) = set_cookie
                     .take()
@@ -362,12 +377,17 @@ pub async fn forward(
                         )
                     }
                 };
-                if retriable
-                    && can_retry(global_expired)
-                    && next_retry(&cluster, retry.unwrap(), attempt, &mut in_retry).await
-                {
-                    attempt += 1;
-                    continue;
+                let mut stopped = None;
+                if retriable {
+                    let may = can_retry(global_expired);
+                    match retry_or_stop(&cluster, retry, attempt, retries, may, &mut in_retry).await
+                    {
+                        None => {
+                            attempt += 1;
+                            continue;
+                        }
+                        Some(flag) => stopped = flag,
+                    }
                 }
                 in_retry.release();
                 if global_expired {
@@ -378,12 +398,7 @@ pub async fn forward(
                 if attempt > 0 {
                     reply = reply.after_retries();
                 }
-                if retriable && attempt > 0 {
-                    reply.flags.push(Flag::UpstreamRetryLimitExceeded);
-                }
-                if retriable && retries > 0 && attempt >= retries {
-                    stats.rq_retry_limit_exceeded.inc();
-                }
+                reply.flags.extend(stopped);
                 return Err(reply);
             }
         }
@@ -493,6 +508,32 @@ async fn next_retry(
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=ms))).await;
     }
     true
+}
+
+/// For a retriable outcome: `None` to retry (after the back-off), else why not, as Envoy's
+/// `RetryStatus` flags it: URX when the retries are used up (counted in
+/// `upstream_rq_retry_limit_exceeded`, even with `num_retries: 0`), UO when the `max_retries`
+/// breaker refused, no flag when the request cannot be sent again (its body past the buffer,
+/// or the route's time up).
+async fn retry_or_stop(
+    cluster: &Cluster,
+    policy: Option<&RetryPolicy>,
+    attempt: u32,
+    retries: u32,
+    may_retry: bool,
+    in_retry: &mut RetrySlot,
+) -> Option<Option<Flag>> {
+    if attempt >= retries {
+        cluster.stats.rq_retry_limit_exceeded.inc();
+        return Some(Some(Flag::UpstreamRetryLimitExceeded));
+    }
+    if !may_retry {
+        return Some(None);
+    }
+    match policy {
+        Some(p) if next_retry(cluster, p, attempt, in_retry).await => None,
+        _ => Some(Some(Flag::UpstreamOverflow)),
+    }
 }
 
 /// A `max_retries` slot of a request; released when the request stops retrying or is

@@ -546,9 +546,14 @@ async fn route_request(
                         });
                     }
                     stamp(r.headers_mut());
-                    // A delay the fault filter injected before a proxied answer is logged too.
+                    // A delay the fault filter injected before a proxied answer is logged too,
+                    // before what the router flagged (URX, UO).
                     if !flags.is_empty() {
-                        r.extensions_mut().insert(ResponseFlags::of(&flags));
+                        let mut all = ResponseFlags::of(&flags);
+                        if let Some(router) = r.extensions().get::<ResponseFlags>() {
+                            all.0 = format!("{},{}", all.0, router.0);
+                        }
+                        r.extensions_mut().insert(all);
                     }
                     r
                 }
