@@ -16,6 +16,9 @@ fn config() -> &'static RouteConfig {
                 {"match": {"prefix": "/", "headers": [{"name": "end-user", "exact_match": "jason"}]}, "route": {"cluster": "v2"}},
                 {"match": {"safe_regex": {"regex": "/re/[0-9]+(/.*)?"}}, "route": {"cluster": "c", "regex_rewrite": {"pattern": {"regex": "^/re/(\\d+)"}, "substitution": "/n/\\1"}}},
                 {"match": {"path": "/exact", "case_sensitive": false}, "redirect": {"https_redirect": true, "strip_query": true}},
+                {"match": {"path": "/login"}, "route": {"cluster": "c", "prefix_rewrite": "/auth/login"}},
+                {"match": {"safe_regex": {"regex": "/v[0-9]+/u"}}, "route": {"cluster": "c", "prefix_rewrite": "/u"}},
+                {"match": {"prefix": "/rx"}, "redirect": {"regex_rewrite": {"pattern": {"regex": "x+"}, "substitution": "y"}, "host_redirect": "h"}},
                 {"match": {"prefix": "/q", "query_parameters": [{"name": "v", "string_match": {"safe_regex": {"regex": "[a-z]+"}}}, {"name": "p", "present_match": true}]}, "route": {"cluster": "c"}},
                 {"match": {"prefix": "/h", "headers": [
                     {"name": "x-r", "range_match": {"start": -5, "end": 5}, "invert_match": true},
@@ -24,6 +27,7 @@ fn config() -> &'static RouteConfig {
                     {"name": "x-p", "present_match": false}]}, "route": {"cluster": "c", "prefix_rewrite": "/"}},
                 {"match": {"path_separated_prefix": "/sep"}, "redirect": {"prefix_rewrite": "/new", "port_redirect": 8443}},
                 {"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [{"name": "x", "weight": 1}, {"name": "y", "weight": 3}]}}}]},
+            {"name": "tls", "domains": ["secure.*"], "require_tls": "ALL"},
             {"name": "d", "domains": ["*"], "routes": [{"match": {"prefix": ""}, "direct_response": {"status": 404}}]}]});
         let proto = mosn::config::decode::from_json::<envoy_route::RouteConfiguration>(&v, true).unwrap();
         RouteConfig::from_proto(&proto).unwrap()
@@ -46,13 +50,18 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let rc = config();
-    if let Some((_, route)) = rc.route(host, path, &headers) {
+    if let Some(vh) = rc.select_vhost(host) {
+        let _ = vh.redirects_to_https("http", false);
+    }
+    if let Some((_, route)) = rc.route(host, path, &headers, &Default::default()) {
+        let matched = route.matched_len(path);
+        assert!(matched <= path.len(), "matched {matched} of {path:?}");
         match &route.action {
             Action::Forward(f) => {
-                let _ = f.rewrite_path(path, route.matched_prefix());
+                let _ = f.rewrite_path(path, matched);
             }
             Action::Redirect(r) => {
-                let _ = r.location("http", host, path, route.matched_prefix());
+                let _ = r.location("http", host, path, matched);
             }
             Action::Direct { .. } => {}
         }

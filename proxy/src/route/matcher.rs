@@ -400,10 +400,11 @@ impl RouteMatch {
     }
 }
 
-/// Whether the request is gRPC (content-type application/grpc*).
+/// Whether the request is gRPC: content-type `application/grpc` or `application/grpc+...`
+/// (Envoy's `hasGrpcContentType`; `application/grpc-web` is not gRPC).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
+        .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'+')
 }

@@ -380,3 +380,14 @@ fn require_tls_redirects_plaintext_before_any_route() {
     assert!(!vh("ext.com").redirects_to_https("http", true), "internal");
     assert!(!vh("other").redirects_to_https("http", false));
 }
+
+#[test]
+fn grpc_is_application_grpc_or_a_suffix_after_plus() {
+    let grpc = |ct: &str| super::matcher::is_grpc(&headers(&[("content-type", ct)]));
+    assert!(grpc("application/grpc"));
+    assert!(grpc("application/grpc+proto"));
+    assert!(!grpc("application/grpc-web"));
+    assert!(!grpc("application/grpc-web-text+proto"));
+    assert!(!grpc("application/json"));
+    assert!(!super::matcher::is_grpc(&HeaderMap::new()));
+}
