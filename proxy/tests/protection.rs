@@ -345,6 +345,38 @@ async fn a_grpc_host_answering_unavailable_is_ejected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_local_origin_failures_eject_on_their_own_threshold() {
+    // Istio's splitExternalLocalOriginErrors with consecutiveLocalOriginFailures: a host that
+    // refuses connections is ejected after that many, counted apart from 5xx.
+    let a = upstream("a").await;
+    let dead = dead_addr();
+    let od = json!({"outlier_detection": {"split_external_local_origin_errors": true,
+        "consecutive_local_origin_failure": 2, "consecutive_5xx": 100,
+        "base_ejection_time": "60s", "max_ejection_percent": 100, "interval": "1s"}});
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]);
+    let p = routes_proxy(routes, json!({}), vec![cluster("c", &[dead, a.addr], od)]).await;
+    let addr = p.addr("l");
+    let mut failed = 0;
+    for _ in 0..8 {
+        if get(addr, "/", &[]).await.status == 503 {
+            failed += 1;
+        }
+    }
+    assert_eq!(
+        failed, 2,
+        "the refusing host is ejected after two connect failures"
+    );
+    assert_eq!(
+        p.stat("cluster.c.outlier_detection.ejections_enforced_consecutive_local_origin_failure"),
+        1
+    );
+    assert_eq!(
+        p.stat("cluster.c.outlier_detection.ejections_enforced_consecutive_5xx"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_panic_threshold_decides_whether_ejected_hosts_take_traffic() {
     // One host, ejected after one 5xx. With Envoy's default threshold (50%) the cluster is in
     // panic and the ejected host still takes traffic; with 0 (what Istio writes for a

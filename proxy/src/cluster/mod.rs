@@ -361,6 +361,7 @@ impl Cluster {
             match reason {
                 outlier::Ejection::Consecutive5xx => self.stats.ejections_5xx.inc(),
                 outlier::Ejection::ConsecutiveGateway => self.stats.ejections_gateway.inc(),
+                outlier::Ejection::ConsecutiveLocalOrigin => self.stats.ejections_local.inc(),
             }
             tracing::info!(cluster = %self.name, host = %host.addr, ?reason, "outlier ejected");
         }

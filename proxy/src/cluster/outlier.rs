@@ -41,6 +41,13 @@ pub struct OutlierConfig {
     pub max_ejection_percent: u32,
     /// `interval` (default 10 s): the detector's tick.
     pub interval: Duration,
+    /// `split_external_local_origin_errors`: failures of the proxy's own making (connect
+    /// failures, resets, timeouts) count apart from the upstream's 5xx.
+    pub split_local: bool,
+    /// `consecutive_local_origin_failure` (default 5), when split.
+    pub consecutive_local: u32,
+    /// `enforcing_consecutive_local_origin_failure` percent (default 100).
+    pub enforcing_local: u32,
 }
 
 impl OutlierConfig {
@@ -60,6 +67,9 @@ impl OutlierConfig {
             interval: opt_duration(&o.interval)
                 .filter(|d| !d.is_zero())
                 .unwrap_or(Duration::from_secs(10)),
+            split_local: o.split_external_local_origin_errors,
+            consecutive_local: u(&o.consecutive_local_origin_failure, 5),
+            enforcing_local: u(&o.enforcing_consecutive_local_origin_failure, 100),
         }
     }
 }
@@ -69,6 +79,8 @@ impl OutlierConfig {
 pub struct HostOutlier {
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
+    /// Consecutive local-origin failures (only counted when split).
+    consecutive_local: AtomicU32,
     /// Envoy's `ejectTimeBackoff`: the next ejection lasts `base × back-off`.
     backoff: AtomicU32,
     /// Ejection end as [`ms`], 0 when not ejected. An atomic because every host pick reads it.
@@ -84,6 +96,8 @@ pub enum Ejection {
     Consecutive5xx,
     /// Consecutive gateway failures.
     ConsecutiveGateway,
+    /// Consecutive local-origin failures (`split_external_local_origin_errors`).
+    ConsecutiveLocalOrigin,
 }
 
 impl HostOutlier {
@@ -112,10 +126,12 @@ impl HostOutlier {
         false
     }
 
-    /// Record a successful (non-5xx) response.
+    /// Record a successful (non-5xx) response. A response also means the connection
+    /// worked, which ends a run of local-origin failures.
     pub fn success(&self) {
         self.consecutive_5xx.store(0, Ordering::Relaxed);
         self.consecutive_gateway.store(0, Ordering::Relaxed);
+        self.consecutive_local.store(0, Ordering::Relaxed);
     }
 
     /// Record a failure: `status` is the upstream status, or `None` for a local-origin
@@ -126,6 +142,22 @@ impl HostOutlier {
     /// every further failure). Returns the reason when the ejection is enforced (the
     /// `enforcing_*` percentage); the caller applies `max_ejection_percent`.
     pub fn failure(&self, status: Option<u16>, cfg: &OutlierConfig) -> Option<Ejection> {
+        let roll = |pct: u32| pct >= 100 || (pct > 0 && fastrand::u32(0..100) < pct);
+        if cfg.split_local {
+            // Envoy's `putResultWithLocalExternalSplit`: the proxy's own failures have a
+            // counter of their own; an answer (even a 5xx) shows the connection worked.
+            let Some(_) = status else {
+                let n = self.consecutive_local.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= cfg.consecutive_local {
+                    self.consecutive_local.store(0, Ordering::Relaxed);
+                    if roll(cfg.enforcing_local) {
+                        return Some(Ejection::ConsecutiveLocalOrigin);
+                    }
+                }
+                return None;
+            };
+            self.consecutive_local.store(0, Ordering::Relaxed);
+        }
         let gateway = status.is_none_or(|s| matches!(s, 502..=504));
         let five = self.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
         let gw = if gateway {
@@ -134,7 +166,6 @@ impl HostOutlier {
             self.consecutive_gateway.store(0, Ordering::Relaxed);
             0
         };
-        let roll = |pct: u32| pct >= 100 || (pct > 0 && fastrand::u32(0..100) < pct);
         if five >= cfg.consecutive_5xx {
             self.consecutive_5xx.store(0, Ordering::Relaxed);
             if roll(cfg.enforcing_5xx) {
@@ -179,6 +210,7 @@ impl HostOutlier {
         self.ejected_until.store(end.max(1), Ordering::Relaxed);
         self.consecutive_5xx.store(0, Ordering::Relaxed);
         self.consecutive_gateway.store(0, Ordering::Relaxed);
+        self.consecutive_local.store(0, Ordering::Relaxed);
         Duration::from_millis(end - now_ms)
     }
 }
@@ -197,6 +229,9 @@ mod tests {
             max_ejection: Duration::from_secs(300),
             max_ejection_percent: 100,
             interval: Duration::from_secs(10),
+            split_local: false,
+            consecutive_local: 3,
+            enforcing_local: 100,
         }
     }
 
@@ -261,6 +296,31 @@ mod tests {
         );
         c.enforcing_5xx = 100;
         assert_eq!(h.failure(Some(500), &c), None, "a new run: one failure");
+        assert_eq!(h.failure(Some(500), &c), Some(Ejection::Consecutive5xx));
+    }
+
+    #[test]
+    fn split_local_origin_failures_count_apart() {
+        let h = HostOutlier::default();
+        let mut c = cfg();
+        // Not split: connect failures are 5xx (two eject).
+        assert_eq!(h.failure(None, &c), None);
+        assert_eq!(h.failure(None, &c), Some(Ejection::Consecutive5xx));
+        c.split_local = true;
+        let h = HostOutlier::default();
+        // Split: two local failures are not two 5xx, and an answer ends the local run.
+        assert_eq!(h.failure(None, &c), None);
+        assert_eq!(h.failure(None, &c), None);
+        assert_eq!(
+            h.failure(Some(503), &c),
+            None,
+            "one 5xx, and the connection worked"
+        );
+        assert_eq!(h.failure(None, &c), None);
+        assert_eq!(h.failure(None, &c), None);
+        assert_eq!(h.failure(None, &c), Some(Ejection::ConsecutiveLocalOrigin));
+        // The upstream's own 5xx count on their own: the 503 before and this 500 are a run
+        // of two, which the local failures between them do not break.
         assert_eq!(h.failure(Some(500), &c), Some(Ejection::Consecutive5xx));
     }
 }

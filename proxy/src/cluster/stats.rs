@@ -70,6 +70,8 @@ pub struct ClusterStats {
     pub ejections_5xx: Arc<Stat>,
     /// `outlier_detection.ejections_enforced_consecutive_gateway_failure`.
     pub ejections_gateway: Arc<Stat>,
+    /// `outlier_detection.ejections_enforced_consecutive_local_origin_failure`.
+    pub ejections_local: Arc<Stat>,
     codes: RwLock<HashMap<u16, CodeStats>>,
     /// The counters of a 200, which nearly every response takes: no lock, hash or clone.
     ok: std::sync::OnceLock<CodeStats>,
@@ -117,6 +119,9 @@ impl ClusterStats {
             ejections_total: c("outlier_detection.ejections_enforced_total"),
             ejections_overflow: c("outlier_detection.ejections_overflow"),
             ejections_5xx: c("outlier_detection.ejections_enforced_consecutive_5xx"),
+            ejections_local: c(
+                "outlier_detection.ejections_enforced_consecutive_local_origin_failure",
+            ),
             ejections_gateway: c(
                 "outlier_detection.ejections_enforced_consecutive_gateway_failure",
             ),
