@@ -694,3 +694,66 @@ async fn the_routes_host_rewrite_has_the_last_word() {
         "the literal comes after the headers"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_behind_trusted_proxies_sees_the_real_client() {
+    // Istio's gateway with numTrustedProxies: 1 (xff_num_trusted_hops): the client is the
+    // x-forwarded-for entry the trusted proxy added, RBAC's remote_ip judges it, the proxy's
+    // x-forwarded-proto stands, and the edge request gets x-envoy-external-address and an
+    // x-request-id of the gateway's own.
+    let a = upstream("a").await;
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
+    // Only clients in 203.0.113.0/24 may pass.
+    let rbac = json!({"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "ALLOW", "policies": {"lb-clients": {
+            "permissions": [{"any": true}],
+            "principals": [{"remote_ip": {"address_prefix": "203.0.113.0", "prefix_len": 24}}]}}}}});
+    let gw =
+        |name: &str, hcm: serde_json::Value| listener(name, vh.clone(), vec![rbac.clone()], hcm);
+    let trusted = gw(
+        "trusted",
+        json!({"use_remote_address": true, "xff_num_trusted_hops": 1}),
+    );
+    let direct = gw("direct", json!({"use_remote_address": true}));
+    let keep = gw(
+        "keep",
+        json!({"use_remote_address": true, "xff_num_trusted_hops": 1,
+            "preserve_external_request_id": true}),
+    );
+    let p = proxy(bootstrap(
+        vec![trusted, direct, keep],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let from_lb = [
+        ("x-forwarded-for", "198.51.100.1, 203.0.113.7"),
+        ("x-forwarded-proto", "https"),
+        ("x-request-id", "chosen-by-the-client"),
+    ];
+    let r = get(p.addr("trusted"), "/", &from_lb).await;
+    assert_eq!(
+        r.status, 200,
+        "the client 203.0.113.7 is allowed: {}",
+        r.body
+    );
+    let j = r.json();
+    assert_eq!(j["headers"]["x-envoy-external-address"], "203.0.113.7");
+    assert_eq!(
+        j["headers"]["x-forwarded-proto"], "https",
+        "the trusted proxy's stands"
+    );
+    assert_eq!(
+        j["headers"]["x-forwarded-for"],
+        "198.51.100.1,203.0.113.7,127.0.0.1"
+    );
+    let id = j["headers"]["x-request-id"].as_str().unwrap();
+    assert_ne!(id, "chosen-by-the-client");
+    assert_eq!(id.len(), 36, "{id}");
+    // Without trusted hops the peer (127.0.0.1) is the client: denied, and the LB's
+    // x-forwarded-proto is not believed.
+    let r = get(p.addr("direct"), "/", &from_lb).await;
+    assert_eq!(r.status, 403);
+    let j = get(p.addr("keep"), "/", &from_lb).await.json();
+    assert_eq!(j["headers"]["x-request-id"], "chosen-by-the-client");
+}

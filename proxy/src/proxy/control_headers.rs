@@ -86,18 +86,7 @@ pub fn sanitize(
     if !envoy && internal.0.is_empty() {
         return false;
     }
-    let xff = headers.get(http::header::HeaderName::from_static("x-forwarded-for"));
-    let is_internal = !internal.0.is_empty()
-        && if use_remote_address {
-            // The peer is the client only when nothing forwarded the request before.
-            xff.is_none() && internal.contains(peer)
-        } else {
-            // Trust comes from a single address in x-forwarded-for.
-            xff.and_then(|v| v.to_str().ok())
-                .filter(|v| !v.contains(','))
-                .and_then(|v| v.trim().parse::<IpAddr>().ok())
-                .is_some_and(|ip| internal.contains(ip))
-        };
+    let is_internal = is_internal(headers, peer, use_remote_address, internal);
     headers.remove(INTERNAL);
     if is_internal {
         headers.insert(INTERNAL, HeaderValue::from_static("true"));
@@ -112,6 +101,34 @@ pub fn sanitize(
         }
     }
     is_internal && envoy
+}
+
+/// Whether Envoy's connection manager takes the request as internal: its client is in
+/// `internal_address_config` (the peer, when nothing forwarded it before, with
+/// `use_remote_address`; else a single address in `x-forwarded-for`).
+pub fn is_internal(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    use_remote_address: bool,
+    internal: &InternalAddresses,
+) -> bool {
+    if internal.0.is_empty() {
+        return false;
+    }
+    let xff = headers.get_all(http::header::HeaderName::from_static("x-forwarded-for"));
+    let mut lines = xff.iter();
+    let first = lines.next();
+    if use_remote_address {
+        // The peer is the client only when nothing forwarded the request before.
+        return first.is_none() && internal.contains(peer);
+    }
+    // Trust comes from a single address in x-forwarded-for (over all its lines).
+    lines.next().is_none()
+        && first
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.contains(','))
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+            .is_some_and(|ip| internal.contains(ip))
 }
 
 /// The router's overrides from the request's control headers, which it consumes.

@@ -111,6 +111,11 @@ pub struct HcmConfig {
     pub http1: super::head_checks::Http1Options,
     /// `use_remote_address`: the peer is the client (else `x-forwarded-for` says who is).
     pub use_remote_address: bool,
+    /// `xff_num_trusted_hops`: proxies in front whose `x-forwarded-for` entries (and, at the
+    /// edge, `x-forwarded-proto`) are trusted (Istio's gateway `numTrustedProxies`).
+    pub xff_trusted_hops: u32,
+    /// `preserve_external_request_id`: an edge request keeps the client's `x-request-id`.
+    pub preserve_external_request_id: bool,
     /// `normalize_path` and `merge_slashes` (see [`super::path_norm`]).
     pub path_norm: super::path_norm::PathNorm,
     /// `internal_address_config`: whose requests may carry Envoy's control headers.
@@ -278,6 +283,8 @@ impl HcmConfig {
             h2,
             http1: super::head_checks::Http1Options::from_proto(h.http_protocol_options.as_ref())?,
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
+            xff_trusted_hops: h.xff_num_trusted_hops,
+            preserve_external_request_id: h.preserve_external_request_id,
             path_norm: super::path_norm::PathNorm {
                 normalize: h.normalize_path.as_ref().is_some_and(|b| b.value),
                 merge_slashes: h.merge_slashes,

@@ -29,6 +29,9 @@ pub async fn handle(
 ) -> Response<BoxBody> {
     let stats = &ctx.stats;
     stats.rq_total.inc();
+    if ctx.hcm.use_remote_address {
+        super::upstream_headers::mark_edge_request(&ctx, req.headers_mut());
+    }
     // Access logging costs nothing unless the HCM has loggers. Envoy's HCM gives every request
     // an x-request-id before routing, so the log line and the upstream see the same one.
     let mut record = (!ctx.hcm.access_logs.is_empty()).then(|| {
@@ -161,11 +164,11 @@ fn request_host<'a>(
 /// Pick the cluster of a forward action (weighted choice, cluster header).
 /// The request's scheme as Envoy's redirects and `require_tls` read it, from
 /// `x-forwarded-proto` as the connection manager leaves it: the connection's at the edge
-/// (`use_remote_address`, where the client's own is replaced), else a valid one the request
-/// brought, else the connection's.
+/// (`use_remote_address` with no trusted hops, where the client's own is replaced), else a
+/// valid one the request brought, else the connection's.
 fn forwarded_proto(ctx: &ConnCtx, headers: &http::HeaderMap) -> &'static str {
     let conn = if ctx.tls.is_some() { "https" } else { "http" };
-    if ctx.hcm.use_remote_address {
+    if ctx.hcm.use_remote_address && ctx.hcm.xff_trusted_hops == 0 {
         return conn;
     }
     match headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {

@@ -34,7 +34,8 @@ pub(super) fn prepare_upstream_headers(
     const HTTPS: HeaderValue = HeaderValue::from_static("https");
     const HTTP: HeaderValue = HeaderValue::from_static("http");
     let scheme = if tls { HTTPS } else { HTTP };
-    if hcm.use_remote_address {
+    // With trusted proxies in front, the one they set stands (Envoy's mutateRequestHeaders).
+    if hcm.use_remote_address && hcm.xff_trusted_hops == 0 {
         h.insert(XFP, scheme);
     } else {
         h.entry(XFP).or_insert(scheme);
@@ -101,34 +102,80 @@ fn rewrite_host(parts: &mut http::request::Parts, host: &str) {
 pub(super) fn ensure_request_id(hcm: &HcmConfig, h: &mut HeaderMap) {
     const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     if hcm.generate_request_id {
-        // One hashed lookup (entry), not contains_key then insert.
-        h.entry(REQUEST_ID).or_insert_with(request_id);
+        // One hashed lookup (entry), not contains_key then insert; an empty id is no id.
+        match h.entry(REQUEST_ID) {
+            http::header::Entry::Vacant(v) => {
+                v.insert(request_id());
+            }
+            http::header::Entry::Occupied(mut o) if o.get().is_empty() => {
+                o.insert(request_id());
+            }
+            http::header::Entry::Occupied(_) => {}
+        }
     }
 }
 
-/// Envoy's downstream remote address for a request: the peer with `use_remote_address`,
-/// else the last `x-forwarded-for` hop (no trusted hops), else the peer.
-pub(super) fn remote_address(ctx: &ConnCtx, h: &HeaderMap) -> std::net::IpAddr {
-    if ctx.hcm.use_remote_address {
-        return ctx.peer.ip();
+/// Envoy's treatment of a request from outside (`use_remote_address`, not internal): its
+/// `x-request-id` is the proxy's own, not the client's (unless
+/// `preserve_external_request_id`), and `x-envoy-external-address` names the client. Called
+/// first thing, before the request is logged or routed.
+pub(super) fn mark_edge_request(ctx: &ConnCtx, h: &mut HeaderMap) {
+    if !ctx.hcm.use_remote_address
+        || super::control_headers::is_internal(h, ctx.peer.ip(), true, &ctx.hcm.internal)
+    {
+        return;
     }
-    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    h.get_all(XFF)
+    if ctx.hcm.generate_request_id && !ctx.hcm.preserve_external_request_id {
+        h.remove("x-request-id");
+    }
+    const EXTERNAL: HeaderName = HeaderName::from_static("x-envoy-external-address");
+    if let Ok(v) = HeaderValue::from_str(&remote_address(ctx, h).to_string()) {
+        h.insert(EXTERNAL, v);
+    }
+}
+
+/// The `x-forwarded-for` entries of all its lines, in order.
+fn xff_entries(h: &HeaderMap) -> Vec<&str> {
+    h.get_all("x-forwarded-for")
         .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|a| a.trim().parse().ok())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+/// Envoy's downstream remote address for a request (`final_remote_address`): with
+/// `use_remote_address`, the peer, unless `xff_num_trusted_hops` proxies are in front, whose
+/// last entries are skipped; without it, the `x-forwarded-for` entry past the trusted hops.
+/// The peer when `x-forwarded-for` has no such entry.
+pub(super) fn remote_address(ctx: &ConnCtx, h: &HeaderMap) -> std::net::IpAddr {
+    let hops = ctx.hcm.xff_trusted_hops as usize;
+    let skip = if ctx.hcm.use_remote_address {
+        match hops.checked_sub(1) {
+            Some(s) => s,
+            None => return ctx.peer.ip(),
+        }
+    } else {
+        hops
+    };
+    xff_entries(h)
+        .iter()
+        .rev()
+        .nth(skip)
+        .and_then(|a| a.parse().ok())
         .unwrap_or(ctx.peer.ip())
 }
 
-/// Append the downstream address to `x-forwarded-for` (HCM `use_remote_address`).
+/// Append the downstream address to `x-forwarded-for` (HCM `use_remote_address`), folding
+/// several lines into one as Envoy's header map does.
 pub(super) fn append_xff(h: &mut HeaderMap, peer: std::net::IpAddr) {
-    let new = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(old) if !old.trim().is_empty() => format!("{old},{peer}"),
-        _ => peer.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&new) {
+    let mut all = xff_entries(h).join(",");
+    if !all.is_empty() {
+        all.push(',');
+    }
+    all.push_str(&peer.to_string());
+    if let Ok(v) = HeaderValue::from_str(&all) {
         h.insert("x-forwarded-for", v);
     }
 }
