@@ -379,7 +379,10 @@ async fn x_forwarded_for_follows_use_remote_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_header_transformations() {
     let a = upstream("a").await;
-    let vh = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/none"}, "direct_response": {"status": 503}},
+        {"match": {"prefix": "/nocluster"}, "route": {"cluster": "missing"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
     let mode = |m: &str| json!({"server_header_transformation": m, "server_name": "mosn-test"});
     let p = proxy(bootstrap(
         vec![
@@ -400,6 +403,12 @@ async fn server_header_transformations() {
         assert_eq!(r.header("server"), with, "{l}, upstream sends Server");
         let r = get(p.addr(l), "/", &[]).await;
         assert_eq!(r.header("server"), without, "{l}, upstream sends none");
+        // The proxy's own replies: a route's direct response and a 503 NC.
+        for path in ["/none", "/nocluster"] {
+            let r = get(p.addr(l), path, &[]).await;
+            assert_eq!(r.status, 503, "{l} {path}");
+            assert_eq!(r.header("server"), without, "{l}, the proxy's own {path}");
+        }
     }
 }
 
@@ -756,4 +765,26 @@ async fn a_gateway_behind_trusted_proxies_sees_the_real_client() {
     assert_eq!(r.status, 403);
     let j = get(p.addr("keep"), "/", &from_lb).await.json();
     assert_eq!(j["headers"]["x-request-id"], "chosen-by-the-client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripped_host_port_leaves_the_host_header_too() {
+    // Istio's gateway with ISTIO_GATEWAY_STRIP_HOST_PORT (strip_any_host_port): the port
+    // goes from routing and from the Host the upstream sees.
+    let a = upstream("a").await;
+    let vh = json!([{"name": "shop", "domains": ["shop.example.com"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            vh,
+            vec![],
+            json!({"strip_any_host_port": true}),
+        )],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let r = get(p.addr("l"), "/", &[("host", "shop.example.com:443")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["headers"]["host"], "shop.example.com");
 }

@@ -76,7 +76,7 @@ pub struct HcmConfig {
     pub strip_any_host_port: bool,
     /// Strip the port if it equals the listener's port.
     pub strip_matching_host_port: bool,
-    /// `server` header for local replies.
+    /// `server` header for local replies (empty with `PASS_THROUGH`: none).
     pub server_name: String,
     /// `server_name` as a header value, built once (None if it is not a valid value).
     pub server_value: Option<http::HeaderValue>,
@@ -245,7 +245,10 @@ impl HcmConfig {
                 &h.server_name
             })
             .ok(),
-            server_name: if h.server_name.is_empty() {
+            // PASS_THROUGH: Envoy stamps no Server on its own replies either.
+            server_name: if h.server_header_transformation == 2 {
+                String::new()
+            } else if h.server_name.is_empty() {
                 "envoy".into()
             } else {
                 h.server_name.clone()

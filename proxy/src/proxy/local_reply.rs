@@ -171,8 +171,10 @@ impl LocalReply {
             }
             r
         };
-        if let Ok(v) = HeaderValue::from_str(server) {
-            r.headers_mut().insert(http::header::SERVER, v);
+        if !server.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(server) {
+                r.headers_mut().insert(http::header::SERVER, v);
+            }
         }
         r.extensions_mut().insert(ResponseFlags::of(&self.flags));
         r

@@ -161,7 +161,6 @@ fn request_host<'a>(
     raw
 }
 
-/// Pick the cluster of a forward action (weighted choice, cluster header).
 /// The request's scheme as Envoy's redirects and `require_tls` read it, from
 /// `x-forwarded-proto` as the connection manager leaves it: the connection's at the edge
 /// (`use_remote_address` with no trusted hops, where the client's own is replaced), else a
@@ -178,6 +177,7 @@ fn forwarded_proto(ctx: &ConnCtx, headers: &http::HeaderMap) -> &'static str {
     }
 }
 
+/// Pick the cluster of a forward action (weighted choice, cluster header).
 fn choose_cluster<'a>(
     a: &'a ForwardAction,
     headers: &HeaderMap,
@@ -276,6 +276,17 @@ async fn route_request(
     // Cheap (reference-counted) clones, so host and path can be borrowed after `req` moves.
     let host_value = req.headers().get(http::header::HOST).cloned();
     let host = request_host(ctx, &req, &host_value);
+    // A stripped port goes from the Host header itself, as Envoy's `maybeNormalizeHost`
+    // rewrites it: the upstream and header matchers see the host without it.
+    if (ctx.hcm.strip_any_host_port || ctx.hcm.strip_matching_host_port)
+        && host_value
+            .as_ref()
+            .is_some_and(|v| v.as_bytes() != host.as_bytes())
+    {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
     let pq = req.uri().path_and_query().cloned();
     let path: &str = pq.as_ref().map_or("/", |p| p.as_str());
     let pseudo = Pseudo {
