@@ -788,3 +788,36 @@ async fn a_stripped_host_port_leaves_the_host_header_too() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["headers"]["host"], "shop.example.com");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaped_slashes_follow_the_hcms_action() {
+    // Istio's DECODE_AND_MERGE_SLASHES sets UNESCAPE_AND_FORWARD: routes, policies and the
+    // upstream see `/a/b`, not one opaque segment.
+    let a = upstream("a").await;
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
+    let action = |a: &str| {
+        json!({"normalize_path": true, "merge_slashes": true,
+            "path_with_escaped_slashes_action": a})
+    };
+    let p = proxy(bootstrap(
+        vec![
+            listener("fwd", vh.clone(), vec![], action("UNESCAPE_AND_FORWARD")),
+            listener(
+                "redirect",
+                vh.clone(),
+                vec![],
+                action("UNESCAPE_AND_REDIRECT"),
+            ),
+            listener("reject", vh, vec![], action("REJECT_REQUEST")),
+        ],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let r = get(p.addr("fwd"), "/x%2F..%2Fa%2Fb?q=%2F", &[]).await;
+    assert_eq!(r.json()["path"], "/a/b?q=%2F");
+    let r = get(p.addr("redirect"), "/a%2Fb", &[]).await;
+    assert_eq!((r.status, r.header("location")), (307, Some("/a/b")));
+    assert_eq!(get(p.addr("reject"), "/a%2Fb", &[]).await.status, 400);
+    assert_eq!(get(p.addr("reject"), "/a/b", &[]).await.status, 200);
+}

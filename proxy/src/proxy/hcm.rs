@@ -116,7 +116,8 @@ pub struct HcmConfig {
     pub xff_trusted_hops: u32,
     /// `preserve_external_request_id`: an edge request keeps the client's `x-request-id`.
     pub preserve_external_request_id: bool,
-    /// `normalize_path` and `merge_slashes` (see [`super::path_norm`]).
+    /// `normalize_path`, `merge_slashes` and `path_with_escaped_slashes_action` (see
+    /// [`super::path_norm`]).
     pub path_norm: super::path_norm::PathNorm,
     /// `internal_address_config`: whose requests may carry Envoy's control headers.
     pub internal: super::control_headers::InternalAddresses,
@@ -291,6 +292,9 @@ impl HcmConfig {
             path_norm: super::path_norm::PathNorm {
                 normalize: h.normalize_path.as_ref().is_some_and(|b| b.value),
                 merge_slashes: h.merge_slashes,
+                escaped_slashes: super::path_norm::EscapedSlashes::from_proto(
+                    h.path_with_escaped_slashes_action,
+                ),
             },
             internal: super::control_headers::InternalAddresses::from_proto(
                 h.internal_address_config.as_ref(),

@@ -7,6 +7,11 @@
 //! separator, `.` and `..` segments (also when written `%2e`) are resolved, escapes of
 //! unreserved characters are decoded while other escapes are kept as written, and
 //! characters a path may not carry are escaped. Invalid UTF-8 fails it (Envoy answers 400).
+//!
+//! Before either, `path_with_escaped_slashes_action` can decode `%2F` and `%5C` in the path
+//! (Istio's `DECODE_AND_MERGE_SLASHES` asks for it), so that `/admin%2Fsecret` is routed,
+//! and judged by path-based policies, as `/admin/secret`; or refuse such paths, or redirect
+//! them to their decoded form.
 
 use super::local_reply::LocalReply;
 use std::borrow::Cow;
@@ -22,13 +27,93 @@ pub struct PathNorm {
     pub normalize: bool,
     /// `merge_slashes`.
     pub merge_slashes: bool,
+    /// `path_with_escaped_slashes_action`.
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// `path_with_escaped_slashes_action` (Envoy's default, and `IMPLEMENTATION_SPECIFIC_DEFAULT`,
+/// is to keep them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// `KEEP_UNCHANGED`.
+    #[default]
+    Keep,
+    /// `REJECT_REQUEST`: 400.
+    Reject,
+    /// `UNESCAPE_AND_REDIRECT`: 307 to the decoded path.
+    Redirect,
+    /// `UNESCAPE_AND_FORWARD`: route and forward the decoded path.
+    Forward,
+}
+
+impl EscapedSlashes {
+    /// From the proto enum's value.
+    pub fn from_proto(v: i32) -> Self {
+        match v {
+            2 => EscapedSlashes::Reject,
+            3 => EscapedSlashes::Redirect,
+            4 => EscapedSlashes::Forward,
+            _ => EscapedSlashes::Keep,
+        }
+    }
+}
+
+/// A request the path options refuse: Envoy's 400, or its 307 to the decoded path.
+#[derive(Debug)]
+pub struct Refused {
+    /// The reply.
+    pub reply: LocalReply,
+    /// `Location` of a redirect.
+    pub location: Option<String>,
+}
+
+/// Decode `%2F`/`%2f` to `/` and `%5C`/`%5c` to `\` in the path (not the query), as Envoy's
+/// `PathUtil::unescapeSlashes`; `None` when there were none.
+pub fn unescape_slashes(path_and_query: &str) -> Option<String> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let b = path.as_bytes();
+    let escaped = |i: usize| match (b.get(i + 1), b.get(i + 2)) {
+        (Some(b'2'), Some(b'f' | b'F')) => Some('/'),
+        (Some(b'5'), Some(b'c' | b'C')) => Some('\\'),
+        _ => None,
+    };
+    let mut out = String::with_capacity(path_and_query.len());
+    let (mut i, mut last, mut found) = (0, 0, false);
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let Some(c) = escaped(i) {
+                out.push_str(&path[last..i]);
+                out.push(c);
+                i += 3;
+                last = i;
+                found = true;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    if !found {
+        return None;
+    }
+    out.push_str(&path[last..]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Some(out)
 }
 
 impl PathNorm {
-    /// Normalize `req`'s path in place, as Envoy's connection manager does before routing;
-    /// a path that cannot be normalized gets Envoy's 400.
-    pub fn apply<B>(self, req: &mut http::Request<B>) -> Result<(), LocalReply> {
-        if !self.normalize && !self.merge_slashes {
+    /// Normalize `req`'s path in place, as Envoy's connection manager does before routing
+    /// (`maybeNormalizePath`): escaped slashes first, then `normalize_path`, then
+    /// `merge_slashes`. A path that cannot be normalized, or has escaped slashes under
+    /// `REJECT_REQUEST`, gets Envoy's 400; under `UNESCAPE_AND_REDIRECT` the client is sent to
+    /// the normalized path.
+    pub fn apply<B>(self, req: &mut http::Request<B>) -> Result<(), Refused> {
+        if !self.normalize && !self.merge_slashes && self.escaped_slashes == EscapedSlashes::Keep {
             return Ok(());
         }
         let Some(pq) = req.uri().path_and_query() else {
@@ -38,16 +123,37 @@ impl PathNorm {
         if pq.as_str() == "*" {
             return Ok(());
         }
-        let failed = || LocalReply {
-            status: 400,
-            body: String::new(),
-            flags: Vec::new(),
+        let failed = || Refused {
+            reply: LocalReply {
+                status: 400,
+                body: String::new(),
+                flags: Vec::new(),
+            },
+            location: None,
         };
-        let new = match normalize(pq.as_str(), self.normalize, self.merge_slashes) {
-            Ok(Cow::Borrowed(_)) => return Ok(()),
-            Ok(Cow::Owned(p)) => p,
+        let unescaped = match self.escaped_slashes {
+            EscapedSlashes::Keep => None,
+            action => match unescape_slashes(pq.as_str()) {
+                Some(_) if action == EscapedSlashes::Reject => return Err(failed()),
+                u => u,
+            },
+        };
+        let source = unescaped.as_deref().unwrap_or(pq.as_str());
+        let new = match normalize(source, self.normalize, self.merge_slashes) {
+            Ok(Cow::Borrowed(_)) if unescaped.is_none() => return Ok(()),
+            Ok(p) => p.into_owned(),
             Err(Unnormalizable) => return Err(failed()),
         };
+        if unescaped.is_some() && self.escaped_slashes == EscapedSlashes::Redirect {
+            return Err(Refused {
+                reply: LocalReply {
+                    status: 307,
+                    body: String::new(),
+                    flags: Vec::new(),
+                },
+                location: Some(new),
+            });
+        }
         let mut parts = req.uri().clone().into_parts();
         parts.path_and_query =
             Some(http::uri::PathAndQuery::from_maybe_shared(new).map_err(|_| failed())?);
@@ -378,5 +484,47 @@ mod tests {
             normalize("/plain?q", true, true),
             Ok(Cow::Borrowed(_))
         ));
+    }
+
+    #[test]
+    fn escaped_slashes_are_decoded_refused_or_redirected() {
+        assert_eq!(
+            unescape_slashes("/a%2Fb%5cc%2f?q=%2F").as_deref(),
+            Some("/a/b\\c/?q=%2F"),
+            "the query keeps its escapes"
+        );
+        assert_eq!(unescape_slashes("/a%2Gb%25"), None);
+        let run = |action: EscapedSlashes, path: &str| {
+            let norm = PathNorm {
+                normalize: true,
+                merge_slashes: true,
+                escaped_slashes: action,
+            };
+            let mut req = http::Request::get(path).body(()).unwrap();
+            match norm.apply(&mut req) {
+                Ok(()) => (200, req.uri().to_string()),
+                Err(r) => (r.reply.status, r.location.unwrap_or_default()),
+            }
+        };
+        // The path-policy bypass Istio's DECODE_AND_MERGE_SLASHES closes.
+        let sneaky = "/public%2F..%2Fadmin?x=1";
+        assert_eq!(
+            run(EscapedSlashes::Forward, sneaky),
+            (200, "/admin?x=1".into())
+        );
+        assert_eq!(run(EscapedSlashes::Keep, sneaky), (200, sneaky.into()));
+        assert_eq!(run(EscapedSlashes::Reject, sneaky), (400, String::new()));
+        assert_eq!(
+            run(EscapedSlashes::Redirect, sneaky),
+            (307, "/admin?x=1".into())
+        );
+        // Merged after decoding: `%2F%2F` is one slash.
+        assert_eq!(
+            run(EscapedSlashes::Forward, "/a%2F%2Fb"),
+            (200, "/a/b".into())
+        );
+        // Without escaped slashes nothing is refused or redirected.
+        assert_eq!(run(EscapedSlashes::Redirect, "/a/b"), (200, "/a/b".into()));
+        assert_eq!(run(EscapedSlashes::Reject, "/a/b"), (200, "/a/b".into()));
     }
 }

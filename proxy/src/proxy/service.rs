@@ -259,7 +259,11 @@ async fn route_request(
     let grpc = crate::route::matcher::is_grpc(req.headers());
     let reply = |r: LocalReply| r.into_response(&ctx.hcm.server_name, grpc, None);
     if let Err(r) = ctx.hcm.path_norm.apply(&mut req) {
-        return reply(r);
+        let mut resp = reply(r.reply);
+        if let Some(v) = r.location.and_then(|l| HeaderValue::try_from(l).ok()) {
+            resp.headers_mut().insert(http::header::LOCATION, v);
+        }
+        return resp;
     }
     // What formatted header values (`%DOWNSTREAM_REMOTE_ADDRESS%`, ...) refer to.
     let hctx = |request| crate::route::headers::Ctx {
