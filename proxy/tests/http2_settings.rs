@@ -7,7 +7,6 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -84,25 +83,13 @@ async fn a_downstream_connection_carries_envoys_stream_limit_not_hypers() {
 #[tokio::test]
 async fn header_blocks_up_to_60_kib_pass_both_ways() {
     // An h2 upstream that answers with a 40 KiB header.
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let h2_up = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    let resp = http::Response::builder()
-                        .header("x-big", "b".repeat(40 * 1024))
-                        .body(Full::new(Bytes::from_static(b"big")))
-                        .unwrap();
-                    Ok::<_, std::convert::Infallible>(resp)
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
+    let h2_up = h2_upstream(|_req| {
+        http::Response::builder()
+            .header("x-big", "b".repeat(40 * 1024))
+            .body(Full::new(Bytes::from_static(b"big")))
+            .unwrap()
+    })
+    .await;
     let up = upstream("up").await;
     let px = routes_proxy(
         json!([

@@ -283,28 +283,14 @@ async fn circuit_breaker_overflows_do_not_eject_hosts() {
 
 /// An HTTP/2 upstream whose every answer is gRPC's trailers-only form with `code`.
 async fn grpc_upstream(code: u32) -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| async move {
-                    let resp = http::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .header("grpc-status", code.to_string())
-                        .body(http_body_util::Empty::<bytes::Bytes>::new())
-                        .unwrap();
-                    Ok::<_, std::convert::Infallible>(resp)
-                });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                        .await;
-            });
-        }
-    });
-    addr
+    h2_upstream(move |_req| {
+        http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", code.to_string())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -574,8 +560,10 @@ async fn fault_filter_and_cors() {
 async fn ejected_hosts_come_back_after_the_ejection_time() {
     let (a, b) = (upstream("a").await, upstream("b").await);
     let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "ab"}}]);
+    // The ejection ends at the detector's tick past its length (Envoy's interval; 10 s by
+    // default).
     let od = json!({"outlier_detection": {"consecutive_5xx": 1, "base_ejection_time": "0.2s",
-        "max_ejection_percent": 100}});
+        "max_ejection_percent": 100, "interval": "0.1s"}});
     let p = proxy(bootstrap(
         vec![listener(
             "l",

@@ -32,24 +32,8 @@ impl Body for Chan {
 /// An HTTP/2 upstream that answers at once and sends each request chunk back as it comes,
 /// as a bidirectional gRPC stream does.
 async fn echo_stream() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(req.into_body()))
-                    },
-                );
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    h2_upstream(|req: http::Request<hyper::body::Incoming>| http::Response::new(req.into_body()))
+        .await
 }
 
 fn retry_route(cluster: &str) -> serde_json::Value {

@@ -354,6 +354,35 @@ impl Resp {
     }
 }
 
+/// An HTTP/2 (h2c) upstream whose answer to each request `respond` makes at once (the
+/// response body may go on streaming).
+pub async fn h2_upstream<B>(
+    respond: impl Fn(http::Request<Incoming>) -> http::Response<B> + Clone + Send + Sync + 'static,
+) -> SocketAddr
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let respond = respond.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let resp = respond(req);
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// Send a request over a fresh HTTP/1.1 (or h2c when `h2`) connection.
 pub async fn request(
     addr: SocketAddr,
