@@ -457,6 +457,11 @@ async fn heads_envoy_refuses_are_refused_and_end_the_connection() {
     let mut c = Client::connect(addr).await;
     c.send("GET http://x/abs HTTP/1.1\r\n\r\n").await;
     assert_eq!(c.response(false).await.line, "HTTP/1.1 200 OK");
+    // And it wins over a Host header that says otherwise (RFC 9112 §3.2.2, as Envoy).
+    c.send("GET http://abs.example:8080/abs HTTP/1.1\r\nhost: other.example\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.json()["headers"]["host"], "abs.example:8080", "{r:?}");
     drop(px);
 
     // What `http_protocol_options` allows: HTTP/1.0 given a default host, and a chunked

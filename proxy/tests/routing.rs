@@ -821,3 +821,30 @@ async fn escaped_slashes_follow_the_hcms_action() {
     assert_eq!(get(p.addr("reject"), "/a%2Fb", &[]).await.status, 400);
     assert_eq!(get(p.addr("reject"), "/a/b", &[]).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn via_and_the_request_id_in_the_response() {
+    let a = upstream("a").await;
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/nocluster"}, "route": {"cluster": "missing"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]);
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            vh,
+            vec![],
+            json!({"via": "1.1 mosn", "always_set_request_id_in_response": true}),
+        )],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let r = get(p.addr("l"), "/", &[("via", "1.0 lb")]).await;
+    let j = r.json();
+    assert_eq!(j["headers"]["via"], "1.0 lb, 1.1 mosn");
+    assert_eq!(r.header("via"), Some("1.1 mosn"));
+    let id = j["headers"]["x-request-id"].as_str().unwrap().to_string();
+    assert_eq!(r.header("x-request-id"), Some(id.as_str()));
+    // The proxy's own reply carries an id too.
+    let r = get(p.addr("l"), "/nocluster", &[("x-request-id", "mine")]).await;
+    assert_eq!((r.status, r.header("x-request-id")), (503, Some("mine")));
+}

@@ -116,6 +116,11 @@ pub struct HcmConfig {
     pub xff_trusted_hops: u32,
     /// `preserve_external_request_id`: an edge request keeps the client's `x-request-id`.
     pub preserve_external_request_id: bool,
+    /// `always_set_request_id_in_response`: the response carries the request's
+    /// `x-request-id`.
+    pub request_id_in_response: bool,
+    /// `via`: appended to the `via` header of requests and responses (none when `None`).
+    pub via: Option<http::HeaderValue>,
     /// `normalize_path`, `merge_slashes` and `path_with_escaped_slashes_action` (see
     /// [`super::path_norm`]).
     pub path_norm: super::path_norm::PathNorm,
@@ -289,6 +294,11 @@ impl HcmConfig {
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
             xff_trusted_hops: h.xff_num_trusted_hops,
             preserve_external_request_id: h.preserve_external_request_id,
+            request_id_in_response: h.always_set_request_id_in_response,
+            via: (!h.via.is_empty())
+                .then(|| http::HeaderValue::from_str(&h.via))
+                .transpose()
+                .map_err(|_| format!("via {:?} is not a valid header value", h.via))?,
             path_norm: super::path_norm::PathNorm {
                 normalize: h.normalize_path.as_ref().is_some_and(|b| b.value),
                 merge_slashes: h.merge_slashes,

@@ -32,6 +32,14 @@ pub async fn handle(
     if ctx.hcm.use_remote_address {
         super::upstream_headers::mark_edge_request(&ctx, req.headers_mut());
     }
+    if let Some(via) = &ctx.hcm.via {
+        append_via(req.headers_mut(), via);
+    }
+    // `always_set_request_id_in_response`: the id is settled now, for the response.
+    let id_for_response = ctx.hcm.request_id_in_response.then(|| {
+        ensure_request_id(&ctx.hcm, req.headers_mut());
+        req.headers().get("x-request-id").cloned()
+    });
     // Access logging costs nothing unless the HCM has loggers. Envoy's HCM gives every request
     // an x-request-id before routing, so the log line and the upstream see the same one.
     let mut record = (!ctx.hcm.access_logs.is_empty()).then(|| {
@@ -78,6 +86,13 @@ pub async fn handle(
         }
     };
     stats.status(resp.status().as_u16());
+    let mut resp = resp;
+    if let Some(Some(id)) = id_for_response {
+        resp.headers_mut().insert("x-request-id", id);
+    }
+    if let Some(via) = &ctx.hcm.via {
+        append_via(resp.headers_mut(), via);
+    }
     let mut resp = match active {
         Some(active) => {
             let (parts, body) = resp.into_parts();
@@ -159,6 +174,22 @@ fn request_host<'a>(
         };
     }
     raw
+}
+
+/// Envoy's `appendVia`: the HCM's `via` after any the message carries.
+fn append_via(h: &mut HeaderMap, via: &HeaderValue) {
+    let joined = match h.get(http::header::VIA).map(|v| v.as_bytes()) {
+        Some(old) if !old.is_empty() => {
+            let mut b = old.to_vec();
+            b.extend_from_slice(b", ");
+            b.extend_from_slice(via.as_bytes());
+            HeaderValue::from_bytes(&b).ok()
+        }
+        _ => Some(via.clone()),
+    };
+    if let Some(v) = joined {
+        h.insert(http::header::VIA, v);
+    }
 }
 
 /// The request's scheme as Envoy's redirects and `require_tls` read it, from
@@ -277,6 +308,17 @@ async fn route_request(
         ctx.stats.no_route.inc();
         return no_route();
     };
+    // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2), as Envoy's
+    // HTTP/1 codec does: routing and the upstream see one host.
+    if req.version() <= http::Version::HTTP_11 {
+        if let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
     // Cheap (reference-counted) clones, so host and path can be borrowed after `req` moves.
     let host_value = req.headers().get(http::header::HOST).cloned();
     let host = request_host(ctx, &req, &host_value);
