@@ -19,6 +19,8 @@ pub mod local_reply;
 pub mod mirror;
 pub mod path_norm;
 pub mod request_body;
+mod retries;
+mod route_inputs;
 pub mod router;
 mod running;
 pub mod service;

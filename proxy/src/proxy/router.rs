@@ -5,6 +5,7 @@ use super::body::{BoxBody, Guarded};
 use super::hop_by_hop::strip_hop_by_hop;
 use super::local_reply::{Flag, LocalReply};
 use super::request_body::RequestBody;
+use super::retries::{retry_or_stop, RetrySlot};
 use super::service::ActiveGauge;
 use crate::cluster::host::{ActiveRequest, Host};
 use crate::cluster::{Cluster, Discovery};
@@ -483,78 +484,6 @@ async fn tunnel(
         tracing::debug!("upgraded connection ended: {e}");
     }
     drop(guard);
-}
-
-/// Take a retry slot and back off (Envoy: random in [0, base × 2^attempt], capped).
-async fn next_retry(
-    cluster: &Cluster,
-    policy: &RetryPolicy,
-    attempt: u32,
-    in_retry: &mut RetrySlot,
-) -> bool {
-    if !in_retry.held {
-        if !cluster.begin_retry() {
-            return false;
-        }
-        in_retry.held = true;
-    }
-    cluster.stats.rq_retry.inc();
-    let ceiling = policy
-        .backoff_base
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(policy.backoff_max);
-    let ms = ceiling.as_millis() as u64;
-    if ms > 0 {
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=ms))).await;
-    }
-    true
-}
-
-/// For a retriable outcome: `None` to retry (after the back-off), else why not, as Envoy's
-/// `RetryStatus` flags it: URX when the retries are used up (counted in
-/// `upstream_rq_retry_limit_exceeded`, even with `num_retries: 0`), UO when the `max_retries`
-/// breaker refused, no flag when the request cannot be sent again (its body past the buffer,
-/// or the route's time up).
-async fn retry_or_stop(
-    cluster: &Cluster,
-    policy: Option<&RetryPolicy>,
-    attempt: u32,
-    retries: u32,
-    may_retry: bool,
-    in_retry: &mut RetrySlot,
-) -> Option<Option<Flag>> {
-    if attempt >= retries {
-        cluster.stats.rq_retry_limit_exceeded.inc();
-        return Some(Some(Flag::UpstreamRetryLimitExceeded));
-    }
-    if !may_retry {
-        return Some(None);
-    }
-    match policy {
-        Some(p) if next_retry(cluster, p, attempt, in_retry).await => None,
-        _ => Some(Some(Flag::UpstreamOverflow)),
-    }
-}
-
-/// A `max_retries` slot of a request; released when the request stops retrying or is
-/// dropped mid-way (client gone), so abandoned requests cannot leak breaker capacity.
-struct RetrySlot {
-    cluster: Arc<Cluster>,
-    held: bool,
-}
-
-impl RetrySlot {
-    fn release(&mut self) {
-        if std::mem::take(&mut self.held) {
-            self.cluster.end_retry();
-        }
-    }
-}
-
-impl Drop for RetrySlot {
-    fn drop(&mut self) {
-        self.release();
-    }
 }
 
 #[inline(always)]

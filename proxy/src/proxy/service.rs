@@ -7,17 +7,17 @@ use super::control_headers;
 use super::hcm::HttpFilter;
 use super::head_checks;
 use super::local_reply::{Flag, LocalReply, ResponseFlags};
+use super::route_inputs::{choose_cluster, request_host, upgrade_type, Levels};
 use super::router::{self, Downstream};
 use super::upstream_headers::{
-    append_xff, ensure_request_id, prepare_upstream_headers, remote_address,
+    append_via, append_xff, ensure_request_id, forwarded_proto, prepare_upstream_headers,
+    remote_address,
 };
 use super::ConnCtx;
-use crate::route::action::{split_host_port, Action, ClusterTarget, ForwardAction, WeightedTarget};
-use crate::route::headers::HeaderPolicy;
+use crate::route::action::Action;
 use crate::route::matcher::Pseudo;
-use crate::route::{RequireTls, Route, RouteConfig, VirtualHost};
+use crate::route::RequireTls;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Handle one downstream request (its body `None` when it has none); never fails (errors
@@ -143,131 +143,6 @@ impl Drop for ActiveGauge {
     fn drop(&mut self) {
         self.0.stats.rq_active.dec();
         self.0.activity.end();
-    }
-}
-
-/// The Host used for virtual-host matching.
-///
-/// Borrowed from `host_value` (a cheap clone of the request's Host header, so the request
-/// itself can still be moved) when there is one, which is the common case.
-fn request_host<'a>(
-    ctx: &ConnCtx,
-    req: &Request<DownstreamBody>,
-    host_value: &'a Option<HeaderValue>,
-) -> Cow<'a, str> {
-    let raw: Cow<'a, str> = match host_value.as_ref().and_then(|v| v.to_str().ok()) {
-        Some(h) => Cow::Borrowed(h),
-        None => Cow::Owned(
-            req.uri()
-                .authority()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-        ),
-    };
-    // The port is parsed only when a strip option needs it (neither is on by default).
-    if ctx.hcm.strip_any_host_port
-        || (ctx.hcm.strip_matching_host_port && split_host_port(&raw).1 == Some(ctx.listener_port))
-    {
-        return match raw {
-            Cow::Borrowed(r) => Cow::Borrowed(split_host_port(r).0),
-            Cow::Owned(o) => Cow::Owned(split_host_port(&o).0.to_string()),
-        };
-    }
-    raw
-}
-
-/// Envoy's `appendVia`: the HCM's `via` after any the message carries.
-fn append_via(h: &mut HeaderMap, via: &HeaderValue) {
-    let joined = match h.get(http::header::VIA).map(|v| v.as_bytes()) {
-        Some(old) if !old.is_empty() => {
-            let mut b = old.to_vec();
-            b.extend_from_slice(b", ");
-            b.extend_from_slice(via.as_bytes());
-            HeaderValue::from_bytes(&b).ok()
-        }
-        _ => Some(via.clone()),
-    };
-    if let Some(v) = joined {
-        h.insert(http::header::VIA, v);
-    }
-}
-
-/// The request's scheme as Envoy's redirects and `require_tls` read it, from
-/// `x-forwarded-proto` as the connection manager leaves it: the connection's at the edge
-/// (`use_remote_address` with no trusted hops, where the client's own is replaced), else a
-/// valid one the request brought, else the connection's.
-fn forwarded_proto(ctx: &ConnCtx, headers: &http::HeaderMap) -> &'static str {
-    let conn = if ctx.tls.is_some() { "https" } else { "http" };
-    if ctx.hcm.use_remote_address && ctx.hcm.xff_trusted_hops == 0 {
-        return conn;
-    }
-    match headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
-        Some(v) if v.eq_ignore_ascii_case(b"https") => "https",
-        Some(v) if v.eq_ignore_ascii_case(b"http") => "http",
-        _ => conn,
-    }
-}
-
-/// Pick the cluster of a forward action (weighted choice, cluster header).
-fn choose_cluster<'a>(
-    a: &'a ForwardAction,
-    headers: &HeaderMap,
-) -> (Option<Cow<'a, str>>, Option<&'a WeightedTarget>) {
-    let from_header = |h: &http::HeaderName| {
-        headers
-            .get(h)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| Cow::Owned(v.to_string()))
-    };
-    match &a.target {
-        ClusterTarget::Name(n) => (Some(Cow::Borrowed(n.as_str())), None),
-        ClusterTarget::Header(h) => (from_header(h), None),
-        ClusterTarget::Weighted { targets, total } => {
-            let mut r = fastrand::u64(0..*total);
-            for t in targets {
-                if r < t.weight {
-                    let name = match &t.cluster_header {
-                        Some(h) => from_header(h),
-                        None => Some(Cow::Borrowed(t.name.as_str())),
-                    };
-                    return (name, Some(t));
-                }
-                r -= t.weight;
-            }
-            (None, None)
-        }
-    }
-}
-
-/// Header policies from most to least specific (Envoy's default order, so the route
-/// configuration level wins conflicts).
-struct Levels<'a> {
-    all: [&'a HeaderPolicy; 4],
-    skip: usize,
-}
-
-impl<'a> Levels<'a> {
-    fn new(
-        wt: Option<&'a WeightedTarget>,
-        route: &'a Route,
-        vh: &'a VirtualHost,
-        rc: &'a RouteConfig,
-    ) -> Self {
-        // On the stack: no allocation per request.
-        match wt {
-            Some(w) => Levels {
-                all: [&w.headers, &route.headers, &vh.headers, &rc.headers],
-                skip: 0,
-            },
-            None => Levels {
-                all: [&route.headers, &route.headers, &vh.headers, &rc.headers],
-                skip: 1,
-            },
-        }
-    }
-
-    fn as_slice(&self) -> &[&'a HeaderPolicy] {
-        &self.all[self.skip..]
     }
 }
 
@@ -645,26 +520,4 @@ async fn route_request(
         p.decorate(&h, resp.headers_mut());
     }
     resp
-}
-
-/// The upgrade type of an HTTP/1.1 `Connection: upgrade` request, if the HCM allows it.
-fn upgrade_type(req: &Request<DownstreamBody>, allowed: &[String]) -> Option<String> {
-    if req.version() != http::Version::HTTP_11 || allowed.is_empty() {
-        return None;
-    }
-    let h = req.headers();
-    let conn_upgrade = h
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        });
-    let t = h
-        .get(http::header::UPGRADE)?
-        .to_str()
-        .ok()?
-        .to_ascii_lowercase();
-    (conn_upgrade && allowed.contains(&t)).then_some(t)
 }

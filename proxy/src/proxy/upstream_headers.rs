@@ -205,3 +205,35 @@ fn uuid4_bytes() -> [u8; 36] {
     }
     out
 }
+
+/// Envoy's `appendVia`: the HCM's `via` after any the message carries.
+pub(super) fn append_via(h: &mut HeaderMap, via: &HeaderValue) {
+    let joined = match h.get(http::header::VIA).map(|v| v.as_bytes()) {
+        Some(old) if !old.is_empty() => {
+            let mut b = old.to_vec();
+            b.extend_from_slice(b", ");
+            b.extend_from_slice(via.as_bytes());
+            HeaderValue::from_bytes(&b).ok()
+        }
+        _ => Some(via.clone()),
+    };
+    if let Some(v) = joined {
+        h.insert(http::header::VIA, v);
+    }
+}
+
+/// The request's scheme as Envoy's redirects and `require_tls` read it, from
+/// `x-forwarded-proto` as the connection manager leaves it: the connection's at the edge
+/// (`use_remote_address` with no trusted hops, where the client's own is replaced), else a
+/// valid one the request brought, else the connection's.
+pub(super) fn forwarded_proto(ctx: &ConnCtx, headers: &http::HeaderMap) -> &'static str {
+    let conn = if ctx.tls.is_some() { "https" } else { "http" };
+    if ctx.hcm.use_remote_address && ctx.hcm.xff_trusted_hops == 0 {
+        return conn;
+    }
+    match headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+        Some(v) if v.eq_ignore_ascii_case(b"https") => "https",
+        Some(v) if v.eq_ignore_ascii_case(b"http") => "http",
+        _ => conn,
+    }
+}

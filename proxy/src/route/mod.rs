@@ -4,6 +4,8 @@
 pub mod action;
 pub mod headers;
 pub mod matcher;
+pub mod redirect;
+pub mod retry;
 pub mod stream_duration;
 #[cfg(test)]
 mod tests;
