@@ -134,15 +134,15 @@ pub(super) fn mark_edge_request(ctx: &ConnCtx, h: &mut HeaderMap) {
     }
 }
 
-/// The `x-forwarded-for` entries of all its lines, in order.
-fn xff_entries(h: &HeaderMap) -> Vec<&str> {
+/// The `x-forwarded-for` entries of all its lines, in order, read in place: RBAC asks for
+/// the remote address on every request it judges.
+fn xff_entries(h: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
     h.get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .collect()
 }
 
 /// Envoy's downstream remote address for a request (`final_remote_address`): with
@@ -160,7 +160,6 @@ pub(super) fn remote_address(ctx: &ConnCtx, h: &HeaderMap) -> std::net::IpAddr {
         hops
     };
     xff_entries(h)
-        .iter()
         .rev()
         .nth(skip)
         .and_then(|a| a.parse().ok())
@@ -170,8 +169,9 @@ pub(super) fn remote_address(ctx: &ConnCtx, h: &HeaderMap) -> std::net::IpAddr {
 /// Append the downstream address to `x-forwarded-for` (HCM `use_remote_address`), folding
 /// several lines into one as Envoy's header map does.
 pub(super) fn append_xff(h: &mut HeaderMap, peer: std::net::IpAddr) {
-    let mut all = xff_entries(h).join(",");
-    if !all.is_empty() {
+    let mut all = String::new();
+    for e in xff_entries(h) {
+        all.push_str(e);
         all.push(',');
     }
     all.push_str(&peer.to_string());
