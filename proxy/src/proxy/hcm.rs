@@ -129,6 +129,13 @@ pub struct HcmConfig {
 }
 
 impl HcmConfig {
+    /// Whether the request's own `x-forwarded-proto` stands (Envoy's mutateRequestHeaders):
+    /// not at the edge (`use_remote_address`) unless trusted proxies are in front
+    /// (`xff_num_trusted_hops`); else the connection's scheme replaces it.
+    pub fn trusts_forwarded_proto(&self) -> bool {
+        !self.use_remote_address || self.xff_trusted_hops > 0
+    }
+
     /// `max_request_headers_kb` in bytes (Envoy's default: 60 KiB): a larger request head gets
     /// 431. It is read, with its default and range, along with the HTTP/2 settings.
     pub fn max_request_headers(&self) -> usize {

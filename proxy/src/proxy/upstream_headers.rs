@@ -34,11 +34,10 @@ pub(super) fn prepare_upstream_headers(
     const HTTPS: HeaderValue = HeaderValue::from_static("https");
     const HTTP: HeaderValue = HeaderValue::from_static("http");
     let scheme = if tls { HTTPS } else { HTTP };
-    // With trusted proxies in front, the one they set stands (Envoy's mutateRequestHeaders).
-    if hcm.use_remote_address && hcm.xff_trusted_hops == 0 {
-        h.insert(XFP, scheme);
-    } else {
+    if hcm.trusts_forwarded_proto() {
         h.entry(XFP).or_insert(scheme);
+    } else {
+        h.insert(XFP, scheme);
     }
     ensure_request_id(hcm, h);
     if let Some(new) = a.rewrite_path(path, route.matched_len(path)) {
@@ -228,7 +227,7 @@ pub(super) fn append_via(h: &mut HeaderMap, via: &HeaderValue) {
 /// valid one the request brought, else the connection's.
 pub(super) fn forwarded_proto(ctx: &ConnCtx, headers: &http::HeaderMap) -> &'static str {
     let conn = if ctx.tls.is_some() { "https" } else { "http" };
-    if ctx.hcm.use_remote_address && ctx.hcm.xff_trusted_hops == 0 {
+    if !ctx.hcm.trusts_forwarded_proto() {
         return conn;
     }
     match headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
