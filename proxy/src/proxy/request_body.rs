@@ -153,19 +153,19 @@ impl Body for Replay {
     type Data = Bytes;
     type Error = BoxError;
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let rec = self.rec.clone();
-        let mut r = rec.lock().unwrap();
-        if r.current != self.attempt {
+        let this = self.get_mut();
+        let mut r = this.rec.lock().unwrap();
+        if r.current != this.attempt {
             return Poll::Ready(Some(Err(
                 "a newer attempt took over the request body".into()
             )));
         }
-        if let Some(f) = r.frames.get(self.next) {
+        if let Some(f) = r.frames.get(this.next) {
             let f = f.frame();
-            self.next += 1;
+            this.next += 1;
             return Poll::Ready(Some(Ok(f)));
         }
         if r.ended {
@@ -179,7 +179,7 @@ impl Body for Replay {
             Poll::Ready(Some(Ok(f))) => {
                 r.record(&f);
                 // Past the limit the copy is empty and this attempt reads the source alone.
-                self.next = r.frames.len();
+                this.next = r.frames.len();
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
