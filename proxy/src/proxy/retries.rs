@@ -32,11 +32,18 @@ async fn next_retry(
     true
 }
 
-/// For a retriable outcome: `None` to retry (after the back-off), else why not, as Envoy's
-/// `RetryStatus` flags it: URX when the retries are used up (counted in
-/// `upstream_rq_retry_limit_exceeded`, even with `num_retries: 0`), UO when the `max_retries`
-/// breaker refused, no flag when the request cannot be sent again (its body past the buffer,
-/// or the route's time up).
+/// What becomes of a retriable outcome.
+pub(super) enum Retry {
+    /// Try again (the back-off has passed).
+    Again,
+    /// No more tries, and why, as Envoy's `RetryStatus` flags it: URX when the retries are
+    /// used up, UO when the `max_retries` breaker refused; no flag when the request cannot be
+    /// sent again (its body past the buffer, or the route's time up).
+    Stop(Option<Flag>),
+}
+
+/// Decide a retriable outcome: retries used up count in `upstream_rq_retry_limit_exceeded`
+/// (even with `num_retries: 0`); a retry backs off first.
 pub(super) async fn retry_or_stop(
     cluster: &Cluster,
     policy: Option<&RetryPolicy>,
@@ -44,17 +51,17 @@ pub(super) async fn retry_or_stop(
     retries: u32,
     may_retry: bool,
     in_retry: &mut RetrySlot,
-) -> Option<Option<Flag>> {
+) -> Retry {
     if attempt >= retries {
         cluster.stats.rq_retry_limit_exceeded.inc();
-        return Some(Some(Flag::UpstreamRetryLimitExceeded));
+        return Retry::Stop(Some(Flag::UpstreamRetryLimitExceeded));
     }
     if !may_retry {
-        return Some(None);
+        return Retry::Stop(None);
     }
     match policy {
-        Some(p) if next_retry(cluster, p, attempt, in_retry).await => None,
-        _ => Some(Some(Flag::UpstreamOverflow)),
+        Some(p) if next_retry(cluster, p, attempt, in_retry).await => Retry::Again,
+        _ => Retry::Stop(Some(Flag::UpstreamOverflow)),
     }
 }
 

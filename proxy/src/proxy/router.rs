@@ -5,7 +5,7 @@ use super::body::{BoxBody, Guarded};
 use super::hop_by_hop::strip_hop_by_hop;
 use super::local_reply::{Flag, LocalReply};
 use super::request_body::RequestBody;
-use super::retries::{retry_or_stop, RetrySlot};
+use super::retries::{retry_or_stop, Retry, RetrySlot};
 use super::service::ActiveGauge;
 use crate::cluster::host::{ActiveRequest, Host};
 use crate::cluster::{Cluster, Discovery};
@@ -286,11 +286,11 @@ pub async fn forward(
                     )
                     .await
                     {
-                        None => {
+                        Retry::Again => {
                             attempt += 1;
                             continue;
                         }
-                        Some(flag) => stopped = flag,
+                        Retry::Stop(flag) => stopped = flag,
                     }
                 } else if in_retry.held {
                     stats.rq_retry_success.inc();
@@ -383,11 +383,11 @@ pub async fn forward(
                     let may = can_retry(global_expired);
                     match retry_or_stop(&cluster, retry, attempt, retries, may, &mut in_retry).await
                     {
-                        None => {
+                        Retry::Again => {
                             attempt += 1;
                             continue;
                         }
-                        Some(flag) => stopped = flag,
+                        Retry::Stop(flag) => stopped = flag,
                     }
                 }
                 in_retry.release();
