@@ -142,41 +142,45 @@ impl HostOutlier {
     /// every further failure). Returns the reason when the ejection is enforced (the
     /// `enforcing_*` percentage); the caller applies `max_ejection_percent`.
     pub fn failure(&self, status: Option<u16>, cfg: &OutlierConfig) -> Option<Ejection> {
-        let roll = |pct: u32| pct >= 100 || (pct > 0 && fastrand::u32(0..100) < pct);
+        let more = |run: &AtomicU32| run.fetch_add(1, Ordering::Relaxed) + 1;
+        // A run of `n` that reached `threshold` starts again; the ejection is enforced with
+        // the `enforcing` percentage.
+        let reached = |run: &AtomicU32, n: u32, threshold: u32, enforcing: u32| {
+            n >= threshold && {
+                run.store(0, Ordering::Relaxed);
+                enforcing >= 100 || (enforcing > 0 && fastrand::u32(0..100) < enforcing)
+            }
+        };
         if cfg.split_local {
             // Envoy's `putResultWithLocalExternalSplit`: the proxy's own failures have a
             // counter of their own; an answer (even a 5xx) shows the connection worked.
-            let Some(_) = status else {
-                let n = self.consecutive_local.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= cfg.consecutive_local {
-                    self.consecutive_local.store(0, Ordering::Relaxed);
-                    if roll(cfg.enforcing_local) {
-                        return Some(Ejection::ConsecutiveLocalOrigin);
-                    }
-                }
-                return None;
-            };
-            self.consecutive_local.store(0, Ordering::Relaxed);
+            let local = &self.consecutive_local;
+            if status.is_none() {
+                let n = more(local);
+                return reached(local, n, cfg.consecutive_local, cfg.enforcing_local)
+                    .then_some(Ejection::ConsecutiveLocalOrigin);
+            }
+            local.store(0, Ordering::Relaxed);
         }
         let gateway = status.is_none_or(|s| matches!(s, 502..=504));
-        let five = self.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
+        let five = more(&self.consecutive_5xx);
         let gw = if gateway {
-            self.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1
+            more(&self.consecutive_gateway)
         } else {
             self.consecutive_gateway.store(0, Ordering::Relaxed);
             0
         };
-        if five >= cfg.consecutive_5xx {
-            self.consecutive_5xx.store(0, Ordering::Relaxed);
-            if roll(cfg.enforcing_5xx) {
-                return Some(Ejection::Consecutive5xx);
-            }
+        if reached(
+            &self.consecutive_5xx,
+            five,
+            cfg.consecutive_5xx,
+            cfg.enforcing_5xx,
+        ) {
+            return Some(Ejection::Consecutive5xx);
         }
-        if gateway && gw >= cfg.consecutive_gateway {
-            self.consecutive_gateway.store(0, Ordering::Relaxed);
-            if roll(cfg.enforcing_gateway) {
-                return Some(Ejection::ConsecutiveGateway);
-            }
+        let (run, threshold) = (&self.consecutive_gateway, cfg.consecutive_gateway);
+        if gateway && reached(run, gw, threshold, cfg.enforcing_gateway) {
+            return Some(Ejection::ConsecutiveGateway);
         }
         None
     }
