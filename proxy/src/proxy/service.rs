@@ -36,10 +36,14 @@ pub async fn handle(
         append_via(req.headers_mut(), via);
     }
     // `always_set_request_id_in_response`: the id is settled now, for the response.
-    let id_for_response = ctx.hcm.request_id_in_response.then(|| {
-        ensure_request_id(&ctx.hcm, req.headers_mut());
-        req.headers().get("x-request-id").cloned()
-    });
+    let id_for_response = ctx
+        .hcm
+        .request_id_in_response
+        .then(|| {
+            ensure_request_id(&ctx.hcm, req.headers_mut());
+            req.headers().get("x-request-id").cloned()
+        })
+        .flatten();
     // Access logging costs nothing unless the HCM has loggers. Envoy's HCM gives every request
     // an x-request-id before routing, so the log line and the upstream see the same one.
     let mut record = (!ctx.hcm.access_logs.is_empty()).then(|| {
@@ -70,7 +74,7 @@ pub async fn handle(
     let mut active = Some(ActiveGauge::new(ctx.clone()));
     let h1 = req.version() < http::Version::HTTP_2;
     let logging = record.is_some();
-    let resp = match refused {
+    let mut resp = match refused {
         None => route_request(&ctx, req, &mut active, logging.then_some(&mut info)).await,
         Some(r) => {
             if r.protocol_error {
@@ -86,8 +90,7 @@ pub async fn handle(
         }
     };
     stats.status(resp.status().as_u16());
-    let mut resp = resp;
-    if let Some(Some(id)) = id_for_response {
+    if let Some(id) = id_for_response {
         resp.headers_mut().insert("x-request-id", id);
     }
     if let Some(via) = &ctx.hcm.via {
