@@ -1,17 +1,14 @@
-//! Consistent hashing: hash-policy evaluation, the ring (RING_HASH) and the Maglev table.
+//! Hash policies: a request's key for the consistent-hash tables ([`super::table`]), computed
+//! as Envoy computes it (xxHash64 of the same bytes), so that a key picks the same host behind
+//! Envoy and behind mosn.
 
-use crate::cluster::host::Host;
 use crate::route::action::{CookieKey, HashKey, HashPolicy};
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use xxhash_rust::xxh64::{xxh64, Xxh64};
 
-/// A stable 64-bit hash (SipHash with fixed keys, so every process agrees).
+/// Envoy's `HashUtil::xxHash64`: xxHash64 with seed 0.
 pub fn hash64(data: &[u8]) -> u64 {
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new();
-    data.hash(&mut h);
-    h.finish()
+    xxh64(data, 0)
 }
 
 /// What hash policies read besides the headers: the query, and the connection's addresses
@@ -27,7 +24,8 @@ pub struct Inputs<'a> {
 }
 
 /// Evaluate the route's hash policies. Envoy combines several hashes by rotating the
-/// accumulated value left by one bit and xoring; a terminal policy that produced a hash stops.
+/// accumulated value left by one bit and xoring; a terminal policy stops once there is a hash,
+/// its own or an earlier policy's.
 /// A cookie policy with a `ttl` whose cookie the request lacks makes one up: its value is
 /// hashed, and `set_cookie` gets the `Set-Cookie` value for the response.
 pub fn compute(
@@ -40,8 +38,16 @@ pub fn compute(
     for p in policies {
         let h = match &p.key {
             HashKey::Header(name) => {
-                let vals: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
-                (!vals.is_empty()).then(|| hash64(&vals.join(&b","[..])))
+                // All the header's lines, sorted so that their order does not matter, hashed
+                // as one run of bytes (Envoy's xxHash64 over a span of strings).
+                let mut vals: Vec<&[u8]> =
+                    headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+                vals.sort_unstable();
+                (!vals.is_empty()).then(|| {
+                    let mut h = Xxh64::new(0);
+                    vals.iter().for_each(|v| h.update(v));
+                    h.digest()
+                })
             }
             HashKey::Cookie(c) => match cookie(headers, &c.name) {
                 Some(v) => Some(hash64(v.as_bytes())),
@@ -64,9 +70,9 @@ pub fn compute(
                 Some(a) => a.rotate_left(1) ^ h,
                 None => h,
             });
-            if p.terminal {
-                break;
-            }
+        }
+        if p.terminal && acc.is_some() {
+            break;
         }
     }
     acc
@@ -99,7 +105,7 @@ fn set_cookie_value(c: &CookieKey, value: &str, ttl: std::time::Duration) -> Str
 }
 
 /// The value of cookie `name`, without the double quotes it may be wrapped in (RFC 6265
-/// §4.1.1, as Envoy reads it).
+/// §4.1.1, as Envoy reads it); an empty value counts as none.
 fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
     for v in headers.get_all(http::header::COOKIE) {
         for part in v.to_str().ok()?.split(';') {
@@ -109,7 +115,7 @@ fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
                         .strip_prefix('"')
                         .and_then(|v| v.strip_suffix('"'))
                         .unwrap_or(val);
-                    return Some(val.to_string());
+                    return (!val.is_empty()).then(|| val.to_string());
                 }
             }
         }
@@ -117,79 +123,75 @@ fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
     None
 }
 
-/// Build a ring: each host gets a share of `size` entries proportional to its weight.
-pub fn build_ring(hosts: &[Arc<Host>], min_size: u64, max_size: u64) -> Vec<(u64, u32)> {
-    if hosts.is_empty() {
-        return Vec::new();
-    }
-    let total: u64 = hosts.iter().map(|h| h.weight as u64).sum();
-    let min_w = hosts.iter().map(|h| h.weight as u64).min().unwrap_or(1);
-    // As in Envoy: scale so the lightest host has at least one entry and the ring ≥ min_size.
-    let scale = ((min_size as f64 / total as f64).max(1.0 / min_w as f64) * total as f64)
-        .min(max_size as f64)
-        / total as f64;
-    let mut ring = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let n = ((h.weight as f64 * scale).round() as u64).max(1);
-        for k in 0..n {
-            ring.push((hash64(format!("{}_{k}", h.addr).as_bytes()), i as u32));
-        }
-    }
-    ring.sort_unstable();
-    ring
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-/// The ring entry at or after `h`, wrapping around.
-pub fn ring_lookup(ring: &[(u64, u32)], h: u64) -> Option<usize> {
-    if ring.is_empty() {
-        return None;
+    fn policy(key: HashKey, terminal: bool) -> HashPolicy {
+        HashPolicy { key, terminal }
     }
-    let i = ring.partition_point(|(k, _)| *k < h);
-    Some(ring[if i == ring.len() { 0 } else { i }].1 as usize)
-}
 
-/// Build a weighted Maglev lookup table (Eisenbud et al.): each host fills its preferred slots
-/// in turn; heavier hosts take turns more often.
-pub fn build_maglev(hosts: &[Arc<Host>], table_size: u64) -> Vec<u32> {
-    let m = table_size as usize;
-    if hosts.is_empty() || m == 0 {
-        return Vec::new();
+    fn header(name: &str) -> HashKey {
+        HashKey::Header(HeaderName::from_bytes(name.as_bytes()).unwrap())
     }
-    let perms: Vec<(u64, u64)> = hosts
-        .iter()
-        .map(|h| {
-            let k = h.addr.to_string();
-            let offset = hash64(format!("{k}#offset").as_bytes()) % table_size;
-            let skip = hash64(format!("{k}#skip").as_bytes()) % (table_size - 1).max(1) + 1;
-            (offset, skip)
-        })
-        .collect();
-    let max_w = hosts.iter().map(|h| h.weight).max().unwrap_or(1) as u64;
-    let mut next = vec![0u64; hosts.len()];
-    let mut credit = vec![0u64; hosts.len()];
-    let mut table = vec![u32::MAX; m];
-    let mut filled = 0;
-    while filled < m {
-        for (i, h) in hosts.iter().enumerate() {
-            credit[i] += h.weight as u64;
-            if credit[i] < max_w {
-                continue;
-            }
-            credit[i] -= max_w;
-            loop {
-                let (off, skip) = perms[i];
-                let slot = ((off + next[i] * skip) % table_size) as usize;
-                next[i] += 1;
-                if table[slot] == u32::MAX {
-                    table[slot] = i as u32;
-                    filled += 1;
-                    break;
-                }
-            }
-            if filled == m {
-                break;
-            }
+
+    fn run(policies: &[HashPolicy], headers: &[(&str, &str)]) -> Option<u64> {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
+        compute(policies, &map, Inputs::default(), &mut None)
     }
-    table
+
+    #[test]
+    fn header_lines_hash_as_envoy_hashes_them() {
+        let p = [policy(header("x-user"), false)];
+        // One line: xxHash64 of its bytes.
+        assert_eq!(run(&p, &[("x-user", "jason")]), Some(xxh64(b"jason", 0)));
+        // Several lines: sorted, then hashed as one run of bytes, in any order.
+        let ab = run(&p, &[("x-user", "b"), ("x-user", "a")]);
+        assert_eq!(ab, Some(xxh64(b"ab", 0)));
+        assert_eq!(run(&p, &[("x-user", "a"), ("x-user", "b")]), ab);
+        assert_eq!(run(&p, &[]), None);
+    }
+
+    #[test]
+    fn a_terminal_policy_stops_on_an_earlier_hash() {
+        let p = [
+            policy(header("x-a"), false),
+            policy(header("x-b"), true),
+            policy(header("x-c"), false),
+        ];
+        // x-b is absent, but x-a gave a hash: the terminal policy still stops, so x-c is
+        // not folded in (Envoy checks the accumulated hash).
+        let only_a = run(&p, &[("x-a", "1"), ("x-c", "3")]);
+        assert_eq!(only_a, Some(xxh64(b"1", 0)));
+        let a_then_b = run(&p, &[("x-a", "1"), ("x-b", "2"), ("x-c", "3")]);
+        assert_eq!(
+            a_then_b,
+            Some(xxh64(b"1", 0).rotate_left(1) ^ xxh64(b"2", 0))
+        );
+    }
+
+    #[test]
+    fn an_empty_cookie_is_no_cookie() {
+        let p = [policy(
+            HashKey::Cookie(CookieKey {
+                name: "session".into(),
+                ttl: None,
+                path: String::new(),
+                attributes: Vec::new(),
+            }),
+            false,
+        )];
+        assert_eq!(run(&p, &[("cookie", "session=")]), None);
+        assert_eq!(
+            run(&p, &[("cookie", "a=1; session=\"x\"")]),
+            Some(xxh64(b"x", 0))
+        );
+    }
 }

@@ -3,8 +3,10 @@
 //! so per-set tables (RR sequence, ring, Maglev table) are computed once.
 
 pub mod hash;
+pub mod table;
 
 use crate::cluster::host::Host;
+use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::config::cluster::v3 as cpb;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,11 +30,17 @@ pub enum LbPolicy {
         min_size: u64,
         /// Maximum ring size (default 8M).
         max_size: u64,
+        /// The hash of the ring's entries (`hash_function`).
+        hash_fn: table::RingHashFn,
+        /// Hosts are hashed by hostname (`use_hostname_for_hashing`), not address.
+        use_hostname: bool,
     },
     /// Maglev table.
     Maglev {
         /// Table size, a prime (default 65537).
         table_size: u64,
+        /// Hosts are hashed by hostname (`use_hostname_for_hashing`), not address.
+        use_hostname: bool,
     },
     /// The cluster picks the host itself (ORIGINAL_DST).
     ClusterProvided,
@@ -42,6 +50,11 @@ impl LbPolicy {
     /// From the Cluster proto.
     pub fn from_proto(c: &cpb::Cluster) -> Result<Self, String> {
         use cpb::cluster::LbConfig;
+        let use_hostname = c
+            .common_lb_config
+            .as_ref()
+            .and_then(|l| l.consistent_hashing_lb_config.as_ref())
+            .is_some_and(|h| h.use_hostname_for_hashing);
         Ok(match c.lb_policy {
             0 => LbPolicy::RoundRobin,
             1 => LbPolicy::LeastRequest {
@@ -54,7 +67,13 @@ impl LbPolicy {
             },
             2 => {
                 let (mut min_size, mut max_size) = (1024, 8 * 1024 * 1024);
+                let mut hash_fn = table::RingHashFn::XxHash;
                 if let Some(LbConfig::RingHashLbConfig(r)) = &c.lb_config {
+                    if r.hash_function
+                        == cpb::cluster::ring_hash_lb_config::HashFunction::MurmurHash2 as i32
+                    {
+                        hash_fn = table::RingHashFn::Murmur2;
+                    }
                     min_size = r
                         .minimum_ring_size
                         .as_ref()
@@ -72,7 +91,12 @@ impl LbPolicy {
                         "ring hash sizes must satisfy minimum ({min_size}) <= maximum ({max_size}) <= 8388608"
                     ));
                 }
-                LbPolicy::RingHash { min_size, max_size }
+                LbPolicy::RingHash {
+                    min_size,
+                    max_size,
+                    hash_fn,
+                    use_hostname,
+                }
             }
             3 => LbPolicy::Random,
             5 => {
@@ -89,15 +113,38 @@ impl LbPolicy {
                         "maglev table_size {table_size} must be a prime <= 5000011"
                     ));
                 }
-                LbPolicy::Maglev { table_size }
+                LbPolicy::Maglev {
+                    table_size,
+                    use_hostname,
+                }
             }
             6 => LbPolicy::ClusterProvided,
             p => return Err(format!("lb_policy {p} is not supported")),
         })
     }
 
-    fn is_hash(&self) -> bool {
-        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    /// The consistent-hash table this policy keeps, and whether hosts are hashed by name.
+    fn table_kind(&self) -> Option<(table::Kind, bool)> {
+        match *self {
+            LbPolicy::RingHash {
+                min_size,
+                max_size,
+                hash_fn,
+                use_hostname,
+            } => Some((
+                table::Kind::Ring {
+                    min_size,
+                    max_size,
+                    hash_fn,
+                },
+                use_hostname,
+            )),
+            LbPolicy::Maglev {
+                table_size,
+                use_hostname,
+            } => Some((table::Kind::Maglev { size: table_size }, use_hostname)),
+            _ => None,
+        }
     }
 }
 
@@ -108,6 +155,10 @@ pub struct LbContext<'a> {
     pub hash: Option<u64>,
     /// Hosts to avoid (retries with previous_hosts).
     pub exclude: &'a [std::net::SocketAddr],
+    /// How many times a hash policy's pick may move on from an excluded host
+    /// (`host_selection_retry_max_attempts`); other policies always avoid excluded hosts
+    /// while they have another.
+    pub host_selection_attempts: u32,
 }
 
 /// Hosts of one priority with their precomputed LB tables.
@@ -117,8 +168,9 @@ struct Level {
     /// Weighted RR sequence (indices), or empty when all weights are equal.
     rr_seq: Vec<u32>,
     rr_next: AtomicUsize,
-    ring: Vec<(u64, u32)>,
-    maglev: Vec<u32>,
+    /// The consistent-hash table (RING_HASH, MAGLEV) over the hosts usable when it was built;
+    /// rebuilt when that changes, as Envoy rebuilds it on health changes.
+    table: ArcSwapOption<table::Table>,
     equal_weights: bool,
 }
 
@@ -151,16 +203,11 @@ impl HostSet {
                     // Envoy starts round robin at a random offset so that many proxies do not
                     // hit the same first host.
                     rr_next: AtomicUsize::new(fastrand::usize(..hs.len().max(1))),
-                    ring: match policy {
-                        LbPolicy::RingHash { min_size, max_size } => {
-                            hash::build_ring(&hs, *min_size, *max_size)
-                        }
-                        _ => Vec::new(),
-                    },
-                    maglev: match policy {
-                        LbPolicy::Maglev { table_size } => hash::build_maglev(&hs, *table_size),
-                        _ => Vec::new(),
-                    },
+                    table: ArcSwapOption::new(policy.table_kind().map(|(kind, by_name)| {
+                        let now = Instant::now();
+                        let members = hs.iter().map(|h| !h.is_down(|| now)).collect();
+                        Arc::new(table::Table::build(kind, &hs, members, by_name))
+                    })),
                     equal_weights,
                     hosts: hs,
                 }
@@ -225,18 +272,19 @@ impl HostSet {
         let panic = n_down > 0
             && total_health < 100
             && healthy * 100.0 < panic_threshold * level.hosts.len() as f64;
+        if let Some((kind, by_name)) = policy.table_kind() {
+            return level
+                .pick_hashed(kind, by_name, ctx, &|i| panic || !down(i))
+                .map(|i| level.hosts[i].clone());
+        }
         let usable = |i: usize| (panic || !down(i)) && !ctx.exclude.contains(&level.hosts[i].addr);
-        if let Some(i) = level.pick(policy, ctx, &usable) {
+        if let Some(i) = level.pick(policy, &usable) {
             return Some(level.hosts[i].clone());
         }
         // Everything excluded by retry predicates: fall back to any healthy host.
         let fallback = |i: usize| panic || !down(i);
-        let any = LbContext {
-            exclude: &[],
-            ..*ctx
-        };
         level
-            .pick(policy, &any, &fallback)
+            .pick(policy, &fallback)
             .map(|i| level.hosts[i].clone())
     }
 }
@@ -275,25 +323,50 @@ fn priority_loads(healths: &[usize]) -> Vec<usize> {
 }
 
 impl Level {
-    fn pick(
+    /// Envoy's thread-aware pick: the key's host in the table of the hosts that may take
+    /// traffic (`member`), rebuilding the table when they changed; a host to avoid sends the
+    /// pick on along the table, `host_selection_attempts` times at most, after which the
+    /// last host stands.
+    fn pick_hashed(
         &self,
-        policy: &LbPolicy,
+        kind: table::Kind,
+        by_name: bool,
         ctx: &LbContext<'_>,
-        usable: &dyn Fn(usize) -> bool,
+        member: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
+        let cached = self.table.load();
+        let rebuilt;
+        let table = match &*cached {
+            Some(t) if t.members.iter().enumerate().all(|(i, m)| *m == member(i)) => t,
+            _ => {
+                let members = (0..self.hosts.len()).map(member).collect();
+                rebuilt = Arc::new(table::Table::build(kind, &self.hosts, members, by_name));
+                self.table.store(Some(rebuilt.clone()));
+                &rebuilt
+            }
+        };
+        let h = ctx.hash.unwrap_or_else(|| fastrand::u64(..));
+        let attempts = if ctx.exclude.is_empty() {
+            1
+        } else {
+            ctx.host_selection_attempts.max(1) + 1
+        };
+        let mut last = None;
+        for attempt in 0..attempts {
+            let i = table.choose(h, attempt)?;
+            if !ctx.exclude.contains(&self.hosts[i].addr) {
+                return Some(i);
+            }
+            last = Some(i);
+        }
+        last
+    }
+
+    /// The pick of the policies without a table, among the `usable` hosts.
+    fn pick(&self, policy: &LbPolicy, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
         let n = self.hosts.len();
         if n == 0 {
             return None;
-        }
-        if policy.is_hash() {
-            let h = ctx.hash.unwrap_or_else(|| fastrand::u64(..));
-            let start = match policy {
-                LbPolicy::RingHash { .. } => hash::ring_lookup(&self.ring, h),
-                _ => (!self.maglev.is_empty())
-                    .then(|| self.maglev[(h % self.maglev.len() as u64) as usize] as usize),
-            }?;
-            // Walk on from the hashed host when it cannot be used (ejected / tried before).
-            return (0..n).map(|k| (start + k) % n).find(|i| usable(*i));
         }
         match policy {
             LbPolicy::LeastRequest { choice_count } => {
@@ -484,31 +557,76 @@ mod tests {
             LbPolicy::RingHash {
                 min_size: 1024,
                 max_size: 1 << 23,
+                hash_fn: table::RingHashFn::XxHash,
+                use_hostname: false,
             },
-            LbPolicy::Maglev { table_size: 65537 },
+            LbPolicy::Maglev {
+                table_size: 65537,
+                use_hostname: false,
+            },
         ] {
             let set = HostSet::new(hosts(&[1, 1, 1, 1]), &p);
             let ctx = LbContext {
                 hash: Some(42),
-                exclude: &[],
+                ..Default::default()
             };
             let a = set.choose(&p, 50.0, &ctx).unwrap().addr;
             for _ in 0..10 {
                 assert_eq!(set.choose(&p, 50.0, &ctx).unwrap().addr, a);
             }
             let ex = [a];
-            let b = set
-                .choose(
-                    &p,
-                    50.0,
-                    &LbContext {
-                        hash: Some(42),
-                        exclude: &ex,
-                    },
-                )
-                .unwrap()
-                .addr;
-            assert_ne!(a, b);
+            let avoiding = |attempts| {
+                let ctx = LbContext {
+                    hash: Some(42),
+                    exclude: &ex,
+                    host_selection_attempts: attempts,
+                };
+                set.choose(&p, 50.0, &ctx).unwrap().addr
+            };
+            assert_ne!(avoiding(1), a, "{p:?}");
+            assert_eq!(avoiding(1), avoiding(5), "the first other host is taken");
         }
+    }
+
+    #[test]
+    fn a_down_host_leaves_the_hash_table_until_it_is_back() {
+        let p = LbPolicy::Maglev {
+            table_size: 65537,
+            use_hostname: false,
+        };
+        let hs = hosts(&[1, 1, 1, 1]);
+        let set = HostSet::new(hs.clone(), &p);
+        let pick = |h: u64| {
+            let ctx = LbContext {
+                hash: Some(h),
+                ..Default::default()
+            };
+            set.choose(&p, 0.0, &ctx).unwrap().addr
+        };
+        let before: Vec<_> = (0..400u64)
+            .map(|k| pick(hash::hash64(&k.to_le_bytes())))
+            .collect();
+        // An ejection of 50 ms (the detector's defaults otherwise).
+        let mut cfg = crate::cluster::outlier::OutlierConfig::from_proto(&Default::default());
+        cfg.base_ejection = std::time::Duration::from_millis(50);
+        cfg.max_ejection = cfg.base_ejection;
+        cfg.interval = std::time::Duration::from_millis(1);
+        hs[0].outlier.eject(&cfg, Instant::now());
+        let during: Vec<_> = (0..400u64)
+            .map(|k| pick(hash::hash64(&k.to_le_bytes())))
+            .collect();
+        assert!(!during.contains(&hs[0].addr));
+        let moved: std::collections::BTreeSet<_> = before
+            .iter()
+            .zip(&during)
+            .filter(|(b, _)| **b == hs[0].addr)
+            .map(|(_, d)| *d)
+            .collect();
+        assert!(moved.len() >= 2, "the down host's keys spread: {moved:?}");
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let after: Vec<_> = (0..400u64)
+            .map(|k| pick(hash::hash64(&k.to_le_bytes())))
+            .collect();
+        assert_eq!(after, before, "the table is rebuilt with the host back");
     }
 }

@@ -149,7 +149,8 @@ pub async fn forward(
         } else {
             &[]
         };
-        let host = match pick_host(&cluster, &parts.headers, down, hash, exclude) {
+        let attempts = retry.map_or(0, |r| r.host_selection_attempts);
+        let host = match pick_host(&cluster, &parts.headers, down, hash, exclude, attempts) {
             Some(h) => h,
             None => {
                 stats.cx_none_healthy.inc();
@@ -493,6 +494,7 @@ pub(super) fn pick_host(
     down: Downstream<'_>,
     hash: Option<u64>,
     exclude: &[SocketAddr],
+    host_selection_attempts: u32,
 ) -> Option<Arc<Host>> {
     if let Discovery::OriginalDst { header, .. } = &cluster.discovery {
         // The header overrides; without a usable one, the connection's original destination.
@@ -503,7 +505,11 @@ pub(super) fn pick_host(
         let addr = cluster.original_dst_target(dst)?;
         return Some(Arc::new(Host::new(addr, String::new(), 1, 0)));
     }
-    cluster.choose(&LbContext { hash, exclude })
+    cluster.choose(&LbContext {
+        hash,
+        exclude,
+        host_selection_attempts,
+    })
 }
 
 #[cfg(test)]

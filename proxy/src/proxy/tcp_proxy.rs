@@ -306,9 +306,6 @@ fn pick_host(
         return Some((a, None));
     }
     cluster
-        .choose(&LbContext {
-            hash: None,
-            exclude: &[],
-        })
+        .choose(&LbContext::default())
         .map(|h| (h.addr, Some(h)))
 }

@@ -90,7 +90,7 @@ pub struct CookieKey {
 pub struct HashPolicy {
     /// What to hash.
     pub key: HashKey,
-    /// Stop at this policy if it produced a hash.
+    /// Stop at this policy once there is a hash (its own or an earlier one).
     pub terminal: bool,
 }
 
