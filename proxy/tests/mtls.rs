@@ -390,3 +390,83 @@ async fn sidecars_speak_h2_over_mutual_tls() {
     // not negotiated h2 would have read it as a bad HTTP/1 request (503 on this side).
     assert_eq!(app.hits(), 3);
 }
+
+/// TLS origination as Istio writes it for a DestinationRule `tls.mode: SIMPLE` without `sni`
+/// or `subjectAltNames`: the cluster's `auto_sni` and `auto_san_validation` name each new
+/// connection after its request's host (without the port) and check the server's certificate
+/// against that name. The server is a mosn whose filter chains match on the SNI it receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_tls_takes_sni_and_san_from_the_request_host() {
+    let dir = pki();
+    let d = dir.path();
+    common::certs::leaf(
+        d,
+        "egress",
+        "ca",
+        "subjectAltName=DNS:egress.test,DNS:*.wild.test\nextendedKeyUsage=serverAuth\n",
+    );
+    let app = upstream("app").await;
+    // The server: one TLS chain per expected SNI, each answering with its name.
+    let tls = json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {"tls_certificates": [{"certificate_chain": file(d, "egress.crt"), "private_key": file(d, "egress.key")}]}}});
+    let mut l = listener("in", json!([]), vec![], json!({}));
+    let template = l["filter_chains"][0].take();
+    let chain = |sni: &str| {
+        let mut c = template.clone();
+        c["filter_chain_match"] = json!({"server_names": [sni]});
+        c["transport_socket"] = tls.clone();
+        let hcm = &mut c["filters"][0]["typed_config"];
+        hcm["route_config"]["virtual_hosts"] = json!([{"name": "v", "domains": ["*"],
+            "response_headers_to_add": [{"header": {"key": "x-sni", "value": sni}}],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]);
+        c
+    };
+    l["filter_chains"] = json!([
+        chain("egress.test"),
+        chain("b.wild.test"),
+        chain("nope.test")
+    ]);
+    l["listener_filters"] = json!([{"name": "envoy.filters.listener.tls_inspector",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]);
+    let server = proxy(bootstrap(
+        vec![l],
+        vec![cluster("app", &[app.addr], json!({}))],
+    ))
+    .await;
+    // The client: the cluster as Istio builds it (a CA, no SNI, no SAN matchers).
+    let egress = cluster(
+        "egress",
+        &[server.addr("in")],
+        json!({"transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {"validation_context": {"trusted_ca": file(d, "ca.crt")}}}},
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "upstream_http_protocol_options": {"auto_sni": true, "auto_san_validation": true},
+            "explicit_http_config": {"http_protocol_options": {}}}}}),
+    );
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "egress"}}]}]);
+    let client = proxy(bootstrap(
+        vec![listener("out", vhosts, vec![], json!({}))],
+        vec![egress],
+    ))
+    .await;
+    let out = client.addr("out");
+    let via = |host: &'static str| async move {
+        let r = get(out, "/", &[("host", host)]).await;
+        (r.status, r.header("x-sni").map(str::to_string))
+    };
+    assert_eq!(via("egress.test").await, (200, Some("egress.test".into())));
+    // The port is not part of the name; a wildcard SAN covers the host.
+    assert_eq!(
+        via("b.wild.test:8443").await,
+        (200, Some("b.wild.test".into()))
+    );
+    // Each name has its own pooled connection: the first one is reused, not the last.
+    assert_eq!(via("egress.test").await, (200, Some("egress.test".into())));
+    assert_eq!(client.stat("cluster.egress.ssl.handshake"), 2);
+    // A host the certificate is not valid for: the handshake fails on the client's side.
+    assert_eq!(via("nope.test").await.0, 503);
+    assert_eq!(app.hits(), 3);
+}

@@ -23,9 +23,29 @@ pub(super) struct HttpOptions {
     pub limits: wear::Limits,
     /// HTTP/2 settings for h2 upstream connections.
     pub h2: H2Settings,
-    /// `upstream_http_protocol_options` asks for `auto_sni` or `auto_san_validation` (Istio's
-    /// DestinationRule TLS without `sni` or `subjectAltNames`), which mosn does not do.
-    pub auto_sni: bool,
+    /// `upstream_http_protocol_options`: SNI and certificate checks from each request's host.
+    pub auto_sni: AutoSni,
+}
+
+/// `upstream_http_protocol_options` (Istio's DestinationRule TLS without `sni`, or without
+/// `subjectAltNames`): new TLS connections take their SNI from the request's host, and check
+/// the server's certificate against it, instead of the transport socket's fixed `sni` and SAN
+/// matchers. Pools keep connections of different names apart.
+#[derive(Debug, Clone, Default)]
+pub struct AutoSni {
+    /// `auto_sni`: the SNI is the request's host, without its port.
+    pub sni: bool,
+    /// `auto_san_validation`: the certificate must be valid for that host.
+    pub san: bool,
+    /// `override_auto_sni_header`: the header that names the host, instead of Host.
+    pub header: Option<http::HeaderName>,
+}
+
+impl AutoSni {
+    /// Whether either is asked for.
+    pub fn is_on(&self) -> bool {
+        self.sni || self.san
+    }
 }
 
 impl HttpOptions {
@@ -45,13 +65,26 @@ impl HttpOptions {
             c.common_http_protocol_options.as_ref(),
         ];
         let (protocol, http2) = protocol(c, ext)?;
-        let auto_sni = [
+        let auto_sni = match [
             ext.and_then(|o| o.upstream_http_protocol_options.as_ref()),
             c.upstream_http_protocol_options.as_ref(),
         ]
         .into_iter()
         .flatten()
-        .any(|u| u.auto_sni || u.auto_san_validation);
+        .next()
+        {
+            None => AutoSni::default(),
+            Some(u) => AutoSni {
+                sni: u.auto_sni,
+                san: u.auto_san_validation,
+                header: match u.override_auto_sni_header.as_str() {
+                    "" => None,
+                    h => Some(http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                        format!("override_auto_sni_header {h:?} is not a header name")
+                    })?),
+                },
+            },
+        };
         Ok(HttpOptions {
             auto_sni,
             protocol,

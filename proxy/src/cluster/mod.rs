@@ -11,6 +11,7 @@ pub mod h1pool;
 pub mod h2pool;
 pub mod host;
 mod http_options;
+pub use http_options::AutoSni;
 pub mod outlier;
 mod pending;
 pub mod stats;
@@ -267,7 +268,7 @@ impl Cluster {
             breakers,
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
             panic_threshold: panic_threshold(c),
-            transport: transport::Transport::from_cluster(c, http.auto_sni)?,
+            transport: transport::Transport::from_cluster(c, &http.auto_sni)?,
             connector,
             stats,
             proto: c.clone(),

@@ -5,6 +5,7 @@
 //! match → plaintext), and EDS labels the endpoints that have a sidecar.
 
 use super::host::Host;
+use super::AutoSni;
 use crate::tls::context::RAW_BUFFER_URL;
 use crate::tls::ClientTls;
 use envoy_types::pb::envoy::config::cluster::v3 as cpb;
@@ -30,54 +31,74 @@ struct Match {
 pub struct Transport {
     default: Option<Arc<ClientTls>>,
     matches: Vec<Match>,
-    /// Why TLS connections of this cluster cannot be made as configured (they fail, rather
-    /// than go out with less checking than asked).
-    refuse: Option<String>,
+    /// SNI and certificate checks from each request's host.
+    auto: AutoSni,
 }
 
 impl Transport {
-    /// Compile the cluster's transport sockets. `auto_sni`: the cluster's HTTP options ask
-    /// for SNI and SAN checks from each request's host, which mosn does not do.
-    pub fn from_cluster(c: &cpb::Cluster, auto_sni: bool) -> Result<Self, String> {
-        let default =
-            socket(c.transport_socket.as_ref()).map_err(|e| format!("transport_socket: {e}"))?;
+    /// Compile the cluster's transport sockets; `auto` is its HTTP options' SNI and SAN
+    /// checks from each request's host.
+    pub fn from_cluster(c: &cpb::Cluster, auto: &AutoSni) -> Result<Self, String> {
+        let default = socket(c.transport_socket.as_ref(), auto)
+            .map_err(|e| format!("transport_socket: {e}"))?;
         let mut matches = Vec::new();
         for m in &c.transport_socket_matches {
-            let tls = socket(m.transport_socket.as_ref())
+            let tls = socket(m.transport_socket.as_ref(), auto)
                 .map_err(|e| format!("transport_socket_matches {:?}: {e}", m.name))?;
             matches.push(Match {
                 criteria: m.r#match.as_ref().map(fields).unwrap_or_default(),
                 tls,
             });
         }
-        let refuse = auto_sni.then(|| {
-            "auto_sni / auto_san_validation (a DestinationRule's TLS without sni or subjectAltNames) are not supported; set them explicitly".to_string()
-        });
         Ok(Transport {
             default,
             matches,
-            refuse,
+            auto: auto.clone(),
         })
     }
 
     /// What a new connection to `host` needs for TLS (`None` for plaintext); for a
     /// connection without a host (ORIGINAL_DST), the cluster's own transport socket. An
-    /// error when the context cannot be used yet (a secret has not arrived) or at all.
+    /// error when the context cannot be used yet (a secret has not arrived). `request` is
+    /// the HTTP request the connection is for, whose host names the connection when the
+    /// cluster asks for auto SNI.
     pub fn dial(
         &self,
         host: Option<&Host>,
         secrets: &crate::tls::Secrets,
         alpn: crate::tls::Alpn,
+        request: Option<(&http::HeaderMap, &http::Uri)>,
     ) -> Result<Option<Arc<crate::tls::Dial>>, String> {
         let t = match host {
             Some(h) => self.for_host(h),
             None => self.default.as_ref(),
         };
         let Some(t) = t else { return Ok(None) };
-        if let Some(why) = &self.refuse {
-            return Err(why.clone());
+        let dial = t.dial(secrets, alpn)?;
+        match request
+            .filter(|_| self.auto.is_on())
+            .and_then(|r| self.name_of(r))
+        {
+            Some(name) => Ok(Some(Arc::new(dial.named(name)))),
+            None => Ok(Some(dial)),
         }
-        t.dial(secrets, alpn).map(Some)
+    }
+
+    /// The host a request names for auto SNI: the override header or Host (the URI's
+    /// authority for HTTP/2), without port or IPv6 brackets, as Envoy's `parseAuthority`.
+    fn name_of<'r>(&self, (headers, uri): (&'r http::HeaderMap, &'r http::Uri)) -> Option<&'r str> {
+        let header = self.auto.header.as_ref().unwrap_or(&http::header::HOST);
+        let host = match headers.get(header) {
+            Some(v) => v.to_str().ok()?,
+            None if self.auto.header.is_none() => uri.authority()?.as_str(),
+            None => return None,
+        };
+        let (name, _) = crate::route::redirect::split_host_port(host);
+        let name = name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .unwrap_or(name);
+        (!name.is_empty()).then_some(name)
     }
 
     /// The TLS context for connections to `host` (`None`: plaintext): the first match whose
@@ -103,12 +124,12 @@ impl Transport {
 }
 
 /// A transport socket: TLS, or plaintext (`None`, also for `raw_buffer`).
-fn socket(t: Option<&TransportSocket>) -> Result<Option<Arc<ClientTls>>, String> {
+fn socket(t: Option<&TransportSocket>, auto: &AutoSni) -> Result<Option<Arc<ClientTls>>, String> {
     match t.map(|t| (&t.name, &t.config_type)) {
         None => Ok(None),
         Some((_, Some(ConfigType::TypedConfig(any)))) if any.type_url == RAW_BUFFER_URL => Ok(None),
         Some((_, Some(ConfigType::TypedConfig(any)))) => {
-            ClientTls::from_any(any).map(|t| Some(Arc::new(t)))
+            ClientTls::from_any(any, auto.sni, auto.san).map(|t| Some(Arc::new(t)))
         }
         Some((n, None)) => Err(format!("transport socket {n:?} has no typed_config")),
     }
@@ -145,6 +166,7 @@ pub fn socket_match(md: Option<&Metadata>) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::ServerName;
     use serde_json::json;
 
     fn cluster(v: serde_json::Value) -> cpb::Cluster {
@@ -152,10 +174,9 @@ mod tests {
     }
 
     /// Istio's auto-mTLS: the tlsMode-istio match for labelled endpoints, plaintext else; and
-    /// a cluster that asks for auto SNI refuses its TLS connections instead of making them
-    /// with fewer checks than asked.
+    /// a cluster that asks for auto SNI names each connection after its request's host.
     #[test]
-    fn matches_pick_per_endpoint_and_auto_sni_refuses() {
+    fn matches_pick_per_endpoint_and_auto_sni_names_connections() {
         let c = cluster(json!({"name": "c", "transport_socket_matches": [
             {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": {"name": "tls", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", "sni": "a.b"}}},
@@ -170,15 +191,18 @@ mod tests {
         let addr: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
         let labelled = Host::new(addr, String::new(), 1, 0).with_socket_match(Some(&md));
         let plain = Host::new(addr, String::new(), 1, 0);
-        let t = Transport::from_cluster(&c, false).unwrap();
+        let t = Transport::from_cluster(&c, &AutoSni::default()).unwrap();
         assert!(t.for_host(&labelled).is_some());
         assert!(t.for_host(&plain).is_none());
         let secrets = crate::tls::Secrets::default();
         let alpn = crate::tls::Alpn::Configured;
-        assert!(t.dial(Some(&labelled), &secrets, alpn).unwrap().is_some());
+        assert!(t
+            .dial(Some(&labelled), &secrets, alpn, None)
+            .unwrap()
+            .is_some());
         // Pools key by flavor: one per context and ALPN offer, never plaintext's 0.
         let flavor = |alpn| {
-            let d = t.dial(Some(&labelled), &secrets, alpn);
+            let d = t.dial(Some(&labelled), &secrets, alpn, None);
             d.unwrap().unwrap().flavor
         };
         let istio = crate::tls::Alpn::IstioHttp11;
@@ -186,23 +210,54 @@ mod tests {
         assert!(flavor(alpn) != 0 && flavor(istio) != 0);
         // A rotation (a new secrets generation) rebuilds the Dial for the next handshake, and
         // keeps its flavor, so that established connections stay pooled.
-        let before = t.dial(Some(&labelled), &secrets, alpn).unwrap().unwrap();
+        let before = t
+            .dial(Some(&labelled), &secrets, alpn, None)
+            .unwrap()
+            .unwrap();
         let (f, g) = (flavor(alpn), secrets.generation());
         secrets.put(std::iter::empty());
-        let after = t.dial(Some(&labelled), &secrets, alpn).unwrap().unwrap();
+        let after = t
+            .dial(Some(&labelled), &secrets, alpn, None)
+            .unwrap()
+            .unwrap();
         assert!(secrets.generation() > g && !Arc::ptr_eq(&before, &after));
         assert_eq!(after.flavor, f);
         // Another context (the same config compiled again, as after a CDS update) has its own.
-        let again = Transport::from_cluster(&c, false).unwrap();
+        let again = Transport::from_cluster(&c, &AutoSni::default()).unwrap();
         let d = again
-            .dial(Some(&labelled), &secrets, alpn)
+            .dial(Some(&labelled), &secrets, alpn, None)
             .unwrap()
             .unwrap();
         assert_ne!(d.flavor, f);
-        let auto = Transport::from_cluster(&c, true).unwrap();
-        let err = auto.dial(Some(&labelled), &secrets, alpn).unwrap_err();
-        assert!(err.contains("auto_sni"), "{err}");
+        // Auto SNI: each request's host (without port or brackets) names the connection,
+        // which gets a flavor of its own; the override header wins over Host.
+        let auto = AutoSni {
+            sni: true,
+            san: true,
+            header: None,
+        };
+        let auto = Transport::from_cluster(&c, &auto).unwrap();
+        let named = |host: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::HOST, host.parse().unwrap());
+            let uri = http::Uri::from_static("/");
+            let d = auto.dial(Some(&labelled), &secrets, alpn, Some((&headers, &uri)));
+            d.unwrap().unwrap()
+        };
+        let (a, b) = (named("a.example:8443"), named("b.example"));
+        assert_eq!(a.sni, Some(ServerName::try_from("a.example").unwrap()));
+        assert_eq!(b.sni, Some(ServerName::try_from("b.example").unwrap()));
+        assert_ne!(a.flavor, b.flavor);
+        assert_eq!(a.flavor, named("a.example").flavor);
+        let base = auto.dial(Some(&labelled), &secrets, alpn, None);
+        assert_ne!(base.unwrap().unwrap().flavor, a.flavor);
+        // An IP address stays one (rustls sends no SNI for it).
+        let ip = named("[::1]:80").sni.clone();
+        assert!(matches!(ip, Some(ServerName::IpAddress(_))), "{ip:?}");
         // Plaintext endpoints of such a cluster are not affected.
-        assert!(auto.dial(Some(&plain), &secrets, alpn).unwrap().is_none());
+        assert!(auto
+            .dial(Some(&plain), &secrets, alpn, None)
+            .unwrap()
+            .is_none());
     }
 }

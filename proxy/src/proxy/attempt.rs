@@ -219,7 +219,7 @@ pub(super) async fn send(
     until: Option<tokio::time::Instant>,
 ) -> Result<Response<PooledBody>, AttemptError> {
     let h2 = req.as_ref().is_some_and(|r| cluster.is_h2(r.version()));
-    let tls = tls_dial(cluster, host, down, h2)?;
+    let tls = tls_dial(cluster, host, down, h2, req.as_ref())?;
     let mut fut = std::pin::pin!(dispatch(cluster, host, tls.as_deref(), req));
     let Some(until) = until else { return fut.await };
     let mut timer = down.timer.arm(until);
@@ -242,6 +242,7 @@ pub(super) fn tls_dial(
     host: &Host,
     down: Downstream<'_>,
     h2: bool,
+    req: Option<&Request<BoxBody>>,
 ) -> Result<Option<std::sync::Arc<Dial>>, AttemptError> {
     let alpn = match (down.istio_alpn, h2) {
         (false, _) => Alpn::Configured,
@@ -250,7 +251,7 @@ pub(super) fn tls_dial(
     };
     cluster
         .transport
-        .dial(Some(host), down.secrets, alpn)
+        .dial(Some(host), down.secrets, alpn, req.map(|r| (r.headers(), r.uri())))
         .map_err(|e| {
             tracing::debug!(cluster = %cluster.name, host = %host.addr, "upstream TLS not ready: {e}");
             AttemptError::Connect(connect_reply(&ConnectError::Failed(e)))

@@ -135,8 +135,13 @@ pub(super) fn launch(
         }
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let req = build_request(&cluster, parts, headers, path, &host, body.tee(), None);
-        let Ok(tls) = super::attempt::tls_dial(&cluster, &host, down, cluster.is_h2(req.version()))
-        else {
+        let Ok(tls) = super::attempt::tls_dial(
+            &cluster,
+            &host,
+            down,
+            cluster.is_h2(req.version()),
+            Some(&req),
+        ) else {
             continue;
         };
         tokio::spawn(async move {

@@ -204,7 +204,7 @@ async fn proxy<R, W>(
         // Istio's outbound TCP to a sidecar'd service goes over mTLS (ALPN as configured:
         // `istio-peer-exchange, istio`).
         let alpn = crate::tls::Alpn::Configured;
-        let tls = match cluster.transport.dial(host.as_deref(), secrets, alpn) {
+        let tls = match cluster.transport.dial(host.as_deref(), secrets, alpn, None) {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(cluster = %name, %addr, "tcp_proxy: upstream TLS not ready: {e}");

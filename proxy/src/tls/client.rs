@@ -18,6 +18,12 @@ use std::sync::Arc;
 pub struct ClientTls {
     common: Common,
     sni: String,
+    /// The cluster's `auto_sni`: connections are named by their request's host, so SNI is
+    /// sent even without a fixed `sni`.
+    auto_sni: bool,
+    /// The cluster's `auto_san_validation`: the server's certificate must be valid for the
+    /// name the connection was opened for, in place of the SAN matchers.
+    auto_san: bool,
     /// This context's number, unique in the process (from 1): the high bits of its
     /// connections' [`Dial::flavor`].
     id: u64,
@@ -70,11 +76,23 @@ impl Dial {
     pub fn server_name(&self, ip: std::net::IpAddr) -> ServerName<'static> {
         self.sni.clone().unwrap_or(ServerName::IpAddress(ip.into()))
     }
+
+    /// This dial for a connection named `name` by its request (auto SNI): that SNI (rustls
+    /// sends none for an IP address, as RFC 6066 wants), and a flavor of its own, so that
+    /// pooled connections are only reused for the same name.
+    pub fn named(&self, name: &str) -> Dial {
+        Dial {
+            config: self.config.clone(),
+            sni: ServerName::try_from(name.to_string()).ok(),
+            flavor: xxhash_rust::xxh64::xxh64(name.as_bytes(), self.flavor) | 1 << 63,
+        }
+    }
 }
 
 impl ClientTls {
-    /// Compile the transport socket's config (an `UpstreamTlsContext`).
-    pub fn from_any(any: &Any) -> Result<Self, String> {
+    /// Compile the transport socket's config (an `UpstreamTlsContext`) for a cluster that
+    /// asks for auto SNI (`auto_sni`) and auto SAN validation (`auto_san`) or not.
+    pub fn from_any(any: &Any, auto_sni: bool, auto_san: bool) -> Result<Self, String> {
         let u: UpstreamTlsContext = decode::unpack(any)?;
         if u.auto_host_sni || u.auto_sni_san_validation {
             return Err("auto_host_sni and auto_sni_san_validation are not supported".into());
@@ -83,6 +101,8 @@ impl ClientTls {
         Ok(ClientTls {
             common: Common::from_proto(u.common_tls_context.as_ref())?,
             sni: u.sni,
+            auto_sni,
+            auto_san,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             cache: Default::default(),
         })
@@ -118,6 +138,7 @@ impl ClientTls {
         let verifier = Arc::new(ServerPeer {
             validation: self.common.validation(secrets)?,
             algs: provider.signature_verification_algorithms,
+            check_name: self.auto_san,
         });
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(self.common.versions())
@@ -129,7 +150,7 @@ impl ClientTls {
             None => builder.with_no_client_auth(),
         };
         cfg.alpn_protocols = alpn.protocols().unwrap_or_else(|| self.common.alpn.clone());
-        cfg.enable_sni = !self.sni.is_empty();
+        cfg.enable_sni = !self.sni.is_empty() || self.auto_sni;
         Ok(cfg)
     }
 }
@@ -148,11 +169,15 @@ impl rustls::client::ResolvesClientCert for ClientCert {
 }
 
 /// Envoy's upstream verification: the chain against the validation context's CAs and its
-/// SAN matchers, never the SNI; nothing without a validation context.
+/// SAN matchers, never the SNI; nothing without a validation context. With
+/// `auto_san_validation` (`check_name`), the certificate must be valid for the DNS name the
+/// connection was opened for instead of matching the SAN matchers (Envoy's SAN list override);
+/// a connection named by an IP address keeps the matchers.
 #[derive(Debug)]
 struct ServerPeer {
     validation: Option<Arc<Validation>>,
     algs: rustls::crypto::WebPkiSupportedAlgorithms,
+    check_name: bool,
 }
 
 impl ServerCertVerifier for ServerPeer {
@@ -160,10 +185,15 @@ impl ServerCertVerifier for ServerPeer {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
+        name: &ServerName<'_>,
         _: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let by_name = self.check_name && matches!(name, ServerName::DnsName(_));
+        if by_name {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_name(&cert, name)?;
+        }
         if let Some(v) = &self.validation {
             if !v.roots.is_empty() {
                 let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
@@ -175,7 +205,9 @@ impl ServerCertVerifier for ServerPeer {
                     self.algs.all,
                 )?;
             }
-            check_sans(&v.sans, end_entity)?;
+            if !by_name {
+                check_sans(&v.sans, end_entity)?;
+            }
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -210,10 +242,14 @@ mod tests {
     fn upstream(ctx: serde_json::Value) -> Result<ClientTls, String> {
         let pool = mosn_proto::decode_pool();
         let u: UpstreamTlsContext = mosn_proto::from_json(&pool, &ctx, true)?;
-        ClientTls::from_any(&Any {
-            type_url: UPSTREAM_URL.into(),
-            value: u.encode_to_vec(),
-        })
+        ClientTls::from_any(
+            &Any {
+                type_url: UPSTREAM_URL.into(),
+                value: u.encode_to_vec(),
+            },
+            false,
+            false,
+        )
     }
 
     #[test]
