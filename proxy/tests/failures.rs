@@ -360,6 +360,41 @@ async fn retry_on_conditions_istio_can_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_before_request_retries_until_a_request_was_sent() {
+    // Istio's default inbound policy (`reset-before-request`, two retries): a connection
+    // that cannot be made is retried, a request the upstream took and then dropped is not.
+    let a = upstream("a").await;
+    let dead = dead_addr();
+    let rbr = || retry("reset-before-request", 2, json!({}));
+    let routes = json!([
+        {"match": {"prefix": "/dead"}, "route": {"cluster": "dead", "retry_policy": rbr()}},
+        {"match": {"prefix": "/mixed"}, "route": {"cluster": "mixed", "retry_policy": rbr()}},
+        {"match": {"prefix": "/a"}, "route": {"cluster": "a", "retry_policy": rbr()}},
+    ]);
+    let clusters = vec![
+        cluster("dead", &[dead], json!({})),
+        cluster("mixed", &[dead, a.addr], json!({})),
+        cluster("a", &[a.addr], json!({})),
+    ];
+    let p = routes_proxy(routes, json!({}), clusters).await;
+    let addr = p.addr("l");
+    let r = get(addr, "/dead", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(p.stat("cluster.dead.upstream_rq_retry"), 2);
+    // Round robin sends half of these to the dead host first: each is retried on the other.
+    for _ in 0..4 {
+        assert_eq!(get(addr, "/mixed", &[]).await.status, 200);
+    }
+    assert!(p.stat("cluster.mixed.upstream_rq_retry") >= 1);
+    // The upstream read the request and closed: sent, so not retried.
+    let before = a.hits();
+    let r = get(addr, "/a", &[("x-test-reset-on", "a")]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(a.hits() - before, 1);
+    assert_eq!(p.stat("cluster.a.upstream_rq_retry"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_headers_count_only_from_internal_clients() {
     let up = upstream("up").await;
     let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]);

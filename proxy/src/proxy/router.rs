@@ -139,6 +139,9 @@ pub async fn forward(
     };
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 0u32;
+    // Whether an attempt reached an upstream connection (Envoy's `upstream_request_started_`,
+    // which ends `reset-before-request` retries).
+    let mut sent = false;
     let mut in_retry = RetrySlot {
         cluster: cluster.clone(),
         held: false,
@@ -246,6 +249,7 @@ pub async fn forward(
         let global_expired = || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         let replayable = body.replayable();
         let can_retry = |expired: bool| attempt < retries && replayable && !expired;
+        sent |= !matches!(outcome, Err(AttemptError::Connect(_)));
         match outcome {
             Ok(mut resp) => {
                 let status = resp.status().as_u16();
@@ -349,7 +353,7 @@ pub async fn forward(
                 let (reply, retriable) = match e {
                     AttemptError::Connect(r) => {
                         let retriable = r.flags.contains(&Flag::UpstreamConnectionFailure)
-                            && retry.is_some_and(|p| p.retry_connect_failure());
+                            && retry.is_some_and(|p| p.retry_connect_failure(sent));
                         (r, retriable)
                     }
                     AttemptError::Reset(reset) => {

@@ -18,6 +18,11 @@ pub struct RetryOn {
     pub refused_stream: bool,
     /// Upstream reset (no response).
     pub reset: bool,
+    /// `reset-before-request`: a failure before any attempt of the request sent a byte
+    /// upstream. Envoy counts the request as sent once an attempt's headers reach a
+    /// connection, so this retries connection failures until then (Istio's default inbound
+    /// policy, for an app that is not listening yet).
+    pub reset_before_request: bool,
     /// Status in `retriable_status_codes`.
     pub retriable_status_codes: bool,
     /// `retriable-4xx`: 409.
@@ -68,6 +73,7 @@ impl RetryOn {
                 "connect-failure" => self.connect_failure = true,
                 "refused-stream" => self.refused_stream = true,
                 "reset" => self.reset = true,
+                "reset-before-request" => self.reset_before_request = true,
                 "retriable-status-codes" => self.retriable_status_codes = true,
                 "retriable-4xx" => self.retriable_4xx = true,
                 "envoy-ratelimited" => self.envoy_ratelimited = true,
@@ -184,9 +190,14 @@ impl RetryPolicy {
         })
     }
 
-    /// Whether a connect failure is retriable.
-    pub fn retry_connect_failure(&self) -> bool {
-        self.on.connect_failure || self.on.five_xx || self.on.gateway_error || self.on.reset
+    /// Whether a connect failure is retriable; `sent`: an earlier attempt of the request
+    /// reached an upstream connection.
+    pub fn retry_connect_failure(&self, sent: bool) -> bool {
+        self.on.connect_failure
+            || self.on.five_xx
+            || self.on.gateway_error
+            || self.on.reset
+            || (self.on.reset_before_request && !sent)
     }
 
     /// Whether a reset (no response, per-try timeout) is retriable.
