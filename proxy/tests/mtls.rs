@@ -470,3 +470,36 @@ async fn egress_tls_takes_sni_and_san_from_the_request_host() {
     assert_eq!(via("nope.test").await.0, 503);
     assert_eq!(app.hits(), 3);
 }
+
+/// A chain's `transport_socket_connect_timeout` (15 s on Istio's gateways) closes a connection
+/// whose TLS handshake has not finished: a client that connects and says nothing is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_handshake_is_cut_off() {
+    let dir = pki();
+    let d = dir.path();
+    let up = upstream("app").await;
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]);
+    let mut l = listener("in", vhosts, vec![], json!({}));
+    l["filter_chains"][0]["transport_socket"] = downstream_tls(json!([]));
+    l["filter_chains"][0]["transport_socket_connect_timeout"] = json!("0.3s");
+    let mut boot = bootstrap(vec![l], vec![cluster("app", &[up.addr], json!({}))]);
+    boot["static_resources"]["secrets"] = secrets(d);
+    let p = proxy(boot).await;
+    let addr = p.addr("in");
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (answer, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        read_to_close(&mut silent),
+    )
+    .await
+    .expect("the proxy closes the stalled connection");
+    assert!(answer.is_empty(), "{answer}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    assert_eq!(
+        p.stat("listener.127.0.0.1_0.downstream_cx_transport_socket_connect_timeout"),
+        1
+    );
+    // A client that completes its handshake in time is served.
+    assert_eq!(curl(d, addr, &CLIENT).await, Ok((200, "2".into())));
+}

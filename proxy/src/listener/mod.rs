@@ -72,6 +72,9 @@ pub struct FilterChain {
     /// Network RBAC filters (Istio's AuthorizationPolicy on TCP), checked once the
     /// connection's TLS handshake is done.
     pub rbac: Vec<Arc<crate::rbac::Rbac>>,
+    /// `transport_socket_connect_timeout` (Istio's gateways: 15 s): a TLS handshake still
+    /// unfinished after it closes the connection.
+    pub handshake_timeout: Option<std::time::Duration>,
 }
 
 impl FilterChain {
@@ -148,6 +151,11 @@ impl FilterChain {
             terminal,
             tls,
             rbac,
+            handshake_timeout: c
+                .transport_socket_connect_timeout
+                .as_ref()
+                .map(crate::config::duration)
+                .filter(|d| !d.is_zero()),
             name,
         })
     }

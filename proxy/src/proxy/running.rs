@@ -174,6 +174,11 @@ pub fn serve(
         no_chain: stats.listener(&laddr, "no_filter_chain_match", Kind::Counter),
         ssl_handshake: stats.listener(&laddr, "ssl.handshake", Kind::Counter),
         ssl_error: stats.listener(&laddr, "ssl.connection_error", Kind::Counter),
+        handshake_timeout: stats.listener(
+            &laddr,
+            "downstream_cx_transport_socket_connect_timeout",
+            Kind::Counter,
+        ),
         rbac_denied: stats.listener(&laddr, "rbac.denied", Kind::Counter),
     });
     let running = Arc::new(RunningListener {
@@ -262,6 +267,8 @@ struct ListenerStats {
     ssl_handshake: Arc<Stat>,
     /// TLS handshakes that failed (or could not start: a secret not yet received).
     ssl_error: Arc<Stat>,
+    /// TLS handshakes cut off by the chain's `transport_socket_connect_timeout`.
+    handshake_timeout: Arc<Stat>,
     /// Connections a network RBAC filter closed.
     rbac_denied: Arc<Stat>,
 }
@@ -333,17 +340,29 @@ impl Accepted {
         let draining = target.drain_of(index).subscribe();
         let stream = match &chain.tls {
             None => Down::Plain(stream),
-            Some(tls) => match tls.accept(stream, &self.store.secrets).await {
-                Ok((s, peer)) => {
-                    self.lstats.ssl_handshake.inc();
-                    Down::Tls(Box::new(s), Arc::new(peer))
+            Some(tls) => {
+                let handshake = tls.accept(stream, &self.store.secrets);
+                let done = match chain.handshake_timeout {
+                    None => Ok(handshake.await),
+                    Some(limit) => tokio::time::timeout(limit, handshake).await,
+                };
+                match done {
+                    Ok(Ok((s, peer))) => {
+                        self.lstats.ssl_handshake.inc();
+                        Down::Tls(Box::new(s), Arc::new(peer))
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS: {e}");
+                        self.lstats.ssl_error.inc();
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS handshake timed out");
+                        self.lstats.handshake_timeout.inc();
+                        return;
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS: {e}");
-                    self.lstats.ssl_error.inc();
-                    return;
-                }
-            },
+            }
         };
         if !chain.rbac.is_empty() {
             let subject = crate::rbac::Subject {
