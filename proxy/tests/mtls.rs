@@ -305,6 +305,89 @@ async fn the_server_identity_is_checked_and_unlabelled_endpoints_are_plaintext()
     assert_eq!(app.hits(), 1);
 }
 
+/// Istio's gateway XFCC: SANITIZE_SET with the client's certificate (`Cert`, and `Chain` when
+/// asked) as URL-encoded PEM, so that an app behind a MUTUAL gateway can read it; the URI key
+/// is there even when the certificate has no URI SAN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_forwards_the_client_certificate() {
+    let dir = pki();
+    let d = dir.path();
+    common::certs::leaf(
+        d,
+        "nouri",
+        "ca",
+        "subjectAltName=DNS:client.test\nextendedKeyUsage=clientAuth\n",
+    );
+    let up = upstream("app").await;
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]);
+    let xfcc = json!({"forward_client_cert_details": "SANITIZE_SET",
+        "set_current_client_cert_details": {"subject": true, "cert": true, "chain": true, "uri": true, "dns": true}});
+    let mut gw = listener("gw", vhosts, vec![], xfcc);
+    gw["filter_chains"][0]["transport_socket"] = downstream_tls(json!([]));
+    let mut boot = bootstrap(vec![gw], vec![cluster("app", &[up.addr], json!({}))]);
+    boot["static_resources"]["secrets"] = secrets(d);
+    let p = proxy(boot).await;
+    let addr = p.addr("gw");
+    let url = format!("https://server.test:{}/", addr.port());
+    let args = ["--cert", "nouri.crt", "--key", "nouri.key"];
+    let body = curl_body(d, addr, &url, &args).await.unwrap();
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    let xfcc = echo["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let field = |key: &str| -> String {
+        let start = xfcc
+            .find(&format!("{key}="))
+            .unwrap_or_else(|| panic!("{key} in {xfcc}"));
+        let rest = &xfcc[start + key.len() + 1..];
+        let end = if let Some(q) = rest.strip_prefix('"') {
+            q.find('"').unwrap() + 2
+        } else {
+            rest.find(';').unwrap_or(rest.len())
+        };
+        rest[..end].trim_matches('"').to_string()
+    };
+    // Percent-decoded, Cert is the PEM file openssl wrote, and Chain that and what else curl
+    // sent (its OpenSSL completes the chain with the CA it trusts).
+    let decode = |s: &str| {
+        let mut out = Vec::new();
+        let b = s.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    let pem = std::fs::read_to_string(d.join("nouri.crt")).unwrap();
+    let cert = field("Cert");
+    assert!(!cert.contains(['\n', ' ', '+', '/', '=']), "{cert}");
+    assert_eq!(decode(&cert), pem);
+    let chain = decode(&field("Chain"));
+    let rest = chain
+        .strip_prefix(&pem)
+        .expect("the chain starts with the client's own");
+    let ca = std::fs::read_to_string(d.join("ca.crt")).unwrap();
+    assert!(rest.is_empty() || rest == ca, "{rest}");
+    assert!(
+        xfcc.starts_with(&format!(
+            "By={SPIFFE_SERVER};Hash={};Cert=",
+            cert_sha256(d, "nouri.crt")
+        )),
+        "{xfcc}"
+    );
+    assert!(
+        xfcc.ends_with(";Subject=\"CN=nouri\";URI=;DNS=client.test"),
+        "{xfcc}"
+    );
+}
+
 /// Istio's inbound XFCC: APPEND_FORWARD with Subject, URI and DNS; a plaintext listener's
 /// default (SANITIZE) drops a client's own header, and the app sees https on mTLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

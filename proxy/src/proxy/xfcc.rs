@@ -1,8 +1,9 @@
 //! `x-forwarded-client-cert` (XFCC), Envoy's `forward_client_cert_details` and
 //! `set_current_client_cert_details`: what the upstream learns of an mTLS client. Istio's
 //! inbound HCMs use APPEND_FORWARD with Subject, URI and DNS, so the app sees
-//! `By=<this workload>;Hash=<client cert SHA-256>;Subject="";URI=<client SPIFFE id>`.
-//! The default, SANITIZE, removes the header, so that no client can claim an identity.
+//! `By=<this workload>;Hash=<client cert SHA-256>;Subject="";URI=<client SPIFFE id>`;
+//! its gateways add `Cert`, the client's certificate as URL-encoded PEM. The default,
+//! SANITIZE, removes the header, so that no client can claim an identity.
 
 use crate::tls::Peer;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
@@ -26,13 +27,15 @@ enum Mode {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Xfcc {
     forward: Mode,
+    cert: bool,
+    chain: bool,
     subject: bool,
     uri: bool,
     dns: bool,
 }
 
 impl Xfcc {
-    /// Read the HCM's settings (`cert` and `chain` details are not sent).
+    /// Read the HCM's settings.
     pub fn from_hcm(h: &HttpConnectionManager) -> Self {
         let forward = match h.forward_client_cert_details {
             1 => Mode::ForwardOnly,
@@ -44,6 +47,8 @@ impl Xfcc {
         let set = h.set_current_client_cert_details.as_ref();
         Xfcc {
             forward,
+            cert: set.is_some_and(|s| s.cert),
+            chain: set.is_some_and(|s| s.chain),
             subject: set
                 .and_then(|s| s.subject.as_ref())
                 .is_some_and(|b| b.value),
@@ -78,6 +83,13 @@ impl Xfcc {
         if let Some(h) = &peer.hash {
             parts.push(format!("Hash={h}"));
         }
+        // Envoy's order: Cert, Chain, Subject, URI, DNS.
+        if self.cert && !peer.chain.is_empty() {
+            parts.push(format!("Cert=\"{}\"", url_encoded_pem(&peer.chain[..1])));
+        }
+        if self.chain && !peer.chain.is_empty() {
+            parts.push(format!("Chain=\"{}\"", url_encoded_pem(&peer.chain)));
+        }
         if self.subject {
             parts.push(format!(
                 "Subject=\"{}\"",
@@ -85,9 +97,11 @@ impl Xfcc {
             ));
         }
         if self.uri {
-            if let Some(u) = peer.sans.uri.first() {
-                parts.push(format!("URI={u}"));
-            }
+            // The key stays even without a URI SAN, as in Envoy.
+            parts.push(format!(
+                "URI={}",
+                peer.sans.uri.first().map_or("", |u| u.as_str())
+            ));
         }
         if self.dns {
             parts.extend(peer.sans.dns.iter().map(|d| format!("DNS={d}")));
@@ -106,4 +120,29 @@ impl Xfcc {
             }
         }
     }
+}
+
+/// Certificates as PEM (64-column base64, as OpenSSL writes it), percent-encoded but for
+/// RFC 3986's unreserved characters, as Envoy's `urlEncodedPemEncodedPeerCertificate`.
+fn url_encoded_pem(certs: &[rustls::pki_types::CertificateDer<'_>]) -> String {
+    use base64::Engine as _;
+    let mut pem = String::new();
+    for c in certs {
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    let mut out = String::with_capacity(pem.len() * 5 / 4);
+    for b in pem.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

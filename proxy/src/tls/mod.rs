@@ -43,6 +43,8 @@ pub struct Peer {
     pub subject: Option<String>,
     /// The URI SAN of the certificate this side presented (XFCC's `By=`).
     pub local_uri: Option<String>,
+    /// The certificates the client presented, its own first (XFCC's `Cert` and `Chain`).
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Peer {
@@ -72,6 +74,10 @@ impl Peer {
             }),
             subject: cert.and_then(|c| der::subject(c)),
             local_uri,
+            chain: conn
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default(),
         }
     }
 }
