@@ -362,3 +362,48 @@ async fn ipv4_clients_of_a_dual_stack_socket_are_ipv4() {
         );
     }
 }
+
+/// A gateway behind a load balancer that speaks the PROXY protocol (Istio's
+/// `gatewayTopology.proxyProtocol`): the header's client is the connection's remote address,
+/// so the edge HCM (`use_remote_address`) forwards it in x-forwarded-for; a connection
+/// without the header is closed and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_header_names_the_client() {
+    let up = upstream("app").await;
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]);
+    let mut l = listener("gw", vhosts, vec![], json!({"use_remote_address": true}));
+    l["listener_filters"] = json!([{"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"}}]);
+    let p = proxy(bootstrap(
+        vec![l],
+        vec![cluster("app", &[up.addr], json!({}))],
+    ))
+    .await;
+    let addr = p.addr("gw");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PROXY TCP4 203.0.113.7 10.0.0.5 51000 443\r\nGET / HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_to_close(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The echo's JSON, whatever the framing (it may come chunked).
+    let body = &answer[answer.find('{').unwrap()..=answer.rfind('}').unwrap()];
+    let echo: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        echo["headers"]["x-forwarded-for"],
+        json!("203.0.113.7"),
+        "{echo}"
+    );
+    // No header: closed before any HTTP answer.
+    let mut bare = TcpStream::connect(addr).await.unwrap();
+    bare.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_to_close(&mut bare).await;
+    assert!(answer.is_empty(), "{answer}");
+    assert_eq!(
+        p.stat("listener.127.0.0.1_0.downstream_cx_proxy_proto_error"),
+        1
+    );
+    assert_eq!(up.hits(), 1);
+}

@@ -7,6 +7,7 @@
 pub mod chain_match;
 mod drains;
 pub mod inspect;
+pub mod proxy_protocol;
 pub mod socket;
 
 use crate::cluster::{address, Addr};
@@ -213,6 +214,8 @@ pub struct ListenerConfig {
     pub original_dst: bool,
     /// tls_inspector / http_inspector.
     pub inspectors: Inspectors,
+    /// The proxy_protocol listener filter, which runs before the inspectors.
+    pub proxy_protocol: Option<proxy_protocol::ProxyProtocol>,
     /// Filter chains in config order.
     pub chains: Vec<FilterChain>,
     /// `default_filter_chain`.
@@ -270,6 +273,24 @@ impl ListenerConfig {
             .transpose()
             .map_err(|e| format!("default_filter_chain: {e}"))?;
         let has = |n: &str| l.listener_filters.iter().any(|f| f.name == n);
+        let proxy_protocol = l
+            .listener_filters
+            .iter()
+            .find_map(|f| match &f.config_type {
+                Some(lpb::listener_filter::ConfigType::TypedConfig(any))
+                    if any.type_url == proxy_protocol::URL =>
+                {
+                    Some(proxy_protocol::ProxyProtocol::from_any(any))
+                }
+                _ if f.name == "envoy.filters.listener.proxy_protocol"
+                    || f.name == "envoy.listener.proxy_protocol" =>
+                {
+                    Some(Ok(Default::default()))
+                }
+                _ => None,
+            })
+            .transpose()
+            .map_err(|e| format!("listener filter proxy_protocol: {e}"))?;
         let hand_off = l.use_original_dst.as_ref().is_some_and(|b| b.value);
         let inspectors = Inspectors {
             tls: has("envoy.filters.listener.tls_inspector") || has("envoy.listener.tls_inspector"),
@@ -308,6 +329,7 @@ impl ListenerConfig {
                 || has("envoy.filters.listener.original_dst")
                 || has("envoy.listener.original_dst"),
             inspectors,
+            proxy_protocol,
             chains,
             default_chain,
             hcm,

@@ -174,6 +174,7 @@ pub fn serve(
         no_chain: stats.listener(&laddr, "no_filter_chain_match", Kind::Counter),
         ssl_handshake: stats.listener(&laddr, "ssl.handshake", Kind::Counter),
         ssl_error: stats.listener(&laddr, "ssl.connection_error", Kind::Counter),
+        proxy_proto_error: stats.listener(&laddr, "downstream_cx_proxy_proto_error", Kind::Counter),
         handshake_timeout: stats.listener(
             &laddr,
             "downstream_cx_transport_socket_connect_timeout",
@@ -269,6 +270,8 @@ struct ListenerStats {
     ssl_error: Arc<Stat>,
     /// TLS handshakes cut off by the chain's `transport_socket_connect_timeout`.
     handshake_timeout: Arc<Stat>,
+    /// Connections closed by the proxy_protocol filter (no header, or a broken one).
+    proxy_proto_error: Arc<Stat>,
     /// Connections a network RBAC filter closed.
     rbac_denied: Arc<Stat>,
 }
@@ -294,13 +297,27 @@ impl Accepted {
     /// Envoy's path for a new connection: restore the original destination, hand it to the
     /// listener of that address (`use_original_dst`), run the listener filters, pick the filter
     /// chain and run its terminal filter.
-    async fn dispatch(self, stream: TcpStream, peer: SocketAddr) {
+    async fn dispatch(self, mut stream: TcpStream, peer: SocketAddr) {
         let local = canonical(stream.local_addr().unwrap_or(self.local));
         let own = self.current.load_full();
         let dst = if own.original_dst {
             original_dst(&stream, local).unwrap_or(local)
         } else {
             local
+        };
+        // A load balancer's PROXY header names the real client and the address it dialled,
+        // which stand for the socket's from here on.
+        let (peer, dst) = match own.proxy_protocol {
+            None => (peer, dst),
+            Some(pp) => match pp.read(&mut stream, own.inspectors.timeout).await {
+                Ok(Some((src, to))) => (canonical(src), canonical(to)),
+                Ok(None) => (peer, dst),
+                Err(why) => {
+                    tracing::debug!(listener = %own.name, %peer, "connection closed by proxy_protocol: {why}");
+                    self.lstats.proxy_proto_error.inc();
+                    return;
+                }
+            },
         };
         let snap = self.store.load();
         let mut target = own.clone();
