@@ -511,3 +511,36 @@ async fn paths_are_normalized_before_routing_when_the_hcm_asks() {
     let r = ask(addr, "/x/%2e%2e/direct").await;
     assert_eq!(r.json()["path"], "/x/%2e%2e/direct", "{r:?}");
 }
+
+/// `headers_with_underscores_action` (Istio's EDGE gateways: REJECT_REQUEST): a header name
+/// with an underscore gets the request refused (400, the connection closed) or the header
+/// dropped, each counted in Envoy's codec stats; with the default the header passes.
+#[tokio::test]
+async fn headers_with_underscores_are_refused_or_dropped_as_configured() {
+    let action =
+        |a: &str| json!({"common_http_protocol_options": {"headers_with_underscores_action": a}});
+    let sent = [("x_user", "admin"), ("x-other", "1")];
+
+    let (up, p, addr) = setup_with(action("REJECT_REQUEST")).await;
+    let r = get(addr, "/", &sent).await;
+    assert_eq!((r.status, r.header("connection")), (400, Some("close")));
+    assert_eq!(r.body, "Bad Request");
+    assert_eq!(
+        p.stat("http1.requests_rejected_with_underscores_in_headers"),
+        1
+    );
+    assert_eq!(up.hits(), 0);
+    assert_eq!(get(addr, "/", &[("x-user", "a")]).await.status, 200);
+
+    let (_, p, addr) = setup_with(action("DROP_HEADER")).await;
+    let r = get(addr, "/", &sent).await;
+    assert_eq!(r.status, 200);
+    let seen = &r.json()["headers"];
+    assert!(seen.get("x_user").is_none(), "{seen}");
+    assert_eq!(seen["x-other"], json!("1"));
+    assert_eq!(p.stat("http1.dropped_headers_with_underscores"), 1);
+
+    let (_, _, addr) = setup().await;
+    let r = get(addr, "/", &sent).await;
+    assert_eq!(r.json()["headers"]["x_user"], json!("admin"));
+}

@@ -109,6 +109,8 @@ pub struct HcmConfig {
     pub max_headers_count: usize,
     /// `http_protocol_options`: HTTP/1.0, chunked with a length (see `head_checks`).
     pub http1: super::head_checks::Http1Options,
+    /// `common_http_protocol_options.headers_with_underscores_action`.
+    pub underscores: super::head_checks::Underscores,
     /// `use_remote_address`: the peer is the client (else `x-forwarded-for` says who is).
     pub use_remote_address: bool,
     /// `xff_num_trusted_hops`: proxies in front whose `x-forwarded-for` entries (and, at the
@@ -298,6 +300,11 @@ impl HcmConfig {
             },
             h2,
             http1: super::head_checks::Http1Options::from_proto(h.http_protocol_options.as_ref())?,
+            underscores: super::head_checks::Underscores::from_proto(
+                h.common_http_protocol_options
+                    .as_ref()
+                    .map_or(0, |o| o.headers_with_underscores_action),
+            ),
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
             xff_trusted_hops: h.xff_num_trusted_hops,
             preserve_external_request_id: h.preserve_external_request_id,

@@ -41,6 +41,56 @@ impl Http1Options {
     }
 }
 
+/// `headers_with_underscores_action` (Istio's EDGE gateway profile rejects them): what
+/// happens to a request header whose name has an underscore, which some servers read as a
+/// dash, so that `x_user` could pass for a `x-user` a filter removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Underscores {
+    /// Served as it is (Envoy's default).
+    #[default]
+    Allow,
+    /// The request is refused with 400.
+    Reject,
+    /// The header is dropped.
+    Drop,
+}
+
+impl Underscores {
+    /// From `common_http_protocol_options.headers_with_underscores_action`.
+    pub fn from_proto(action: i32) -> Self {
+        match action {
+            1 => Underscores::Reject,
+            2 => Underscores::Drop,
+            _ => Underscores::Allow,
+        }
+    }
+
+    /// Apply the action to `req`'s headers: `Err` for a refused request, else how many
+    /// headers were dropped. Envoy's codec does this, and counts it in
+    /// `http1.` / `http2.` `requests_rejected_with_underscores_in_headers` and
+    /// `dropped_headers_with_underscores`.
+    pub fn apply<B>(self, req: &mut Request<B>) -> Result<usize, Refusal> {
+        if self == Underscores::Allow {
+            return Ok(0);
+        }
+        let has = |n: &http::HeaderName| n.as_str().contains('_');
+        if !req.headers().keys().any(has) {
+            return Ok(0);
+        }
+        if self == Underscores::Reject {
+            return Err(codec_error(http::StatusCode::BAD_REQUEST));
+        }
+        let names: Vec<http::HeaderName> =
+            req.headers().keys().filter(|n| has(n)).cloned().collect();
+        let mut dropped = 0;
+        for n in names {
+            dropped += req.headers().get_all(&n).iter().count();
+            req.headers_mut().remove(&n);
+        }
+        Ok(dropped)
+    }
+}
+
 /// A refused request head: the reply, and whether Envoy counts it as a protocol error of the
 /// connection (`downstream_cx_protocol_error`; the codec's refusals are, a missing host is not).
 pub struct Refusal {
@@ -230,5 +280,19 @@ mod tests {
             ..Default::default()
         }))
         .is_err());
+    }
+
+    #[test]
+    fn underscores_are_dropped_line_by_line_or_refused() {
+        let mut r = req(
+            Version::HTTP_2,
+            &[("a_b", "1"), ("a_b", "2"), ("c-d", "3"), ("e_f", "4")],
+        );
+        assert_eq!(Underscores::Drop.apply(&mut r).ok(), Some(3));
+        assert_eq!(r.headers().len(), 1);
+        let mut r = req(Version::HTTP_11, &[("a_b", "1")]);
+        assert_eq!(Underscores::Allow.apply(&mut r).ok(), Some(0));
+        let refused = Underscores::Reject.apply(&mut r).err().unwrap();
+        assert_eq!((refused.reply.status, refused.protocol_error), (400, true));
     }
 }

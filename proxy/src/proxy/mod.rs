@@ -58,6 +58,11 @@ pub struct HcmStats {
     pub direct_response: Arc<Stat>,
     /// `downstream_cx_protocol_error`: requests refused by the HTTP/1 codec's checks.
     pub cx_protocol_error: Arc<Stat>,
+    /// `http1.` / `http2.` `requests_rejected_with_underscores_in_headers` (Envoy's codec
+    /// stats are not under the HCM's prefix).
+    pub underscores_rejected: [Arc<Stat>; 2],
+    /// `http1.` / `http2.` `dropped_headers_with_underscores`.
+    pub underscores_dropped: [Arc<Stat>; 2],
     /// `fault.delays_injected`.
     pub fault_delays: Arc<Stat>,
     /// `fault.aborts_injected`.
@@ -80,6 +85,13 @@ impl HcmStats {
             rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             direct_response: c("rq_direct_response"),
             cx_protocol_error: c("downstream_cx_protocol_error"),
+            underscores_rejected: ["http1", "http2"].map(|codec| {
+                store.counter(&format!(
+                    "{codec}.requests_rejected_with_underscores_in_headers"
+                ))
+            }),
+            underscores_dropped: ["http1", "http2"]
+                .map(|codec| store.counter(&format!("{codec}.dropped_headers_with_underscores"))),
             fault_delays: c("fault.delays_injected"),
             fault_aborts: c("fault.aborts_injected"),
             classes: std::array::from_fn(|i| {

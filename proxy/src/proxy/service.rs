@@ -56,11 +56,22 @@ pub async fn handle(
         )
     });
     // The inline HTTP/1 codec saw whether its head passes while parsing it (`checked`).
-    let refused = if checked {
+    let mut refused = if checked {
         None
     } else {
         head_checks::check(&ctx.hcm.http1, &mut req).err()
     };
+    if refused.is_none() && ctx.hcm.underscores != head_checks::Underscores::Allow {
+        let codec = usize::from(req.version() >= http::Version::HTTP_2);
+        match ctx.hcm.underscores.apply(&mut req) {
+            Ok(0) => {}
+            Ok(n) => ctx.stats.underscores_dropped[codec].add(n as u64),
+            Err(r) => {
+                ctx.stats.underscores_rejected[codec].inc();
+                refused = Some(r);
+            }
+        }
+    }
     // The body's bytes count into the log record; the request is not rebuilt for it (each
     // rebuild was two copies of the whole request).
     if let Some(r) = &record {
