@@ -116,6 +116,9 @@ pub async fn handle(server: &Arc<Server>, req: Request<Incoming>) -> Response<Bo
                 .stats
                 .gauge("server.uptime")
                 .set(server.started.elapsed().as_secs());
+            for c in server.store.load().clusters.values() {
+                c.refresh_breaker_gauges();
+            }
             let used = has("usedonly");
             match (path.as_str(), get("format").as_deref()) {
                 ("/stats/prometheus", _) | (_, Some("prometheus")) => {

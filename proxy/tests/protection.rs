@@ -10,6 +10,70 @@ async fn wait_hits(up: &Upstream, n: usize) {
     wait_until(&what, || up.hits() >= n).await;
 }
 
+/// The `circuit_breakers.*` gauges as Envoy keeps them (dashboards alert on them): whether
+/// each breaker is open, and with `track_remaining` (Istio 1.10 sets it on every cluster) how
+/// much room is left; the HIGH priority's with its own thresholds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_gauges_show_what_is_open_and_left() {
+    let a = upstream("a").await;
+    let routes = json!([
+        {"match": {"prefix": "/tracked"}, "route": {"cluster": "tracked", "timeout": "0s"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "plain"}}]);
+    let clusters = vec![
+        cluster(
+            "tracked",
+            &[a.addr],
+            json!({"circuit_breakers": {"thresholds": [
+                {"max_requests": 1, "max_connections": 5, "track_remaining": true},
+                {"priority": "HIGH", "max_requests": 7, "track_remaining": true}]}}),
+        ),
+        cluster("plain", &[a.addr], json!({})),
+    ];
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
+            vec![],
+            json!({}),
+        )],
+        clusters,
+    ))
+    .await;
+    let addr = p.addr("l");
+    let admin = p.admin();
+    let gauges = || async move {
+        let r = get(admin, "/stats?filter=circuit_breakers", &[]).await;
+        r.body
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_string(), v.parse::<u64>().unwrap()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let held = tokio::spawn(async move { get(addr, "/tracked", &[("x-test-hold", "1")]).await });
+    wait_hits(&a, 1).await;
+    let g = gauges().await;
+    let t = |k: &str| g[&format!("cluster.tracked.circuit_breakers.{k}")];
+    assert_eq!(
+        (t("default.rq_open"), t("default.remaining_rq")),
+        (1, 0),
+        "{g:?}"
+    );
+    assert_eq!((t("default.cx_open"), t("default.remaining_cx")), (0, 4));
+    assert_eq!(t("default.remaining_pending"), 1024);
+    assert_eq!(t("default.remaining_retries"), 3);
+    assert_eq!((t("high.rq_open"), t("high.remaining_rq")), (0, 7));
+    // Without track_remaining only the open flags are kept.
+    assert_eq!(g["cluster.plain.circuit_breakers.default.rq_open"], 0);
+    assert!(!g.contains_key("cluster.plain.circuit_breakers.default.remaining_rq"));
+    release_all(&a, vec![held]).await;
+    let g = gauges().await;
+    assert_eq!(g["cluster.tracked.circuit_breakers.default.rq_open"], 0);
+    assert_eq!(
+        g["cluster.tracked.circuit_breakers.default.remaining_rq"],
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn circuit_breakers_overflow_with_503_uo() {
     let a = upstream("a").await;

@@ -141,6 +141,11 @@ impl CountingConnector {
         &self.room.freed
     }
 
+    /// Connections open or being made (what `max_connections` counts).
+    pub fn connections(&self) -> u64 {
+        self.room.used.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether `max_connections` allows another connection now.
     pub fn has_room(&self) -> bool {
         self.room.used.load(std::sync::atomic::Ordering::Acquire) < self.max_connections
