@@ -17,10 +17,23 @@ pub struct Breakers {
     pub max_requests: u64,
     /// `max_retries` (concurrent retries).
     pub max_retries: u64,
+    /// `retry_budget` (Istio's DestinationRule `retryBudget`): concurrent retries are bounded
+    /// by `budget_percent` of the active and pending requests, never below
+    /// `min_retry_concurrency`, in place of `max_retries`.
+    pub retry_budget: Option<RetryBudget>,
     /// Retries in flight.
     pub active_retries: AtomicU64,
     /// `circuit_breakers.<priority>.*` gauges (see [`Breakers::refresh`]).
     gauges: [BreakerGauges; 2],
+}
+
+/// A `retry_budget` (Envoy's defaults: 20% and 3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// `budget_percent`.
+    pub percent: f64,
+    /// `min_retry_concurrency`.
+    pub min_concurrency: u64,
 }
 
 /// One priority's breaker gauges: the four thresholds, whether each is reached (`cx_open`,
@@ -34,6 +47,17 @@ struct BreakerGauges {
 }
 
 impl Breakers {
+    /// How many retries may run at once with `active` requests and `pending` ones waiting for
+    /// a connection: `max_retries`, or what the retry budget allows now.
+    pub fn max_retries_now(&self, active: u64, pending: u64) -> u64 {
+        match self.retry_budget {
+            None => self.max_retries,
+            Some(b) => {
+                (((active + pending) as f64 * b.percent / 100.0) as u64).max(b.min_concurrency)
+            }
+        }
+    }
+
     /// Set the gauges from `used`: connections, pending requests, requests and retries of
     /// the DEFAULT priority now. Envoy moves them with every connection and request; here
     /// they are set when the stats are read (the admin calls this), so that the request path
@@ -41,10 +65,14 @@ impl Breakers {
     /// closed with all their room.
     pub fn refresh(&self, used: [u64; 4]) {
         for (g, used) in self.gauges.iter().zip([used, [0; 4]]) {
+            let mut limits = g.limits;
+            if self.retry_budget.is_some() {
+                limits[3] = self.max_retries_now(used[2], used[1]);
+            }
             for i in 0..4 {
-                g.open[i].set(u64::from(used[i] >= g.limits[i]));
+                g.open[i].set(u64::from(used[i] >= limits[i]));
                 if let Some(r) = &g.remaining {
-                    r[i].set(g.limits[i].saturating_sub(used[i]));
+                    r[i].set(limits[i].saturating_sub(used[i]));
                 }
             }
         }
@@ -95,12 +123,52 @@ pub(super) fn breakers(
         }
     };
     let [max_connections, max_pending, max_requests, max_retries] = limits(0).0;
+    let retry_budget = cb
+        .and_then(|c| c.thresholds.iter().find(|t| t.priority == 0))
+        .and_then(|t| t.retry_budget.as_ref())
+        .map(|b| RetryBudget {
+            percent: b.budget_percent.as_ref().map_or(20.0, |p| p.value),
+            min_concurrency: b
+                .min_retry_concurrency
+                .as_ref()
+                .map_or(3, |m| u64::from(m.value)),
+        });
     Breakers {
         max_connections,
         max_pending,
         max_requests,
         max_retries,
+        retry_budget,
         active_retries: AtomicU64::new(0),
         gauges: [gauges(0, "default"), gauges(1, "high")],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(t: serde_json::Value) -> Breakers {
+        let cb: cpb::CircuitBreakers = mosn_proto::from_json(
+            &mosn_proto::decode_pool(),
+            &serde_json::json!({"thresholds": [t]}),
+            true,
+        )
+        .unwrap();
+        breakers(Some(&cb), &crate::stats::Stats::new(), "c")
+    }
+
+    #[test]
+    fn a_retry_budget_replaces_max_retries() {
+        let plain = with(serde_json::json!({"max_retries": 5}));
+        assert_eq!(plain.max_retries_now(1000, 0), 5);
+        // Envoy's defaults: 20% of active and pending, at least 3.
+        let budget = with(serde_json::json!({"max_retries": 5, "retry_budget": {}}));
+        assert_eq!(budget.max_retries_now(0, 0), 3);
+        assert_eq!(budget.max_retries_now(90, 10), 20);
+        let set = with(serde_json::json!({"retry_budget": {
+            "budget_percent": {"value": 50.0}, "min_retry_concurrency": 1}}));
+        assert_eq!(set.max_retries_now(1, 0), 1);
+        assert_eq!(set.max_retries_now(7, 0), 3);
     }
 }

@@ -371,7 +371,11 @@ impl Cluster {
     /// Try to take a retry slot (`max_retries` breaker); release it with [`Cluster::end_retry`].
     pub fn begin_retry(&self) -> bool {
         let n = self.breakers.active_retries.fetch_add(1, Ordering::Relaxed);
-        if n >= self.breakers.max_retries {
+        let max = self.breakers.max_retries_now(
+            self.stats.rq_active.get(),
+            self.stats.rq_pending_active.get(),
+        );
+        if n >= max {
             self.breakers.active_retries.fetch_sub(1, Ordering::Relaxed);
             self.stats.rq_retry_overflow.inc();
             return false;
