@@ -544,3 +544,58 @@ async fn headers_with_underscores_are_refused_or_dropped_as_configured() {
     let r = get(addr, "/", &sent).await;
     assert_eq!(r.json()["headers"]["x_user"], json!("admin"));
 }
+
+/// The HCM's connection limits as Envoy applies them on HTTP/1: `request_headers_timeout`
+/// answers a head that started but did not finish in time with 408 and closes;
+/// `max_requests_per_connection` closes the connection with the last request's response;
+/// `max_connection_duration` closes an idle connection once it is that old, and asks the
+/// client of a request in flight to leave (`Connection: close`).
+#[tokio::test]
+async fn connection_limits_of_the_hcm_end_connections_as_envoy() {
+    let (_up, p, addr) = setup_with(json!({"request_headers_timeout": "0.3s",
+        "common_http_protocol_options": {"max_requests_per_connection": 2}}))
+    .await;
+    let mut slow = Client::connect(addr).await;
+    slow.send("GET /slow HTTP/1.1\r\nhost: x\r\n").await;
+    let r = slow.response(false).await;
+    assert_eq!(r.line, "HTTP/1.1 408 Request Timeout");
+    assert_eq!(r.body, b"request header timeout");
+    assert!(slow.closed().await);
+    assert_eq!(p.stat("http.l.downstream_rq_header_timeout"), 1);
+    // A whole head in time is served; the second request is this connection's last.
+    let mut c = Client::connect(addr).await;
+    c.send("GET /1 HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(c.response(false).await.header("connection"), None);
+    c.send("GET /2 HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let r = c.response(false).await;
+    assert_eq!(
+        (r.json()["path"].as_str(), r.header("connection")),
+        (Some("/2"), Some("close"))
+    );
+    assert!(c.closed().await);
+    assert_eq!(p.stat("http.l.downstream_cx_max_requests_reached"), 1);
+
+    let (up, p, addr) = setup_with(json!({
+        "common_http_protocol_options": {"max_connection_duration": "0.3s"}}))
+    .await;
+    let mut idle = Client::connect(addr).await;
+    idle.send("GET /a HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(idle.response(false).await.header("connection"), None);
+    assert!(idle.closed().await, "an old idle connection stays open");
+    // A request held past the connection's age is answered, with `Connection: close`.
+    let mut busy = Client::connect(addr).await;
+    busy.send("GET /held HTTP/1.1\r\nhost: x\r\nx-test-hold: 1\r\n\r\n")
+        .await;
+    wait_until("the held request never arrived", || up.hits() >= 2).await;
+    wait_until("the connection never aged", || {
+        p.stat("http.l.downstream_cx_max_duration_reached") >= 2
+    })
+    .await;
+    up.release();
+    let r = busy.response(false).await;
+    assert_eq!(
+        (r.line.as_str(), r.header("connection")),
+        ("HTTP/1.1 200 OK", Some("close"))
+    );
+    assert!(busy.closed().await);
+}

@@ -213,6 +213,12 @@ where
     });
     let mut drain_wait = std::pin::pin!(drain_wait);
     let mut idle_polled = false;
+    // The HCM's max_connection_duration: one timer for the connection's life, only when set.
+    let mut max_age = ctx
+        .hcm
+        .max_connection_duration
+        .map(|d| Box::pin(tokio::time::sleep(d)));
+    let mut age_polled = false;
     loop {
         tokio::select! {
             // The connection first, and no random branch order (no RNG call per wake).
@@ -224,6 +230,21 @@ where
                 return;
             }
             _ = drain_wait.as_mut(), if !idle_closing => break,
+            // Polled once to register, then only when it has fired, as the idle timer.
+            _ = std::future::poll_fn(|cx| match max_age.as_mut() {
+                Some(s) if !age_polled || s.is_elapsed() => {
+                    age_polled = true;
+                    std::future::Future::poll(s.as_mut(), cx)
+                }
+                _ => std::task::Poll::Pending,
+            }), if max_age.is_some() => {
+                // Envoy drains the connection: HTTP/1 closes when idle or after the response
+                // in flight (`Connection: close`), h2 sends GOAWAY and finishes its streams.
+                tracing::debug!(peer = %ctx.peer, "max connection duration reached");
+                ctx.stats.cx_max_duration_reached.inc();
+                max_age = None;
+                conn.as_mut().shutdown();
+            }
             // Likewise the idle timer: polled once after each reset (that registers the
             // task's waker with it), then only when it has fired.
             _ = std::future::poll_fn(|cx| {

@@ -72,6 +72,15 @@ pub struct HcmConfig {
     pub request_timeout: Option<Duration>,
     /// Connection idle timeout (`common_http_protocol_options.idle_timeout`, default 1 h).
     pub idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_connection_duration`: a connection older than this
+    /// is drained (HTTP/1: closed when idle or after its response; h2: GOAWAY).
+    pub max_connection_duration: Option<Duration>,
+    /// `common_http_protocol_options.max_requests_per_connection`: the response to the last
+    /// one closes an HTTP/1 connection.
+    pub max_requests_per_connection: Option<u32>,
+    /// `request_headers_timeout`: a request head that starts but is not complete within it is
+    /// answered 408 and its connection closed.
+    pub request_headers_timeout: Option<Duration>,
     /// Strip any port from Host before vhost matching.
     pub strip_any_host_port: bool,
     /// Strip the port if it equals the listener's port.
@@ -252,6 +261,19 @@ impl HcmConfig {
                 Some(d) => Some(crate::config::duration(d)).filter(|d| !d.is_zero()),
                 None => Some(Duration::from_secs(3600)),
             },
+            max_connection_duration: h
+                .common_http_protocol_options
+                .as_ref()
+                .and_then(|o| opt_duration(&o.max_connection_duration))
+                .filter(|d| !d.is_zero()),
+            max_requests_per_connection: h
+                .common_http_protocol_options
+                .as_ref()
+                .and_then(|o| o.max_requests_per_connection.as_ref())
+                .map(|v| v.value)
+                .filter(|n| *n > 0),
+            request_headers_timeout: opt_duration(&h.request_headers_timeout)
+                .filter(|d| !d.is_zero()),
             strip_any_host_port,
             strip_matching_host_port: h.strip_matching_host_port,
             server_value: http::HeaderValue::from_str(if h.server_name.is_empty() {

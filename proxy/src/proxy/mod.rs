@@ -58,6 +58,12 @@ pub struct HcmStats {
     pub direct_response: Arc<Stat>,
     /// `downstream_cx_protocol_error`: requests refused by the HTTP/1 codec's checks.
     pub cx_protocol_error: Arc<Stat>,
+    /// `downstream_cx_max_duration_reached`.
+    pub cx_max_duration_reached: Arc<Stat>,
+    /// `downstream_cx_max_requests_reached`.
+    pub cx_max_requests_reached: Arc<Stat>,
+    /// `downstream_rq_header_timeout`.
+    pub rq_header_timeout: Arc<Stat>,
     /// `http1.` / `http2.` `requests_rejected_with_underscores_in_headers` (Envoy's codec
     /// stats are not under the HCM's prefix).
     pub underscores_rejected: [Arc<Stat>; 2],
@@ -85,6 +91,9 @@ impl HcmStats {
             rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             direct_response: c("rq_direct_response"),
             cx_protocol_error: c("downstream_cx_protocol_error"),
+            cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
+            cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
+            rq_header_timeout: c("downstream_rq_header_timeout"),
             underscores_rejected: ["http1", "http2"].map(|codec| {
                 store.counter(&format!(
                     "{codec}.requests_rejected_with_underscores_in_headers"

@@ -76,7 +76,10 @@ pub(super) async fn serve<IO: Io>(
         wr: Vec::new(),
         scratch: Scratch::default(),
     };
+    let mut served = 0u32;
     loop {
+        // When the current request's head began, if it has not all arrived in one read.
+        let mut head_started: Option<tokio::time::Instant> = None;
         let (req, meta) = loop {
             if !c.rd.is_empty() {
                 let (size, count) = (ctx.hcm.max_request_headers(), ctx.hcm.max_headers_count);
@@ -91,10 +94,37 @@ pub(super) async fn serve<IO: Io>(
                     }
                 }
             }
-            if !c.read_more(closing).await? {
+            // request_headers_timeout runs from a head's first byte to its last.
+            let more = match ctx.hcm.request_headers_timeout.filter(|_| !c.rd.is_empty()) {
+                None => c.read_more(closing).await?,
+                Some(limit) => {
+                    let since = *head_started.get_or_insert_with(tokio::time::Instant::now);
+                    match tokio::time::timeout_at(super::later(since, limit), c.read_more(closing))
+                        .await
+                    {
+                        Ok(more) => more?,
+                        Err(_) => {
+                            ctx.stats.rq_header_timeout.inc();
+                            return c
+                                .refuse_with(
+                                    http::StatusCode::REQUEST_TIMEOUT,
+                                    "request header timeout",
+                                )
+                                .await;
+                        }
+                    }
+                }
+            };
+            if !more {
                 return Ok(());
             }
         };
+        served += 1;
+        if ctx.hcm.max_requests_per_connection == Some(served) {
+            // This response closes the connection (`Connection: close`), as Envoy drains it.
+            ctx.stats.cx_max_requests_reached.inc();
+            closing.store(true, Ordering::Relaxed);
+        }
         // The handler runs while the socket is watched for the client leaving: hyper drops
         // the request then, and so must this, so that the upstream request is cancelled.
         let mut handler = pin!(service::handle(ctx.clone(), req, meta.checked));
@@ -219,15 +249,31 @@ impl<IO: Io> Conn<IO> {
 
     /// Answer `status` without a body and close: a head whose target is not a URI (400, as
     /// hyper answers it) or one too large (431).
-    async fn refuse(mut self, status: http::StatusCode) -> io::Result<()> {
+    async fn refuse(self, status: http::StatusCode) -> io::Result<()> {
+        self.refuse_with(status, "").await
+    }
+
+    /// [`refuse`](Self::refuse) with a text body.
+    async fn refuse_with(mut self, status: http::StatusCode, body: &str) -> io::Result<()> {
         let meta = request::Meta {
             keep_alive: false,
             http10: false,
             head: false,
             checked: true,
         };
-        let empty = (true, hyper::body::SizeHint::with_exact(0));
-        response::encode_head(&mut self.wr, status, &Default::default(), empty, meta, true);
+        let mut headers = http::HeaderMap::new();
+        if !body.is_empty() {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            );
+        }
+        let size = (
+            body.is_empty(),
+            hyper::body::SizeHint::with_exact(body.len() as u64),
+        );
+        response::encode_head(&mut self.wr, status, &headers, size, meta, true);
+        self.wr.extend_from_slice(body.as_bytes());
         self.flush().await?;
         self.io.shutdown().await
     }
@@ -243,9 +289,17 @@ async fn handoff<IO: Io>(c: Conn<IO>, ctx: Arc<ConnCtx>, closing: &AtomicBool) -
     // connection; the connection's one idle timer stands in.
     // hyper's read buffer bounds the head (431 past it); 8 KiB is the least it takes.
     let max_head = ctx.hcm.max_request_headers().max(8192);
-    let conn = hyper::server::conn::http1::Builder::new()
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    if let Some(limit) = ctx.hcm.request_headers_timeout {
+        // Asked for: hyper's own header timer (it closes without a 408).
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limit);
+    } else {
+        builder.header_read_timeout(None);
+    }
+    let conn = builder
         .keep_alive(true)
-        .header_read_timeout(None)
         .max_buf_size(max_head)
         .max_headers(ctx.hcm.max_headers_count)
         .serve_connection(TokioIo::new(io), super::conn::hyper_service(ctx))
