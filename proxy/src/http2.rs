@@ -32,6 +32,10 @@ pub struct H2Settings {
     pub connection_window: Option<u32>,
     /// The largest header block accepted, in bytes.
     pub max_header_list: u32,
+    /// `connection_keepalive`: a PING every `interval`, the connection closed when its ACK
+    /// has not come within `timeout` (Istio's DestinationRule h2 keepalive), so that a dead
+    /// connection is found before a request is lost on it.
+    pub keepalive: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 impl Default for H2Settings {
@@ -41,6 +45,7 @@ impl Default for H2Settings {
             stream_window: None,
             connection_window: None,
             max_header_list: DEFAULT_HEADERS_KB * 1024,
+            keepalive: None,
         }
     }
 }
@@ -86,6 +91,14 @@ impl H2Settings {
             "initial_connection_window_size",
             o.initial_connection_window_size.as_ref().map(|v| v.value),
         )?;
+        if let Some(k) = &o.connection_keepalive {
+            let interval = crate::config::opt_duration(&k.interval).filter(|d| !d.is_zero());
+            let timeout = crate::config::opt_duration(&k.timeout)
+                .filter(|d| !d.is_zero())
+                .ok_or("http2_protocol_options.connection_keepalive needs a timeout")?;
+            // Without an interval Envoy pings only after idle spells, which hyper cannot.
+            s.keepalive = interval.map(|i| (i, timeout));
+        }
         Ok(s)
     }
 
@@ -99,6 +112,9 @@ impl H2Settings {
         if let Some(w) = self.connection_window {
             b.initial_connection_window_size(w);
         }
+        if let Some((interval, timeout)) = self.keepalive {
+            b.keep_alive_interval(interval).keep_alive_timeout(timeout);
+        }
     }
 
     /// Applies the settings to an upstream connection's builder.
@@ -109,6 +125,12 @@ impl H2Settings {
         }
         if let Some(w) = self.connection_window {
             b.initial_connection_window_size(w);
+        }
+        if let Some((interval, timeout)) = self.keepalive {
+            // Envoy pings whether or not streams are open.
+            b.keep_alive_interval(interval)
+                .keep_alive_timeout(timeout)
+                .keep_alive_while_idle(true);
         }
     }
 }

@@ -275,3 +275,61 @@ async fn a_host_without_a_connection_gets_one_past_max_connections() {
     assert_eq!(px.stat("cluster.c.upstream_cx_total"), 2);
     assert_eq!(px.stat("cluster.c.upstream_cx_overflow"), 1);
 }
+
+/// `connection_keepalive` on an h2 cluster (Istio's DestinationRule h2 keepalive): the proxy
+/// pings its upstream connections, and one whose peer stopped answering is closed after the
+/// timeout, failing its request, instead of keeping it for ever. The upstream here is a bare
+/// socket that completes the HTTP/2 handshake, then reads and answers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_h2_upstream_is_pinged_and_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let seen = tokio::spawn(async move {
+        let (mut s, _) = silent.accept().await.unwrap();
+        // SETTINGS (empty) and an ACK of the client's: the handshake, from the server's side.
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        // Frames after the 24-byte preface: is there a PING (type 6) without ACK?
+        let mut frames = &all[24.min(all.len())..];
+        let mut ping = false;
+        while frames.len() >= 9 {
+            let len = u32::from_be_bytes([0, frames[0], frames[1], frames[2]]) as usize;
+            ping |= frames[3] == 6 && frames[4] & 1 == 0;
+            frames = &frames[(9 + len).min(frames.len())..];
+        }
+        ping
+    });
+    let h2 = json!({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {
+            "connection_keepalive": {"interval": "0.2s", "timeout": "0.2s"}}}}}});
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            json!([{"name": "v", "domains": ["*"], "routes": route_to("silent")}]),
+            vec![],
+            json!({}),
+        )],
+        vec![cluster("silent", &[addr], h2)],
+    ))
+    .await;
+    let r = tokio::time::timeout(Duration::from_secs(5), get(p.addr("l"), "/", &[]))
+        .await
+        .expect("the request is failed once the connection is found dead");
+    assert_eq!(r.status, 503, "{}", r.body);
+    let pinged = tokio::time::timeout(Duration::from_secs(5), seen)
+        .await
+        .expect("the proxy closed the silent connection")
+        .unwrap();
+    assert!(pinged, "a PING was sent");
+}
