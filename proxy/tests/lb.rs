@@ -216,3 +216,53 @@ async fn least_request_avoids_the_busy_host() {
         assert_eq!(t.await.unwrap().status, 200);
     }
 }
+
+/// Locality-weighted balancing (Istio's `localityLbSetting.distribute`: weights on the EDS
+/// localities and `locality_weighted_lb_config`): the localities take their weights' shares,
+/// whatever their host counts, and a locality short of healthy hosts takes less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_weights_split_the_traffic() {
+    let (a, b, c) = (
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    );
+    let ep = |addr: std::net::SocketAddr| {
+        json!({"endpoint": {"address": {"socket_address": {
+        "address": addr.ip().to_string(), "port_value": addr.port()}}}})
+    };
+    // Zone 1 (weight 1): a; zone 2 (weight 3): b and c.
+    let assignment = |name: &str| {
+        json!({"cluster_name": name, "endpoints": [
+        {"locality": {"zone": "z1"}, "load_balancing_weight": 1, "lb_endpoints": [ep(a.addr)]},
+        {"locality": {"zone": "z2"}, "load_balancing_weight": 3, "lb_endpoints": [ep(b.addr), ep(c.addr)]}]})
+    };
+    let mut weighted = cluster(
+        "weighted",
+        &[],
+        json!({
+        "common_lb_config": {"locality_weighted_lb_config": {}}}),
+    );
+    weighted["load_assignment"] = assignment("weighted");
+    let mut flat = cluster("flat", &[], json!({}));
+    flat["load_assignment"] = assignment("flat");
+    let routes = json!([
+        {"match": {"prefix": "/weighted"}, "route": {"cluster": "weighted"}},
+        {"match": {"prefix": "/flat"}, "route": {"cluster": "flat"}}]);
+    let p = proxy(bootstrap(
+        vec![listener("l", vh(routes), vec![], json!({}))],
+        vec![weighted, flat],
+    ))
+    .await;
+    let addr = p.addr("l");
+    let n = 800;
+    let m = count(addr, "/weighted", n, &[]).await;
+    assert!(
+        within_binomial(m["a"], n, 0.25),
+        "zone 1 takes a quarter: {m:?}"
+    );
+    assert!(m["b"] > 0 && m["c"] > 0, "{m:?}");
+    // Without locality_weighted_lb_config the weights are ignored: a third each.
+    let m = count(addr, "/flat", 300, &[]).await;
+    assert_eq!((m["a"], m["b"], m["c"]), (100, 100, 100), "{m:?}");
+}

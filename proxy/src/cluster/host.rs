@@ -27,6 +27,9 @@ pub struct Host {
     pub eds_status: HealthStatus,
     /// The endpoint's `envoy.transport_socket_match` metadata (Istio's `tlsMode: istio`).
     pub socket_match: Vec<(String, String)>,
+    /// Its locality: the index of its `LocalityLbEndpoints` in the assignment, and that
+    /// entry's `load_balancing_weight` (0 when unset), for locality-weighted balancing.
+    pub locality: (u32, u32),
 }
 
 impl Host {
@@ -42,7 +45,22 @@ impl Host {
             outlier: HostOutlier::default(),
             eds_status: HealthStatus::Unknown,
             socket_match: Vec::new(),
+            locality: (0, 0),
         }
+    }
+
+    /// A fresh copy of `h`'s identity (address, name, weight, priority), for tests that
+    /// rebuild hosts with other attributes.
+    #[cfg(test)]
+    pub fn clone_for_test(h: &Host) -> Host {
+        Host::new(h.addr, h.hostname.clone(), h.weight, h.priority)
+    }
+
+    /// The same host in locality `index` of weight `weight` (Istio's
+    /// `localityLbSetting.distribute` sets the weights).
+    pub fn with_locality(mut self, index: u32, weight: u32) -> Self {
+        self.locality = (index, weight);
+        self
     }
 
     /// The same host with the endpoint's transport socket match metadata.

@@ -80,6 +80,9 @@ pub struct Cluster {
     pub discovery: Discovery,
     /// LB policy.
     pub lb: LbPolicy,
+    /// `common_lb_config.locality_weighted_lb_config`: hosts are picked by locality weight
+    /// first (Istio's `localityLbSetting.distribute`).
+    pub by_locality: bool,
     hosts: ArcSwap<HostSet>,
     /// DNS targets (hostname, port, weight, priority) for DNS clusters.
     dns_targets: Vec<(String, u16, u32, u32)>,
@@ -162,7 +165,11 @@ impl Cluster {
         let mut dns_targets = Vec::new();
         let mut pipes = Vec::new();
         if let Some(la) = &c.load_assignment {
-            for group in &la.endpoints {
+            for (index, group) in la.endpoints.iter().enumerate() {
+                let locality = (
+                    index as u32,
+                    group.load_balancing_weight.as_ref().map_or(0, |w| w.value),
+                );
                 for ep in &group.lb_endpoints {
                     let weight = ep
                         .load_balancing_weight
@@ -189,7 +196,8 @@ impl Cluster {
                                         group.priority,
                                     )
                                     .with_eds_status(ep.health_status)
-                                    .with_socket_match(ep.metadata.as_ref()),
+                                    .with_socket_match(ep.metadata.as_ref())
+                                    .with_locality(locality.0, locality.1),
                                 ))
                             }
                             _ if matches!(
@@ -233,7 +241,16 @@ impl Cluster {
             breakers.max_pending,
             limits,
         );
-        let set = HostSet::new(static_hosts, &lb);
+        let by_locality = c
+            .common_lb_config
+            .as_ref()
+            .is_some_and(|l| {
+                matches!(
+                    l.locality_config_specifier,
+                    Some(cpb::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+                )
+            });
+        let set = HostSet::new(static_hosts, &lb, by_locality);
         let cluster = Cluster {
             name: c.name.clone(),
             discovery,
@@ -261,6 +278,7 @@ impl Cluster {
             stats,
             proto: c.clone(),
             lb,
+            by_locality,
         };
         cluster.update_membership();
         Ok(Arc::new(cluster))
@@ -284,7 +302,8 @@ impl Cluster {
 
     /// Replace the host set (DNS refresh now; EDS updates next).
     pub fn set_hosts(&self, hosts: Vec<Arc<Host>>) {
-        self.hosts.store(Arc::new(HostSet::new(hosts, &self.lb)));
+        self.hosts
+            .store(Arc::new(HostSet::new(hosts, &self.lb, self.by_locality)));
         self.update_membership();
     }
 

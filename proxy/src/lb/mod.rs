@@ -172,6 +172,9 @@ struct Level {
     /// rebuilt when that changes, as Envoy rebuilds it on health changes.
     table: ArcSwapOption<table::Table>,
     equal_weights: bool,
+    /// With `locality_weighted_lb_config`: each locality's weight and hosts (indices), in
+    /// assignment order; empty without it.
+    localities: Vec<(u32, Vec<usize>)>,
 }
 
 /// An immutable set of hosts grouped by priority.
@@ -183,8 +186,9 @@ pub struct HostSet {
 }
 
 impl HostSet {
-    /// Build the set and the tables `policy` needs.
-    pub fn new(hosts: Vec<Arc<Host>>, policy: &LbPolicy) -> Self {
+    /// Build the set and the tables `policy` needs; `by_locality`: the cluster's
+    /// `common_lb_config.locality_weighted_lb_config`.
+    pub fn new(hosts: Vec<Arc<Host>>, policy: &LbPolicy, by_locality: bool) -> Self {
         let mut prios: Vec<u32> = hosts.iter().map(|h| h.priority).collect();
         prios.sort_unstable();
         prios.dedup();
@@ -206,9 +210,20 @@ impl HostSet {
                     table: ArcSwapOption::new(policy.table_kind().map(|(kind, by_name)| {
                         let now = Instant::now();
                         let members = hs.iter().map(|h| !h.is_down(|| now)).collect();
-                        Arc::new(table::Table::build(kind, &hs, members, by_name))
+                        Arc::new(table::Table::build(
+                            kind,
+                            &hs,
+                            members,
+                            by_name,
+                            by_locality,
+                        ))
                     })),
                     equal_weights,
+                    localities: if by_locality {
+                        localities(&hs)
+                    } else {
+                        Vec::new()
+                    },
                     hosts: hs,
                 }
             })
@@ -278,6 +293,13 @@ impl HostSet {
                 .map(|i| level.hosts[i].clone());
         }
         let usable = |i: usize| (panic || !down(i)) && !ctx.exclude.contains(&level.hosts[i].addr);
+        // Locality-weighted: first the locality (not in panic, as Envoy), then the host in it.
+        if let Some(hosts) = (!panic).then(|| level.choose_locality(&down)).flatten() {
+            let in_locality = |i: usize| usable(i) && hosts.contains(&i);
+            if let Some(i) = level.pick(policy, &in_locality) {
+                return Some(level.hosts[i].clone());
+            }
+        }
         if let Some(i) = level.pick(policy, &usable) {
             return Some(level.hosts[i].clone());
         }
@@ -322,7 +344,59 @@ fn priority_loads(healths: &[usize]) -> Vec<usize> {
     loads
 }
 
+/// A level's localities with their weights and hosts, by the index of their
+/// `LocalityLbEndpoints`.
+fn localities(hosts: &[Arc<Host>]) -> Vec<(u32, Vec<usize>)> {
+    let mut by_id: std::collections::BTreeMap<u32, (u32, Vec<usize>)> = Default::default();
+    for (i, h) in hosts.iter().enumerate() {
+        by_id
+            .entry(h.locality.0)
+            .or_insert((h.locality.1, Vec::new()))
+            .1
+            .push(i);
+    }
+    by_id.into_values().collect()
+}
+
 impl Level {
+    /// Envoy's locality pick: each locality's weight times its health (its share of usable
+    /// hosts times the overprovisioning factor, at most 1), drawn at random by those
+    /// effective weights (Envoy's EDF scheduler gives the same shares). `None` when no
+    /// locality has an effective weight: then hosts are picked across localities.
+    fn choose_locality(&self, down: &dyn Fn(usize) -> bool) -> Option<&[usize]> {
+        if self.localities.is_empty() {
+            return None;
+        }
+        let effective: Vec<f64> = self
+            .localities
+            .iter()
+            .map(|(weight, hosts)| {
+                let up = hosts.iter().filter(|i| !down(**i)).count();
+                let health =
+                    (OVERPROVISIONING as f64 / 100.0 * up as f64 / hosts.len() as f64).min(1.0);
+                *weight as f64 * health
+            })
+            .collect();
+        let total: f64 = effective.iter().sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let mut roll = fastrand::f64() * total;
+        for (e, (_, hosts)) in effective.iter().zip(&self.localities) {
+            if roll < *e {
+                return Some(hosts);
+            }
+            roll -= e;
+        }
+        // Rounding at the top end: the last locality with weight.
+        effective
+            .iter()
+            .zip(&self.localities)
+            .rev()
+            .find(|(e, _)| **e > 0.0)
+            .map(|(_, (_, hosts))| hosts.as_slice())
+    }
+
     /// Envoy's thread-aware pick: the key's host in the table of the hosts that may take
     /// traffic (`member`), rebuilding the table when they changed; a host to avoid sends the
     /// pick on along the table, `host_selection_attempts` times at most, after which the
@@ -340,7 +414,14 @@ impl Level {
             Some(t) if t.members.iter().enumerate().all(|(i, m)| *m == member(i)) => t,
             _ => {
                 let members = (0..self.hosts.len()).map(member).collect();
-                rebuilt = Arc::new(table::Table::build(kind, &self.hosts, members, by_name));
+                let by_locality = !self.localities.is_empty();
+                rebuilt = Arc::new(table::Table::build(
+                    kind,
+                    &self.hosts,
+                    members,
+                    by_name,
+                    by_locality,
+                ));
                 self.table.store(Some(rebuilt.clone()));
                 &rebuilt
             }

@@ -53,22 +53,24 @@ pub struct Table {
 }
 
 impl Table {
-    /// Build a `kind` table over the `hosts` marked in `members`.
-    pub fn build(kind: Kind, hosts: &[Arc<Host>], members: Vec<bool>, use_hostname: bool) -> Self {
-        let chosen: Vec<(u32, &Host, String)> = hosts
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| members[*i])
-            .map(|(i, h)| (i as u32, &**h, hash_key(h, use_hostname)))
-            .collect();
+    /// Build a `kind` table over the `hosts` marked in `members`; with `by_locality`
+    /// (`locality_weighted_lb_config`), weighted by their localities' weights too.
+    pub fn build(
+        kind: Kind,
+        hosts: &[Arc<Host>],
+        members: Vec<bool>,
+        use_hostname: bool,
+        by_locality: bool,
+    ) -> Self {
+        let (chosen, min_w, max_w) = normalize(hosts, &members, use_hostname, by_locality);
         let (mut ring, mut maglev) = (Vec::new(), Vec::new());
         match kind {
             Kind::Ring {
                 min_size,
                 max_size,
                 hash_fn,
-            } => ring = build_ring(&chosen, min_size, max_size, hash_fn),
-            Kind::Maglev { size } => maglev = build_maglev(chosen, size),
+            } => ring = build_ring(&chosen, min_w, min_size, max_size, hash_fn),
+            Kind::Maglev { size } => maglev = build_maglev(chosen, max_w, size),
         }
         Table {
             members,
@@ -114,29 +116,67 @@ fn hash_key(h: &Host, use_hostname: bool) -> String {
     }
 }
 
-/// Each host's weight over the total, in order, with the smallest and largest (Envoy's
-/// `normalizeHostWeights`, floating point in the same order of operations).
-fn normalized<'a, T>(hosts: impl Iterator<Item = (&'a Host, T)>) -> (Vec<(T, f64)>, f64, f64) {
-    let hosts: Vec<(&Host, T)> = hosts.collect();
-    let sum: u64 = hosts.iter().map(|(h, _)| h.weight as u64).sum();
+/// A host in a table: its index in the level, what it is hashed by, its normalized weight.
+struct Member {
+    index: u32,
+    key: String,
+    weight: f64,
+}
+
+/// The member hosts with their weights normalized to sum 1, with the smallest and largest
+/// (Envoy's `normalizeHostWeights`, floating point in the same order of operations). By
+/// locality: each locality's share is its weight over all the level's locality weights
+/// (a locality of weight 0 takes none), split among its member hosts by their weights, in
+/// locality order (Envoy's `normalizeLocalityWeights`).
+fn normalize(
+    hosts: &[Arc<Host>],
+    members: &[bool],
+    use_hostname: bool,
+    by_locality: bool,
+) -> (Vec<Member>, f64, f64) {
     let (mut min, mut max) = (1.0f64, 0.0f64);
-    let weights = hosts
-        .into_iter()
-        .map(|(h, t)| {
-            let w = h.weight as f64 * 1.0 / sum as f64;
+    let mut out = Vec::new();
+    let mut group = |indices: &[usize], share: f64| {
+        let sum: u64 = indices.iter().map(|i| hosts[*i].weight as u64).sum();
+        for &i in indices {
+            let w = hosts[i].weight as f64 * share / sum as f64;
             min = min.min(w);
             max = max.max(w);
-            (t, w)
-        })
-        .collect();
-    (weights, min, max)
+            out.push(Member {
+                index: i as u32,
+                key: hash_key(&hosts[i], use_hostname),
+                weight: w,
+            });
+        }
+    };
+    let chosen = |keep: &dyn Fn(&Host) -> bool| -> Vec<usize> {
+        (0..hosts.len())
+            .filter(|i| members[*i] && keep(&hosts[*i]))
+            .collect()
+    };
+    if !by_locality {
+        group(&chosen(&|_| true), 1.0);
+    } else {
+        let mut localities: Vec<(u32, u32)> = hosts.iter().map(|h| h.locality).collect();
+        localities.sort_unstable();
+        localities.dedup();
+        let total: u64 = localities.iter().map(|(_, w)| *w as u64).sum();
+        for (id, w) in localities.into_iter().filter(|(_, w)| *w > 0) {
+            let indices = chosen(&|h| h.locality.0 == id);
+            if !indices.is_empty() {
+                group(&indices, w as f64 / total as f64);
+            }
+        }
+    }
+    (out, min, max)
 }
 
 /// Envoy's ring: scaled so the lightest host gets a whole number of entries and the ring at
 /// least `min_size` (at most `max_size`); host `k`'s entries are the hashes of `"{key}_0"`,
 /// `"{key}_1"`, …, handed out by running sums so that fractional shares stay stable.
 fn build_ring(
-    hosts: &[(u32, &Host, String)],
+    hosts: &[Member],
+    min_w: f64,
     min_size: u64,
     max_size: u64,
     hash_fn: RingHashFn,
@@ -144,13 +184,13 @@ fn build_ring(
     if hosts.is_empty() {
         return Vec::new();
     }
-    let (weights, min_w, _) = normalized(hosts.iter().map(|(i, h, k)| (*h, (*i, k.as_str()))));
     let scale = ((min_w * min_size as f64).ceil() / min_w).min(max_size as f64);
     let mut ring = Vec::with_capacity(scale.ceil() as usize);
     let (mut current, mut target) = (0.0f64, 0.0f64);
     let mut key = String::new();
-    for ((index, host_key), w) in weights {
-        target += scale * w;
+    for m in hosts {
+        let (index, host_key) = (m.index, m.key.as_str());
+        target += scale * m.weight;
         let mut n = 0u64;
         while current < target {
             key.clear();
@@ -173,11 +213,11 @@ fn build_ring(
 /// Envoy's Maglev table (Eisenbud et al., listing 1, weighted): hosts sorted by their key so
 /// that the table does not depend on their order; each takes its next preferred free slot
 /// in turn, a host of weight `w` once every `max / w` rounds.
-fn build_maglev(mut hosts: Vec<(u32, &Host, String)>, size: u64) -> Vec<u32> {
+fn build_maglev(mut hosts: Vec<Member>, max_w: f64, size: u64) -> Vec<u32> {
     if hosts.is_empty() || size < 2 {
         return Vec::new();
     }
-    hosts.sort_by(|a, b| a.2.cmp(&b.2));
+    hosts.sort_by(|a, b| a.key.cmp(&b.key));
     struct Entry {
         index: u32,
         offset: u64,
@@ -186,14 +226,13 @@ fn build_maglev(mut hosts: Vec<(u32, &Host, String)>, size: u64) -> Vec<u32> {
         target: f64,
         next: u64,
     }
-    let (weights, _, max_w) = normalized(hosts.iter().map(|(i, h, k)| (*h, (*i, k.as_str()))));
-    let mut entries: Vec<Entry> = weights
+    let mut entries: Vec<Entry> = hosts
         .into_iter()
-        .map(|((index, key), weight)| Entry {
-            index,
-            offset: xxhash_rust::xxh64::xxh64(key.as_bytes(), 0) % size,
-            skip: xxhash_rust::xxh64::xxh64(key.as_bytes(), 1) % (size - 1) + 1,
-            weight,
+        .map(|m| Entry {
+            index: m.index,
+            offset: xxhash_rust::xxh64::xxh64(m.key.as_bytes(), 0) % size,
+            skip: xxhash_rust::xxh64::xxh64(m.key.as_bytes(), 1) % (size - 1) + 1,
+            weight: m.weight,
             target: 0.0,
             next: 0,
         })
@@ -278,7 +317,7 @@ mod tests {
             max_size: max,
             hash_fn,
         };
-        Table::build(kind, hs, vec![true; hs.len()], by_name)
+        Table::build(kind, hs, vec![true; hs.len()], by_name, false)
     }
 
     const SIX: [(u16, u32); 6] = [(90, 1), (91, 1), (92, 1), (93, 1), (94, 1), (95, 1)];
@@ -380,7 +419,7 @@ mod tests {
     }
 
     fn maglev(hs: &[Arc<Host>], size: u64, members: Vec<bool>) -> Table {
-        Table::build(Kind::Maglev { size }, hs, members, false)
+        Table::build(Kind::Maglev { size }, hs, members, false, false)
     }
 
     #[test]
@@ -433,7 +472,7 @@ mod tests {
             };
             let mut members = vec![true; 6];
             members[0] = false;
-            let without = Table::build(kind, &hs, members, false);
+            let without = Table::build(kind, &hs, members, false, false);
             let mut moved_to = std::collections::BTreeSet::new();
             let mut stayed = 0;
             for k in 0..2000u64 {
@@ -452,5 +491,36 @@ mod tests {
             // entries of their own, so a few keys change hands among them too).
             assert!(stayed > 2000 * 5 / 6 * 8 / 10, "{kind:?}: {stayed} kept");
         }
+    }
+
+    #[test]
+    fn locality_weights_shape_the_maglev_table_as_envoys() {
+        // LocalityWeightedSameLocalityWeights: two localities of weight 1, one host each.
+        let hs: Vec<Arc<Host>> = hosts(&[(90, 1), (91, 2)])
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| Arc::new(Host::clone_for_test(&h).with_locality(i as u32, 1)))
+            .collect();
+        let t = Table::build(Kind::Maglev { size: 17 }, &hs, vec![true; 2], false, true);
+        assert_eq!(
+            t.maglev,
+            [1, 0, 0, 1, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 1]
+        );
+        // LocalityWeightedDifferentLocalityWeights: localities A (weight 8: :90), B (0: :92),
+        // C (2: :91); the weight-0 locality takes nothing.
+        let base = hosts(&[(90, 1), (91, 2), (92, 3)]);
+        let at = |i: usize, locality: u32, weight: u32| {
+            Arc::new(Host::clone_for_test(&base[i]).with_locality(locality, weight))
+        };
+        let hs = vec![at(0, 0, 8), at(1, 2, 2), at(2, 1, 0)];
+        let t = Table::build(Kind::Maglev { size: 17 }, &hs, vec![true; 3], false, true);
+        assert_eq!(
+            t.maglev,
+            [1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0]
+        );
+        // Every locality weight 0: an empty table, no host.
+        let hs = vec![at(0, 0, 0)];
+        let t = Table::build(Kind::Maglev { size: 17 }, &hs, vec![true], false, true);
+        assert_eq!(t.choose(0, 0), None);
     }
 }

@@ -62,7 +62,7 @@ fn panic_needs_the_levels_short_of_healthy_hosts_too() {
                 Arc::new(h.with_eds_status(status as i32))
             })
             .collect();
-        HostSet::new(hs, &policy)
+        HostSet::new(hs, &policy, false)
     };
     let picks_down = |set: &HostSet, down: usize| {
         (0..40).any(|_| {
@@ -95,7 +95,7 @@ fn hash_policies_are_sticky_and_skip_excluded() {
             use_hostname: false,
         },
     ] {
-        let set = HostSet::new(hosts(&[1, 1, 1, 1]), &p);
+        let set = HostSet::new(hosts(&[1, 1, 1, 1]), &p, false);
         let ctx = LbContext {
             hash: Some(42),
             ..Default::default()
@@ -125,7 +125,7 @@ fn a_down_host_leaves_the_hash_table_until_it_is_back() {
         use_hostname: false,
     };
     let hs = hosts(&[1, 1, 1, 1]);
-    let set = HostSet::new(hs.clone(), &p);
+    let set = HostSet::new(hs.clone(), &p, false);
     let pick = |h: u64| {
         let ctx = LbContext {
             hash: Some(h),
@@ -158,4 +158,44 @@ fn a_down_host_leaves_the_hash_table_until_it_is_back() {
         .map(|k| pick(hash::hash64(&k.to_le_bytes())))
         .collect();
     assert_eq!(after, before, "the table is rebuilt with the host back");
+}
+
+#[test]
+fn a_locality_short_of_healthy_hosts_takes_less() {
+    // Zone 0 (weight 1): one host; zone 1 (weight 3): two hosts, one of them down. Zone 1's
+    // health is 1.4 × 1/2 = 0.7, so its effective weight is 2.1 and zone 0 takes 1/3.1.
+    let hs: Vec<Arc<Host>> = (0..3)
+        .map(|i| {
+            let h = Host::new(
+                format!("127.0.0.1:{}", 3000 + i).parse().unwrap(),
+                String::new(),
+                1,
+                0,
+            );
+            let h = h.with_locality(u32::from(i > 0), if i > 0 { 3 } else { 1 });
+            let status = if i == 2 {
+                HealthStatus::Unhealthy
+            } else {
+                HealthStatus::Healthy
+            };
+            Arc::new(h.with_eds_status(status as i32))
+        })
+        .collect();
+    let policy = LbPolicy::RoundRobin;
+    let set = HostSet::new(hs.clone(), &policy, true);
+    let n = 4000;
+    let zone0 = (0..n)
+        .filter(|_| {
+            set.choose(&policy, 50.0, &LbContext::default())
+                .unwrap()
+                .addr
+                == hs[0].addr
+        })
+        .count();
+    let p = 1.0 / 3.1;
+    let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+    assert!(
+        (zone0 as f64 - n as f64 * p).abs() < 5.0 * sigma,
+        "{zone0} of {n}"
+    );
 }

@@ -368,7 +368,11 @@ fn eds_name(c: &cpb::Cluster) -> &str {
 /// over.
 pub fn hosts(cla: &ClusterLoadAssignment, keep: &[Arc<Host>]) -> Result<Vec<Arc<Host>>, String> {
     let mut out = Vec::new();
-    for group in &cla.endpoints {
+    for (index, group) in cla.endpoints.iter().enumerate() {
+        let locality = (
+            index as u32,
+            group.load_balancing_weight.as_ref().map_or(0, |w| w.value),
+        );
         for ep in &group.lb_endpoints {
             let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
                 continue;
@@ -394,13 +398,15 @@ pub fn hosts(cla: &ClusterLoadAssignment, keep: &[Arc<Host>]) -> Result<Vec<Arc<
                     && h.priority == group.priority
                     && h.eds_status as i32 == ep.health_status
                     && h.socket_match == socket_match
+                    && h.locality == locality
             });
             out.push(match reuse {
                 Some(h) => h.clone(),
                 None => Arc::new(
                     Host::new(addr, e.hostname.clone(), weight, group.priority)
                         .with_eds_status(ep.health_status)
-                        .with_socket_match(ep.metadata.as_ref()),
+                        .with_socket_match(ep.metadata.as_ref())
+                        .with_locality(locality.0, locality.1),
                 ),
             });
         }
