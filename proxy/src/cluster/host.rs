@@ -30,6 +30,9 @@ pub struct Host {
     /// Its locality: the index of its `LocalityLbEndpoints` in the assignment, and that
     /// entry's `load_balancing_weight` (0 when unset), for locality-weighted balancing.
     pub locality: (u32, u32),
+    /// When an update added it to a cluster that had hosts already (slow start's clock);
+    /// `None` for the hosts a cluster starts with.
+    pub added: Option<std::time::Instant>,
 }
 
 impl Host {
@@ -46,6 +49,7 @@ impl Host {
             eds_status: HealthStatus::Unknown,
             socket_match: Vec::new(),
             locality: (0, 0),
+            added: None,
         }
     }
 

@@ -80,9 +80,8 @@ pub struct Cluster {
     pub discovery: Discovery,
     /// LB policy.
     pub lb: LbPolicy,
-    /// `common_lb_config.locality_weighted_lb_config`: hosts are picked by locality weight
-    /// first (Istio's `localityLbSetting.distribute`).
-    pub by_locality: bool,
+    /// Locality weights and slow start.
+    pub lb_options: crate::lb::LbOptions,
     hosts: ArcSwap<HostSet>,
     /// DNS targets (hostname, port, weight, priority) for DNS clusters.
     dns_targets: Vec<(String, u16, u32, u32)>,
@@ -241,16 +240,8 @@ impl Cluster {
             breakers.max_pending,
             limits,
         );
-        let by_locality = c
-            .common_lb_config
-            .as_ref()
-            .is_some_and(|l| {
-                matches!(
-                    l.locality_config_specifier,
-                    Some(cpb::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
-                )
-            });
-        let set = HostSet::new(static_hosts, &lb, by_locality);
+        let lb_options = crate::lb::LbOptions::from_proto(c);
+        let set = HostSet::new(static_hosts, &lb, lb_options);
         let cluster = Cluster {
             name: c.name.clone(),
             discovery,
@@ -278,7 +269,7 @@ impl Cluster {
             stats,
             proto: c.clone(),
             lb,
-            by_locality,
+            lb_options,
         };
         cluster.update_membership();
         Ok(Arc::new(cluster))
@@ -303,7 +294,7 @@ impl Cluster {
     /// Replace the host set (DNS refresh now; EDS updates next).
     pub fn set_hosts(&self, hosts: Vec<Arc<Host>>) {
         self.hosts
-            .store(Arc::new(HostSet::new(hosts, &self.lb, self.by_locality)));
+            .store(Arc::new(HostSet::new(hosts, &self.lb, self.lb_options)));
         self.update_membership();
     }
 

@@ -3,6 +3,8 @@
 //! so per-set tables (RR sequence, ring, Maglev table) are computed once.
 
 pub mod hash;
+mod locality;
+pub mod slow_start;
 pub mod table;
 
 use crate::cluster::host::Host;
@@ -161,6 +163,32 @@ pub struct LbContext<'a> {
     pub host_selection_attempts: u32,
 }
 
+/// A cluster's LB settings besides its policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LbOptions {
+    /// `common_lb_config.locality_weighted_lb_config`: hosts are picked by locality weight
+    /// first (Istio's `localityLbSetting.distribute`).
+    pub by_locality: bool,
+    /// `slow_start_config` of ROUND_ROBIN or LEAST_REQUEST.
+    pub slow_start: Option<slow_start::SlowStart>,
+}
+
+impl LbOptions {
+    /// From the Cluster proto.
+    pub fn from_proto(c: &cpb::Cluster) -> Self {
+        use cpb::cluster::common_lb_config::LocalityConfigSpecifier;
+        LbOptions {
+            by_locality: c.common_lb_config.as_ref().is_some_and(|l| {
+                matches!(
+                    l.locality_config_specifier,
+                    Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+                )
+            }),
+            slow_start: slow_start::SlowStart::from_cluster(c),
+        }
+    }
+}
+
 /// Hosts of one priority with their precomputed LB tables.
 #[derive(Debug)]
 struct Level {
@@ -175,6 +203,7 @@ struct Level {
     /// With `locality_weighted_lb_config`: each locality's weight and hosts (indices), in
     /// assignment order; empty without it.
     localities: Vec<(u32, Vec<usize>)>,
+    slow_start: Option<slow_start::SlowStart>,
 }
 
 /// An immutable set of hosts grouped by priority.
@@ -186,9 +215,9 @@ pub struct HostSet {
 }
 
 impl HostSet {
-    /// Build the set and the tables `policy` needs; `by_locality`: the cluster's
-    /// `common_lb_config.locality_weighted_lb_config`.
-    pub fn new(hosts: Vec<Arc<Host>>, policy: &LbPolicy, by_locality: bool) -> Self {
+    /// Build the set and the tables `policy` needs.
+    pub fn new(hosts: Vec<Arc<Host>>, policy: &LbPolicy, opts: LbOptions) -> Self {
+        let by_locality = opts.by_locality;
         let mut prios: Vec<u32> = hosts.iter().map(|h| h.priority).collect();
         prios.sort_unstable();
         prios.dedup();
@@ -220,10 +249,11 @@ impl HostSet {
                     })),
                     equal_weights,
                     localities: if by_locality {
-                        localities(&hs)
+                        locality::localities(&hs)
                     } else {
                         Vec::new()
                     },
+                    slow_start: opts.slow_start,
                     hosts: hs,
                 }
             })
@@ -344,59 +374,7 @@ fn priority_loads(healths: &[usize]) -> Vec<usize> {
     loads
 }
 
-/// A level's localities with their weights and hosts, by the index of their
-/// `LocalityLbEndpoints`.
-fn localities(hosts: &[Arc<Host>]) -> Vec<(u32, Vec<usize>)> {
-    let mut by_id: std::collections::BTreeMap<u32, (u32, Vec<usize>)> = Default::default();
-    for (i, h) in hosts.iter().enumerate() {
-        by_id
-            .entry(h.locality.0)
-            .or_insert((h.locality.1, Vec::new()))
-            .1
-            .push(i);
-    }
-    by_id.into_values().collect()
-}
-
 impl Level {
-    /// Envoy's locality pick: each locality's weight times its health (its share of usable
-    /// hosts times the overprovisioning factor, at most 1), drawn at random by those
-    /// effective weights (Envoy's EDF scheduler gives the same shares). `None` when no
-    /// locality has an effective weight: then hosts are picked across localities.
-    fn choose_locality(&self, down: &dyn Fn(usize) -> bool) -> Option<&[usize]> {
-        if self.localities.is_empty() {
-            return None;
-        }
-        let effective: Vec<f64> = self
-            .localities
-            .iter()
-            .map(|(weight, hosts)| {
-                let up = hosts.iter().filter(|i| !down(**i)).count();
-                let health =
-                    (OVERPROVISIONING as f64 / 100.0 * up as f64 / hosts.len() as f64).min(1.0);
-                *weight as f64 * health
-            })
-            .collect();
-        let total: f64 = effective.iter().sum();
-        if total <= 0.0 {
-            return None;
-        }
-        let mut roll = fastrand::f64() * total;
-        for (e, (_, hosts)) in effective.iter().zip(&self.localities) {
-            if roll < *e {
-                return Some(hosts);
-            }
-            roll -= e;
-        }
-        // Rounding at the top end: the last locality with weight.
-        effective
-            .iter()
-            .zip(&self.localities)
-            .rev()
-            .find(|(e, _)| **e > 0.0)
-            .map(|(_, (_, hosts))| hosts.as_slice())
-    }
-
     /// Envoy's thread-aware pick: the key's host in the table of the hosts that may take
     /// traffic (`member`), rebuilding the table when they changed; a host to avoid sends the
     /// pick on along the table, `host_selection_attempts` times at most, after which the
@@ -448,6 +426,9 @@ impl Level {
         let n = self.hosts.len();
         if n == 0 {
             return None;
+        }
+        if let Some(i) = self.slow_start_pick(policy, usable) {
+            return i;
         }
         match policy {
             LbPolicy::LeastRequest { choice_count } => {

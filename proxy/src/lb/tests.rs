@@ -62,7 +62,7 @@ fn panic_needs_the_levels_short_of_healthy_hosts_too() {
                 Arc::new(h.with_eds_status(status as i32))
             })
             .collect();
-        HostSet::new(hs, &policy, false)
+        HostSet::new(hs, &policy, LbOptions::default())
     };
     let picks_down = |set: &HostSet, down: usize| {
         (0..40).any(|_| {
@@ -95,7 +95,7 @@ fn hash_policies_are_sticky_and_skip_excluded() {
             use_hostname: false,
         },
     ] {
-        let set = HostSet::new(hosts(&[1, 1, 1, 1]), &p, false);
+        let set = HostSet::new(hosts(&[1, 1, 1, 1]), &p, LbOptions::default());
         let ctx = LbContext {
             hash: Some(42),
             ..Default::default()
@@ -125,7 +125,7 @@ fn a_down_host_leaves_the_hash_table_until_it_is_back() {
         use_hostname: false,
     };
     let hs = hosts(&[1, 1, 1, 1]);
-    let set = HostSet::new(hs.clone(), &p, false);
+    let set = HostSet::new(hs.clone(), &p, LbOptions::default());
     let pick = |h: u64| {
         let ctx = LbContext {
             hash: Some(h),
@@ -182,7 +182,14 @@ fn a_locality_short_of_healthy_hosts_takes_less() {
         })
         .collect();
     let policy = LbPolicy::RoundRobin;
-    let set = HostSet::new(hs.clone(), &policy, true);
+    let set = HostSet::new(
+        hs.clone(),
+        &policy,
+        LbOptions {
+            by_locality: true,
+            ..Default::default()
+        },
+    );
     let n = 4000;
     let zone0 = (0..n)
         .filter(|_| {
@@ -198,4 +205,44 @@ fn a_locality_short_of_healthy_hosts_takes_less() {
         (zone0 as f64 - n as f64 * p).abs() < 5.0 * sigma,
         "{zone0} of {n}"
     );
+}
+
+#[test]
+fn a_host_in_slow_start_takes_a_small_share_first() {
+    // Two equal hosts, one just added, with a 60 s window and the default 10% floor: the new
+    // one takes 0.1 / 1.1 of the picks, the other the rest; without slow start, half each.
+    let mut new = Host::new("127.0.0.1:4001".parse().unwrap(), String::new(), 1, 0);
+    new.added = Some(Instant::now());
+    let old = Host::new("127.0.0.1:4000".parse().unwrap(), String::new(), 1, 0);
+    let hs = vec![Arc::new(old), Arc::new(new)];
+    let cluster: envoy_types::pb::envoy::config::cluster::v3::Cluster = mosn_proto::from_json(
+        &mosn_proto::decode_pool(),
+        &serde_json::json!({"name": "c", "round_robin_lb_config": {
+            "slow_start_config": {"slow_start_window": "60s"}}}),
+        true,
+    )
+    .unwrap();
+    let opts = LbOptions::from_proto(&cluster);
+    assert!(opts.slow_start.is_some());
+    let policy = LbPolicy::RoundRobin;
+    let n = 4000;
+    let share = |opts: LbOptions| {
+        let set = HostSet::new(hs.clone(), &policy, opts);
+        (0..n)
+            .filter(|_| {
+                set.choose(&policy, 50.0, &LbContext::default())
+                    .unwrap()
+                    .addr
+                    == hs[1].addr
+            })
+            .count()
+    };
+    let p = 0.1 / 1.1;
+    let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+    let got = share(opts);
+    assert!(
+        (got as f64 - n as f64 * p).abs() < 5.0 * sigma,
+        "{got} of {n}"
+    );
+    assert_eq!(share(LbOptions::default()), n / 2);
 }

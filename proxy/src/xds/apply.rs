@@ -3,23 +3,22 @@
 //! [`Snapshot`] from the statics plus the warm dynamic resources.
 
 use super::config::{initial_fetch_timeout, DEFAULT_INITIAL_FETCH_TIMEOUT};
+use super::endpoints::hosts;
 use super::state::{
     ClusterEntry, EndpointEntry, ListenerEntry, Meta, RouteEntry, Warming, XdsState,
 };
 use super::Kind;
-use crate::cluster::host::Host;
-use crate::cluster::{address, Addr, Cluster, Discovery};
+use crate::cluster::{Cluster, Discovery};
 use crate::config::{decode, ListenerConfig, LoadedBootstrap, Snapshot};
 use crate::route::RouteConfig;
 use crate::stats::Stats;
 use envoy_types::pb::envoy::config::cluster::v3 as cpb;
-use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3 as lpb;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hpb;
 use envoy_types::pb::google::protobuf::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -360,58 +359,6 @@ fn eds_name(c: &cpb::Cluster) -> &str {
         Some(e) if !e.service_name.is_empty() => &e.service_name,
         _ => &c.name,
     }
-}
-
-/// The hosts of an assignment, unhealthy ones included (as Envoy keeps them: they count
-/// toward panic mode and show in `/clusters`); a host equal to one in `keep` (address,
-/// weight, priority, EDS status) is reused so its outlier state and request counts carry
-/// over.
-pub fn hosts(cla: &ClusterLoadAssignment, keep: &[Arc<Host>]) -> Result<Vec<Arc<Host>>, String> {
-    let mut out = Vec::new();
-    for (index, group) in cla.endpoints.iter().enumerate() {
-        let locality = (
-            index as u32,
-            group.load_balancing_weight.as_ref().map_or(0, |w| w.value),
-        );
-        for ep in &group.lb_endpoints {
-            let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
-                continue;
-            };
-            let addr = match address(e.address.as_ref())? {
-                Addr::Socket(ip, port) => SocketAddr::new(
-                    ip.parse()
-                        .map_err(|_| format!("endpoint address {ip:?} is not an IP"))?,
-                    port,
-                ),
-                Addr::Pipe(p) => return Err(format!("pipe endpoint {p:?} is not supported")),
-            };
-            let weight = ep
-                .load_balancing_weight
-                .as_ref()
-                .map(|w| w.value)
-                .unwrap_or(1)
-                .max(1);
-            let socket_match = crate::cluster::transport::socket_match(ep.metadata.as_ref());
-            let reuse = keep.iter().find(|h| {
-                h.addr == addr
-                    && h.weight == weight
-                    && h.priority == group.priority
-                    && h.eds_status as i32 == ep.health_status
-                    && h.socket_match == socket_match
-                    && h.locality == locality
-            });
-            out.push(match reuse {
-                Some(h) => h.clone(),
-                None => Arc::new(
-                    Host::new(addr, e.hostname.clone(), weight, group.priority)
-                        .with_eds_status(ep.health_status)
-                        .with_socket_match(ep.metadata.as_ref())
-                        .with_locality(locality.0, locality.1),
-                ),
-            });
-        }
-    }
-    Ok(out)
 }
 
 fn accept_listeners(

@@ -20,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod delta;
 pub mod dump;
+pub mod endpoints;
 pub mod engine;
 pub mod listeners;
 pub mod sotw;
