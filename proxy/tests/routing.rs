@@ -704,6 +704,62 @@ async fn the_routes_host_rewrite_has_the_last_word() {
     );
 }
 
+/// Istio's `proxyHeaders.xForwardedHost` / `xForwardedPort`: a route's host rewrite keeps
+/// the original host in `x-forwarded-host` (appended, not repeated), and an edge HCM tells
+/// the upstream which port the client connected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_host_and_port_tell_the_upstream_what_the_client_asked_for() {
+    let a = upstream("a").await;
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/rewritten"}, "route": {"cluster": "a",
+            "host_rewrite_literal": "backend.local", "append_x_forwarded_host": true}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "a", "append_x_forwarded_host": true}}]}]);
+    let p = proxy(bootstrap(
+        vec![listener(
+            "l",
+            vh,
+            vec![],
+            json!({"use_remote_address": true, "append_x_forwarded_port": true}),
+        )],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let addr = p.addr("l");
+    let seen = |path: &'static str, headers: Vec<(&'static str, &'static str)>| async move {
+        get(addr, path, &headers).await.json()["headers"].clone()
+    };
+    let h = seen("/rewritten", vec![("host", "shop.example")]).await;
+    assert_eq!(h["host"], "backend.local");
+    assert_eq!(h["x-forwarded-host"], "shop.example");
+    assert_eq!(h["x-forwarded-port"], json!(addr.port().to_string()));
+    let h = seen(
+        "/rewritten",
+        vec![
+            ("host", "shop.example"),
+            ("x-forwarded-host", "cdn.example"),
+        ],
+    )
+    .await;
+    assert_eq!(h["x-forwarded-host"], "cdn.example,shop.example");
+    let h = seen(
+        "/rewritten",
+        vec![
+            ("host", "shop.example"),
+            ("x-forwarded-host", "shop.example"),
+        ],
+    )
+    .await;
+    assert_eq!(h["x-forwarded-host"], "shop.example", "not repeated");
+    // No rewrite, nothing appended; the client's own x-forwarded-port is replaced at the edge.
+    let h = seen(
+        "/plain",
+        vec![("host", "shop.example"), ("x-forwarded-port", "1")],
+    )
+    .await;
+    assert!(h.get("x-forwarded-host").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-port"], json!(addr.port().to_string()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_behind_trusted_proxies_sees_the_real_client() {
     // Istio's gateway with numTrustedProxies: 1 (xff_num_trusted_hops): the client is the

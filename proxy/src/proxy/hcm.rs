@@ -122,6 +122,9 @@ pub struct HcmConfig {
     pub underscores: super::head_checks::Underscores,
     /// `use_remote_address`: the peer is the client (else `x-forwarded-for` says who is).
     pub use_remote_address: bool,
+    /// `append_x_forwarded_port`: at the edge, the port the client connected to goes
+    /// upstream as `x-forwarded-port` (Istio's `proxyHeaders.xForwardedPort`).
+    pub append_x_forwarded_port: bool,
     /// `xff_num_trusted_hops`: proxies in front whose `x-forwarded-for` entries (and, at the
     /// edge, `x-forwarded-proto`) are trusted (Istio's gateway `numTrustedProxies`).
     pub xff_trusted_hops: u32,
@@ -328,6 +331,7 @@ impl HcmConfig {
                     .map_or(0, |o| o.headers_with_underscores_action),
             ),
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
+            append_x_forwarded_port: h.append_x_forwarded_port,
             xff_trusted_hops: h.xff_num_trusted_hops,
             preserve_external_request_id: h.preserve_external_request_id,
             request_id_in_response: h.always_set_request_id_in_response,

@@ -39,6 +39,13 @@ pub(super) fn prepare_upstream_headers(
     } else {
         h.insert(XFP, scheme);
     }
+    // At the edge, as x-forwarded-proto: set unless a trusted proxy in front set it.
+    if hcm.append_x_forwarded_port && hcm.use_remote_address {
+        const XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+        if hcm.xff_trusted_hops == 0 || !h.contains_key(XFPORT) {
+            h.insert(XFPORT, HeaderValue::from(hctx.local.port()));
+        }
+    }
     ensure_request_id(hcm, h);
     if let Some(new) = a.rewrite_path(path, route.matched_len(path)) {
         if !hcm.suppress_envoy_headers {
@@ -68,21 +75,47 @@ pub(super) fn prepare_upstream_headers(
         p.request.apply(&mut parts.headers, hctx);
     }
     if let Some(host) = wt.and_then(|w| w.host_rewrite.as_ref()) {
-        rewrite_host(parts, host);
+        rewrite_host(parts, host, a.append_x_forwarded_host);
     }
     for p in rest {
         p.request.apply(&mut parts.headers, hctx);
     }
     if let Some(host) = a.host_rewrite.as_ref() {
-        rewrite_host(parts, host);
+        rewrite_host(parts, host, a.append_x_forwarded_host);
     }
 }
 
-/// Set the Host header, and the authority of an absolute URI, to `host`.
-fn rewrite_host(parts: &mut http::request::Parts, host: &str) {
+/// Set the Host header, and the authority of an absolute URI, to `host`. With
+/// `append_xfh`, the host it replaces is appended to `x-forwarded-host`, unless it is the
+/// last one there already (Envoy's `updateAuthority`).
+fn rewrite_host(parts: &mut http::request::Parts, host: &str, append_xfh: bool) {
     let Ok(v) = HeaderValue::from_str(host) else {
         return;
     };
+    if append_xfh {
+        const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+        let original = parts.headers.get(http::header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        if let Some(original) = original.filter(|o| !o.is_empty()) {
+            let joined = match parts.headers.get(&XFH).map(|x| x.as_bytes()) {
+                None | Some(b"") => Some(original.clone()),
+                Some(x)
+                    if x.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii)
+                        == Some(original.as_bytes()) =>
+                {
+                    None
+                }
+                Some(x) => HeaderValue::from_bytes(&[x, b",", original.as_bytes()].concat()).ok(),
+            };
+            if let Some(j) = joined {
+                parts.headers.insert(XFH, j);
+            }
+        }
+    }
     parts.headers.insert(http::header::HOST, v);
     if let Ok(auth) = host.parse::<http::uri::Authority>() {
         let mut p = parts.uri.clone().into_parts();

@@ -105,6 +105,9 @@ pub struct ForwardAction {
     pub regex_rewrite: Option<(Regex, String)>,
     /// `host_rewrite_literal`.
     pub host_rewrite: Option<String>,
+    /// `append_x_forwarded_host`: a host rewrite appends the original host to
+    /// `x-forwarded-host` (Istio sets it with `proxyHeaders.xForwardedHost`).
+    pub append_x_forwarded_host: bool,
     /// Whole-request timeout; `None` disables it (`timeout: 0s`). Envoy's default is 15 s.
     pub timeout: Option<Duration>,
     /// Stream idle timeout for this route; zero turns off the connection manager's too
@@ -235,6 +238,7 @@ impl ForwardAction {
                 Some(H::HostRewriteLiteral(h)) => Some(h.clone()),
                 _ => None,
             },
+            append_x_forwarded_host: a.append_x_forwarded_host,
             timeout: match &a.timeout {
                 Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
                 None => Some(Duration::from_secs(15)),
