@@ -156,7 +156,9 @@ async fn circuit_breakers_overflow_with_503_uo() {
         (200, 200),
         "the queued request is served on the freed connection"
     );
-    assert_eq!(p.stat("cluster.maxcx.upstream_rq_pending_total"), 1);
+    // Pending, as Envoy counts: the first request while its connection was made, the
+    // second while it waited for it.
+    assert_eq!(p.stat("cluster.maxcx.upstream_rq_pending_total"), 2);
     assert_eq!(p.stat("cluster.maxcx.upstream_rq_pending_active"), 0);
     assert_eq!(p.stat("cluster.maxcx.upstream_cx_total"), 1);
     // The one idle connection was made for bodiless requests; a request with a body to
@@ -212,7 +214,9 @@ async fn a_host_without_a_connection_gets_one_past_max_connections() {
     );
     assert_eq!(p.stat("cluster.c.upstream_cx_total"), 2);
     assert_eq!(p.stat("cluster.c.upstream_cx_overflow"), 1);
-    assert_eq!(p.stat("cluster.c.upstream_rq_pending_total"), 0);
+    // Each request was pending while its host's first connection was made (Envoy's
+    // accounting), neither waited for another's.
+    assert_eq!(p.stat("cluster.c.upstream_rq_pending_total"), 2);
     // (A request that finds its host's one connection busy waits instead: the `/cx` case of
     // `circuit_breakers_overflow_with_503_uo`.)
     let done = release_all(busy, vec![held]).await;
@@ -263,7 +267,8 @@ async fn pending_requests_get_the_connection_in_the_order_they_came() {
     let order: Vec<u64> = done.iter().map(|d| d.0).collect();
     assert_eq!(order, [1, 2, 3, 4, 5, 6], "served in arrival order");
     assert_eq!(p.stat("cluster.one.upstream_cx_total"), 1);
-    assert_eq!(p.stat("cluster.one.upstream_rq_pending_total"), 6);
+    // The six that waited, and the first request while the connection was made.
+    assert_eq!(p.stat("cluster.one.upstream_rq_pending_total"), 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -734,4 +739,53 @@ async fn eds_unhealthy_endpoints_are_kept_and_serve_only_in_panic() {
         .map(|h| h["health_status"]["eds_health_status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["HEALTHY", "UNHEALTHY", "DRAINING"]);
+}
+
+/// Envoy's pending accounting: a request is pending from the moment it finds no ready
+/// connection, while its connection is being made too. So with `max_pending_requests: 1`, a
+/// second request that comes while the first one's connection is still in its (here: stalled)
+/// TLS handshake is refused at once, 503 UO, instead of dialling a connection of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_a_new_connection_is_pending() {
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr_up = stalled.local_addr().unwrap();
+    // Accepts and says nothing: the proxy's TLS handshake waits until its connect timeout.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Ok((s, _)) = stalled.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            keep.push(s);
+        }
+    });
+    let tls = json!({"connect_timeout": "2s",
+        "circuit_breakers": {"thresholds": [{"max_pending_requests": 1}]},
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}}});
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "c", "timeout": "0s"}}]);
+    let p = routes_proxy(routes, json!({}), vec![cluster("c", &[addr_up], tls)]).await;
+    let addr = p.addr("l");
+    let first = tokio::spawn(async move { get(addr, "/", &[]).await });
+    wait_until("the first request never became pending", || {
+        p.stat("cluster.c.upstream_rq_pending_active") == 1
+    })
+    .await;
+    let started = Instant::now();
+    let r = get(addr, "/", &[]).await;
+    assert_eq!(
+        (r.status, r.header("x-envoy-overloaded")),
+        (503, Some("true")),
+        "{}",
+        r.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once, not after a dial"
+    );
+    assert_eq!(p.stat("cluster.c.upstream_rq_pending_overflow"), 1);
+    let dialled = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(dialled, 1, "no second connection");
+    // The first fails when its handshake times out.
+    assert_eq!(first.await.unwrap().status, 503);
 }

@@ -239,20 +239,27 @@ impl H1Pool {
             if let Some((c, wear)) = take(self, key) {
                 return Ok(Got::Idle(c, wear));
             }
+            // No ready connection: the request is pending from here, the dial included.
+            pending
+                .enter(self.max_pending)
+                .map_err(SendError::Connect)?;
             if self.connector.has_room() {
                 // Held from before the dial, so that a concurrent request to the host counts
                 // this connection too.
                 let mark = self.mark(key);
                 match self.connector.connect(key.addr, tls).await {
                     Ok(io) => return Ok(Got::Fresh(io.marked(mark))),
-                    // Another request took the last slot first.
-                    Err(ConnectError::Overflow) => continue,
+                    // Another request took the last slot first (the connector counted it).
+                    Err(ConnectError::Overflow) => {
+                        pending.overflowed(true);
+                        continue;
+                    }
                     Err(e) => return Err(SendError::Connect(e)),
                 }
             }
             match self.evict_unusable(key, raw) {
                 Evicted::Closed => continue,
-                Evicted::Closing => {}
+                Evicted::Closing => pending.overflowed(false),
                 Evicted::Nothing => {
                     if let Some(mark) = self.first_mark(key) {
                         return match self.connector.connect_first(key.addr, tls).await {
@@ -260,9 +267,7 @@ impl H1Pool {
                             Err(e) => Err(SendError::Connect(e)),
                         };
                     }
-                    pending
-                        .enter(self.max_pending)
-                        .map_err(SendError::Connect)?
+                    pending.overflowed(false);
                 }
             }
             // Returns and closes wake one waiter each.

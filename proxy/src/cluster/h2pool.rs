@@ -145,6 +145,9 @@ impl H2Pool {
                 }
                 i += 1;
             }
+            // No stream to spare: the request is pending from here, the dial included (the
+            // requests that wait for the host's lock meanwhile are not counted).
+            pending.enter(self.max_pending)?;
             // No connection to this host yet: dial, past `max_connections` if need be (see
             // `connect_first`).
             if conns.is_empty() {
@@ -154,12 +157,13 @@ impl H2Pool {
                 match self.connector.connect(addr, tls).await {
                     Ok(io) => break (io, conns),
                     // Another host's request took the last slot first: wait with the rest.
-                    Err(ConnectError::Overflow) => {}
+                    Err(ConnectError::Overflow) => pending.overflowed(true),
                     Err(e) => return Err(e.into()),
                 }
+            } else {
+                pending.overflowed(false);
             }
             drop(conns);
-            pending.enter(self.max_pending)?;
             // Streams that end and connections that close wake one waiter each.
             pending.wait().await;
         };

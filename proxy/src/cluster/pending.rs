@@ -1,9 +1,11 @@
-//! Envoy's pending queue, shared by the HTTP/1.1 and HTTP/2 pools: a request that finds no
-//! connection (h1) or no stream (h2) it can use, and no room under `max_connections`, waits
-//! for one to be returned, to close, or for a stream to end. It is counted once in
-//! `upstream_rq_pending_*` and `upstream_cx_overflow`, and refused (503 UO,
-//! `upstream_rq_pending_overflow`) when `max_pending_requests` wait already. The route timeout
-//! bounds the wait.
+//! Envoy's pending queue, shared by the HTTP/1.1 and HTTP/2 pools. As in Envoy's
+//! `ConnPoolImplBase::newStreamImpl`, a request that finds no ready connection (h1) or stream
+//! (h2) is pending from then on, while a connection is made for it too, and it is refused
+//! (503 UO, `upstream_rq_pending_overflow`) when `max_pending_requests` are pending already.
+//! It is counted once in `upstream_rq_pending_total`; `upstream_cx_overflow` counts, once per
+//! request, that `max_connections` kept a connection from being made for it. A request that
+//! cannot connect waits for a connection to be returned, to close, or for a stream to end; the
+//! route timeout bounds the wait.
 
 use super::connector::{ConnectError, CountingConnector};
 use std::pin::Pin;
@@ -17,6 +19,8 @@ const RECHECK: Duration = Duration::from_millis(50);
 pub struct Pending<'a> {
     connector: &'a CountingConnector,
     counted: bool,
+    /// `upstream_cx_overflow` counted for this request.
+    overflowed: bool,
     /// The place in line, taken after the first look fails (the fast path takes none), and
     /// kept across the periodic looks, so waiters are served in the order they came (tokio's
     /// `notify_one` wakes the longest waiter). Only a wake-up that was used up takes a new
@@ -30,6 +34,7 @@ impl<'a> Pending<'a> {
         Pending {
             connector,
             counted: false,
+            overflowed: false,
             place: None,
         }
     }
@@ -45,11 +50,18 @@ impl<'a> Pending<'a> {
             stats.rq_pending_overflow.inc();
             return Err(ConnectError::Overflow);
         }
-        stats.cx_overflow.inc();
         stats.rq_pending_total.inc();
         stats.rq_pending_active.inc();
         self.counted = true;
         Ok(())
+    }
+
+    /// `max_connections` kept a connection from being made for this request: counted in
+    /// `upstream_cx_overflow` the first time (`counted`: the connector counted it already).
+    pub fn overflowed(&mut self, counted: bool) {
+        if !std::mem::replace(&mut self.overflowed, true) && !counted {
+            self.connector.stats().cx_overflow.inc();
+        }
     }
 
     /// Wait to look again. The first call takes a place in line and returns at once: a
