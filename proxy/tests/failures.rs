@@ -474,3 +474,41 @@ async fn tries(
     let status = get(addr, "/", headers).await.status;
     (status, up.hits() - before)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_previous_priorities_moves_to_the_next_priority() {
+    // Istio's `retryRemoteLocalities`: the retry leaves the priority it tried (here P0, whose
+    // one host fails) for the next. Without it, P0 takes all the load while it is healthy,
+    // and the retry fails on the same host.
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let ep = |addr: std::net::SocketAddr| {
+        json!({"endpoint": {"address": {"socket_address": {
+        "address": addr.ip().to_string(), "port_value": addr.port()}}}})
+    };
+    let assignment = |name: &str| {
+        json!({"cluster_name": name, "endpoints": [
+        {"lb_endpoints": [ep(a.addr)]},
+        {"priority": 1, "lb_endpoints": [ep(b.addr)]}]})
+    };
+    let mut c = cluster("c", &[], json!({}));
+    c["load_assignment"] = assignment("c");
+    let priorities = json!({"retry_priority": {"name": "envoy.retry_priorities.previous_priorities",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+            "update_frequency": 1}}});
+    let routes = json!([
+        {"match": {"prefix": "/moves"}, "route": {"cluster": "c", "retry_policy": retry("5xx", 1, priorities)}},
+        {"match": {"prefix": "/stays"}, "route": {"cluster": "c", "retry_policy": retry("5xx", 1, json!({}))}}]);
+    let p = routes_proxy(routes, json!({}), vec![c]).await;
+    let addr = p.addr("l");
+    let fail_a = [("x-test-fail-on", "a")];
+    let r = get(addr, "/moves", &fail_a).await;
+    assert_eq!(
+        (r.status, r.upstream()),
+        (200, "b".to_string()),
+        "{}",
+        r.body
+    );
+    let r = get(addr, "/stays", &fail_a).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(b.hits(), 1);
+}

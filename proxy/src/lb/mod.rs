@@ -161,6 +161,9 @@ pub struct LbContext<'a> {
     /// (`host_selection_retry_max_attempts`); other policies always avoid excluded hosts
     /// while they have another.
     pub host_selection_attempts: u32,
+    /// Priorities a retry moves away from (`previous_priorities`): their levels take no load
+    /// while another level has health.
+    pub skip_priorities: &'a [u32],
 }
 
 /// A cluster's LB settings besides its policy.
@@ -301,8 +304,25 @@ impl HostSet {
                 let roll = ctx
                     .hash
                     .map_or_else(|| fastrand::usize(..100), |h| (h % 100) as usize);
+                // A retry's previous priorities lose their load (Envoy's
+                // `adjustForAttemptedPriorities`), unless that leaves no health at all.
+                let skip = |l: &Level| {
+                    l.hosts
+                        .first()
+                        .is_some_and(|h| ctx.skip_priorities.contains(&h.priority))
+                };
+                let adjusted: Vec<usize> = levels
+                    .iter()
+                    .zip(&healths)
+                    .map(|(l, h)| if skip(l) { 0 } else { *h })
+                    .collect();
+                let loads_from = if adjusted.iter().any(|h| *h > 0) {
+                    &adjusted
+                } else {
+                    &healths
+                };
                 let mut upto = 0;
-                let i = priority_loads(&healths)
+                let i = priority_loads(loads_from)
                     .iter()
                     .position(|load| {
                         upto += load;

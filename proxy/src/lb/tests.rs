@@ -110,6 +110,7 @@ fn hash_policies_are_sticky_and_skip_excluded() {
                 hash: Some(42),
                 exclude: &ex,
                 host_selection_attempts: attempts,
+                ..Default::default()
             };
             set.choose(&p, 50.0, &ctx).unwrap().addr
         };
@@ -245,4 +246,33 @@ fn a_host_in_slow_start_takes_a_small_share_first() {
         "{got} of {n}"
     );
     assert_eq!(share(LbOptions::default()), n / 2);
+}
+
+#[test]
+fn skipped_priorities_give_their_load_to_the_others_while_any_has_health() {
+    let hs: Vec<Arc<Host>> = (0..2)
+        .map(|p| {
+            Arc::new(Host::new(
+                format!("127.0.0.1:{}", 5000 + p).parse().unwrap(),
+                String::new(),
+                1,
+                p,
+            ))
+        })
+        .collect();
+    let policy = LbPolicy::RoundRobin;
+    let set = HostSet::new(hs.clone(), &policy, LbOptions::default());
+    let pick = |skip: &[u32]| {
+        let ctx = LbContext {
+            skip_priorities: skip,
+            ..Default::default()
+        };
+        set.choose(&policy, 50.0, &ctx).unwrap().priority
+    };
+    assert!((0..20).all(|_| pick(&[]) == 0), "P0 healthy takes all");
+    assert!((0..20).all(|_| pick(&[0]) == 1), "P0 skipped");
+    assert!(
+        (0..20).all(|_| pick(&[0, 1]) == 0),
+        "all skipped: as if none were"
+    );
 }

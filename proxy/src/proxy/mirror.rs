@@ -117,7 +117,8 @@ pub(super) fn launch(
             cluster.stats.rq_pending_overflow.inc();
             continue;
         }
-        let Some(host) = super::router::pick_host(&cluster, &parts.headers, down, None, &[], 0)
+        let Some(host) =
+            super::router::pick_host(&cluster, &parts.headers, down, (None, &[], 0, &[]))
         else {
             cluster.stats.cx_none_healthy.inc();
             continue;

@@ -138,6 +138,9 @@ pub async fn forward(
         hash::compute(&action.hash_policy, &parts.headers, inputs, &mut set_cookie)
     };
     let mut tried: Vec<SocketAddr> = Vec::new();
+    // previous_priorities: the priorities attempted, and those a retry now avoids.
+    let mut tried_priorities: Vec<u32> = Vec::new();
+    let mut skip_priorities: Vec<u32> = Vec::new();
     let mut attempt = 0u32;
     // Whether an attempt reached an upstream connection (Envoy's `upstream_request_started_`,
     // which ends `reset-before-request` retries).
@@ -153,7 +156,15 @@ pub async fn forward(
             &[]
         };
         let attempts = retry.map_or(0, |r| r.host_selection_attempts);
-        let host = match pick_host(&cluster, &parts.headers, down, hash, exclude, attempts) {
+        if let Some(every) = retry.and_then(|r| r.previous_priorities) {
+            // Envoy updates the exclusions every `update_frequency` attempts.
+            let n = tried_priorities.len() as u32;
+            if n >= every && n.is_multiple_of(every) {
+                skip_priorities.clone_from(&tried_priorities);
+            }
+        }
+        let lb = (hash, exclude, attempts, skip_priorities.as_slice());
+        let host = match pick_host(&cluster, &parts.headers, down, lb) {
             Some(h) => h,
             None => {
                 stats.cx_none_healthy.inc();
@@ -166,6 +177,9 @@ pub async fn forward(
         // Only a policy with skip_previous_hosts reads `tried` (no allocation otherwise).
         if retry.is_some_and(|r| r.skip_previous_hosts) {
             tried.push(host.addr);
+        }
+        if retry.is_some_and(|r| r.previous_priorities.is_some()) {
+            tried_priorities.push(host.priority);
         }
         let Some(req_body) = body.take() else {
             in_retry.release();
@@ -496,9 +510,12 @@ pub(super) fn pick_host(
     cluster: &Cluster,
     headers: &HeaderMap,
     down: Downstream<'_>,
-    hash: Option<u64>,
-    exclude: &[SocketAddr],
-    host_selection_attempts: u32,
+    (hash, exclude, host_selection_attempts, skip_priorities): (
+        Option<u64>,
+        &[SocketAddr],
+        u32,
+        &[u32],
+    ),
 ) -> Option<Arc<Host>> {
     if let Discovery::OriginalDst { header, .. } = &cluster.discovery {
         // The header overrides; without a usable one, the connection's original destination.
@@ -513,6 +530,7 @@ pub(super) fn pick_host(
         hash,
         exclude,
         host_selection_attempts,
+        skip_priorities,
     })
 }
 

@@ -57,6 +57,10 @@ pub struct RetryPolicy {
     pub skip_previous_hosts: bool,
     /// How often host selection may be redone to avoid a previous host.
     pub host_selection_attempts: u32,
+    /// `envoy.retry_priorities.previous_priorities`' `update_frequency` (Istio's
+    /// `retryRemoteLocalities`): every that many attempts, the priorities tried so far are
+    /// left for the others.
+    pub previous_priorities: Option<u32>,
     /// Base backoff interval (Envoy default 25 ms).
     pub backoff_base: Duration,
     /// Maximum backoff interval (default 10× base).
@@ -96,6 +100,27 @@ impl RetryOn {
             }
         }
     }
+}
+
+/// The `update_frequency` of a `previous_priorities` retry priority (1 when its config does
+/// not say, or cannot be read).
+fn previous_priorities(p: Option<&rpb::retry_policy::RetryPriority>) -> Option<u32> {
+    use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+    let p = p?;
+    let any = p
+        .config_type
+        .as_ref()
+        .map(|rpb::retry_policy::retry_priority::ConfigType::TypedConfig(any)| any);
+    let typed =
+        any.is_some_and(|a| a.type_url == <PreviousPrioritiesConfig as prost::Name>::type_url());
+    if p.name != "envoy.retry_priorities.previous_priorities" && !typed {
+        tracing::debug!(name = %p.name, "retry priority not supported; ignored");
+        return None;
+    }
+    let frequency = any
+        .and_then(|a| crate::config::decode::unpack::<PreviousPrioritiesConfig>(a).ok())
+        .map_or(1, |c| c.update_frequency);
+    Some(frequency.max(1) as u32)
 }
 
 impl RetryPolicy {
@@ -156,6 +181,7 @@ impl RetryPolicy {
                 .iter()
                 .any(|h| h.name == "envoy.retry_host_predicates.previous_hosts"),
             host_selection_attempts: p.host_selection_retry_max_attempts.clamp(1, 100) as u32,
+            previous_priorities: previous_priorities(p.retry_priority.as_ref()),
             backoff_base: base,
             backoff_max: max,
         }
