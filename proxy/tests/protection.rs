@@ -29,16 +29,7 @@ async fn breaker_gauges_show_what_is_open_and_left() {
         ),
         cluster("plain", &[a.addr], json!({})),
     ];
-    let p = proxy(bootstrap(
-        vec![listener(
-            "l",
-            json!([{"name": "v", "domains": ["*"], "routes": routes}]),
-            vec![],
-            json!({}),
-        )],
-        clusters,
-    ))
-    .await;
+    let p = routes_proxy(routes, json!({}), clusters).await;
     let addr = p.addr("l");
     let admin = p.admin();
     let gauges = || async move {
