@@ -780,3 +780,36 @@ async fn a_request_waiting_for_a_new_connection_is_pending() {
     // The first fails when its handshake times out.
     assert_eq!(first.await.unwrap().status, 503);
 }
+
+/// Istio's DestinationRule outlier error codes (`error_matcher` on the cluster's HTTP options,
+/// one `:status` matcher per code): only those codes count as failures. A host answering 503
+/// is not ejected when the codes are [429]; one answering 429 is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_error_codes_decide_what_counts_as_a_failure() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "ab"}}]);
+    let od = json!({"outlier_detection": {"consecutive_5xx": 2, "base_ejection_time": "60s",
+        "max_ejection_percent": 50, "interval": "1s"},
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http_protocol_options": {}},
+            "outlier_detection": {"error_matcher": {"or_match": {"rules": [
+                {"http_response_headers_match": {"headers": [
+                    {"name": ":status", "string_match": {"exact": "429"}}]}}]}}}}}});
+    let p = routes_proxy(
+        routes,
+        json!({}),
+        vec![cluster("ab", &[a.addr, b.addr], od)],
+    )
+    .await;
+    let addr = p.addr("l");
+    let ejections = || p.stat("cluster.ab.outlier_detection.ejections_enforced_total");
+    for _ in 0..8 {
+        get(addr, "/", &[("x-test-fail-on", "a")]).await;
+    }
+    assert_eq!(ejections(), 0, "503 is not one of the codes");
+    for _ in 0..4 {
+        get(addr, "/", &[("x-test-status", "429")]).await;
+    }
+    assert_eq!(ejections(), 1, "429 is");
+}

@@ -25,6 +25,8 @@ pub(super) struct HttpOptions {
     pub h2: H2Settings,
     /// `upstream_http_protocol_options`: SNI and certificate checks from each request's host.
     pub auto_sni: AutoSni,
+    /// `outlier_detection.error_matcher`: which responses outlier detection counts as failures.
+    pub error_matcher: Option<super::error_matcher::ErrorMatcher>,
 }
 
 /// `upstream_http_protocol_options` (Istio's DestinationRule TLS without `sni`, or without
@@ -87,6 +89,11 @@ impl HttpOptions {
         };
         Ok(HttpOptions {
             auto_sni,
+            error_matcher: ext
+                .and_then(|o| o.outlier_detection.as_ref())
+                .and_then(|o| o.error_matcher.as_ref())
+                .map(super::error_matcher::ErrorMatcher::from_proto)
+                .transpose()?,
             protocol,
             idle_timeout: match common.iter().flatten().find_map(|o| o.idle_timeout) {
                 Some(d) => Some(crate::config::duration(&d)).filter(|d| !d.is_zero()),

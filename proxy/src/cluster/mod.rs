@@ -5,6 +5,7 @@
 mod breakers;
 pub mod connector;
 mod dns;
+pub mod error_matcher;
 mod h1body;
 pub mod h1conn;
 mod h1framing;
@@ -100,6 +101,8 @@ pub struct Cluster {
     pub breakers: Breakers,
     /// Outlier detection, if configured.
     pub outlier: Option<OutlierConfig>,
+    /// Which responses outlier detection counts as failures (`error_matcher`), instead of 5xx.
+    pub error_matcher: Option<error_matcher::ErrorMatcher>,
     /// `common_lb_config.healthy_panic_threshold`, percent (Envoy's default 50; 0 = never).
     pub panic_threshold: f64,
     /// TLS per endpoint (`transport_socket`, `transport_socket_matches`).
@@ -265,6 +268,7 @@ impl Cluster {
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
             panic_threshold: panic_threshold(c),
             transport: transport::Transport::from_cluster(c, &http.auto_sni)?,
+            error_matcher: http.error_matcher.clone(),
             connector,
             stats,
             proto: c.clone(),
@@ -332,6 +336,15 @@ impl Cluster {
             UpstreamProtocol::Http1 => false,
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::UseDownstream => downstream == http::Version::HTTP_2,
+        }
+    }
+
+    /// The status outlier detection is told of for a response: as it is, or as the
+    /// cluster's `error_matcher` judges it (see [`error_matcher`]).
+    pub fn outlier_status(&self, status: u16, headers: &http::HeaderMap) -> u16 {
+        match &self.error_matcher {
+            Some(m) if self.outlier.is_some() => m.reported(status, headers),
+            _ => status,
         }
     }
 

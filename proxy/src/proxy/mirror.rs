@@ -156,7 +156,8 @@ pub(super) fn launch(
                 match dispatch(&cluster, &host, tls.as_deref(), &mut req).await {
                     Ok(resp) => {
                         let status = resp.status().as_u16();
-                        cluster.record_result(&host, Some(status));
+                        let outlier = cluster.outlier_status(status, resp.headers());
+                        cluster.record_result(&host, Some(outlier));
                         stats.response(status);
                         // Read to the end, so that the connection goes back to the pool.
                         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;

@@ -289,6 +289,7 @@ pub async fn forward(
                 } else {
                     status
                 };
+                let outlier_status = cluster.outlier_status(outlier_status, resp.headers());
                 cluster.record_result(&host, Some(outlier_status));
                 stats.response(status);
                 // Looked up only when a retry policy could read it.

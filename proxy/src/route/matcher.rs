@@ -91,6 +91,8 @@ enum Name {
     Authority,
     Path,
     Scheme,
+    /// `:status`, which only responses have (a request never matches it).
+    Status,
 }
 
 /// The request's pseudo-headers, which a `HeaderMap` does not hold.
@@ -125,6 +127,7 @@ impl HeaderMatch {
             ":authority" => Name::Authority,
             ":path" => Name::Path,
             ":scheme" => Name::Scheme,
+            ":status" => Name::Status,
             _ => Name::Header(
                 http::HeaderName::from_bytes(lower.as_bytes())
                     .map_err(|_| format!("bad header name {:?}", h.name))?,
@@ -170,23 +173,27 @@ impl HeaderMatch {
     /// [`HeaderMatch::matches`], with the request's pseudo-headers.
     pub fn matches_in(&self, headers: &HeaderMap, pseudo: Option<&Pseudo<'_>>) -> bool {
         let value: Option<String> = match &self.name {
-            Name::Header(name) => {
-                let mut vals = headers.get_all(name).iter().peekable();
-                if vals.peek().is_none() {
-                    None
-                } else {
-                    Some(
-                        vals.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    )
-                }
-            }
+            Name::Header(name) => joined(headers, name),
             Name::Method => pseudo.map(|p| p.method.to_string()),
             Name::Authority => pseudo.and_then(|p| p.authority).map(str::to_string),
             Name::Path => pseudo.map(|p| p.path.to_string()),
             Name::Scheme => pseudo.map(|p| p.scheme.to_string()),
+            Name::Status => None,
         };
+        self.matches_value(value)
+    }
+
+    /// Match a response's headers and `:status`.
+    pub fn matches_response(&self, headers: &HeaderMap, status: u16) -> bool {
+        let value = match &self.name {
+            Name::Header(name) => joined(headers, name),
+            Name::Status => Some(status.to_string()),
+            _ => None,
+        };
+        self.matches_value(value)
+    }
+
+    fn matches_value(&self, value: Option<String>) -> bool {
         let value = match value {
             Some(v) => v,
             None if self.missing_as_empty => String::new(),
@@ -207,6 +214,18 @@ impl HeaderMatch {
         };
         m != self.invert
     }
+}
+
+/// Every line of header `name`, joined with commas as Envoy reads a repeated header; `None`
+/// when it is absent.
+fn joined(headers: &HeaderMap, name: &http::HeaderName) -> Option<String> {
+    let mut vals = headers.get_all(name).iter().peekable();
+    vals.peek()?;
+    Some(
+        vals.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 /// `envoy.config.route.v3.QueryParameterMatcher`.
