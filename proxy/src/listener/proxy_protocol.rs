@@ -7,7 +7,7 @@
 //! Unlike the inspectors in [`super::inspect`], this filter consumes what it reads. The header
 //! is parsed by the `ppp` crate.
 
-use ppp::{HeaderResult, PartialResult};
+use ppp::HeaderResult;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -72,43 +72,87 @@ impl ProxyProtocol {
             if n == 0 {
                 return Err("peer closed before a PROXY header".into());
             }
-            let seen = &buf[..n];
-            let maybe_signature = |sig: &[u8]| seen[..n.min(sig.len())] == sig[..n.min(sig.len())];
-            if !maybe_signature(V1_SIGNATURE) && !maybe_signature(V2_SIGNATURE) {
-                return if self.allow_without {
-                    Ok(None)
-                } else {
-                    Err("the connection does not start with a PROXY header".into())
-                };
-            }
-            let parsed = HeaderResult::parse(seen);
-            if parsed.is_complete() {
-                let (len, addrs) = addresses(parsed)?;
-                let mut taken = vec![0u8; len];
-                stream
-                    .read_exact(&mut taken)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                return Ok(addrs);
-            }
-            // A v2 header longer than the buffer (TLVs): grow to what its length field says.
-            if n == buf.len() {
-                let want = if seen.starts_with(V2_SIGNATURE) && n >= V2_FIXED {
-                    V2_FIXED + u16::from_be_bytes([seen[14], seen[15]]) as usize
-                } else {
-                    V1_MAX
-                };
-                if want <= buf.len() {
-                    return Err("malformed PROXY header".into());
+            match verdict(&buf[..n], self.allow_without) {
+                Verdict::Header(len, addrs) => {
+                    let mut taken = vec![0u8; len];
+                    stream
+                        .read_exact(&mut taken)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    return Ok(addrs);
                 }
-                buf.resize(want, 0);
-                continue;
+                Verdict::Without => return Ok(None),
+                Verdict::Refuse(why) => return Err(why),
+                // A v2 header longer than the buffer (TLVs): room for what it says.
+                Verdict::NeedMore(want) if want > buf.len() => buf.resize(want, 0),
+                // The socket stays readable while the partial header sits in it: wait a
+                // little for the rest rather than spin.
+                Verdict::NeedMore(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                }
             }
-            // The socket stays readable while the partial header sits in it: wait a little
-            // for the rest rather than spin.
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(50));
         }
+    }
+}
+
+/// What the first bytes of a connection say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not enough yet: at least this many bytes are needed.
+    NeedMore(usize),
+    /// No PROXY signature, and that is allowed.
+    Without,
+    /// A complete header of this length, with the addresses it carries (if any).
+    Header(usize, Option<(SocketAddr, SocketAddr)>),
+    /// The connection is to be closed, and why.
+    Refuse(String),
+}
+
+/// Judge the bytes a connection starts with. A verdict other than `NeedMore` is final: more
+/// bytes do not change it. A v1 header is parsed only once its line has ended, so that a
+/// header split across reads is not taken for a broken one.
+pub fn verdict(seen: &[u8], allow_without: bool) -> Verdict {
+    let n = seen.len();
+    let maybe = |sig: &[u8]| seen[..n.min(sig.len())] == sig[..n.min(sig.len())];
+    if n == 0 {
+        return Verdict::NeedMore(1);
+    }
+    if maybe(V2_SIGNATURE) {
+        if n < V2_FIXED {
+            return Verdict::NeedMore(V2_FIXED);
+        }
+        let total = V2_FIXED + u16::from_be_bytes([seen[14], seen[15]]) as usize;
+        if n < total {
+            return Verdict::NeedMore(total);
+        }
+        return match addresses(HeaderResult::from(ppp::v2::Header::try_from(
+            &seen[..total],
+        ))) {
+            Ok((len, addrs)) => Verdict::Header(len, addrs),
+            Err(why) => Verdict::Refuse(why),
+        };
+    }
+    if maybe(V1_SIGNATURE) {
+        return match seen.iter().position(|b| *b == b'\n') {
+            None if n >= V1_MAX => {
+                Verdict::Refuse("a PROXY v1 header longer than 107 bytes".into())
+            }
+            None => Verdict::NeedMore(n + 1),
+            Some(end) => {
+                let line = &seen[..=end];
+                match addresses(HeaderResult::from(ppp::v1::Header::try_from(line))) {
+                    Ok((len, addrs)) if len == line.len() => Verdict::Header(len, addrs),
+                    Ok(_) => Verdict::Refuse("malformed PROXY v1 header".into()),
+                    Err(why) => Verdict::Refuse(why),
+                }
+            }
+        };
+    }
+    if allow_without {
+        Verdict::Without
+    } else {
+        Verdict::Refuse("the connection does not start with a PROXY header".into())
     }
 }
 
@@ -246,6 +290,36 @@ mod tests {
         // A header that starts right but is broken is refused even then.
         let (got, _) = run(lax, b"PROXY TCP4 not-an-ip 10.0.0.5 1 2\r\n").await;
         assert!(got.unwrap_err().contains("malformed"), "broken header");
+    }
+
+    #[test]
+    fn a_header_cut_anywhere_waits_for_the_rest() {
+        // Every prefix of a good header asks for more (a v1 header split inside an address
+        // is not a broken one), and the whole is the header.
+        let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.5 51000 443\r\nGET";
+        let end = v1.len() - 3;
+        for cut in 1..end {
+            assert!(
+                matches!(verdict(&v1[..cut], false), Verdict::NeedMore(_)),
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(verdict(v1, false), Verdict::Header(n, Some(_)) if n == end));
+        let mut v2 = V2_SIGNATURE.to_vec();
+        v2.extend([0x21, 0x11, 0x00, 12]);
+        v2.extend([198, 51, 100, 9, 10, 0, 0, 5, 0xC7, 0x39, 0x20, 0xFB]);
+        for cut in 1..v2.len() {
+            assert!(
+                matches!(verdict(&v2[..cut], false), Verdict::NeedMore(_)),
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(verdict(&v2, false), Verdict::Header(28, Some(_))));
+        assert!(matches!(
+            verdict(b"PROXY TCP4 x\n", true),
+            Verdict::Refuse(_)
+        ));
+        assert_eq!(verdict(b"GET /", true), Verdict::Without);
     }
 
     #[tokio::test]
