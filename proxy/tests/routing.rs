@@ -760,6 +760,55 @@ async fn forwarded_host_and_port_tell_the_upstream_what_the_client_asked_for() {
     assert_eq!(h["x-forwarded-port"], json!(addr.port().to_string()));
 }
 
+/// Envoy sets an HTTP/1 request's `:scheme` from x-forwarded-proto as its HCM leaves it: a
+/// sidecar (no `use_remote_address`) trusts the one a gateway in front set, an edge HCM does
+/// not. And away from the edge, `append_x_forwarded_port` only adds the header when absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheme_and_port_follow_the_forwarded_headers_as_envoy_sets_them() {
+    let a = upstream("a").await;
+    let vh = json!([{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/", "headers": [{"name": ":scheme", "string_match": {"exact": "https"}}]},
+            "route": {"cluster": "a"}},
+        {"match": {"prefix": "/"}, "direct_response": {"status": 418}}]}]);
+    let p = proxy(bootstrap(
+        vec![
+            listener(
+                "sidecar",
+                vh.clone(),
+                vec![],
+                json!({"append_x_forwarded_port": true}),
+            ),
+            listener("edge", vh, vec![], json!({"use_remote_address": true})),
+        ],
+        vec![cluster("a", &[a.addr], json!({}))],
+    ))
+    .await;
+    let https = [("x-forwarded-proto", "https")];
+    let r = get(p.addr("sidecar"), "/", &https).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-port"],
+        json!(p.addr("sidecar").port().to_string())
+    );
+    assert_eq!(get(p.addr("sidecar"), "/", &[]).await.status, 418);
+    assert_eq!(
+        get(p.addr("edge"), "/", &https).await.status,
+        418,
+        "untrusted at the edge"
+    );
+    let r = get(
+        p.addr("sidecar"),
+        "/",
+        &[("x-forwarded-proto", "https"), ("x-forwarded-port", "8443")],
+    )
+    .await;
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-port"],
+        "8443",
+        "kept away from the edge"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_behind_trusted_proxies_sees_the_real_client() {
     // Istio's gateway with numTrustedProxies: 1 (xff_num_trusted_hops): the client is the

@@ -229,7 +229,13 @@ async fn route_request(
         // As routing sees it: the Host header or the h2 authority, ports stripped as asked.
         authority: Some(&host).filter(|h| !h.is_empty()).map(|h| &**h),
         path,
-        scheme: if ctx.tls.is_some() { "https" } else { "http" },
+        // Worked out only for a route config that matches on it (a header lookup).
+        scheme: match req.uri().scheme_str() {
+            Some(s) if rc.reads_scheme && req.version() >= http::Version::HTTP_2 => s,
+            _ if rc.reads_scheme => forwarded_proto(ctx, req.headers()),
+            _ if ctx.tls.is_some() => "https",
+            _ => "http",
+        },
     };
     let Some(vh) = rc.select_vhost(&host) else {
         ctx.stats.no_route.inc();

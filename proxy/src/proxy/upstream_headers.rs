@@ -39,10 +39,11 @@ pub(super) fn prepare_upstream_headers(
     } else {
         h.insert(XFP, scheme);
     }
-    // At the edge, as x-forwarded-proto: set unless a trusted proxy in front set it.
-    if hcm.append_x_forwarded_port && hcm.use_remote_address {
+    // As Envoy: at the edge it replaces the client's own unless a trusted proxy is in front;
+    // elsewhere it is only added when absent.
+    if hcm.append_x_forwarded_port {
         const XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-        if hcm.xff_trusted_hops == 0 || !h.contains_key(XFPORT) {
+        if (hcm.use_remote_address && hcm.xff_trusted_hops == 0) || !h.contains_key(XFPORT) {
             h.insert(XFPORT, HeaderValue::from(hctx.local.port()));
         }
     }

@@ -104,7 +104,8 @@ pub struct Pseudo<'a> {
     pub authority: Option<&'a str>,
     /// `:path`, query included.
     pub path: &'a str,
-    /// `:scheme`: `https` on a TLS connection, else `http`.
+    /// `:scheme`: the client's on HTTP/2; on HTTP/1, x-forwarded-proto as the HCM leaves
+    /// it (Envoy sets `:scheme` from it), else `https` on a TLS connection, else `http`.
     pub scheme: &'a str,
 }
 
@@ -151,6 +152,11 @@ impl HeaderMatch {
             invert: h.invert_match,
             missing_as_empty: h.treat_missing_header_as_empty,
         })
+    }
+
+    /// Whether it matches on `:scheme` (a request's scheme is then worked out for routing).
+    pub fn reads_scheme(&self) -> bool {
+        matches!(self.name, Name::Scheme)
     }
 
     /// A presence test for header `name`.
@@ -326,6 +332,13 @@ pub struct RouteMatch {
     ///   Istio routes on JWT claims this way (`@request.auth.claims.*` header matches), and
     ///   such a route must not take requests that carry no verified claim.
     unmatchable: bool,
+}
+
+impl RouteMatch {
+    /// Whether a header matcher reads `:scheme`.
+    pub fn reads_scheme(&self) -> bool {
+        self.headers.iter().any(HeaderMatch::reads_scheme)
+    }
 }
 
 impl RouteMatch {

@@ -171,6 +171,8 @@ pub struct RouteConfig {
     /// `request_mirror_policies`, for virtual hosts and routes without their own.
     pub mirrors: Vec<MirrorPolicy>,
     ignore_port: bool,
+    /// Some route matches on `:scheme`: only then is a request's scheme worked out.
+    pub reads_scheme: bool,
 }
 
 impl RouteConfig {
@@ -216,6 +218,11 @@ impl RouteConfig {
             }
             cfg.vhosts.push(vhost);
         }
+        cfg.reads_scheme = cfg
+            .vhosts
+            .iter()
+            .flat_map(|v| &v.routes)
+            .any(|r| r.matcher.reads_scheme());
         cfg.suffix.sort_by_key(|x| std::cmp::Reverse(x.0.len()));
         cfg.prefix.sort_by_key(|x| std::cmp::Reverse(x.0.len()));
         Ok(cfg)
