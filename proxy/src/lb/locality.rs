@@ -24,8 +24,9 @@ impl Level {
     /// Envoy's locality pick: each locality's weight times its health (its share of usable
     /// hosts times the overprovisioning factor, at most 1), drawn at random by those
     /// effective weights (Envoy's EDF scheduler gives the same shares). `None` when no
-    /// locality has an effective weight: then hosts are picked across localities.
-    pub(super) fn choose_locality(&self, down: &dyn Fn(usize) -> bool) -> Option<&[usize]> {
+    /// locality has an effective weight: then hosts are picked across localities. The answer
+    /// is the locality's id (`Host::locality.0`).
+    pub(super) fn choose_locality(&self, down: &dyn Fn(usize) -> bool) -> Option<u32> {
         if self.localities.is_empty() {
             return None;
         }
@@ -43,10 +44,12 @@ impl Level {
         if total <= 0.0 {
             return None;
         }
+        // Every locality has a host: its first names the locality.
+        let id = |hosts: &[usize]| self.hosts[hosts[0]].locality.0;
         let mut roll = fastrand::f64() * total;
         for (e, (_, hosts)) in effective.iter().zip(&self.localities) {
             if roll < *e {
-                return Some(hosts);
+                return Some(id(hosts));
             }
             roll -= e;
         }
@@ -56,6 +59,6 @@ impl Level {
             .zip(&self.localities)
             .rev()
             .find(|(e, _)| **e > 0.0)
-            .map(|(_, (_, hosts))| hosts.as_slice())
+            .map(|(_, (_, hosts))| id(hosts))
     }
 }

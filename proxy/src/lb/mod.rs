@@ -206,7 +206,11 @@ struct Level {
     /// With `locality_weighted_lb_config`: each locality's weight and hosts (indices), in
     /// assignment order; empty without it.
     localities: Vec<(u32, Vec<usize>)>,
-    slow_start: Option<slow_start::SlowStart>,
+    /// Slow start, with the end of the last window of this level's hosts (none once every
+    /// host's has passed: no clock read per pick then).
+    slow_start: Option<(slow_start::SlowStart, Instant)>,
+    /// Set once a pick found every window over.
+    slow_over: std::sync::atomic::AtomicBool,
 }
 
 /// An immutable set of hosts grouped by priority.
@@ -256,7 +260,10 @@ impl HostSet {
                     } else {
                         Vec::new()
                     },
-                    slow_start: opts.slow_start,
+                    slow_start: opts
+                        .slow_start
+                        .and_then(|ss| Some((ss, ss.last_window_end(&hs)?))),
+                    slow_over: Default::default(),
                     hosts: hs,
                 }
             })
@@ -344,8 +351,8 @@ impl HostSet {
         }
         let usable = |i: usize| (panic || !down(i)) && !ctx.exclude.contains(&level.hosts[i].addr);
         // Locality-weighted: first the locality (not in panic, as Envoy), then the host in it.
-        if let Some(hosts) = (!panic).then(|| level.choose_locality(&down)).flatten() {
-            let in_locality = |i: usize| usable(i) && hosts.contains(&i);
+        if let Some(id) = (!panic).then(|| level.choose_locality(&down)).flatten() {
+            let in_locality = |i: usize| usable(i) && level.hosts[i].locality.0 == id;
             if let Some(i) = level.pick(policy, &in_locality) {
                 return Some(level.hosts[i].clone());
             }

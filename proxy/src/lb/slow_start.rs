@@ -47,6 +47,16 @@ impl SlowStart {
         })
     }
 
+    /// When the last of `hosts`' windows ends; `None` when none has one (the hosts a cluster
+    /// started with).
+    pub fn last_window_end(&self, hosts: &[std::sync::Arc<Host>]) -> Option<Instant> {
+        hosts
+            .iter()
+            .filter_map(|h| h.added)
+            .max()
+            .map(|a| a + self.window)
+    }
+
     /// What `host`'s weight is multiplied by at `now`: 1 once its window has passed (or for a
     /// host the cluster started with).
     pub fn factor(&self, host: &Host, now: Instant) -> f64 {
@@ -74,11 +84,16 @@ impl Level {
         policy: &LbPolicy,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<Option<usize>> {
-        let ss = self.slow_start?;
-        if !self.hosts.iter().any(|h| h.added.is_some()) {
+        let (ss, until) = self.slow_start?;
+        if self.slow_over.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
         let now = Instant::now();
+        if now >= until {
+            self.slow_over
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
         let factors: Vec<(usize, f64)> = (0..self.hosts.len())
             .filter(|i| usable(*i))
             .map(|i| (i, ss.factor(&self.hosts[i], now)))
