@@ -80,24 +80,23 @@ pub fn unescape_slashes(path_and_query: &str) -> Option<String> {
         (Some(b'5'), Some(b'c' | b'C')) => Some('\\'),
         _ => None,
     };
-    let mut out = String::with_capacity(path_and_query.len());
-    let (mut i, mut last, mut found) = (0, 0, false);
+    // Allocated at the first escaped slash: most paths have none.
+    let mut out: Option<String> = None;
+    let (mut i, mut last) = (0, 0);
     while i < b.len() {
         if b[i] == b'%' {
             if let Some(c) = escaped(i) {
-                out.push_str(&path[last..i]);
-                out.push(c);
+                let o = out.get_or_insert_with(|| String::with_capacity(path_and_query.len()));
+                o.push_str(&path[last..i]);
+                o.push(c);
                 i += 3;
                 last = i;
-                found = true;
                 continue;
             }
         }
         i += 1;
     }
-    if !found {
-        return None;
-    }
+    let mut out = out?;
     out.push_str(&path[last..]);
     if let Some(q) = query {
         out.push('?');
