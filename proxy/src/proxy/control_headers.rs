@@ -81,8 +81,12 @@ pub fn sanitize(
     use_remote_address: bool,
     internal: &InternalAddresses,
 ) -> bool {
-    // Nearly every request has no x-envoy- header: one pass over the names decides.
-    let envoy = headers.keys().any(|k| k.as_str().starts_with("x-envoy-"));
+    // Nearly every request has no x-envoy- header: one pass over the names decides. The
+    // edge's own `x-envoy-external-address` (set just before, and never stripped) does not
+    // count, or every external request at the edge would take the slow path below.
+    let envoy = headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-envoy-") && k.as_str() != "x-envoy-external-address");
     if !envoy && internal.0.is_empty() {
         return false;
     }
