@@ -46,7 +46,7 @@ pub(super) enum Retry {
 /// (even with `num_retries: 0`); a retry backs off first.
 pub(super) async fn retry_or_stop(
     cluster: &Cluster,
-    policy: Option<&RetryPolicy>,
+    policy: &RetryPolicy,
     attempt: u32,
     retries: u32,
     may_retry: bool,
@@ -59,9 +59,10 @@ pub(super) async fn retry_or_stop(
     if !may_retry {
         return Retry::Stop(None);
     }
-    match policy {
-        Some(p) if next_retry(cluster, p, attempt, in_retry).await => Retry::Again,
-        _ => Retry::Stop(Some(Flag::UpstreamOverflow)),
+    if next_retry(cluster, policy, attempt, in_retry).await {
+        Retry::Again
+    } else {
+        Retry::Stop(Some(Flag::UpstreamOverflow))
     }
 }
 

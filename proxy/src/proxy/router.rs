@@ -262,7 +262,8 @@ pub async fn forward(
         // Read only when a retry is in question: a clock read per request otherwise.
         let global_expired = || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         let replayable = body.replayable();
-        let can_retry = |expired: bool| attempt < retries && replayable && !expired;
+        // (Retries used up are retry_or_stop's first check.)
+        let can_retry = |expired: bool| replayable && !expired;
         sent |= !matches!(outcome, Err(AttemptError::Connect(_)));
         match outcome {
             Ok(mut resp) => {
@@ -293,12 +294,12 @@ pub async fn forward(
                 cluster.record_result(&host, Some(outlier_status));
                 stats.response(status);
                 // Looked up only when a retry policy could read it.
-                let retriable = retry.is_some_and(|r| r.retry_response(status, resp.headers()));
+                let retriable = retry.filter(|r| r.retry_response(status, resp.headers()));
                 let mut stopped = None;
-                if retriable {
+                if let Some(policy) = retriable {
                     match retry_or_stop(
                         &cluster,
-                        retry,
+                        policy,
                         attempt,
                         retries,
                         can_retry(global_expired()),
@@ -399,9 +400,10 @@ pub async fn forward(
                     }
                 };
                 let mut stopped = None;
-                if retriable {
+                if let Some(policy) = retry.filter(|_| retriable) {
                     let may = can_retry(global_expired);
-                    match retry_or_stop(&cluster, retry, attempt, retries, may, &mut in_retry).await
+                    match retry_or_stop(&cluster, policy, attempt, retries, may, &mut in_retry)
+                        .await
                     {
                         Retry::Again => {
                             attempt += 1;
