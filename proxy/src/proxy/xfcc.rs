@@ -85,10 +85,12 @@ impl Xfcc {
         }
         // Envoy's order: Cert, Chain, Subject, URI, DNS.
         if self.cert && !peer.chain.is_empty() {
-            parts.push(format!("Cert=\"{}\"", url_encoded_pem(&peer.chain[..1])));
+            let pem = peer.xfcc_pem[0].get_or_init(|| url_encoded_pem(&peer.chain[..1]));
+            parts.push(format!("Cert=\"{pem}\""));
         }
         if self.chain && !peer.chain.is_empty() {
-            parts.push(format!("Chain=\"{}\"", url_encoded_pem(&peer.chain)));
+            let pem = peer.xfcc_pem[1].get_or_init(|| url_encoded_pem(&peer.chain));
+            parts.push(format!("Chain=\"{pem}\""));
         }
         if self.subject {
             parts.push(format!(
@@ -126,6 +128,7 @@ impl Xfcc {
 /// RFC 3986's unreserved characters, as Envoy's `urlEncodedPemEncodedPeerCertificate`.
 fn url_encoded_pem(certs: &[rustls::pki_types::CertificateDer<'_>]) -> String {
     use base64::Engine as _;
+    use std::fmt::Write as _;
     let mut pem = String::new();
     for c in certs {
         pem.push_str("-----BEGIN CERTIFICATE-----\n");
@@ -141,7 +144,7 @@ fn url_encoded_pem(certs: &[rustls::pki_types::CertificateDer<'_>]) -> String {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out

@@ -45,6 +45,9 @@ pub struct Peer {
     pub local_uri: Option<String>,
     /// The certificates the client presented, its own first (XFCC's `Cert` and `Chain`).
     pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// XFCC's `Cert` and `Chain` values (URL-encoded PEM), made at the first request that
+    /// asks for them and reused by the connection's later requests.
+    pub xfcc_pem: [std::sync::OnceLock<String>; 2],
 }
 
 impl Peer {
@@ -78,6 +81,7 @@ impl Peer {
                 .peer_certificates()
                 .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default(),
+            xfcc_pem: Default::default(),
         }
     }
 }
