@@ -149,12 +149,8 @@ mod tests {
     use super::*;
 
     fn with(t: serde_json::Value) -> Breakers {
-        let cb: cpb::CircuitBreakers = mosn_proto::from_json(
-            &mosn_proto::decode_pool(),
-            &serde_json::json!({"thresholds": [t]}),
-            true,
-        )
-        .unwrap();
+        let cb: cpb::CircuitBreakers =
+            crate::config::test_proto(serde_json::json!({"thresholds": [t]}));
         breakers(Some(&cb), &crate::stats::Stats::new(), "c")
     }
 

@@ -82,12 +82,8 @@ mod tests {
                 {"name": ":status", "string_match": {"exact": c.to_string()}}]}})
             })
             .collect();
-        let p: MatchPredicate = mosn_proto::from_json(
-            &mosn_proto::decode_pool(),
-            &serde_json::json!({"or_match": {"rules": rules}}),
-            true,
-        )
-        .unwrap();
+        let p: MatchPredicate =
+            crate::config::test_proto(serde_json::json!({"or_match": {"rules": rules}}));
         ErrorMatcher::from_proto(&p).unwrap()
     }
 
@@ -101,12 +97,9 @@ mod tests {
         assert_eq!(m.reported(503, &h), 503);
         assert_eq!(m.reported(500, &h), 200);
         assert_eq!(m.reported(200, &h), 200);
-        let body: MatchPredicate = mosn_proto::from_json(
-            &mosn_proto::decode_pool(),
-            &serde_json::json!({"http_request_headers_match": {"headers": []}}),
-            true,
-        )
-        .unwrap();
+        let body: MatchPredicate = crate::config::test_proto(
+            serde_json::json!({"http_request_headers_match": {"headers": []}}),
+        );
         assert!(ErrorMatcher::from_proto(&body).is_err());
     }
 }

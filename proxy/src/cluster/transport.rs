@@ -170,7 +170,7 @@ mod tests {
     use serde_json::json;
 
     fn cluster(v: serde_json::Value) -> cpb::Cluster {
-        mosn_proto::from_json(&mosn_proto::decode_pool(), &v, true).unwrap()
+        crate::config::test_proto(v)
     }
 
     /// Istio's auto-mTLS: the tlsMode-istio match for labelled endpoints, plaintext else; and
@@ -182,12 +182,9 @@ mod tests {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", "sni": "a.b"}}},
             {"name": "tlsMode-disabled", "match": {}, "transport_socket": {"name": "raw", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}}]}));
-        let md: envoy_types::pb::envoy::config::core::v3::Metadata = mosn_proto::from_json(
-            &mosn_proto::decode_pool(),
-            &json!({"filter_metadata": {MATCH_NAMESPACE: {"tlsMode": "istio"}}}),
-            true,
-        )
-        .unwrap();
+        let md: envoy_types::pb::envoy::config::core::v3::Metadata = crate::config::test_proto(
+            json!({"filter_metadata": {MATCH_NAMESPACE: {"tlsMode": "istio"}}}),
+        );
         let addr: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
         let labelled = Host::new(addr, String::new(), 1, 0).with_socket_match(Some(&md));
         let plain = Host::new(addr, String::new(), 1, 0);

@@ -124,6 +124,12 @@ pub fn opt_duration(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> 
     d.as_ref().map(duration)
 }
 
+/// A proto from its JSON form, for unit tests (strict: unknown fields are an error).
+#[cfg(test)]
+pub(crate) fn test_proto<M: prost::Message + prost::Name + Default>(v: serde_json::Value) -> M {
+    mosn_proto::from_json(&mosn_proto::decode_pool(), &v, true).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -216,13 +216,9 @@ fn a_host_in_slow_start_takes_a_small_share_first() {
     new.added = Some(Instant::now());
     let old = Host::new("127.0.0.1:4000".parse().unwrap(), String::new(), 1, 0);
     let hs = vec![Arc::new(old), Arc::new(new)];
-    let cluster: envoy_types::pb::envoy::config::cluster::v3::Cluster = mosn_proto::from_json(
-        &mosn_proto::decode_pool(),
-        &serde_json::json!({"name": "c", "round_robin_lb_config": {
-            "slow_start_config": {"slow_start_window": "60s"}}}),
-        true,
-    )
-    .unwrap();
+    let cluster: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+        crate::config::test_proto(serde_json::json!({"name": "c", "round_robin_lb_config": {
+            "slow_start_config": {"slow_start_window": "60s"}}}));
     let opts = LbOptions::from_proto(&cluster);
     assert!(opts.slow_start.is_some());
     let policy = LbPolicy::RoundRobin;

@@ -79,12 +79,9 @@ mod tests {
                 "address": "10.0.0.1", "port_value": p}}}})
             })
             .collect();
-        mosn_proto::from_json(
-            &mosn_proto::decode_pool(),
-            &serde_json::json!({"cluster_name": "c", "endpoints": [{"lb_endpoints": eps}]}),
-            true,
+        crate::config::test_proto(
+            serde_json::json!({"cluster_name": "c", "endpoints": [{"lb_endpoints": eps}]}),
         )
-        .unwrap()
     }
 
     /// Slow start's clock: hosts a cluster starts with have none, endpoints a later update
