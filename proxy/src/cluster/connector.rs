@@ -209,12 +209,21 @@ impl CountingConnector {
             if let Some(k) = keepalive {
                 socket2::SockRef::from(&sock).set_tcp_keepalive(k)?;
             }
-            let stream = sock.connect(addr).await?;
+            use tokio::io::AsyncWriteExt as _;
+            let mut stream = sock.connect(addr).await?;
             stream.set_nodelay(true)?;
             let Some(tls) = tls else {
                 return Ok::<_, io::Error>(UpIo::Plain(stream));
             };
-            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            // The PROXY header goes first, under any TLS (Envoy's socket wraps the inner one).
+            if let Some(p) = &tls.proxy {
+                let header = p.bytes(stream.local_addr()?, stream.peer_addr()?);
+                stream.write_all(&header).await?;
+            }
+            let Some(config) = &tls.config else {
+                return Ok(UpIo::Plain(stream));
+            };
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
             match connector.connect(tls.server_name(addr.ip()), stream).await {
                 Ok(t) => {
                     ssl_stats.lazy_counter("ssl.handshake").inc();

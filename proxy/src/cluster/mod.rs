@@ -18,6 +18,7 @@ pub use breakers::Breakers;
 pub use http_options::AutoSni;
 pub mod outlier;
 mod pending;
+pub mod proxy_header;
 pub mod stats;
 pub mod transport;
 pub mod wear;

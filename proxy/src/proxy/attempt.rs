@@ -251,7 +251,13 @@ pub(super) fn tls_dial(
     };
     cluster
         .transport
-        .dial(Some(host), down.secrets, alpn, req.map(|r| (r.headers(), r.uri())))
+        .dial(
+            Some(host),
+            down.secrets,
+            alpn,
+            req.map(|r| (r.headers(), r.uri())),
+            down.proxied.then_some((down.peer, down.original_dst)),
+        )
         .map_err(|e| {
             tracing::debug!(cluster = %cluster.name, host = %host.addr, "upstream TLS not ready: {e}");
             AttemptError::Connect(connect_reply(&ConnectError::Failed(e)))

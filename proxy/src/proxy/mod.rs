@@ -130,6 +130,9 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// Original destination (SO_ORIGINAL_DST, else the local address).
     pub original_dst: SocketAddr,
+    /// `peer` and `original_dst` came from a PROXY header (Envoy keeps them in the
+    /// connection's filter state then, and an upstream PROXY header repeats them).
+    pub proxied: bool,
     /// The port the connection was addressed to (strip_matching_host_port).
     pub listener_port: u16,
     /// Becomes true when the listener drains.

@@ -24,6 +24,8 @@ pub struct Downstream<'a> {
     pub peer: SocketAddr,
     /// Original destination of the connection (ORIGINAL_DST clusters).
     pub original_dst: SocketAddr,
+    /// The two came from a PROXY header (see [`super::ConnCtx::proxied`]).
+    pub proxied: bool,
     /// The HCM's `stream_idle_timeout` (a route's `idle_timeout` overrides it).
     pub stream_idle: Option<Duration>,
     /// Add the router's `x-envoy-*` headers (the router's `suppress_envoy_headers` unset).

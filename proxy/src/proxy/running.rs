@@ -307,11 +307,11 @@ impl Accepted {
         };
         // A load balancer's PROXY header names the real client and the address it dialled,
         // which stand for the socket's from here on.
-        let (peer, dst) = match own.proxy_protocol {
-            None => (peer, dst),
+        let (peer, dst, proxied) = match own.proxy_protocol {
+            None => (peer, dst, false),
             Some(pp) => match pp.read(&mut stream, own.inspectors.timeout).await {
-                Ok(Some((src, to))) => (canonical(src), canonical(to)),
-                Ok(None) => (peer, dst),
+                Ok(Some((src, to))) => (canonical(src), canonical(to), true),
+                Ok(None) => (peer, dst, false),
                 Err(why) => {
                     tracing::debug!(listener = %own.name, %peer, "connection closed by proxy_protocol: {why}");
                     self.lstats.proxy_proto_error.inc();
@@ -444,6 +444,7 @@ impl Accepted {
                     stats: hstats.clone(),
                     peer,
                     original_dst: dst,
+                    proxied,
                     listener_port: dst.port(),
                     draining,
                     activity: Activity::default(),

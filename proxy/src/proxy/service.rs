@@ -425,6 +425,7 @@ async fn route_request(
                 grpc,
                 peer: ctx.peer,
                 original_dst: ctx.original_dst,
+                proxied: ctx.proxied,
                 stream_idle: ctx.hcm.stream_idle_timeout,
                 envoy_headers: !ctx.hcm.suppress_envoy_headers,
                 attempt_count: vh.attempt_count_in_request,

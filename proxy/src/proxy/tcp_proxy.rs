@@ -131,7 +131,7 @@ pub async fn serve<R, W>(
         snap,
         secrets,
         stats,
-        original_dst,
+        (peer, original_dst),
         drained,
         &mut log,
     )
@@ -175,7 +175,7 @@ async fn proxy<R, W>(
     snap: &Snapshot,
     secrets: &crate::tls::Secrets,
     stats: &Arc<Stats>,
-    original_dst: SocketAddr,
+    (peer, original_dst): (Option<SocketAddr>, SocketAddr),
     drained: impl std::future::Future<Output = ()>,
     log: &mut Outcome,
 ) where
@@ -204,7 +204,13 @@ async fn proxy<R, W>(
         // Istio's outbound TCP to a sidecar'd service goes over mTLS (ALPN as configured:
         // `istio-peer-exchange, istio`).
         let alpn = crate::tls::Alpn::Configured;
-        let tls = match cluster.transport.dial(host.as_deref(), secrets, alpn, None) {
+        // As Envoy's TCP proxy, an upstream PROXY header names the client and the address
+        // it dialled.
+        let downstream = peer.map(|p| (p, original_dst));
+        let tls = match cluster
+            .transport
+            .dial(host.as_deref(), secrets, alpn, None, downstream)
+        {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(cluster = %name, %addr, "tcp_proxy: upstream TLS not ready: {e}");

@@ -60,8 +60,11 @@ impl Alpn {
 /// `Arc` (building one per request cost an SNI `String` and a config lookup).
 #[derive(Debug)]
 pub struct Dial {
-    /// The rustls config (certificate, verifier, ALPN).
-    pub config: Arc<rustls::ClientConfig>,
+    /// The rustls config (certificate, verifier, ALPN); `None` for a plaintext connection
+    /// that only needs the PROXY header.
+    pub config: Option<Arc<rustls::ClientConfig>>,
+    /// The upstream PROXY protocol header to write first, before any TLS.
+    pub proxy: Option<crate::cluster::proxy_header::Preamble>,
     /// The SNI; `None` sends none.
     pub sni: Option<ServerName<'static>>,
     /// Which context and ALPN offer made it: connections of different flavors to one
@@ -83,8 +86,20 @@ impl Dial {
     pub fn named(&self, name: &str) -> Dial {
         Dial {
             config: self.config.clone(),
+            proxy: self.proxy,
             sni: ServerName::try_from(name.to_string()).ok(),
             flavor: xxhash_rust::xxh64::xxh64(name.as_bytes(), self.flavor) | 1 << 63,
+        }
+    }
+
+    /// `tls` (`None`: plaintext) with the PROXY header `proxy` written first, in a flavor of
+    /// its own.
+    pub fn with_proxy(tls: Option<&Dial>, proxy: crate::cluster::proxy_header::Preamble) -> Dial {
+        Dial {
+            config: tls.and_then(|t| t.config.clone()),
+            proxy: Some(proxy),
+            sni: tls.and_then(|t| t.sni.clone()),
+            flavor: proxy.flavor(tls.map_or(0, |t| t.flavor)),
         }
     }
 }
@@ -123,7 +138,8 @@ impl ClientTls {
     pub fn dial(&self, secrets: &Secrets, alpn: Alpn) -> Result<Arc<Dial>, String> {
         cached(&self.cache[alpn as usize], secrets, || {
             Ok(Dial {
-                config: Arc::new(self.config(secrets, alpn)?),
+                config: Some(Arc::new(self.config(secrets, alpn)?)),
+                proxy: None,
                 sni: ServerName::try_from(self.sni.clone()).ok(),
                 // The context's number with the ALPN offer in the low bits. Secret rotation
                 // does not change it: established connections stay in use, as in Envoy.
