@@ -64,8 +64,11 @@ impl Server {
         let live = stats.gauge("server.live");
         let (shutdown, _) = watch::channel(None);
         let secrets = snap.static_secrets.clone();
+        let env =
+            crate::proxy::trace::Env::from_bootstrap(snap.bootstrap.as_deref(), stats.clone());
         let store = ConfigStore::new(snap);
         store.secrets.put(secrets);
+        let _ = store.tracing.set(env);
         Arc::new(Server {
             store,
             drain_time: Duration::from_secs(opts.drain_time_s.unwrap_or(600)),

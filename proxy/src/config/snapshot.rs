@@ -108,6 +108,8 @@ pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
     /// TLS secrets by name (bootstrap and SDS); they change apart from snapshots.
     pub secrets: crate::tls::Secrets,
+    /// What request spans need from the process (set by the server from the bootstrap).
+    pub tracing: std::sync::OnceLock<crate::proxy::trace::Env>,
 }
 
 impl ConfigStore {
@@ -116,6 +118,14 @@ impl ConfigStore {
         Arc::new(ConfigStore {
             current: ArcSwap::from_pointee(snap),
             secrets: Default::default(),
+            tracing: Default::default(),
+        })
+    }
+
+    /// The tracing environment (an empty one when the server did not set it).
+    pub fn tracing_env(&self) -> &crate::proxy::trace::Env {
+        self.tracing.get_or_init(|| {
+            crate::proxy::trace::Env::from_bootstrap(None, crate::stats::Stats::new())
         })
     }
 

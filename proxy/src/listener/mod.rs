@@ -79,7 +79,8 @@ pub struct FilterChain {
 }
 
 impl FilterChain {
-    fn from_proto(c: &lpb::FilterChain) -> Result<Self, String> {
+    /// Compile a chain of a listener; `egress`: its `traffic_direction` is OUTBOUND.
+    fn from_proto(c: &lpb::FilterChain, egress: bool) -> Result<Self, String> {
         let name = c.name.clone();
         let ctx = |e: String| {
             if name.is_empty() {
@@ -127,8 +128,12 @@ impl FilterChain {
                         .map(Arc::new),
                 ),
                 HCM_URL => {
+                    let mut hcm = HcmConfig::from_any(any).map_err(ctx)?;
+                    if let Some(t) = hcm.tracing.as_mut() {
+                        t.egress = egress;
+                    }
                     terminal = Some(Terminal::Http {
-                        hcm: Arc::new(HcmConfig::from_any(any).map_err(ctx)?),
+                        hcm: Arc::new(hcm),
                         stats: OnceLock::new(),
                     })
                 }
@@ -261,15 +266,17 @@ impl ListenerConfig {
                     .map(|b| b.value)
             })
             .unwrap_or(true);
+        // OUTBOUND (2): spans of its HCMs are CLIENT spans.
+        let egress = l.traffic_direction == 2;
         let chains = l
             .filter_chains
             .iter()
-            .map(FilterChain::from_proto)
+            .map(|c| FilterChain::from_proto(c, egress))
             .collect::<Result<Vec<_>, _>>()?;
         let default_chain = l
             .default_filter_chain
             .as_ref()
-            .map(FilterChain::from_proto)
+            .map(|c| FilterChain::from_proto(c, egress))
             .transpose()
             .map_err(|e| format!("default_filter_chain: {e}"))?;
         let has = |n: &str| l.listener_filters.iter().any(|f| f.name == n);

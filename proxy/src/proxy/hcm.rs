@@ -140,6 +140,8 @@ pub struct HcmConfig {
     pub path_norm: super::path_norm::PathNorm,
     /// `internal_address_config`: whose requests may carry Envoy's control headers.
     pub internal: super::control_headers::InternalAddresses,
+    /// `tracing`: each request gets a span (see [`super::trace`]).
+    pub tracing: Option<Box<super::trace::TraceConfig>>,
 }
 
 impl HcmConfig {
@@ -349,6 +351,12 @@ impl HcmConfig {
             internal: super::control_headers::InternalAddresses::from_proto(
                 h.internal_address_config.as_ref(),
             )?,
+            tracing: h
+                .tracing
+                .as_ref()
+                .map(|t| super::trace::TraceConfig::from_proto(t, false).map(Box::new))
+                .transpose()
+                .map_err(|e| format!("tracing: {e}"))?,
         })
     }
 }

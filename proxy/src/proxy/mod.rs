@@ -26,6 +26,7 @@ mod running;
 pub mod service;
 pub mod tcp_proxy;
 pub mod timer;
+pub mod trace;
 mod upstream_headers;
 pub mod xfcc;
 

@@ -35,6 +35,21 @@ pub async fn handle(
     if let Some(via) = &ctx.hcm.via {
         append_via(req.headers_mut(), via);
     }
+    // Before tracing, routing and logging, as Envoy's connection manager: control headers
+    // only from the trusted.
+    let control = control_headers::sanitize(
+        req.headers_mut(),
+        ctx.peer.ip(),
+        ctx.hcm.use_remote_address,
+        &ctx.hcm.internal,
+    );
+    // A tracing HCM settles the request id and the sampling decision first: the access log
+    // and the upstream see the id with its trace mark.
+    let mut span = ctx
+        .hcm
+        .tracing
+        .as_deref()
+        .and_then(|t| super::trace::begin(&ctx, t, &mut req));
     // `always_set_request_id_in_response`: the id is settled now, for the response.
     let id_for_response = ctx
         .hcm
@@ -46,7 +61,7 @@ pub async fn handle(
         .flatten();
     // Access logging costs nothing unless the HCM has loggers. Envoy's HCM gives every request
     // an x-request-id before routing, so the log line and the upstream see the same one.
-    let mut record = (!ctx.hcm.access_logs.is_empty()).then(|| {
+    let mut record = (!ctx.hcm.access_logs.is_empty() || span.is_some()).then(|| {
         ensure_request_id(&ctx.hcm, req.headers_mut());
         access_log::Record::start(
             &req,
@@ -86,7 +101,10 @@ pub async fn handle(
     let h1 = req.version() < http::Version::HTTP_2;
     let logging = record.is_some();
     let mut resp = match refused {
-        None => route_request(&ctx, req, &mut active, logging.then_some(&mut info)).await,
+        None => {
+            let info = logging.then_some(&mut info);
+            route_request(&ctx, req, &mut active, info, control, span.as_mut()).await
+        }
         Some(r) => {
             if r.protocol_error {
                 stats.cx_protocol_error.inc();
@@ -101,6 +119,9 @@ pub async fn handle(
         }
     };
     stats.status(resp.status().as_u16());
+    if let Some(s) = span.as_mut() {
+        s.response(resp.headers_mut());
+    }
     if let Some(id) = id_for_response {
         resp.headers_mut().insert("x-request-id", id);
     }
@@ -136,6 +157,7 @@ pub async fn handle(
             .get::<ResponseFlags>()
             .map_or("", |f| f.0.as_str());
         rec.response(&parts, flags, info);
+        rec.span = span.take();
         return Response::from_parts(parts, access_log::Logged::wrap(body, rec));
     }
     resp
@@ -165,14 +187,9 @@ async fn route_request(
     mut req: Request<DownstreamBody>,
     active: &mut Option<ActiveGauge>,
     mut info: Option<&mut access_log::RouteInfo>,
+    control: bool,
+    span: Option<&mut super::trace::Span>,
 ) -> Response<BoxBody> {
-    // Before routing, as Envoy's connection manager: control headers only from the trusted.
-    let control = control_headers::sanitize(
-        req.headers_mut(),
-        ctx.peer.ip(),
-        ctx.hcm.use_remote_address,
-        &ctx.hcm.internal,
-    );
     let snap = ctx.store.load();
     let req_version = req.version();
     // A gRPC client gets the proxy's own answers in gRPC's form, as from Envoy.
@@ -402,6 +419,10 @@ async fn route_request(
             }
             if ctx.hcm.append_xff {
                 append_xff(&mut parts.headers, ctx.peer.ip());
+            }
+            if let Some(s) = span {
+                s.route(route.decorator.as_ref(), &mut parts.headers);
+                s.inject(&mut parts.headers);
             }
             ctx.hcm.xfcc.apply(&mut parts.headers, ctx.tls.as_deref());
             prepare_upstream_headers(

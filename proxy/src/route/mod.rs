@@ -72,6 +72,9 @@ pub struct Route {
     pub headers: HeaderPolicy,
     /// Per-filter overrides.
     pub filters: FilterOverrides,
+    /// `decorator`: the operation name of the request's trace span, and whether it is passed
+    /// on in `x-envoy-decorator-operation` (only read when the HCM traces).
+    pub decorator: Option<(Arc<str>, bool)>,
 }
 
 impl Route {
@@ -348,6 +351,16 @@ impl Route {
                 &r.response_headers_to_remove,
             )?,
             filters,
+            decorator: r
+                .decorator
+                .as_ref()
+                .filter(|d| !d.operation.is_empty())
+                .map(|d| {
+                    (
+                        d.operation.as_str().into(),
+                        d.propagate.as_ref().is_none_or(|p| p.value),
+                    )
+                }),
         })
     }
 }

@@ -191,6 +191,8 @@ pub struct Record {
     downstream_local: SocketAddr,
     downstream_remote: SocketAddr,
     loggers: Vec<Arc<AccessLogger>>,
+    /// The request's trace span, finished with the record.
+    pub span: Option<crate::proxy::trace::Span>,
 }
 
 impl Record {
@@ -228,6 +230,7 @@ impl Record {
             downstream_local: local,
             downstream_remote: remote,
             loggers,
+            span: None,
         }
     }
 
@@ -247,7 +250,26 @@ impl Record {
         self.info = info;
     }
 
-    fn write(&self, bytes_sent: u64) {
+    fn write(mut self, bytes_sent: u64) {
+        let received = self.received.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(span) = self.span.take() {
+            // Envoy's upstream_cluster tag: only when a host was picked.
+            let cluster = self
+                .info
+                .cluster
+                .as_deref()
+                .filter(|_| self.info.host.is_some());
+            span.finish(crate::proxy::trace::span::End {
+                status: self.status,
+                flags: &self.flags,
+                upstream_cluster: cluster,
+                request_size: received,
+                response_size: bytes_sent,
+            });
+        }
+        if self.loggers.is_empty() {
+            return;
+        }
         let e = Entry {
             start: Some(self.start),
             duration: Some(self.started.elapsed()),
@@ -260,7 +282,7 @@ impl Record {
             status: self.status,
             flags: &self.flags,
             details: self.details,
-            bytes_received: self.received.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_received: received,
             bytes_sent,
             upstream_host: self.info.host,
             upstream_cluster: self.info.cluster.as_deref(),
