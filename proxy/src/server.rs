@@ -69,6 +69,14 @@ impl Server {
         let store = ConfigStore::new(snap);
         store.secrets.put(secrets);
         let _ = store.tracing.set(env);
+        let node = store
+            .load()
+            .bootstrap
+            .as_ref()
+            .and_then(|b| b.proto.node.clone());
+        let _ = store
+            .istio
+            .set(crate::proxy::istio::peer::Local::from_node(node.as_ref()));
         Arc::new(Server {
             store,
             drain_time: Duration::from_secs(opts.drain_time_s.unwrap_or(600)),

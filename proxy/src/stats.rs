@@ -24,8 +24,9 @@ pub struct Stat {
     kind: Kind,
     value: AtomicU64,
     used: AtomicBool,
-    /// Prometheus name and the extracted tag (Envoy's default tag extraction).
-    prom: (String, Option<(&'static str, String)>),
+    /// Prometheus family name and its labels, rendered (`k="v",...`; Envoy's default tag
+    /// extraction, or the labels a labelled stat was made with).
+    prom: (String, String),
 }
 
 impl Stat {
@@ -62,8 +63,8 @@ impl Stat {
     }
 }
 
-/// Samples of one Prometheus family: (tag, value).
-type Family = (Kind, Vec<(Option<(&'static str, String)>, u64)>);
+/// Samples of one Prometheus family: (rendered labels, value).
+type Family = (Kind, Vec<(String, u64)>);
 
 /// The stat store.
 #[derive(Debug, Default)]
@@ -87,9 +88,16 @@ impl Stats {
             return s.clone();
         }
         let prom = match tag {
-            Some((label, value, base)) => (prom_name(base), Some((label, value.to_string()))),
-            None => (prom_name(name), None),
+            Some((label, value, base)) => (
+                prom_name(base),
+                format!("{label}=\"{}\"", escape_label(value)),
+            ),
+            None => (prom_name(name), String::new()),
         };
+        self.insert(name, kind, prom)
+    }
+
+    fn insert(&self, name: &str, kind: Kind, prom: (String, String)) -> Arc<Stat> {
         let stat = Arc::new(Stat {
             kind,
             value: AtomicU64::new(0),
@@ -112,6 +120,25 @@ impl Stats {
     /// A gauge by full Envoy name.
     pub fn gauge(&self, name: &str) -> Arc<Stat> {
         self.get_or_create(name, Kind::Gauge, None)
+    }
+
+    /// A stat of a Prometheus `family` (named as it is, without `envoy_`) with `labels`, as
+    /// Istio's stats filter makes them; in `/stats` it is `istiocustom.<family>` followed by
+    /// `.<label>.<value>` for each label, as Envoy names tagged stats.
+    pub fn labeled(&self, family: &str, labels: &[(&str, &str)], kind: Kind) -> Arc<Stat> {
+        let mut name = format!("istiocustom.{family}");
+        for (k, v) in labels {
+            let _ = write!(name, ".{k}.{v}");
+        }
+        if let Some(s) = self.map.read().unwrap().get(&name) {
+            return s.clone();
+        }
+        let mut rendered = String::new();
+        for (i, (k, v)) in labels.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(rendered, "{sep}{k}=\"{}\"", escape_label(v));
+        }
+        self.insert(&name, kind, (family.to_string(), rendered))
     }
 
     /// `cluster.<name>.<suffix>`, tagged `envoy_cluster_name` for Prometheus.
@@ -204,15 +231,8 @@ impl Stats {
                 "gauge"
             };
             let _ = writeln!(out, "# TYPE {family} {t}");
-            for (tag, v) in samples {
-                match tag {
-                    Some((k, val)) => {
-                        let _ = writeln!(out, "{family}{{{k}=\"{}\"}} {v}", escape_label(&val));
-                    }
-                    None => {
-                        let _ = writeln!(out, "{family}{{}} {v}");
-                    }
-                }
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{family}{{{labels}}} {v}");
             }
         }
         out

@@ -43,6 +43,8 @@ pub struct Transport {
     matches: Vec<Match>,
     /// SNI and certificate checks from each request's host.
     auto: AutoSni,
+    /// Every socket is plain TCP: no dial needs working out (the common case).
+    plain: bool,
 }
 
 impl Transport {
@@ -60,7 +62,9 @@ impl Transport {
                 socket,
             });
         }
+        let is_plain = |s: &Socket| s.tls.is_none() && s.proxy.is_none();
         Ok(Transport {
+            plain: is_plain(&default) && matches.iter().all(|m| is_plain(&m.socket)),
             default,
             matches,
             auto: auto.clone(),
@@ -81,6 +85,9 @@ impl Transport {
         request: Option<(&http::HeaderMap, &http::Uri)>,
         downstream: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<Option<Arc<crate::tls::Dial>>, String> {
+        if self.plain {
+            return Ok(None);
+        }
         let s = match host {
             Some(h) => self.socket_for(h),
             None => &self.default,
@@ -111,6 +118,12 @@ impl Transport {
                 )))
             }
         })
+    }
+
+    /// Every socket is plain TCP, so [`dial`](Self::dial) always gives `None`.
+    #[inline]
+    pub fn is_plain(&self) -> bool {
+        self.plain
     }
 
     /// The host a request names for auto SNI: the override header or Host (the URI's

@@ -110,6 +110,9 @@ pub struct ConfigStore {
     pub secrets: crate::tls::Secrets,
     /// What request spans need from the process (set by the server from the bootstrap).
     pub tracing: std::sync::OnceLock<crate::proxy::trace::Env>,
+    /// This proxy's workload for Istio's metadata exchange (set by the server from the
+    /// bootstrap's node).
+    pub istio: std::sync::OnceLock<crate::proxy::istio::peer::Local>,
 }
 
 impl ConfigStore {
@@ -119,7 +122,14 @@ impl ConfigStore {
             current: ArcSwap::from_pointee(snap),
             secrets: Default::default(),
             tracing: Default::default(),
+            istio: Default::default(),
         })
+    }
+
+    /// This proxy's workload (an empty one when the server did not set it).
+    pub fn istio_local(&self) -> &crate::proxy::istio::peer::Local {
+        self.istio
+            .get_or_init(|| crate::proxy::istio::peer::Local::from_node(None))
     }
 
     /// The tracing environment (an empty one when the server did not set it).

@@ -79,8 +79,8 @@ pub struct FilterChain {
 }
 
 impl FilterChain {
-    /// Compile a chain of a listener; `egress`: its `traffic_direction` is OUTBOUND.
-    fn from_proto(c: &lpb::FilterChain, egress: bool) -> Result<Self, String> {
+    /// Compile a chain of a listener with this `traffic_direction`.
+    fn from_proto(c: &lpb::FilterChain, direction: i32) -> Result<Self, String> {
         let name = c.name.clone();
         let ctx = |e: String| {
             if name.is_empty() {
@@ -129,9 +129,11 @@ impl FilterChain {
                 ),
                 HCM_URL => {
                     let mut hcm = HcmConfig::from_any(any).map_err(ctx)?;
+                    // OUTBOUND (2): spans of its HCMs are CLIENT spans.
                     if let Some(t) = hcm.tracing.as_mut() {
-                        t.egress = egress;
+                        t.egress = direction == 2;
                     }
+                    hcm.istio.direction = direction;
                     terminal = Some(Terminal::Http {
                         hcm: Arc::new(hcm),
                         stats: OnceLock::new(),
@@ -266,17 +268,16 @@ impl ListenerConfig {
                     .map(|b| b.value)
             })
             .unwrap_or(true);
-        // OUTBOUND (2): spans of its HCMs are CLIENT spans.
-        let egress = l.traffic_direction == 2;
+        let direction = l.traffic_direction;
         let chains = l
             .filter_chains
             .iter()
-            .map(|c| FilterChain::from_proto(c, egress))
+            .map(|c| FilterChain::from_proto(c, direction))
             .collect::<Result<Vec<_>, _>>()?;
         let default_chain = l
             .default_filter_chain
             .as_ref()
-            .map(|c| FilterChain::from_proto(c, egress))
+            .map(|c| FilterChain::from_proto(c, direction))
             .transpose()
             .map_err(|e| format!("default_filter_chain: {e}"))?;
         let has = |n: &str| l.listener_filters.iter().any(|f| f.name == n);

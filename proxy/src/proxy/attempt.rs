@@ -244,6 +244,10 @@ pub(super) fn tls_dial(
     h2: bool,
     req: Option<&Request<BoxBody>>,
 ) -> Result<Option<std::sync::Arc<Dial>>, AttemptError> {
+    // Nothing to work out for plain TCP (most clusters), not even the arguments.
+    if cluster.transport.is_plain() {
+        return Ok(None);
+    }
     let alpn = match (down.istio_alpn, h2) {
         (false, _) => Alpn::Configured,
         (true, false) => Alpn::IstioHttp11,

@@ -142,6 +142,8 @@ pub struct HcmConfig {
     pub internal: super::control_headers::InternalAddresses,
     /// `tracing`: each request gets a span (see [`super::trace`]).
     pub tracing: Option<Box<super::trace::TraceConfig>>,
+    /// Istio's metadata exchange and stats filters (see [`super::istio`]).
+    pub istio: super::istio::IstioConfig,
 }
 
 impl HcmConfig {
@@ -176,6 +178,7 @@ impl HcmConfig {
         let mut filters = Vec::new();
         let mut skipped = Vec::new();
         let mut suppress_envoy_headers = false;
+        let mut istio = super::istio::IstioConfig::default();
         for f in &h.http_filters {
             if f.disabled {
                 continue;
@@ -184,6 +187,15 @@ impl HcmConfig {
                 Some(hpb::http_filter::ConfigType::TypedConfig(a)) => Some(a),
                 _ => None,
             };
+            match f.name.as_str() {
+                "istio.metadata_exchange" => istio.mx = true,
+                "istio.stats" => {
+                    istio.stats = true;
+                    istio.plugin_config =
+                        any.is_some_and(|a| a.type_url.ends_with("/stats.PluginConfig"));
+                }
+                _ => {}
+            }
             if let Some(t) = any.and_then(decode::parked_type) {
                 tracing::debug!(filter = %f.name, type_url = %t, "skipping HTTP filter of an unknown type");
                 skipped.push(f.name.clone());
@@ -357,6 +369,7 @@ impl HcmConfig {
                 .map(|t| super::trace::TraceConfig::from_proto(t, false).map(Box::new))
                 .transpose()
                 .map_err(|e| format!("tracing: {e}"))?,
+            istio,
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod h1server;
 pub mod hcm;
 pub mod head_checks;
 pub mod hop_by_hop;
+pub mod istio;
 pub mod local_reply;
 pub mod mirror;
 pub mod path_norm;

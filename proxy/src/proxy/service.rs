@@ -50,6 +50,11 @@ pub async fn handle(
         .tracing
         .as_deref()
         .and_then(|t| super::trace::begin(&ctx, t, &mut req));
+    // Istio's metadata exchange, request side (the client's taken off, ours put on).
+    let istio = &ctx.hcm.istio;
+    let mut exchange = istio
+        .on()
+        .then(|| istio.request(ctx.store.istio_local(), req.headers_mut()));
     // `always_set_request_id_in_response`: the id is settled now, for the response.
     let id_for_response = ctx
         .hcm
@@ -61,7 +66,9 @@ pub async fn handle(
         .flatten();
     // Access logging costs nothing unless the HCM has loggers. Envoy's HCM gives every request
     // an x-request-id before routing, so the log line and the upstream see the same one.
-    let mut record = (!ctx.hcm.access_logs.is_empty() || span.is_some()).then(|| {
+    // A sampled span ends with the record; an unsampled one only carries its context.
+    let sampled = span.as_ref().is_some_and(|s| s.sampled);
+    let mut record = (!ctx.hcm.access_logs.is_empty() || sampled || istio.stats).then(|| {
         ensure_request_id(&ctx.hcm, req.headers_mut());
         access_log::Record::start(
             &req,
@@ -103,7 +110,7 @@ pub async fn handle(
     let mut resp = match refused {
         None => {
             let info = logging.then_some(&mut info);
-            route_request(&ctx, req, &mut active, info, control, span.as_mut()).await
+            route_request(&ctx, req, &mut active, info, control, span.as_deref_mut()).await
         }
         Some(r) => {
             if r.protocol_error {
@@ -121,6 +128,9 @@ pub async fn handle(
     stats.status(resp.status().as_u16());
     if let Some(s) = span.as_mut() {
         s.response(resp.headers_mut());
+    }
+    if let Some(ex) = exchange.as_mut() {
+        istio.response(ctx.store.istio_local(), ex, resp.headers_mut());
     }
     if let Some(id) = id_for_response {
         resp.headers_mut().insert("x-request-id", id);
@@ -158,6 +168,12 @@ pub async fn handle(
             .map_or("", |f| f.0.as_str());
         rec.response(&parts, flags, info);
         rec.span = span.take();
+        if istio.stats {
+            let peer = exchange.and_then(|e| e.peer);
+            let tls = ctx.tls.as_deref();
+            let t = super::istio::Telemetry::start(istio, &ctx.store, rec.request(), tls, peer);
+            rec.istio = Some(Box::new(t));
+        }
         return Response::from_parts(parts, access_log::Logged::wrap(body, rec));
     }
     resp

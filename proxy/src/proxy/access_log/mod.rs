@@ -192,7 +192,11 @@ pub struct Record {
     downstream_remote: SocketAddr,
     loggers: Vec<Arc<AccessLogger>>,
     /// The request's trace span, finished with the record.
-    pub span: Option<crate::proxy::trace::Span>,
+    pub span: Option<Box<crate::proxy::trace::Span>>,
+    /// The request's Istio telemetry, counted with the record.
+    pub istio: Option<Box<crate::proxy::istio::Telemetry>>,
+    /// `grpc-status` from the response's trailers.
+    trailer_grpc_status: Option<String>,
 }
 
 impl Record {
@@ -231,7 +235,14 @@ impl Record {
             downstream_remote: remote,
             loggers,
             span: None,
+            istio: None,
+            trailer_grpc_status: None,
         }
+    }
+
+    /// The request's headers as they came.
+    pub fn request(&self) -> &HeaderMap {
+        &self.req_headers
     }
 
     /// The request body's byte count (`%BYTES_RECEIVED%`), for the body to add to as it is
@@ -259,12 +270,24 @@ impl Record {
                 .cluster
                 .as_deref()
                 .filter(|_| self.info.host.is_some());
-            span.finish(crate::proxy::trace::span::End {
+            (*span).finish(crate::proxy::trace::span::End {
                 status: self.status,
                 flags: &self.flags,
                 upstream_cluster: cluster,
                 request_size: received,
                 response_size: bytes_sent,
+            });
+        }
+        if let Some(t) = self.istio.take() {
+            let grpc_status = self
+                .trailer_grpc_status
+                .as_deref()
+                .or_else(|| self.resp_headers.get("grpc-status")?.to_str().ok());
+            (*t).finish(crate::proxy::istio::labels::End {
+                status: self.status,
+                flags: &self.flags,
+                cluster: self.info.cluster.as_deref(),
+                grpc_status,
             });
         }
         if self.loggers.is_empty() {
@@ -351,6 +374,11 @@ impl hyper::body::Body for Logged {
         if let std::task::Poll::Ready(Some(Ok(f))) = &r {
             if let Some(d) = f.data_ref() {
                 self.sent += d.len() as u64;
+            } else if let (Some(t), Some(rec)) = (f.trailers_ref(), self.record.as_mut()) {
+                rec.trailer_grpc_status = t
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
             }
         }
         if let std::task::Poll::Ready(None) = &r {

@@ -223,7 +223,7 @@ pub(in crate::proxy) fn begin(
     ctx: &Arc<super::ConnCtx>,
     t: &TraceConfig,
     req: &mut http::Request<super::body::DownstreamBody>,
-) -> Option<Span> {
+) -> Option<Box<Span>> {
     let tracer = t.tracer(ctx.store.tracing_env())?.clone();
     super::upstream_headers::ensure_request_id(&ctx.hcm, req.headers_mut());
     let decision = t.decide(req.headers_mut());
@@ -236,7 +236,8 @@ pub(in crate::proxy) fn begin(
         scheme,
     );
     let peer = ctx.peer.ip();
-    Span::start(t, &tracer, &ctx.store, req.headers(), decision, facts, peer)
+    // Boxed: the request's future carries only a pointer when there is no span.
+    Span::start(t, &tracer, &ctx.store, req.headers(), decision, facts, peer).map(Box::new)
 }
 
 fn tag(t: &CustomTag) -> Option<Tag> {

@@ -79,6 +79,27 @@ impl Span {
         };
         let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
         let host = text("host").unwrap_or_default();
+        let mut span = Span {
+            tracer: tracer.clone(),
+            store: store.clone(),
+            trace,
+            id,
+            parent,
+            sampled,
+            server: !cfg.egress,
+            shared,
+            egress: cfg.egress,
+            name: host.to_string(),
+            propagate: false,
+            start_us: micros(SystemTime::now()),
+            started: Instant::now(),
+            tags: Vec::new(),
+            custom: Vec::new(),
+        };
+        // Tags only for a span that will be reported (most are not, at Istio's 1%).
+        if !sampled {
+            return Some(span);
+        }
         let original = text("x-envoy-original-path").unwrap_or(path);
         let mut url = format!("{scheme}://{host}{original}");
         if url.len() > cfg.max_path {
@@ -109,27 +130,12 @@ impl Span {
         if let Some(c) = text("x-client-trace-id") {
             tags.push(("guid:x-client-trace-id", c.to_string()));
         }
-        let custom = cfg
+        span.custom = cfg
             .custom_tags(h)
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Some(Span {
-            tracer: tracer.clone(),
-            store: store.clone(),
-            trace,
-            id,
-            parent,
-            sampled,
-            server: !cfg.egress,
-            shared,
-            egress: cfg.egress,
-            name: host.to_string(),
-            propagate: false,
-            start_us: micros(SystemTime::now()),
-            started: Instant::now(),
-            tags,
-            custom,
-        })
+        span.tags = tags;
+        Some(span)
     }
 
     /// Name the span after the route's decorator, and pass the name on as Envoy does: in the

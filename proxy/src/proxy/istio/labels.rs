@@ -1,0 +1,225 @@
+//! `istio_requests_total` and its labels, worked out as Istio's stats filter does when the
+//! request ends: this proxy's workload on one side, the peer's (from the metadata exchange)
+//! on the other, the service from the cluster's `istio` metadata, and the response.
+
+use super::peer::Workload;
+use super::IstioConfig;
+use crate::config::ConfigStore;
+use std::sync::Arc;
+
+/// The telemetry of one request, from its start to its end.
+#[derive(Debug)]
+pub struct Telemetry {
+    cfg: IstioConfig,
+    store: Arc<ConfigStore>,
+    /// The other side's workload, once known.
+    pub peer: Option<Box<Workload>>,
+    host: String,
+    grpc: bool,
+    /// (source, destination) principals, and whether the connection is mutual TLS (inbound).
+    principals: (String, String),
+    mtls: Option<bool>,
+}
+
+/// The request's content types that make it gRPC for Istio's `request_protocol`.
+const GRPC: [&str; 3] = [
+    "application/grpc",
+    "application/grpc+proto",
+    "application/grpc+json",
+];
+
+/// Clusters whose name is the destination service name.
+const PASSTHROUGH: [&str; 5] = [
+    "BlackHoleCluster",
+    "PassthroughCluster",
+    "InboundPassthroughCluster",
+    "InboundPassthroughClusterIpv4",
+    "InboundPassthroughClusterIpv6",
+];
+
+/// What the end of a request adds.
+#[derive(Debug, Default)]
+pub struct End<'a> {
+    /// Response status, 0 when none was sent.
+    pub status: u16,
+    /// Response flags, comma-separated, empty for none.
+    pub flags: &'a str,
+    /// The cluster the request was routed to.
+    pub cluster: Option<&'a str>,
+    /// The response's `grpc-status` (trailers or headers).
+    pub grpc_status: Option<&'a str>,
+}
+
+impl Telemetry {
+    /// Capture what the labels need from the request and its connection.
+    pub fn start(
+        cfg: &IstioConfig,
+        store: &Arc<ConfigStore>,
+        h: &http::HeaderMap,
+        tls: Option<&crate::tls::Peer>,
+        peer: Option<Box<Workload>>,
+    ) -> Self {
+        let text = |k: http::header::HeaderName| {
+            h.get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let content_type = text(http::header::CONTENT_TYPE);
+        let (principals, mtls) = match (cfg.inbound(), tls) {
+            (true, Some(t)) => (
+                (
+                    t.sans.uri.first().cloned().unwrap_or_default(),
+                    t.local_uri.clone().unwrap_or_default(),
+                ),
+                Some(t.authenticated()),
+            ),
+            (true, None) => (Default::default(), Some(false)),
+            (false, _) => (Default::default(), None),
+        };
+        Telemetry {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            peer,
+            host: text(http::header::HOST),
+            grpc: GRPC.contains(&content_type.as_str()),
+            principals,
+            mtls,
+        }
+    }
+
+    /// Count the request.
+    pub fn finish(self, end: End<'_>) {
+        if !self.cfg.stats {
+            return;
+        }
+        let local = self.store.istio_local();
+        let peer = self.peer.as_deref().cloned().unwrap_or_default();
+        let inbound = self.cfg.inbound();
+        let (src, dst) = if inbound {
+            (&peer, &local.workload)
+        } else {
+            (&local.workload, &peer)
+        };
+        let unknown = |s: &str| {
+            if s.is_empty() {
+                "unknown".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        let revision = |w: &Workload| match w.label("service.istio.io/canonical-revision") {
+            "" => "latest".to_string(),
+            r => r.to_string(),
+        };
+        // destination_service: the Host (unless the filter is told not to use it), then the
+        // cluster's Istio service metadata.
+        let host_fallback = !(local.gateway || (self.cfg.plugin_config && inbound));
+        let mut service = match () {
+            _ if host_fallback && !self.host.is_empty() => self.host.clone(),
+            _ if inbound => local
+                .workload
+                .label("service.istio.io/canonical-name")
+                .to_string(),
+            _ => String::new(),
+        };
+        let mut service_name = None;
+        let mut service_namespace = None;
+        if let Some(c) = end.cluster {
+            if PASSTHROUGH.contains(&c) {
+                service_name = Some(c.to_string());
+            } else if let Some((host, name, ns)) = self.istio_service(c) {
+                service = host;
+                service_name = Some(name);
+                service_namespace = Some(ns).filter(|n| !n.is_empty());
+            }
+        }
+        let service_name = service_name.unwrap_or_else(|| service.clone());
+        let service_namespace = service_namespace.unwrap_or_else(|| dst.namespace.clone());
+        let grpc_status = match (self.grpc, end.grpc_status) {
+            (false, _) => String::new(),
+            (true, Some(s)) => s.to_string(),
+            (true, None) => grpc_from_http(end.status).to_string(),
+        };
+        let csp = match self.mtls {
+            None => "unknown",
+            Some(true) => "mutual_tls",
+            Some(false) => "none",
+        };
+        let values = [
+            (
+                "reporter",
+                if inbound { "destination" } else { "source" }.to_string(),
+            ),
+            ("source_workload", unknown(&src.workload)),
+            ("source_canonical_service", unknown(src.canonical_service())),
+            ("source_canonical_revision", revision(src)),
+            ("source_workload_namespace", unknown(&src.namespace)),
+            ("source_principal", unknown(&self.principals.0)),
+            ("source_app", unknown(src.label("app"))),
+            ("source_version", unknown(src.label("version"))),
+            ("source_cluster", unknown(&src.cluster)),
+            ("destination_workload", unknown(&dst.workload)),
+            ("destination_workload_namespace", unknown(&dst.namespace)),
+            ("destination_principal", unknown(&self.principals.1)),
+            ("destination_app", unknown(dst.label("app"))),
+            ("destination_version", unknown(dst.label("version"))),
+            ("destination_service", unknown(&service)),
+            (
+                "destination_canonical_service",
+                unknown(dst.canonical_service()),
+            ),
+            ("destination_canonical_revision", revision(dst)),
+            ("destination_service_name", unknown(&service_name)),
+            ("destination_service_namespace", unknown(&service_namespace)),
+            ("destination_cluster", unknown(&dst.cluster)),
+            (
+                "request_protocol",
+                if self.grpc { "grpc" } else { "http" }.to_string(),
+            ),
+            ("response_code", end.status.to_string()),
+            ("grpc_response_status", grpc_status),
+            (
+                "response_flags",
+                if end.flags.is_empty() { "-" } else { end.flags }.to_string(),
+            ),
+            ("connection_security_policy", csp.to_string()),
+        ];
+        let labels: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let stats = &self.store.tracing_env().stats;
+        stats
+            .labeled("istio_requests_total", &labels, crate::stats::Kind::Counter)
+            .inc();
+    }
+
+    /// The cluster's `filter_metadata.istio.services[0]`: (host, name, namespace).
+    fn istio_service(&self, cluster: &str) -> Option<(String, String, String)> {
+        use envoy_types::pb::google::protobuf::value::Kind;
+        let snap = self.store.load();
+        let c = snap.clusters.get(cluster)?;
+        let istio = c.proto.metadata.as_ref()?.filter_metadata.get("istio")?;
+        let Some(Kind::ListValue(list)) = istio.fields.get("services")?.kind.as_ref() else {
+            return None;
+        };
+        let Some(Kind::StructValue(first)) = list.values.first()?.kind.as_ref() else {
+            return None;
+        };
+        let text = |k: &str| match first.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(s)) => s.clone(),
+            _ => String::new(),
+        };
+        Some((text("host"), text("name"), text("namespace")))
+    }
+}
+
+/// Envoy's gRPC status for an HTTP status, when a gRPC response carries none.
+fn grpc_from_http(status: u16) -> u8 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}

@@ -1,0 +1,192 @@
+//! Workload metadata for Istio's HTTP metadata exchange: this proxy's own (from the
+//! bootstrap's `node.metadata`, as pilot-agent writes it) and a peer's (from its
+//! `x-envoy-peer-metadata` header: Base64 of a protobuf `google.protobuf.Struct`).
+
+use base64::Engine as _;
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use prost::Message as _;
+use std::collections::HashMap;
+
+/// What the metrics' labels read of one side.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// `WORKLOAD_NAME`.
+    pub workload: String,
+    /// `NAMESPACE`.
+    pub namespace: String,
+    /// `CLUSTER_ID`.
+    pub cluster: String,
+    /// `LABELS`.
+    pub labels: HashMap<String, String>,
+}
+
+impl Workload {
+    /// `LABELS[key]`, empty when absent.
+    pub fn label(&self, key: &str) -> &str {
+        self.labels.get(key).map_or("", String::as_str)
+    }
+
+    /// The canonical service: its label, else the workload name (Istio 1.10's fallback).
+    pub fn canonical_service(&self) -> &str {
+        match self.label("service.istio.io/canonical-name") {
+            "" => &self.workload,
+            s => s,
+        }
+    }
+
+    fn from_struct(s: &Struct) -> Self {
+        let text = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(v)) => v.clone(),
+            _ => String::new(),
+        };
+        let labels = match s.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StructValue(l)) => l
+                .fields
+                .iter()
+                .filter_map(|(k, v)| match &v.kind {
+                    Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+                    _ => None,
+                })
+                .collect(),
+            _ => HashMap::new(),
+        };
+        Workload {
+            workload: text("WORKLOAD_NAME"),
+            namespace: text("NAMESPACE"),
+            cluster: text("CLUSTER_ID"),
+            labels,
+        }
+    }
+}
+
+/// This proxy's side of the exchange.
+#[derive(Debug)]
+pub struct Local {
+    /// `node.id`, sent as `x-envoy-peer-metadata-id`.
+    pub id: http::HeaderValue,
+    /// The encoded metadata, sent as `x-envoy-peer-metadata`.
+    pub value: http::HeaderValue,
+    /// What labels read.
+    pub workload: Workload,
+    /// A gateway (`router~` node): Istio's stats take no Host fallback there.
+    pub gateway: bool,
+}
+
+/// The node metadata keys Istio 1.10's exchange sends (its FlatBuffer schema); the rest of the
+/// node's metadata (INSTANCE_IPS, ...) stays home. Later Istio sends a subset of these.
+const SENT: [&str; 7] = [
+    "NAME",
+    "NAMESPACE",
+    "OWNER",
+    "WORKLOAD_NAME",
+    "ISTIO_VERSION",
+    "MESH_ID",
+    "CLUSTER_ID",
+];
+
+impl Local {
+    /// From the bootstrap's node.
+    pub fn from_node(node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> Self {
+        let id = node.map(|n| n.id.as_str()).unwrap_or_default();
+        let md = node.and_then(|n| n.metadata.clone()).unwrap_or_default();
+        let mut sent = Struct::default();
+        for k in SENT {
+            if let Some(
+                v @ Value {
+                    kind: Some(Kind::StringValue(_)),
+                },
+            ) = md.fields.get(k)
+            {
+                sent.fields.insert(k.to_string(), v.clone());
+            }
+        }
+        // LABELS and PLATFORM_METADATA always go (empty when unset), APP_CONTAINERS too.
+        for k in ["LABELS", "PLATFORM_METADATA"] {
+            let v = match md.fields.get(k) {
+                Some(
+                    v @ Value {
+                        kind: Some(Kind::StructValue(_)),
+                    },
+                ) => v.clone(),
+                _ => Value {
+                    kind: Some(Kind::StructValue(Struct::default())),
+                },
+            };
+            sent.fields.insert(k.to_string(), v);
+        }
+        let containers = match md
+            .fields
+            .get("APP_CONTAINERS")
+            .and_then(|v| v.kind.as_ref())
+        {
+            Some(Kind::StringValue(s)) => s.clone(),
+            _ => String::new(),
+        };
+        sent.fields.insert(
+            "APP_CONTAINERS".into(),
+            Value {
+                kind: Some(Kind::StringValue(containers)),
+            },
+        );
+        let value = base64::engine::general_purpose::STANDARD.encode(sent.encode_to_vec());
+        Local {
+            id: http::HeaderValue::from_str(id).unwrap_or(http::HeaderValue::from_static("")),
+            value: http::HeaderValue::from_str(&value).expect("base64 is a valid header value"),
+            workload: Workload::from_struct(&md),
+            gateway: id.starts_with("router~"),
+        }
+    }
+}
+
+/// A peer's metadata from its `x-envoy-peer-metadata` value (padding optional); `None` when
+/// it does not decode.
+pub fn decode(value: &[u8]) -> Option<Workload> {
+    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let bytes = LENIENT.decode(value).ok()?;
+    Struct::decode(bytes.as_slice())
+        .ok()
+        .map(|s| Workload::from_struct(&s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_local_metadata_round_trips_through_the_header() {
+        let node: envoy_types::pb::envoy::config::core::v3::Node =
+            crate::config::test_proto(json!({
+            "id": "sidecar~10.1.1.1~productpage-v1-abc.default~default.svc.cluster.local",
+            "metadata": {"NAME": "productpage-v1-abc", "NAMESPACE": "default",
+                "WORKLOAD_NAME": "productpage-v1", "CLUSTER_ID": "Kubernetes",
+                "INSTANCE_IPS": "10.1.1.1", "LABELS": {"app": "productpage", "version": "v1"}}}));
+        let local = Local::from_node(Some(&node));
+        assert!(!local.gateway);
+        let peer = decode(local.value.as_bytes()).unwrap();
+        assert_eq!(peer, local.workload);
+        assert_eq!(peer.workload, "productpage-v1");
+        assert_eq!(peer.label("version"), "v1");
+        assert_eq!(
+            peer.canonical_service(),
+            "productpage-v1",
+            "no canonical label"
+        );
+        // What is not sent: INSTANCE_IPS.
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(local.value.as_bytes())
+            .unwrap();
+        let s = Struct::decode(raw.as_slice()).unwrap();
+        assert!(!s.fields.contains_key("INSTANCE_IPS"));
+        assert!(s.fields.contains_key("PLATFORM_METADATA"));
+        // Unpadded input decodes too; garbage does not.
+        let unpadded = local.value.to_str().unwrap().trim_end_matches('=');
+        assert_eq!(decode(unpadded.as_bytes()), Some(peer));
+        assert_eq!(decode(b"%%%"), None);
+    }
+}

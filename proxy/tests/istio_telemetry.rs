@@ -1,0 +1,201 @@
+//! Istio's HTTP telemetry between two mosn sidecars, as Bookinfo's productpage calls reviews:
+//! the metadata exchange headers go from the outbound proxy to the inbound one and back (the
+//! apps never see them), and each proxy counts `istio_requests_total` with both workloads in
+//! its labels, in `/stats/prometheus` where Prometheus (and so Kiali) reads them.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Istio 1.10's two filters as its EnvoyFilters write them (null-VM Wasm in a TypedStruct).
+fn istio_filters(stats_root: &str) -> Vec<Value> {
+    let wasm = |name: &str, code: &str, root: &str| {
+        json!({"name": name, "typed_config": {
+            "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+            "type_url": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "value": {"config": {"root_id": root, "vm_config": {"runtime": "envoy.wasm.runtime.null",
+                "code": {"local": {"inline_string": code}}},
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "{}"}}}}})
+    };
+    vec![
+        wasm(
+            "istio.metadata_exchange",
+            "envoy.wasm.metadata_exchange",
+            "",
+        ),
+        wasm("istio.stats", "envoy.wasm.stats", stats_root),
+    ]
+}
+
+/// A sidecar's node as pilot-agent describes it.
+fn node(workload: &str, app: &str, version: &str) -> Value {
+    json!({"id": format!("sidecar~10.0.0.1~{workload}-abc.default~default.svc.cluster.local"),
+        "cluster": format!("{app}.default"),
+        "metadata": {"NAME": format!("{workload}-abc"), "NAMESPACE": "default", "WORKLOAD_NAME": workload,
+            "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": "10.0.0.1",
+            "LABELS": {"app": app, "version": version,
+                "service.istio.io/canonical-name": app, "service.istio.io/canonical-revision": version}}})
+}
+
+/// The labels of the one `istio_requests_total` series in a Prometheus text, and its value.
+fn series(prom: &str) -> Vec<(Vec<(String, String)>, u64)> {
+    prom.lines()
+        .filter_map(|l| l.strip_prefix("istio_requests_total{"))
+        .map(|l| {
+            let (labels, value) = l.rsplit_once("} ").unwrap();
+            let labels = labels
+                .split("\",")
+                .map(|kv| {
+                    let (k, v) = kv.split_once("=\"").unwrap();
+                    (k.to_string(), v.trim_end_matches('"').to_string())
+                })
+                .collect();
+            (labels, value.parse().unwrap())
+        })
+        .collect()
+}
+
+fn label<'a>(s: &'a [(String, String)], k: &str) -> &'a str {
+    s.iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no label {k} in {s:?}"))
+}
+
+async fn prometheus(p: &Proxy) -> String {
+    get(p.admin(), "/stats/prometheus", &[]).await.body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_exchange_metadata_and_count_requests() {
+    let app = upstream("reviews").await;
+    // The reviews sidecar: inbound listener to the app.
+    let vhosts = json!([{"name": "inbound", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound|9080||"}}]}]);
+    let mut l = listener("inbound", vhosts, istio_filters("stats_inbound"), json!({}));
+    l["traffic_direction"] = json!("INBOUND");
+    let mut boot = bootstrap(
+        vec![l],
+        vec![cluster("inbound|9080||", &[app.addr], json!({}))],
+    );
+    boot["node"] = node("reviews-v2", "reviews", "v2");
+    let reviews = proxy(boot).await;
+    // The productpage sidecar: outbound listener to the reviews sidecar, whose cluster
+    // carries Istio's service metadata.
+    let vhosts = json!([{"name": "reviews", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "outbound|9080||reviews.default.svc.cluster.local"}}]}]);
+    let mut l = listener(
+        "outbound",
+        vhosts,
+        istio_filters("stats_outbound"),
+        json!({}),
+    );
+    l["traffic_direction"] = json!("OUTBOUND");
+    let services = json!({"filter_metadata": {"istio": {"services": [
+        {"host": "reviews.default.svc.cluster.local", "name": "reviews", "namespace": "default"}]}}});
+    let c = cluster(
+        "outbound|9080||reviews.default.svc.cluster.local",
+        &[reviews.addr("inbound")],
+        json!({"metadata": services}),
+    );
+    let mut boot = bootstrap(vec![l], vec![c]);
+    boot["node"] = node("productpage-v1", "productpage", "v1");
+    let productpage = proxy(boot).await;
+
+    for _ in 0..3 {
+        let r = get(
+            productpage.addr("outbound"),
+            "/reviews/0",
+            &[("host", "reviews:9080")],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        // Neither app sees the exchange.
+        let seen = r.json()["headers"].clone();
+        assert!(seen.get("x-envoy-peer-metadata").is_none(), "{seen}");
+        assert!(seen.get("x-envoy-peer-metadata-id").is_none(), "{seen}");
+        assert!(r.header("x-envoy-peer-metadata").is_none());
+    }
+
+    let out = series(&prometheus(&productpage).await);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let (s, n) = &out[0];
+    assert_eq!(*n, 3);
+    for (k, v) in [
+        ("reporter", "source"),
+        ("source_workload", "productpage-v1"),
+        ("source_canonical_service", "productpage"),
+        ("source_canonical_revision", "v1"),
+        ("source_workload_namespace", "default"),
+        ("source_app", "productpage"),
+        ("source_cluster", "Kubernetes"),
+        // From the reviews sidecar's answer.
+        ("destination_workload", "reviews-v2"),
+        ("destination_version", "v2"),
+        ("destination_canonical_service", "reviews"),
+        // From the cluster's metadata.
+        ("destination_service", "reviews.default.svc.cluster.local"),
+        ("destination_service_name", "reviews"),
+        ("destination_service_namespace", "default"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("grpc_response_status", ""),
+        ("response_flags", "-"),
+        ("connection_security_policy", "unknown"),
+    ] {
+        assert_eq!(label(s, k), v, "{k} in {s:?}");
+    }
+    assert_eq!(s[0].0, "reporter", "Istio's label order");
+    assert_eq!(s.len(), 25);
+
+    let inb = series(&prometheus(&reviews).await);
+    assert_eq!(inb.len(), 1, "{inb:?}");
+    let (s, n) = &inb[0];
+    assert_eq!(*n, 3);
+    for (k, v) in [
+        ("reporter", "destination"),
+        // From the productpage sidecar's request.
+        ("source_workload", "productpage-v1"),
+        ("source_version", "v1"),
+        ("destination_workload", "reviews-v2"),
+        ("destination_app", "reviews"),
+        // No Istio metadata on the inbound cluster: the Host the request carried.
+        ("destination_service", "reviews:9080"),
+        ("connection_security_policy", "none"),
+    ] {
+        assert_eq!(label(s, k), v, "{k} in {s:?}");
+    }
+}
+
+/// A request from outside the mesh (no exchange headers) and an answer the proxy makes
+/// itself: unknown peers, the flags, and no headers sent back to a client that sent none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_metadata_is_unknown() {
+    let vhosts = json!([{"name": "inbound", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "dead"}}]}]);
+    let mut l = listener("inbound", vhosts, istio_filters("stats_inbound"), json!({}));
+    l["traffic_direction"] = json!("INBOUND");
+    let mut boot = bootstrap(vec![l], vec![cluster("dead", &[dead_addr()], json!({}))]);
+    boot["node"] = node("reviews-v2", "reviews", "v2");
+    let p = proxy(boot).await;
+    let r = get(
+        p.addr("inbound"),
+        "/",
+        &[("content-type", "application/grpc")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "a gRPC client gets a gRPC failure: {r:?}");
+    assert!(r.header("x-envoy-peer-metadata").is_none());
+    let s = series(&prometheus(&p).await);
+    let (s, _) = &s[0];
+    for (k, v) in [
+        ("source_workload", "unknown"),
+        ("source_canonical_revision", "latest"),
+        ("request_protocol", "grpc"),
+        ("grpc_response_status", "14"),
+        ("response_flags", "UF"),
+    ] {
+        assert_eq!(label(s, k), v, "{k} in {s:?}");
+    }
+}
