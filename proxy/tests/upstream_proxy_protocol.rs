@@ -104,35 +104,11 @@ fn raw_buffer() -> Value {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}})
 }
 
-/// The body of one GET on a kept-alive connection.
+/// The body of one GET on a kept-alive connection, which must be a 200.
 async fn body_of(s: &mut TcpStream) -> String {
-    s.write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let Some(end) = text.find("\r\n\r\n") else {
-            continue;
-        };
-        let len: usize = text[..end]
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length: ")?
-                    .parse()
-                    .ok()
-            })
-            .unwrap();
-        if text.len() >= end + 4 + len {
-            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-            return text[end + 4..end + 4 + len].to_string();
-        }
-    }
+    let (head, body) = exchange_on(s, "app").await.unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    body
 }
 
 /// A sidecar's HTTP connection carries no PROXY header of its own, so (as in Envoy) v1 names

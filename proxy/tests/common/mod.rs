@@ -579,6 +579,14 @@ impl Drop for FlagLog {
 /// One GET for `host` on a kept-alive HTTP/1.1 connection, read to the end of its answer
 /// (by Content-Length): the answer's head, lower-cased.
 pub async fn get_on(s: &mut tokio::net::TcpStream, host: &str) -> Result<String, String> {
+    exchange_on(s, host).await.map(|(head, _)| head)
+}
+
+/// [`get_on`]'s exchange: the answer's head (lower-cased) and its body as sent.
+pub async fn exchange_on(
+    s: &mut tokio::net::TcpStream,
+    host: &str,
+) -> Result<(String, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let req = format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n");
     s.write_all(req.as_bytes())
@@ -592,16 +600,17 @@ pub async fn get_on(s: &mut tokio::net::TcpStream, host: &str) -> Result<String,
             return Err("closed before an answer".into());
         }
         buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-        let Some(end) = text.find("\r\n\r\n") else {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
             continue;
         };
-        let len: usize = text[..end]
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let len: usize = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
             .map_or(0, |v| v.trim().parse().unwrap_or(0));
         if buf.len() >= end + 4 + len {
-            return Ok(text[..end].to_string());
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+            return Ok((head, body));
         }
     }
 }
