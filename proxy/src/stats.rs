@@ -66,10 +66,67 @@ impl Stat {
 /// Samples of one Prometheus family: (rendered labels, value).
 type Family = (Kind, Vec<(String, u64)>);
 
+/// Envoy's default histogram bucket bounds.
+pub const BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// A histogram over [`BUCKETS`], counted exactly (Envoy's are approximate: its samples fall in
+/// two-significant-digit bins, so a sample of 1 is not within `le="1"` there, and is here).
+#[derive(Debug)]
+pub struct Histogram {
+    /// Samples at or below each bound (not cumulative).
+    counts: [AtomicU64; BUCKETS.len()],
+    above: AtomicU64,
+    sum: AtomicU64,
+    /// Prometheus family name and rendered labels.
+    prom: (String, String),
+}
+
+impl Histogram {
+    /// Record one sample.
+    pub fn record(&self, v: u64) {
+        let i = BUCKETS.partition_point(|b| *b < v as f64);
+        match self.counts.get(i) {
+            Some(c) => c.fetch_add(1, Ordering::Relaxed),
+            None => self.above.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum.fetch_add(v, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let (family, labels) = &self.prom;
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut total = 0;
+        for (bound, c) in BUCKETS.iter().zip(&self.counts) {
+            total += c.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{family}_bucket{{{labels}{sep}le=\"{bound}\"}} {total}"
+            );
+        }
+        total += self.above.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{family}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
+        let sum = self.sum.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{family}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{family}_count{{{labels}}} {total}");
+    }
+
+    fn count(&self) -> u64 {
+        self.counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + self.above.load(Ordering::Relaxed)
+    }
+}
+
 /// The stat store.
 #[derive(Debug, Default)]
 pub struct Stats {
     map: RwLock<BTreeMap<String, Arc<Stat>>>,
+    histograms: RwLock<BTreeMap<String, Arc<Histogram>>>,
 }
 
 impl Stats {
@@ -126,19 +183,31 @@ impl Stats {
     /// Istio's stats filter makes them; in `/stats` it is `istiocustom.<family>` followed by
     /// `.<label>.<value>` for each label, as Envoy names tagged stats.
     pub fn labeled(&self, family: &str, labels: &[(&str, &str)], kind: Kind) -> Arc<Stat> {
-        let mut name = format!("istiocustom.{family}");
-        for (k, v) in labels {
-            let _ = write!(name, ".{k}.{v}");
-        }
+        let name = tagged_name(family, labels);
         if let Some(s) = self.map.read().unwrap().get(&name) {
             return s.clone();
         }
-        let mut rendered = String::new();
-        for (i, (k, v)) in labels.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            let _ = write!(rendered, "{sep}{k}=\"{}\"", escape_label(v));
+        self.insert(&name, kind, (family.to_string(), render_labels(labels)))
+    }
+
+    /// [`labeled`](Self::labeled) for a histogram: in `/stats/prometheus` only.
+    pub fn labeled_histogram(&self, family: &str, labels: &[(&str, &str)]) -> Arc<Histogram> {
+        let name = tagged_name(family, labels);
+        if let Some(h) = self.histograms.read().unwrap().get(&name) {
+            return h.clone();
         }
-        self.insert(&name, kind, (family.to_string(), rendered))
+        let h = Arc::new(Histogram {
+            counts: Default::default(),
+            above: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            prom: (family.to_string(), render_labels(labels)),
+        });
+        self.histograms
+            .write()
+            .unwrap()
+            .entry(name)
+            .or_insert(h)
+            .clone()
     }
 
     /// `cluster.<name>.<suffix>`, tagged `envoy_cluster_name` for Prometheus.
@@ -235,8 +304,39 @@ impl Stats {
                 let _ = writeln!(out, "{family}{{{labels}}} {v}");
             }
         }
+        // Histograms after counters and gauges, as Envoy writes them.
+        let mut last = None;
+        for (name, h) in self.histograms.read().unwrap().iter() {
+            if (used_only && h.count() == 0) || filter.is_some_and(|f| !f.is_match(name)) {
+                continue;
+            }
+            if last != Some(&h.prom.0) {
+                let _ = writeln!(out, "# TYPE {} histogram", h.prom.0);
+                last = Some(&h.prom.0);
+            }
+            h.render(&mut out);
+        }
         out
     }
+}
+
+/// A labelled stat's `/stats` name: `istiocustom.<family>` and `.<label>.<value>` for each.
+fn tagged_name(family: &str, labels: &[(&str, &str)]) -> String {
+    let mut name = format!("istiocustom.{family}");
+    for (k, v) in labels {
+        let _ = write!(name, ".{k}.{v}");
+    }
+    name
+}
+
+/// `k="v",...` with Prometheus escapes.
+fn render_labels(labels: &[(&str, &str)]) -> String {
+    let mut rendered = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(rendered, "{sep}{k}=\"{}\"", escape_label(v));
+    }
+    rendered
 }
 
 /// `envoy_` + the name with every character outside `[a-zA-Z0-9_]` turned into `_`.
@@ -301,5 +401,43 @@ mod tests {
             "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"outbound|9080||reviews.default.svc.cluster.local\"} 3\n"
         ));
         assert!(p.contains("envoy_server_state{} 0\n"));
+    }
+
+    #[test]
+    fn labelled_counters_and_histograms_render_as_prometheus_families() {
+        let s = Stats::new();
+        let labels = [("reporter", "source"), ("destination_service", "a\"b")];
+        s.labeled("istio_requests_total", &labels, Kind::Counter)
+            .add(2);
+        assert_eq!(
+            s.value("istiocustom.istio_requests_total.reporter.source.destination_service.a\"b"),
+            Some(2)
+        );
+        let h = s.labeled_histogram("istio_request_duration_milliseconds", &labels);
+        for v in [0, 1, 3, 7_200_000] {
+            h.record(v);
+        }
+        let p = s.render_prometheus(false, None);
+        let l = "reporter=\"source\",destination_service=\"a\\\"b\"";
+        assert!(
+            p.contains(&format!(
+                "# TYPE istio_requests_total counter\nistio_requests_total{{{l}}} 2\n"
+            )),
+            "{p}"
+        );
+        let family = "istio_request_duration_milliseconds";
+        assert!(p.contains(&format!("# TYPE {family} histogram\n")), "{p}");
+        for (le, n) in [("0.5", 1), ("1", 2), ("5", 3), ("3600000", 3), ("+Inf", 4)] {
+            let line = format!("{family}_bucket{{{l},le=\"{le}\"}} {n}\n");
+            assert!(p.contains(&line), "{line} in {p}");
+        }
+        assert!(p.contains(&format!("{family}_sum{{{l}}} 7200004\n")), "{p}");
+        assert!(p.contains(&format!("{family}_count{{{l}}} 4\n")), "{p}");
+        // Histograms come after the counters, and an unused one is left out of usedonly.
+        assert!(p.find("# TYPE istio_requests_total").unwrap() < p.find(family).unwrap());
+        s.labeled_histogram("istio_request_bytes", &labels);
+        assert!(!s
+            .render_prometheus(true, None)
+            .contains("istio_request_bytes"));
     }
 }

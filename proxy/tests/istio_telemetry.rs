@@ -148,6 +148,29 @@ async fn two_sidecars_exchange_metadata_and_count_requests() {
     }
     assert_eq!(s[0].0, "reporter", "Istio's label order");
     assert_eq!(s.len(), 25);
+    // The histograms under the same labels: three requests each.
+    let prom = prometheus(&productpage).await;
+    for family in [
+        "istio_request_duration_milliseconds",
+        "istio_request_bytes",
+        "istio_response_bytes",
+    ] {
+        let count = prom
+            .lines()
+            .find(|l| l.starts_with(&format!("{family}_count{{reporter=\"source\"")))
+            .unwrap_or_else(|| panic!("no {family} in {prom}"));
+        assert!(count.ends_with("} 3"), "{count}");
+    }
+    let sum = |family: &str| -> u64 {
+        let line = prom
+            .lines()
+            .find(|l| l.starts_with(&format!("{family}_sum{{")))
+            .unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    // Each response carries the echo's JSON body: well over 100 bytes.
+    assert!(sum("istio_response_bytes") > 300, "{prom}");
+    assert!(sum("istio_request_bytes") > 3 * "GET/reviews/0".len() as u64);
 
     let inb = series(&prometheus(&reviews).await);
     assert_eq!(inb.len(), 1, "{inb:?}");

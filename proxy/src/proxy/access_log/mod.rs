@@ -283,11 +283,22 @@ impl Record {
                 .trailer_grpc_status
                 .as_deref()
                 .or_else(|| self.resp_headers.get("grpc-status")?.to_str().ok());
+            let size = |h: &HeaderMap| {
+                h.iter()
+                    .map(|(k, v)| (k.as_str().len() + v.len()) as u64)
+                    .sum::<u64>()
+            };
+            let head = (":method:path".len() + self.method.len() + self.path.len()) as u64;
             (*t).finish(crate::proxy::istio::labels::End {
                 status: self.status,
                 flags: &self.flags,
                 cluster: self.info.cluster.as_deref(),
                 grpc_status,
+                duration_ms: self.started.elapsed().as_millis() as u64,
+                bytes: (
+                    head + size(&self.req_headers) + received,
+                    size(&self.resp_headers) + bytes_sent,
+                ),
             });
         }
         if self.loggers.is_empty() {

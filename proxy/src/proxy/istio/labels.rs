@@ -48,6 +48,10 @@ pub struct End<'a> {
     pub cluster: Option<&'a str>,
     /// The response's `grpc-status` (trailers or headers).
     pub grpc_status: Option<&'a str>,
+    /// From the request's start to the end of its response, in ms.
+    pub duration_ms: u64,
+    /// Request and response sizes: headers (names and values) and body.
+    pub bytes: (u64, u64),
 }
 
 impl Telemetry {
@@ -190,6 +194,13 @@ impl Telemetry {
         stats
             .labeled("istio_requests_total", &labels, crate::stats::Kind::Counter)
             .inc();
+        for (family, v) in [
+            ("istio_request_duration_milliseconds", end.duration_ms),
+            ("istio_request_bytes", end.bytes.0),
+            ("istio_response_bytes", end.bytes.1),
+        ] {
+            stats.labeled_histogram(family, &labels).record(v);
+        }
     }
 
     /// The cluster's `filter_metadata.istio.services[0]`: (host, name, namespace).

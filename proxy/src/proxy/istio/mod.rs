@@ -6,9 +6,11 @@
 //!
 //! Istio 1.10 runs both as Wasm (null VM) filters and later Istio as native ones; both are
 //! found by their names in the HCM's filters. The labels are those of Istio's stats filter,
-//! in its current order; see [`labels`]. Not done: the duration and size histograms
-//! (`istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`),
-//! TCP metrics, custom dimensions, and principals on outbound requests (`unknown`).
+//! in its current order; see [`labels`]; and the histograms
+//! `istio_request_duration_milliseconds`, `istio_request_bytes` and `istio_response_bytes`
+//! under the same labels (sizes: header names and values plus body bytes, as Istio 1.10
+//! counts them, the pseudo-headers taken as `:method` and `:path`). Not done: TCP metrics,
+//! custom dimensions, and principals on outbound requests (`unknown`).
 
 pub mod labels;
 pub mod peer;
