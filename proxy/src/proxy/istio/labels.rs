@@ -189,18 +189,31 @@ impl Telemetry {
             ),
             ("connection_security_policy", csp.to_string()),
         ];
-        let labels: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let stats = &self.store.tracing_env().stats;
-        stats
-            .labeled("istio_requests_total", &labels, crate::stats::Kind::Counter)
-            .inc();
-        for (family, v) in [
-            ("istio_request_duration_milliseconds", end.duration_ms),
-            ("istio_request_bytes", end.bytes.0),
-            ("istio_response_bytes", end.bytes.1),
-        ] {
-            stats.labeled_histogram(family, &labels).record(v);
+        // One key for the four stats of these labels, looked up once.
+        let mut key = String::with_capacity(512);
+        for (_, v) in &values {
+            key.push_str(v);
+            key.push('\0');
         }
+        let series = local.series(key, || {
+            let labels: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let stats = &self.store.tracing_env().stats;
+            let h = |family| stats.labeled_histogram(family, &labels);
+            Series {
+                requests: stats.labeled(
+                    "istio_requests_total",
+                    &labels,
+                    crate::stats::Kind::Counter,
+                ),
+                duration: h("istio_request_duration_milliseconds"),
+                request_bytes: h("istio_request_bytes"),
+                response_bytes: h("istio_response_bytes"),
+            }
+        });
+        series.requests.inc();
+        series.duration.record(end.duration_ms);
+        series.request_bytes.record(end.bytes.0);
+        series.response_bytes.record(end.bytes.1);
     }
 
     /// The cluster's `filter_metadata.istio.services[0]`: (host, name, namespace).
@@ -221,6 +234,15 @@ impl Telemetry {
         };
         Some((text("host"), text("name"), text("namespace")))
     }
+}
+
+/// The stats of one label set.
+#[derive(Debug)]
+pub struct Series {
+    requests: Arc<crate::stats::Stat>,
+    duration: Arc<crate::stats::Histogram>,
+    request_bytes: Arc<crate::stats::Histogram>,
+    response_bytes: Arc<crate::stats::Histogram>,
 }
 
 /// Envoy's gRPC status for an HTTP status, when a gRPC response carries none.

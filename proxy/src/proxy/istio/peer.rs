@@ -70,6 +70,8 @@ pub struct Local {
     pub workload: Workload,
     /// A gateway (`router~` node): Istio's stats take no Host fallback there.
     pub gateway: bool,
+    /// The stats of each label set seen, by its values.
+    series: std::sync::Mutex<HashMap<String, std::sync::Arc<super::labels::Series>>>,
 }
 
 /// The node metadata keys Istio 1.10's exchange sends (its FlatBuffer schema); the rest of the
@@ -134,7 +136,20 @@ impl Local {
             value: http::HeaderValue::from_str(&value).expect("base64 is a valid header value"),
             workload: Workload::from_struct(&md),
             gateway: id.starts_with("router~"),
+            series: Default::default(),
         }
+    }
+
+    /// The stats of the label set `key`, made by `make` the first time.
+    pub fn series(
+        &self,
+        key: String,
+        make: impl FnOnce() -> super::labels::Series,
+    ) -> std::sync::Arc<super::labels::Series> {
+        let mut m = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(key)
+            .or_insert_with(|| std::sync::Arc::new(make()))
+            .clone()
     }
 }
 
