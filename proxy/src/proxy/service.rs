@@ -55,6 +55,10 @@ pub async fn handle(
     let mut exchange = istio
         .on()
         .then(|| istio.request(ctx.store.istio_local(), req.headers_mut()));
+    let mut telemetry = istio.stats.then(|| {
+        let t = super::istio::Telemetry::start(istio, &ctx.store, &req, ctx.tls.as_deref());
+        Box::new(t)
+    });
     // `always_set_request_id_in_response`: the id is settled now, for the response.
     let id_for_response = ctx
         .hcm
@@ -166,14 +170,12 @@ pub async fn handle(
             .extensions
             .get::<ResponseFlags>()
             .map_or("", |f| f.0.as_str());
+        if let Some(mut t) = telemetry.take() {
+            t.peer = exchange.and_then(|e| e.peer);
+            rec.istio = Some(t);
+        }
         rec.response(&parts, flags, info);
         rec.span = span.take();
-        if istio.stats {
-            let peer = exchange.and_then(|e| e.peer);
-            let tls = ctx.tls.as_deref();
-            let t = super::istio::Telemetry::start(istio, &ctx.store, rec.request(), tls, peer);
-            rec.istio = Some(Box::new(t));
-        }
         return Response::from_parts(parts, access_log::Logged::wrap(body, rec));
     }
     resp

@@ -197,6 +197,8 @@ pub struct Record {
     pub istio: Option<Box<crate::proxy::istio::Telemetry>>,
     /// `grpc-status` from the response's trailers.
     trailer_grpc_status: Option<String>,
+    /// For Istio's stats: the response head's size and its `grpc-status`.
+    resp_head: (u64, Option<String>),
 }
 
 impl Record {
@@ -224,7 +226,12 @@ impl Record {
                 .or_else(|| req.uri().authority().map(|a| a.to_string()))
                 .unwrap_or_default(),
             protocol: crate::route::headers::protocol_name(req.version()),
-            req_headers: h.clone(),
+            // Only loggers read the headers (spans and Istio's stats take theirs at the start).
+            req_headers: if loggers.is_empty() {
+                HeaderMap::new()
+            } else {
+                h.clone()
+            },
             resp_headers: HeaderMap::new(),
             status: 0,
             flags: String::new(),
@@ -237,12 +244,8 @@ impl Record {
             span: None,
             istio: None,
             trailer_grpc_status: None,
+            resp_head: (0, None),
         }
-    }
-
-    /// The request's headers as they came.
-    pub fn request(&self) -> &HeaderMap {
-        &self.req_headers
     }
 
     /// The request body's byte count (`%BYTES_RECEIVED%`), for the body to add to as it is
@@ -255,7 +258,19 @@ impl Record {
     /// upstream answered) and what routing found.
     pub fn response(&mut self, resp: &http::response::Parts, flags: &str, info: RouteInfo) {
         self.status = resp.status.as_u16();
-        self.resp_headers = resp.headers.clone();
+        if !self.loggers.is_empty() {
+            self.resp_headers = resp.headers.clone();
+        }
+        if self.istio.is_some() {
+            let grpc = resp
+                .headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok());
+            self.resp_head = (
+                crate::proxy::istio::labels::head_size(&resp.headers),
+                grpc.map(str::to_string),
+            );
+        }
         self.flags = flags.to_string();
         self.details = details(flags, info.host.is_some(), self.status);
         self.info = info;
@@ -282,23 +297,14 @@ impl Record {
             let grpc_status = self
                 .trailer_grpc_status
                 .as_deref()
-                .or_else(|| self.resp_headers.get("grpc-status")?.to_str().ok());
-            let size = |h: &HeaderMap| {
-                h.iter()
-                    .map(|(k, v)| (k.as_str().len() + v.len()) as u64)
-                    .sum::<u64>()
-            };
-            let head = (":method:path".len() + self.method.len() + self.path.len()) as u64;
+                .or(self.resp_head.1.as_deref());
             (*t).finish(crate::proxy::istio::labels::End {
                 status: self.status,
                 flags: &self.flags,
                 cluster: self.info.cluster.as_deref(),
                 grpc_status,
                 duration_ms: self.started.elapsed().as_millis() as u64,
-                bytes: (
-                    head + size(&self.req_headers) + received,
-                    size(&self.resp_headers) + bytes_sent,
-                ),
+                bytes: (received, self.resp_head.0 + bytes_sent),
             });
         }
         if self.loggers.is_empty() {

@@ -13,9 +13,11 @@ pub struct Telemetry {
     cfg: IstioConfig,
     store: Arc<ConfigStore>,
     /// The other side's workload, once known.
-    pub peer: Option<Box<Workload>>,
+    pub peer: Option<Arc<Workload>>,
     host: String,
     grpc: bool,
+    /// The request head's size: header names and values, method and path.
+    head_bytes: u64,
     /// (source, destination) principals, and whether the connection is mutual TLS (inbound).
     principals: (String, String),
     mtls: Option<bool>,
@@ -50,26 +52,32 @@ pub struct End<'a> {
     pub grpc_status: Option<&'a str>,
     /// From the request's start to the end of its response, in ms.
     pub duration_ms: u64,
-    /// Request and response sizes: headers (names and values) and body.
+    /// Request body bytes, and the response's: its head's header names and values, and body.
     pub bytes: (u64, u64),
+}
+
+/// Header names and values, the size Istio 1.10 counts for a head.
+pub fn head_size(h: &http::HeaderMap) -> u64 {
+    h.iter()
+        .map(|(k, v)| (k.as_str().len() + v.len()) as u64)
+        .sum()
 }
 
 impl Telemetry {
     /// Capture what the labels need from the request and its connection.
-    pub fn start(
+    pub fn start<B>(
         cfg: &IstioConfig,
         store: &Arc<ConfigStore>,
-        h: &http::HeaderMap,
+        req: &http::Request<B>,
         tls: Option<&crate::tls::Peer>,
-        peer: Option<Box<Workload>>,
     ) -> Self {
+        let h = req.headers();
         let text = |k: http::header::HeaderName| {
-            h.get(k)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string()
+            h.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default()
         };
-        let content_type = text(http::header::CONTENT_TYPE);
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let head_bytes =
+            (":method:path".len() + req.method().as_str().len() + path.len()) as u64 + head_size(h);
         let (principals, mtls) = match (cfg.inbound(), tls) {
             (true, Some(t)) => (
                 (
@@ -84,9 +92,10 @@ impl Telemetry {
         Telemetry {
             cfg: cfg.clone(),
             store: store.clone(),
-            peer,
-            host: text(http::header::HOST),
-            grpc: GRPC.contains(&content_type.as_str()),
+            peer: None,
+            host: text(http::header::HOST).to_string(),
+            grpc: GRPC.contains(&text(http::header::CONTENT_TYPE)),
+            head_bytes,
             principals,
             mtls,
         }
@@ -98,33 +107,20 @@ impl Telemetry {
             return;
         }
         let local = self.store.istio_local();
-        let peer = self.peer.as_deref().cloned().unwrap_or_default();
+        let none = Workload::default();
+        let peer = self.peer.as_deref().unwrap_or(&none);
         let inbound = self.cfg.inbound();
         let (src, dst) = if inbound {
-            (&peer, &local.workload)
+            (peer, &local.workload)
         } else {
-            (&local.workload, &peer)
-        };
-        let unknown = |s: &str| {
-            if s.is_empty() {
-                "unknown".to_string()
-            } else {
-                s.to_string()
-            }
-        };
-        let revision = |w: &Workload| match w.label("service.istio.io/canonical-revision") {
-            "" => "latest".to_string(),
-            r => r.to_string(),
+            (&local.workload, peer)
         };
         // destination_service: the Host (unless the filter is told not to use it), then the
         // cluster's Istio service metadata.
         let host_fallback = !(local.gateway || (self.cfg.plugin_config && inbound));
         let mut service = match () {
             _ if host_fallback && !self.host.is_empty() => self.host.clone(),
-            _ if inbound => local
-                .workload
-                .label("service.istio.io/canonical-name")
-                .to_string(),
+            _ if inbound => local.workload.canonical_name.clone(),
             _ => String::new(),
         };
         let mut service_name = None;
@@ -140,34 +136,33 @@ impl Telemetry {
         }
         let service_name = service_name.unwrap_or_else(|| service.clone());
         let service_namespace = service_namespace.unwrap_or_else(|| dst.namespace.clone());
+        let mut code = itoa::Buffer::new();
+        let mut grpc_code = itoa::Buffer::new();
         let grpc_status = match (self.grpc, end.grpc_status) {
-            (false, _) => String::new(),
-            (true, Some(s)) => s.to_string(),
-            (true, None) => grpc_from_http(end.status).to_string(),
+            (false, _) => "",
+            (true, Some(s)) => s,
+            (true, None) => grpc_code.format(grpc_from_http(end.status)),
         };
         let csp = match self.mtls {
             None => "unknown",
             Some(true) => "mutual_tls",
             Some(false) => "none",
         };
-        let values = [
-            (
-                "reporter",
-                if inbound { "destination" } else { "source" }.to_string(),
-            ),
+        let values: [(&str, &str); 25] = [
+            ("reporter", if inbound { "destination" } else { "source" }),
             ("source_workload", unknown(&src.workload)),
             ("source_canonical_service", unknown(src.canonical_service())),
             ("source_canonical_revision", revision(src)),
             ("source_workload_namespace", unknown(&src.namespace)),
             ("source_principal", unknown(&self.principals.0)),
-            ("source_app", unknown(src.label("app"))),
-            ("source_version", unknown(src.label("version"))),
+            ("source_app", unknown(&src.app)),
+            ("source_version", unknown(&src.version)),
             ("source_cluster", unknown(&src.cluster)),
             ("destination_workload", unknown(&dst.workload)),
             ("destination_workload_namespace", unknown(&dst.namespace)),
             ("destination_principal", unknown(&self.principals.1)),
-            ("destination_app", unknown(dst.label("app"))),
-            ("destination_version", unknown(dst.label("version"))),
+            ("destination_app", unknown(&dst.app)),
+            ("destination_version", unknown(&dst.version)),
             ("destination_service", unknown(&service)),
             (
                 "destination_canonical_service",
@@ -177,17 +172,14 @@ impl Telemetry {
             ("destination_service_name", unknown(&service_name)),
             ("destination_service_namespace", unknown(&service_namespace)),
             ("destination_cluster", unknown(&dst.cluster)),
-            (
-                "request_protocol",
-                if self.grpc { "grpc" } else { "http" }.to_string(),
-            ),
-            ("response_code", end.status.to_string()),
+            ("request_protocol", if self.grpc { "grpc" } else { "http" }),
+            ("response_code", code.format(end.status)),
             ("grpc_response_status", grpc_status),
             (
                 "response_flags",
-                if end.flags.is_empty() { "-" } else { end.flags }.to_string(),
+                if end.flags.is_empty() { "-" } else { end.flags },
             ),
-            ("connection_security_policy", csp.to_string()),
+            ("connection_security_policy", csp),
         ];
         // One key for the four stats of these labels, looked up once.
         let mut key = String::with_capacity(512);
@@ -196,13 +188,13 @@ impl Telemetry {
             key.push('\0');
         }
         let series = local.series(key, || {
-            let labels: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let labels = &values[..];
             let stats = &self.store.tracing_env().stats;
-            let h = |family| stats.labeled_histogram(family, &labels);
+            let h = |family| stats.labeled_histogram(family, labels);
             Series {
                 requests: stats.labeled(
                     "istio_requests_total",
-                    &labels,
+                    labels,
                     crate::stats::Kind::Counter,
                 ),
                 duration: h("istio_request_duration_milliseconds"),
@@ -212,7 +204,7 @@ impl Telemetry {
         });
         series.requests.inc();
         series.duration.record(end.duration_ms);
-        series.request_bytes.record(end.bytes.0);
+        series.request_bytes.record(self.head_bytes + end.bytes.0);
         series.response_bytes.record(end.bytes.1);
     }
 
@@ -243,6 +235,23 @@ pub struct Series {
     duration: Arc<crate::stats::Histogram>,
     request_bytes: Arc<crate::stats::Histogram>,
     response_bytes: Arc<crate::stats::Histogram>,
+}
+
+/// A label's value, `unknown` when empty.
+fn unknown(s: &str) -> &str {
+    if s.is_empty() {
+        "unknown"
+    } else {
+        s
+    }
+}
+
+/// A canonical revision, `latest` when unset.
+fn revision(w: &Workload) -> &str {
+    match w.canonical_revision.as_str() {
+        "" => "latest",
+        r => r,
+    }
 }
 
 /// Envoy's gRPC status for an HTTP status, when a gRPC response carries none.

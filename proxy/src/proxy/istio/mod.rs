@@ -44,8 +44,8 @@ pub struct Exchange {
     had_id: bool,
     had_value: bool,
     /// The other side's workload: the client's (inbound, from the request) or the server's
-    /// (outbound, from the response). Boxed: the request's future carries the exchange.
-    pub peer: Option<Box<peer::Workload>>,
+    /// (outbound, from the response), shared from the decoded-peer cache.
+    pub peer: Option<std::sync::Arc<peer::Workload>>,
 }
 
 impl IstioConfig {
@@ -70,8 +70,7 @@ impl IstioConfig {
         let peer = value
             .as_ref()
             .filter(|_| self.inbound())
-            .and_then(|v| peer::decode(v.as_bytes()))
-            .map(Box::new);
+            .and_then(|v| local.peer(v));
         if self.direction != 1 {
             h.insert(ID, local.id.clone());
             h.insert(VALUE, local.value.clone());
@@ -92,7 +91,7 @@ impl IstioConfig {
         h.remove(ID);
         let value = h.remove(VALUE);
         if self.direction == 2 {
-            ex.peer = value.and_then(|v| peer::decode(v.as_bytes())).map(Box::new);
+            ex.peer = value.and_then(|v| local.peer(&v));
         }
         if self.direction != 2 {
             if ex.had_id {

@@ -5,9 +5,8 @@
 use base64::Engine as _;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use prost::Message as _;
-use std::collections::HashMap;
 
-/// What the metrics' labels read of one side.
+/// What the metrics' labels read of one side (the labels picked out once, when decoded).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Workload {
     /// `WORKLOAD_NAME`.
@@ -16,45 +15,42 @@ pub struct Workload {
     pub namespace: String,
     /// `CLUSTER_ID`.
     pub cluster: String,
-    /// `LABELS`.
-    pub labels: HashMap<String, String>,
+    /// `LABELS.app`.
+    pub app: String,
+    /// `LABELS.version`.
+    pub version: String,
+    /// `LABELS["service.istio.io/canonical-name"]`.
+    pub canonical_name: String,
+    /// `LABELS["service.istio.io/canonical-revision"]`.
+    pub canonical_revision: String,
 }
 
 impl Workload {
-    /// `LABELS[key]`, empty when absent.
-    pub fn label(&self, key: &str) -> &str {
-        self.labels.get(key).map_or("", String::as_str)
-    }
-
     /// The canonical service: its label, else the workload name (Istio 1.10's fallback).
     pub fn canonical_service(&self) -> &str {
-        match self.label("service.istio.io/canonical-name") {
+        match self.canonical_name.as_str() {
             "" => &self.workload,
             s => s,
         }
     }
 
     fn from_struct(s: &Struct) -> Self {
-        let text = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
+        let text = |s: &Struct, k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
             Some(Kind::StringValue(v)) => v.clone(),
             _ => String::new(),
         };
         let labels = match s.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
-            Some(Kind::StructValue(l)) => l
-                .fields
-                .iter()
-                .filter_map(|(k, v)| match &v.kind {
-                    Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
-                    _ => None,
-                })
-                .collect(),
-            _ => HashMap::new(),
+            Some(Kind::StructValue(l)) => l.clone(),
+            _ => Struct::default(),
         };
         Workload {
-            workload: text("WORKLOAD_NAME"),
-            namespace: text("NAMESPACE"),
-            cluster: text("CLUSTER_ID"),
-            labels,
+            workload: text(s, "WORKLOAD_NAME"),
+            namespace: text(s, "NAMESPACE"),
+            cluster: text(s, "CLUSTER_ID"),
+            app: text(&labels, "app"),
+            version: text(&labels, "version"),
+            canonical_name: text(&labels, "service.istio.io/canonical-name"),
+            canonical_revision: text(&labels, "service.istio.io/canonical-revision"),
         }
     }
 }
@@ -71,7 +67,9 @@ pub struct Local {
     /// A gateway (`router~` node): Istio's stats take no Host fallback there.
     pub gateway: bool,
     /// The stats of each label set seen, by its values.
-    series: std::sync::Mutex<HashMap<String, std::sync::Arc<super::labels::Series>>>,
+    series: std::sync::Mutex<rustc_hash::FxHashMap<String, std::sync::Arc<super::labels::Series>>>,
+    /// Peers' metadata by header value (Istio 1.10 caches 500 too).
+    peers: std::sync::Mutex<rustc_hash::FxHashMap<http::HeaderValue, std::sync::Arc<Workload>>>,
 }
 
 /// The node metadata keys Istio 1.10's exchange sends (its FlatBuffer schema); the rest of the
@@ -137,7 +135,23 @@ impl Local {
             workload: Workload::from_struct(&md),
             gateway: id.starts_with("router~"),
             series: Default::default(),
+            peers: Default::default(),
         }
+    }
+
+    /// A peer's metadata from its header value, decoded once per distinct value.
+    pub fn peer(&self, value: &http::HeaderValue) -> Option<std::sync::Arc<Workload>> {
+        const CACHED: usize = 500;
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = peers.get(value) {
+            return Some(w.clone());
+        }
+        let w = std::sync::Arc::new(decode(value.as_bytes())?);
+        if peers.len() >= CACHED {
+            peers.clear();
+        }
+        peers.insert(value.clone(), w.clone());
+        Some(w)
     }
 
     /// The stats of the label set `key`, made by `make` the first time.
@@ -186,7 +200,7 @@ mod tests {
         let peer = decode(local.value.as_bytes()).unwrap();
         assert_eq!(peer, local.workload);
         assert_eq!(peer.workload, "productpage-v1");
-        assert_eq!(peer.label("version"), "v1");
+        assert_eq!(peer.version, "v1");
         assert_eq!(
             peer.canonical_service(),
             "productpage-v1",

@@ -128,26 +128,42 @@ fn hex(b: &[u8]) -> Result<u64, &'static str> {
 
 /// 16 lowercase hex digits.
 pub fn id_hex(id: u64) -> String {
-    format!("{id:016x}")
+    String::from_utf8_lossy(&hex16(id)).into_owned()
 }
 
 /// The trace id as Zipkin writes it: 32 hex digits with a high part, else 16.
 pub fn trace_hex(hi: u64, lo: u64) -> String {
-    if hi != 0 {
-        format!("{hi:016x}{lo:016x}")
-    } else {
-        id_hex(lo)
+    String::from_utf8_lossy(&trace_bytes(hi, lo)).into_owned()
+}
+
+/// `id` as 16 lowercase hex digits (without the formatting machinery: this runs for every
+/// request of a tracing HCM).
+fn hex16(id: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = HEX[((id >> (60 - 4 * i)) & 0xf) as usize];
     }
+    out
+}
+
+fn trace_bytes(hi: u64, lo: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32);
+    if hi != 0 {
+        v.extend_from_slice(&hex16(hi));
+    }
+    v.extend_from_slice(&hex16(lo));
+    v
 }
 
 /// Write a span's context into an upstream request (replacing what came): its trace, its own
 /// id, its parent when it has one, and the sampling flag. `x-b3-flags` and `b3` are left.
 pub fn inject(h: &mut HeaderMap, trace: (u64, u64), id: u64, parent: Option<u64>, sampled: bool) {
-    let v = |s: String| HeaderValue::try_from(s).expect("hex digits");
-    h.insert(TRACE_ID, v(trace_hex(trace.0, trace.1)));
-    h.insert(SPAN_ID, v(id_hex(id)));
+    let v = |b: &[u8]| HeaderValue::from_bytes(b).expect("hex digits");
+    h.insert(TRACE_ID, v(&trace_bytes(trace.0, trace.1)));
+    h.insert(SPAN_ID, v(&hex16(id)));
     if let Some(p) = parent {
-        h.insert(PARENT_ID, v(id_hex(p)));
+        h.insert(PARENT_ID, v(&hex16(p)));
     }
     h.insert(
         SAMPLED,

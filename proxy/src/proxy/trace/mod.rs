@@ -27,6 +27,10 @@ use std::sync::Arc;
 
 /// `x-request-id`.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-client-trace-id`.
+const CLIENT_TRACE_ID: HeaderName = HeaderName::from_static("x-client-trace-id");
+/// `x-envoy-force-trace`.
+const FORCE_TRACE: HeaderName = HeaderName::from_static("x-envoy-force-trace");
 
 /// A tracer an HCM may name.
 #[derive(Debug, Clone)]
@@ -187,9 +191,9 @@ impl TraceConfig {
         };
         let n = (n % 10000) as u32;
         if reason(h) == NO_TRACE {
-            if h.contains_key("x-client-trace-id") && fastrand::u32(..100) < self.client {
+            if h.contains_key(CLIENT_TRACE_ID) && fastrand::u32(..100) < self.client {
                 set_reason(h, CLIENT);
-            } else if h.contains_key("x-envoy-force-trace") {
+            } else if h.contains_key(FORCE_TRACE) {
                 set_reason(h, FORCED);
             } else if n < self.random {
                 set_reason(h, SAMPLED);

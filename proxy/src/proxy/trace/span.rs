@@ -78,7 +78,10 @@ impl Span {
             Some(c) => ((c.trace_hi, c.trace_lo), fresh(), Some(c.span), false),
         };
         let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
-        let host = text("host").unwrap_or_default();
+        let host = h
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         let mut span = Span {
             tracer: tracer.clone(),
             store: store.clone(),
