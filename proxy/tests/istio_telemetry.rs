@@ -222,3 +222,57 @@ async fn a_peer_without_metadata_is_unknown() {
         assert_eq!(label(s, k), v, "{k} in {s:?}");
     }
 }
+
+/// The fallbacks of Istio's stats on an outbound sidecar: an HTTP/2 request names its service
+/// by `:authority` (it has no Host header); an upstream that never answered is described by
+/// its endpoint's `istio.workload` metadata; and REGISTRY_ONLY's `block_all` route counts as
+/// BlackHoleCluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_fallbacks_follow_istio() {
+    let routes = json!([
+        {"name": "block_all", "match": {"prefix": "/blocked"}, "direct_response": {"status": 502}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "outbound|9080||reviews"}}]);
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": routes}]);
+    let mut l = listener("outbound", vhosts, istio_filters("stats_outbound"), json!({}));
+    l["traffic_direction"] = json!("OUTBOUND");
+    let dead = dead_addr();
+    let c = json!({"name": "outbound|9080||reviews", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "outbound|9080||reviews", "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"socket_address": {"address": dead.ip().to_string(), "port_value": dead.port()}}},
+            "metadata": {"filter_metadata": {"istio": {"workload": "reviews-v3;default;reviews;v3;Kubernetes"}}}}]}]}});
+    let mut boot = bootstrap(vec![l], vec![c]);
+    boot["node"] = node("productpage-v1", "productpage", "v1");
+    let p = proxy(boot).await;
+    let mut h2 = h2_client(p.addr("outbound")).await;
+    let req = http::Request::get("http://reviews:9080/r")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    drop(resp);
+    assert_eq!(get(p.addr("outbound"), "/blocked", &[]).await.status, 502);
+    let all = series(&prometheus(&p).await);
+    let find = |code: &str| {
+        all.iter()
+            .find(|(s, _)| label(s, "response_code") == code)
+            .unwrap_or_else(|| panic!("no {code} in {all:?}"))
+            .0
+            .clone()
+    };
+    let failed = find("503");
+    for (k, v) in [
+        ("destination_service", "reviews:9080"),
+        ("destination_service_name", "reviews:9080"),
+        ("destination_workload", "reviews-v3"),
+        ("destination_workload_namespace", "default"),
+        ("destination_canonical_service", "reviews"),
+        ("destination_canonical_revision", "v3"),
+        ("destination_cluster", "Kubernetes"),
+        ("response_flags", "UF"),
+    ] {
+        assert_eq!(label(&failed, k), v, "{k} in {failed:?}");
+    }
+    let blocked = find("502");
+    assert_eq!(label(&blocked, "destination_service_name"), "BlackHoleCluster");
+    assert_eq!(label(&blocked, "destination_workload"), "unknown");
+}

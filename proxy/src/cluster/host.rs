@@ -33,6 +33,9 @@ pub struct Host {
     /// When an update added it to a cluster that had hosts already (slow start's clock);
     /// `None` for the hosts a cluster starts with.
     pub added: Option<std::time::Instant>,
+    /// The endpoint's `istio.workload` metadata (`name;namespace;canonical service;canonical
+    /// revision[;cluster]`), which Istio's stats read when the upstream sends no metadata.
+    pub istio_workload: Option<std::sync::Arc<str>>,
 }
 
 impl Host {
@@ -50,6 +53,7 @@ impl Host {
             socket_match: Vec::new(),
             locality: (0, 0),
             added: None,
+            istio_workload: None,
         }
     }
 
@@ -73,6 +77,20 @@ impl Host {
         md: Option<&envoy_types::pb::envoy::config::core::v3::Metadata>,
     ) -> Self {
         self.socket_match = super::transport::socket_match(md);
+        use envoy_types::pb::google::protobuf::value::Kind;
+        self.istio_workload = md
+            .and_then(|m| {
+                m.filter_metadata
+                    .get("istio")?
+                    .fields
+                    .get("workload")?
+                    .kind
+                    .as_ref()
+            })
+            .and_then(|k| match k {
+                Kind::StringValue(s) if !s.is_empty() => Some(s.as_str().into()),
+                _ => None,
+            });
         self
     }
 

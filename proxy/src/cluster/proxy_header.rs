@@ -12,7 +12,7 @@
 //!
 //! Pooled HTTP connections carry the addresses of the downstream they were opened for, so
 //! connections with different headers are pooled apart (Envoy hashes the options into the
-//! pool key the same way). TLVs are not written: Istio configures none.
+//! pool key the same way). TLVs are not written (with a warning): Istio configures none.
 
 use envoy_types::pb::envoy::config::core::v3::{proxy_protocol_config, TransportSocket};
 use std::net::{IpAddr, SocketAddr};
@@ -102,8 +102,9 @@ pub fn unwrap(
     use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport as Proto;
     let p: Proto = crate::config::decode::unpack(any)?;
     let config = p.config.unwrap_or_default();
-    if !config.added_tlvs.is_empty() {
-        return Err("upstream PROXY protocol: added_tlvs are not supported".into());
+    // TLVs are left out rather than the cluster refused: the header still names the client.
+    if !config.added_tlvs.is_empty() || config.pass_through_tlvs.is_some() {
+        tracing::warn!("upstream PROXY protocol: TLVs are not written");
     }
     let version = match proxy_protocol_config::Version::try_from(config.version) {
         Ok(proxy_protocol_config::Version::V1) => Version::V1,

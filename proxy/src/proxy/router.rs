@@ -54,12 +54,14 @@ pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-c
 const TIMEOUT: &str = "upstream request timeout";
 
 /// What [`forward`] tried: the host of its last attempt and how many attempts it made.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Tried {
     /// The host of the last attempt.
     pub host: Option<SocketAddr>,
     /// Attempts made (0 when no host could be picked).
     pub attempts: u32,
+    /// That host's Istio workload metadata (see [`crate::cluster::host::Host`]).
+    pub workload: Option<Arc<str>>,
 }
 
 /// Keeps `upstream_rq_active` and the host's active count right until the response ends.
@@ -175,6 +177,7 @@ pub async fn forward(
             }
         };
         report.host = Some(host.addr);
+        report.workload.clone_from(&host.istio_workload);
         report.attempts = attempt + 1;
         // Only a policy with skip_previous_hosts reads `tried` (no allocation otherwise).
         if retry.is_some_and(|r| r.skip_previous_hosts) {

@@ -169,6 +169,8 @@ pub struct RouteInfo {
     pub cluster: Option<String>,
     /// The upstream host of the last attempt.
     pub host: Option<SocketAddr>,
+    /// That host's `istio.workload` endpoint metadata.
+    pub workload: Option<Arc<str>>,
 }
 
 /// An in-flight request's log record: captured at the start, completed when the response body
@@ -302,6 +304,8 @@ impl Record {
                 status: self.status,
                 flags: &self.flags,
                 cluster: self.info.cluster.as_deref(),
+                route: self.info.route.as_deref(),
+                endpoint: self.info.workload.as_deref(),
                 grpc_status,
                 duration_ms: self.started.elapsed().as_millis() as u64,
                 bytes: (received, self.resp_head.0 + bytes_sent),

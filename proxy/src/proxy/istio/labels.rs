@@ -48,6 +48,10 @@ pub struct End<'a> {
     pub flags: &'a str,
     /// The cluster the request was routed to.
     pub cluster: Option<&'a str>,
+    /// The route's name.
+    pub route: Option<&'a str>,
+    /// The upstream endpoint's `istio.workload` metadata.
+    pub endpoint: Option<&'a str>,
     /// The response's `grpc-status` (trailers or headers).
     pub grpc_status: Option<&'a str>,
     /// From the request's start to the end of its response, in ms.
@@ -93,7 +97,7 @@ impl Telemetry {
             cfg: cfg.clone(),
             store: store.clone(),
             peer: None,
-            host: text(http::header::HOST).to_string(),
+            host: crate::proxy::trace::authority(req).to_string(),
             grpc: GRPC.contains(&text(http::header::CONTENT_TYPE)),
             head_bytes,
             principals,
@@ -107,9 +111,15 @@ impl Telemetry {
             return;
         }
         let local = self.store.istio_local();
-        let none = Workload::default();
-        let peer = self.peer.as_deref().unwrap_or(&none);
         let inbound = self.cfg.inbound();
+        // No metadata from the upstream (it failed, or has no sidecar): the endpoint's own,
+        // as Istio's stats fall back to.
+        let endpoint = match (&self.peer, end.endpoint) {
+            (None, Some(e)) if !inbound => Workload::from_endpoint(e),
+            _ => None,
+        };
+        let none = Workload::default();
+        let peer = self.peer.as_deref().or(endpoint.as_ref()).unwrap_or(&none);
         let (src, dst) = if inbound {
             (peer, &local.workload)
         } else {
@@ -125,7 +135,15 @@ impl Telemetry {
         };
         let mut service_name = None;
         let mut service_namespace = None;
-        if let Some(c) = end.cluster {
+        // Istio's REGISTRY_ONLY and ALLOW_ANY routes name the cluster the traffic stands for.
+        let by_route = match end.route {
+            Some("block_all") => Some("BlackHoleCluster"),
+            Some("allow_any") => Some("PassthroughCluster"),
+            _ => None,
+        };
+        if let Some(c) = by_route {
+            service_name = Some(c.to_string());
+        } else if let Some(c) = end.cluster {
             if PASSTHROUGH.contains(&c) {
                 service_name = Some(c.to_string());
             } else if let Some((host, name, ns)) = self.istio_service(c) {
@@ -187,7 +205,7 @@ impl Telemetry {
             key.push_str(v);
             key.push('\0');
         }
-        let series = local.series(key, || {
+        let Some(series) = local.series(key, || {
             let labels = &values[..];
             let stats = &self.store.tracing_env().stats;
             let h = |family| stats.labeled_histogram(family, labels);
@@ -201,7 +219,9 @@ impl Telemetry {
                 request_bytes: h("istio_request_bytes"),
                 response_bytes: h("istio_response_bytes"),
             }
-        });
+        }) else {
+            return;
+        };
         series.requests.inc();
         series.duration.record(end.duration_ms);
         series.request_bytes.record(self.head_bytes + end.bytes.0);

@@ -72,7 +72,10 @@ impl IstioConfig {
             .filter(|_| self.inbound())
             .and_then(|v| local.peer(v));
         if self.direction != 1 {
-            h.insert(ID, local.id.clone());
+            // Istio sends no id when the node has none.
+            if !local.id.is_empty() {
+                h.insert(ID, local.id.clone());
+            }
             h.insert(VALUE, local.value.clone());
         }
         Exchange {
@@ -94,7 +97,7 @@ impl IstioConfig {
             ex.peer = value.and_then(|v| local.peer(&v));
         }
         if self.direction != 2 {
-            if ex.had_id {
+            if ex.had_id && !local.id.is_empty() {
                 h.insert(ID, local.id.clone());
             }
             if ex.had_value {

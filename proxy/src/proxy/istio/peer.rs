@@ -34,6 +34,23 @@ impl Workload {
         }
     }
 
+    /// From an endpoint's `istio.workload` metadata, `name;namespace;canonical
+    /// service;canonical revision[;cluster]` (at least four parts).
+    pub fn from_endpoint(md: &str) -> Option<Self> {
+        let mut parts = md.split(';');
+        let mut next = || parts.next().map(str::to_string);
+        let (workload, namespace, canonical_name, canonical_revision) =
+            (next()?, next()?, next()?, next()?);
+        Some(Workload {
+            workload,
+            namespace,
+            canonical_name,
+            canonical_revision,
+            cluster: next().unwrap_or_default(),
+            ..Default::default()
+        })
+    }
+
     fn from_struct(s: &Struct) -> Self {
         let text = |s: &Struct, k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
             Some(Kind::StringValue(v)) => v.clone(),
@@ -154,18 +171,34 @@ impl Local {
         Some(w)
     }
 
-    /// The stats of the label set `key`, made by `make` the first time.
+    /// The stats of the label set `key`, made by `make` the first time; `None` past
+    /// [`MAX_SERIES`] label sets (a bound on what forged Host or peer headers can make).
     pub fn series(
         &self,
         key: String,
         make: impl FnOnce() -> super::labels::Series,
-    ) -> std::sync::Arc<super::labels::Series> {
+    ) -> Option<std::sync::Arc<super::labels::Series>> {
         let mut m = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(key)
-            .or_insert_with(|| std::sync::Arc::new(make()))
-            .clone()
+        if let Some(s) = m.get(&key) {
+            return Some(s.clone());
+        }
+        if m.len() >= MAX_SERIES {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "{MAX_SERIES} Istio metric label sets: requests with new ones are not counted"
+                );
+            });
+            return None;
+        }
+        let s = std::sync::Arc::new(make());
+        m.insert(key, s.clone());
+        Some(s)
     }
 }
+
+/// Label sets counted at most; each is a counter and three histograms.
+pub const MAX_SERIES: usize = 10_000;
 
 /// A peer's metadata from its `x-envoy-peer-metadata` value (padding optional); `None` when
 /// it does not decode.

@@ -238,10 +238,19 @@ pub(in crate::proxy) fn begin(
         path,
         crate::route::headers::protocol_name(req.version()),
         scheme,
+        authority(req),
     );
     let peer = ctx.peer.ip();
     // Boxed: the request's future carries only a pointer when there is no span.
     Span::start(t, &tracer, &ctx.store, req.headers(), decision, facts, peer).map(Box::new)
+}
+
+/// The request's host as Envoy's `:authority`: the Host header, else (HTTP/2) the URI's.
+pub(crate) fn authority<B>(req: &http::Request<B>) -> &str {
+    match req.headers().get(http::header::HOST) {
+        Some(v) => v.to_str().unwrap_or_default(),
+        None => req.uri().authority().map_or("", |a| a.as_str()),
+    }
 }
 
 fn tag(t: &CustomTag) -> Option<Tag> {

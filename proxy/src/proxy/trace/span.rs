@@ -43,10 +43,10 @@ impl Span {
         store: &Arc<ConfigStore>,
         h: &HeaderMap,
         decision: bool,
-        req: (&http::Method, &str, &'static str, &str),
+        req: (&http::Method, &str, &'static str, &str, &str),
         peer: std::net::IpAddr,
     ) -> Option<Span> {
-        let (method, path, protocol, scheme) = req;
+        let (method, path, protocol, scheme, host) = req;
         let ctx = match b3::extract(h) {
             Ok(c) => c,
             Err(why) => {
@@ -78,10 +78,6 @@ impl Span {
             Some(c) => ((c.trace_hi, c.trace_lo), fresh(), Some(c.span), false),
         };
         let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
-        let host = h
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
         let mut span = Span {
             tracer: tracer.clone(),
             store: store.clone(),
