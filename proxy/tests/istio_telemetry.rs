@@ -233,7 +233,12 @@ async fn outbound_fallbacks_follow_istio() {
         {"name": "block_all", "match": {"prefix": "/blocked"}, "direct_response": {"status": 502}},
         {"match": {"prefix": "/"}, "route": {"cluster": "outbound|9080||reviews"}}]);
     let vhosts = json!([{"name": "v", "domains": ["*"], "routes": routes}]);
-    let mut l = listener("outbound", vhosts, istio_filters("stats_outbound"), json!({}));
+    let mut l = listener(
+        "outbound",
+        vhosts,
+        istio_filters("stats_outbound"),
+        json!({}),
+    );
     l["traffic_direction"] = json!("OUTBOUND");
     let dead = dead_addr();
     let c = json!({"name": "outbound|9080||reviews", "type": "STATIC", "connect_timeout": "1s",
@@ -273,6 +278,51 @@ async fn outbound_fallbacks_follow_istio() {
         assert_eq!(label(&failed, k), v, "{k} in {failed:?}");
     }
     let blocked = find("502");
-    assert_eq!(label(&blocked, "destination_service_name"), "BlackHoleCluster");
+    assert_eq!(
+        label(&blocked, "destination_service_name"),
+        "BlackHoleCluster"
+    );
     assert_eq!(label(&blocked, "destination_workload"), "unknown");
+}
+
+/// A client that leaves before its response is still counted, as Envoy counts it: code 0,
+/// flag DC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_client_gives_up_on_is_counted() {
+    use tokio::io::AsyncWriteExt;
+    let app = upstream("reviews").await;
+    let vhosts = json!([{"name": "inbound", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound|9080||"}}]}]);
+    let mut l = listener("inbound", vhosts, istio_filters("stats_inbound"), json!({}));
+    l["traffic_direction"] = json!("INBOUND");
+    let mut boot = bootstrap(
+        vec![l],
+        vec![cluster("inbound|9080||", &[app.addr], json!({}))],
+    );
+    boot["node"] = node("reviews-v2", "reviews", "v2");
+    let p = proxy(boot).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr("inbound"))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: reviews:9080\r\nx-test-hold: 1\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until("the app has the request", || app.hits() == 1).await;
+    drop(s);
+    let admin = p.admin();
+    let mut found = None;
+    for _ in 0..100 {
+        let all = series(&get(admin, "/stats/prometheus", &[]).await.body);
+        found = all
+            .into_iter()
+            .find(|(s, _)| label(s, "response_code") == "0");
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (s, n) = found.expect("the abandoned request is counted");
+    assert_eq!(n, 1);
+    assert_eq!(label(&s, "response_flags"), "DC");
+    app.release();
 }

@@ -100,8 +100,12 @@ pub async fn handle(
     }
     // The body's bytes count into the log record; the request is not rebuilt for it (each
     // rebuild was two copies of the whole request).
-    if let Some(r) = &record {
+    if let Some(r) = record.as_mut() {
         req.body_mut().count_into(r.received());
+        // The span and Istio's telemetry ride in the record from here, so that a request the
+        // client gives up on is still counted and traced (as Envoy does: code 0, flag DC).
+        r.span = span.take();
+        r.istio = telemetry.take();
     }
     let mut info = access_log::RouteInfo::default();
     // The request is active until its response body ends, or until hyper drops this future
@@ -114,7 +118,11 @@ pub async fn handle(
     let mut resp = match refused {
         None => {
             let info = logging.then_some(&mut info);
-            route_request(&ctx, req, &mut active, info, control, span.as_deref_mut()).await
+            let span = match record.as_mut() {
+                Some(r) => r.span.as_deref_mut(),
+                None => span.as_deref_mut(),
+            };
+            route_request(&ctx, req, &mut active, info, control, span).await
         }
         Some(r) => {
             if r.protocol_error {
@@ -130,7 +138,11 @@ pub async fn handle(
         }
     };
     stats.status(resp.status().as_u16());
-    if let Some(s) = span.as_mut() {
+    let span = match record.as_mut() {
+        Some(r) => r.span.as_deref_mut(),
+        None => span.as_deref_mut(),
+    };
+    if let Some(s) = span {
         s.response(resp.headers_mut());
     }
     if let Some(ex) = exchange.as_mut() {
@@ -170,12 +182,10 @@ pub async fn handle(
             .extensions
             .get::<ResponseFlags>()
             .map_or("", |f| f.0.as_str());
-        if let Some(mut t) = telemetry.take() {
-            t.peer = exchange.and_then(|e| e.peer);
-            rec.istio = Some(t);
+        if let (Some(t), Some(ex)) = (rec.istio.as_mut(), exchange) {
+            t.peer = ex.peer;
         }
         rec.response(&parts, flags, info);
-        rec.span = span.take();
         return Response::from_parts(parts, access_log::Logged::wrap(body, rec));
     }
     resp

@@ -201,6 +201,8 @@ pub struct Record {
     trailer_grpc_status: Option<String>,
     /// For Istio's stats: the response head's size and its `grpc-status`.
     resp_head: (u64, Option<String>),
+    /// Written (loggers, span, stats) already.
+    written: bool,
 }
 
 impl Record {
@@ -247,6 +249,7 @@ impl Record {
             istio: None,
             trailer_grpc_status: None,
             resp_head: (0, None),
+            written: false,
         }
     }
 
@@ -278,7 +281,10 @@ impl Record {
         self.info = info;
     }
 
-    fn write(mut self, bytes_sent: u64) {
+    fn write(&mut self, bytes_sent: u64) {
+        if std::mem::replace(&mut self.written, true) {
+            return;
+        }
         let received = self.received.load(std::sync::atomic::Ordering::Relaxed);
         if let Some(span) = self.span.take() {
             // Envoy's upstream_cluster tag: only when a host was picked.
@@ -403,7 +409,7 @@ impl hyper::body::Body for Logged {
             }
         }
         if let std::task::Poll::Ready(None) = &r {
-            if let Some(rec) = self.record.take() {
+            if let Some(mut rec) = self.record.take() {
                 rec.write(self.sent);
             }
         }
@@ -419,9 +425,23 @@ impl hyper::body::Body for Logged {
     }
 }
 
+/// A record dropped before it was written: the request was given up (the client went away
+/// before its response), which Envoy logs and counts with code 0 and flag DC.
+impl Drop for Record {
+    fn drop(&mut self) {
+        if !self.written {
+            if self.status == 0 && self.flags.is_empty() {
+                self.flags = "DC".into();
+                self.details = "downstream_remote_disconnect";
+            }
+            self.write(0);
+        }
+    }
+}
+
 impl Drop for Logged {
     fn drop(&mut self) {
-        if let Some(rec) = self.record.take() {
+        if let Some(mut rec) = self.record.take() {
             rec.write(self.sent);
         }
     }
