@@ -249,3 +249,26 @@ async fn an_inbound_span_is_the_callers_child() {
         Some("app.default.svc.cluster.local:80/*")
     );
 }
+
+/// Later Istio (Telemetry API, proxies from 1.29) gives the HCM its own Zipkin provider that
+/// names the collector as a `collector_service`: its URI's path and authority are used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_on_the_hcm_may_name_a_collector_service() {
+    let (up, zipkin) = (upstream("app").await, collector().await);
+    let tracing = json!({"random_sampling": {"value": 100}, "provider": {"name": "envoy.tracers.zipkin",
+        "typed_config": {"@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+            "collector_endpoint_version": "HTTP_JSON", "trace_id_128bit": true, "shared_span_context": false,
+            "collector_service": {"http_uri": {"uri": "http://zipkin.istio-system:9411/api/v2/spans",
+                "cluster": "zipkin", "timeout": "2s"}}}}});
+    let p = traced_proxy(up.addr, zipkin.addr, "OUTBOUND", tracing).await;
+    for _ in 0..5 {
+        assert_eq!(get(p.addr("l"), "/", &[]).await.status, 200);
+    }
+    wait_until("a batch", || !zipkin.batches.lock().unwrap().is_empty()).await;
+    let (path, host, spans) = zipkin.batches.lock().unwrap()[0].clone();
+    assert_eq!(
+        (path.as_str(), host.as_str()),
+        ("/api/v2/spans", "zipkin.istio-system:9411")
+    );
+    assert_eq!(spans.as_array().unwrap().len(), 5);
+}

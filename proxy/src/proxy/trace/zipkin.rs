@@ -23,6 +23,10 @@ pub struct Zipkin {
     cluster: String,
     endpoint: String,
     hostname: String,
+    /// The report's timeout (`collector_service.http_uri.timeout`, else Envoy's 5 s).
+    timeout: Duration,
+    /// `collector_service.request_headers_to_add`.
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// New traces get 128-bit ids.
     pub trace_id_128bit: bool,
     /// An inbound span reuses its caller's span id (Envoy's default; Istio turns it off).
@@ -40,6 +44,10 @@ impl Zipkin {
         {
             return Err("zipkin: only collector_endpoint_version HTTP_JSON is supported".into());
         }
+        // Later Istio (proxies of 1.29 on) names the collector as an HttpService instead.
+        if let Some(svc) = &z.collector_service {
+            return Self::from_service(svc, z.trace_id_128bit, z.shared_span_context);
+        }
         let hostname = if z.collector_hostname.is_empty() {
             z.collector_cluster.clone()
         } else {
@@ -49,8 +57,65 @@ impl Zipkin {
             cluster: z.collector_cluster,
             endpoint: z.collector_endpoint,
             hostname,
+            timeout: REQUEST_TIMEOUT,
+            headers: Vec::new(),
             trace_id_128bit: z.trace_id_128bit,
             shared_span_context: z.shared_span_context.is_none_or(|b| b.value),
+            pending: Mutex::default(),
+            timer: std::sync::Once::new(),
+        })
+    }
+
+    /// The collector from `collector_service`: its URI's cluster, authority and path, its
+    /// timeout and headers.
+    fn from_service(
+        svc: &envoy_types::pb::envoy::config::core::v3::HttpService,
+        trace_id_128bit: bool,
+        shared: Option<envoy_types::pb::google::protobuf::BoolValue>,
+    ) -> Result<Self, String> {
+        use envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType;
+        let uri = svc
+            .http_uri
+            .as_ref()
+            .ok_or("zipkin: collector_service without http_uri")?;
+        let Some(HttpUpstreamType::Cluster(cluster)) = &uri.http_upstream_type else {
+            return Err("zipkin: collector_service.http_uri without a cluster".into());
+        };
+        let parsed: http::Uri = uri
+            .uri
+            .parse()
+            .map_err(|e| format!("zipkin: collector_service uri {:?}: {e}", uri.uri))?;
+        let timeout = uri
+            .timeout
+            .as_ref()
+            .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+            .filter(|d| !d.is_zero())
+            .unwrap_or(REQUEST_TIMEOUT);
+        let headers = svc
+            .request_headers_to_add
+            .iter()
+            .filter_map(|o| {
+                let h = o.header.as_ref()?;
+                Some((
+                    http::HeaderName::try_from(h.key.as_str()).ok()?,
+                    http::HeaderValue::try_from(h.value.as_str()).ok()?,
+                ))
+            })
+            .collect();
+        Ok(Zipkin {
+            cluster: cluster.clone(),
+            endpoint: parsed
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            hostname: parsed
+                .authority()
+                .map_or(cluster.as_str(), |a| a.as_str())
+                .to_string(),
+            timeout,
+            headers,
+            trace_id_128bit,
+            shared_span_context: shared.is_none_or(|b| b.value),
             pending: Mutex::default(),
             timer: std::sync::Once::new(),
         })
@@ -117,14 +182,17 @@ async fn send(z: Arc<Zipkin>, store: Arc<ConfigStore>, batch: Vec<String>) {
         .header(http::header::HOST, z.hostname.as_str())
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(crate::proxy::body::full(body));
-    let Ok(req) = req else {
+    let Ok(mut req) = req else {
         stats.counter("tracing.zipkin.reports_failed").inc();
         return;
     };
+    for (k, v) in &z.headers {
+        req.headers_mut().append(k.clone(), v.clone());
+    }
     stats
         .counter("tracing.zipkin.spans_sent")
         .add(batch.len() as u64);
-    match tokio::time::timeout(REQUEST_TIMEOUT, post(&cluster, &store, req)).await {
+    match tokio::time::timeout(z.timeout, post(&cluster, &store, req)).await {
         Ok(Ok(202)) => stats.counter("tracing.zipkin.reports_sent").inc(),
         Ok(Ok(status)) => {
             tracing::debug!(cluster = %z.cluster, status, "zipkin collector refused spans");
