@@ -272,3 +272,87 @@ async fn a_provider_on_the_hcm_may_name_a_collector_service() {
     );
     assert_eq!(spans.as_array().unwrap().len(), 5);
 }
+
+/// Envoy's null span: with a tracer mosn lacks, nothing is injected or reported, but an
+/// inbound caller's decorator is still taken off before the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracer_mosn_lacks_still_keeps_the_decorator_from_the_app() {
+    let (up, zipkin) = (upstream("app").await, collector().await);
+    let tracing = json!({"random_sampling": {"value": 100}, "provider": {"name": "envoy.tracers.datadog",
+        "typed_config": {"@type": "type.googleapis.com/envoy.config.trace.v3.DatadogConfig",
+            "collector_cluster": "zipkin", "service_name": "x"}}});
+    let p = traced_proxy(up.addr, zipkin.addr, "INBOUND", tracing).await;
+    let r = get(
+        p.addr("l"),
+        "/",
+        &[("x-envoy-decorator-operation", "caller-op")],
+    )
+    .await;
+    let h = r.json()["headers"].clone();
+    assert!(h.get("x-envoy-decorator-operation").is_none(), "{h}");
+    assert!(h.get("x-b3-traceid").is_none(), "{h}");
+}
+
+/// A trusted `x-envoy-force-trace` (from an internal address) traces a request the random
+/// sampling would not, and the response tells the caller the request id; a direct response
+/// is named by its route's decorator too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_trace_and_decorated_direct_responses() {
+    let (up, zipkin) = (upstream("app").await, collector().await);
+    let tracing = json!({"random_sampling": {"value": 0}});
+    let routes = json!([
+        {"match": {"prefix": "/direct"}, "direct_response": {"status": 204},
+            "decorator": {"operation": "direct-op"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]);
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": routes}]);
+    let hcm = json!({"tracing": tracing, "internal_address_config": {"cidr_ranges": [
+        {"address_prefix": "127.0.0.0", "prefix_len": 8}]}});
+    let mut l = listener("l", vhosts, vec![], hcm);
+    l["traffic_direction"] = json!("OUTBOUND");
+    let mut boot = bootstrap(
+        vec![l],
+        vec![
+            cluster("app", &[up.addr], json!({})),
+            cluster("zipkin", &[zipkin.addr], json!({})),
+        ],
+    );
+    boot["tracing"] = json!({"http": {"name": "envoy.tracers.zipkin", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+        "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans",
+        "collector_endpoint_version": "HTTP_JSON"}}});
+    let p = proxy(boot).await;
+    let forced = [
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-envoy-force-trace", "1"),
+    ];
+    let r = get(p.addr("l"), "/", &forced).await;
+    let rid = r
+        .header("x-request-id")
+        .expect("the id goes back")
+        .to_string();
+    assert_eq!(rid.as_bytes()[14], b'a', "forced: {rid}");
+    assert_eq!(r.json()["headers"]["x-b3-sampled"], "1");
+    // Not trusted from elsewhere: no XFF, so not internal; the header is dropped.
+    let r = get(p.addr("l"), "/", &[("x-envoy-force-trace", "1")]).await;
+    assert!(r.header("x-request-id").is_none());
+    assert_eq!(r.json()["headers"]["x-b3-sampled"], "0");
+    for _ in 0..4 {
+        assert_eq!(get(p.addr("l"), "/direct", &forced).await.status, 204);
+    }
+    wait_until("the forced batch", || {
+        !zipkin.batches.lock().unwrap().is_empty()
+    })
+    .await;
+    let spans = zipkin.batches.lock().unwrap()[0].2.clone();
+    let names: Vec<&str> = spans
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| **n == "direct-op").count(),
+        4,
+        "{names:?}"
+    );
+}

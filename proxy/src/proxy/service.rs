@@ -59,10 +59,10 @@ pub async fn handle(
         let t = super::istio::Telemetry::start(istio, &ctx.store, &req, ctx.tls.as_deref());
         Box::new(t)
     });
-    // `always_set_request_id_in_response`: the id is settled now, for the response.
-    let id_for_response = ctx
-        .hcm
-        .request_id_in_response
+    // `always_set_request_id_in_response`, or a (trusted) `x-envoy-force-trace`, as Envoy's
+    // mutateResponseHeaders: the id is settled now, for the response.
+    let force_trace = control && req.headers().contains_key("x-envoy-force-trace");
+    let id_for_response = (ctx.hcm.request_id_in_response || force_trace)
         .then(|| {
             ensure_request_id(&ctx.hcm, req.headers_mut());
             req.headers().get("x-request-id").cloned()
@@ -216,7 +216,7 @@ async fn route_request(
     active: &mut Option<ActiveGauge>,
     mut info: Option<&mut access_log::RouteInfo>,
     control: bool,
-    span: Option<&mut super::trace::Span>,
+    mut span: Option<&mut super::trace::Span>,
 ) -> Response<BoxBody> {
     let snap = ctx.store.load();
     let req_version = req.version();
@@ -306,6 +306,9 @@ async fn route_request(
         ctx.stats.no_route.inc();
         return no_route();
     };
+    if let Some(s) = span.as_deref_mut() {
+        s.decorate(route.decorator.as_ref());
+    }
     let (cluster_name, wt) = match &route.action {
         Action::Forward(a) => choose_cluster(a, req.headers()),
         _ => (None, None),

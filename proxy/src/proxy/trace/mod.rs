@@ -222,13 +222,14 @@ impl TraceConfig {
     }
 }
 
-/// The span of a request to a tracing HCM (see the module docs); `None` without a tracer.
+/// The span of a request to a tracing HCM (see the module docs): a null one when its tracer
+/// is one mosn lacks.
 pub(in crate::proxy) fn begin(
     ctx: &Arc<super::ConnCtx>,
     t: &TraceConfig,
     req: &mut http::Request<super::body::DownstreamBody>,
 ) -> Option<Box<Span>> {
-    let tracer = t.tracer(ctx.store.tracing_env())?.clone();
+    let tracer = t.tracer(ctx.store.tracing_env()).cloned();
     super::upstream_headers::ensure_request_id(&ctx.hcm, req.headers_mut());
     let decision = t.decide(req.headers_mut());
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -242,7 +243,16 @@ pub(in crate::proxy) fn begin(
     );
     let peer = ctx.peer.ip();
     // Boxed: the request's future carries only a pointer when there is no span.
-    Span::start(t, &tracer, &ctx.store, req.headers(), decision, facts, peer).map(Box::new)
+    Span::start(
+        t,
+        tracer.as_ref(),
+        &ctx.store,
+        req.headers(),
+        decision,
+        facts,
+        peer,
+    )
+    .map(Box::new)
 }
 
 /// The request's host as Envoy's `:authority`: the Host header, else (HTTP/2) the URI's.

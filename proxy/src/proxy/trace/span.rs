@@ -13,7 +13,9 @@ pub const DECORATOR: HeaderName = HeaderName::from_static("x-envoy-decorator-ope
 /// A request's span.
 #[derive(Debug)]
 pub struct Span {
-    tracer: Arc<Zipkin>,
+    /// `None`: a null span (an HCM whose tracer mosn lacks, or a request with broken B3
+    /// headers), which only handles the decorator, as Envoy's null span does.
+    tracer: Option<Arc<Zipkin>>,
     store: Arc<ConfigStore>,
     trace: (u64, u64),
     id: u64,
@@ -35,11 +37,11 @@ pub struct Span {
 
 impl Span {
     /// Start the span of a request the HCM's `decision` traces or not (an unsampled span still
-    /// carries the context upstream). `None` when the request's B3 headers are broken: Envoy
-    /// then makes no span and passes them on untouched.
+    /// carries the context upstream). A null span without a tracer, and when the request's B3
+    /// headers are broken: Envoy then reports nothing and passes them on untouched.
     pub fn start(
         cfg: &TraceConfig,
-        tracer: &Arc<Zipkin>,
+        tracer: Option<&Arc<Zipkin>>,
         store: &Arc<ConfigStore>,
         h: &HeaderMap,
         decision: bool,
@@ -47,11 +49,31 @@ impl Span {
         peer: std::net::IpAddr,
     ) -> Option<Span> {
         let (method, path, protocol, scheme, host) = req;
+        let null = || Span {
+            tracer: None,
+            store: store.clone(),
+            trace: (0, 0),
+            id: 0,
+            parent: None,
+            sampled: false,
+            server: !cfg.egress,
+            shared: false,
+            egress: cfg.egress,
+            name: String::new(),
+            propagate: false,
+            start_us: 0,
+            started: Instant::now(),
+            tags: Vec::new(),
+            custom: Vec::new(),
+        };
+        let Some(tracer) = tracer else {
+            return Some(null());
+        };
         let ctx = match b3::extract(h) {
             Ok(c) => c,
             Err(why) => {
                 tracing::debug!("{why}: no span for this request");
-                return None;
+                return Some(null());
             }
         };
         let sampled = b3::sampled(h, decision);
@@ -79,7 +101,7 @@ impl Span {
         };
         let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
         let mut span = Span {
-            tracer: tracer.clone(),
+            tracer: Some(tracer.clone()),
             store: store.clone(),
             trace,
             id,
@@ -141,10 +163,7 @@ impl Span {
     /// request to the upstream from an outbound listener. An inbound request's own
     /// `x-envoy-decorator-operation` names its span; the header never goes further.
     pub fn route(&mut self, decorator: Option<&(Arc<str>, bool)>, h: &mut HeaderMap) {
-        if let Some((op, propagate)) = decorator {
-            self.name = op.to_string();
-            self.propagate = *propagate;
-        }
+        self.decorate(decorator);
         if self.egress {
             if let Some((op, true)) = decorator {
                 if let Ok(v) = HeaderValue::from_str(op) {
@@ -159,9 +178,20 @@ impl Span {
         }
     }
 
-    /// Write this span's context into the upstream request.
+    /// Name the span after the route's decorator (every route action; the headers of
+    /// [`route`](Self::route) are for forwarded requests).
+    pub fn decorate(&mut self, decorator: Option<&(Arc<str>, bool)>) {
+        if let Some((op, propagate)) = decorator {
+            self.name = op.to_string();
+            self.propagate = *propagate;
+        }
+    }
+
+    /// Write this span's context into the upstream request (a null span writes none).
     pub fn inject(&self, h: &mut HeaderMap) {
-        b3::inject(h, self.trace, self.id, self.parent, self.sampled);
+        if self.tracer.is_some() {
+            b3::inject(h, self.trace, self.id, self.parent, self.sampled);
+        }
     }
 
     /// The response's part: an inbound span's decorated name goes back to the caller, and an
@@ -182,9 +212,9 @@ impl Span {
 
     /// End the span with the response's facts and hand it to the reporter if sampled.
     pub fn finish(self, end: End<'_>) {
-        if !self.sampled {
+        let Some(tracer) = self.tracer.as_ref().filter(|_| self.sampled) else {
             return;
-        }
+        };
         let env = self.store.tracing_env();
         let mut tags: Vec<(&str, String)> =
             self.tags.iter().map(|(k, v)| (*k, v.clone())).collect();
@@ -216,7 +246,7 @@ impl Span {
             tags: &tags,
         }
         .encode();
-        self.tracer.report(json, &self.store);
+        tracer.report(json, &self.store);
     }
 }
 
