@@ -232,6 +232,33 @@ fn grpc_message(text: &str) -> String {
     out
 }
 
+/// A route's `direct_response`: the status and body (as `text/plain` when there is one).
+#[inline(never)]
+pub fn direct(status: u16, body: &bytes::Bytes) -> http::Response<super::body::BoxBody> {
+    let mut r = http::Response::new(super::body::full(body.clone()));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    if !body.is_empty() {
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+    }
+    r
+}
+
+/// A redirect to `location` with `status` (301 when it is not a status): a route's
+/// `redirect` and a virtual host's `require_tls`.
+#[inline(never)]
+pub fn redirect(status: u16, location: &str) -> http::Response<super::body::BoxBody> {
+    let mut r = http::Response::new(super::body::full(""));
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = http::HeaderValue::from_str(location) {
+        r.headers_mut().insert(http::header::LOCATION, v);
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

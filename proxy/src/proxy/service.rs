@@ -17,7 +17,7 @@ use super::ConnCtx;
 use crate::route::action::Action;
 use crate::route::matcher::Pseudo;
 use crate::route::RequireTls;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use std::sync::Arc;
 
 /// Handle one downstream request (its body `None` when it has none); never fails (errors
@@ -293,13 +293,7 @@ async fn route_request(
             .is_some_and(|v| v == "true");
         if vh.redirects_to_https(forwarded_proto(ctx, req.headers()), internal) {
             // Envoy's `createSslRedirectPath`: the Host and path as they came.
-            let loc = format!("https://{host}{path}");
-            let mut r = Response::new(full(""));
-            *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
-            if let Ok(v) = HeaderValue::from_str(&loc) {
-                r.headers_mut().insert(http::header::LOCATION, v);
-            }
-            return r;
+            return super::local_reply::redirect(301, &format!("https://{host}{path}"));
         }
     }
     let Some(route) = vh.route(path, req.headers(), &pseudo) else {
@@ -408,26 +402,12 @@ async fn route_request(
     let mut resp = match &route.action {
         Action::Direct { status, body } => {
             ctx.stats.direct_response.inc();
-            let mut r = Response::new(full(body.clone()));
-            *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
-            if !body.is_empty() {
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain"),
-                );
-            }
-            r
+            super::local_reply::direct(*status, body)
         }
         Action::Redirect(rd) => {
             let scheme = forwarded_proto(ctx, req.headers());
             let loc = rd.location(scheme, &host, path, route.matched_len(path));
-            let mut r = Response::new(full(""));
-            *r.status_mut() =
-                StatusCode::from_u16(rd.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
-            if let Ok(v) = HeaderValue::from_str(&loc) {
-                r.headers_mut().insert(http::header::LOCATION, v);
-            }
-            r
+            super::local_reply::redirect(rd.status, &loc)
         }
         Action::Forward(a) => {
             let Some(name) = cluster_name else {
