@@ -356,3 +356,39 @@ async fn force_trace_and_decorated_direct_responses() {
         "{names:?}"
     );
 }
+
+/// A tracer that goes away (its HCM replaced by a listener update) sends the spans it still
+/// holds instead of losing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_tracer_sends_what_it_holds() {
+    let (up, zipkin) = (upstream("app").await, collector().await);
+    let p = traced_proxy(up.addr, zipkin.addr, "OUTBOUND", json!({})).await;
+    let any = envoy_types::pb::google::protobuf::Any {
+        type_url: "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig".into(),
+        value: prost::Message::encode_to_vec(
+            &envoy_types::pb::envoy::config::trace::v3::ZipkinConfig {
+                collector_cluster: "zipkin".into(),
+                collector_endpoint: "/api/v2/spans".into(),
+                collector_endpoint_version: 1,
+                ..Default::default()
+            },
+        ),
+    };
+    let tracer = Arc::new(mosn::proxy::trace::zipkin::Zipkin::from_any(&any).unwrap());
+    for id in ["1", "2"] {
+        tracer.report(format!("{{\"id\":\"{id}\"}}"), &p.server.store);
+    }
+    assert!(
+        zipkin.batches.lock().unwrap().is_empty(),
+        "two spans wait for more"
+    );
+    drop(tracer);
+    wait_until("the last batch", || {
+        !zipkin.batches.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        zipkin.batches.lock().unwrap()[0].2,
+        json!([{"id": "1"}, {"id": "2"}])
+    );
+}

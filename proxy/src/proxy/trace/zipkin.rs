@@ -17,9 +17,9 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Envoy's `tracing.zipkin.request_timeout`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A Zipkin tracer and its span buffer.
+/// Where a tracer's batches go.
 #[derive(Debug)]
-pub struct Zipkin {
+struct Collector {
     cluster: String,
     endpoint: String,
     hostname: String,
@@ -27,6 +27,12 @@ pub struct Zipkin {
     timeout: Duration,
     /// `collector_service.request_headers_to_add`.
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// A Zipkin tracer and its span buffer.
+#[derive(Debug)]
+pub struct Zipkin {
+    collector: Arc<Collector>,
     /// New traces get 128-bit ids.
     pub trace_id_128bit: bool,
     /// An inbound span reuses its caller's span id (Envoy's default; Istio turns it off).
@@ -34,6 +40,8 @@ pub struct Zipkin {
     pending: Mutex<Vec<String>>,
     /// The timer task runs (it is started by the first span).
     timer: std::sync::Once,
+    /// The store its spans came with, for the last batch when it is dropped.
+    store: std::sync::OnceLock<Weak<ConfigStore>>,
 }
 
 impl Zipkin {
@@ -54,15 +62,18 @@ impl Zipkin {
             z.collector_hostname
         };
         Ok(Zipkin {
-            cluster: z.collector_cluster,
-            endpoint: z.collector_endpoint,
-            hostname,
-            timeout: REQUEST_TIMEOUT,
-            headers: Vec::new(),
+            collector: Arc::new(Collector {
+                cluster: z.collector_cluster,
+                endpoint: z.collector_endpoint,
+                hostname,
+                timeout: REQUEST_TIMEOUT,
+                headers: Vec::new(),
+            }),
             trace_id_128bit: z.trace_id_128bit,
             shared_span_context: z.shared_span_context.is_none_or(|b| b.value),
             pending: Mutex::default(),
             timer: std::sync::Once::new(),
+            store: Default::default(),
         })
     }
 
@@ -103,21 +114,24 @@ impl Zipkin {
             })
             .collect();
         Ok(Zipkin {
-            cluster: cluster.clone(),
-            endpoint: parsed
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
-            hostname: parsed
-                .authority()
-                .map_or(cluster.as_str(), |a| a.as_str())
-                .to_string(),
-            timeout,
-            headers,
+            collector: Arc::new(Collector {
+                cluster: cluster.clone(),
+                endpoint: parsed
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
+                hostname: parsed
+                    .authority()
+                    .map_or(cluster.as_str(), |a| a.as_str())
+                    .to_string(),
+                timeout,
+                headers,
+            }),
             trace_id_128bit,
             shared_span_context: shared.is_none_or(|b| b.value),
             pending: Mutex::default(),
             timer: std::sync::Once::new(),
+            store: Default::default(),
         })
     }
 
@@ -127,6 +141,7 @@ impl Zipkin {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let _ = self.store.set(Arc::downgrade(store));
         self.timer.call_once(|| {
             // Only the spans' tracer is kept alive by spans: the timer stops with it.
             let (me, store) = (Arc::downgrade(self), Arc::downgrade(store));
@@ -138,12 +153,27 @@ impl Zipkin {
             (p.len() >= MIN_FLUSH_SPANS).then(|| std::mem::take(&mut *p))
         };
         if let Some(batch) = batch {
-            rt.spawn(send(self.clone(), store.clone(), batch));
+            rt.spawn(send(self.collector.clone(), store.clone(), batch));
         }
     }
 
     fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A tracer replaced by a config update sends what it still holds, instead of losing it.
+impl Drop for Zipkin {
+    fn drop(&mut self) {
+        let batch = self.take();
+        let store = self.store.get().and_then(Weak::upgrade);
+        if let (false, Some(store), Ok(rt)) = (
+            batch.is_empty(),
+            store,
+            tokio::runtime::Handle::try_current(),
+        ) {
+            rt.spawn(send(self.collector.clone(), store, batch));
+        }
     }
 }
 
@@ -162,13 +192,13 @@ async fn timer(me: Weak<Zipkin>, store: Weak<ConfigStore>) {
                 .stats
                 .counter("tracing.zipkin.timer_flushed")
                 .inc();
-            send(z, store, batch).await;
+            send(z.collector.clone(), store, batch).await;
         }
     }
 }
 
 /// POST one batch to the collector cluster, counted as Envoy counts it.
-async fn send(z: Arc<Zipkin>, store: Arc<ConfigStore>, batch: Vec<String>) {
+async fn send(z: Arc<Collector>, store: Arc<ConfigStore>, batch: Vec<String>) {
     let stats = &store.tracing_env().stats;
     let snap = store.load();
     let Some(cluster) = snap.clusters.get(&z.cluster).cloned() else {
