@@ -392,3 +392,36 @@ async fn a_dropped_tracer_sends_what_it_holds() {
         json!([{"id": "1"}, {"id": "2"}])
     );
 }
+
+/// Reports stay within the collector cluster's request circuit breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_respect_the_collectors_circuit_breaker() {
+    let (up, zipkin) = (upstream("app").await, collector().await);
+    let tracing = json!({"random_sampling": {"value": 100}});
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]);
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": routes}]);
+    let mut l = listener("l", vhosts, vec![], json!({"tracing": tracing}));
+    l["traffic_direction"] = json!("OUTBOUND");
+    let shut = json!({"circuit_breakers": {"thresholds": [{"max_requests": 0}]}});
+    let mut boot = bootstrap(
+        vec![l],
+        vec![
+            cluster("app", &[up.addr], json!({})),
+            cluster("zipkin", &[zipkin.addr], shut),
+        ],
+    );
+    boot["tracing"] = json!({"http": {"name": "envoy.tracers.zipkin", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+        "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans",
+        "collector_endpoint_version": "HTTP_JSON"}}});
+    let p = proxy(boot).await;
+    for _ in 0..5 {
+        assert_eq!(get(p.addr("l"), "/", &[]).await.status, 200);
+    }
+    wait_until("the report refused", || {
+        p.stat("tracing.zipkin.reports_failed") == 1
+    })
+    .await;
+    assert_eq!(p.stat("cluster.zipkin.upstream_rq_pending_overflow"), 1);
+    assert!(zipkin.batches.lock().unwrap().is_empty());
+}

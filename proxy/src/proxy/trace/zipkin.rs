@@ -266,7 +266,23 @@ async fn post(
         .transport
         .dial(Some(&host), &store.secrets, alpn, None, None)?;
     let stats = &cluster.stats;
+    // Within the cluster's request breaker, as Envoy's async client is.
+    if stats.rq_active.get() >= cluster.breakers.max_requests {
+        stats.rq_pending_overflow.inc();
+        return Err("the collector cluster's request circuit breaker is open".into());
+    }
     stats.rq_total.inc();
+    stats.rq_active.inc();
+    struct Active<'a>(&'a crate::stats::Stat);
+    impl Drop for Active<'_> {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    let _active = (
+        Active(&stats.rq_active),
+        crate::cluster::host::ActiveRequest::new(host.clone()),
+    );
     let resp = dispatch(cluster, &host, tls.as_deref(), &mut Some(req))
         .await
         .map_err(|_| "the request to the collector failed".to_string())?;
