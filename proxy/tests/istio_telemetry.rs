@@ -63,6 +63,26 @@ fn label<'a>(s: &'a [(String, String)], k: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no label {k} in {s:?}"))
 }
 
+/// A sidecar of `node` whose one listener (`inbound` or `outbound` by `dir`, with Istio's
+/// two filters) serves every domain with `routes`.
+async fn sidecar(dir: &str, routes: Value, clusters: Vec<Value>, node: Value) -> Proxy {
+    let (name, root) = match dir {
+        "INBOUND" => ("inbound", "stats_inbound"),
+        _ => ("outbound", "stats_outbound"),
+    };
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": routes}]);
+    let mut l = listener(name, vhosts, istio_filters(root), json!({}));
+    l["traffic_direction"] = json!(dir);
+    let mut boot = bootstrap(vec![l], clusters);
+    boot["node"] = node;
+    proxy(boot).await
+}
+
+/// Every request to `cluster`.
+fn to(cluster: &str) -> Value {
+    json!([{"match": {"prefix": "/"}, "route": {"cluster": cluster}}])
+}
+
 async fn prometheus(p: &Proxy) -> String {
     get(p.admin(), "/stats/prometheus", &[]).await.body
 }
@@ -71,27 +91,17 @@ async fn prometheus(p: &Proxy) -> String {
 async fn two_sidecars_exchange_metadata_and_count_requests() {
     let app = upstream("reviews").await;
     // The reviews sidecar: inbound listener to the app.
-    let vhosts = json!([{"name": "inbound", "domains": ["*"],
-        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound|9080||"}}]}]);
-    let mut l = listener("inbound", vhosts, istio_filters("stats_inbound"), json!({}));
-    l["traffic_direction"] = json!("INBOUND");
-    let mut boot = bootstrap(
-        vec![l],
-        vec![cluster("inbound|9080||", &[app.addr], json!({}))],
-    );
-    boot["node"] = node("reviews-v2", "reviews", "v2");
-    let reviews = proxy(boot).await;
+    let app_cluster = cluster("inbound|9080||", &[app.addr], json!({}));
+    let reviews_node = node("reviews-v2", "reviews", "v2");
+    let reviews = sidecar(
+        "INBOUND",
+        to("inbound|9080||"),
+        vec![app_cluster],
+        reviews_node,
+    )
+    .await;
     // The productpage sidecar: outbound listener to the reviews sidecar, whose cluster
     // carries Istio's service metadata.
-    let vhosts = json!([{"name": "reviews", "domains": ["*"],
-        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "outbound|9080||reviews.default.svc.cluster.local"}}]}]);
-    let mut l = listener(
-        "outbound",
-        vhosts,
-        istio_filters("stats_outbound"),
-        json!({}),
-    );
-    l["traffic_direction"] = json!("OUTBOUND");
     let services = json!({"filter_metadata": {"istio": {"services": [
         {"host": "reviews.default.svc.cluster.local", "name": "reviews", "namespace": "default"}]}}});
     let c = cluster(
@@ -99,9 +109,9 @@ async fn two_sidecars_exchange_metadata_and_count_requests() {
         &[reviews.addr("inbound")],
         json!({"metadata": services}),
     );
-    let mut boot = bootstrap(vec![l], vec![c]);
-    boot["node"] = node("productpage-v1", "productpage", "v1");
-    let productpage = proxy(boot).await;
+    let routes = to("outbound|9080||reviews.default.svc.cluster.local");
+    let productpage_node = node("productpage-v1", "productpage", "v1");
+    let productpage = sidecar("OUTBOUND", routes, vec![c], productpage_node).await;
 
     for _ in 0..3 {
         let r = get(
@@ -195,13 +205,14 @@ async fn two_sidecars_exchange_metadata_and_count_requests() {
 /// itself: unknown peers, the flags, and no headers sent back to a client that sent none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_without_metadata_is_unknown() {
-    let vhosts = json!([{"name": "inbound", "domains": ["*"],
-        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "dead"}}]}]);
-    let mut l = listener("inbound", vhosts, istio_filters("stats_inbound"), json!({}));
-    l["traffic_direction"] = json!("INBOUND");
-    let mut boot = bootstrap(vec![l], vec![cluster("dead", &[dead_addr()], json!({}))]);
-    boot["node"] = node("reviews-v2", "reviews", "v2");
-    let p = proxy(boot).await;
+    let dead = cluster("dead", &[dead_addr()], json!({}));
+    let p = sidecar(
+        "INBOUND",
+        to("dead"),
+        vec![dead],
+        node("reviews-v2", "reviews", "v2"),
+    )
+    .await;
     let r = get(
         p.addr("inbound"),
         "/",
@@ -232,22 +243,18 @@ async fn outbound_fallbacks_follow_istio() {
     let routes = json!([
         {"name": "block_all", "match": {"prefix": "/blocked"}, "direct_response": {"status": 502}},
         {"match": {"prefix": "/"}, "route": {"cluster": "outbound|9080||reviews"}}]);
-    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": routes}]);
-    let mut l = listener(
-        "outbound",
-        vhosts,
-        istio_filters("stats_outbound"),
-        json!({}),
-    );
-    l["traffic_direction"] = json!("OUTBOUND");
     let dead = dead_addr();
     let c = json!({"name": "outbound|9080||reviews", "type": "STATIC", "connect_timeout": "1s",
         "load_assignment": {"cluster_name": "outbound|9080||reviews", "endpoints": [{"lb_endpoints": [{
             "endpoint": {"address": {"socket_address": {"address": dead.ip().to_string(), "port_value": dead.port()}}},
             "metadata": {"filter_metadata": {"istio": {"workload": "reviews-v3;default;reviews;v3;Kubernetes"}}}}]}]}});
-    let mut boot = bootstrap(vec![l], vec![c]);
-    boot["node"] = node("productpage-v1", "productpage", "v1");
-    let p = proxy(boot).await;
+    let p = sidecar(
+        "OUTBOUND",
+        routes,
+        vec![c],
+        node("productpage-v1", "productpage", "v1"),
+    )
+    .await;
     let mut h2 = h2_client(p.addr("outbound")).await;
     let req = http::Request::get("http://reviews:9080/r")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
@@ -291,16 +298,15 @@ async fn outbound_fallbacks_follow_istio() {
 async fn a_request_the_client_gives_up_on_is_counted() {
     use tokio::io::AsyncWriteExt;
     let app = upstream("reviews").await;
-    let vhosts = json!([{"name": "inbound", "domains": ["*"],
-        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound|9080||"}}]}]);
-    let mut l = listener("inbound", vhosts, istio_filters("stats_inbound"), json!({}));
-    l["traffic_direction"] = json!("INBOUND");
-    let mut boot = bootstrap(
-        vec![l],
-        vec![cluster("inbound|9080||", &[app.addr], json!({}))],
-    );
-    boot["node"] = node("reviews-v2", "reviews", "v2");
-    let p = proxy(boot).await;
+    let app_cluster = cluster("inbound|9080||", &[app.addr], json!({}));
+    let reviews_node = node("reviews-v2", "reviews", "v2");
+    let p = sidecar(
+        "INBOUND",
+        to("inbound|9080||"),
+        vec![app_cluster],
+        reviews_node,
+    )
+    .await;
     let mut s = tokio::net::TcpStream::connect(p.addr("inbound"))
         .await
         .unwrap();

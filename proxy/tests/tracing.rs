@@ -55,14 +55,27 @@ async fn collector() -> Collector {
 async fn traced_proxy(up: SocketAddr, zipkin: SocketAddr, dir: &str, tracing: Value) -> Proxy {
     let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"},
         "decorator": {"operation": "app.default.svc.cluster.local:80/*"}}]);
+    let hcm = json!({"tracing": tracing});
+    traced_proxy_with((up, zipkin), dir, routes, hcm, json!({})).await
+}
+
+/// [`traced_proxy`] with other `routes`, more `hcm` settings, and `collector` settings merged
+/// into the Zipkin cluster.
+async fn traced_proxy_with(
+    (up, zipkin): (SocketAddr, SocketAddr),
+    dir: &str,
+    routes: Value,
+    hcm: Value,
+    collector: Value,
+) -> Proxy {
     let vhosts = json!([{"name": "v", "domains": ["*"], "routes": routes}]);
-    let mut l = listener("l", vhosts, vec![], json!({"tracing": tracing}));
+    let mut l = listener("l", vhosts, vec![], hcm);
     l["traffic_direction"] = json!(dir);
     let mut boot = bootstrap(
         vec![l],
         vec![
             cluster("app", &[up], json!({})),
-            cluster("zipkin", &[zipkin], json!({})),
+            cluster("zipkin", &[zipkin], collector),
         ],
     );
     boot["node"]["cluster"] = json!("productpage.default");
@@ -304,23 +317,10 @@ async fn force_trace_and_decorated_direct_responses() {
         {"match": {"prefix": "/direct"}, "direct_response": {"status": 204},
             "decorator": {"operation": "direct-op"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]);
-    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": routes}]);
     let hcm = json!({"tracing": tracing, "internal_address_config": {"cidr_ranges": [
         {"address_prefix": "127.0.0.0", "prefix_len": 8}]}});
-    let mut l = listener("l", vhosts, vec![], hcm);
-    l["traffic_direction"] = json!("OUTBOUND");
-    let mut boot = bootstrap(
-        vec![l],
-        vec![
-            cluster("app", &[up.addr], json!({})),
-            cluster("zipkin", &[zipkin.addr], json!({})),
-        ],
-    );
-    boot["tracing"] = json!({"http": {"name": "envoy.tracers.zipkin", "typed_config": {
-        "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
-        "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans",
-        "collector_endpoint_version": "HTTP_JSON"}}});
-    let p = proxy(boot).await;
+    let ends = (up.addr, zipkin.addr);
+    let p = traced_proxy_with(ends, "OUTBOUND", routes, hcm, json!({})).await;
     let forced = [
         ("x-forwarded-for", "127.0.0.1"),
         ("x-envoy-force-trace", "1"),
@@ -399,22 +399,9 @@ async fn reports_respect_the_collectors_circuit_breaker() {
     let (up, zipkin) = (upstream("app").await, collector().await);
     let tracing = json!({"random_sampling": {"value": 100}});
     let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]);
-    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": routes}]);
-    let mut l = listener("l", vhosts, vec![], json!({"tracing": tracing}));
-    l["traffic_direction"] = json!("OUTBOUND");
     let shut = json!({"circuit_breakers": {"thresholds": [{"max_requests": 0}]}});
-    let mut boot = bootstrap(
-        vec![l],
-        vec![
-            cluster("app", &[up.addr], json!({})),
-            cluster("zipkin", &[zipkin.addr], shut),
-        ],
-    );
-    boot["tracing"] = json!({"http": {"name": "envoy.tracers.zipkin", "typed_config": {
-        "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
-        "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans",
-        "collector_endpoint_version": "HTTP_JSON"}}});
-    let p = proxy(boot).await;
+    let ends = (up.addr, zipkin.addr);
+    let p = traced_proxy_with(ends, "OUTBOUND", routes, json!({"tracing": tracing}), shut).await;
     for _ in 0..5 {
         assert_eq!(get(p.addr("l"), "/", &[]).await.status, 200);
     }
