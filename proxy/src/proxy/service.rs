@@ -118,10 +118,7 @@ pub async fn handle(
     let mut resp = match refused {
         None => {
             let info = logging.then_some(&mut info);
-            let span = match record.as_mut() {
-                Some(r) => r.span.as_deref_mut(),
-                None => span.as_deref_mut(),
-            };
+            let span = live_span(&mut record, &mut span);
             route_request(&ctx, req, &mut active, info, control, span).await
         }
         Some(r) => {
@@ -138,11 +135,7 @@ pub async fn handle(
         }
     };
     stats.status(resp.status().as_u16());
-    let span = match record.as_mut() {
-        Some(r) => r.span.as_deref_mut(),
-        None => span.as_deref_mut(),
-    };
-    if let Some(s) = span {
+    if let Some(s) = live_span(&mut record, &mut span) {
         s.response(resp.headers_mut());
     }
     if let Some(ex) = exchange.as_mut() {
@@ -189,6 +182,18 @@ pub async fn handle(
         return Response::from_parts(parts, access_log::Logged::wrap(body, rec));
     }
     resp
+}
+
+/// The request's span: in its log record once it has one (so that it ends with the record),
+/// else on its own.
+fn live_span<'a>(
+    record: &'a mut Option<access_log::Record>,
+    span: &'a mut Option<Box<super::trace::Span>>,
+) -> Option<&'a mut super::trace::Span> {
+    match record {
+        Some(r) => r.span.as_deref_mut(),
+        None => span.as_deref_mut(),
+    }
 }
 
 /// A request in flight: `downstream_rq_active` and the connection's activity (its idle

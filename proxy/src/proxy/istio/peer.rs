@@ -56,18 +56,19 @@ impl Workload {
             Some(Kind::StringValue(v)) => v.clone(),
             _ => String::new(),
         };
+        let none = Struct::default();
         let labels = match s.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
-            Some(Kind::StructValue(l)) => l.clone(),
-            _ => Struct::default(),
+            Some(Kind::StructValue(l)) => l,
+            _ => &none,
         };
         Workload {
             workload: text(s, "WORKLOAD_NAME"),
             namespace: text(s, "NAMESPACE"),
             cluster: text(s, "CLUSTER_ID"),
-            app: text(&labels, "app"),
-            version: text(&labels, "version"),
-            canonical_name: text(&labels, "service.istio.io/canonical-name"),
-            canonical_revision: text(&labels, "service.istio.io/canonical-revision"),
+            app: text(labels, "app"),
+            version: text(labels, "version"),
+            canonical_name: text(labels, "service.istio.io/canonical-name"),
+            canonical_revision: text(labels, "service.istio.io/canonical-revision"),
         }
     }
 }

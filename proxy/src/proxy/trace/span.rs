@@ -102,20 +102,14 @@ impl Span {
         let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
         let mut span = Span {
             tracer: Some(tracer.clone()),
-            store: store.clone(),
             trace,
             id,
             parent,
             sampled,
-            server: !cfg.egress,
             shared,
-            egress: cfg.egress,
             name: host.to_string(),
-            propagate: false,
             start_us: micros(SystemTime::now()),
-            started: Instant::now(),
-            tags: Vec::new(),
-            custom: Vec::new(),
+            ..null()
         };
         // Tags only for a span that will be reported (most are not, at Istio's 1%).
         if !sampled {
