@@ -269,7 +269,8 @@ impl Cluster {
             outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_proto),
             panic_threshold: panic_threshold(c),
             transport: transport::Transport::from_cluster(c, &http.auto_sni)?,
-            error_matcher: http.error_matcher.clone(),
+            // Only outlier detection reads it.
+            error_matcher: http.error_matcher.filter(|_| c.outlier_detection.is_some()),
             connector,
             stats,
             proto: c.clone(),
@@ -343,10 +344,9 @@ impl Cluster {
     /// The status outlier detection is told of for a response: as it is, or as the
     /// cluster's `error_matcher` judges it (see [`error_matcher`]).
     pub fn outlier_status(&self, status: u16, headers: &http::HeaderMap) -> u16 {
-        match &self.error_matcher {
-            Some(m) if self.outlier.is_some() => m.reported(status, headers),
-            _ => status,
-        }
+        self.error_matcher
+            .as_ref()
+            .map_or(status, |m| m.reported(status, headers))
     }
 
     /// Record an upstream result for outlier detection. `status` None = local-origin failure.

@@ -30,35 +30,20 @@ impl Level {
         if self.localities.is_empty() {
             return None;
         }
-        let effective: Vec<f64> = self
+        // Every locality has a host: its first names the locality.
+        let effective: Vec<(u32, f64)> = self
             .localities
             .iter()
             .map(|(weight, hosts)| {
                 let up = hosts.iter().filter(|i| !down(**i)).count();
                 let health =
                     (OVERPROVISIONING as f64 / 100.0 * up as f64 / hosts.len() as f64).min(1.0);
-                *weight as f64 * health
+                (self.hosts[hosts[0]].locality.0, *weight as f64 * health)
             })
             .collect();
-        let total: f64 = effective.iter().sum();
-        if total <= 0.0 {
+        if effective.iter().map(|(_, e)| e).sum::<f64>() <= 0.0 {
             return None;
         }
-        // Every locality has a host: its first names the locality.
-        let id = |hosts: &[usize]| self.hosts[hosts[0]].locality.0;
-        let mut roll = fastrand::f64() * total;
-        for (e, (_, hosts)) in effective.iter().zip(&self.localities) {
-            if roll < *e {
-                return Some(id(hosts));
-            }
-            roll -= e;
-        }
-        // Rounding at the top end: the last locality with weight.
-        effective
-            .iter()
-            .zip(&self.localities)
-            .rev()
-            .find(|(e, _)| **e > 0.0)
-            .map(|(_, (_, hosts))| id(hosts))
+        super::roll(&effective)
     }
 }

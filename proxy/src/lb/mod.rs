@@ -313,20 +313,26 @@ impl HostSet {
                     .map_or_else(|| fastrand::usize(..100), |h| (h % 100) as usize);
                 // A retry's previous priorities lose their load (Envoy's
                 // `adjustForAttemptedPriorities`), unless that leaves no health at all.
-                let skip = |l: &Level| {
-                    l.hosts
-                        .first()
-                        .is_some_and(|h| ctx.skip_priorities.contains(&h.priority))
-                };
-                let adjusted: Vec<usize> = levels
-                    .iter()
-                    .zip(&healths)
-                    .map(|(l, h)| if skip(l) { 0 } else { *h })
-                    .collect();
-                let loads_from = if adjusted.iter().any(|h| *h > 0) {
-                    &adjusted
-                } else {
+                // Only a retry with previous_priorities has any: no work for the rest.
+                let adjusted: Vec<usize>;
+                let loads_from = if ctx.skip_priorities.is_empty() {
                     &healths
+                } else {
+                    let skip = |l: &Level| {
+                        l.hosts
+                            .first()
+                            .is_some_and(|h| ctx.skip_priorities.contains(&h.priority))
+                    };
+                    adjusted = levels
+                        .iter()
+                        .zip(&healths)
+                        .map(|(l, h)| if skip(l) { 0 } else { *h })
+                        .collect();
+                    if adjusted.iter().any(|h| *h > 0) {
+                        &adjusted
+                    } else {
+                        &healths
+                    }
                 };
                 let mut upto = 0;
                 let i = priority_loads(loads_from)
@@ -513,6 +519,25 @@ fn is_prime(n: u64) -> bool {
         && (2..)
             .take_while(|d| d * d <= n)
             .all(|d| !n.is_multiple_of(d))
+}
+
+/// One of `items` drawn at random by its weight; at the top end (rounding) the last with
+/// weight, else the last.
+fn roll<T: Copy>(items: &[(T, f64)]) -> Option<T> {
+    let total: f64 = items.iter().map(|(_, w)| w).sum();
+    let mut roll = fastrand::f64() * total;
+    for (t, w) in items {
+        if roll < *w {
+            return Some(*t);
+        }
+        roll -= w;
+    }
+    items
+        .iter()
+        .rev()
+        .find(|(_, w)| *w > 0.0)
+        .or(items.last())
+        .map(|(t, _)| *t)
 }
 
 fn weighted_random(hosts: &[Arc<Host>], cands: &[usize]) -> Option<usize> {

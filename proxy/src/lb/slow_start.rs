@@ -117,15 +117,7 @@ impl Level {
                 )
             })
             .collect();
-        let total: f64 = weights.iter().map(|(_, w)| w).sum();
-        let mut roll = fastrand::f64() * total;
-        for (i, w) in &weights {
-            if roll < *w {
-                return Some(Some(*i));
-            }
-            roll -= w;
-        }
-        Some(weights.last().map(|(i, _)| *i))
+        Some(super::roll(&weights))
     }
 }
 

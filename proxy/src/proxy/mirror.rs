@@ -118,7 +118,7 @@ pub(super) fn launch(
             continue;
         }
         let Some(host) =
-            super::router::pick_host(&cluster, &parts.headers, down, (None, &[], 0, &[]))
+            super::router::pick_host(&cluster, &parts.headers, down, &Default::default())
         else {
             cluster.stats.cx_none_healthy.inc();
             continue;

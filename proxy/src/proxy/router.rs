@@ -167,8 +167,13 @@ pub async fn forward(
                 skip_priorities.clone_from(&tried_priorities);
             }
         }
-        let lb = (hash, exclude, attempts, skip_priorities.as_slice());
-        let host = match pick_host(&cluster, &parts.headers, down, lb) {
+        let lb = LbContext {
+            hash,
+            exclude,
+            host_selection_attempts: attempts,
+            skip_priorities: &skip_priorities,
+        };
+        let host = match pick_host(&cluster, &parts.headers, down, &lb) {
             Some(h) => h,
             None => {
                 stats.cx_none_healthy.inc();
@@ -518,12 +523,7 @@ pub(super) fn pick_host(
     cluster: &Cluster,
     headers: &HeaderMap,
     down: Downstream<'_>,
-    (hash, exclude, host_selection_attempts, skip_priorities): (
-        Option<u64>,
-        &[SocketAddr],
-        u32,
-        &[u32],
-    ),
+    lb: &LbContext<'_>,
 ) -> Option<Arc<Host>> {
     if let Discovery::OriginalDst { header, .. } = &cluster.discovery {
         // The header overrides; without a usable one, the connection's original destination.
@@ -534,12 +534,7 @@ pub(super) fn pick_host(
         let addr = cluster.original_dst_target(dst)?;
         return Some(Arc::new(Host::new(addr, String::new(), 1, 0)));
     }
-    cluster.choose(&LbContext {
-        hash,
-        exclude,
-        host_selection_attempts,
-        skip_priorities,
-    })
+    cluster.choose(lb)
 }
 
 #[cfg(test)]

@@ -43,8 +43,11 @@ pub(super) fn prepare_upstream_headers(
     // elsewhere it is only added when absent.
     if hcm.append_x_forwarded_port {
         const XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-        if (hcm.use_remote_address && hcm.xff_trusted_hops == 0) || !h.contains_key(XFPORT) {
-            h.insert(XFPORT, HeaderValue::from(hctx.local.port()));
+        let port = HeaderValue::from(hctx.local.port());
+        if hcm.trusts_forwarded_proto() {
+            h.entry(XFPORT).or_insert(port);
+        } else {
+            h.insert(XFPORT, port);
         }
     }
     ensure_request_id(hcm, h);

@@ -243,13 +243,9 @@ async fn post(
     req: http::Request<crate::proxy::body::BoxBody>,
 ) -> Result<u16, String> {
     use crate::proxy::attempt::{build_request, dispatch};
-    let lb = crate::lb::LbContext {
-        hash: None,
-        exclude: &[],
-        host_selection_attempts: 0,
-        skip_priorities: &[],
-    };
-    let host = cluster.choose(&lb).ok_or("no healthy host")?;
+    let host = cluster
+        .choose(&crate::lb::LbContext::default())
+        .ok_or("no healthy host")?;
     let (parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let req = build_request(
