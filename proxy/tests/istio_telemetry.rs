@@ -332,3 +332,26 @@ async fn a_request_the_client_gives_up_on_is_counted() {
     assert_eq!(label(&s, "response_flags"), "DC");
     app.release();
 }
+
+/// Later Istio's native stats filter (`stats.PluginConfig`) drops the Host fallback of
+/// `destination_service` on inbound listeners: the local canonical service names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_config_inbound_names_the_local_service() {
+    let app = upstream("reviews").await;
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": to("inbound|9080||")}]);
+    let mut filters = istio_filters("stats_inbound");
+    filters[1] = json!({"name": "istio.stats", "typed_config": {
+        "@type": "type.googleapis.com/stats.PluginConfig", "disable_host_header_fallback": true}});
+    let mut l = listener("inbound", vhosts, filters, json!({}));
+    l["traffic_direction"] = json!("INBOUND");
+    let mut boot = bootstrap(
+        vec![l],
+        vec![cluster("inbound|9080||", &[app.addr], json!({}))],
+    );
+    boot["node"] = node("reviews-v2", "reviews", "v2");
+    let p = proxy(boot).await;
+    let r = get(p.addr("inbound"), "/", &[("host", "reviews:9080")]).await;
+    assert_eq!(r.status, 200);
+    let s = series(&prometheus(&p).await);
+    assert_eq!(label(&s[0].0, "destination_service"), "reviews");
+}

@@ -191,8 +191,9 @@ impl HcmConfig {
                 "istio.metadata_exchange" => istio.mx = true,
                 "istio.stats" => {
                     istio.stats = true;
-                    istio.plugin_config =
-                        any.is_some_and(|a| a.type_url.ends_with("/stats.PluginConfig"));
+                    // Its type URL as sent: a JSON config parks the unknown type in a Struct.
+                    let url = any.map(|a| decode::parked_type(a).unwrap_or(a.type_url.clone()));
+                    istio.plugin_config = url.is_some_and(|u| u.ends_with("/stats.PluginConfig"));
                 }
                 _ => {}
             }
