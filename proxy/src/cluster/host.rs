@@ -38,6 +38,17 @@ pub struct Host {
     pub istio_workload: Option<std::sync::Arc<str>>,
 }
 
+/// [`Host::locality`] for the hosts of the `index`th `LocalityLbEndpoints` of an assignment.
+pub fn locality_of(
+    index: usize,
+    group: &envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints,
+) -> (u32, u32) {
+    (
+        index as u32,
+        group.load_balancing_weight.as_ref().map_or(0, |w| w.value),
+    )
+}
+
 impl Host {
     /// A host with the given weight.
     pub fn new(addr: SocketAddr, hostname: String, weight: u32, priority: u32) -> Self {

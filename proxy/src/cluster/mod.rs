@@ -169,10 +169,7 @@ impl Cluster {
         let mut pipes = Vec::new();
         if let Some(la) = &c.load_assignment {
             for (index, group) in la.endpoints.iter().enumerate() {
-                let locality = (
-                    index as u32,
-                    group.load_balancing_weight.as_ref().map_or(0, |w| w.value),
-                );
+                let locality = host::locality_of(index, group);
                 for ep in &group.lb_endpoints {
                     let weight = ep
                         .load_balancing_weight

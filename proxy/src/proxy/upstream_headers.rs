@@ -105,18 +105,12 @@ fn rewrite_host(parts: &mut http::request::Parts, host: &str, append_xfh: bool) 
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         if let Some(original) = original.filter(|o| !o.is_empty()) {
-            let joined = match parts.headers.get(&XFH).map(|x| x.as_bytes()) {
-                None | Some(b"") => Some(original.clone()),
-                Some(x)
-                    if x.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii)
-                        == Some(original.as_bytes()) =>
-                {
-                    None
-                }
-                Some(x) => HeaderValue::from_bytes(&[x, b",", original.as_bytes()].concat()).ok(),
-            };
-            if let Some(j) = joined {
-                parts.headers.insert(XFH, j);
+            let last = parts.headers.get(&XFH).and_then(|x| {
+                let last = x.as_bytes().rsplit(|b| *b == b',').next()?;
+                Some(last.trim_ascii() == original.as_bytes())
+            });
+            if last != Some(true) {
+                append_list(&mut parts.headers, XFH, &original, b",");
             }
         }
     }
@@ -244,17 +238,20 @@ fn uuid4_bytes() -> [u8; 36] {
 
 /// Envoy's `appendVia`: the HCM's `via` after any the message carries.
 pub(super) fn append_via(h: &mut HeaderMap, via: &HeaderValue) {
-    let joined = match h.get(http::header::VIA).map(|v| v.as_bytes()) {
+    append_list(h, http::header::VIA, via, b", ");
+}
+
+/// Append `value` to the list header `name` after `sep`, or set it when it is absent or
+/// empty.
+fn append_list(h: &mut HeaderMap, name: HeaderName, value: &HeaderValue, sep: &[u8]) {
+    let joined = match h.get(&name).map(|v| v.as_bytes()) {
         Some(old) if !old.is_empty() => {
-            let mut b = old.to_vec();
-            b.extend_from_slice(b", ");
-            b.extend_from_slice(via.as_bytes());
-            HeaderValue::from_bytes(&b).ok()
+            HeaderValue::from_bytes(&[old, sep, value.as_bytes()].concat()).ok()
         }
-        _ => Some(via.clone()),
+        _ => Some(value.clone()),
     };
     if let Some(v) = joined {
-        h.insert(http::header::VIA, v);
+        h.insert(name, v);
     }
 }
 

@@ -13,10 +13,7 @@ use std::sync::Arc;
 pub fn hosts(cla: &ClusterLoadAssignment, keep: &[Arc<Host>]) -> Result<Vec<Arc<Host>>, String> {
     let mut out = Vec::new();
     for (index, group) in cla.endpoints.iter().enumerate() {
-        let locality = (
-            index as u32,
-            group.load_balancing_weight.as_ref().map_or(0, |w| w.value),
-        );
+        let locality = crate::cluster::host::locality_of(index, group);
         for ep in &group.lb_endpoints {
             let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
                 continue;
