@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::istio::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -28,41 +29,6 @@ fn istio_filters(stats_root: &str) -> Vec<Value> {
     ]
 }
 
-/// A sidecar's node as pilot-agent describes it.
-fn node(workload: &str, app: &str, version: &str) -> Value {
-    json!({"id": format!("sidecar~10.0.0.1~{workload}-abc.default~default.svc.cluster.local"),
-        "cluster": format!("{app}.default"),
-        "metadata": {"NAME": format!("{workload}-abc"), "NAMESPACE": "default", "WORKLOAD_NAME": workload,
-            "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": "10.0.0.1",
-            "LABELS": {"app": app, "version": version,
-                "service.istio.io/canonical-name": app, "service.istio.io/canonical-revision": version}}})
-}
-
-/// The labels of the one `istio_requests_total` series in a Prometheus text, and its value.
-fn series(prom: &str) -> Vec<(Vec<(String, String)>, u64)> {
-    prom.lines()
-        .filter_map(|l| l.strip_prefix("istio_requests_total{"))
-        .map(|l| {
-            let (labels, value) = l.rsplit_once("} ").unwrap();
-            let labels = labels
-                .split("\",")
-                .map(|kv| {
-                    let (k, v) = kv.split_once("=\"").unwrap();
-                    (k.to_string(), v.trim_end_matches('"').to_string())
-                })
-                .collect();
-            (labels, value.parse().unwrap())
-        })
-        .collect()
-}
-
-fn label<'a>(s: &'a [(String, String)], k: &str) -> &'a str {
-    s.iter()
-        .find(|(n, _)| n == k)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no label {k} in {s:?}"))
-}
-
 /// A sidecar of `node` whose one listener (`inbound` or `outbound` by `dir`, with Istio's
 /// two filters) serves every domain with `routes`.
 async fn sidecar(dir: &str, routes: Value, clusters: Vec<Value>, node: Value) -> Proxy {
@@ -81,10 +47,6 @@ async fn sidecar(dir: &str, routes: Value, clusters: Vec<Value>, node: Value) ->
 /// Every request to `cluster`.
 fn to(cluster: &str) -> Value {
     json!([{"match": {"prefix": "/"}, "route": {"cluster": cluster}}])
-}
-
-async fn prometheus(p: &Proxy) -> String {
-    get(p.admin(), "/stats/prometheus", &[]).await.body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

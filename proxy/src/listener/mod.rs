@@ -106,6 +106,7 @@ impl FilterChain {
         };
         let mut terminal = None;
         let mut rbac = Vec::new();
+        let mut istio_stats = None;
         for f in &c.filters {
             let Some(lpb::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
                 tracing::debug!(filter = %f.name, "network filter without typed_config skipped");
@@ -116,6 +117,11 @@ impl FilterChain {
                     "filter {:?} comes after the terminal filter",
                     f.name
                 )));
+            }
+            // Istio's stats filter (1.10's Wasm, later Istio's own), found by its name as for
+            // HTTP; it counts a tcp_proxy's connections.
+            if f.name == "istio.stats" {
+                istio_stats = Some(crate::proxy::istio::tcp::reporting_every(any));
             }
             if let Some(t) = decode::parked_type(any) {
                 tracing::debug!(filter = %f.name, r#type = %t, "skipping network filter of an unknown type");
@@ -140,9 +146,16 @@ impl FilterChain {
                     })
                 }
                 TCP_PROXY_URL => {
-                    terminal = Some(Terminal::Tcp(Arc::new(
-                        TcpProxyConfig::from_any(any).map_err(ctx)?,
-                    )))
+                    let mut tp = TcpProxyConfig::from_any(any).map_err(ctx)?;
+                    tp.istio = istio_stats.map(|every| crate::proxy::istio::tcp::TcpIstio {
+                        cfg: crate::proxy::istio::IstioConfig {
+                            stats: true,
+                            direction,
+                            ..Default::default()
+                        },
+                        every,
+                    });
+                    terminal = Some(Terminal::Tcp(Arc::new(tp)))
                 }
                 t => {
                     // Istio's metadata exchange and stats filters (TypedStruct-wrapped) and

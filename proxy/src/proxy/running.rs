@@ -413,6 +413,10 @@ impl Accepted {
                 };
                 // Boxed halves: one copy loop for both, at an indirect call per read or
                 // write of up to 16 KiB.
+                let tls_peer = match &stream {
+                    Down::Tls(_, p) => Some(p.clone()),
+                    Down::Plain(_) => None,
+                };
                 let down: (
                     Box<dyn AsyncRead + Unpin + Send>,
                     Box<dyn AsyncWrite + Unpin + Send>,
@@ -428,8 +432,12 @@ impl Accepted {
                         (Box::new(r), Box::new(w))
                     }
                 };
-                let secrets = &self.store.secrets;
-                tcp_proxy::serve(down, Some(peer), tp, &snap, secrets, &self.stats, dst, over).await
+                let from = tcp_proxy::Downstream {
+                    peer: Some(peer),
+                    original_dst: dst,
+                    tls: tls_peer.as_deref(),
+                };
+                tcp_proxy::serve(down, from, tp, &snap, &self.store, &self.stats, over).await
             }
             t @ Terminal::Http { .. } => {
                 let Some((hcm, hstats)) = t.hcm_stats(&self.stats) else {

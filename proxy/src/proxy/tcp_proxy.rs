@@ -3,6 +3,7 @@
 //! as Istio's PassthroughCluster), and copy bytes both ways with half-close and an idle timeout.
 //! A cluster without hosts (Istio's BlackHoleCluster) closes the connection.
 
+use super::istio::tcp::{Opened, TcpReport};
 use crate::cluster::connector::UpIo;
 use crate::cluster::host::Host;
 use crate::cluster::Cluster;
@@ -30,6 +31,8 @@ pub struct TcpProxyConfig {
     pub max_connect_attempts: u32,
     /// `access_log`: one line per connection when it ends.
     pub access_logs: Vec<Arc<super::access_log::AccessLogger>>,
+    /// Istio's stats filter ahead of it in the chain: `istio_tcp_*` per connection.
+    pub istio: Option<super::istio::tcp::TcpIstio>,
     stats: OnceLock<TcpStats>,
 }
 
@@ -74,6 +77,7 @@ impl TcpProxyConfig {
             },
             max_connect_attempts: t.max_connect_attempts.map(|v| v.value).unwrap_or(1).max(1),
             access_logs: super::access_log::compile(&t.access_log)?,
+            istio: None,
             stats: OnceLock::new(),
         })
     }
@@ -107,35 +111,51 @@ impl TcpProxyConfig {
     }
 }
 
+/// The downstream side of a proxied connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Downstream<'a> {
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+    /// The address it connected to (the original destination when redirected).
+    pub original_dst: SocketAddr,
+    /// Its TLS peer, when the chain terminates TLS.
+    pub tls: Option<&'a crate::tls::Peer>,
+}
+
 /// Serve one downstream connection, given as its read and write halves (a TCP socket's, or
-/// those of TLS over one) and its peer, until both directions have closed or it idles out.
-#[allow(clippy::too_many_arguments)]
+/// those of TLS over one), until both directions have closed or it idles out.
 pub async fn serve<R, W>(
     down: (R, W),
-    peer: Option<SocketAddr>,
+    from: Downstream<'_>,
     cfg: &TcpProxyConfig,
     snap: &Snapshot,
-    secrets: &crate::tls::Secrets,
+    store: &crate::config::ConfigStore,
     stats: &Arc<Stats>,
-    original_dst: SocketAddr,
     drained: impl std::future::Future<Output = ()>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let started = (SystemTime::now(), Instant::now());
+    let (peer, original_dst) = (from.peer, from.original_dst);
     let mut log = Outcome::default();
-    proxy(
-        down,
-        cfg,
-        snap,
-        secrets,
-        stats,
-        (peer, original_dst),
-        drained,
-        &mut log,
-    )
-    .await;
+    proxy(down, from, cfg, (snap, store), stats, drained, &mut log).await;
+    if let Some(istio) = &cfg.istio {
+        // A connection that never reached an upstream is counted as opened at its end.
+        let report = match log.istio.take() {
+            Some(r) => r,
+            None => {
+                let flags = log.flags.join(",");
+                let opened = Opened {
+                    cluster: log.cluster.as_deref(),
+                    flags: &flags,
+                    ..log.names(from)
+                };
+                istio.open(store, opened)
+            }
+        };
+        report.close(log.tx, log.rx);
+    }
     if cfg.access_logs.is_empty() {
         return;
     }
@@ -158,7 +178,7 @@ pub async fn serve<R, W>(
     }
 }
 
-/// What a proxied connection did, for the access log.
+/// What a proxied connection did, for the access log and Istio's stats.
 #[derive(Debug, Default)]
 struct Outcome {
     flags: Vec<&'static str>,
@@ -166,22 +186,43 @@ struct Outcome {
     cluster: Option<String>,
     rx: u64,
     tx: u64,
+    /// The upstream's principals, (local, peer) URI SANs, on an upstream TLS connection.
+    up_names: (String, String),
+    /// Istio's report, once the connection reached an upstream.
+    istio: Option<TcpReport>,
 }
 
-#[allow(clippy::too_many_arguments)]
+impl Outcome {
+    /// The (source, destination) principals: the downstream certificates' names inbound,
+    /// the upstream's otherwise.
+    fn names<'a>(&'a self, from: Downstream<'a>) -> Opened<'a> {
+        let inbound = from.tls.map(|t| {
+            (
+                t.sans.uri.first().map_or("", String::as_str),
+                t.local_uri.as_deref().unwrap_or_default(),
+            )
+        });
+        Opened {
+            principals: inbound.unwrap_or((&self.up_names.0, &self.up_names.1)),
+            ..Default::default()
+        }
+    }
+}
+
 async fn proxy<R, W>(
     down: (R, W),
+    from: Downstream<'_>,
     cfg: &TcpProxyConfig,
-    snap: &Snapshot,
-    secrets: &crate::tls::Secrets,
+    (snap, store): (&Snapshot, &crate::config::ConfigStore),
     stats: &Arc<Stats>,
-    (peer, original_dst): (Option<SocketAddr>, SocketAddr),
     drained: impl std::future::Future<Output = ()>,
     log: &mut Outcome,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let (peer, original_dst) = (from.peer, from.original_dst);
+    let secrets = &store.secrets;
     let st = cfg.stats(stats);
     st.cx_total.inc();
     let name = cfg.pick_cluster();
@@ -193,6 +234,7 @@ async fn proxy<R, W>(
         return;
     };
     let mut up = None;
+    let mut up_host = None;
     for _ in 0..cfg.max_connect_attempts {
         let Some((addr, host)) = pick_host(cluster, original_dst) else {
             cluster.stats.cx_none_healthy.inc();
@@ -220,6 +262,8 @@ async fn proxy<R, W>(
         match cluster.connector.connect(addr, tls.as_deref()).await {
             Ok(s) => {
                 up = Some(s);
+                up_host = host;
+                log.up_names.0 = tls.and_then(|d| d.local_uri.clone()).unwrap_or_default();
                 break;
             }
             Err(e) => tracing::debug!(cluster = %name, %addr, "tcp_proxy: {e}"),
@@ -232,6 +276,19 @@ async fn proxy<R, W>(
     };
     let (dr, dw) = down;
     let mut up = up;
+    if let Some(istio) = &cfg.istio {
+        if let UpIo::Tls(t) = up.stream_mut() {
+            log.up_names.1 = peer_uri(t.get_ref().1).unwrap_or_default();
+        }
+        let names = log.names(from);
+        let opened = Opened {
+            cluster: Some(name),
+            endpoint: up_host.as_ref().and_then(|h| h.istio_workload.as_deref()),
+            ..names
+        };
+        let report = istio.open(store, opened);
+        log.istio = Some(report);
+    }
     let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
     let last = AtomicU64::new(0);
     let start = Instant::now();
@@ -268,8 +325,19 @@ async fn proxy<R, W>(
             tokio::time::sleep(idle - since).await;
         }
     };
+    // Istio's periodic report of an open connection's bytes.
+    let reports = async {
+        match (log.istio.as_mut(), &cfg.istio) {
+            (Some(r), Some(i)) if !i.every.is_zero() => loop {
+                tokio::time::sleep(i.every).await;
+                r.bytes(tx.load(Ordering::Relaxed), rx.load(Ordering::Relaxed));
+            },
+            _ => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = both => {}
+        _ = reports => {}
         _ = idle => {
             st.idle_timeout.inc();
             tracing::debug!(cluster = %name, "tcp_proxy: idle timeout");
@@ -278,6 +346,15 @@ async fn proxy<R, W>(
     }
     log.rx = rx.load(Ordering::Relaxed);
     log.tx = tx.load(Ordering::Relaxed);
+}
+
+/// The first URI SAN of the server's certificate.
+fn peer_uri(conn: &rustls::ClientConnection) -> Option<String> {
+    let cert = conn.peer_certificates()?.first()?;
+    crate::tls::der::subject_alt_names(cert)?
+        .uri
+        .into_iter()
+        .next()
 }
 
 /// Copy one direction; on EOF, half-close the other side (Envoy's tcp_proxy half-closes).

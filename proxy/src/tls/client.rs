@@ -67,6 +67,9 @@ pub struct Dial {
     pub proxy: Option<crate::cluster::proxy_header::Preamble>,
     /// The SNI; `None` sends none.
     pub sni: Option<ServerName<'static>>,
+    /// The URI SAN of the client certificate it presents (Istio's `source_principal` on
+    /// outbound TCP telemetry).
+    pub local_uri: Option<String>,
     /// Which context and ALPN offer made it: connections of different flavors to one
     /// address are not interchangeable (Envoy keys its pools by transport socket and ALPN),
     /// so the pools key by it. Never 0, which stands for plaintext.
@@ -87,6 +90,7 @@ impl Dial {
         Dial {
             config: self.config.clone(),
             proxy: self.proxy,
+            local_uri: self.local_uri.clone(),
             sni: ServerName::try_from(name.to_string()).ok(),
             flavor: xxhash_rust::xxh64::xxh64(name.as_bytes(), self.flavor) | 1 << 63,
         }
@@ -98,6 +102,7 @@ impl Dial {
         Dial {
             config: tls.and_then(|t| t.config.clone()),
             proxy: Some(proxy),
+            local_uri: tls.and_then(|t| t.local_uri.clone()),
             sni: tls.and_then(|t| t.sni.clone()),
             flavor: proxy.flavor(tls.map_or(0, |t| t.flavor)),
         }
@@ -140,6 +145,15 @@ impl ClientTls {
             Ok(Dial {
                 config: Some(Arc::new(self.config(secrets, alpn)?)),
                 proxy: None,
+                local_uri: self
+                    .common
+                    .cert(secrets)?
+                    .and_then(|k| {
+                        k.cert
+                            .first()
+                            .and_then(|c| super::der::subject_alt_names(c))
+                    })
+                    .and_then(|s| s.uri.into_iter().next()),
                 sni: ServerName::try_from(self.sni.clone()).ok(),
                 // The context's number with the ALPN offer in the low bits. Secret rotation
                 // does not change it: established connections stay in use, as in Envoy.

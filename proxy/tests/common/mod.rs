@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod istio;
 pub mod mtls;
 
 use bytes::Bytes;

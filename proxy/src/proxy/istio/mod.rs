@@ -9,11 +9,13 @@
 //! in its current order; see [`labels`]; and the histograms
 //! `istio_request_duration_milliseconds`, `istio_request_bytes` and `istio_response_bytes`
 //! under the same labels (sizes: header names and values plus body bytes, as Istio 1.10
-//! counts them, the pseudo-headers taken as `:method` and `:path`). Not done: TCP metrics,
-//! custom dimensions, and principals on outbound requests (`unknown`).
+//! counts them, the pseudo-headers taken as `:method` and `:path`). [`tcp`] counts a tcp_proxy
+//! chain's connections and bytes. Not done: custom dimensions, the TCP metadata exchange, and
+//! principals on outbound HTTP requests (`unknown`).
 
 pub mod labels;
 pub mod peer;
+pub mod tcp;
 
 pub use labels::Telemetry;
 

@@ -1,0 +1,272 @@
+//! Istio's TCP telemetry, for a tcp_proxy chain that has the `istio.stats` network filter
+//! (Bookinfo's ratings-v2 calling MongoDB; any database or other TCP service in the mesh).
+//! As Istio's stats filter does for a connection:
+//! - `istio_tcp_connections_opened_total` once the upstream is known (at the end, for a
+//!   connection that never reached one),
+//! - `istio_tcp_sent_bytes_total` (to the downstream) and `istio_tcp_received_bytes_total`
+//!   (from it) every `tcp_reporting_duration` (5 s by default) and at the end,
+//! - `istio_tcp_connections_closed_total` at the end,
+//!
+//! under the HTTP labels without `response_code` and `grpc_response_status`, with
+//! `request_protocol="tcp"`.
+//!
+//! There is no TCP metadata exchange: mosn never agrees on ALPN `istio-peer-exchange` (see
+//! `tls::context`), so the peer is named by Istio's fallbacks: outbound, the endpoint's
+//! `istio.workload` metadata and the server certificate's SPIFFE name; inbound, the client
+//! certificate's (its workload stays `unknown`, as in Istio without the exchange).
+
+use super::labels::{flags, key, security, with_sides, Series, Who};
+use super::IstioConfig;
+use crate::config::ConfigStore;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A tcp_proxy chain's Istio stats filter.
+#[derive(Debug, Clone)]
+pub struct TcpIstio {
+    /// The listener's direction, as for HTTP.
+    pub cfg: IstioConfig,
+    /// `tcp_reporting_duration`: how often the bytes of an open connection are counted.
+    pub every: Duration,
+}
+
+/// What Istio's default `tcp_reporting_duration` is.
+pub const DEFAULT_EVERY: Duration = Duration::from_secs(5);
+
+/// How the connection went, when it is first reported.
+#[derive(Debug, Default)]
+pub struct Opened<'a> {
+    /// The cluster it went to.
+    pub cluster: Option<&'a str>,
+    /// The upstream endpoint's `istio.workload` metadata.
+    pub endpoint: Option<&'a str>,
+    /// (source, destination) principals: URI SANs, empty when unknown.
+    pub principals: (&'a str, &'a str),
+    /// Response flags, comma-separated, empty for none.
+    pub flags: &'a str,
+}
+
+/// One connection's report: its label set, and the bytes counted so far.
+#[derive(Debug)]
+pub struct TcpReport {
+    series: Option<Arc<Series>>,
+    sent: u64,
+    received: u64,
+}
+
+impl TcpIstio {
+    /// Count the connection as opened, under the labels `o` gives.
+    pub fn open(&self, store: &ConfigStore, o: Opened<'_>) -> TcpReport {
+        let who = Who {
+            cluster: o.cluster,
+            endpoint: o.endpoint,
+            principals: o.principals,
+            ..Default::default()
+        };
+        // As Istio: mutual TLS when both sides of an inbound connection have a SPIFFE name;
+        // the client side does not say.
+        let mtls = self
+            .cfg
+            .inbound()
+            .then_some(!o.principals.0.is_empty() && !o.principals.1.is_empty());
+        let tail = [
+            ("request_protocol", "tcp"),
+            ("response_flags", flags(o.flags)),
+            ("connection_security_policy", security(mtls)),
+        ];
+        let series = with_sides(&self.cfg, store, who, |sides| {
+            let values: [(&str, &str); 23] =
+                std::array::from_fn(|i| if i < 20 { sides[i] } else { tail[i - 20] });
+            store.istio_local().series(key(&values), || {
+                let stats = &store.tracing_env().stats;
+                let c = |family| stats.labeled(family, &values, crate::stats::Kind::Counter);
+                Series::Tcp {
+                    opened: c("istio_tcp_connections_opened_total"),
+                    closed: c("istio_tcp_connections_closed_total"),
+                    sent: c("istio_tcp_sent_bytes_total"),
+                    received: c("istio_tcp_received_bytes_total"),
+                }
+            })
+        });
+        if let Some(Series::Tcp { opened, .. }) = series.as_deref() {
+            opened.inc();
+        }
+        TcpReport {
+            series,
+            sent: 0,
+            received: 0,
+        }
+    }
+}
+
+impl TcpReport {
+    /// Count the bytes since the last report, from the connection's totals.
+    pub fn bytes(&mut self, sent: u64, received: u64) {
+        if let Some(Series::Tcp {
+            sent: s,
+            received: r,
+            ..
+        }) = self.series.as_deref()
+        {
+            s.add(sent.saturating_sub(self.sent));
+            r.add(received.saturating_sub(self.received));
+        }
+        self.sent = self.sent.max(sent);
+        self.received = self.received.max(received);
+    }
+
+    /// The last bytes, and the connection as closed.
+    pub fn close(mut self, sent: u64, received: u64) {
+        self.bytes(sent, received);
+        if let Some(Series::Tcp { closed, .. }) = self.series.as_deref() {
+            closed.inc();
+        }
+    }
+}
+
+/// `tcp_reporting_duration` from an `istio.stats` network filter's config: later Istio's
+/// `stats.PluginConfig` (binary, or parked from JSON), or Istio 1.10's Wasm filter whose
+/// `configuration` is a JSON string. [`DEFAULT_EVERY`] when unset or unreadable; zero turns
+/// the periodic report off, as in Istio.
+pub fn reporting_every(any: &envoy_types::pb::google::protobuf::Any) -> Duration {
+    reporting_setting(any).unwrap_or(DEFAULT_EVERY)
+}
+
+fn reporting_setting(any: &envoy_types::pb::google::protobuf::Any) -> Option<Duration> {
+    use crate::config::decode;
+    use prost::Message;
+    /// The one field of `stats.PluginConfig` read here (prost skips the others).
+    #[derive(Clone, PartialEq, Message)]
+    struct PluginConfig {
+        #[prost(message, optional, tag = "7")]
+        tcp_reporting_duration: Option<envoy_types::pb::google::protobuf::Duration>,
+    }
+    /// `udpa.type.v1.TypedStruct` and `xds.type.v3.TypedStruct` alike.
+    #[derive(Clone, PartialEq, Message)]
+    struct TypedStruct {
+        #[prost(string, tag = "1")]
+        type_url: String,
+        #[prost(message, optional, tag = "2")]
+        value: Option<envoy_types::pb::google::protobuf::Struct>,
+    }
+    let json = if any.type_url.ends_with("/stats.PluginConfig") {
+        let c = PluginConfig::decode(any.value.as_slice()).ok()?;
+        return c
+            .tcp_reporting_duration
+            .as_ref()
+            .map(crate::config::duration);
+    } else if decode::parked_type(any).is_some() {
+        let s = envoy_types::pb::google::protobuf::Struct::decode(any.value.as_slice()).ok()?;
+        struct_json(&s)
+    } else if any.type_url.ends_with(".TypedStruct") {
+        let t = TypedStruct::decode(any.value.as_slice()).ok()?;
+        serde_json::json!({ "value": struct_json(&t.value?) })
+    } else {
+        return None;
+    };
+    // A TypedStruct's fields are under `value`; a PluginConfig's are at the top.
+    let fields = json.get("value").unwrap_or(&json);
+    let setting = match fields.get("tcp_reporting_duration") {
+        Some(d) => d.clone(),
+        // 1.10's Wasm: `config.configuration` is a StringValue of the plugin's JSON.
+        None => {
+            let text = fields.pointer("/config/configuration/value")?.as_str()?;
+            let plugin: serde_json::Value = serde_json::from_str(text).ok()?;
+            plugin.get("tcp_reporting_duration")?.clone()
+        }
+    };
+    json_duration(setting.as_str()?)
+}
+
+/// A `google.protobuf.Struct` as JSON.
+fn struct_json(s: &envoy_types::pb::google::protobuf::Struct) -> serde_json::Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    fn value(v: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
+        match v.kind.as_ref() {
+            Some(Kind::StringValue(s)) => s.clone().into(),
+            Some(Kind::NumberValue(n)) => (*n).into(),
+            Some(Kind::BoolValue(b)) => (*b).into(),
+            Some(Kind::StructValue(s)) => struct_json(s),
+            Some(Kind::ListValue(l)) => l.values.iter().map(value).collect(),
+            Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
+        }
+    }
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// A proto3 JSON duration: seconds with an optional fraction and an `s` (`"1s"`, `"0.5s"`).
+fn json_duration(s: &str) -> Option<Duration> {
+    Duration::try_from_secs_f64(s.strip_suffix('s')?.parse().ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::Any;
+    use serde_json::json;
+
+    /// An Any as the JSON loader hands it over (unknown types parked).
+    fn loaded(v: serde_json::Value) -> Any {
+        let mut v = json!({"name": "istio.stats", "typed_config": v});
+        crate::config::decode::park_unknown_types(&mut v, &mut vec![]);
+        let f: envoy_types::pb::envoy::config::listener::v3::Filter = crate::config::test_proto(v);
+        match f.config_type {
+            Some(
+                envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(a),
+            ) => a,
+            _ => panic!("no typed_config"),
+        }
+    }
+
+    #[test]
+    fn reporting_duration_in_each_form() {
+        // Istio 1.10's Wasm filter, as its EnvoyFilter writes it.
+        let wasm = |conf: &str| {
+            loaded(
+                json!({"@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+                "type_url": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+                "value": {"config": {"root_id": "stats_outbound",
+                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": conf}}}}),
+            )
+        };
+        let d = r#"{"debug": "false", "stat_prefix": "istio", "tcp_reporting_duration": "1s"}"#;
+        assert_eq!(reporting_every(&wasm(d)), Duration::from_secs(1));
+        assert_eq!(reporting_every(&wasm("{}")), DEFAULT_EVERY);
+        // Later Istio's PluginConfig, in JSON and as istiod sends it.
+        let json_form = loaded(json!({"@type": "type.googleapis.com/stats.PluginConfig",
+            "tcp_reporting_duration": "0.5s"}));
+        assert_eq!(reporting_every(&json_form), Duration::from_millis(500));
+        // Field 7, a Duration of 15 s, and an unrelated field 1 before it.
+        let binary = Any {
+            type_url: "type.googleapis.com/stats.PluginConfig".into(),
+            value: vec![0x08, 0x01, 0x3a, 0x02, 0x08, 0x0f],
+        };
+        assert_eq!(reporting_every(&binary), Duration::from_secs(15));
+        let empty = Any {
+            type_url: "type.googleapis.com/stats.PluginConfig".into(),
+            value: vec![],
+        };
+        assert_eq!(reporting_every(&empty), DEFAULT_EVERY);
+        // 1.10's TypedStruct as istiod sends it over xDS (binary, not parked).
+        let plugin = r#"{"tcp_reporting_duration": "2s"}"#;
+        let value = loaded(
+            json!({"@type": "type.googleapis.com/google.protobuf.Struct",
+            "value": {"config": {"configuration": {"value": plugin}}}}),
+        );
+        let mut typed = vec![0x0a, 4];
+        typed.extend_from_slice(b"wasm");
+        typed.push(0x12);
+        typed.push(value.value.len() as u8);
+        typed.extend_from_slice(&value.value);
+        let binary = Any {
+            type_url: "type.googleapis.com/udpa.type.v1.TypedStruct".into(),
+            value: typed,
+        };
+        assert_eq!(reporting_every(&binary), Duration::from_secs(2));
+    }
+}
