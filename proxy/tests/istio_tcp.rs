@@ -238,4 +238,5 @@ async fn a_tcp_connection_without_upstream_is_counted_with_its_flag() {
     let prom = prometheus(&p).await;
     let opened = family(&prom, "istio_tcp_connections_opened_total");
     assert_eq!(opened, closed, "opened under the same labels");
+    assert!(prom.contains(r#"istio_build{component="proxy",tag="1.10.6"} 1"#));
 }

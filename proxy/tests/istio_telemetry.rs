@@ -120,6 +120,13 @@ async fn two_sidecars_exchange_metadata_and_count_requests() {
     }
     assert_eq!(s[0].0, "reporter", "Istio's label order");
     assert_eq!(s.len(), 25);
+    // The version gauge Istio's stats filter sets, from the node's ISTIO_VERSION.
+    let prom = prometheus(&productpage).await;
+    assert!(
+        prom.lines()
+            .any(|l| l == r#"istio_build{component="proxy",tag="1.10.6"} 1"#),
+        "{prom}"
+    );
     // The histograms under the same labels: three requests each.
     let prom = prometheus(&productpage).await;
     for family in [

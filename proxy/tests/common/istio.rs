@@ -8,7 +8,7 @@ pub fn node(workload: &str, app: &str, version: &str) -> Value {
     json!({"id": format!("sidecar~10.0.0.1~{workload}-abc.default~default.svc.cluster.local"),
         "cluster": format!("{app}.default"),
         "metadata": {"NAME": format!("{workload}-abc"), "NAMESPACE": "default", "WORKLOAD_NAME": workload,
-            "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": "10.0.0.1",
+            "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": "10.0.0.1", "ISTIO_VERSION": "1.10.6",
             "LABELS": {"app": app, "version": version,
                 "service.istio.io/canonical-name": app, "service.istio.io/canonical-revision": version}}})
 }

@@ -111,6 +111,8 @@ impl Telemetry {
         if !self.cfg.stats {
             return;
         }
+        let store = &self.store;
+        store.istio_local().record_build(&store.tracing_env().stats);
         let who = Who {
             peer: self.peer.as_deref(),
             endpoint: end.endpoint,
@@ -133,7 +135,6 @@ impl Telemetry {
             ("response_flags", flags(end.flags)),
             ("connection_security_policy", security(self.mtls)),
         ];
-        let store = &self.store;
         let series = with_sides(&self.cfg, store, who, |sides| {
             let values: [(&str, &str); 25] =
                 std::array::from_fn(|i| if i < 20 { sides[i] } else { tail[i - 20] });

@@ -84,6 +84,10 @@ pub struct Local {
     pub workload: Workload,
     /// A gateway (`router~` node): Istio's stats take no Host fallback there.
     pub gateway: bool,
+    /// The node's `ISTIO_VERSION`, the tag of `istio_build`.
+    istio_version: String,
+    /// `istio_build` is set.
+    build: std::sync::OnceLock<()>,
     /// The stats of each label set seen, by its values.
     series: std::sync::Mutex<rustc_hash::FxHashMap<String, std::sync::Arc<super::labels::Series>>>,
     /// Peers' metadata by header value (Istio 1.10 caches 500 too).
@@ -152,9 +156,25 @@ impl Local {
             value: http::HeaderValue::from_str(&value).expect("base64 is a valid header value"),
             workload: Workload::from_struct(&md),
             gateway: id.starts_with("router~"),
+            istio_version: match md.fields.get("ISTIO_VERSION").and_then(|v| v.kind.as_ref()) {
+                Some(Kind::StringValue(v)) if !v.is_empty() => v.clone(),
+                _ => "unknown".into(),
+            },
+            build: Default::default(),
             series: Default::default(),
             peers: Default::default(),
         }
+    }
+
+    /// Istio's `istio_build{component="proxy",tag=<ISTIO_VERSION>} 1`, which its stats
+    /// filter sets; set here with the first count.
+    pub fn record_build(&self, stats: &crate::stats::Stats) {
+        self.build.get_or_init(|| {
+            let labels = [("component", "proxy"), ("tag", self.istio_version.as_str())];
+            stats
+                .labeled("istio_build", &labels, crate::stats::Kind::Gauge)
+                .set(1);
+        });
     }
 
     /// A peer's metadata from its header value, decoded once per distinct value.
