@@ -143,3 +143,85 @@ async fn text_and_json_access_logs() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Loggers with Envoy's filters, each to its own file: each writes exactly the requests its
+/// filter lets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_pick_what_each_logger_writes() {
+    let up = upstream("v1").await;
+    let dead = dead_addr();
+    let dir = std::env::temp_dir().join(format!("mosn-access-filter-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let format = json!({"text_format_source": {"inline_string": "%RESPONSE_CODE% %REQ(:PATH)%\n"}});
+    let ge = |v: u32| json!({"status_code_filter": {"comparison": {"op": "GE", "value": {"default_value": v, "runtime_key": "k"}}}});
+    let filters = [
+        ("errors", ge(400)),
+        ("uf", json!({"response_flag_filter": {"flags": ["UF"]}})),
+        (
+            "debug",
+            json!({"header_filter": {"header": {"name": "x-debug", "present_match": true}}}),
+        ),
+        (
+            "sampled",
+            json!({"or_filter": {"filters": [
+                {"duration_filter": {"comparison": {"op": "GE", "value": {"default_value": 600000, "runtime_key": "k"}}}},
+                {"runtime_filter": {"runtime_key": "k", "percent_sampled": {"numerator": 50, "denominator": "HUNDRED"}}}]}}),
+        ),
+        (
+            "cel",
+            json!({"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                    "expression": "response.code >= 400"}}}),
+        ),
+    ];
+    let loggers: Vec<Value> = filters
+        .iter()
+        .map(|(name, f)| {
+            let mut l = file_logger(dir.join(name).to_str().unwrap(), format.clone());
+            l["filter"] = f.clone();
+            l
+        })
+        .collect();
+    let vhosts = json!([{"name": "r", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/ok"}, "route": {"cluster": "v1"}},
+        {"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}}]}]);
+    let l = listener("in", vhosts, vec![], json!({"access_log": loggers}));
+    let clusters = vec![
+        cluster("v1", &[up.addr], json!({})),
+        cluster("dead", &[dead], json!({})),
+    ];
+    let p = proxy(bootstrap(vec![l], clusters)).await;
+    let addr = p.addr("in");
+    // 0x31 % 100 = 49 is sampled at 50%, 0x63 % 100 = 99 is not.
+    let id = |n: &str| format!("000000{n}-0000-4000-8000-000000000000");
+    let requests = [
+        ("/ok/1", None, id("31")),
+        ("/none", None, id("63")),
+        ("/dead", None, id("63")),
+        ("/ok/debug", Some("1"), id("63")),
+    ];
+    for (path, debug, rid) in &requests {
+        let mut h = vec![("x-request-id", rid.as_str())];
+        if let Some(d) = debug {
+            h.push(("x-debug", d));
+        }
+        get(addr, path, &h).await;
+    }
+    // Every logger has had every request (the CEL one writes them all); give the others time.
+    lines(&dir.join("cel"), requests.len()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(read("errors"), ["404 /none", "503 /dead"]);
+    assert_eq!(read("uf"), ["503 /dead"]);
+    assert_eq!(read("debug"), ["200 /ok/debug"]);
+    assert_eq!(read("sampled"), ["200 /ok/1"]);
+    assert_eq!(read("cel").len(), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -317,8 +317,14 @@ async fn force_trace_and_decorated_direct_responses() {
         {"match": {"prefix": "/direct"}, "direct_response": {"status": 204},
             "decorator": {"operation": "direct-op"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]);
+    // A logger of the forced requests alone (Envoy's traceable_filter).
+    let log = std::env::temp_dir().join(format!("mosn-traceable-{}", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let format = json!({"text_format_source": {"inline_string": "%REQ(:PATH)%\n"}});
+    let mut logger = file_logger(log.to_str().unwrap(), format);
+    logger["filter"] = json!({"traceable_filter": {}});
     let hcm = json!({"tracing": tracing, "internal_address_config": {"cidr_ranges": [
-        {"address_prefix": "127.0.0.0", "prefix_len": 8}]}});
+        {"address_prefix": "127.0.0.0", "prefix_len": 8}]}, "access_log": [logger]});
     let ends = (up.addr, zipkin.addr);
     let p = traced_proxy_with(ends, "OUTBOUND", routes, hcm, json!({})).await;
     let forced = [
@@ -343,6 +349,10 @@ async fn force_trace_and_decorated_direct_responses() {
         !zipkin.batches.lock().unwrap().is_empty()
     })
     .await;
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("five forced lines", || logged().lines().count() >= 5).await;
+    assert_eq!(logged(), "/\n/direct\n/direct\n/direct\n/direct\n");
+    let _ = std::fs::remove_file(&log);
     let spans = zipkin.batches.lock().unwrap()[0].2.clone();
     let names: Vec<&str> = spans
         .as_array()

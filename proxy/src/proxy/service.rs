@@ -106,6 +106,7 @@ pub async fn handle(
         // client gives up on is still counted and traced (as Envoy does: code 0, flag DC).
         r.span = span.take();
         r.istio = telemetry.take();
+        r.forced_trace = ctx.hcm.tracing.is_some() && super::trace::forced(req.headers());
     }
     let mut info = access_log::RouteInfo::default();
     // The request is active until its response body ends, or until hyper drops this future

@@ -171,6 +171,7 @@ pub async fn serve<R, W>(
         upstream_cluster: log.cluster.as_deref(),
         downstream_local: Some(original_dst),
         downstream_remote: peer,
+        tcp: true,
         ..Default::default()
     };
     for l in &cfg.access_logs {

@@ -51,6 +51,12 @@ pub struct Entry<'a> {
     pub downstream_local: Option<SocketAddr>,
     /// The client.
     pub downstream_remote: Option<SocketAddr>,
+    /// The response's `grpc-status` (trailers, else headers).
+    pub grpc_status: Option<&'a str>,
+    /// Traced because `x-envoy-force-trace` asked.
+    pub forced_trace: bool,
+    /// A TCP connection's entry (log type `TcpConnectionEnd`), not a request's.
+    pub tcp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -351,6 +357,7 @@ mod tests {
             route_name: Some("default"),
             downstream_local: Some("10.96.0.10:9080".parse().unwrap()),
             downstream_remote: Some("10.1.0.2:40000".parse().unwrap()),
+            ..Default::default()
         }
     }
 

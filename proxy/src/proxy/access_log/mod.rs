@@ -5,6 +5,7 @@
 //! Lines are built on the request's task and handed to one writer thread per sink, so a slow
 //! stdout never blocks a worker; the writer flushes whenever its queue is empty.
 
+pub mod filter;
 pub(crate) mod format;
 
 pub use format::{Entry, Format, DEFAULT_FORMAT};
@@ -27,6 +28,8 @@ use std::time::SystemTime;
 pub struct AccessLogger {
     layout: Layout,
     sink: Arc<Sink>,
+    /// Which requests it writes (all without one).
+    filter: Option<filter::Filter>,
 }
 
 impl AccessLogger {
@@ -36,9 +39,11 @@ impl AccessLogger {
         let Some(alpb::access_log::ConfigType::TypedConfig(any)) = &a.config_type else {
             return Ok(None);
         };
-        if a.filter.is_some() {
-            tracing::debug!(logger = %a.name, "access log filters are not supported; logging every request");
-        }
+        let filter = a
+            .filter
+            .as_ref()
+            .map(|f| filter::Filter::from_proto(f, &a.name))
+            .transpose()?;
         let (path, fmt) = if any.type_url == <filepb::FileAccessLog as prost::Name>::type_url() {
             let f: filepb::FileAccessLog = decode::unpack(any)?;
             use filepb::file_access_log::AccessLogFormat as F;
@@ -78,11 +83,15 @@ impl AccessLogger {
         Ok(Some(AccessLogger {
             layout: fmt.unwrap_or_else(|| Layout::Text(Format::parse(DEFAULT_FORMAT))),
             sink: Sink::get(&path),
+            filter,
         }))
     }
 
     /// Format and queue one line.
     pub fn log(&self, e: &Entry<'_>) {
+        if self.filter.as_ref().is_some_and(|f| !f.passes(e)) {
+            return;
+        }
         self.sink.send(self.layout.render(e));
     }
 }
@@ -199,6 +208,8 @@ pub struct Record {
     pub istio: Option<Box<crate::proxy::istio::Telemetry>>,
     /// `grpc-status` from the response's trailers.
     trailer_grpc_status: Option<String>,
+    /// Traced because `x-envoy-force-trace` asked (the traceable log filter).
+    pub forced_trace: bool,
     /// For Istio's stats: the response head's size and its `grpc-status`.
     resp_head: (u64, Option<String>),
     /// Written (loggers, span, stats) already.
@@ -248,6 +259,7 @@ impl Record {
             span: None,
             istio: None,
             trailer_grpc_status: None,
+            forced_trace: false,
             resp_head: (0, None),
             written: false,
         }
@@ -339,6 +351,13 @@ impl Record {
             route_name: self.info.route.as_deref(),
             downstream_local: Some(self.downstream_local),
             downstream_remote: Some(self.downstream_remote),
+            grpc_status: self.trailer_grpc_status.as_deref().or_else(|| {
+                self.resp_headers
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+            }),
+            forced_trace: self.forced_trace,
+            tcp: false,
         };
         for l in &self.loggers {
             l.log(&e);

@@ -372,7 +372,7 @@ fn revision(w: &Workload) -> &str {
 }
 
 /// Envoy's gRPC status for an HTTP status, when a gRPC response carries none.
-fn grpc_from_http(status: u16) -> u8 {
+pub fn grpc_from_http(status: u16) -> u8 {
     match status {
         400 => 13,
         401 => 16,

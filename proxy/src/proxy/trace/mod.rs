@@ -293,6 +293,12 @@ const SAMPLED: u8 = b'9';
 const FORCED: u8 = b'a';
 const CLIENT: u8 = b'b';
 
+/// Whether the request id says the request is traced because `x-envoy-force-trace` asked
+/// (read on an HCM that traces, after [`TraceConfig::decide`]).
+pub fn forced(h: &HeaderMap) -> bool {
+    reason(h) == FORCED
+}
+
 fn reason(h: &HeaderMap) -> u8 {
     match h.get(REQUEST_ID).map(HeaderValue::as_bytes) {
         Some(id) if id.len() == 36 && matches!(id[14], SAMPLED | FORCED | CLIENT) => id[14],
