@@ -138,7 +138,7 @@ impl Telemetry {
         let series = with_sides(&self.cfg, store, who, |sides| {
             let values: [(&str, &str); 25] =
                 std::array::from_fn(|i| if i < 20 { sides[i] } else { tail[i - 20] });
-            store.istio_local().series(key(&values), || {
+            store.istio_local().series(&values, || {
                 let stats = &store.tracing_env().stats;
                 let h = |family| stats.labeled_histogram(family, &values);
                 Series::Http {

@@ -89,7 +89,7 @@ pub struct Local {
     /// `istio_build` is set.
     build: std::sync::OnceLock<()>,
     /// The stats of each label set seen, by its values.
-    series: std::sync::Mutex<rustc_hash::FxHashMap<String, std::sync::Arc<super::labels::Series>>>,
+    series: std::sync::Mutex<SeriesMap>,
     /// Peers' metadata by header value (Istio 1.10 caches 500 too).
     peers: std::sync::Mutex<rustc_hash::FxHashMap<http::HeaderValue, std::sync::Arc<Workload>>>,
 }
@@ -196,14 +196,27 @@ impl Local {
     /// [`MAX_SERIES`] label sets (a bound on what forged Host or peer headers can make).
     pub fn series(
         &self,
-        key: String,
+        values: &[(&str, &str)],
         make: impl FnOnce() -> super::labels::Series,
     ) -> Option<std::sync::Arc<super::labels::Series>> {
+        // Found by a hash of the values, then checked against them: no key is built for a
+        // label set already seen.
+        let hash = {
+            use std::hash::Hasher;
+            let mut h = rustc_hash::FxHasher::default();
+            for (_, v) in values {
+                h.write(v.as_bytes());
+                h.write_u8(0);
+            }
+            h.finish()
+        };
         let mut m = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = m.get(&key) {
+        let SeriesMap { by_hash, len } = &mut *m;
+        let same = by_hash.get(&hash).into_iter().flatten();
+        if let Some((_, s)) = same.into_iter().find(|(k, _)| joined_is(k, values)) {
             return Some(s.clone());
         }
-        if m.len() >= MAX_SERIES {
+        if *len >= MAX_SERIES {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
                 tracing::warn!(
@@ -213,9 +226,32 @@ impl Local {
             return None;
         }
         let s = std::sync::Arc::new(make());
-        m.insert(key, s.clone());
+        let key = super::labels::key(values).into_boxed_str();
+        by_hash.entry(hash).or_default().push((key, s.clone()));
+        *len += 1;
         Some(s)
     }
+}
+
+/// The stats of each label set seen, by a hash of its values (with their joined values, to
+/// tell apart sets whose hashes collide).
+#[derive(Debug, Default)]
+struct SeriesMap {
+    by_hash: rustc_hash::FxHashMap<u64, Vec<(Box<str>, std::sync::Arc<super::labels::Series>)>>,
+    len: usize,
+}
+
+/// Whether `joined` is these values, each ended by a NUL ([`super::labels::key`]).
+fn joined_is(joined: &str, values: &[(&str, &str)]) -> bool {
+    let mut rest = joined.as_bytes();
+    for (_, v) in values {
+        let v = v.as_bytes();
+        match rest.strip_prefix(v) {
+            Some([0, tail @ ..]) => rest = tail,
+            _ => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 /// Label sets counted at most; each is a counter and three histograms.
@@ -271,5 +307,20 @@ mod tests {
         let unpadded = local.value.to_str().unwrap().trim_end_matches('=');
         assert_eq!(decode(unpadded.as_bytes()), Some(peer));
         assert_eq!(decode(b"%%%"), None);
+    }
+}
+
+#[cfg(test)]
+mod series_tests {
+    use super::*;
+
+    #[test]
+    fn joined_values_compare_whole() {
+        let v = [("a", "ab"), ("b", "c")];
+        assert!(joined_is("ab\0c\0", &v));
+        assert!(!joined_is("ab\0c\0d\0", &v));
+        assert!(!joined_is("ab\0", &v));
+        assert!(!joined_is("a\0bc\0", &v));
+        assert!(!joined_is("abc\0\0", &v));
     }
 }

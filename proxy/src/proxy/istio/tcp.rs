@@ -15,7 +15,7 @@
 //! `istio.workload` metadata and the server certificate's SPIFFE name; inbound, the client
 //! certificate's (its workload stays `unknown`, as in Istio without the exchange).
 
-use super::labels::{flags, key, security, with_sides, Series, Who};
+use super::labels::{flags, security, with_sides, Series, Who};
 use super::IstioConfig;
 use crate::config::ConfigStore;
 use std::sync::Arc;
@@ -78,7 +78,7 @@ impl TcpIstio {
         let series = with_sides(&self.cfg, store, who, |sides| {
             let values: [(&str, &str); 23] =
                 std::array::from_fn(|i| if i < 20 { sides[i] } else { tail[i - 20] });
-            store.istio_local().series(key(&values), || {
+            store.istio_local().series(&values, || {
                 let stats = &store.tracing_env().stats;
                 let c = |family| stats.labeled(family, &values, crate::stats::Kind::Counter);
                 Series::Tcp {
