@@ -149,7 +149,7 @@ pub async fn serve<R, W>(
                 let opened = Opened {
                     cluster: log.cluster.as_deref(),
                     flags: &flags,
-                    ..log.names(from)
+                    ..log.names(from, istio.cfg.inbound())
                 };
                 istio.open(store, opened)
             }
@@ -189,22 +189,27 @@ struct Outcome {
     tx: u64,
     /// The upstream's principals, (local, peer) URI SANs, on an upstream TLS connection.
     up_names: (String, String),
+    /// The last host tried: its `istio.workload` metadata names the peer.
+    endpoint: Option<Arc<str>>,
     /// Istio's report, once the connection reached an upstream.
     istio: Option<TcpReport>,
 }
 
 impl Outcome {
-    /// The (source, destination) principals: the downstream certificates' names inbound,
-    /// the upstream's otherwise.
-    fn names<'a>(&'a self, from: Downstream<'a>) -> Opened<'a> {
-        let inbound = from.tls.map(|t| {
-            (
+    /// The principals, as Istio picks them by reporter: inbound the downstream TLS peer's and
+    /// this side's certificate names, otherwise the upstream connection's; and the endpoint.
+    fn names<'a>(&'a self, from: Downstream<'a>, inbound: bool) -> Opened<'a> {
+        let principals = match (inbound, from.tls) {
+            (true, Some(t)) => (
                 t.sans.uri.first().map_or("", String::as_str),
                 t.local_uri.as_deref().unwrap_or_default(),
-            )
-        });
+            ),
+            (true, None) => ("", ""),
+            (false, _) => (self.up_names.0.as_str(), self.up_names.1.as_str()),
+        };
         Opened {
-            principals: inbound.unwrap_or((&self.up_names.0, &self.up_names.1)),
+            principals,
+            endpoint: self.endpoint.as_deref(),
             ..Default::default()
         }
     }
@@ -235,7 +240,6 @@ async fn proxy<R, W>(
         return;
     };
     let mut up = None;
-    let mut up_host = None;
     for _ in 0..cfg.max_connect_attempts {
         let Some((addr, host)) = pick_host(cluster, original_dst) else {
             cluster.stats.cx_none_healthy.inc();
@@ -244,6 +248,9 @@ async fn proxy<R, W>(
             return;
         };
         log.host = Some(addr);
+        if cfg.istio.is_some() {
+            log.endpoint = host.as_ref().and_then(|h| h.istio_workload.clone());
+        }
         // Istio's outbound TCP to a sidecar'd service goes over mTLS (ALPN as configured:
         // `istio-peer-exchange, istio`).
         let alpn = crate::tls::Alpn::Configured;
@@ -263,8 +270,9 @@ async fn proxy<R, W>(
         match cluster.connector.connect(addr, tls.as_deref()).await {
             Ok(s) => {
                 up = Some(s);
-                up_host = host;
-                log.up_names.0 = tls.and_then(|d| d.local_uri.clone()).unwrap_or_default();
+                if cfg.istio.is_some() {
+                    log.up_names.0 = tls.and_then(|d| d.local_uri.clone()).unwrap_or_default();
+                }
                 break;
             }
             Err(e) => tracing::debug!(cluster = %name, %addr, "tcp_proxy: {e}"),
@@ -281,11 +289,9 @@ async fn proxy<R, W>(
         if let UpIo::Tls(t) = up.stream_mut() {
             log.up_names.1 = peer_uri(t.get_ref().1).unwrap_or_default();
         }
-        let names = log.names(from);
         let opened = Opened {
             cluster: Some(name),
-            endpoint: up_host.as_ref().and_then(|h| h.istio_workload.as_deref()),
-            ..names
+            ..log.names(from, istio.cfg.inbound())
         };
         let report = istio.open(store, opened);
         log.istio = Some(report);

@@ -87,9 +87,10 @@ impl Compare {
 }
 
 /// Envoy's response flags, short names (an unknown one is a config error, as in Envoy).
-const FLAGS: [&str; 28] = [
+const FLAGS: [&str; 30] = [
     "DC", "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "URX", "NR", "DI", "FI", "RL", "UAEX",
-    "RLSE", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO",
+    "RLSE", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
+    "UDO",
 ];
 
 /// Envoy's `AccessLogType` for a request's end and a TCP connection's end.
@@ -160,15 +161,7 @@ impl Filter {
             Filter::Duration(c) => e.duration.is_some_and(|d| c.holds(d.as_millis() as u64)),
             Filter::Flags(want) if want.is_empty() => !e.flags.is_empty(),
             Filter::Flags(want) => e.flags.split(',').any(|f| want.iter().any(|w| w == f)),
-            Filter::Grpc { statuses, exclude } => {
-                let status = e
-                    .grpc_status
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_else(|| {
-                        crate::proxy::istio::labels::grpc_from_http(e.status) as u32
-                    });
-                statuses.contains(&status) != *exclude
-            }
+            Filter::Grpc { statuses, exclude } => statuses.contains(&grpc_status(e)) != *exclude,
             Filter::Header(m) => match e.req_headers {
                 Some(h) => m.matches(h),
                 None => m.matches(&http::HeaderMap::new()),
@@ -197,6 +190,30 @@ impl Filter {
             Filter::And(fs) => fs.iter().all(|f| f.passes(e)),
             Filter::Or(fs) => fs.iter().any(|f| f.passes(e)),
         }
+    }
+}
+
+/// Envoy's `Grpc::Common::getGrpcStatus`: the trailer's `grpc-status`, else the response
+/// header's (an empty value counts as none), else the HTTP status mapped; a value that is not
+/// a known status matches none.
+fn grpc_status(e: &Entry<'_>) -> u32 {
+    let header = || {
+        e.resp_headers
+            .and_then(|h| h.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+    };
+    let value = e
+        .grpc_status
+        .filter(|s| !s.is_empty())
+        .or_else(|| header().filter(|s| !s.is_empty()));
+    match value {
+        Some(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|s| *s <= 16)
+            .unwrap_or(u32::MAX),
+        None => crate::proxy::istio::labels::grpc_from_http(e.status) as u32,
     }
 }
 
@@ -264,6 +281,21 @@ mod tests {
         };
         assert!(!unavailable.passes(&ok));
         assert!(unavailable.passes(&entry(503, "UF")));
+        // An empty trailer value falls back to the header; a bad one matches no status.
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", "14".parse().unwrap());
+        let in_header = Entry {
+            grpc_status: Some(""),
+            resp_headers: Some(&h),
+            ..entry(200, "")
+        };
+        assert!(unavailable.passes(&in_header));
+        let unknown = filter(json!({"grpc_status_filter": {"statuses": ["UNKNOWN"]}}));
+        let bad = Entry {
+            grpc_status: Some("x"),
+            ..entry(200, "")
+        };
+        assert!(!unknown.passes(&bad) && unknown.passes(&entry(200, "")));
         let not_ok = filter(json!({"grpc_status_filter": {"statuses": ["OK"], "exclude": true}}));
         assert!(!not_ok.passes(&ok) && not_ok.passes(&entry(200, "")));
     }

@@ -51,7 +51,7 @@ pub struct Entry<'a> {
     pub downstream_local: Option<SocketAddr>,
     /// The client.
     pub downstream_remote: Option<SocketAddr>,
-    /// The response's `grpc-status` (trailers, else headers).
+    /// The response trailers' `grpc-status`.
     pub grpc_status: Option<&'a str>,
     /// Traced because `x-envoy-force-trace` asked.
     pub forced_trace: bool,

@@ -351,11 +351,7 @@ impl Record {
             route_name: self.info.route.as_deref(),
             downstream_local: Some(self.downstream_local),
             downstream_remote: Some(self.downstream_remote),
-            grpc_status: self.trailer_grpc_status.as_deref().or_else(|| {
-                self.resp_headers
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-            }),
+            grpc_status: self.trailer_grpc_status.as_deref(),
             forced_trace: self.forced_trace,
             tcp: false,
         };

@@ -237,9 +237,12 @@ impl Local {
 /// tell apart sets whose hashes collide).
 #[derive(Debug, Default)]
 struct SeriesMap {
-    by_hash: rustc_hash::FxHashMap<u64, Vec<(Box<str>, std::sync::Arc<super::labels::Series>)>>,
+    by_hash: rustc_hash::FxHashMap<u64, Vec<Keyed>>,
     len: usize,
 }
+
+/// A label set's joined values and its stats.
+type Keyed = (Box<str>, std::sync::Arc<super::labels::Series>);
 
 /// Whether `joined` is these values, each ended by a NUL ([`super::labels::key`]).
 fn joined_is(joined: &str, values: &[(&str, &str)]) -> bool {

@@ -30,8 +30,11 @@ pub struct TcpIstio {
     pub every: Duration,
 }
 
-/// What Istio's default `tcp_reporting_duration` is.
+/// Later Istio's default `tcp_reporting_duration` (its native stats filter).
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(5);
+
+/// Istio 1.10's default (its Wasm stats plugin).
+pub const WASM_DEFAULT_EVERY: Duration = Duration::from_secs(15);
 
 /// How the connection went, when it is first reported.
 #[derive(Debug, Default)]
@@ -126,14 +129,32 @@ impl TcpReport {
 }
 
 /// `tcp_reporting_duration` from an `istio.stats` network filter's config: later Istio's
-/// `stats.PluginConfig` (binary, or parked from JSON), or Istio 1.10's Wasm filter whose
-/// `configuration` is a JSON string. [`DEFAULT_EVERY`] when unset or unreadable; zero turns
-/// the periodic report off, as in Istio.
+/// `stats.PluginConfig` (binary, or parked from JSON), or Istio's Wasm filter (in a
+/// TypedStruct or not) whose `configuration` is a JSON string. When unset or unreadable, the
+/// default of that form: [`WASM_DEFAULT_EVERY`] for the Wasm plugin, [`DEFAULT_EVERY`]
+/// otherwise. Zero turns the periodic report off, as in Istio.
 pub fn reporting_every(any: &envoy_types::pb::google::protobuf::Any) -> Duration {
-    reporting_setting(any).unwrap_or(DEFAULT_EVERY)
+    setting(any).unwrap_or(if is_wasm(any) {
+        WASM_DEFAULT_EVERY
+    } else {
+        DEFAULT_EVERY
+    })
 }
 
-fn reporting_setting(any: &envoy_types::pb::google::protobuf::Any) -> Option<Duration> {
+/// Whether the filter is the Wasm stats plugin (directly, or as a TypedStruct's type).
+fn is_wasm(any: &envoy_types::pb::google::protobuf::Any) -> bool {
+    const WASM: &str = "envoy.extensions.filters.network.wasm.v3.Wasm";
+    if any.type_url.ends_with(WASM) {
+        return true;
+    }
+    // A TypedStruct (parked from JSON, or binary) names its type in `type_url`; the bytes
+    // hold it either way.
+    let needle = WASM.as_bytes();
+    any.value.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The configured duration, if one is readable.
+fn setting(any: &envoy_types::pb::google::protobuf::Any) -> Option<Duration> {
     use crate::config::decode;
     use prost::Message;
     /// The one field of `stats.PluginConfig` read here (prost skips the others).
@@ -150,7 +171,19 @@ fn reporting_setting(any: &envoy_types::pb::google::protobuf::Any) -> Option<Dur
         #[prost(message, optional, tag = "2")]
         value: Option<envoy_types::pb::google::protobuf::Struct>,
     }
-    let json = if any.type_url.ends_with("/stats.PluginConfig") {
+    let json = if any
+        .type_url
+        .ends_with("/envoy.extensions.filters.network.wasm.v3.Wasm")
+    {
+        use envoy_types::pb::envoy::extensions::filters::network::wasm::v3::Wasm;
+        let w = Wasm::decode(any.value.as_slice()).ok()?;
+        let conf = w.config?.configuration?;
+        let text = envoy_types::pb::google::protobuf::StringValue::decode(conf.value.as_slice())
+            .ok()?
+            .value;
+        let plugin: serde_json::Value = serde_json::from_str(&text).ok()?;
+        return text_duration(plugin.get("tcp_reporting_duration")?.as_str()?);
+    } else if any.type_url.ends_with("/stats.PluginConfig") {
         let c = PluginConfig::decode(any.value.as_slice()).ok()?;
         return c
             .tcp_reporting_duration
@@ -176,7 +209,7 @@ fn reporting_setting(any: &envoy_types::pb::google::protobuf::Any) -> Option<Dur
             plugin.get("tcp_reporting_duration")?.clone()
         }
     };
-    json_duration(setting.as_str()?)
+    text_duration(setting.as_str()?)
 }
 
 /// A `google.protobuf.Struct` as JSON.
@@ -199,9 +232,36 @@ fn struct_json(s: &envoy_types::pb::google::protobuf::Struct) -> serde_json::Val
         .into()
 }
 
-/// A proto3 JSON duration: seconds with an optional fraction and an `s` (`"1s"`, `"0.5s"`).
-fn json_duration(s: &str) -> Option<Duration> {
-    Duration::try_from_secs_f64(s.strip_suffix('s')?.parse().ok()?).ok()
+/// A duration as the stats plugins read it: proto3 JSON's `"1.5s"`, or absl's
+/// `ParseDuration` forms (`"500ms"`, `"1m30s"`, units `ns us ms s m h`).
+fn text_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&e| e > 0)?;
+        let n: f64 = rest[..end].parse().ok()?;
+        rest = &rest[end..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit] {
+            "ns" => 1e-9,
+            "us" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit..];
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 #[cfg(test)]
@@ -237,7 +297,13 @@ mod tests {
         };
         let d = r#"{"debug": "false", "stat_prefix": "istio", "tcp_reporting_duration": "1s"}"#;
         assert_eq!(reporting_every(&wasm(d)), Duration::from_secs(1));
-        assert_eq!(reporting_every(&wasm("{}")), DEFAULT_EVERY);
+        assert_eq!(reporting_every(&wasm("{}")), WASM_DEFAULT_EVERY);
+        let absl = r#"{"tcp_reporting_duration": "1m30s"}"#;
+        assert_eq!(reporting_every(&wasm(absl)), Duration::from_secs(90));
+        let ms = r#"{"tcp_reporting_duration": "250ms"}"#;
+        assert_eq!(reporting_every(&wasm(ms)), Duration::from_millis(250));
+        let bad = r#"{"tcp_reporting_duration": "soon"}"#;
+        assert_eq!(reporting_every(&wasm(bad)), WASM_DEFAULT_EVERY);
         // Later Istio's PluginConfig, in JSON and as istiod sends it.
         let json_form = loaded(json!({"@type": "type.googleapis.com/stats.PluginConfig",
             "tcp_reporting_duration": "0.5s"}));
