@@ -74,6 +74,14 @@ async fn two_sidecars_exchange_metadata_and_count_requests() {
     let routes = to("outbound|9080||reviews.default.svc.cluster.local");
     let productpage_node = node("productpage-v1", "productpage", "v1");
     let productpage = sidecar("OUTBOUND", routes, vec![c], productpage_node).await;
+    // The version gauge Istio's stats filter sets with its config, before any traffic,
+    // from the node's ISTIO_VERSION.
+    let prom = prometheus(&productpage).await;
+    assert!(
+        prom.lines()
+            .any(|l| l == r#"istio_build{component="proxy",tag="1.10.6"} 1"#),
+        "{prom}"
+    );
 
     for _ in 0..3 {
         let r = get(
@@ -120,13 +128,7 @@ async fn two_sidecars_exchange_metadata_and_count_requests() {
     }
     assert_eq!(s[0].0, "reporter", "Istio's label order");
     assert_eq!(s.len(), 25);
-    // The version gauge Istio's stats filter sets, from the node's ISTIO_VERSION.
-    let prom = prometheus(&productpage).await;
-    assert!(
-        prom.lines()
-            .any(|l| l == r#"istio_build{component="proxy",tag="1.10.6"} 1"#),
-        "{prom}"
-    );
+
     // The histograms under the same labels: three requests each.
     let prom = prometheus(&productpage).await;
     for family in [

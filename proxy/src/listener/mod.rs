@@ -251,6 +251,17 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
+    /// Whether a chain has Istio's stats filter (HTTP or TCP).
+    pub fn istio_stats(&self) -> bool {
+        self.chains
+            .iter()
+            .chain(&self.default_chain)
+            .any(|c| match &c.terminal {
+                Terminal::Http { hcm, .. } => hcm.istio.stats,
+                Terminal::Tcp(tp) => tp.istio.is_some(),
+            })
+    }
+
     /// Compile a listener. Errors name the chain or filter at fault.
     pub fn from_proto(l: &lpb::Listener) -> Result<Self, String> {
         let mut binds = vec![BindAddr::from_proto(
