@@ -56,17 +56,14 @@ fn tcp_listener(name: &str, dir: &str, cluster: &str, tls: Option<Value>) -> Val
         "filter_chains": [chain]})
 }
 
-/// A TCP connection between two mosn sidecars over Istio's mTLS, as ratings-v2 talks to
-/// MongoDB: each side counts it in `istio_tcp_*`, the bytes while it is open, with the
-/// peer named by its certificate (and, outbound, by the endpoint's metadata).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_connections_are_counted_on_both_sides() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Two mosn sidecars over Istio's mTLS, as ratings-v2 talks to MongoDB: the client's
+/// outbound tcp_proxy (certificate SPIFFE_CLIENT) to the server's inbound one (certificate
+/// SPIFFE_SERVER, with `rbac` network filters ahead), which forwards to `app`. The outbound
+/// endpoint carries Istio's workload metadata. The PKI directory lives as long as they do.
+async fn sidecars(app: std::net::SocketAddr, rbac: Vec<Value>) -> (Proxy, Proxy, impl Drop) {
     let pki = pki();
     let d = pki.path();
-    let app = tcp_echo().await;
-    // The server sidecar (certificate: SPIFFE_SERVER), inbound over mTLS to the app.
-    let inbound = tcp_listener(
+    let mut inbound = tcp_listener(
         "inbound",
         "INBOUND",
         "inbound|27017||",
@@ -74,6 +71,12 @@ async fn tcp_connections_are_counted_on_both_sides() {
             json!([{"prefix": "spiffe://cluster.local/"}]),
         )),
     );
+    for (i, f) in rbac.into_iter().enumerate() {
+        inbound["filter_chains"][0]["filters"]
+            .as_array_mut()
+            .unwrap()
+            .insert(i, f);
+    }
     let mut boot = bootstrap(
         vec![inbound],
         vec![cluster("inbound|27017||", &[app], json!({}))],
@@ -81,8 +84,6 @@ async fn tcp_connections_are_counted_on_both_sides() {
     boot["static_resources"]["secrets"] = secrets(d);
     boot["node"] = node("mongodb-v1", "mongodb", "v1");
     let server = proxy(boot).await;
-    // The client sidecar (certificate: SPIFFE_CLIENT), outbound to it over mTLS; the
-    // endpoint carries Istio's workload metadata.
     let name = "outbound|27017||mongodb.default.svc.cluster.local";
     let to = server.addr("inbound");
     let c = json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
@@ -110,6 +111,17 @@ async fn tcp_connections_are_counted_on_both_sides() {
     ]);
     boot["node"] = node("ratings-v2", "ratings", "v2");
     let client = proxy(boot).await;
+    (client, server, pki)
+}
+
+/// A TCP connection between two mosn sidecars over Istio's mTLS: each side counts it in
+/// `istio_tcp_*`, the bytes while it is open, with the peer named by its certificate (and,
+/// outbound, by the endpoint's metadata).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_are_counted_on_both_sides() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = tcp_echo().await;
+    let (client, server, _pki) = sidecars(app, vec![]).await;
 
     let mut s = tokio::net::TcpStream::connect(client.addr("outbound"))
         .await
@@ -243,4 +255,54 @@ async fn a_tcp_connection_without_upstream_is_counted_with_its_flag() {
     let opened = family(&prom, "istio_tcp_connections_opened_total");
     assert_eq!(opened, closed, "opened under the same labels");
     assert!(prom.contains(r#"istio_build{component="proxy",tag="1.10.6"} 1"#));
+}
+
+/// A connection the server's RBAC denies is still counted there, opened and closed, under
+/// the client's certificate name, as Istio's stats filter (which runs from the connection's
+/// start) counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_connection_is_counted() {
+    use tokio::io::AsyncReadExt;
+    let app = tcp_echo().await;
+    let deny = json!({"name": "envoy.filters.network.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        "stat_prefix": "tcp.", "rules": {"action": "DENY", "policies": {"ns[default]-policy[deny]": {
+            "permissions": [{"any": true}], "principals": [{"any": true}]}}}}});
+    let (client, server, _pki) = sidecars(app, vec![deny]).await;
+    let mut s = tokio::net::TcpStream::connect(client.addr("outbound"))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("hi"),
+        "the app was reached"
+    );
+    let mut closed = vec![];
+    for _ in 0..50 {
+        closed = family(
+            &prometheus(&server).await,
+            "istio_tcp_connections_closed_total",
+        );
+        if !closed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    let (labels, n) = &closed[0];
+    assert_eq!(*n, 1);
+    for (k, v) in [
+        ("reporter", "destination"),
+        ("source_principal", SPIFFE_CLIENT),
+        ("destination_principal", SPIFFE_SERVER),
+        ("connection_security_policy", "mutual_tls"),
+    ] {
+        assert_eq!(label(labels, k), v, "{k} in {labels:?}");
+    }
+    let opened = family(
+        &prometheus(&server).await,
+        "istio_tcp_connections_opened_total",
+    );
+    assert_eq!(&opened, &closed);
 }

@@ -375,11 +375,13 @@ impl Accepted {
                     Ok(Err(e)) => {
                         tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS: {e}");
                         self.lstats.ssl_error.inc();
+                        refused_tcp(chain, &self.store, peer, dst, None);
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS handshake timed out");
                         self.lstats.handshake_timeout.inc();
+                        refused_tcp(chain, &self.store, peer, dst, None);
                         return;
                     }
                 }
@@ -400,6 +402,7 @@ impl Accepted {
                 if let (false, policy) = r.allows(&subject) {
                     tracing::debug!(listener = %target.name, chain = %chain.name, %peer, policy = ?policy, "RBAC: connection denied");
                     self.lstats.rbac_denied.inc();
+                    refused_tcp(chain, &self.store, peer, dst, subject.tls);
                     return;
                 }
             }
@@ -475,5 +478,25 @@ impl Accepted {
                 hstats.cx_active.dec();
             }
         }
+    }
+}
+
+/// A connection a tcp_proxy chain closed before proxying it (failed TLS, denied by RBAC):
+/// Istio's stats filter, which Envoy runs from the connection's start, counts it as opened
+/// and closed.
+fn refused_tcp(
+    chain: &crate::listener::FilterChain,
+    store: &ConfigStore,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    tls: Option<&crate::tls::Peer>,
+) {
+    if let Terminal::Tcp(tp) = &chain.terminal {
+        let from = tcp_proxy::Downstream {
+            peer: Some(peer),
+            original_dst: dst,
+            tls,
+        };
+        tcp_proxy::count_refused(tp, store, from);
     }
 }

@@ -179,6 +179,20 @@ pub async fn serve<R, W>(
     }
 }
 
+/// Istio's count of a connection closed before it was proxied (opened and closed, no bytes).
+pub fn count_refused(
+    cfg: &TcpProxyConfig,
+    store: &crate::config::ConfigStore,
+    from: Downstream<'_>,
+) {
+    if let Some(istio) = &cfg.istio {
+        let log = Outcome::default();
+        istio
+            .open(store, log.names(from, istio.cfg.inbound()))
+            .close(0, 0);
+    }
+}
+
 /// What a proxied connection did, for the access log and Istio's stats.
 #[derive(Debug, Default)]
 struct Outcome {
