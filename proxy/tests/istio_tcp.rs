@@ -59,8 +59,15 @@ fn tcp_listener(name: &str, dir: &str, cluster: &str, tls: Option<Value>) -> Val
 /// Two mosn sidecars over Istio's mTLS, as ratings-v2 talks to MongoDB: the client's
 /// outbound tcp_proxy (certificate SPIFFE_CLIENT) to the server's inbound one (certificate
 /// SPIFFE_SERVER, with `rbac` network filters ahead), which forwards to `app`. The outbound
-/// endpoint carries Istio's workload metadata. The PKI directory lives as long as they do.
-async fn sidecars(app: std::net::SocketAddr, rbac: Vec<Value>) -> (Proxy, Proxy, impl Drop) {
+/// endpoint carries Istio's workload metadata. With `mx`, both run Istio's TCP metadata
+/// exchange as Istio configures it (the listener's and the cluster's `istio.metadata_exchange`,
+/// `istio-peer-exchange` first in the inbound ALPN). The PKI directory lives as long as they
+/// do.
+async fn sidecars(
+    app: std::net::SocketAddr,
+    rbac: Vec<Value>,
+    mx: bool,
+) -> (Proxy, Proxy, impl Drop) {
     let pki = pki();
     let d = pki.path();
     let mut inbound = tcp_listener(
@@ -71,6 +78,16 @@ async fn sidecars(app: std::net::SocketAddr, rbac: Vec<Value>) -> (Proxy, Proxy,
             json!([{"prefix": "spiffe://cluster.local/"}]),
         )),
     );
+    let mx_filter = json!({"name": "istio.metadata_exchange", "typed_config": {
+        "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+        "type_url": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+        "value": {"protocol": "istio-peer-exchange"}}});
+    let mut rbac = rbac;
+    if mx {
+        rbac.insert(0, mx_filter.clone());
+        inbound["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+            ["alpn_protocols"] = json!(["istio-peer-exchange", "h2", "http/1.1"]);
+    }
     for (i, f) in rbac.into_iter().enumerate() {
         inbound["filter_chains"][0]["filters"]
             .as_array_mut()
@@ -101,6 +118,10 @@ async fn sidecars(app: std::net::SocketAddr, rbac: Vec<Value>) -> (Proxy, Proxy,
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
             "endpoint": {"address": {"socket_address": {"address": to.ip().to_string(), "port_value": to.port()}}},
             "metadata": {"filter_metadata": {"istio": {"workload": "mongodb-v1;default;mongodb;v1;Kubernetes"}}}}]}]}});
+    let mut c = c;
+    if mx {
+        c["filters"] = json!([mx_filter]);
+    }
     let mut boot = bootstrap(
         vec![tcp_listener("outbound", "OUTBOUND", name, None)],
         vec![c],
@@ -121,7 +142,7 @@ async fn sidecars(app: std::net::SocketAddr, rbac: Vec<Value>) -> (Proxy, Proxy,
 async fn tcp_connections_are_counted_on_both_sides() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = tcp_echo().await;
-    let (client, server, _pki) = sidecars(app, vec![]).await;
+    let (client, server, _pki) = sidecars(app, vec![], false).await;
 
     let mut s = tokio::net::TcpStream::connect(client.addr("outbound"))
         .await
@@ -268,7 +289,7 @@ async fn a_denied_connection_is_counted() {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
         "stat_prefix": "tcp.", "rules": {"action": "DENY", "policies": {"ns[default]-policy[deny]": {
             "permissions": [{"any": true}], "principals": [{"any": true}]}}}}});
-    let (client, server, _pki) = sidecars(app, vec![deny]).await;
+    let (client, server, _pki) = sidecars(app, vec![deny], false).await;
     let mut s = tokio::net::TcpStream::connect(client.addr("outbound"))
         .await
         .unwrap();
@@ -305,4 +326,50 @@ async fn a_denied_connection_is_counted() {
         "istio_tcp_connections_opened_total",
     );
     assert_eq!(&opened, &closed);
+}
+
+/// With Istio's TCP metadata exchange on both sides, each learns the other's workload from
+/// the exchange (inbound too, where only the certificate named the client before), and the
+/// application's bytes pass untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tcp_metadata_exchange_names_both_workloads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = tcp_echo().await;
+    let (client, server, _pki) = sidecars(app, vec![], true).await;
+    let mut s = tokio::net::TcpStream::connect(client.addr("outbound"))
+        .await
+        .unwrap();
+    s.write_all(b"find ratings").await.unwrap();
+    let mut back = [0u8; 15];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"hi\nfind ratings");
+    let opened = |p: &Proxy| {
+        let a = p.admin();
+        async move {
+            let prom = get(a, "/stats/prometheus", &[]).await.body;
+            family(&prom, "istio_tcp_connections_opened_total")
+        }
+    };
+    let out = opened(&client).await;
+    assert_eq!(out.len(), 1, "{out:?}");
+    for (k, v) in [
+        ("destination_workload", "mongodb-v1"),
+        // Not in the endpoint's metadata: from the exchange.
+        ("destination_app", "mongodb"),
+        ("destination_version", "v1"),
+        ("destination_principal", SPIFFE_SERVER),
+    ] {
+        assert_eq!(label(&out[0].0, k), v, "{k} in {:?}", out[0].0);
+    }
+    let inb = opened(&server).await;
+    assert_eq!(inb.len(), 1, "{inb:?}");
+    for (k, v) in [
+        ("source_workload", "ratings-v2"),
+        ("source_app", "ratings"),
+        ("source_canonical_revision", "v2"),
+        ("source_principal", SPIFFE_CLIENT),
+        ("connection_security_policy", "mutual_tls"),
+    ] {
+        assert_eq!(label(&inb[0].0, k), v, "{k} in {:?}", inb[0].0);
+    }
 }

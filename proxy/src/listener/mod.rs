@@ -96,10 +96,20 @@ impl FilterChain {
         {
             None => None,
             Some((_, Some(TsConfig::TypedConfig(any)))) if any.type_url == RAW_BUFFER_URL => None,
-            Some((_, Some(TsConfig::TypedConfig(any)))) => Some(Arc::new(
-                crate::tls::ServerTls::from_any(any)
-                    .map_err(|e| ctx(format!("transport socket: {e}")))?,
-            )),
+            Some((_, Some(TsConfig::TypedConfig(any)))) => {
+                let tls = crate::tls::ServerTls::from_any(any)
+                    .map_err(|e| ctx(format!("transport socket: {e}")))?;
+                // Istio's TCP metadata exchange on a tcp_proxy chain: `istio-peer-exchange`
+                // may be agreed, and the tcp_proxy runs the exchange (an HTTP chain does not,
+                // so it never agrees on it).
+                let has = |pred: &dyn Fn(&lpb::Filter) -> bool| c.filters.iter().any(pred);
+                let mx = has(&|f| f.name == crate::proxy::istio::tcp_mx::FILTER)
+                    && has(&|f| {
+                        matches!(&f.config_type,
+                            Some(lpb::filter::ConfigType::TypedConfig(a)) if a.type_url == TCP_PROXY_URL)
+                    });
+                Some(Arc::new(if mx { tls.with_peer_exchange() } else { tls }))
+            }
             Some((n, None)) => {
                 return Err(ctx(format!("transport socket {n:?} has no typed_config")))
             }

@@ -4,12 +4,14 @@
 //! A cluster without hosts (Istio's BlackHoleCluster) closes the connection.
 
 use super::istio::tcp::{Opened, TcpReport};
+use super::istio::tcp_mx;
 use crate::cluster::connector::UpIo;
 use crate::cluster::host::Host;
 use crate::cluster::Cluster;
 use crate::config::{decode, Snapshot};
 use crate::lb::LbContext;
 use crate::stats::{Stat, Stats};
+use crate::tls::context::PEER_EXCHANGE;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tpb;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -265,9 +267,18 @@ async fn proxy<R, W>(
         if cfg.istio.is_some() {
             log.endpoint = host.as_ref().and_then(|h| h.istio_workload.clone());
         }
-        // Istio's outbound TCP to a sidecar'd service goes over mTLS (ALPN as configured:
-        // `istio-peer-exchange, istio`).
-        let alpn = crate::tls::Alpn::Configured;
+        // Istio's outbound TCP to a sidecar'd service goes over mTLS, ALPN as configured
+        // (`istio-peer-exchange, istio`); the first only where the cluster runs Istio's
+        // metadata exchange, since that ALPN makes the server expect it.
+        let alpn = match cluster
+            .proto
+            .filters
+            .iter()
+            .any(|f| f.name == tcp_mx::FILTER)
+        {
+            true => crate::tls::Alpn::PeerExchange,
+            false => crate::tls::Alpn::Configured,
+        };
         // As Envoy's TCP proxy, an upstream PROXY header names the client and the address
         // it dialled.
         let downstream = peer.map(|p| (p, original_dst));
@@ -297,20 +308,52 @@ async fn proxy<R, W>(
         st.connect_attempts_exceeded.inc();
         return;
     };
-    let (dr, dw) = down;
+    let (mut dr, mut dw) = down;
     let mut up = up;
+    // Istio's TCP metadata exchange, where the agreed ALPN says it runs: with the client
+    // (inbound chains that have the filter) and with the server (clusters that have it).
+    let local = store.istio_local();
+    let mut from_down = tcp_mx::Exchanged::default();
+    if from.tls.is_some_and(|t| t.peer_exchange) {
+        from_down = tcp_mx::exchange(&mut dr, &mut dw, local, tcp_mx::WAIT).await;
+        // Wire bytes, as Envoy's downstream byte meter counts them.
+        st.rx_bytes.add(from_down.consumed as u64);
+        st.tx_bytes.add(local.mx_header.len() as u64);
+    }
+    let mut from_up = tcp_mx::Exchanged::default();
+    if let UpIo::Tls(t) = up.stream_mut() {
+        if t.get_ref().1.alpn_protocol() == Some(PEER_EXCHANGE.as_bytes()) {
+            let (mut r, mut w) = tokio::io::split(t.as_mut());
+            from_up = tcp_mx::exchange(&mut r, &mut w, local, tcp_mx::WAIT).await;
+        }
+    }
     if let Some(istio) = &cfg.istio {
         if let UpIo::Tls(t) = up.stream_mut() {
             log.up_names.1 = peer_uri(t.get_ref().1).unwrap_or_default();
         }
+        let inbound = istio.cfg.inbound();
+        let peer = match inbound {
+            true => from_down.peer.as_ref(),
+            false => from_up.peer.as_ref(),
+        };
         let opened = Opened {
             cluster: Some(name),
-            ..log.names(from, istio.cfg.inbound())
+            peer,
+            ..log.names(from, inbound)
         };
         let report = istio.open(store, opened);
         log.istio = Some(report);
     }
-    let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
+    let exchanged = from.tls.is_some_and(|t| t.peer_exchange);
+    let (rx, tx) = (
+        AtomicU64::new(from_down.consumed as u64),
+        AtomicU64::new(if exchanged {
+            local.mx_header.len() as u64
+        } else {
+            0
+        }),
+    );
+    let (down_rest, up_rest) = (from_down.rest, from_up.rest);
     let last = AtomicU64::new(0);
     let start = Instant::now();
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -320,15 +363,15 @@ async fn proxy<R, W>(
             UpIo::Plain(s) => {
                 let (ur, uw) = s.split();
                 tokio::join!(
-                    pipe(dr, uw, &st.rx_bytes, &rx, &touch),
-                    pipe(ur, dw, &st.tx_bytes, &tx, &touch)
+                    pipe((dr, down_rest), uw, &st.rx_bytes, &rx, &touch),
+                    pipe((ur, up_rest), dw, &st.tx_bytes, &tx, &touch)
                 );
             }
             UpIo::Tls(t) => {
                 let (ur, uw) = tokio::io::split(t.as_mut());
                 tokio::join!(
-                    pipe(dr, uw, &st.rx_bytes, &rx, &touch),
-                    pipe(ur, dw, &st.tx_bytes, &tx, &touch)
+                    pipe((dr, down_rest), uw, &st.rx_bytes, &rx, &touch),
+                    pipe((ur, up_rest), dw, &st.tx_bytes, &tx, &touch)
                 );
             }
         }
@@ -378,12 +421,27 @@ fn peer_uri(conn: &rustls::ClientConnection) -> Option<String> {
         .next()
 }
 
-/// Copy one direction; on EOF, half-close the other side (Envoy's tcp_proxy half-closes).
-async fn pipe<R, W>(mut r: R, mut w: W, bytes: &Stat, count: &AtomicU64, touch: &impl Fn())
-where
+/// Copy one direction, starting with `first` (read already, past the metadata exchange);
+/// on EOF, half-close the other side (Envoy's tcp_proxy half-closes).
+async fn pipe<R, W>(
+    (mut r, first): (R, bytes::BytesMut),
+    mut w: W,
+    bytes: &Stat,
+    count: &AtomicU64,
+    touch: &impl Fn(),
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    if !first.is_empty() {
+        touch();
+        if w.write_all(&first).await.is_err() {
+            let _ = w.shutdown().await;
+            return;
+        }
+        bytes.add(first.len() as u64);
+        count.fetch_add(first.len() as u64, Ordering::Relaxed);
+    }
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match r.read(&mut buf).await {

@@ -28,7 +28,7 @@ pub struct ClientTls {
     /// connections' [`Dial::flavor`].
     id: u64,
     /// Configs by ALPN: as configured, then Istio's override for HTTP/1.1 and for HTTP/2.
-    cache: [Cached<Dial>; 3],
+    cache: [Cached<Dial>; 4],
 }
 
 /// The ALPN protocols a connection offers.
@@ -42,12 +42,15 @@ pub enum Alpn {
     IstioHttp11,
     /// The same for HTTP/2: `istio-h2, istio, h2`.
     IstioH2,
+    /// The context's `alpn_protocols` with `istio-peer-exchange` kept: a tcp_proxy
+    /// connection of a cluster that runs Istio's TCP metadata exchange.
+    PeerExchange,
 }
 
 impl Alpn {
     fn protocols(self) -> Option<Vec<Vec<u8>>> {
         let list: &[&[u8]] = match self {
-            Alpn::Configured => return None,
+            Alpn::Configured | Alpn::PeerExchange => return None,
             Alpn::IstioHttp11 => &[b"istio-http/1.1", b"istio", b"http/1.1"],
             Alpn::IstioH2 => &[b"istio-h2", b"istio", b"h2"],
         };
@@ -179,7 +182,10 @@ impl ClientTls {
             Some(k) => builder.with_client_cert_resolver(Arc::new(ClientCert(k))),
             None => builder.with_no_client_auth(),
         };
-        cfg.alpn_protocols = alpn.protocols().unwrap_or_else(|| self.common.alpn.clone());
+        cfg.alpn_protocols = match alpn {
+            Alpn::PeerExchange if !self.common.mx_alpn.is_empty() => self.common.mx_alpn.clone(),
+            _ => alpn.protocols().unwrap_or_else(|| self.common.alpn.clone()),
+        };
         cfg.enable_sni = !self.sni.is_empty() || self.auto_sni;
         Ok(cfg)
     }

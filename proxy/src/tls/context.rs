@@ -163,12 +163,18 @@ fn sds_ref(c: &SdsSecretConfig) -> Result<Option<SdsRef>, String> {
     }))
 }
 
+/// Istio's ALPN for its TCP metadata exchange.
+pub const PEER_EXCHANGE: &str = "istio-peer-exchange";
+
 /// What both kinds of context share.
 #[derive(Debug)]
 pub(super) struct Common {
     cert: Option<Source<TlsCertificate>>,
     validation: Option<Source<CertificateValidationContext>>,
     pub(super) alpn: Vec<Vec<u8>>,
+    /// The configured list with `istio-peer-exchange` in its place, when it is there: for a
+    /// chain or cluster that runs Istio's TCP metadata exchange.
+    pub(super) mx_alpn: Vec<Vec<u8>>,
     tls13_only: bool,
     pub(super) sds: Vec<SdsRef>,
 }
@@ -180,6 +186,7 @@ impl Common {
                 cert: None,
                 validation: None,
                 alpn: Vec::new(),
+                mx_alpn: Vec::new(),
                 tls13_only: false,
                 sds: Vec::new(),
             });
@@ -228,12 +235,21 @@ impl Common {
         Ok(Common {
             cert,
             validation,
-            // Not `istio-peer-exchange`: an Envoy peer that selects it runs Istio's metadata
-            // exchange over the stream, and mosn would pass those bytes on as data.
+            mx_alpn: match c.alpn_protocols.iter().any(|p| p == PEER_EXCHANGE) {
+                true => c
+                    .alpn_protocols
+                    .iter()
+                    .map(|p| p.as_bytes().to_vec())
+                    .collect(),
+                false => Vec::new(),
+            },
+            // Not `istio-peer-exchange` unless the metadata exchange runs (`mx_alpn`): an
+            // Envoy peer that selects it exchanges metadata over the stream, which would
+            // otherwise pass on as data.
             alpn: c
                 .alpn_protocols
                 .iter()
-                .filter(|p| p.as_str() != "istio-peer-exchange")
+                .filter(|p| p.as_str() != PEER_EXCHANGE)
                 .map(|p| p.as_bytes().to_vec())
                 .collect(),
             tls13_only: tls13_only(c.tls_params.as_ref())?,
@@ -335,6 +351,8 @@ pub(super) fn cached<T>(
 pub struct ServerTls {
     common: Common,
     require_client: bool,
+    /// Its chain runs Istio's TCP metadata exchange: `istio-peer-exchange` is selected.
+    mx: bool,
     /// Configs with the context's ALPN, and without (see [`ServerTls::config`]).
     cache: [Cached<ServerSide>; 2],
 }
@@ -351,9 +369,10 @@ impl ServerTls {
         let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream)
             .await
             .map_err(|e| format!("handshake failed: {e}"))?;
-        let offered = start.client_hello().alpn().is_some_and(|mut a| {
-            a.any(|p| self.common.alpn.iter().any(|ours| ours.as_slice() == p))
-        });
+        let offered = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut a| a.any(|p| self.alpn().iter().any(|ours| ours.as_slice() == p)));
         let side = self
             .config(secrets, offered)
             .map_err(|e| format!("chain not ready ({e}); closing"))?;
@@ -390,8 +409,24 @@ impl ServerTls {
         Ok(ServerTls {
             common,
             require_client,
+            mx: false,
             cache: Default::default(),
         })
+    }
+
+    /// Select `istio-peer-exchange` when the client offers it and the context lists it: the
+    /// chain runs Istio's TCP metadata exchange.
+    pub fn with_peer_exchange(mut self) -> Self {
+        self.mx = true;
+        self
+    }
+
+    /// The ALPN protocols it selects from.
+    fn alpn(&self) -> &[Vec<u8>] {
+        match self.mx && !self.common.mx_alpn.is_empty() {
+            true => &self.common.mx_alpn,
+            false => &self.common.alpn,
+        }
     }
 
     /// The SDS secrets it names.
@@ -432,7 +467,7 @@ impl ServerTls {
             };
             let mut cfg = builder.with_cert_resolver(Arc::new(One(key)));
             if alpn {
-                cfg.alpn_protocols = self.common.alpn.clone();
+                cfg.alpn_protocols = self.alpn().to_vec();
             }
             Ok(ServerSide {
                 config: Arc::new(cfg),

@@ -43,6 +43,8 @@ pub struct Peer {
     pub subject: Option<String>,
     /// The URI SAN of the certificate this side presented (XFCC's `By=`).
     pub local_uri: Option<String>,
+    /// ALPN `istio-peer-exchange` was agreed: Istio's TCP metadata exchange runs first.
+    pub peer_exchange: bool,
     /// The certificates the client presented, its own first (XFCC's `Cert` and `Chain`).
     pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// XFCC's `Cert` and `Chain` values (URL-encoded PEM), made at the first request that
@@ -77,6 +79,7 @@ impl Peer {
             }),
             subject: cert.and_then(|c| der::subject(c)),
             local_uri,
+            peer_exchange: conn.alpn_protocol() == Some(context::PEER_EXCHANGE.as_bytes()),
             chain: conn
                 .peer_certificates()
                 .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())

@@ -16,6 +16,7 @@
 pub mod labels;
 pub mod peer;
 pub mod tcp;
+pub mod tcp_mx;
 
 pub use labels::Telemetry;
 

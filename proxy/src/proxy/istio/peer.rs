@@ -51,7 +51,7 @@ impl Workload {
         })
     }
 
-    fn from_struct(s: &Struct) -> Self {
+    pub fn from_struct(s: &Struct) -> Self {
         let text = |s: &Struct, k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
             Some(Kind::StringValue(v)) => v.clone(),
             _ => String::new(),
@@ -80,6 +80,8 @@ pub struct Local {
     pub id: http::HeaderValue,
     /// The encoded metadata, sent as `x-envoy-peer-metadata`.
     pub value: http::HeaderValue,
+    /// The same metadata in the TCP exchange's framing (see [`super::tcp_mx`]).
+    pub mx_header: bytes::Bytes,
     /// What labels read.
     pub workload: Workload,
     /// A gateway (`router~` node): Istio's stats take no Host fallback there.
@@ -151,9 +153,11 @@ impl Local {
             },
         );
         let value = base64::engine::general_purpose::STANDARD.encode(sent.encode_to_vec());
+        let mx_header = super::tcp_mx::header(id, sent);
         Local {
             id: http::HeaderValue::from_str(id).unwrap_or(http::HeaderValue::from_static("")),
             value: http::HeaderValue::from_str(&value).expect("base64 is a valid header value"),
+            mx_header,
             workload: Workload::from_struct(&md),
             gateway: id.starts_with("router~"),
             istio_version: match md.fields.get("ISTIO_VERSION").and_then(|v| v.kind.as_ref()) {

@@ -43,6 +43,8 @@ pub struct Opened<'a> {
     pub cluster: Option<&'a str>,
     /// The upstream endpoint's `istio.workload` metadata.
     pub endpoint: Option<&'a str>,
+    /// The other side's workload, from the TCP metadata exchange.
+    pub peer: Option<&'a super::peer::Workload>,
     /// (source, destination) principals: URI SANs, empty when unknown.
     pub principals: (&'a str, &'a str),
     /// Response flags, comma-separated, empty for none.
@@ -62,6 +64,7 @@ impl TcpIstio {
     pub fn open(&self, store: &ConfigStore, o: Opened<'_>) -> TcpReport {
         store.istio_local().record_build(&store.tracing_env().stats);
         let who = Who {
+            peer: o.peer,
             cluster: o.cluster,
             endpoint: o.endpoint,
             principals: o.principals,
