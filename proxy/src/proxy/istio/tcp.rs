@@ -10,10 +10,10 @@
 //! under the HTTP labels without `response_code` and `grpc_response_status`, with
 //! `request_protocol="tcp"`.
 //!
-//! There is no TCP metadata exchange: mosn never agrees on ALPN `istio-peer-exchange` (see
-//! `tls::context`), so the peer is named by Istio's fallbacks: outbound, the endpoint's
-//! `istio.workload` metadata and the server certificate's SPIFFE name; inbound, the client
-//! certificate's (its workload stays `unknown`, as in Istio without the exchange).
+//! The peer's workload comes from Istio's TCP metadata exchange ([`super::tcp_mx`]) where it
+//! runs; otherwise from Istio's fallbacks: outbound, the endpoint's `istio.workload`
+//! metadata; inbound, none (`unknown`). Principals come from the certificates: the client's
+//! and this side's inbound, the upstream connection's outbound.
 
 use super::labels::{flags, security, with_sides, Series, Who};
 use super::IstioConfig;
