@@ -372,4 +372,26 @@ async fn the_tcp_metadata_exchange_names_both_workloads() {
     ] {
         assert_eq!(label(&inb[0].0, k), v, "{k} in {:?}", inb[0].0);
     }
+    // The frames are not the application's bytes: the inbound side counts 15 sent and 12
+    // received, as without the exchange.
+    let bytes = |p: &Proxy| {
+        let a = p.admin();
+        async move {
+            let prom = get(a, "/stats/prometheus", &[]).await.body;
+            let one = |f: &str| family(&prom, f).first().map_or(0, |s| s.1);
+            (
+                one("istio_tcp_sent_bytes_total"),
+                one("istio_tcp_received_bytes_total"),
+            )
+        }
+    };
+    let mut seen = (0, 0);
+    for _ in 0..15 {
+        seen = bytes(&server).await;
+        if seen != (0, 0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, (15, 12));
 }

@@ -316,9 +316,11 @@ async fn proxy<R, W>(
     let mut from_down = tcp_mx::Exchanged::default();
     if from.tls.is_some_and(|t| t.peer_exchange) {
         from_down = tcp_mx::exchange(&mut dr, &mut dw, local, tcp_mx::WAIT).await;
-        // Wire bytes, as Envoy's downstream byte meter counts them.
+        // The connection's wire bytes count the frames (Envoy's `downstream_cx_*_bytes`);
+        // the tcp_proxy's (Istio's byte counts, the access log) do not, since Envoy's
+        // exchange filter takes them off before the tcp_proxy sees the data.
         st.rx_bytes.add(from_down.consumed as u64);
-        st.tx_bytes.add(local.mx_header.len() as u64);
+        st.tx_bytes.add(from_down.sent as u64);
     }
     let mut from_up = tcp_mx::Exchanged::default();
     if let UpIo::Tls(t) = up.stream_mut() {
@@ -326,6 +328,11 @@ async fn proxy<R, W>(
             let (mut r, mut w) = tokio::io::split(t.as_mut());
             from_up = tcp_mx::exchange(&mut r, &mut w, local, tcp_mx::WAIT).await;
         }
+    }
+    if from_down.broken || from_up.broken {
+        // A frame that started but never ended: what follows cannot be told from it.
+        tracing::debug!(cluster = %name, "tcp_proxy: Istio metadata exchange frame cut short; closing");
+        return;
     }
     if let Some(istio) = &cfg.istio {
         if let UpIo::Tls(t) = up.stream_mut() {
@@ -344,15 +351,7 @@ async fn proxy<R, W>(
         let report = istio.open(store, opened);
         log.istio = Some(report);
     }
-    let exchanged = from.tls.is_some_and(|t| t.peer_exchange);
-    let (rx, tx) = (
-        AtomicU64::new(from_down.consumed as u64),
-        AtomicU64::new(if exchanged {
-            local.mx_header.len() as u64
-        } else {
-            0
-        }),
-    );
+    let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
     let (down_rest, up_rest) = (from_down.rest, from_up.rest);
     let last = AtomicU64::new(0);
     let start = Instant::now();

@@ -67,15 +67,20 @@ pub fn header(id: &str, metadata: Struct) -> Bytes {
 }
 
 /// What the exchange left: the other side's workload, if its frame carried one, the bytes
-/// read past the frame (the application's, to pass on first), and the frame's size.
+/// read past the frame (the application's, to pass on first), and the frames' sizes.
 #[derive(Debug, Default)]
 pub struct Exchanged {
     /// The other side's workload.
     pub peer: Option<Workload>,
     /// Bytes read after its frame (or all that was read, when there was no frame).
     pub rest: BytesMut,
-    /// Bytes read for the frame itself.
+    /// Bytes read for its frame.
     pub consumed: usize,
+    /// Bytes of this side's frame written.
+    pub sent: usize,
+    /// Its frame started (the magic came) but did not end in time, or is longer than mosn
+    /// takes: the stream cannot be passed on.
+    pub broken: bool,
 }
 
 /// Run the exchange: send this node's frame on `w`, then read the other side's from `r`
@@ -88,6 +93,7 @@ where
     if w.write_all(&local.mx_header).await.is_err() || w.flush().await.is_err() {
         return Exchanged::default();
     }
+    let sent = local.mx_header.len();
     let mut buf = BytesMut::with_capacity(4096);
     let read = async {
         // The frame's head, then all of it; a short stream stops at what it had.
@@ -110,7 +116,7 @@ where
         }
     };
     let _ = tokio::time::timeout(wait, read).await;
-    parse(buf)
+    Exchanged { sent, ..parse(buf) }
 }
 
 /// Take the frame off the start of `buf`, if it has a whole one.
@@ -124,7 +130,7 @@ fn parse(mut buf: BytesMut) -> Exchanged {
     let len = (&buf[4..8]).get_u32() as usize;
     if len > MAX_FRAME || buf.len() < 8 + len {
         return Exchanged {
-            rest: buf,
+            broken: true,
             ..Default::default()
         };
     }
@@ -141,6 +147,7 @@ fn parse(mut buf: BytesMut) -> Exchanged {
         peer,
         rest: buf,
         consumed: frame.len(),
+        ..Default::default()
     }
 }
 
@@ -195,9 +202,80 @@ mod tests {
         // No magic: all of it is the application's.
         let plain = parse(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
         assert!(plain.peer.is_none() && &plain.rest[..] == b"GET / HTTP/1.1\r\n");
-        // A frame cut short is passed on as it is.
+        // A frame cut short leaves nothing to pass on.
         let cut = parse(BytesMut::from(&l.mx_header[..20]));
-        assert!(cut.peer.is_none() && cut.rest.len() == 20);
+        assert!(cut.peer.is_none() && cut.broken && cut.rest.is_empty());
+        // A stream shorter than the magic is the application's.
+        let short = parse(BytesMut::from(&b"hi"[..]));
+        assert!(!short.broken && &short.rest[..] == b"hi");
+    }
+
+    /// A length-delimited protobuf field, encoded by hand (not by prost).
+    fn ld(field: u8, bytes: &[u8]) -> Vec<u8> {
+        assert!(bytes.len() < 128);
+        let mut v = vec![field << 3 | 2, bytes.len() as u8];
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    /// The frame Istio's filter writes for a node with no id and `WORKLOAD_NAME: w`, built by
+    /// hand from its layout: Any { type_url, value: Struct { fields: { "x-envoy-peer-metadata":
+    /// Value { struct_value: Struct { fields: { "WORKLOAD_NAME": Value { string_value: "w" }}}}}}}.
+    fn golden() -> Vec<u8> {
+        let entry = |k: &str, v: Vec<u8>| ld(1, &[ld(1, k.as_bytes()), ld(2, &v)].concat());
+        let inner = entry("WORKLOAD_NAME", ld(3, b"w"));
+        let data = entry("x-envoy-peer-metadata", ld(5, &inner));
+        let any = [
+            ld(1, b"type.googleapis.com/google.protobuf.Struct"),
+            ld(2, &data),
+        ]
+        .concat();
+        let mut frame = vec![0x3D, 0x23, 0x04, 0x67, 0, 0, 0, any.len() as u8];
+        frame.extend_from_slice(&any);
+        frame
+    }
+
+    #[test]
+    fn frames_match_a_hand_built_one() {
+        let mut md = Struct::default();
+        md.fields.insert(
+            "WORKLOAD_NAME".into(),
+            Value {
+                kind: Some(Kind::StringValue("w".into())),
+            },
+        );
+        assert_eq!(&header("", md)[..], &golden()[..]);
+        let got = parse(BytesMut::from(&golden()[..]));
+        assert_eq!(got.peer.map(|p| p.workload), Some("w".to_string()));
+    }
+
+    /// A peer that, like Envoy, writes its frame only once it has read something (here all
+    /// of this side's frame), then its application bytes.
+    #[tokio::test]
+    async fn a_peer_that_answers_after_reading() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (mut ar, mut aw) = tokio::io::split(a);
+        let (mut br, mut bw) = tokio::io::split(b);
+        let l = local();
+        let peer = async {
+            let mut head = [0u8; 8];
+            br.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes(head[4..].try_into().unwrap()) as usize;
+            let mut frame = vec![0u8; len];
+            br.read_exact(&mut frame).await.unwrap();
+            bw.write_all(&golden()).await.unwrap();
+            bw.write_all(b"greeting").await.unwrap();
+        };
+        let (got, ()) = tokio::join!(exchange(&mut ar, &mut aw, &l, WAIT), peer);
+        assert_eq!(got.peer.map(|p| p.workload), Some("w".to_string()));
+        let mut rest = got.rest.to_vec();
+        while rest.len() < 8 {
+            let mut b = [0u8; 16];
+            let n = ar.read(&mut b).await.unwrap();
+            rest.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(rest, b"greeting");
+        assert!(!got.broken && got.sent == l.mx_header.len());
     }
 
     #[tokio::test]
