@@ -65,7 +65,7 @@ async fn two_sidecars_exchange_metadata_and_count_requests() {
     // The productpage sidecar: outbound listener to the reviews sidecar, whose cluster
     // carries Istio's service metadata.
     let services = json!({"filter_metadata": {"istio": {"services": [
-        {"host": "reviews.default.svc.cluster.local", "name": "reviews", "namespace": "default"}]}}});
+        {"host": "reviews.default.svc.cluster.local", "name": "reviews", "namespace": "elsewhere"}]}}});
     let c = cluster(
         "outbound|9080||reviews.default.svc.cluster.local",
         &[reviews.addr("inbound")],
@@ -114,10 +114,12 @@ async fn two_sidecars_exchange_metadata_and_count_requests() {
         ("destination_workload", "reviews-v2"),
         ("destination_version", "v2"),
         ("destination_canonical_service", "reviews"),
+        // The destination workload's namespace, as Istio's filters take it, not the
+        // cluster's (which says `elsewhere` here).
+        ("destination_service_namespace", "default"),
         // From the cluster's metadata.
         ("destination_service", "reviews.default.svc.cluster.local"),
         ("destination_service_name", "reviews"),
-        ("destination_service_namespace", "default"),
         ("request_protocol", "http"),
         ("response_code", "200"),
         ("grpc_response_status", ""),

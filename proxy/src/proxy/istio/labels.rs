@@ -230,7 +230,6 @@ pub fn with_sides<R>(
         _ => String::new(),
     };
     let mut service_name = None;
-    let mut service_namespace = None;
     // Istio's REGISTRY_ONLY and ALLOW_ANY routes name the cluster the traffic stands for.
     let by_route = match who.route {
         Some("block_all") => Some("BlackHoleCluster"),
@@ -242,18 +241,16 @@ pub fn with_sides<R>(
     } else if let Some(c) = who.cluster {
         if PASSTHROUGH.contains(&c) {
             service_name = Some(c.to_string());
-        } else if let Some((host, name, ns)) = istio_service(store, c) {
+        } else if let Some((host, name)) = istio_service(store, c) {
             // Without a name, the host's first label.
             service_name = Some(match name.is_empty() {
                 true => host.split('.').next().unwrap_or_default().to_string(),
                 false => name,
             });
             service = host;
-            service_namespace = Some(ns).filter(|n| !n.is_empty());
         }
     }
     let service_name = service_name.unwrap_or_else(|| service.clone());
-    let service_namespace = service_namespace.unwrap_or_else(|| dst_ns.to_string());
     f(&[
         ("reporter", if inbound { "destination" } else { "source" }),
         ("source_workload", unknown(&src.workload)),
@@ -276,7 +273,9 @@ pub fn with_sides<R>(
         ),
         ("destination_canonical_revision", revision(dst)),
         ("destination_service_name", unknown(&service_name)),
-        ("destination_service_namespace", unknown(&service_namespace)),
+        // The destination workload's namespace (Istio 1.10's and later Istio's filters
+        // alike), not the service's from the cluster metadata.
+        ("destination_service_namespace", unknown(dst_ns)),
         ("destination_cluster", unknown(&dst.cluster)),
     ])
 }
@@ -317,8 +316,8 @@ pub fn security(mtls: Option<bool>) -> &'static str {
     }
 }
 
-/// The cluster's `filter_metadata.istio.services[0]`: (host, name, namespace).
-fn istio_service(store: &ConfigStore, cluster: &str) -> Option<(String, String, String)> {
+/// The cluster's `filter_metadata.istio.services[0]`: (host, name).
+fn istio_service(store: &ConfigStore, cluster: &str) -> Option<(String, String)> {
     use envoy_types::pb::google::protobuf::value::Kind;
     let snap = store.load();
     let c = snap.clusters.get(cluster)?;
@@ -333,7 +332,7 @@ fn istio_service(store: &ConfigStore, cluster: &str) -> Option<(String, String, 
         Some(Kind::StringValue(s)) => s.clone(),
         _ => String::new(),
     };
-    Some((text("host"), text("name"), text("namespace")))
+    Some((text("host"), text("name")))
 }
 
 /// The stats of one label set.
