@@ -135,6 +135,20 @@ async fn sidecars(
     (client, server, pki)
 }
 
+/// Through the client sidecar: 12 bytes to the app, its greeting and their echo (15 bytes)
+/// back; the connection stays open.
+async fn query(client: &Proxy) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(client.addr("outbound"))
+        .await
+        .unwrap();
+    s.write_all(b"find ratings").await.unwrap();
+    let mut back = [0u8; 15];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"hi\nfind ratings");
+    s
+}
+
 /// A TCP connection between two mosn sidecars over Istio's mTLS: each side counts it in
 /// `istio_tcp_*`, the bytes while it is open, with the peer named by its certificate (and,
 /// outbound, by the endpoint's metadata).
@@ -144,13 +158,7 @@ async fn tcp_connections_are_counted_on_both_sides() {
     let app = tcp_echo().await;
     let (client, server, _pki) = sidecars(app, vec![], false).await;
 
-    let mut s = tokio::net::TcpStream::connect(client.addr("outbound"))
-        .await
-        .unwrap();
-    s.write_all(b"find ratings").await.unwrap();
-    let mut back = [0u8; 15];
-    s.read_exact(&mut back).await.unwrap();
-    assert_eq!(&back, b"hi\nfind ratings");
+    let mut s = query(&client).await;
     // Open: counted as opened, its bytes reported by the timer, not closed.
     let counters = |p: &Proxy| {
         let p = p.admin();
@@ -222,7 +230,8 @@ async fn tcp_connections_are_counted_on_both_sides() {
     }
     // Closed: counted on both sides, with the last bytes.
     s.write_all(b"bye").await.unwrap();
-    s.read_exact(&mut back[..3]).await.unwrap();
+    let mut back = [0u8; 3];
+    s.read_exact(&mut back).await.unwrap();
     drop(s);
     for p in [&client, &server] {
         let mut seen = [None, None, None, None];
@@ -241,7 +250,6 @@ async fn tcp_connections_are_counted_on_both_sides() {
 /// its response flag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_connection_without_upstream_is_counted_with_its_flag() {
-    use tokio::io::AsyncReadExt;
     let dead = dead_addr();
     let name = "outbound|27017||mongodb.default.svc.cluster.local";
     // The endpoint's Istio metadata names the peer even though it could not be reached.
@@ -253,20 +261,8 @@ async fn a_tcp_connection_without_upstream_is_counted_with_its_flag() {
     );
     boot["node"] = node("ratings-v2", "ratings", "v2");
     let p = proxy(boot).await;
-    let mut s = tokio::net::TcpStream::connect(p.addr("outbound"))
-        .await
-        .unwrap();
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest).await;
-    let mut closed = vec![];
-    for _ in 0..50 {
-        closed = family(&prometheus(&p).await, "istio_tcp_connections_closed_total");
-        if !closed.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(closed.len(), 1, "{closed:?}");
+    refused(p.addr("outbound")).await;
+    let closed = closed_series(&p).await;
     let (labels, n) = &closed[0];
     assert_eq!(*n, 1);
     assert_eq!(label(labels, "response_flags"), "UF");
@@ -278,39 +274,46 @@ async fn a_tcp_connection_without_upstream_is_counted_with_its_flag() {
     assert!(prom.contains(r#"istio_build{component="proxy",tag="1.10.6"} 1"#));
 }
 
-/// A connection the server's RBAC denies is still counted there, opened and closed, under
-/// the client's certificate name, as Istio's stats filter (which runs from the connection's
-/// start) counts it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_denied_connection_is_counted() {
+/// Connect and read until the proxy closes the connection; what came.
+async fn refused(addr: std::net::SocketAddr) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
-    let app = tcp_echo().await;
-    let deny = json!({"name": "envoy.filters.network.rbac", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
-        "stat_prefix": "tcp.", "rules": {"action": "DENY", "policies": {"ns[default]-policy[deny]": {
-            "permissions": [{"any": true}], "principals": [{"any": true}]}}}}});
-    let (client, server, _pki) = sidecars(app, vec![deny], false).await;
-    let mut s = tokio::net::TcpStream::connect(client.addr("outbound"))
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest).await;
-    assert!(
-        !String::from_utf8_lossy(&rest).contains("hi"),
-        "the app was reached"
-    );
+    rest
+}
+
+/// The one `istio_tcp_connections_closed_total` series, once there (5 s at most).
+async fn closed_series(p: &Proxy) -> Vec<(Vec<(String, String)>, u64)> {
     let mut closed = vec![];
     for _ in 0..50 {
-        closed = family(
-            &prometheus(&server).await,
-            "istio_tcp_connections_closed_total",
-        );
+        closed = family(&prometheus(p).await, "istio_tcp_connections_closed_total");
         if !closed.is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(closed.len(), 1, "{closed:?}");
+    closed
+}
+
+/// A connection the server's RBAC denies is still counted there, opened and closed, under
+/// the client's certificate name, as Istio's stats filter (which runs from the connection's
+/// start) counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_connection_is_counted() {
+    let app = tcp_echo().await;
+    let deny = json!({"name": "envoy.filters.network.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        "stat_prefix": "tcp.", "rules": {"action": "DENY", "policies": {"ns[default]-policy[deny]": {
+            "permissions": [{"any": true}], "principals": [{"any": true}]}}}}});
+    let (client, server, _pki) = sidecars(app, vec![deny], false).await;
+    let rest = refused(client.addr("outbound")).await;
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("hi"),
+        "the app was reached"
+    );
+    let closed = closed_series(&server).await;
     let (labels, n) = &closed[0];
     assert_eq!(*n, 1);
     for (k, v) in [
@@ -333,24 +336,11 @@ async fn a_denied_connection_is_counted() {
 /// application's bytes pass untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tcp_metadata_exchange_names_both_workloads() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = tcp_echo().await;
     let (client, server, _pki) = sidecars(app, vec![], true).await;
-    let mut s = tokio::net::TcpStream::connect(client.addr("outbound"))
-        .await
-        .unwrap();
-    s.write_all(b"find ratings").await.unwrap();
-    let mut back = [0u8; 15];
-    s.read_exact(&mut back).await.unwrap();
-    assert_eq!(&back, b"hi\nfind ratings");
-    let opened = |p: &Proxy| {
-        let a = p.admin();
-        async move {
-            let prom = get(a, "/stats/prometheus", &[]).await.body;
-            family(&prom, "istio_tcp_connections_opened_total")
-        }
-    };
-    let out = opened(&client).await;
+    let _s = query(&client).await;
+    let opened = "istio_tcp_connections_opened_total";
+    let out = family(&prometheus(&client).await, opened);
     assert_eq!(out.len(), 1, "{out:?}");
     for (k, v) in [
         ("destination_workload", "mongodb-v1"),
@@ -361,7 +351,7 @@ async fn the_tcp_metadata_exchange_names_both_workloads() {
     ] {
         assert_eq!(label(&out[0].0, k), v, "{k} in {:?}", out[0].0);
     }
-    let inb = opened(&server).await;
+    let inb = family(&prometheus(&server).await, opened);
     assert_eq!(inb.len(), 1, "{inb:?}");
     for (k, v) in [
         ("source_workload", "ratings-v2"),
@@ -374,20 +364,14 @@ async fn the_tcp_metadata_exchange_names_both_workloads() {
     }
     // The frames are not the application's bytes: the inbound side counts 15 sent and 12
     // received, as without the exchange.
-    let bytes = |p: &Proxy| {
-        let a = p.admin();
-        async move {
-            let prom = get(a, "/stats/prometheus", &[]).await.body;
-            let one = |f: &str| family(&prom, f).first().map_or(0, |s| s.1);
-            (
-                one("istio_tcp_sent_bytes_total"),
-                one("istio_tcp_received_bytes_total"),
-            )
-        }
-    };
     let mut seen = (0, 0);
     for _ in 0..15 {
-        seen = bytes(&server).await;
+        let prom = prometheus(&server).await;
+        let one = |f: &str| family(&prom, f).first().map_or(0, |s| s.1);
+        seen = (
+            one("istio_tcp_sent_bytes_total"),
+            one("istio_tcp_received_bytes_total"),
+        );
         if seen != (0, 0) {
             break;
         }

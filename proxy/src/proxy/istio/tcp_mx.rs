@@ -116,11 +116,14 @@ where
         }
     };
     let _ = tokio::time::timeout(wait, read).await;
-    Exchanged { sent, ..parse(buf) }
+    Exchanged {
+        sent,
+        ..take_frame(buf)
+    }
 }
 
-/// Take the frame off the start of `buf`, if it has a whole one.
-fn parse(mut buf: BytesMut) -> Exchanged {
+/// Take the frame off the start of `buf`, if it has a whole one (see [`Exchanged`]).
+pub fn take_frame(mut buf: BytesMut) -> Exchanged {
     if buf.len() < 8 || (&buf[..4]).get_u32() != MAGIC {
         return Exchanged {
             rest: buf,
@@ -191,7 +194,7 @@ mod tests {
         let l = local();
         let mut stream = BytesMut::from(&l.mx_header[..]);
         stream.extend_from_slice(b"app bytes");
-        let got = parse(stream);
+        let got = take_frame(stream);
         let peer = got.peer.expect("the frame's workload");
         assert_eq!(
             (peer.workload.as_str(), peer.app.as_str()),
@@ -200,13 +203,13 @@ mod tests {
         assert_eq!(&got.rest[..], b"app bytes");
         assert_eq!(got.consumed, l.mx_header.len());
         // No magic: all of it is the application's.
-        let plain = parse(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
+        let plain = take_frame(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
         assert!(plain.peer.is_none() && &plain.rest[..] == b"GET / HTTP/1.1\r\n");
         // A frame cut short leaves nothing to pass on.
-        let cut = parse(BytesMut::from(&l.mx_header[..20]));
+        let cut = take_frame(BytesMut::from(&l.mx_header[..20]));
         assert!(cut.peer.is_none() && cut.broken && cut.rest.is_empty());
         // A stream shorter than the magic is the application's.
-        let short = parse(BytesMut::from(&b"hi"[..]));
+        let short = take_frame(BytesMut::from(&b"hi"[..]));
         assert!(!short.broken && &short.rest[..] == b"hi");
     }
 
@@ -245,7 +248,7 @@ mod tests {
             },
         );
         assert_eq!(&header("", md)[..], &golden()[..]);
-        let got = parse(BytesMut::from(&golden()[..]));
+        let got = take_frame(BytesMut::from(&golden()[..]));
         assert_eq!(got.peer.map(|p| p.workload), Some("w".to_string()));
     }
 
