@@ -298,8 +298,8 @@ async fn closed_series(p: &Proxy) -> Vec<(Vec<(String, String)>, u64)> {
 }
 
 /// A connection the server's RBAC denies is still counted there, opened and closed, under
-/// the client's certificate name, as Istio's stats filter (which runs from the connection's
-/// start) counts it.
+/// the client's workload and certificate name, as Istio's stats filter (which runs from the
+/// connection's start, after the metadata exchange) counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_connection_is_counted() {
     let app = tcp_echo().await;
@@ -307,7 +307,8 @@ async fn a_denied_connection_is_counted() {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
         "stat_prefix": "tcp.", "rules": {"action": "DENY", "policies": {"ns[default]-policy[deny]": {
             "permissions": [{"any": true}], "principals": [{"any": true}]}}}}});
-    let (client, server, _pki) = sidecars(app, vec![deny], false).await;
+    // With the metadata exchange, which runs ahead of RBAC as Istio orders them.
+    let (client, server, _pki) = sidecars(app, vec![deny], true).await;
     let rest = refused(client.addr("outbound")).await;
     assert!(
         !String::from_utf8_lossy(&rest).contains("hi"),
@@ -318,6 +319,7 @@ async fn a_denied_connection_is_counted() {
     assert_eq!(*n, 1);
     for (k, v) in [
         ("reporter", "destination"),
+        ("source_workload", "ratings-v2"),
         ("source_principal", SPIFFE_CLIENT),
         ("destination_principal", SPIFFE_SERVER),
         ("connection_security_policy", "mutual_tls"),

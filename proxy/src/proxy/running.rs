@@ -375,18 +375,43 @@ impl Accepted {
                     Ok(Err(e)) => {
                         tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS: {e}");
                         self.lstats.ssl_error.inc();
-                        refused_tcp(chain, &self.store, peer, dst, None);
+                        refused_tcp(chain, &self.store, (peer, dst), None, None);
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS handshake timed out");
                         self.lstats.handshake_timeout.inc();
-                        refused_tcp(chain, &self.store, peer, dst, None);
+                        refused_tcp(chain, &self.store, (peer, dst), None, None);
                         return;
                     }
                 }
             }
         };
+        // Istio's TCP metadata exchange with the client, ahead of RBAC as Istio orders its
+        // filters, so that a denied connection is counted with the client's workload.
+        let mut stream = stream;
+        let mx = match (&mut stream, &chain.terminal) {
+            (Down::Tls(s, p), Terminal::Tcp(_)) if p.peer_exchange => {
+                let (mut r, mut w) = tokio::io::split(&mut **s);
+                let local = self.store.istio_local();
+                Some(
+                    super::istio::tcp_mx::exchange(
+                        &mut r,
+                        &mut w,
+                        local,
+                        super::istio::tcp_mx::WAIT,
+                    )
+                    .await,
+                )
+            }
+            _ => None,
+        };
+        let client = mx.as_ref().and_then(|m| m.peer.as_ref());
+        if mx.as_ref().is_some_and(|m| m.broken) {
+            tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "Istio metadata exchange frame cut short; closing");
+            refused_tcp(chain, &self.store, (peer, dst), tls_of(&stream), client);
+            return;
+        }
         if !chain.rbac.is_empty() {
             let subject = crate::rbac::Subject {
                 http: None,
@@ -402,7 +427,7 @@ impl Accepted {
                 if let (false, policy) = r.allows(&subject) {
                     tracing::debug!(listener = %target.name, chain = %chain.name, %peer, policy = ?policy, "RBAC: connection denied");
                     self.lstats.rbac_denied.inc();
-                    refused_tcp(chain, &self.store, peer, dst, subject.tls);
+                    refused_tcp(chain, &self.store, (peer, dst), subject.tls, client);
                     return;
                 }
             }
@@ -444,6 +469,7 @@ impl Accepted {
                     original_dst: dst,
                     tls: tls_peer.as_deref(),
                 };
+                let down = (down, mx.unwrap_or_default());
                 tcp_proxy::serve(down, from, tp, &snap, &self.store, &self.stats, over).await
             }
             t @ Terminal::Http { .. } => {
@@ -487,9 +513,9 @@ impl Accepted {
 fn refused_tcp(
     chain: &crate::listener::FilterChain,
     store: &ConfigStore,
-    peer: SocketAddr,
-    dst: SocketAddr,
+    (peer, dst): (SocketAddr, SocketAddr),
     tls: Option<&crate::tls::Peer>,
+    client: Option<&crate::proxy::istio::peer::Workload>,
 ) {
     if let Terminal::Tcp(tp) = &chain.terminal {
         let from = tcp_proxy::Downstream {
@@ -497,6 +523,14 @@ fn refused_tcp(
             original_dst: dst,
             tls,
         };
-        tcp_proxy::count_refused(tp, store, from);
+        tcp_proxy::count_refused(tp, store, from, client);
+    }
+}
+
+/// A downstream connection's TLS peer, if it has one.
+fn tls_of(stream: &Down) -> Option<&crate::tls::Peer> {
+    match stream {
+        Down::Tls(_, p) => Some(p),
+        Down::Plain(_) => None,
     }
 }

@@ -125,9 +125,10 @@ pub struct Downstream<'a> {
 }
 
 /// Serve one downstream connection, given as its read and write halves (a TCP socket's, or
-/// those of TLS over one), until both directions have closed or it idles out.
+/// those of TLS over one) and what Istio's metadata exchange with the client left (nothing
+/// when it did not run), until both directions have closed or it idles out.
 pub async fn serve<R, W>(
-    down: (R, W),
+    down: ((R, W), tcp_mx::Exchanged),
     from: Downstream<'_>,
     cfg: &TcpProxyConfig,
     snap: &Snapshot,
@@ -186,12 +187,16 @@ pub fn count_refused(
     cfg: &TcpProxyConfig,
     store: &crate::config::ConfigStore,
     from: Downstream<'_>,
+    client: Option<&super::istio::peer::Workload>,
 ) {
     if let Some(istio) = &cfg.istio {
         let log = Outcome::default();
-        istio
-            .open(store, log.names(from, istio.cfg.inbound()))
-            .close(0, 0);
+        let inbound = istio.cfg.inbound();
+        let opened = Opened {
+            peer: client.filter(|_| inbound),
+            ..log.names(from, inbound)
+        };
+        istio.open(store, opened).close(0, 0);
     }
 }
 
@@ -232,7 +237,7 @@ impl Outcome {
 }
 
 async fn proxy<R, W>(
-    down: (R, W),
+    (down, from_down): ((R, W), tcp_mx::Exchanged),
     from: Downstream<'_>,
     cfg: &TcpProxyConfig,
     (snap, store): (&Snapshot, &crate::config::ConfigStore),
@@ -308,20 +313,16 @@ async fn proxy<R, W>(
         st.connect_attempts_exceeded.inc();
         return;
     };
-    let (mut dr, mut dw) = down;
+    let (dr, dw) = down;
     let mut up = up;
     // Istio's TCP metadata exchange, where the agreed ALPN says it runs: with the client
-    // (inbound chains that have the filter) and with the server (clusters that have it).
+    // (done by the listener, ahead of RBAC: `from_down`) and with the server (clusters that
+    // have the filter). The connection's wire bytes count the frames (Envoy's
+    // `downstream_cx_*_bytes`); the tcp_proxy's (Istio's byte counts, the access log) do
+    // not, since Envoy's exchange filter takes them off before the tcp_proxy sees the data.
+    st.rx_bytes.add(from_down.consumed as u64);
+    st.tx_bytes.add(from_down.sent as u64);
     let local = store.istio_local();
-    let mut from_down = tcp_mx::Exchanged::default();
-    if from.tls.is_some_and(|t| t.peer_exchange) {
-        from_down = tcp_mx::exchange(&mut dr, &mut dw, local, tcp_mx::WAIT).await;
-        // The connection's wire bytes count the frames (Envoy's `downstream_cx_*_bytes`);
-        // the tcp_proxy's (Istio's byte counts, the access log) do not, since Envoy's
-        // exchange filter takes them off before the tcp_proxy sees the data.
-        st.rx_bytes.add(from_down.consumed as u64);
-        st.tx_bytes.add(from_down.sent as u64);
-    }
     let mut from_up = tcp_mx::Exchanged::default();
     if let UpIo::Tls(t) = up.stream_mut() {
         if t.get_ref().1.alpn_protocol() == Some(PEER_EXCHANGE.as_bytes()) {
