@@ -213,7 +213,7 @@ fn grpc_status(e: &Entry<'_>) -> u32 {
             .ok()
             .filter(|s| *s <= 16)
             .unwrap_or(u32::MAX),
-        None => crate::proxy::istio::labels::grpc_from_http(e.status) as u32,
+        None => crate::proxy::local_reply::grpc_status_of(e.status),
     }
 }
 

@@ -126,7 +126,7 @@ impl Telemetry {
         let grpc_status = match (self.grpc, end.grpc_status) {
             (false, _) => "",
             (true, Some(s)) => s,
-            (true, None) => grpc_code.format(grpc_from_http(end.status)),
+            (true, None) => grpc_code.format(crate::proxy::local_reply::grpc_status_of(end.status)),
         };
         let tail = [
             ("request_protocol", if self.grpc { "grpc" } else { "http" }),
@@ -369,17 +369,5 @@ fn revision(w: &Workload) -> &str {
     match w.canonical_revision.as_str() {
         "" => "latest",
         r => r,
-    }
-}
-
-/// Envoy's gRPC status for an HTTP status, when a gRPC response carries none.
-pub fn grpc_from_http(status: u16) -> u8 {
-    match status {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502..=504 => 14,
-        _ => 2,
     }
 }
