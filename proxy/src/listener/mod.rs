@@ -102,9 +102,8 @@ impl FilterChain {
                 // Istio's TCP metadata exchange on a tcp_proxy chain: `istio-peer-exchange`
                 // may be agreed, and the tcp_proxy runs the exchange (an HTTP chain does not,
                 // so it never agrees on it).
-                let has = |pred: &dyn Fn(&lpb::Filter) -> bool| c.filters.iter().any(pred);
-                let mx = has(&|f| f.name == crate::proxy::istio::tcp_mx::FILTER)
-                    && has(&|f| {
+                let mx = c.filters.iter().any(|f| f.name == crate::proxy::istio::tcp_mx::FILTER)
+                    && c.filters.iter().any(|f| {
                         matches!(&f.config_type,
                             Some(lpb::filter::ConfigType::TypedConfig(a)) if a.type_url == TCP_PROXY_URL)
                     });

@@ -409,7 +409,13 @@ impl Accepted {
         let client = mx.as_ref().and_then(|m| m.peer.as_ref());
         if mx.as_ref().is_some_and(|m| m.broken) {
             tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "Istio metadata exchange frame cut short; closing");
-            refused_tcp(chain, &self.store, (peer, dst), tls_of(&stream), client);
+            refused_tcp(
+                chain,
+                &self.store,
+                (peer, dst),
+                tls_of(&stream).map(Arc::as_ref),
+                client,
+            );
             return;
         }
         if !chain.rbac.is_empty() {
@@ -418,10 +424,7 @@ impl Accepted {
                 peer,
                 remote: peer.ip(),
                 dst,
-                tls: match &stream {
-                    Down::Tls(_, p) => Some(p),
-                    Down::Plain(_) => None,
-                },
+                tls: tls_of(&stream).map(Arc::as_ref),
             };
             for r in &chain.rbac {
                 if let (false, policy) = r.allows(&subject) {
@@ -445,10 +448,7 @@ impl Accepted {
                 };
                 // Boxed halves: one copy loop for both, at an indirect call per read or
                 // write of up to 16 KiB.
-                let tls_peer = match &stream {
-                    Down::Tls(_, p) => Some(p.clone()),
-                    Down::Plain(_) => None,
-                };
+                let tls_peer = tls_of(&stream).cloned();
                 let down: (
                     Box<dyn AsyncRead + Unpin + Send>,
                     Box<dyn AsyncWrite + Unpin + Send>,
@@ -528,7 +528,7 @@ fn refused_tcp(
 }
 
 /// A downstream connection's TLS peer, if it has one.
-fn tls_of(stream: &Down) -> Option<&crate::tls::Peer> {
+fn tls_of(stream: &Down) -> Option<&Arc<crate::tls::Peer>> {
     match stream {
         Down::Tls(_, p) => Some(p),
         Down::Plain(_) => None,
