@@ -74,7 +74,7 @@ impl IstioConfig {
             .as_ref()
             .filter(|_| self.inbound())
             .and_then(|v| local.peer(v));
-        if self.direction != 1 {
+        if !self.inbound() {
             // Istio sends no id when the node has none.
             if !local.id.is_empty() {
                 h.insert(ID, local.id.clone());
@@ -98,8 +98,7 @@ impl IstioConfig {
         let value = h.remove(VALUE);
         if self.direction == 2 {
             ex.peer = value.and_then(|v| local.peer(&v));
-        }
-        if self.direction != 2 {
+        } else {
             if ex.had_id && !local.id.is_empty() {
                 h.insert(ID, local.id.clone());
             }

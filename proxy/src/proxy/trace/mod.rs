@@ -38,7 +38,7 @@ pub enum Provider {
     /// Zipkin, implemented.
     Zipkin(Arc<zipkin::Zipkin>),
     /// Another tracer: no spans (Envoy's null tracer for a tracer it lacks).
-    Unsupported(String),
+    Unsupported,
 }
 
 impl Provider {
@@ -53,22 +53,22 @@ impl Provider {
                     Ok(z) => Provider::Zipkin(Arc::new(z)),
                     Err(e) => {
                         tracing::warn!(tracer = %h.name, "{e}; requests are not traced");
-                        Provider::Unsupported(any.type_url.clone())
+                        Provider::Unsupported
                     }
                 }
             }
             Some(ConfigType::TypedConfig(any)) => {
                 tracing::debug!(tracer = %h.name, r#type = %any.type_url, "tracer not implemented; requests are not traced");
-                Provider::Unsupported(any.type_url.clone())
+                Provider::Unsupported
             }
-            None => Provider::Unsupported(h.name.clone()),
+            None => Provider::Unsupported,
         }
     }
 
     fn zipkin(&self) -> Option<&Arc<zipkin::Zipkin>> {
         match self {
             Provider::Zipkin(z) => Some(z),
-            Provider::Unsupported(_) => None,
+            Provider::Unsupported => None,
         }
     }
 }
