@@ -137,28 +137,6 @@ impl TcpReport {
 /// default of that form: [`WASM_DEFAULT_EVERY`] for the Wasm plugin, [`DEFAULT_EVERY`]
 /// otherwise. Zero turns the periodic report off, as in Istio.
 pub fn reporting_every(any: &envoy_types::pb::google::protobuf::Any) -> Duration {
-    setting(any).unwrap_or(if is_wasm(any) {
-        WASM_DEFAULT_EVERY
-    } else {
-        DEFAULT_EVERY
-    })
-}
-
-/// Whether the filter is the Wasm stats plugin (directly, or as a TypedStruct's type).
-fn is_wasm(any: &envoy_types::pb::google::protobuf::Any) -> bool {
-    const WASM: &str = "envoy.extensions.filters.network.wasm.v3.Wasm";
-    if any.type_url.ends_with(WASM) {
-        return true;
-    }
-    // A TypedStruct (parked from JSON, or binary) names its type in `type_url`; the bytes
-    // hold it either way.
-    let needle = WASM.as_bytes();
-    any.value.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The configured duration, if one is readable.
-fn setting(any: &envoy_types::pb::google::protobuf::Any) -> Option<Duration> {
-    use crate::config::decode;
     use prost::Message;
     /// The one field of `stats.PluginConfig` read here (prost skips the others).
     #[derive(Clone, PartialEq, Message)]
@@ -166,53 +144,70 @@ fn setting(any: &envoy_types::pb::google::protobuf::Any) -> Option<Duration> {
         #[prost(message, optional, tag = "7")]
         tcp_reporting_duration: Option<envoy_types::pb::google::protobuf::Duration>,
     }
+    if any.type_url.ends_with("/stats.PluginConfig") {
+        let c = PluginConfig::decode(any.value.as_slice()).unwrap_or_default();
+        let d = c.tcp_reporting_duration.as_ref();
+        return d.map_or(DEFAULT_EVERY, crate::config::duration);
+    }
+    let Some((wasm, settings)) = settings(any) else {
+        return DEFAULT_EVERY;
+    };
+    let set = settings
+        .get("tcp_reporting_duration")
+        .and_then(|d| d.as_str());
+    set.and_then(text_duration).unwrap_or(match wasm {
+        true => WASM_DEFAULT_EVERY,
+        false => DEFAULT_EVERY,
+    })
+}
+
+/// Any other form of the config: whether it is the Wasm plugin, and its settings as JSON
+/// (a Wasm `configuration` string parsed, else the PluginConfig's fields).
+fn settings(any: &envoy_types::pb::google::protobuf::Any) -> Option<(bool, serde_json::Value)> {
+    use crate::config::decode;
+    use envoy_types::pb::google::protobuf::{StringValue, Struct};
+    use prost::Message;
+    const WASM: &str = "envoy.extensions.filters.network.wasm.v3.Wasm";
     /// `udpa.type.v1.TypedStruct` and `xds.type.v3.TypedStruct` alike.
     #[derive(Clone, PartialEq, Message)]
     struct TypedStruct {
         #[prost(string, tag = "1")]
         type_url: String,
         #[prost(message, optional, tag = "2")]
-        value: Option<envoy_types::pb::google::protobuf::Struct>,
+        value: Option<Struct>,
     }
-    let json = if any
-        .type_url
-        .ends_with("/envoy.extensions.filters.network.wasm.v3.Wasm")
-    {
+    // The config's type and its fields as JSON.
+    let (ty, json) = if any.type_url.ends_with(WASM) {
         use envoy_types::pb::envoy::extensions::filters::network::wasm::v3::Wasm;
-        let w = Wasm::decode(any.value.as_slice()).ok()?;
-        let conf = w.config?.configuration?;
-        let text = envoy_types::pb::google::protobuf::StringValue::decode(conf.value.as_slice())
+        let conf = Wasm::decode(any.value.as_slice())
             .ok()?
-            .value;
-        let plugin: serde_json::Value = serde_json::from_str(&text).ok()?;
-        return text_duration(plugin.get("tcp_reporting_duration")?.as_str()?);
-    } else if any.type_url.ends_with("/stats.PluginConfig") {
-        let c = PluginConfig::decode(any.value.as_slice()).ok()?;
-        return c
-            .tcp_reporting_duration
-            .as_ref()
-            .map(crate::config::duration);
-    } else if decode::parked_type(any).is_some() {
-        let s = envoy_types::pb::google::protobuf::Struct::decode(any.value.as_slice()).ok()?;
-        struct_json(&s)
+            .config?
+            .configuration?;
+        let text = StringValue::decode(conf.value.as_slice()).ok()?.value;
+        return Some((true, serde_json::from_str(&text).ok()?));
+    } else if let Some(parked) = decode::parked_type(any) {
+        // Parked from JSON: the whole object, a TypedStruct's `type_url` and `value` too.
+        let mut j = struct_json(&Struct::decode(any.value.as_slice()).ok()?);
+        match j
+            .get("type_url")
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+        {
+            Some(t) if parked.ends_with(".TypedStruct") => (t, j["value"].take()),
+            _ => (parked, j),
+        }
     } else if any.type_url.ends_with(".TypedStruct") {
         let t = TypedStruct::decode(any.value.as_slice()).ok()?;
-        serde_json::json!({ "value": struct_json(&t.value?) })
+        (t.type_url, struct_json(&t.value?))
     } else {
         return None;
     };
-    // A TypedStruct's fields are under `value`; a PluginConfig's are at the top.
-    let fields = json.get("value").unwrap_or(&json);
-    let setting = match fields.get("tcp_reporting_duration") {
-        Some(d) => d.clone(),
-        // 1.10's Wasm: `config.configuration` is a StringValue of the plugin's JSON.
-        None => {
-            let text = fields.pointer("/config/configuration/value")?.as_str()?;
-            let plugin: serde_json::Value = serde_json::from_str(text).ok()?;
-            plugin.get("tcp_reporting_duration")?.clone()
-        }
-    };
-    text_duration(setting.as_str()?)
+    // 1.10's Wasm: `config.configuration` is a StringValue of the plugin's JSON.
+    let plugin = json
+        .pointer("/config/configuration/value")
+        .and_then(|v| v.as_str())
+        .and_then(|text| serde_json::from_str(text).ok());
+    Some((ty.ends_with(WASM), plugin.unwrap_or(json)))
 }
 
 /// A `google.protobuf.Struct` as JSON.
