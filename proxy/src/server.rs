@@ -77,6 +77,7 @@ impl Server {
         let _ = store
             .istio
             .set(crate::proxy::istio::peer::Local::from_node(node.as_ref()));
+        store.record_istio_build(&store.load());
         Arc::new(Server {
             store,
             drain_time: Duration::from_secs(opts.drain_time_s.unwrap_or(600)),

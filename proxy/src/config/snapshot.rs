@@ -146,6 +146,15 @@ impl ConfigStore {
 
     /// Replace the snapshot; in-flight requests keep the one they loaded.
     pub fn swap(&self, snap: Snapshot) -> Arc<Snapshot> {
+        self.record_istio_build(&snap);
         self.current.swap(Arc::new(snap))
+    }
+
+    /// Istio's stats filter sets `istio_build` when its config is created: here, when a
+    /// snapshot with a listener (bound or not) that has it is taken.
+    pub fn record_istio_build(&self, snap: &Snapshot) {
+        if snap.listeners.iter().any(|l| l.istio_stats()) {
+            self.istio_local().record_build(&self.tracing_env().stats);
+        }
     }
 }

@@ -163,10 +163,6 @@ pub fn serve(
             config.name
         )));
     };
-    // Istio's stats filter sets `istio_build` when its config is created.
-    if config.istio_stats() {
-        store.istio_local().record_build(&store.tracing_env().stats);
-    }
     let (stop, stop_rx) = watch::channel(false);
     let (backs, back_rxs): (Vec<_>, Vec<_>) = sockets.iter().map(|_| oneshot::channel()).unzip();
     // Envoy names listener stats by the first address with `:` turned into `_`

@@ -112,7 +112,6 @@ impl Telemetry {
             return;
         }
         let store = &self.store;
-        store.istio_local().record_build(&store.tracing_env().stats);
         let who = Who {
             peer: self.peer.as_deref(),
             endpoint: end.endpoint,

@@ -171,8 +171,7 @@ impl Local {
     }
 
     /// Istio's `istio_build{component="proxy",tag=<ISTIO_VERSION>} 1`, which its stats
-    /// filter sets when its config is created: set here when a listener with it starts
-    /// serving, and at the latest with the first count.
+    /// filter sets when its config is created (see `ConfigStore::record_istio_build`).
     pub fn record_build(&self, stats: &crate::stats::Stats) {
         self.build.get_or_init(|| {
             let labels = [("component", "proxy"), ("tag", self.istio_version.as_str())];

@@ -62,7 +62,6 @@ pub struct TcpReport {
 impl TcpIstio {
     /// Count the connection as opened, under the labels `o` gives.
     pub fn open(&self, store: &ConfigStore, o: Opened<'_>) -> TcpReport {
-        store.istio_local().record_build(&store.tracing_env().stats);
         let who = Who {
             peer: o.peer,
             cluster: o.cluster,
