@@ -195,39 +195,41 @@ async fn tcp_connections_are_counted_on_both_sides() {
     let [Some((out, _)), ..] = counters(&client).await else {
         panic!("no outbound series")
     };
-    for (k, v) in [
-        ("reporter", "source"),
-        ("source_workload", "ratings-v2"),
-        ("source_principal", SPIFFE_CLIENT),
-        ("destination_workload", "mongodb-v1"),
-        ("destination_workload_namespace", "default"),
-        ("destination_principal", SPIFFE_SERVER),
-        ("destination_canonical_service", "mongodb"),
-        ("destination_service", "mongodb.default.svc.cluster.local"),
-        ("destination_service_name", "mongodb"),
-        ("request_protocol", "tcp"),
-        ("response_flags", "-"),
-        ("connection_security_policy", "unknown"),
-    ] {
-        assert_eq!(label(&out, k), v, "{k} in {out:?}");
-    }
+    assert_labels(
+        &out,
+        &[
+            ("reporter", "source"),
+            ("source_workload", "ratings-v2"),
+            ("source_principal", SPIFFE_CLIENT),
+            ("destination_workload", "mongodb-v1"),
+            ("destination_workload_namespace", "default"),
+            ("destination_principal", SPIFFE_SERVER),
+            ("destination_canonical_service", "mongodb"),
+            ("destination_service", "mongodb.default.svc.cluster.local"),
+            ("destination_service_name", "mongodb"),
+            ("request_protocol", "tcp"),
+            ("response_flags", "-"),
+            ("connection_security_policy", "unknown"),
+        ],
+    );
     assert_eq!(out.len(), 23, "Istio's TCP labels: {out:?}");
     let [Some((inb, _)), ..] = counters(&server).await else {
         panic!("no inbound series")
     };
-    for (k, v) in [
-        ("reporter", "destination"),
-        // No metadata exchange over TCP: the client is named by its certificate alone.
-        ("source_workload", "unknown"),
-        ("source_principal", SPIFFE_CLIENT),
-        ("source_workload_namespace", "default"),
-        ("destination_workload", "mongodb-v1"),
-        ("destination_principal", SPIFFE_SERVER),
-        ("destination_app", "mongodb"),
-        ("connection_security_policy", "mutual_tls"),
-    ] {
-        assert_eq!(label(&inb, k), v, "{k} in {inb:?}");
-    }
+    assert_labels(
+        &inb,
+        &[
+            ("reporter", "destination"),
+            // No metadata exchange over TCP: the client is named by its certificate alone.
+            ("source_workload", "unknown"),
+            ("source_principal", SPIFFE_CLIENT),
+            ("source_workload_namespace", "default"),
+            ("destination_workload", "mongodb-v1"),
+            ("destination_principal", SPIFFE_SERVER),
+            ("destination_app", "mongodb"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
     // Closed: counted on both sides, with the last bytes.
     s.write_all(b"bye").await.unwrap();
     let mut back = [0u8; 3];
@@ -317,15 +319,16 @@ async fn a_denied_connection_is_counted() {
     let closed = closed_series(&server).await;
     let (labels, n) = &closed[0];
     assert_eq!(*n, 1);
-    for (k, v) in [
-        ("reporter", "destination"),
-        ("source_workload", "ratings-v2"),
-        ("source_principal", SPIFFE_CLIENT),
-        ("destination_principal", SPIFFE_SERVER),
-        ("connection_security_policy", "mutual_tls"),
-    ] {
-        assert_eq!(label(labels, k), v, "{k} in {labels:?}");
-    }
+    assert_labels(
+        labels,
+        &[
+            ("reporter", "destination"),
+            ("source_workload", "ratings-v2"),
+            ("source_principal", SPIFFE_CLIENT),
+            ("destination_principal", SPIFFE_SERVER),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
     let opened = family(
         &prometheus(&server).await,
         "istio_tcp_connections_opened_total",
@@ -344,26 +347,28 @@ async fn the_tcp_metadata_exchange_names_both_workloads() {
     let opened = "istio_tcp_connections_opened_total";
     let out = family(&prometheus(&client).await, opened);
     assert_eq!(out.len(), 1, "{out:?}");
-    for (k, v) in [
-        ("destination_workload", "mongodb-v1"),
-        // Not in the endpoint's metadata: from the exchange.
-        ("destination_app", "mongodb"),
-        ("destination_version", "v1"),
-        ("destination_principal", SPIFFE_SERVER),
-    ] {
-        assert_eq!(label(&out[0].0, k), v, "{k} in {:?}", out[0].0);
-    }
+    assert_labels(
+        &out[0].0,
+        &[
+            ("destination_workload", "mongodb-v1"),
+            // Not in the endpoint's metadata: from the exchange.
+            ("destination_app", "mongodb"),
+            ("destination_version", "v1"),
+            ("destination_principal", SPIFFE_SERVER),
+        ],
+    );
     let inb = family(&prometheus(&server).await, opened);
     assert_eq!(inb.len(), 1, "{inb:?}");
-    for (k, v) in [
-        ("source_workload", "ratings-v2"),
-        ("source_app", "ratings"),
-        ("source_canonical_revision", "v2"),
-        ("source_principal", SPIFFE_CLIENT),
-        ("connection_security_policy", "mutual_tls"),
-    ] {
-        assert_eq!(label(&inb[0].0, k), v, "{k} in {:?}", inb[0].0);
-    }
+    assert_labels(
+        &inb[0].0,
+        &[
+            ("source_workload", "ratings-v2"),
+            ("source_app", "ratings"),
+            ("source_canonical_revision", "v2"),
+            ("source_principal", SPIFFE_CLIENT),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
     // The frames are not the application's bytes: the inbound side counts 15 sent and 12
     // received, as without the exchange.
     let mut seen = (0, 0);

@@ -49,19 +49,24 @@ fn to(cluster: &str) -> Value {
     json!([{"match": {"prefix": "/"}, "route": {"cluster": cluster}}])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_sidecars_exchange_metadata_and_count_requests() {
-    let app = upstream("reviews").await;
-    // The reviews sidecar: inbound listener to the app.
-    let app_cluster = cluster("inbound|9080||", &[app.addr], json!({}));
+/// The reviews-v2 sidecar: its inbound listener to the app at `app`.
+async fn reviews_sidecar(app: std::net::SocketAddr) -> Proxy {
+    let app_cluster = cluster("inbound|9080||", &[app], json!({}));
     let reviews_node = node("reviews-v2", "reviews", "v2");
-    let reviews = sidecar(
+    sidecar(
         "INBOUND",
         to("inbound|9080||"),
         vec![app_cluster],
         reviews_node,
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_exchange_metadata_and_count_requests() {
+    let app = upstream("reviews").await;
+    // The reviews sidecar: inbound listener to the app.
+    let reviews = reviews_sidecar(app.addr).await;
     // The productpage sidecar: outbound listener to the reviews sidecar, whose cluster
     // carries Istio's service metadata.
     let services = json!({"filter_metadata": {"istio": {"services": [
@@ -102,32 +107,33 @@ async fn two_sidecars_exchange_metadata_and_count_requests() {
     assert_eq!(out.len(), 1, "{out:?}");
     let (s, n) = &out[0];
     assert_eq!(*n, 3);
-    for (k, v) in [
-        ("reporter", "source"),
-        ("source_workload", "productpage-v1"),
-        ("source_canonical_service", "productpage"),
-        ("source_canonical_revision", "v1"),
-        ("source_workload_namespace", "default"),
-        ("source_app", "productpage"),
-        ("source_cluster", "Kubernetes"),
-        // From the reviews sidecar's answer.
-        ("destination_workload", "reviews-v2"),
-        ("destination_version", "v2"),
-        ("destination_canonical_service", "reviews"),
-        // The destination workload's namespace, as Istio's filters take it, not the
-        // cluster's (which says `elsewhere` here).
-        ("destination_service_namespace", "default"),
-        // From the cluster's metadata.
-        ("destination_service", "reviews.default.svc.cluster.local"),
-        ("destination_service_name", "reviews"),
-        ("request_protocol", "http"),
-        ("response_code", "200"),
-        ("grpc_response_status", ""),
-        ("response_flags", "-"),
-        ("connection_security_policy", "unknown"),
-    ] {
-        assert_eq!(label(s, k), v, "{k} in {s:?}");
-    }
+    assert_labels(
+        s,
+        &[
+            ("reporter", "source"),
+            ("source_workload", "productpage-v1"),
+            ("source_canonical_service", "productpage"),
+            ("source_canonical_revision", "v1"),
+            ("source_workload_namespace", "default"),
+            ("source_app", "productpage"),
+            ("source_cluster", "Kubernetes"),
+            // From the reviews sidecar's answer.
+            ("destination_workload", "reviews-v2"),
+            ("destination_version", "v2"),
+            ("destination_canonical_service", "reviews"),
+            // The destination workload's namespace, as Istio's filters take it, not the
+            // cluster's (which says `elsewhere` here).
+            ("destination_service_namespace", "default"),
+            // From the cluster's metadata.
+            ("destination_service", "reviews.default.svc.cluster.local"),
+            ("destination_service_name", "reviews"),
+            ("request_protocol", "http"),
+            ("response_code", "200"),
+            ("grpc_response_status", ""),
+            ("response_flags", "-"),
+            ("connection_security_policy", "unknown"),
+        ],
+    );
     assert_eq!(s[0].0, "reporter", "Istio's label order");
     assert_eq!(s.len(), 25);
 
@@ -159,19 +165,20 @@ async fn two_sidecars_exchange_metadata_and_count_requests() {
     assert_eq!(inb.len(), 1, "{inb:?}");
     let (s, n) = &inb[0];
     assert_eq!(*n, 3);
-    for (k, v) in [
-        ("reporter", "destination"),
-        // From the productpage sidecar's request.
-        ("source_workload", "productpage-v1"),
-        ("source_version", "v1"),
-        ("destination_workload", "reviews-v2"),
-        ("destination_app", "reviews"),
-        // No Istio metadata on the inbound cluster: the Host the request carried.
-        ("destination_service", "reviews:9080"),
-        ("connection_security_policy", "none"),
-    ] {
-        assert_eq!(label(s, k), v, "{k} in {s:?}");
-    }
+    assert_labels(
+        s,
+        &[
+            ("reporter", "destination"),
+            // From the productpage sidecar's request.
+            ("source_workload", "productpage-v1"),
+            ("source_version", "v1"),
+            ("destination_workload", "reviews-v2"),
+            ("destination_app", "reviews"),
+            // No Istio metadata on the inbound cluster: the Host the request carried.
+            ("destination_service", "reviews:9080"),
+            ("connection_security_policy", "none"),
+        ],
+    );
 }
 
 /// A request from outside the mesh (no exchange headers) and an answer the proxy makes
@@ -196,15 +203,16 @@ async fn a_peer_without_metadata_is_unknown() {
     assert!(r.header("x-envoy-peer-metadata").is_none());
     let s = series(&prometheus(&p).await);
     let (s, _) = &s[0];
-    for (k, v) in [
-        ("source_workload", "unknown"),
-        ("source_canonical_revision", "latest"),
-        ("request_protocol", "grpc"),
-        ("grpc_response_status", "14"),
-        ("response_flags", "UF"),
-    ] {
-        assert_eq!(label(s, k), v, "{k} in {s:?}");
-    }
+    assert_labels(
+        s,
+        &[
+            ("source_workload", "unknown"),
+            ("source_canonical_revision", "latest"),
+            ("request_protocol", "grpc"),
+            ("grpc_response_status", "14"),
+            ("response_flags", "UF"),
+        ],
+    );
 }
 
 /// The fallbacks of Istio's stats on an outbound sidecar: an HTTP/2 request names its service
@@ -245,18 +253,19 @@ async fn outbound_fallbacks_follow_istio() {
             .clone()
     };
     let failed = find("503");
-    for (k, v) in [
-        ("destination_service", "reviews:9080"),
-        ("destination_service_name", "reviews:9080"),
-        ("destination_workload", "reviews-v3"),
-        ("destination_workload_namespace", "default"),
-        ("destination_canonical_service", "reviews"),
-        ("destination_canonical_revision", "v3"),
-        ("destination_cluster", "Kubernetes"),
-        ("response_flags", "UF"),
-    ] {
-        assert_eq!(label(&failed, k), v, "{k} in {failed:?}");
-    }
+    assert_labels(
+        &failed,
+        &[
+            ("destination_service", "reviews:9080"),
+            ("destination_service_name", "reviews:9080"),
+            ("destination_workload", "reviews-v3"),
+            ("destination_workload_namespace", "default"),
+            ("destination_canonical_service", "reviews"),
+            ("destination_canonical_revision", "v3"),
+            ("destination_cluster", "Kubernetes"),
+            ("response_flags", "UF"),
+        ],
+    );
     let blocked = find("502");
     assert_eq!(
         label(&blocked, "destination_service_name"),
@@ -271,15 +280,7 @@ async fn outbound_fallbacks_follow_istio() {
 async fn a_request_the_client_gives_up_on_is_counted() {
     use tokio::io::AsyncWriteExt;
     let app = upstream("reviews").await;
-    let app_cluster = cluster("inbound|9080||", &[app.addr], json!({}));
-    let reviews_node = node("reviews-v2", "reviews", "v2");
-    let p = sidecar(
-        "INBOUND",
-        to("inbound|9080||"),
-        vec![app_cluster],
-        reviews_node,
-    )
-    .await;
+    let p = reviews_sidecar(app.addr).await;
     let mut s = tokio::net::TcpStream::connect(p.addr("inbound"))
         .await
         .unwrap();

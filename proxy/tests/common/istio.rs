@@ -37,6 +37,13 @@ pub fn family(prom: &str, name: &str) -> Vec<(Vec<(String, String)>, u64)> {
         .collect()
 }
 
+/// Each of `want`'s labels has its value in `s`.
+pub fn assert_labels(s: &[(String, String)], want: &[(&str, &str)]) {
+    for (k, v) in want {
+        assert_eq!(label(s, k), *v, "{k} in {s:?}");
+    }
+}
+
 /// The value of label `k`.
 pub fn label<'a>(s: &'a [(String, String)], k: &str) -> &'a str {
     s.iter()

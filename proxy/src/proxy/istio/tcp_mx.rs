@@ -213,6 +213,17 @@ mod tests {
         assert!(!short.broken && &short.rest[..] == b"hi");
     }
 
+    /// What the application reads: the bytes left past the frame, then from `r`, `n` in all.
+    async fn app_bytes(rest: BytesMut, r: &mut (impl AsyncRead + Unpin), n: usize) -> Vec<u8> {
+        let mut out = rest.to_vec();
+        while out.len() < n {
+            let mut b = [0u8; 16];
+            let got = r.read(&mut b).await.unwrap();
+            out.extend_from_slice(&b[..got]);
+        }
+        out
+    }
+
     /// A length-delimited protobuf field, encoded by hand (not by prost).
     fn ld(field: u8, bytes: &[u8]) -> Vec<u8> {
         assert!(bytes.len() < 128);
@@ -271,13 +282,7 @@ mod tests {
         };
         let (got, ()) = tokio::join!(exchange(&mut ar, &mut aw, &l, WAIT), peer);
         assert_eq!(got.peer.map(|p| p.workload), Some("w".to_string()));
-        let mut rest = got.rest.to_vec();
-        while rest.len() < 8 {
-            let mut b = [0u8; 16];
-            let n = ar.read(&mut b).await.unwrap();
-            rest.extend_from_slice(&b[..n]);
-        }
-        assert_eq!(rest, b"greeting");
+        assert_eq!(app_bytes(got.rest, &mut ar, 8).await, b"greeting");
         assert!(!got.broken && got.sent == l.mx_header.len());
     }
 
@@ -295,12 +300,6 @@ mod tests {
         let (x, y) = tokio::join!(exchange(&mut ar, &mut aw, &la, WAIT), other);
         assert_eq!(y.peer.unwrap().workload, "ratings-v2");
         assert_eq!(x.peer.unwrap().workload, "ratings-v2");
-        let mut rest = x.rest.to_vec();
-        while rest.len() < 5 {
-            let mut b = [0u8; 16];
-            let n = ar.read(&mut b).await.unwrap();
-            rest.extend_from_slice(&b[..n]);
-        }
-        assert_eq!(rest, b"hello");
+        assert_eq!(app_bytes(x.rest, &mut ar, 5).await, b"hello");
     }
 }
