@@ -19,6 +19,8 @@ pub use http_options::AutoSni;
 pub mod outlier;
 mod pending;
 pub mod proxy_header;
+mod requests;
+pub use requests::RqGuard;
 pub mod stats;
 pub mod transport;
 pub mod wear;

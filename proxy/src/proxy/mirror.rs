@@ -10,7 +10,6 @@ use super::body::BoxBody;
 use super::fault::Percent;
 use super::router::Downstream;
 use crate::cluster::connector::BoxError;
-use crate::cluster::host::ActiveRequest;
 use crate::config::Snapshot;
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::route::v3::route_action::RequestMirrorPolicy;
@@ -113,8 +112,7 @@ pub(super) fn launch(
             tracing::debug!(cluster = ?name, "mirror cluster not found; no shadow sent");
             continue;
         };
-        if cluster.stats.rq_active.get() >= cluster.breakers.max_requests {
-            cluster.stats.rq_pending_overflow.inc();
+        if !cluster.admits_request() {
             continue;
         }
         let Some(host) =
@@ -148,9 +146,7 @@ pub(super) fn launch(
         tokio::spawn(async move {
             let mut req = Some(req);
             let stats = &cluster.stats;
-            stats.rq_total.inc();
-            stats.rq_active.inc();
-            let _active = ActiveRequest::new(host.clone());
+            let _active = cluster.start_request(host.clone());
             // The whole exchange, body included, within the request's timeout.
             let exchange = async {
                 match dispatch(&cluster, &host, tls.as_deref(), &mut req).await {
@@ -173,7 +169,6 @@ pub(super) fn launch(
                 }
                 None => exchange.await,
             }
-            stats.rq_active.dec();
         });
     }
 }

@@ -7,11 +7,10 @@ use super::local_reply::{Flag, LocalReply};
 use super::request_body::RequestBody;
 use super::retries::{retry_or_stop, Retry, RetrySlot};
 use super::service::ActiveGauge;
-use crate::cluster::host::{ActiveRequest, Host};
-use crate::cluster::{Cluster, Discovery};
+use crate::cluster::host::Host;
+use crate::cluster::{Cluster, Discovery, RqGuard};
 use crate::lb::{hash, LbContext};
 use crate::route::action::{ForwardAction, RetryPolicy};
-use crate::stats::Stat;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,20 +63,6 @@ pub struct Tried {
     pub workload: Option<Arc<str>>,
 }
 
-/// Keeps `upstream_rq_active` and the host's active count right until the response ends.
-struct RqGuard {
-    active: Arc<Stat>,
-    _host: ActiveRequest,
-    /// The downstream request's gauge, carried in the response body's one box.
-    _down: Option<ActiveGauge>,
-}
-
-impl Drop for RqGuard {
-    fn drop(&mut self) {
-        self.active.dec();
-    }
-}
-
 /// Forward `parts`/`body` to `cluster` per `action`; `retry` is the effective retry policy.
 /// `report` tells the caller which host the last attempt used (for the access log) and how many
 /// attempts were made (for `x-envoy-attempt-count` on the response).
@@ -102,8 +87,7 @@ pub async fn forward(
         None => None,
     };
     // The requests circuit breaker; connections and pending requests are the pool's.
-    if stats.rq_active.get() >= cluster.breakers.max_requests {
-        stats.rq_pending_overflow.inc();
+    if !cluster.admits_request() {
         return Err(LocalReply::reset("overflow", Flag::UpstreamOverflow));
     }
     let retries = retry.map(|r| r.num_retries).unwrap_or(0);
@@ -250,13 +234,8 @@ pub async fn forward(
         ));
         // The stream idle timeout also bounds the wait for response headers.
         let idle_first = idle.is_some_and(|i| wait.is_none_or(|w| i < w));
-        stats.rq_total.inc();
-        stats.rq_active.inc();
-        let guard = RqGuard {
-            active: stats.rq_active.clone(),
-            _host: ActiveRequest::new(host.clone()),
-            _down: None,
-        };
+        // `upstream_rq_active` and the host's active count last until the response ends.
+        let guard = cluster.start_request(host.clone());
         let outcome = match send(
             &cluster,
             &host,
@@ -349,11 +328,9 @@ pub async fn forward(
                 }
                 // One box for the whole body: the layers wrap `Incoming` by value, and the
                 // downstream gauge rides along.
-                let mut guard = guard;
-                guard._down = down_active.take();
                 // Envoy's route timeout lasts until the response is complete, body included.
                 use super::body::{DeadlineBody, IdleBody};
-                let inner = Guarded::new(rb, guard);
+                let inner = Guarded::new(rb, (guard, down_active.take()));
                 let timeouts = || stats.rq_timeout.clone();
                 let body = match (idle, deadline) {
                     (Some(i), Some(d)) => {

@@ -61,20 +61,33 @@ impl Zipkin {
         } else {
             z.collector_hostname
         };
-        Ok(Zipkin {
-            collector: Arc::new(Collector {
-                cluster: z.collector_cluster,
-                endpoint: z.collector_endpoint,
-                hostname,
-                timeout: REQUEST_TIMEOUT,
-                headers: Vec::new(),
-            }),
-            trace_id_128bit: z.trace_id_128bit,
-            shared_span_context: z.shared_span_context.is_none_or(|b| b.value),
+        let collector = Collector {
+            cluster: z.collector_cluster,
+            endpoint: z.collector_endpoint,
+            hostname,
+            timeout: REQUEST_TIMEOUT,
+            headers: Vec::new(),
+        };
+        Ok(Self::new(
+            collector,
+            z.trace_id_128bit,
+            z.shared_span_context,
+        ))
+    }
+
+    fn new(
+        collector: Collector,
+        trace_id_128bit: bool,
+        shared: Option<envoy_types::pb::google::protobuf::BoolValue>,
+    ) -> Self {
+        Zipkin {
+            collector: Arc::new(collector),
+            trace_id_128bit,
+            shared_span_context: shared.is_none_or(|b| b.value),
             pending: Mutex::default(),
             timer: std::sync::Once::new(),
             store: Default::default(),
-        })
+        }
     }
 
     /// The collector from `collector_service`: its URI's cluster, authority and path, its
@@ -113,26 +126,20 @@ impl Zipkin {
                 ))
             })
             .collect();
-        Ok(Zipkin {
-            collector: Arc::new(Collector {
-                cluster: cluster.clone(),
-                endpoint: parsed
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string(),
-                hostname: parsed
-                    .authority()
-                    .map_or(cluster.as_str(), |a| a.as_str())
-                    .to_string(),
-                timeout,
-                headers,
-            }),
-            trace_id_128bit,
-            shared_span_context: shared.is_none_or(|b| b.value),
-            pending: Mutex::default(),
-            timer: std::sync::Once::new(),
-            store: Default::default(),
-        })
+        let collector = Collector {
+            cluster: cluster.clone(),
+            endpoint: parsed
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            hostname: parsed
+                .authority()
+                .map_or(cluster.as_str(), |a| a.as_str())
+                .to_string(),
+            timeout,
+            headers,
+        };
+        Ok(Self::new(collector, trace_id_128bit, shared))
     }
 
     /// Buffer an encoded span; send the batch when it is full.
@@ -261,29 +268,16 @@ async fn post(
     let tls = cluster
         .transport
         .dial(Some(&host), &store.secrets, alpn, None, None)?;
-    let stats = &cluster.stats;
     // Within the cluster's request breaker, as Envoy's async client is.
-    if stats.rq_active.get() >= cluster.breakers.max_requests {
-        stats.rq_pending_overflow.inc();
+    if !cluster.admits_request() {
         return Err("the collector cluster's request circuit breaker is open".into());
     }
-    stats.rq_total.inc();
-    stats.rq_active.inc();
-    struct Active<'a>(&'a crate::stats::Stat);
-    impl Drop for Active<'_> {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
-    }
-    let _active = (
-        Active(&stats.rq_active),
-        crate::cluster::host::ActiveRequest::new(host.clone()),
-    );
+    let _active = cluster.start_request(host.clone());
     let resp = dispatch(cluster, &host, tls.as_deref(), &mut Some(req))
         .await
         .map_err(|_| "the request to the collector failed".to_string())?;
     let status = resp.status().as_u16();
-    stats.response(status);
+    cluster.stats.response(status);
     let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
     Ok(status)
 }
