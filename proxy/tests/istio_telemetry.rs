@@ -329,3 +329,87 @@ async fn plugin_config_inbound_names_the_local_service() {
     let s = series(&prometheus(&p).await);
     assert_eq!(label(&s[0].0, "destination_service"), "reviews");
 }
+
+/// Outbound over Istio's mTLS, the principals are the upstream connection's certificates
+/// (Istio's `upstream.uri_san_local_certificate` and `uri_san_peer_certificate`), on each
+/// kind of upstream request: a bodiless HTTP/1.1 one, one with a body, and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_principals_are_the_upstream_certificates() {
+    use common::mtls::*;
+    let pki = pki();
+    let d = pki.path();
+    let (server, _app) = mtls_proxy(d, json!([{"exact": SPIFFE_CLIENT}])).await;
+    let to_server = server.addr("in");
+    // As Istio writes them: its ALPN lists by the cluster's protocol.
+    let tls = |alpn: Value| {
+        json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": "outbound_.9080_._.reviews.default.svc.cluster.local",
+        "common_tls_context": {
+            "alpn_protocols": alpn,
+            "tls_certificate_sds_secret_configs": [{"name": "default"}],
+            "combined_validation_context": {
+                "default_validation_context": {"match_subject_alt_names": [{"exact": SPIFFE_SERVER}]},
+                "validation_context_sds_secret_config": {"name": "ROOTCA"}}}}})
+    };
+    let h2 = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}});
+    let clusters = vec![
+        cluster(
+            "h1",
+            &[to_server],
+            json!({"transport_socket": tls(json!(["istio-http/1.1", "istio", "http/1.1"]))}),
+        ),
+        cluster(
+            "h2",
+            &[to_server],
+            json!({"transport_socket": tls(json!(["istio-h2", "istio", "h2"])),
+                "typed_extension_protocol_options": h2}),
+        ),
+    ];
+    let routes = json!([
+        {"match": {"prefix": "/h2"}, "route": {"cluster": "h2"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "h1"}}]);
+    let mut boot = bootstrap(
+        vec![{
+            let vhosts = json!([{"name": "v", "domains": ["*"], "routes": routes}]);
+            let mut l = listener(
+                "outbound",
+                vhosts,
+                istio_filters("stats_outbound"),
+                json!({}),
+            );
+            l["traffic_direction"] = json!("OUTBOUND");
+            l
+        }],
+        clusters,
+    );
+    boot["static_resources"]["secrets"] = json!([
+        {"name": "default", "tls_certificate": {"certificate_chain": file(d, "client.crt"), "private_key": file(d, "client.key")}},
+        {"name": "ROOTCA", "validation_context": {"trusted_ca": file(d, "ca.crt")}},
+    ]);
+    boot["node"] = node("productpage-v1", "productpage", "v1");
+    let client = proxy(boot).await;
+    let at = client.addr("outbound");
+    for (method, path, body) in [
+        ("GET", "/", ""),
+        ("POST", "/", "a body"),
+        ("GET", "/h2", ""),
+    ] {
+        let r = request(at, method, path, &[("host", "reviews:9080")], body, false).await;
+        assert_eq!(r.status, 200, "{method} {path}");
+    }
+    let out = series(&prometheus(&client).await);
+    assert_eq!(out.iter().map(|(_, n)| n).sum::<u64>(), 3, "{out:?}");
+    for (s, _) in &out {
+        assert_labels(
+            s,
+            &[
+                ("reporter", "source"),
+                ("source_principal", SPIFFE_CLIENT),
+                ("destination_principal", SPIFFE_SERVER),
+            ],
+        );
+    }
+}

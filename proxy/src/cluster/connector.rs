@@ -70,6 +70,8 @@ pub struct CountingConnector {
     /// `upstream_connection_options.tcp_keepalive`.
     keepalive: Option<socket2::TcpKeepalive>,
     room: Arc<Room>,
+    /// The names on its TLS connections, by address (Istio's outbound principals).
+    names: Arc<super::tls_names::NamesByAddr>,
 }
 
 /// The `max_connections` budget of one cluster: connections being made or open (Envoy counts
@@ -132,7 +134,13 @@ impl CountingConnector {
             source,
             keepalive,
             room: Arc::default(),
+            names: Arc::default(),
         }
+    }
+
+    /// The names of the last TLS handshake with `addr` (see [`super::tls_names`]).
+    pub fn tls_names(&self, addr: SocketAddr) -> Option<Arc<super::tls_names::TlsNames>> {
+        self.names.get(addr)
     }
 
     /// Signalled when one of this connector's connections closes (or fails to open), so a
@@ -197,6 +205,7 @@ impl CountingConnector {
         let source = self.source.for_dest(addr);
         let keepalive = self.keepalive.as_ref();
         let ssl_stats = &self.stats;
+        let names = &self.names;
         let dial = async move {
             let sock = if addr.is_ipv4() {
                 TcpSocket::new_v4()?
@@ -227,6 +236,7 @@ impl CountingConnector {
             match connector.connect(tls.server_name(addr.ip()), stream).await {
                 Ok(t) => {
                     ssl_stats.lazy_counter("ssl.handshake").inc();
+                    names.record(addr, t.get_ref().1, tls.local_uri.as_deref());
                     Ok(UpIo::Tls(Box::new(t)))
                 }
                 Err(e) => {

@@ -22,6 +22,7 @@ pub mod proxy_header;
 mod requests;
 pub use requests::RqGuard;
 pub mod stats;
+pub mod tls_names;
 pub mod transport;
 pub mod wear;
 

@@ -516,6 +516,7 @@ async fn route_request(
             if let Some(i) = info {
                 i.host = tried.host;
                 i.workload = tried.workload.take();
+                i.tls_names = tried.tls_names.take();
             }
             // As Envoy's router: the attempt count goes on every response once an attempt was
             // made, the upstream's and the proxy's own.

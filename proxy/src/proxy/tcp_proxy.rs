@@ -337,7 +337,7 @@ async fn proxy<R, W>(
     }
     if let Some(istio) = &cfg.istio {
         if let UpIo::Tls(t) = up.stream_mut() {
-            log.up_names.1 = peer_uri(t.get_ref().1).unwrap_or_default();
+            log.up_names.1 = crate::tls::client::peer_uri(t.get_ref().1).unwrap_or_default();
         }
         let inbound = istio.cfg.inbound();
         let peer = match inbound {
@@ -413,14 +413,6 @@ async fn proxy<R, W>(
 }
 
 /// The first URI SAN of the server's certificate.
-fn peer_uri(conn: &rustls::ClientConnection) -> Option<String> {
-    let cert = conn.peer_certificates()?.first()?;
-    crate::tls::der::subject_alt_names(cert)?
-        .uri
-        .into_iter()
-        .next()
-}
-
 /// Copy one direction, starting with `first` (read already, past the metadata exchange);
 /// on EOF, half-close the other side (Envoy's tcp_proxy half-closes).
 async fn pipe<R, W>(

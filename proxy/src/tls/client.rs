@@ -79,6 +79,13 @@ pub struct Dial {
     pub flavor: u64,
 }
 
+/// The first URI SAN of the certificate the server presented on `conn` (Istio's
+/// `destination_principal` on outbound telemetry).
+pub fn peer_uri(conn: &rustls::ClientConnection) -> Option<String> {
+    let cert = conn.peer_certificates()?.first()?;
+    super::der::subject_alt_names(cert)?.uri.into_iter().next()
+}
+
 impl Dial {
     /// The name to hand rustls for a connection to `ip`: the SNI, else the address (for
     /// which rustls sends no SNI).

@@ -180,6 +180,8 @@ pub struct RouteInfo {
     pub host: Option<SocketAddr>,
     /// That host's `istio.workload` endpoint metadata.
     pub workload: Option<Arc<str>>,
+    /// The names on that host's TLS connections (Istio's outbound principals).
+    pub tls_names: Option<Arc<crate::cluster::tls_names::TlsNames>>,
 }
 
 /// An in-flight request's log record: captured at the start, completed when the response body
@@ -324,6 +326,7 @@ impl Record {
                 cluster: self.info.cluster.as_deref(),
                 route: self.info.route.as_deref(),
                 endpoint: self.info.workload.as_deref(),
+                upstream_tls: self.info.tls_names.as_deref(),
                 grpc_status,
                 duration_ms: self.started.elapsed().as_millis() as u64,
                 bytes: (received, self.resp_head.0 + bytes_sent),

@@ -53,6 +53,9 @@ pub struct End<'a> {
     pub route: Option<&'a str>,
     /// The upstream endpoint's `istio.workload` metadata.
     pub endpoint: Option<&'a str>,
+    /// The names on the upstream TLS connection (the source and destination principals of
+    /// an outbound request).
+    pub upstream_tls: Option<&'a crate::cluster::tls_names::TlsNames>,
     /// The response's `grpc-status` (trailers or headers).
     pub grpc_status: Option<&'a str>,
     /// From the request's start to the end of its response, in ms.
@@ -118,7 +121,11 @@ impl Telemetry {
             host: &self.host,
             cluster: end.cluster,
             route: end.route,
-            principals: (&self.principals.0, &self.principals.1),
+            // Outbound, Istio names the upstream connection's two certificates.
+            principals: match (self.cfg.inbound(), end.upstream_tls) {
+                (false, Some(t)) => (&t.local, &t.peer),
+                _ => (&self.principals.0, &self.principals.1),
+            },
         };
         let mut code = itoa::Buffer::new();
         let mut grpc_code = itoa::Buffer::new();
