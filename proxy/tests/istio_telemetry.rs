@@ -409,6 +409,8 @@ async fn outbound_principals_are_the_upstream_certificates() {
                 ("reporter", "source"),
                 ("source_principal", SPIFFE_CLIENT),
                 ("destination_principal", SPIFFE_SERVER),
+                // The server sends no metadata: its namespace is its certificate's.
+                ("destination_workload_namespace", "default"),
             ],
         );
     }
