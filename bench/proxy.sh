@@ -15,6 +15,8 @@
 #    medians and paired ratios to nginx;
 #  - each of those ROUNDS times (default 5), the paths alternating, medians reported, and the
 #    ratios to nginx also round by round (paired), which the box's slow phases disturb less;
+#  - the same three at -c32 with every proxy pinned to CPU 1 and wrk and the upstream to
+#    CPU 0 (PINNED=0 skips it), the quietest comparison this box allows;
 #  - RSS after the load;
 #  - RSS with a Bookinfo-sized config: a productpage sidecar's clusters (the 32 of a Bookinfo
 #    sidecar's EDS dump in ../shared/vectors, plus the DestinationRule subsets), one listener
@@ -70,8 +72,9 @@ ms() { # wrk/hey latency token (us, ms, s) -> milliseconds
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 saturate() { # port pid -> "rps p50_ms p99_ms cpu_s_per_10k"
   local out c0 c1 rps p50 p99
+  local run=(wrk); [ -n "${WRK_CPU:-}" ] && run=(taskset -c "$WRK_CPU" wrk)
   c0=$(cpu_ticks "$2")
-  out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1/")
+  out=$("${run[@]}" -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1/")
   c1=$(cpu_ticks "$2")
   if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "errors from port $1:" >&2; echo "$out" >&2; fi
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
@@ -277,6 +280,25 @@ for c in ${SWEEP-8 128}; do
   done
   echo "sweep -c$c: req/s medians mosn-lean $(median_col "$w_l" 1), nginx $(median_col "$w_n" 1), haproxy $(median_col "$w_h" 1); cpu s/10k $(median_col "$w_l" 4), $(median_col "$w_n" 4), $(median_col "$w_h" 4); paired mosn-lean/nginx $(paired "$w_l" "$w_n"); haproxy/nginx $(paired "$w_h" "$w_n")"
 done
+# Pinned (PINNED=0 skips it): each proxy alone on CPU 1, wrk and the upstream on CPU 0. The
+# rounds then repeat within about 1% where unpinned ones swing by 10-20%, and what is compared
+# is the proxies plus how they make the upstream and wrk share their CPU (bench/peers.sh splits
+# that out; bench/RESULTS.md, session 18).
+if [ "${PINNED:-1}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+  pin() { taskset -a -p -c "$1" "$2" >/dev/null; }
+  UP_PID=$(pgrep -P "$(cat "$WORK/up.pid")" | head -1)
+  for p in "$LEAN_PID" "$NGINX_PID" "$HAPROXY_PID"; do pin 1 "$p"; done
+  pin 0 "$UP_PID"
+  w_l=""; w_n=""; w_h=""
+  for _ in $(seq "$ROUNDS"); do
+    w_l+="$(WRK_CPU=0 DURATION=5s saturate $MOSN_LEAN_PORT "$LEAN_PID")"$'\n'
+    w_n+="$(WRK_CPU=0 DURATION=5s saturate $NGINX_PORT "$NGINX_PID")"$'\n'
+    w_h+="$(WRK_CPU=0 DURATION=5s saturate $HAPROXY_PORT "$HAPROXY_PID")"$'\n'
+  done
+  for p in "$LEAN_PID" "$NGINX_PID" "$HAPROXY_PID" "$UP_PID"; do pin "0-$(($(nproc) - 1))" "$p"; done
+  echo "pinned -c$CONNS: req/s per round mosn-lean $(awk 'NF {printf "%s ", $1}' <<<"$w_l")| nginx $(awk 'NF {printf "%s ", $1}' <<<"$w_n")| haproxy $(awk 'NF {printf "%s ", $1}' <<<"$w_h")"
+  echo "pinned -c$CONNS: req/s medians mosn-lean $(median_col "$w_l" 1), nginx $(median_col "$w_n" 1), haproxy $(median_col "$w_h" 1); paired mosn-lean/nginx $(paired "$w_l" "$w_n"); haproxy/nginx $(paired "$w_h" "$w_n")"
+fi
 echo "mosn rss after load: $m_split"
 if [ "$bi_load" != - ]; then
   awk -v i="$bi_idle" -v l="$bi_load" 'BEGIN {
