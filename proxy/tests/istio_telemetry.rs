@@ -338,6 +338,7 @@ async fn outbound_principals_are_the_upstream_certificates() {
     use common::mtls::*;
     let pki = pki();
     let d = pki.path();
+    let log_path = d.join("outbound.log");
     let (server, _app) = mtls_proxy(d, json!([{"exact": SPIFFE_CLIENT}])).await;
     let to_server = server.addr("in");
     // As Istio writes them: its ALPN lists by the cluster's protocol.
@@ -374,12 +375,14 @@ async fn outbound_principals_are_the_upstream_certificates() {
     let mut boot = bootstrap(
         vec![{
             let vhosts = json!([{"name": "v", "domains": ["*"], "routes": routes}]);
-            let mut l = listener(
-                "outbound",
-                vhosts,
-                istio_filters("stats_outbound"),
-                json!({}),
+            // The same names in the access log (Envoy's `%UPSTREAM_*_URI_SAN%`).
+            let format = "%UPSTREAM_LOCAL_URI_SAN% %UPSTREAM_PEER_URI_SAN%\n";
+            let log = file_logger(
+                log_path.to_str().unwrap(),
+                json!({"text_format_source": {"inline_string": format}}),
             );
+            let hcm = json!({"access_log": [log]});
+            let mut l = listener("outbound", vhosts, istio_filters("stats_outbound"), hcm);
             l["traffic_direction"] = json!("OUTBOUND");
             l
         }],
@@ -414,4 +417,8 @@ async fn outbound_principals_are_the_upstream_certificates() {
             ],
         );
     }
+    let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_until("three access log lines", || read().lines().count() == 3).await;
+    let want = format!("{SPIFFE_CLIENT} {SPIFFE_SERVER}");
+    assert!(read().lines().all(|l| l == want), "{}", read());
 }

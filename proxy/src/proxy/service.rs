@@ -78,6 +78,7 @@ pub async fn handle(
             &req,
             ctx.original_dst,
             ctx.peer,
+            ctx.tls.as_ref(),
             ctx.hcm.access_logs.clone(),
         )
     });

@@ -163,6 +163,10 @@ pub async fn serve<R, W>(
         return;
     }
     let flags = log.flags.join(",");
+    let up_tls = crate::cluster::tls_names::TlsNames {
+        local: std::mem::take(&mut log.up_names.0),
+        peer: std::mem::take(&mut log.up_names.1),
+    };
     let entry = super::access_log::Entry {
         start: Some(started.0),
         duration: Some(started.1.elapsed()),
@@ -175,6 +179,8 @@ pub async fn serve<R, W>(
         downstream_local: Some(original_dst),
         downstream_remote: peer,
         tcp: true,
+        downstream_tls: from.tls,
+        upstream_tls: Some(&up_tls),
         ..Default::default()
     };
     for l in &cfg.access_logs {
@@ -300,7 +306,7 @@ async fn proxy<R, W>(
         match cluster.connector.connect(addr, tls.as_deref()).await {
             Ok(s) => {
                 up = Some(s);
-                if cfg.istio.is_some() {
+                if cfg.istio.is_some() || !cfg.access_logs.is_empty() {
                     log.up_names.0 = tls.and_then(|d| d.local_uri.clone()).unwrap_or_default();
                 }
                 break;
@@ -335,10 +341,12 @@ async fn proxy<R, W>(
         tracing::debug!(cluster = %name, "tcp_proxy: Istio metadata exchange frame cut short; closing");
         return;
     }
-    if let Some(istio) = &cfg.istio {
+    if cfg.istio.is_some() || !cfg.access_logs.is_empty() {
         if let UpIo::Tls(t) = up.stream_mut() {
             log.up_names.1 = crate::tls::client::peer_uri(t.get_ref().1).unwrap_or_default();
         }
+    }
+    if let Some(istio) = &cfg.istio {
         let inbound = istio.cfg.inbound();
         let peer = match inbound {
             true => from_down.peer.as_ref(),

@@ -57,6 +57,10 @@ pub struct Entry<'a> {
     pub forced_trace: bool,
     /// A TCP connection's entry (log type `TcpConnectionEnd`), not a request's.
     pub tcp: bool,
+    /// The downstream connection's TLS, when it has it.
+    pub downstream_tls: Option<&'a crate::tls::Peer>,
+    /// The names on the upstream connection's TLS, when it had it.
+    pub upstream_tls: Option<&'a crate::cluster::tls_names::TlsNames>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +83,13 @@ enum Op {
     DownstreamLocal,
     DownstreamRemote,
     DownstreamRemoteNoPort,
+    RequestedServerName,
+    DownstreamPeerUriSan,
+    DownstreamLocalUriSan,
+    DownstreamPeerSubject,
+    DownstreamPeerFingerprint256,
+    UpstreamPeerUriSan,
+    UpstreamLocalUriSan,
     /// An operator we do not produce (mTLS, filter state, ...): Envoy's "-".
     Dash,
 }
@@ -174,6 +185,13 @@ fn parse_op(cmd: &str) -> Op {
         "DOWNSTREAM_LOCAL_ADDRESS" => Op::DownstreamLocal,
         "DOWNSTREAM_REMOTE_ADDRESS" => Op::DownstreamRemote,
         "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Op::DownstreamRemoteNoPort,
+        "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
+        "DOWNSTREAM_PEER_URI_SAN" => Op::DownstreamPeerUriSan,
+        "DOWNSTREAM_LOCAL_URI_SAN" => Op::DownstreamLocalUriSan,
+        "DOWNSTREAM_PEER_SUBJECT" => Op::DownstreamPeerSubject,
+        "DOWNSTREAM_PEER_FINGERPRINT_256" => Op::DownstreamPeerFingerprint256,
+        "UPSTREAM_PEER_URI_SAN" => Op::UpstreamPeerUriSan,
+        "UPSTREAM_LOCAL_URI_SAN" => Op::UpstreamLocalUriSan,
         _ => Op::Dash,
     }
 }
@@ -194,6 +212,10 @@ fn header(h: Option<&HeaderMap>, names: &[String], e: &Entry<'_>, req: bool) -> 
         }
     }
     None
+}
+
+fn nonempty(s: String) -> Option<String> {
+    Some(s).filter(|s| !s.is_empty())
 }
 
 fn value(op: &Op, e: &Entry<'_>) -> Option<String> {
@@ -226,6 +248,14 @@ fn value(op: &Op, e: &Entry<'_>) -> Option<String> {
         Op::DownstreamLocal => e.downstream_local?.to_string(),
         Op::DownstreamRemote => e.downstream_remote?.to_string(),
         Op::DownstreamRemoteNoPort => e.downstream_remote?.ip().to_string(),
+        // Envoy's "-" for a connection without TLS or a certificate without the field.
+        Op::RequestedServerName => nonempty(e.downstream_tls?.sni.clone()?)?,
+        Op::DownstreamPeerUriSan => nonempty(e.downstream_tls?.sans.uri.join(","))?,
+        Op::DownstreamLocalUriSan => nonempty(e.downstream_tls?.local_uri.clone()?)?,
+        Op::DownstreamPeerSubject => nonempty(e.downstream_tls?.subject.clone()?)?,
+        Op::DownstreamPeerFingerprint256 => nonempty(e.downstream_tls?.hash.clone()?)?,
+        Op::UpstreamPeerUriSan => nonempty(e.upstream_tls?.peer.clone())?,
+        Op::UpstreamLocalUriSan => nonempty(e.upstream_tls?.local.clone())?,
         Op::Dash => return None,
     })
 }
@@ -399,6 +429,51 @@ mod tests {
             serde_json::json!({"code": 503, "flags": "UF,URX", "ua": null, "path": "p=/reviews/0",
                 "n": {"host": "10.1.0.7:9080"}})
         );
+    }
+
+    #[test]
+    fn tls_operators() {
+        let h = HeaderMap::new();
+        let f = Format::parse(
+            "%REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_LOCAL_URI_SAN% \
+             %DOWNSTREAM_PEER_SUBJECT% %DOWNSTREAM_PEER_FINGERPRINT_256% %UPSTREAM_PEER_URI_SAN% \
+             %UPSTREAM_LOCAL_URI_SAN%",
+        );
+        // No TLS on either side: Envoy's "-" for each.
+        assert_eq!(f.render(&entry(&h)), "- - - - - - -");
+        let mut down = crate::tls::Peer {
+            sni: Some("outbound_.9080_._.reviews.default.svc.cluster.local".into()),
+            subject: Some("O=cluster.local".into()),
+            hash: Some("ab12".into()),
+            local_uri: Some("spiffe://cluster.local/ns/default/sa/reviews".into()),
+            ..Default::default()
+        };
+        down.sans.uri = vec!["spiffe://a".into(), "spiffe://b".into()];
+        let up = crate::cluster::tls_names::TlsNames {
+            local: "spiffe://cluster.local/ns/default/sa/reviews".into(),
+            peer: "spiffe://cluster.local/ns/default/sa/ratings".into(),
+        };
+        let e = Entry {
+            downstream_tls: Some(&down),
+            upstream_tls: Some(&up),
+            ..entry(&h)
+        };
+        assert_eq!(
+            f.render(&e),
+            "outbound_.9080_._.reviews.default.svc.cluster.local spiffe://a,spiffe://b \
+             spiffe://cluster.local/ns/default/sa/reviews O=cluster.local ab12 \
+             spiffe://cluster.local/ns/default/sa/ratings spiffe://cluster.local/ns/default/sa/reviews"
+        );
+        // A client without a certificate over TLS: its fields are "-", the SNI is there.
+        let anonymous = crate::tls::Peer {
+            sni: Some("x".into()),
+            ..Default::default()
+        };
+        let e = Entry {
+            downstream_tls: Some(&anonymous),
+            ..entry(&h)
+        };
+        assert_eq!(f.render(&e), "x - - - - - -");
     }
 
     #[test]

@@ -196,6 +196,8 @@ pub struct Record {
     protocol: &'static str,
     req_headers: HeaderMap,
     resp_headers: HeaderMap,
+    /// The downstream connection's TLS (kept only for loggers).
+    down_tls: Option<Arc<crate::tls::Peer>>,
     status: u16,
     flags: String,
     details: &'static str,
@@ -224,6 +226,7 @@ impl Record {
         req: &http::Request<B>,
         local: SocketAddr,
         remote: SocketAddr,
+        tls: Option<&Arc<crate::tls::Peer>>,
         loggers: Vec<Arc<AccessLogger>>,
     ) -> Self {
         let h = req.headers();
@@ -250,6 +253,7 @@ impl Record {
                 h.clone()
             },
             resp_headers: HeaderMap::new(),
+            down_tls: tls.filter(|_| !loggers.is_empty()).cloned(),
             status: 0,
             flags: String::new(),
             details: "",
@@ -357,6 +361,8 @@ impl Record {
             grpc_status: self.trailer_grpc_status.as_deref(),
             forced_trace: self.forced_trace,
             tcp: false,
+            downstream_tls: self.down_tls.as_deref(),
+            upstream_tls: self.info.tls_names.as_deref(),
         };
         for l in &self.loggers {
             l.log(&e);
