@@ -269,15 +269,20 @@ paired() { # rows_a rows_b -> "r1 r2 ... | median", the median as median_col tak
   echo "$(awk '{printf "%.2f ", $1}' <<<"$r")| median $(median_col "$r" 1 | awk '{printf "%.2f", $1}')x"
 }
 echo "paired req/s ratios per round (sorted): mosn/nginx $(paired "$s_m" "$s_n"); mosn-lean/nginx $(paired "$s_l" "$s_n")"
+# ROUNDS alternating 5 s rounds of mosn-lean, nginx and haproxy, with the caller's CONNS and
+# WRK_CPU; the rows go to w_l, w_n and w_h.
+three_paths() {
+  w_l=""; w_n=""; w_h=""
+  for _ in $(seq "$ROUNDS"); do
+    w_l+="$(DURATION=5s saturate $MOSN_LEAN_PORT "$LEAN_PID")"$'\n'
+    w_n+="$(DURATION=5s saturate $NGINX_PORT "$NGINX_PID")"$'\n'
+    w_h+="$(DURATION=5s saturate $HAPROXY_PORT "$HAPROXY_PID")"$'\n'
+  done
+}
 # Other loads: fewer connections than the target's 32 (the chain is then bound by wake-ups
 # and CPU placement more than by CPU), and more.
 for c in ${SWEEP-8 128}; do
-  w_l=""; w_n=""; w_h=""
-  for _ in $(seq "$ROUNDS"); do
-    w_l+="$(CONNS=$c DURATION=5s saturate $MOSN_LEAN_PORT "$LEAN_PID")"$'\n'
-    w_n+="$(CONNS=$c DURATION=5s saturate $NGINX_PORT "$NGINX_PID")"$'\n'
-    w_h+="$(CONNS=$c DURATION=5s saturate $HAPROXY_PORT "$HAPROXY_PID")"$'\n'
-  done
+  CONNS=$c three_paths
   echo "sweep -c$c: req/s medians mosn-lean $(median_col "$w_l" 1), nginx $(median_col "$w_n" 1), haproxy $(median_col "$w_h" 1); cpu s/10k $(median_col "$w_l" 4), $(median_col "$w_n" 4), $(median_col "$w_h" 4); paired mosn-lean/nginx $(paired "$w_l" "$w_n"); haproxy/nginx $(paired "$w_h" "$w_n")"
 done
 # Pinned (PINNED=0 skips it): each proxy alone on CPU 1, wrk and the upstream on CPU 0. The
@@ -289,12 +294,7 @@ if [ "${PINNED:-1}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
   UP_PID=$(pgrep -P "$(cat "$WORK/up.pid")" | head -1)
   for p in "$LEAN_PID" "$NGINX_PID" "$HAPROXY_PID"; do pin 1 "$p"; done
   pin 0 "$UP_PID"
-  w_l=""; w_n=""; w_h=""
-  for _ in $(seq "$ROUNDS"); do
-    w_l+="$(WRK_CPU=0 DURATION=5s saturate $MOSN_LEAN_PORT "$LEAN_PID")"$'\n'
-    w_n+="$(WRK_CPU=0 DURATION=5s saturate $NGINX_PORT "$NGINX_PID")"$'\n'
-    w_h+="$(WRK_CPU=0 DURATION=5s saturate $HAPROXY_PORT "$HAPROXY_PID")"$'\n'
-  done
+  WRK_CPU=0 three_paths
   for p in "$LEAN_PID" "$NGINX_PID" "$HAPROXY_PID" "$UP_PID"; do pin "0-$(($(nproc) - 1))" "$p"; done
   echo "pinned -c$CONNS: req/s per round mosn-lean $(awk 'NF {printf "%s ", $1}' <<<"$w_l")| nginx $(awk 'NF {printf "%s ", $1}' <<<"$w_n")| haproxy $(awk 'NF {printf "%s ", $1}' <<<"$w_h")"
   echo "pinned -c$CONNS: req/s medians mosn-lean $(median_col "$w_l" 1), nginx $(median_col "$w_n" 1), haproxy $(median_col "$w_h" 1); paired mosn-lean/nginx $(paired "$w_l" "$w_n"); haproxy/nginx $(paired "$w_h" "$w_n")"
