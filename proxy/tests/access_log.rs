@@ -106,6 +106,12 @@ async fn text_and_json_access_logs() {
     assert!(t[0].ends_with(" to-v1"), "{}", t[0]);
     assert!(t[1].contains("\"GET /none HTTP/1.1\" 404 NR "), "{}", t[1]);
     assert!(t[2].contains("\"GET /dead HTTP/1.1\" 503 UF"), "{}", t[2]);
+    // Envoy's reason for the refused connection (ECONNREFUSED).
+    assert!(
+        t[2].contains(" \"delayed connect error: 111\" "),
+        "{}",
+        t[2]
+    );
     assert!(t[2].contains(&format!("\"{dead}\" dead ")), "{}", t[2]);
 
     let j: Vec<Value> = lines(&jsonl, 4)

@@ -3,7 +3,7 @@
 
 use super::body::BoxBody;
 use super::hop_by_hop::strip_hop_by_hop;
-use super::local_reply::{Flag, LocalReply};
+use super::local_reply::{Flag, LocalReply, TRANSPORT_FAILURE};
 use super::router::Downstream;
 use crate::cluster::connector::{BoxError, ConnectError};
 use crate::cluster::h1pool::{PooledBody, SendError};
@@ -277,7 +277,7 @@ fn connect_reply(c: &ConnectError) -> LocalReply {
             LocalReply::reset("connection timeout", Flag::UpstreamConnectionFailure)
         }
         ConnectError::Failed(why) => LocalReply::reset(
-            &format!("remote connection failure, transport failure reason: {why}"),
+            &format!("remote connection failure, {TRANSPORT_FAILURE}{why}"),
             Flag::UpstreamConnectionFailure,
         ),
     }
@@ -292,7 +292,7 @@ fn connect_error(e: BoxError) -> AttemptError {
         src = s.source();
     }
     AttemptError::Connect(LocalReply::reset(
-        &format!("remote connection failure, transport failure reason: {e}"),
+        &format!("remote connection failure, {TRANSPORT_FAILURE}{e}"),
         Flag::UpstreamConnectionFailure,
     ))
 }

@@ -61,6 +61,8 @@ pub struct Entry<'a> {
     pub downstream_tls: Option<&'a crate::tls::Peer>,
     /// The names on the upstream connection's TLS, when it had it.
     pub upstream_tls: Option<&'a crate::cluster::tls_names::TlsNames>,
+    /// Why the upstream connection could not be made.
+    pub transport_failure: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +92,7 @@ enum Op {
     DownstreamPeerFingerprint256,
     UpstreamPeerUriSan,
     UpstreamLocalUriSan,
+    UpstreamTransportFailureReason,
     /// An operator we do not produce (mTLS, filter state, ...): Envoy's "-".
     Dash,
 }
@@ -192,6 +195,7 @@ fn parse_op(cmd: &str) -> Op {
         "DOWNSTREAM_PEER_FINGERPRINT_256" => Op::DownstreamPeerFingerprint256,
         "UPSTREAM_PEER_URI_SAN" => Op::UpstreamPeerUriSan,
         "UPSTREAM_LOCAL_URI_SAN" => Op::UpstreamLocalUriSan,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
         _ => Op::Dash,
     }
 }
@@ -256,6 +260,7 @@ fn value(op: &Op, e: &Entry<'_>) -> Option<String> {
         Op::DownstreamPeerFingerprint256 => nonempty(e.downstream_tls?.hash.clone()?)?,
         Op::UpstreamPeerUriSan => nonempty(e.upstream_tls?.peer.clone())?,
         Op::UpstreamLocalUriSan => nonempty(e.upstream_tls?.local.clone())?,
+        Op::UpstreamTransportFailureReason => nonempty(e.transport_failure?.to_string())?,
         Op::Dash => return None,
     })
 }
@@ -474,6 +479,18 @@ mod tests {
             ..entry(&h)
         };
         assert_eq!(f.render(&e), "x - - - - - -");
+    }
+
+    #[test]
+    fn transport_failure_reason() {
+        let h = HeaderMap::new();
+        let f = Format::parse("\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\"");
+        assert_eq!(f.render(&entry(&h)), "\"-\"");
+        let e = Entry {
+            transport_failure: Some("delayed connect error: 111"),
+            ..entry(&h)
+        };
+        assert_eq!(f.render(&e), "\"delayed connect error: 111\"");
     }
 
     #[test]

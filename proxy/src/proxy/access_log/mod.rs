@@ -198,6 +198,8 @@ pub struct Record {
     resp_headers: HeaderMap,
     /// The downstream connection's TLS (kept only for loggers).
     down_tls: Option<Arc<crate::tls::Peer>>,
+    /// Why the upstream connection failed (a local reply's, for loggers).
+    transport_failure: Option<String>,
     status: u16,
     flags: String,
     details: &'static str,
@@ -254,6 +256,7 @@ impl Record {
             },
             resp_headers: HeaderMap::new(),
             down_tls: tls.filter(|_| !loggers.is_empty()).cloned(),
+            transport_failure: None,
             status: 0,
             flags: String::new(),
             details: "",
@@ -283,6 +286,10 @@ impl Record {
         self.status = resp.status.as_u16();
         if !self.loggers.is_empty() {
             self.resp_headers = resp.headers.clone();
+            self.transport_failure = resp
+                .extensions
+                .get::<crate::proxy::local_reply::TransportFailure>()
+                .map(|t| t.0.clone());
         }
         if self.istio.is_some() {
             let grpc = resp
@@ -363,6 +370,7 @@ impl Record {
             tcp: false,
             downstream_tls: self.down_tls.as_deref(),
             upstream_tls: self.info.tls_names.as_deref(),
+            transport_failure: self.transport_failure.as_deref(),
         };
         for l in &self.loggers {
             l.log(&e);
