@@ -13,7 +13,7 @@
 # Prints the medians of each and the ratios to nginx.
 # Two switches take the box's scheduler out of the comparison (bench/RESULTS.md, session 18):
 #  - PIN=1: every proxy on CPU 1, wrk and the upstream on CPU 0. The rounds then repeat
-#    within about 1%, where unpinned ones swing by 10-20%;
+#    within 2-3%, where unpinned ones swing by 10-20%;
 #  - UPSTREAM_POLICY=batch: the upstream runs as SCHED_BATCH, so its wake-ups never preempt
 #    wrk. What is left is the proxies' own cost.
 set -euo pipefail

@@ -286,7 +286,7 @@ for c in ${SWEEP-8 128}; do
   echo "sweep -c$c: req/s medians mosn-lean $(median_col "$w_l" 1), nginx $(median_col "$w_n" 1), haproxy $(median_col "$w_h" 1); cpu s/10k $(median_col "$w_l" 4), $(median_col "$w_n" 4), $(median_col "$w_h" 4); paired mosn-lean/nginx $(paired "$w_l" "$w_n"); haproxy/nginx $(paired "$w_h" "$w_n")"
 done
 # Pinned (PINNED=0 skips it): each proxy alone on CPU 1, wrk and the upstream on CPU 0. The
-# rounds then repeat within about 1% where unpinned ones swing by 10-20%, and what is compared
+# rounds then repeat within 2-3% where unpinned ones swing by 10-20%, and what is compared
 # is the proxies plus how they make the upstream and wrk share their CPU (bench/peers.sh splits
 # that out; bench/RESULTS.md, session 18).
 if [ "${PINNED:-1}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
