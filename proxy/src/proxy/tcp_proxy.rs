@@ -163,10 +163,6 @@ pub async fn serve<R, W>(
         return;
     }
     let flags = log.flags.join(",");
-    let up_tls = crate::cluster::tls_names::TlsNames {
-        local: std::mem::take(&mut log.up_names.0),
-        peer: std::mem::take(&mut log.up_names.1),
-    };
     let entry = super::access_log::Entry {
         start: Some(started.0),
         duration: Some(started.1.elapsed()),
@@ -180,7 +176,7 @@ pub async fn serve<R, W>(
         downstream_remote: peer,
         tcp: true,
         downstream_tls: from.tls,
-        upstream_tls: Some(&up_tls),
+        upstream_tls: log.up_tls.as_deref(),
         ..Default::default()
     };
     for l in &cfg.access_logs {
@@ -214,8 +210,9 @@ struct Outcome {
     cluster: Option<String>,
     rx: u64,
     tx: u64,
-    /// The upstream's principals, (local, peer) URI SANs, on an upstream TLS connection.
-    up_names: (String, String),
+    /// The names on the upstream TLS connection (its handshake's, as the connector recorded
+    /// them).
+    up_tls: Option<Arc<crate::cluster::tls_names::TlsNames>>,
     /// The last host tried: its `istio.workload` metadata names the peer.
     endpoint: Option<Arc<str>>,
     /// Istio's report, once the connection reached an upstream.
@@ -232,7 +229,10 @@ impl Outcome {
                 t.local_uri.as_deref().unwrap_or_default(),
             ),
             (true, None) => ("", ""),
-            (false, _) => (self.up_names.0.as_str(), self.up_names.1.as_str()),
+            (false, _) => self
+                .up_tls
+                .as_deref()
+                .map_or(("", ""), |t| (t.local.as_str(), t.peer.as_str())),
         };
         Opened {
             principals,
@@ -304,11 +304,11 @@ async fn proxy<R, W>(
             }
         };
         match cluster.connector.connect(addr, tls.as_deref()).await {
-            Ok(s) => {
-                up = Some(s);
-                if cfg.istio.is_some() || !cfg.access_logs.is_empty() {
-                    log.up_names.0 = tls.and_then(|d| d.local_uri.clone()).unwrap_or_default();
+            Ok(mut s) => {
+                if matches!(s.stream_mut(), UpIo::Tls(_)) {
+                    log.up_tls = cluster.connector.tls_names(addr);
                 }
+                up = Some(s);
                 break;
             }
             Err(e) => tracing::debug!(cluster = %name, %addr, "tcp_proxy: {e}"),
@@ -340,11 +340,6 @@ async fn proxy<R, W>(
         // A frame that started but never ended: what follows cannot be told from it.
         tracing::debug!(cluster = %name, "tcp_proxy: Istio metadata exchange frame cut short; closing");
         return;
-    }
-    if cfg.istio.is_some() || !cfg.access_logs.is_empty() {
-        if let UpIo::Tls(t) = up.stream_mut() {
-            log.up_names.1 = crate::tls::client::peer_uri(t.get_ref().1).unwrap_or_default();
-        }
     }
     if let Some(istio) = &cfg.istio {
         let inbound = istio.cfg.inbound();
@@ -420,7 +415,6 @@ async fn proxy<R, W>(
     log.tx = tx.load(Ordering::Relaxed);
 }
 
-/// The first URI SAN of the server's certificate.
 /// Copy one direction, starting with `first` (read already, past the metadata exchange);
 /// on EOF, half-close the other side (Envoy's tcp_proxy half-closes).
 async fn pipe<R, W>(
