@@ -151,12 +151,11 @@ impl LocalReply {
         grpc: bool,
         grpc_status: Option<u32>,
     ) -> Response<BoxBody> {
-        // Only connection failures carry a reason: other replies copy nothing.
+        // Only connection failures' text carries a reason.
         let reason = self
             .body
-            .contains(TRANSPORT_FAILURE)
-            .then(|| self.body.clone());
-        let reason = reason.as_deref();
+            .split_once(TRANSPORT_FAILURE)
+            .map(|(_, why)| TransportFailure(why.to_string()));
         let mut r = if grpc {
             let mut r = Response::new(full(""));
             let h = r.headers_mut();
@@ -191,8 +190,8 @@ impl LocalReply {
             }
         }
         r.extensions_mut().insert(ResponseFlags::of(&self.flags));
-        if let Some((_, why)) = reason.and_then(|b| b.split_once(TRANSPORT_FAILURE)) {
-            r.extensions_mut().insert(TransportFailure(why.to_string()));
+        if let Some(reason) = reason {
+            r.extensions_mut().insert(reason);
         }
         r
     }
