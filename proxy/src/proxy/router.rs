@@ -331,10 +331,10 @@ pub async fn forward(
                     rp.headers
                         .insert(SERVICE_TIME, millis_value(started.elapsed().as_millis()));
                 }
-                // One box for the whole body: the layers wrap `Incoming` by value, and the
-                // downstream gauge rides along.
                 // Envoy's route timeout lasts until the response is complete, body included.
                 use super::body::{DeadlineBody, IdleBody};
+                // One box for the whole body: the layers wrap `Incoming` by value, and the
+                // request guard and the downstream gauge ride along.
                 let inner = Guarded::new(rb, (guard, down_active.take()));
                 let timeouts = || stats.rq_timeout.clone();
                 let body = match (idle, deadline) {

@@ -10,8 +10,9 @@
 //! `istio_request_duration_milliseconds`, `istio_request_bytes` and `istio_response_bytes`
 //! under the same labels (sizes: header names and values plus body bytes, as Istio 1.10
 //! counts them, the pseudo-headers taken as `:method` and `:path`). [`tcp`] counts a tcp_proxy
-//! chain's connections and bytes, [`tcp_mx`] is the TCP metadata exchange. Not done: custom
-//! dimensions, and principals on outbound HTTP requests (`unknown`).
+//! chain's connections and bytes, [`tcp_mx`] is the TCP metadata exchange. Outbound, the
+//! principals are the upstream TLS connection's names (`cluster::tls_names`). Not done:
+//! custom dimensions.
 
 pub mod labels;
 pub mod peer;
