@@ -7,10 +7,11 @@
 //! (and, for the hyper paths, hyper's) business, and every connection to one endpoint of a
 //! cluster shows the same workload identity; the last handshake's names stand for them all.
 
+use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Most addresses remembered; past that the map starts over (endpoints come and go with EDS,
 /// and a forgotten one is learnt again at its next handshake).
@@ -25,12 +26,14 @@ pub struct TlsNames {
     pub peer: String,
 }
 
-/// The last handshake's names per upstream address of one cluster.
+/// The last handshake's names per upstream address of one cluster. Read by every request
+/// over TLS and written at handshakes whose names differ from the last, so reads take no
+/// lock and a write copies the map.
 #[derive(Debug, Default)]
 pub struct NamesByAddr {
-    /// Whether any TLS handshake was recorded: plaintext clusters never take the lock.
+    /// Whether any TLS handshake was recorded: plaintext clusters never load the map.
     any: AtomicBool,
-    map: Mutex<FxHashMap<SocketAddr, Arc<TlsNames>>>,
+    map: ArcSwap<FxHashMap<SocketAddr, Arc<TlsNames>>>,
 }
 
 impl NamesByAddr {
@@ -40,14 +43,18 @@ impl NamesByAddr {
             local: local.unwrap_or_default().to_string(),
             peer: crate::tls::client::peer_uri(conn).unwrap_or_default(),
         };
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&addr).is_some_and(|n| **n == names) {
+        if self.map.load().get(&addr).is_some_and(|n| **n == names) {
             return;
         }
-        if map.len() >= MAX_ADDRS && !map.contains_key(&addr) {
-            map.clear();
-        }
-        map.insert(addr, Arc::new(names));
+        let names = Arc::new(names);
+        self.map.rcu(|m| {
+            let mut m = FxHashMap::clone(m);
+            if m.len() >= MAX_ADDRS && !m.contains_key(&addr) {
+                m.clear();
+            }
+            m.insert(addr, names.clone());
+            m
+        });
         self.any.store(true, Ordering::Relaxed);
     }
 
@@ -56,7 +63,6 @@ impl NamesByAddr {
         if !self.any.load(Ordering::Relaxed) {
             return None;
         }
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&addr).cloned()
+        self.map.load().get(&addr).cloned()
     }
 }
