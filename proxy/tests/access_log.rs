@@ -231,3 +231,136 @@ async fn filters_pick_what_each_logger_writes() {
     assert_eq!(read("cel").len(), 4);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An h2c upstream that answers each request with its connection's far end (`x-peer`).
+async fn h2_peer_upstream() -> std::net::SocketAddr {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, peer)) = l.accept().await {
+            let svc = hyper::service::service_fn(move |_req| async move {
+                let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                r.headers_mut()
+                    .insert("x-peer", peer.to_string().parse().unwrap());
+                Ok::<_, std::convert::Infallible>(r)
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc),
+            );
+        }
+    });
+    addr
+}
+
+/// A TCP upstream that writes its connection's far end and closes.
+async fn tcp_peer_upstream() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = l.accept().await {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut s, peer.to_string().as_bytes()).await;
+        }
+    });
+    addr
+}
+
+/// The address operators of Istio's default format name the connections really used: the
+/// upstream local address is the far end the upstream saw, over each kind of upstream
+/// connection (inline HTTP/1.1, hyper's HTTP/1.1 for a streamed body, HTTP/2, TCP); the
+/// downstream remote address is Envoy's (the last `x-forwarded-for` entry, port 0, when
+/// `use_remote_address` is off), the direct one the client socket's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_operators_name_the_connections_used() {
+    let up = upstream("v1").await;
+    let h2 = h2_peer_upstream().await;
+    let tcp = tcp_peer_upstream().await;
+    let dir = std::env::temp_dir().join(format!("mosn-access-addr-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (http_log, tcp_log) = (dir.join("http.log"), dir.join("tcp.log"));
+    let format = |f: &str| json!({"text_format_source": {"inline_string": f}});
+    let vhosts = json!([{"name": "r", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/h2"}, "route": {"cluster": "h2"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "v1"}}]}]);
+    let l = listener(
+        "in",
+        vhosts,
+        vec![],
+        json!({"access_log": [file_logger(http_log.to_str().unwrap(), format(
+            "%REQ(:PATH)% %UPSTREAM_LOCAL_ADDRESS% %UPSTREAM_LOCAL_PORT% %DOWNSTREAM_REMOTE_ADDRESS% \
+             %DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_PORT%\n"))]}),
+    );
+    let t = json!({"name": "tcp",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "tcp", "cluster": "tcp",
+            "access_log": [file_logger(tcp_log.to_str().unwrap(),
+                format("%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_DIRECT_REMOTE_ADDRESS%\n"))]}}]}]});
+    let p = proxy(bootstrap(
+        vec![l, t],
+        vec![
+            cluster("v1", &[up.addr], json!({})),
+            cluster("h2", &[h2], json!({"http2_protocol_options": {}})),
+            cluster("tcp", &[tcp], json!({})),
+        ],
+    ))
+    .await;
+    let addr = p.addr("in");
+
+    // Inline HTTP/1.1, from a socket whose address the test knows, with an x-forwarded-for
+    // that the default HCM (use_remote_address off) takes as the client.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let client = s.local_addr().unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"GET /get HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 198.51.100.7, 192.0.2.9\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (got, _) = read_to_close(&mut s).await;
+    // The echo's report, whatever the framing (chunked here).
+    let body: Value = serde_json::from_str(&got[got.find('{').unwrap()..=got.rfind('}').unwrap()])
+        .unwrap_or_else(|e| panic!("{e}: {got}"));
+    let get_peer = body["peer"].as_str().unwrap().to_string();
+    // A body to stream goes over hyper's client, on a connection of its own.
+    let posted = request(addr, "POST", "/post", &[], "hello", false).await;
+    let post_peer = posted.json()["peer"].as_str().unwrap().to_string();
+    assert_ne!(get_peer, post_peer, "two kinds of connection");
+    let h2_resp = get(addr, "/h2", &[]).await;
+    assert_eq!(h2_resp.status, 200);
+    let h2_peer = h2_resp.header("x-peer").unwrap().to_string();
+
+    let logged = lines(&http_log, 3).await;
+    let port = |a: &str| a.rsplit(':').next().unwrap().to_string();
+    assert_eq!(
+        logged[0],
+        format!(
+            "/get {get_peer} {} 192.0.2.9:0 {client} {}",
+            port(&get_peer),
+            addr.port()
+        )
+    );
+    assert!(
+        logged[1].starts_with(&format!(
+            "/post {post_peer} {} 127.0.0.1:",
+            port(&post_peer)
+        )),
+        "{}",
+        logged[1]
+    );
+    assert!(
+        logged[2].starts_with(&format!("/h2 {h2_peer} {} ", port(&h2_peer))),
+        "{}",
+        logged[2]
+    );
+
+    let mut s = tokio::net::TcpStream::connect(p.addr("tcp")).await.unwrap();
+    let client = s.local_addr().unwrap();
+    let (seen, _) = read_to_close(&mut s).await;
+    drop(s);
+    assert_eq!(lines(&tcp_log, 1).await[0], format!("{seen} {client}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -164,7 +164,16 @@ async fn http_upstreams_get_the_header_before_the_request() {
 async fn a_gateway_passes_the_clients_address_on() {
     let up = proxied_upstream().await;
     let vhosts = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]);
-    let mut l = listener("gw", vhosts, vec![], json!({}));
+    let log = std::env::temp_dir().join(format!("mosn-pp-gw-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let format = "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS%\n";
+    let mut l = listener(
+        "gw",
+        vhosts,
+        vec![],
+        json!({"access_log": [file_logger(log.to_str().unwrap(),
+            json!({"text_format_source": {"inline_string": format}}))]}),
+    );
     l["listener_filters"] = json!([{"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"}}]);
     let p = proxy(bootstrap(
@@ -186,6 +195,20 @@ async fn a_gateway_passes_the_clients_address_on() {
     }
     // One pooled connection per client, each reused.
     assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+    // The access log names the client the header named, and the load balancer's socket as
+    // the direct remote address.
+    let direct = a.local_addr().unwrap();
+    let deadline = std::time::Instant::now() + HANG;
+    let text = loop {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        if t.lines().count() >= 4 || std::time::Instant::now() > deadline {
+            break t;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let want = format!("203.0.113.7:51000 {direct} 10.0.0.5:443");
+    assert_eq!(text.lines().filter(|l| *l == want).count(), 2, "{text}");
+    let _ = std::fs::remove_file(&log);
 }
 
 /// A TCP proxy always names the client and the address it dialled (Envoy's tcp_proxy puts

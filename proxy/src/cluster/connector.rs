@@ -1,6 +1,7 @@
 //! The upstream connector: TCP with connect timeout and Envoy's `upstream_cx_*` accounting, and
 //! the `max_connections` circuit breaker.
 
+use super::conn_info::{ConnInfo, TlsNames};
 use super::stats::ClusterStats;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
@@ -70,8 +71,6 @@ pub struct CountingConnector {
     /// `upstream_connection_options.tcp_keepalive`.
     keepalive: Option<socket2::TcpKeepalive>,
     room: Arc<Room>,
-    /// The names on its TLS connections, by address (Istio's outbound principals).
-    names: Arc<super::tls_names::NamesByAddr>,
 }
 
 /// The `max_connections` budget of one cluster: connections being made or open (Envoy counts
@@ -134,13 +133,7 @@ impl CountingConnector {
             source,
             keepalive,
             room: Arc::default(),
-            names: Arc::default(),
         }
-    }
-
-    /// The names of the last TLS handshake with `addr` (see [`super::tls_names`]).
-    pub fn tls_names(&self, addr: SocketAddr) -> Option<Arc<super::tls_names::TlsNames>> {
-        self.names.get(addr)
     }
 
     /// Signalled when one of this connector's connections closes (or fails to open), so a
@@ -205,7 +198,6 @@ impl CountingConnector {
         let source = self.source.for_dest(addr);
         let keepalive = self.keepalive.as_ref();
         let ssl_stats = &self.stats;
-        let names = &self.names;
         let dial = async move {
             let sock = if addr.is_ipv4() {
                 TcpSocket::new_v4()?
@@ -221,23 +213,30 @@ impl CountingConnector {
             use tokio::io::AsyncWriteExt as _;
             let mut stream = sock.connect(addr).await?;
             stream.set_nodelay(true)?;
+            // Once per connection, for `%UPSTREAM_LOCAL_ADDRESS%` (and a PROXY header).
+            let local = stream.local_addr();
+            let mut info = ConnInfo {
+                local: local.as_ref().ok().copied(),
+                tls: None,
+            };
             let Some(tls) = tls else {
-                return Ok::<_, io::Error>(UpIo::Plain(stream));
+                return Ok::<_, io::Error>((UpIo::Plain(stream), info));
             };
             // The PROXY header goes first, under any TLS (Envoy's socket wraps the inner one).
             if let Some(p) = &tls.proxy {
-                let header = p.bytes(stream.local_addr()?, stream.peer_addr()?);
+                let header = p.bytes(local?, stream.peer_addr()?);
                 stream.write_all(&header).await?;
             }
             let Some(config) = &tls.config else {
-                return Ok(UpIo::Plain(stream));
+                return Ok((UpIo::Plain(stream), info));
             };
             let connector = tokio_rustls::TlsConnector::from(config.clone());
             match connector.connect(tls.server_name(addr.ip()), stream).await {
                 Ok(t) => {
                     ssl_stats.lazy_counter("ssl.handshake").inc();
-                    names.record(addr, t.get_ref().1, tls.local_uri.as_deref());
-                    Ok(UpIo::Tls(Box::new(t)))
+                    let names = TlsNames::of(t.get_ref().1, tls.local_uri.as_deref());
+                    info.tls = Some(names);
+                    Ok((UpIo::Tls(Box::new(t)), info))
                 }
                 Err(e) => {
                     ssl_stats.lazy_counter("ssl.connection_error").inc();
@@ -246,11 +245,12 @@ impl CountingConnector {
             }
         };
         match tokio::time::timeout(self.timeout, dial).await {
-            Ok(Ok(stream)) => {
+            Ok(Ok((stream, info))) => {
                 stats.cx_total.inc();
                 stats.cx_active.inc();
                 Ok(Counted {
                     io: TokioIo::new(stream),
+                    info: Arc::new(info),
                     stats: stats.clone(),
                     room: slot.0.take().expect("the slot is held until here"),
                     mark: None,
@@ -366,6 +366,8 @@ impl HostMark {
 #[derive(Debug)]
 pub struct Counted {
     io: TokioIo<UpIo>,
+    /// Its local address and TLS names.
+    info: Arc<ConnInfo>,
     stats: Arc<ClusterStats>,
     room: Arc<Room>,
     /// Its host's mark in a pool that counts them.
@@ -377,6 +379,11 @@ impl Counted {
     pub fn marked(mut self, mark: Arc<HostMark>) -> Self {
         self.mark = Some(mark);
         self
+    }
+
+    /// Its local address and TLS names.
+    pub fn info(&self) -> &Arc<ConnInfo> {
+        &self.info
     }
 
     /// The connection's bytes, for the inline HTTP/1.1 client and tcp_proxy.

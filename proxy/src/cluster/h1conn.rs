@@ -42,6 +42,13 @@ pub struct ConnState {
     wbuf: Vec<u8>,
 }
 
+impl ConnState {
+    /// The connection's local address and TLS names.
+    pub fn info(&self) -> &std::sync::Arc<super::conn_info::ConnInfo> {
+        self.io.info()
+    }
+}
+
 impl std::ops::Deref for Conn {
     type Target = ConnState;
     fn deref(&self) -> &ConnState {
@@ -348,6 +355,11 @@ impl<R: Release> RawBody<R> {
             body.finish();
         }
         body
+    }
+
+    /// Where the connection goes back to.
+    pub fn home(&self) -> Option<&R> {
+        self.home.as_ref()
     }
 
     fn finish(&mut self) {

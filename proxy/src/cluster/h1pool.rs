@@ -12,13 +12,12 @@
 
 use super::connector::{ConnectError, CountingConnector, HostMark};
 pub use super::h1body::PooledBody;
-use super::h1body::{Checkin, Home, Kind};
+use super::h1body::{Checkin, Home, HyperTx, Kind};
 use super::h1conn::{Conn, ExchangeError, RawBody};
 use super::pending::Pending;
 use super::wear::{Limits, Wear};
 use super::UpstreamBody;
 use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -71,7 +70,7 @@ impl PoolKey {
 #[derive(Default)]
 struct State {
     /// Connections driven by hyper's client.
-    idle: ByAddr<SendRequest<UpstreamBody>>,
+    idle: ByAddr<HyperTx>,
     /// Connections exchanged inline.
     raw: ByAddr<Conn>,
     /// Each key's mark, held by its connections, idle or not.
@@ -160,7 +159,7 @@ impl H1Pool {
                 Got::Idle(mut tx, wear) => {
                     // Normally ready at once: the connection finished the previous exchange
                     // before its response body ended here.
-                    if !tx.is_ready() && tx.ready().await.is_err() {
+                    if !tx.tx.is_ready() && tx.tx.ready().await.is_err() {
                         continue;
                     }
                     (tx, wear)
@@ -168,7 +167,7 @@ impl H1Pool {
                 Got::Fresh(io) => (self.handshake(key.addr, io).await?, Wear::new()),
             };
             let reused = wear.uses > 0;
-            match tx.try_send_request(req).await {
+            match tx.tx.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(key, resp, tx, wear.one_more())),
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection went away between checkout and send.
@@ -202,6 +201,7 @@ impl H1Pool {
                         pool,
                         key,
                         wear: wear.one_more(),
+                        info: conn.info().clone(),
                     });
                     let body = RawBody::new(conn, &head, home);
                     return Ok(Response::from_parts(
@@ -322,9 +322,9 @@ impl H1Pool {
     }
 
     /// The most recently returned live hyper connection to `key`.
-    fn take_hyper(&self, key: PoolKey) -> Option<(SendRequest<UpstreamBody>, Wear)> {
+    fn take_hyper(&self, key: PoolKey) -> Option<(HyperTx, Wear)> {
         let mut st = self.state.lock().unwrap();
-        self.pop_live(st.idle.get_mut(&key)?, |tx| !tx.is_closed())
+        self.pop_live(st.idle.get_mut(&key)?, |c| !c.tx.is_closed())
     }
 
     /// Pop connections off `stack`, most recent first, dropping those idle past the idle
@@ -352,7 +352,8 @@ impl H1Pool {
         &self,
         addr: SocketAddr,
         io: super::connector::Counted,
-    ) -> Result<SendRequest<UpstreamBody>, SendError> {
+    ) -> Result<HyperTx, SendError> {
+        let info = io.info().clone();
         let (tx, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(SendError::Http)?;
@@ -361,16 +362,17 @@ impl H1Pool {
                 tracing::debug!("upstream connection to {addr} ended: {e}");
             }
         });
-        Ok(tx)
+        Ok(HyperTx { tx, info })
     }
 
     fn wrap(
         &self,
         key: PoolKey,
         resp: Response<Incoming>,
-        tx: SendRequest<UpstreamBody>,
+        tx: HyperTx,
         wear: Wear,
     ) -> Response<PooledBody> {
+        let info = tx.info.clone();
         // An upgraded (101) connection is no longer HTTP: it is never reused.
         let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
             .then(|| self.me.upgrade())
@@ -386,12 +388,13 @@ impl H1Pool {
                 inner,
                 done: false,
                 back,
+                info,
             })
         })
     }
 
-    pub(super) fn checkin(&self, key: PoolKey, tx: SendRequest<UpstreamBody>, wear: Wear) {
-        if tx.is_closed() {
+    pub(super) fn checkin(&self, key: PoolKey, tx: HyperTx, wear: Wear) {
+        if tx.tx.is_closed() {
             return;
         }
         self.put_back(|st| &mut st.idle, key, tx, wear);
@@ -475,7 +478,7 @@ async fn reap(pool: Weak<H1Pool>, first: Duration) {
             keep
         };
         st.idle.retain(|_, stack| {
-            stack.retain(|i| keep(i.since, &i.wear, !i.conn.is_closed()));
+            stack.retain(|i| keep(i.since, &i.wear, !i.conn.tx.is_closed()));
             !stack.is_empty()
         });
         st.raw.retain(|_, stack| {

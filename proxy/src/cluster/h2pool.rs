@@ -33,12 +33,21 @@ struct Activity {
     last_ms: AtomicU32,
     /// The cluster's connector: a stream that ends wakes a request pending for one.
     connector: CountingConnector,
+    /// The connection's local address and TLS names.
+    info: Arc<super::conn_info::ConnInfo>,
 }
 
 /// One open stream on a pooled h2 connection. It rides in the response body: while it lives
 /// the connection is not idle, and dropping it starts the idle period.
 #[derive(Debug)]
 pub struct Stream(Arc<Activity>);
+
+impl Stream {
+    /// The local address and TLS names of the stream's connection.
+    pub fn info(&self) -> &Arc<super::conn_info::ConnInfo> {
+        &self.0.info
+    }
+}
 
 impl Drop for Stream {
     fn drop(&mut self) {
@@ -168,6 +177,7 @@ impl H2Pool {
             pending.wait().await;
         };
         drop(pending);
+        let info = io.info().clone();
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         self.settings.client(&mut builder);
@@ -180,6 +190,7 @@ impl H2Pool {
         let activity = Arc::new(Activity {
             last_ms: AtomicU32::new(wear::now_ms(crate::clock::coarse_now())),
             connector: self.connector.clone(),
+            info,
         });
         let stream = Stream(activity.clone());
         conns.push(Entry {

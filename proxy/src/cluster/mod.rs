@@ -21,8 +21,8 @@ mod pending;
 pub mod proxy_header;
 mod requests;
 pub use requests::RqGuard;
+pub mod conn_info;
 pub mod stats;
-pub mod tls_names;
 pub mod transport;
 pub mod wear;
 

@@ -130,6 +130,8 @@ pub struct ConnCtx {
     pub stats: Arc<HcmStats>,
     /// Client address.
     pub peer: SocketAddr,
+    /// The socket's peer: `peer`, unless a PROXY header named another client.
+    pub direct_peer: SocketAddr,
     /// Original destination (SO_ORIGINAL_DST, else the local address).
     pub original_dst: SocketAddr,
     /// `peer` and `original_dst` came from a PROXY header (Envoy keeps them in the

@@ -61,9 +61,9 @@ pub struct Tried {
     pub attempts: u32,
     /// That host's Istio workload metadata (see [`crate::cluster::host::Host`]).
     pub workload: Option<Arc<str>>,
-    /// The names on that host's TLS connections, when the attempt got a response over TLS
-    /// (Istio's outbound principals).
-    pub tls_names: Option<Arc<crate::cluster::tls_names::TlsNames>>,
+    /// The connection the last attempt's response came over: its local address and TLS
+    /// names (Istio's outbound principals).
+    pub conn: Option<Arc<crate::cluster::conn_info::ConnInfo>>,
 }
 
 /// Forward `parts`/`body` to `cluster` per `action`; `retry` is the effective retry policy.
@@ -170,7 +170,7 @@ pub async fn forward(
         };
         report.host = Some(host.addr);
         report.workload.clone_from(&host.istio_workload);
-        report.tls_names = None;
+        report.conn = None;
         report.attempts = attempt + 1;
         // Only a policy with skip_previous_hosts reads `tried` (no allocation otherwise).
         if retry.is_some_and(|r| r.skip_previous_hosts) {
@@ -260,7 +260,7 @@ pub async fn forward(
         sent |= !matches!(outcome, Err(AttemptError::Connect(_)));
         match outcome {
             Ok(mut resp) => {
-                report.tls_names = cluster.connector.tls_names(host.addr);
+                report.conn = resp.body().conn_info().cloned();
                 let status = resp.status().as_u16();
                 if status == 101 {
                     if let Some(down) = down_upgrade.take() {

@@ -306,7 +306,9 @@ impl Accepted {
             local
         };
         // A load balancer's PROXY header names the real client and the address it dialled,
-        // which stand for the socket's from here on.
+        // which stand for the socket's from here on (the socket's peer is still logged as
+        // the direct remote address).
+        let direct = peer;
         let (peer, dst, proxied) = match own.proxy_protocol {
             None => (peer, dst, false),
             Some(pp) => match pp.read(&mut stream, own.inspectors.timeout).await {
@@ -462,6 +464,7 @@ impl Accepted {
                 };
                 let from = tcp_proxy::Downstream {
                     peer: Some(peer),
+                    direct_peer: Some(direct),
                     original_dst: dst,
                     tls: tls_peer.as_deref(),
                 };
@@ -480,6 +483,7 @@ impl Accepted {
                     store: self.store,
                     stats: hstats.clone(),
                     peer,
+                    direct_peer: direct,
                     original_dst: dst,
                     proxied,
                     listener_port: dst.port(),
@@ -516,6 +520,7 @@ fn refused_tcp(
     if let Terminal::Tcp(tp) = &chain.terminal {
         let from = tcp_proxy::Downstream {
             peer: Some(peer),
+            direct_peer: Some(peer),
             original_dst: dst,
             tls,
         };

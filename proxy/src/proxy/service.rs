@@ -77,7 +77,10 @@ pub async fn handle(
         access_log::Record::start(
             &req,
             ctx.original_dst,
-            ctx.peer,
+            access_log::Remote {
+                effective: super::upstream_headers::final_remote(&ctx, req.headers()),
+                direct: ctx.direct_peer,
+            },
             ctx.tls.as_ref(),
             ctx.hcm.access_logs.clone(),
         )
@@ -517,7 +520,7 @@ async fn route_request(
             if let Some(i) = info {
                 i.host = tried.host;
                 i.workload = tried.workload.take();
-                i.tls_names = tried.tls_names.take();
+                i.conn = tried.conn.take();
             }
             // As Envoy's router: the attempt count goes on every response once an attempt was
             // made, the upstream's and the proxy's own.

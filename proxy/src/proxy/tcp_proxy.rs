@@ -118,6 +118,8 @@ impl TcpProxyConfig {
 pub struct Downstream<'a> {
     /// The client's address.
     pub peer: Option<SocketAddr>,
+    /// The socket's peer: `peer`, unless a PROXY header named another client.
+    pub direct_peer: Option<SocketAddr>,
     /// The address it connected to (the original destination when redirected).
     pub original_dst: SocketAddr,
     /// Its TLS peer, when the chain terminates TLS.
@@ -174,9 +176,11 @@ pub async fn serve<R, W>(
         upstream_cluster: log.cluster.as_deref(),
         downstream_local: Some(original_dst),
         downstream_remote: peer,
+        downstream_direct_remote: from.direct_peer,
         tcp: true,
         downstream_tls: from.tls,
-        upstream_tls: log.up_tls.as_deref(),
+        upstream_tls: log.up.as_ref().and_then(|u| u.tls.as_ref()),
+        upstream_local: log.up.as_ref().and_then(|u| u.local),
         ..Default::default()
     };
     for l in &cfg.access_logs {
@@ -210,9 +214,8 @@ struct Outcome {
     cluster: Option<String>,
     rx: u64,
     tx: u64,
-    /// The names on the upstream TLS connection (its handshake's, as the connector recorded
-    /// them).
-    up_tls: Option<Arc<crate::cluster::tls_names::TlsNames>>,
+    /// The upstream connection's local address and TLS names.
+    up: Option<Arc<crate::cluster::conn_info::ConnInfo>>,
     /// The last host tried: its `istio.workload` metadata names the peer.
     endpoint: Option<Arc<str>>,
     /// Istio's report, once the connection reached an upstream.
@@ -230,8 +233,9 @@ impl Outcome {
             ),
             (true, None) => ("", ""),
             (false, _) => self
-                .up_tls
-                .as_deref()
+                .up
+                .as_ref()
+                .and_then(|u| u.tls.as_ref())
                 .map_or(("", ""), |t| (t.local.as_str(), t.peer.as_str())),
         };
         Opened {
@@ -304,10 +308,8 @@ async fn proxy<R, W>(
             }
         };
         match cluster.connector.connect(addr, tls.as_deref()).await {
-            Ok(mut s) => {
-                if matches!(s.stream_mut(), UpIo::Tls(_)) {
-                    log.up_tls = cluster.connector.tls_names(addr);
-                }
+            Ok(s) => {
+                log.up = Some(s.info().clone());
                 up = Some(s);
                 break;
             }

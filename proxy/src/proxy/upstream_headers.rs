@@ -180,11 +180,18 @@ fn xff_entries(h: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
 /// last entries are skipped; without it, the `x-forwarded-for` entry past the trusted hops.
 /// The peer when `x-forwarded-for` has no such entry.
 pub(super) fn remote_address(ctx: &ConnCtx, h: &HeaderMap) -> std::net::IpAddr {
+    final_remote(ctx, h).ip()
+}
+
+/// [`remote_address`] with a port, as Envoy's `%DOWNSTREAM_REMOTE_ADDRESS%` prints it: the
+/// peer's, or 0 for an address taken from `x-forwarded-for` (Envoy parses the entry as an
+/// address without a port).
+pub(super) fn final_remote(ctx: &ConnCtx, h: &HeaderMap) -> std::net::SocketAddr {
     let hops = ctx.hcm.xff_trusted_hops as usize;
     let skip = if ctx.hcm.use_remote_address {
         match hops.checked_sub(1) {
             Some(s) => s,
-            None => return ctx.peer.ip(),
+            None => return ctx.peer,
         }
     } else {
         hops
@@ -193,7 +200,7 @@ pub(super) fn remote_address(ctx: &ConnCtx, h: &HeaderMap) -> std::net::IpAddr {
         .rev()
         .nth(skip)
         .and_then(|a| a.parse().ok())
-        .unwrap_or(ctx.peer.ip())
+        .map_or(ctx.peer, |ip| std::net::SocketAddr::new(ip, 0))
 }
 
 /// Append the downstream address to `x-forwarded-for` (HCM `use_remote_address`), folding

@@ -71,14 +71,14 @@ pub async fn upstream(name: &str) -> Upstream {
     let (n, h, r) = (name.to_string(), hits.clone(), release.clone());
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 continue;
             };
             let (n, h, r) = (n.clone(), h.clone(), r.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let (n, h, r) = (n.clone(), h.clone(), r.clone());
-                    async move { echo(req, &n, &h, &r).await }
+                    async move { echo(req, &n, &h, &r, peer).await }
                 });
                 let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 // Past hyper's 100, so that tests of the proxy's own header limits see the
@@ -103,6 +103,7 @@ async fn echo(
     name: &str,
     hits: &AtomicUsize,
     release: &tokio::sync::Notify,
+    peer: SocketAddr,
 ) -> Result<http::Response<Trailered>, std::io::Error> {
     hits.fetch_add(1, Ordering::SeqCst);
     if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
@@ -176,6 +177,8 @@ async fn echo(
         "version": format!("{:?}", parts.version),
         "headers": headers,
         "body_len": body.len(),
+        // The connection's far end: the proxy's upstream local address.
+        "peer": peer.to_string(),
     });
     let stall = hdr_stall;
     let mut resp = http::Response::new(Trailered(

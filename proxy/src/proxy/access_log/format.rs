@@ -49,8 +49,10 @@ pub struct Entry<'a> {
     pub route_name: Option<&'a str>,
     /// The local address the connection arrived on (the original destination).
     pub downstream_local: Option<SocketAddr>,
-    /// The client.
+    /// The client, as the HCM settled it (possibly from `x-forwarded-for`).
     pub downstream_remote: Option<SocketAddr>,
+    /// The connection's peer.
+    pub downstream_direct_remote: Option<SocketAddr>,
     /// The response trailers' `grpc-status`.
     pub grpc_status: Option<&'a str>,
     /// Traced because `x-envoy-force-trace` asked.
@@ -60,7 +62,9 @@ pub struct Entry<'a> {
     /// The downstream connection's TLS, when it has it.
     pub downstream_tls: Option<&'a crate::tls::Peer>,
     /// The names on the upstream connection's TLS, when it had it.
-    pub upstream_tls: Option<&'a crate::cluster::tls_names::TlsNames>,
+    pub upstream_tls: Option<&'a crate::cluster::conn_info::TlsNames>,
+    /// The local address of the upstream connection.
+    pub upstream_local: Option<SocketAddr>,
     /// Why the upstream connection could not be made.
     pub transport_failure: Option<&'a str>,
 }
@@ -79,12 +83,9 @@ enum Op {
     BytesReceived,
     BytesSent,
     Duration,
-    UpstreamHost,
+    Address(Addr, Part),
     UpstreamCluster,
     RouteName,
-    DownstreamLocal,
-    DownstreamRemote,
-    DownstreamRemoteNoPort,
     RequestedServerName,
     DownstreamPeerUriSan,
     DownstreamLocalUriSan,
@@ -95,6 +96,49 @@ enum Op {
     UpstreamTransportFailureReason,
     /// An operator we do not produce (mTLS, filter state, ...): Envoy's "-".
     Dash,
+}
+
+/// Which address an address operator prints.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Addr {
+    /// The upstream host (`UPSTREAM_HOST`, `UPSTREAM_REMOTE_ADDRESS`).
+    UpstreamRemote,
+    UpstreamLocal,
+    DownstreamLocal,
+    DownstreamRemote,
+    DownstreamDirectRemote,
+}
+
+/// Which part of the address: all of it (`ip:port`), `_WITHOUT_PORT`, or `_PORT`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Part {
+    Full,
+    Ip,
+    Port,
+}
+
+/// The address operator `cmd` names, if it is one: Envoy's `<WHICH>_ADDRESS`,
+/// `<WHICH>_ADDRESS_WITHOUT_PORT` and `<WHICH>_PORT`, and `UPSTREAM_HOST`.
+fn address_op(cmd: &str) -> Option<Op> {
+    if cmd == "UPSTREAM_HOST" {
+        return Some(Op::Address(Addr::UpstreamRemote, Part::Full));
+    }
+    let (which, part) = if let Some(w) = cmd.strip_suffix("_ADDRESS_WITHOUT_PORT") {
+        (w, Part::Ip)
+    } else if let Some(w) = cmd.strip_suffix("_ADDRESS") {
+        (w, Part::Full)
+    } else {
+        (cmd.strip_suffix("_PORT")?, Part::Port)
+    };
+    let which = match which {
+        "UPSTREAM_REMOTE" => Addr::UpstreamRemote,
+        "UPSTREAM_LOCAL" => Addr::UpstreamLocal,
+        "DOWNSTREAM_LOCAL" => Addr::DownstreamLocal,
+        "DOWNSTREAM_REMOTE" => Addr::DownstreamRemote,
+        "DOWNSTREAM_DIRECT_REMOTE" => Addr::DownstreamDirectRemote,
+        _ => return None,
+    };
+    Some(Op::Address(which, part))
 }
 
 /// A compiled text format.
@@ -182,12 +226,8 @@ fn parse_op(cmd: &str) -> Op {
         "BYTES_RECEIVED" => Op::BytesReceived,
         "BYTES_SENT" => Op::BytesSent,
         "DURATION" => Op::Duration,
-        "UPSTREAM_HOST" => Op::UpstreamHost,
         "UPSTREAM_CLUSTER" => Op::UpstreamCluster,
         "ROUTE_NAME" => Op::RouteName,
-        "DOWNSTREAM_LOCAL_ADDRESS" => Op::DownstreamLocal,
-        "DOWNSTREAM_REMOTE_ADDRESS" => Op::DownstreamRemote,
-        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Op::DownstreamRemoteNoPort,
         "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
         "DOWNSTREAM_PEER_URI_SAN" => Op::DownstreamPeerUriSan,
         "DOWNSTREAM_LOCAL_URI_SAN" => Op::DownstreamLocalUriSan,
@@ -196,7 +236,7 @@ fn parse_op(cmd: &str) -> Op {
         "UPSTREAM_PEER_URI_SAN" => Op::UpstreamPeerUriSan,
         "UPSTREAM_LOCAL_URI_SAN" => Op::UpstreamLocalUriSan,
         "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
-        _ => Op::Dash,
+        c => address_op(c).unwrap_or(Op::Dash),
     }
 }
 
@@ -246,12 +286,22 @@ fn value(op: &Op, e: &Entry<'_>) -> Option<String> {
         Op::BytesReceived => e.bytes_received.to_string(),
         Op::BytesSent => e.bytes_sent.to_string(),
         Op::Duration => e.duration?.as_millis().to_string(),
-        Op::UpstreamHost => e.upstream_host?.to_string(),
+        Op::Address(which, part) => {
+            let a = match which {
+                Addr::UpstreamRemote => e.upstream_host,
+                Addr::UpstreamLocal => e.upstream_local,
+                Addr::DownstreamLocal => e.downstream_local,
+                Addr::DownstreamRemote => e.downstream_remote,
+                Addr::DownstreamDirectRemote => e.downstream_direct_remote,
+            }?;
+            match part {
+                Part::Full => a.to_string(),
+                Part::Ip => a.ip().to_string(),
+                Part::Port => a.port().to_string(),
+            }
+        }
         Op::UpstreamCluster => e.upstream_cluster?.to_string(),
         Op::RouteName => e.route_name.filter(|r| !r.is_empty())?.to_string(),
-        Op::DownstreamLocal => e.downstream_local?.to_string(),
-        Op::DownstreamRemote => e.downstream_remote?.to_string(),
-        Op::DownstreamRemoteNoPort => e.downstream_remote?.ip().to_string(),
         // Envoy's "-" for a connection without TLS or a certificate without the field.
         Op::RequestedServerName => nonempty(e.downstream_tls?.sni.clone()?)?,
         Op::DownstreamPeerUriSan => nonempty(e.downstream_tls?.sans.uri.join(","))?,
@@ -333,7 +383,11 @@ fn render_json(fields: &[(String, JsonField)], e: &Entry<'_>) -> Value {
             JsonField::Fmt(Format(ops)) if ops.len() == 1 => match value(&ops[0], e) {
                 None => Value::Null,
                 Some(s) => match ops[0] {
-                    Op::Code | Op::BytesReceived | Op::BytesSent | Op::Duration => s
+                    Op::Code
+                    | Op::BytesReceived
+                    | Op::BytesSent
+                    | Op::Duration
+                    | Op::Address(_, Part::Port) => s
                         .parse::<u64>()
                         .map(Value::from)
                         .unwrap_or(Value::String(s)),
@@ -369,135 +423,4 @@ pub(super) fn layout_of(s: &core::SubstitutionFormatString) -> Result<Layout, St
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(h: &HeaderMap) -> Entry<'_> {
-        Entry {
-            start: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_105_362_123)),
-            duration: Some(Duration::from_millis(7)),
-            method: "GET",
-            path: "/reviews/0",
-            authority: "reviews:9080",
-            protocol: "HTTP/1.1",
-            req_headers: Some(h),
-            resp_headers: None,
-            status: 503,
-            flags: "UF,URX",
-            details: "upstream_reset_before_response_started{connection_failure}",
-            bytes_received: 0,
-            bytes_sent: 91,
-            upstream_host: Some("10.1.0.7:9080".parse().unwrap()),
-            upstream_cluster: Some("outbound|9080|v1|reviews.default.svc.cluster.local"),
-            route_name: Some("default"),
-            downstream_local: Some("10.96.0.10:9080".parse().unwrap()),
-            downstream_remote: Some("10.1.0.2:40000".parse().unwrap()),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn envoy_default_format() {
-        let mut h = HeaderMap::new();
-        h.insert("user-agent", "curl/8".parse().unwrap());
-        h.insert("x-request-id", "abc".parse().unwrap());
-        let line = Format::parse(DEFAULT_FORMAT).render(&entry(&h));
-        assert_eq!(
-            line,
-            "[2025-11-25T21:16:02.123Z] \"GET /reviews/0 HTTP/1.1\" 503 UF,URX 0 91 7 - \"-\" \"curl/8\" \"abc\" \"reviews:9080\" \"10.1.0.7:9080\"\n"
-        );
-    }
-
-    #[test]
-    fn operators_alternatives_truncation_and_escapes() {
-        let mut h = HeaderMap::new();
-        h.insert("x-b", "bravo".parse().unwrap());
-        let f = Format::parse("%REQ(X-A?X-B):3% 100%% %UPSTREAM_CLUSTER% %ROUTE_NAME% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %UNKNOWN_OP% %RESPONSE_CODE_DETAILS% tail %");
-        assert_eq!(
-            f.render(&entry(&h)),
-            "bra 100% outbound|9080|v1|reviews.default.svc.cluster.local default 10.1.0.2 - upstream_reset_before_response_started{connection_failure} tail %"
-        );
-    }
-
-    #[test]
-    fn json_format_keeps_numbers_typed() {
-        let h = HeaderMap::new();
-        let s: envoy_types::pb::google::protobuf::Struct = decode::from_json(
-            &serde_json::json!({"code": "%RESPONSE_CODE%", "flags": "%RESPONSE_FLAGS%", "ua": "%REQ(USER-AGENT)%",
-                "path": "p=%REQ(:PATH)%", "n": {"host": "%UPSTREAM_HOST%"}}),
-            true,
-        )
-        .unwrap();
-        let v = render_json(&json_layout(&s), &entry(&h));
-        assert_eq!(
-            v,
-            serde_json::json!({"code": 503, "flags": "UF,URX", "ua": null, "path": "p=/reviews/0",
-                "n": {"host": "10.1.0.7:9080"}})
-        );
-    }
-
-    #[test]
-    fn tls_operators() {
-        let h = HeaderMap::new();
-        let f = Format::parse(
-            "%REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_LOCAL_URI_SAN% \
-             %DOWNSTREAM_PEER_SUBJECT% %DOWNSTREAM_PEER_FINGERPRINT_256% %UPSTREAM_PEER_URI_SAN% \
-             %UPSTREAM_LOCAL_URI_SAN%",
-        );
-        // No TLS on either side: Envoy's "-" for each.
-        assert_eq!(f.render(&entry(&h)), "- - - - - - -");
-        let mut down = crate::tls::Peer {
-            sni: Some("outbound_.9080_._.reviews.default.svc.cluster.local".into()),
-            subject: Some("O=cluster.local".into()),
-            hash: Some("ab12".into()),
-            local_uri: Some("spiffe://cluster.local/ns/default/sa/reviews".into()),
-            ..Default::default()
-        };
-        down.sans.uri = vec!["spiffe://a".into(), "spiffe://b".into()];
-        let up = crate::cluster::tls_names::TlsNames {
-            local: "spiffe://cluster.local/ns/default/sa/reviews".into(),
-            peer: "spiffe://cluster.local/ns/default/sa/ratings".into(),
-        };
-        let e = Entry {
-            downstream_tls: Some(&down),
-            upstream_tls: Some(&up),
-            ..entry(&h)
-        };
-        assert_eq!(
-            f.render(&e),
-            "outbound_.9080_._.reviews.default.svc.cluster.local spiffe://a,spiffe://b \
-             spiffe://cluster.local/ns/default/sa/reviews O=cluster.local ab12 \
-             spiffe://cluster.local/ns/default/sa/ratings spiffe://cluster.local/ns/default/sa/reviews"
-        );
-        // A client without a certificate over TLS: its fields are "-", the SNI is there.
-        let anonymous = crate::tls::Peer {
-            sni: Some("x".into()),
-            ..Default::default()
-        };
-        let e = Entry {
-            downstream_tls: Some(&anonymous),
-            ..entry(&h)
-        };
-        assert_eq!(f.render(&e), "x - - - - - -");
-    }
-
-    #[test]
-    fn transport_failure_reason() {
-        let h = HeaderMap::new();
-        let f = Format::parse("\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\"");
-        assert_eq!(f.render(&entry(&h)), "\"-\"");
-        let e = Entry {
-            transport_failure: Some("delayed connect error: 111"),
-            ..entry(&h)
-        };
-        assert_eq!(f.render(&e), "\"delayed connect error: 111\"");
-    }
-
-    #[test]
-    fn civil_dates() {
-        let t = |s: u64| crate::admin::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
-        assert_eq!(t(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(t(951_782_400), "2000-02-29T00:00:00.000Z");
-        assert_eq!(t(4_107_542_399), "2100-02-28T23:59:59.000Z");
-    }
-}
+mod tests;

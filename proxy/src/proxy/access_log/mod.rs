@@ -180,8 +180,20 @@ pub struct RouteInfo {
     pub host: Option<SocketAddr>,
     /// That host's `istio.workload` endpoint metadata.
     pub workload: Option<Arc<str>>,
-    /// The names on that host's TLS connections (Istio's outbound principals).
-    pub tls_names: Option<Arc<crate::cluster::tls_names::TlsNames>>,
+    /// The upstream connection the response came over (its local address, and TLS names for
+    /// Istio's outbound principals).
+    pub conn: Option<Arc<crate::cluster::conn_info::ConnInfo>>,
+}
+
+/// A request's downstream remote addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct Remote {
+    /// The address the HCM settled on (`%DOWNSTREAM_REMOTE_ADDRESS%`): the peer, or an
+    /// `x-forwarded-for` entry (port 0) when `use_remote_address` is off or proxies in front
+    /// are trusted.
+    pub effective: SocketAddr,
+    /// The connection's peer (`%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`).
+    pub direct: SocketAddr,
 }
 
 /// An in-flight request's log record: captured at the start, completed when the response body
@@ -206,7 +218,9 @@ pub struct Record {
     received: Arc<std::sync::atomic::AtomicU64>,
     info: RouteInfo,
     downstream_local: SocketAddr,
-    downstream_remote: SocketAddr,
+    /// Envoy's downstream remote address (from `x-forwarded-for` where the HCM trusts it)
+    /// and the connection's peer.
+    downstream_remote: Remote,
     loggers: Vec<Arc<AccessLogger>>,
     /// The request's trace span, finished with the record.
     pub span: Option<Box<crate::proxy::trace::Span>>,
@@ -227,7 +241,7 @@ impl Record {
     pub fn start<B>(
         req: &http::Request<B>,
         local: SocketAddr,
-        remote: SocketAddr,
+        remote: Remote,
         tls: Option<&Arc<crate::tls::Peer>>,
         loggers: Vec<Arc<AccessLogger>>,
     ) -> Self {
@@ -337,7 +351,7 @@ impl Record {
                 cluster: self.info.cluster.as_deref(),
                 route: self.info.route.as_deref(),
                 endpoint: self.info.workload.as_deref(),
-                upstream_tls: self.info.tls_names.as_deref(),
+                upstream_tls: self.info.conn.as_ref().and_then(|c| c.tls.as_ref()),
                 grpc_status,
                 duration_ms: self.started.elapsed().as_millis() as u64,
                 bytes: (received, self.resp_head.0 + bytes_sent),
@@ -364,12 +378,14 @@ impl Record {
             upstream_cluster: self.info.cluster.as_deref(),
             route_name: self.info.route.as_deref(),
             downstream_local: Some(self.downstream_local),
-            downstream_remote: Some(self.downstream_remote),
+            downstream_remote: Some(self.downstream_remote.effective),
+            downstream_direct_remote: Some(self.downstream_remote.direct),
             grpc_status: self.trailer_grpc_status.as_deref(),
             forced_trace: self.forced_trace,
             tcp: false,
             downstream_tls: self.down_tls.as_deref(),
-            upstream_tls: self.info.tls_names.as_deref(),
+            upstream_tls: self.info.conn.as_ref().and_then(|c| c.tls.as_ref()),
+            upstream_local: self.info.conn.as_ref().and_then(|c| c.local),
             transport_failure: self.transport_failure.as_deref(),
         };
         for l in &self.loggers {

@@ -55,7 +55,7 @@ pub struct End<'a> {
     pub endpoint: Option<&'a str>,
     /// The names on the upstream TLS connection (the source and destination principals of
     /// an outbound request).
-    pub upstream_tls: Option<&'a crate::cluster::tls_names::TlsNames>,
+    pub upstream_tls: Option<&'a crate::cluster::conn_info::TlsNames>,
     /// The response's `grpc-status` (trailers or headers).
     pub grpc_status: Option<&'a str>,
     /// From the request's start to the end of its response, in ms.

@@ -11,7 +11,7 @@
 //! under the same labels (sizes: header names and values plus body bytes, as Istio 1.10
 //! counts them, the pseudo-headers taken as `:method` and `:path`). [`tcp`] counts a tcp_proxy
 //! chain's connections and bytes, [`tcp_mx`] is the TCP metadata exchange. Outbound, the
-//! principals are the upstream TLS connection's names (`cluster::tls_names`). Not done:
+//! principals are the upstream TLS connection's names (`cluster::conn_info`). Not done:
 //! custom dimensions.
 
 pub mod labels;
