@@ -11,7 +11,7 @@ use super::route_inputs::{choose_cluster, request_host, upgrade_type, Levels};
 use super::router::{self, Downstream};
 use super::upstream_headers::{
     append_via, append_xff, ensure_request_id, forwarded_proto, prepare_upstream_headers,
-    remote_address,
+    remote_address, X_REQUEST_ID,
 };
 use super::ConnCtx;
 use crate::route::action::Action;
@@ -43,8 +43,12 @@ pub async fn handle(
         ctx.hcm.use_remote_address,
         &ctx.hcm.internal,
     );
-    // A tracing HCM settles the request id and the sampling decision first: the access log
-    // and the upstream see the id with its trace mark.
+    // Envoy's connection manager gives every request its id first (unless
+    // `generate_request_id` is off): the trace decision is read from it, and the access log,
+    // the response and the upstream all see the same one.
+    ensure_request_id(&ctx.hcm, req.headers_mut());
+    // A tracing HCM settles the sampling decision next: the access log and the upstream see
+    // the id with its trace mark.
     let mut span = ctx
         .hcm
         .tracing
@@ -61,24 +65,24 @@ pub async fn handle(
     });
     // `always_set_request_id_in_response`, or a (trusted) `x-envoy-force-trace`, as Envoy's
     // mutateResponseHeaders: the id is settled now, for the response.
-    let force_trace = control && req.headers().contains_key("x-envoy-force-trace");
+    let force_trace = control && req.headers().contains_key(super::trace::FORCE_TRACE);
     let id_for_response = (ctx.hcm.request_id_in_response || force_trace)
-        .then(|| {
-            ensure_request_id(&ctx.hcm, req.headers_mut());
-            req.headers().get("x-request-id").cloned()
-        })
+        .then(|| req.headers().get(X_REQUEST_ID).cloned())
         .flatten();
-    // Access logging costs nothing unless the HCM has loggers. Envoy's HCM gives every request
-    // an x-request-id before routing, so the log line and the upstream see the same one.
-    // A sampled span ends with the record; an unsampled one only carries its context.
+    // Access logging costs nothing unless the HCM has loggers. A sampled span ends with the
+    // record; an unsampled one only carries its context.
     let sampled = span.as_ref().is_some_and(|s| s.sampled);
     let mut record = (!ctx.hcm.access_logs.is_empty() || sampled || istio.stats).then(|| {
-        ensure_request_id(&ctx.hcm, req.headers_mut());
+        // Only loggers print the remote address (Istio's stats and spans keep a record too).
+        let effective = match ctx.hcm.access_logs.is_empty() {
+            true => ctx.peer,
+            false => super::upstream_headers::final_remote(&ctx, req.headers()),
+        };
         access_log::Record::start(
             &req,
             ctx.original_dst,
             access_log::Remote {
-                effective: super::upstream_headers::final_remote(&ctx, req.headers()),
+                effective,
                 direct: ctx.direct_peer,
             },
             ctx.tls.as_ref(),

@@ -9,8 +9,14 @@ use crate::route::headers::HeaderPolicy;
 use crate::route::Route;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+// Pre-parsed names: `&str` names are parsed (checked and lowercased) on every use.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `x-request-id`.
+pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// The headers Envoy's connection manager and router set on a request before it goes
-/// upstream: x-forwarded-proto, x-request-id, path and host rewrites, and the header
+/// upstream: x-forwarded-proto, path and host rewrites, and the header
 /// policies of every level (most specific first).
 pub(super) fn prepare_upstream_headers(
     parts: &mut http::request::Parts,
@@ -21,8 +27,6 @@ pub(super) fn prepare_upstream_headers(
     levels: &[&HeaderPolicy],
     hctx: &crate::route::headers::Ctx<'_>,
 ) {
-    // Pre-parsed names: `&str` names are parsed on every use.
-    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
     let h = &mut parts.headers;
     // Room for what this and the router add (x-forwarded-proto, x-request-id,
@@ -35,9 +39,9 @@ pub(super) fn prepare_upstream_headers(
     const HTTP: HeaderValue = HeaderValue::from_static("http");
     let scheme = if tls { HTTPS } else { HTTP };
     if hcm.trusts_forwarded_proto() {
-        h.entry(XFP).or_insert(scheme);
+        h.entry(X_FORWARDED_PROTO).or_insert(scheme);
     } else {
-        h.insert(XFP, scheme);
+        h.insert(X_FORWARDED_PROTO, scheme);
     }
     // As Envoy: at the edge it replaces the client's own unless a trusted proxy is in front;
     // elsewhere it is only added when absent.
@@ -50,7 +54,6 @@ pub(super) fn prepare_upstream_headers(
             h.insert(XFPORT, port);
         }
     }
-    ensure_request_id(hcm, h);
     if let Some(new) = a.rewrite_path(path, route.matched_len(path)) {
         if !hcm.suppress_envoy_headers {
             if let Ok(v) = HeaderValue::from_str(path) {
@@ -130,10 +133,9 @@ fn rewrite_host(parts: &mut http::request::Parts, host: &str, append_xfh: bool) 
 /// off. It runs before access logging starts (so the log and the upstream see the same id)
 /// and again before forwarding, where it finds the id already there.
 pub(super) fn ensure_request_id(hcm: &HcmConfig, h: &mut HeaderMap) {
-    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     if hcm.generate_request_id {
         // One hashed lookup (entry), not contains_key then insert; an empty id is no id.
-        match h.entry(REQUEST_ID) {
+        match h.entry(X_REQUEST_ID) {
             http::header::Entry::Vacant(v) => {
                 v.insert(request_id());
             }
@@ -156,7 +158,7 @@ pub(super) fn mark_edge_request(ctx: &ConnCtx, h: &mut HeaderMap) {
         return;
     }
     if ctx.hcm.generate_request_id && !ctx.hcm.preserve_external_request_id {
-        h.remove("x-request-id");
+        h.remove(X_REQUEST_ID);
     }
     const EXTERNAL: HeaderName = HeaderName::from_static("x-envoy-external-address");
     if let Ok(v) = HeaderValue::from_str(&remote_address(ctx, h).to_string()) {
@@ -167,7 +169,7 @@ pub(super) fn mark_edge_request(ctx: &ConnCtx, h: &mut HeaderMap) {
 /// The `x-forwarded-for` entries of all its lines, in order, read in place: RBAC asks for
 /// the remote address on every request it judges.
 fn xff_entries(h: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
-    h.get_all("x-forwarded-for")
+    h.get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -213,7 +215,7 @@ pub(super) fn append_xff(h: &mut HeaderMap, peer: std::net::IpAddr) {
     }
     all.push_str(&peer.to_string());
     if let Ok(v) = HeaderValue::from_str(&all) {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR, v);
     }
 }
 
@@ -271,7 +273,7 @@ pub(super) fn forwarded_proto(ctx: &ConnCtx, headers: &http::HeaderMap) -> &'sta
     if !ctx.hcm.trusts_forwarded_proto() {
         return conn;
     }
-    match headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+    match headers.get(X_FORWARDED_PROTO).map(|v| v.as_bytes()) {
         Some(v) if v.eq_ignore_ascii_case(b"https") => "https",
         Some(v) if v.eq_ignore_ascii_case(b"http") => "http",
         _ => conn,

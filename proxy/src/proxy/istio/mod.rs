@@ -21,7 +21,7 @@ pub mod tcp_mx;
 
 pub use labels::Telemetry;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// `x-envoy-peer-metadata-id`.
 const ID: HeaderName = HeaderName::from_static("x-envoy-peer-metadata-id");
@@ -69,19 +69,21 @@ impl IstioConfig {
         if !self.mx {
             return Exchange::default();
         }
-        let id = h.remove(ID).filter(|v| !v.is_empty());
-        let value = h.remove(VALUE).filter(|v| !v.is_empty());
+        let (id, value) = if self.inbound() {
+            (h.remove(ID), h.remove(VALUE))
+        } else {
+            // Istio sends no id when the node has none.
+            let ours = (!local.id.is_empty()).then(|| local.id.clone());
+            (swap(h, ID, ours), swap(h, VALUE, Some(local.value.clone())))
+        };
+        let (id, value) = (
+            id.filter(|v| !v.is_empty()),
+            value.filter(|v| !v.is_empty()),
+        );
         let peer = value
             .as_ref()
             .filter(|_| self.inbound())
             .and_then(|v| local.peer(v));
-        if !self.inbound() {
-            // Istio sends no id when the node has none.
-            if !local.id.is_empty() {
-                h.insert(ID, local.id.clone());
-            }
-            h.insert(VALUE, local.value.clone());
-        }
         Exchange {
             had_id: id.is_some(),
             had_value: value.is_some(),
@@ -95,18 +97,29 @@ impl IstioConfig {
         if !self.mx {
             return;
         }
-        h.remove(ID);
-        let value = h.remove(VALUE);
         if self.direction == 2 {
-            ex.peer = value.and_then(|v| local.peer(&v));
+            h.remove(ID);
+            ex.peer = h.remove(VALUE).and_then(|v| local.peer(&v));
         } else {
-            if ex.had_id && !local.id.is_empty() {
-                h.insert(ID, local.id.clone());
-            }
-            if ex.had_value {
-                h.insert(VALUE, local.value.clone());
-            }
+            let id = (ex.had_id && !local.id.is_empty()).then(|| local.id.clone());
+            swap(h, ID, id);
+            swap(h, VALUE, ex.had_value.then(|| local.value.clone()));
         }
+    }
+}
+
+/// Every `name` line replaced by `new`, or removed when it is `None`, in one lookup (each
+/// hashes the name); the first value it had.
+fn swap(h: &mut HeaderMap, name: HeaderName, new: Option<HeaderValue>) -> Option<HeaderValue> {
+    use http::header::Entry;
+    match (h.entry(name), new) {
+        (Entry::Occupied(mut o), Some(v)) => Some(o.insert(v)),
+        (Entry::Occupied(o), None) => Some(o.remove()),
+        (Entry::Vacant(e), Some(v)) => {
+            e.insert(v);
+            None
+        }
+        (Entry::Vacant(_), None) => None,
     }
 }
 

@@ -26,37 +26,46 @@ pub struct Context {
     pub parent: Option<u64>,
 }
 
-/// Whether the span is sampled: the `b3` header's flag, else `x-b3-sampled` ("1" or "true";
-/// any other value is "no"), else the HCM's own `decision`.
-pub fn sampled(h: &HeaderMap, decision: bool) -> bool {
+/// The request's span context and whether the span is sampled, each header looked up once
+/// (every lookup hashes its name).
+///
+/// The context is `Ok(None)` when the request carries none (a new trace starts) and `Err` when
+/// its B3 headers do not parse (Envoy then makes no span and the headers go on as they came).
+/// The sampling flag is the `b3` header's, else `x-b3-sampled` ("1" or "true"; any other value
+/// is "no"), else the HCM's own `decision`.
+pub fn read(h: &HeaderMap, decision: bool) -> (Result<Option<Context>, &'static str>, bool) {
     if let Some(b3) = h.get(B3) {
         let b = b3.as_bytes();
-        let flag = match b.len() {
-            1 => b[0],
-            35 | 52 => b[34],
-            51 | 68 => b[50],
-            _ => return decision,
-        };
-        return match flag {
-            b'0' => false,
-            b'1' | b'd' => true,
-            _ => decision,
-        };
+        return (single(b), single_flag(b).unwrap_or(decision));
     }
-    match h.get(SAMPLED) {
+    let sampled = match h.get(SAMPLED) {
         Some(v) => v == "1" || v == "true",
         None => decision,
+    };
+    (multi(h), sampled)
+}
+
+/// The sampling flag of a `b3` header, if it has one that reads.
+fn single_flag(b: &[u8]) -> Option<bool> {
+    let flag = match b.len() {
+        1 => b[0],
+        35 | 52 => b[34],
+        51 | 68 => b[50],
+        _ => return None,
+    };
+    match flag {
+        b'0' => Some(false),
+        b'1' | b'd' => Some(true),
+        _ => None,
     }
 }
 
-/// The request's span context: `Ok(None)` when it carries none (a new trace starts), `Err`
-/// when its B3 headers do not parse (Envoy then makes no span and the headers go on as they
-/// came).
-pub fn extract(h: &HeaderMap) -> Result<Option<Context>, &'static str> {
-    if let Some(b3) = h.get(B3) {
-        return single(b3.as_bytes());
-    }
-    let (Some(trace), Some(span)) = (h.get(TRACE_ID), h.get(SPAN_ID)) else {
+/// The context of the `x-b3-*` headers.
+fn multi(h: &HeaderMap) -> Result<Option<Context>, &'static str> {
+    let Some(trace) = h.get(TRACE_ID) else {
+        return Ok(None);
+    };
+    let Some(span) = h.get(SPAN_ID) else {
         return Ok(None);
     };
     let t = trace.as_bytes();
@@ -175,6 +184,14 @@ pub fn inject(h: &mut HeaderMap, trace: (u64, u64), id: u64, parent: Option<u64>
 mod tests {
     use super::*;
 
+    fn ctx(h: &HeaderMap) -> Result<Option<Context>, &'static str> {
+        read(h, false).0
+    }
+
+    fn flag(h: &HeaderMap, decision: bool) -> bool {
+        read(h, decision).1
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -196,26 +213,26 @@ mod tests {
             span: 0xa2fb4a1d1a96d312,
             parent: Some(0x20000000000001),
         };
-        assert_eq!(extract(&multi), Ok(Some(want)));
+        assert_eq!(ctx(&multi), Ok(Some(want)));
         let single = headers(&[(
             "b3",
             "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-1-0020000000000001",
         )]);
-        assert_eq!(extract(&single), Ok(Some(want)));
+        assert_eq!(ctx(&single), Ok(Some(want)));
         // 64-bit trace, no flag or parent; a b3 header hides the x-b3 ones.
         let short = headers(&[
             ("b3", "48485a3953bb6124-a2fb4a1d1a96d312"),
             ("x-b3-traceid", "zz"),
         ]);
-        let c = extract(&short).unwrap().unwrap();
+        let c = ctx(&short).unwrap().unwrap();
         assert_eq!(
             (c.trace_hi, c.trace_lo, c.parent),
             (0, 0x48485a3953bb6124, None)
         );
         // No context: a flag alone, or a span id without a trace id.
-        assert_eq!(extract(&headers(&[("b3", "1")])), Ok(None));
+        assert_eq!(ctx(&headers(&[("b3", "1")])), Ok(None));
         assert_eq!(
-            extract(&headers(&[("x-b3-spanid", "a2fb4a1d1a96d312")])),
+            ctx(&headers(&[("x-b3-spanid", "a2fb4a1d1a96d312")])),
             Ok(None)
         );
         // Broken ones are errors (Envoy makes no span for them).
@@ -225,25 +242,25 @@ mod tests {
             "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-1-00200000000000",
             "x",
         ] {
-            assert!(extract(&headers(&[("b3", bad)])).is_err(), "{bad}");
+            assert!(ctx(&headers(&[("b3", bad)])).is_err(), "{bad}");
         }
         let bad = headers(&[("x-b3-traceid", "1"), ("x-b3-spanid", "not-hex")]);
-        assert!(extract(&bad).is_err());
+        assert!(ctx(&bad).is_err());
     }
 
     #[test]
     fn the_sampling_flag_follows_envoys_precedence() {
-        assert!(!sampled(&headers(&[("b3", "0")]), true));
-        assert!(sampled(&headers(&[("b3", "d")]), false));
+        assert!(!flag(&headers(&[("b3", "0")]), true));
+        assert!(flag(&headers(&[("b3", "d")]), false));
         let ids = "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312";
-        assert!(sampled(&headers(&[("b3", &format!("{ids}-1"))]), false));
+        assert!(flag(&headers(&[("b3", &format!("{ids}-1"))]), false));
         assert!(
-            !sampled(&headers(&[("b3", ids)]), false),
+            !flag(&headers(&[("b3", ids)]), false),
             "no flag: the decision"
         );
-        assert!(sampled(&headers(&[("x-b3-sampled", "true")]), false));
-        assert!(!sampled(&headers(&[("x-b3-sampled", "yes")]), true));
-        assert!(sampled(&HeaderMap::new(), true));
+        assert!(flag(&headers(&[("x-b3-sampled", "true")]), false));
+        assert!(!flag(&headers(&[("x-b3-sampled", "yes")]), true));
+        assert!(flag(&HeaderMap::new(), true));
     }
 
     #[test]

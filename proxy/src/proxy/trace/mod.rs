@@ -25,12 +25,11 @@ use envoy_types::pb::envoy::r#type::tracing::v3::{custom_tag::Type as TagType, C
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 
-/// `x-request-id`.
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use super::upstream_headers::X_REQUEST_ID as REQUEST_ID;
 /// `x-client-trace-id`.
 const CLIENT_TRACE_ID: HeaderName = HeaderName::from_static("x-client-trace-id");
 /// `x-envoy-force-trace`.
-const FORCE_TRACE: HeaderName = HeaderName::from_static("x-envoy-force-trace");
+pub(in crate::proxy) const FORCE_TRACE: HeaderName = HeaderName::from_static("x-envoy-force-trace");
 
 /// A tracer an HCM may name.
 #[derive(Debug, Clone)]
@@ -177,32 +176,39 @@ impl TraceConfig {
     /// whether the HCM traces this request. `x-envoy-force-trace` counts only on requests
     /// whose control headers were kept (internal ones).
     pub fn decide(&self, h: &mut HeaderMap) -> bool {
+        // The id is read once and written at most once: each lookup hashes its name.
         let Some(rid) = h.get(REQUEST_ID) else {
             return false;
         };
+        let id = rid.as_bytes();
+        let was = reason_of(id);
         // The first 8 hex digits of the id, mod 10,000, drive both sampling percentages.
-        let Some(n) = rid
-            .as_bytes()
+        let Some(n) = id
             .get(..8)
             .and_then(|b| std::str::from_utf8(b).ok())
             .and_then(|s| u64::from_str_radix(s, 16).ok())
         else {
-            return reason(h) != NO_TRACE;
+            return was != NO_TRACE;
         };
         let n = (n % 10000) as u32;
-        if reason(h) == NO_TRACE {
+        // The mark Envoy would set last, if any (only a 36-byte id carries one).
+        let mut mark = None;
+        if was == NO_TRACE {
             if h.contains_key(CLIENT_TRACE_ID) && fastrand::u32(..100) < self.client {
-                set_reason(h, CLIENT);
+                mark = Some(CLIENT);
             } else if h.contains_key(FORCE_TRACE) {
-                set_reason(h, FORCED);
+                mark = Some(FORCED);
             } else if n < self.random {
-                set_reason(h, SAMPLED);
+                mark = Some(SAMPLED);
             }
         }
         if n >= self.overall {
-            set_reason(h, NO_TRACE);
+            mark = Some(NO_TRACE);
         }
-        reason(h) != NO_TRACE
+        match mark {
+            Some(r) if set_reason(h, r) => r != NO_TRACE,
+            _ => was != NO_TRACE,
+        }
     }
 
     /// The span tags this HCM adds, as (name, value) for a request's headers.
@@ -230,7 +236,6 @@ pub(in crate::proxy) fn begin(
     req: &mut http::Request<super::body::DownstreamBody>,
 ) -> Option<Box<Span>> {
     let tracer = t.tracer(ctx.store.tracing_env()).cloned();
-    super::upstream_headers::ensure_request_id(&ctx.hcm, req.headers_mut());
     let decision = t.decide(req.headers_mut());
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let scheme = super::upstream_headers::forwarded_proto(ctx, req.headers());
@@ -300,21 +305,33 @@ pub fn forced(h: &HeaderMap) -> bool {
 }
 
 fn reason(h: &HeaderMap) -> u8 {
-    match h.get(REQUEST_ID).map(HeaderValue::as_bytes) {
-        Some(id) if id.len() == 36 && matches!(id[14], SAMPLED | FORCED | CLIENT) => id[14],
+    h.get(REQUEST_ID)
+        .map_or(NO_TRACE, |id| reason_of(id.as_bytes()))
+}
+
+/// The trace mark a request id carries.
+fn reason_of(id: &[u8]) -> u8 {
+    match id {
+        id if id.len() == 36 && matches!(id[14], SAMPLED | FORCED | CLIENT) => id[14],
         _ => NO_TRACE,
     }
 }
 
-fn set_reason(h: &mut HeaderMap, r: u8) {
+/// Mark the request id with `r`; whether it could be (only a 36-byte id carries a mark).
+/// An id that already carries it is left alone.
+fn set_reason(h: &mut HeaderMap, r: u8) -> bool {
     let Some(id) = h.get(REQUEST_ID).filter(|id| id.len() == 36) else {
-        return;
+        return false;
     };
+    if id.as_bytes()[14] == r {
+        return true;
+    }
     let mut id = id.as_bytes().to_vec();
     id[14] = r;
     if let Ok(v) = HeaderValue::from_bytes(&id) {
         h.insert(REQUEST_ID, v);
     }
+    true
 }
 
 #[cfg(test)]

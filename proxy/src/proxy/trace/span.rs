@@ -67,14 +67,14 @@ impl Span {
         let Some(tracer) = tracer else {
             return Some(null());
         };
-        let ctx = match b3::extract(h) {
+        let (ctx, sampled) = b3::read(h, decision);
+        let ctx = match ctx {
             Ok(c) => c,
             Err(why) => {
                 tracing::debug!("{why}: no span for this request");
                 return Some(null());
             }
         };
-        let sampled = b3::sampled(h, decision);
         let fresh = || loop {
             let id = fastrand::u64(..);
             if id != 0 {
