@@ -6,7 +6,10 @@
 #    closes and reopens upstream connections under load (at -c128 it then ran at 60%);
 #  - mosn.json: mosn's bootstrap for the same path (one route to one STATIC cluster);
 #  - mosn-lean.json, when MOSN_LEAN_PORT and MOSN_LEAN_ADMIN are set: the same, with the
-#    headers nginx does not add turned off.
+#    headers nginx does not add turned off;
+#  - mosn-istio.json, when MOSN_ISTIO_PORT and MOSN_ISTIO_ADMIN are set: the same route as an
+#    Istio sidecar's outbound HCM has it, with Istio's HTTP filters (metadata exchange, stats),
+#    request ids and Zipkin tracing at Istio's default 1% (the spans go to the upstream).
 # NGINX_PROXY_EXTRA goes at the top of px.conf (instructions.sh runs nginx in the foreground).
 cat >"$WORK/up.conf" <<CONF
 worker_processes 1; pid $WORK/up.pid; error_log $WORK/up-error.log;
@@ -23,11 +26,13 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$NGINX_PORT;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
-# mosn_bootstrap PORT ADMIN_PORT HCM_EXTRA ROUTER_EXTRA: the extras are JSON members (with a
-# trailing comma) added to the HCM and to the router's config.
+# mosn_bootstrap PORT ADMIN_PORT HCM_EXTRA ROUTER_EXTRA [FILTERS] [TOP]: the extras are JSON
+# members (with a trailing comma) added to the HCM and to the router's config; FILTERS are
+# HTTP filters before the router, TOP members of the bootstrap itself (each with a trailing
+# comma too).
 mosn_bootstrap() {
 cat <<CONF
-{ "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": $2 } } },
+{ ${6:-} "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": $2 } } },
   "static_resources": {
     "listeners": [{ "name": "bench", "address": { "socket_address": { "address": "127.0.0.1", "port_value": $1 } },
       "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager",
@@ -35,7 +40,7 @@ cat <<CONF
           $3 "stat_prefix": "bench",
           "route_config": { "virtual_hosts": [{ "name": "all", "domains": ["*"],
             "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "up" } }] }] },
-          "http_filters": [{ "name": "envoy.filters.http.router",
+          "http_filters": [${5:-} { "name": "envoy.filters.http.router",
             "typed_config": { $4 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }] }],
     "clusters": [{ "name": "up", "type": "STATIC", "connect_timeout": "1s",
       "load_assignment": { "cluster_name": "up", "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address":
@@ -49,4 +54,26 @@ mosn_bootstrap "$MOSN_PORT" "$ADMIN" "" "" >"$WORK/mosn.json"
 # x-forwarded-proto, which Envoy always sets.
 if [ -n "${MOSN_LEAN_PORT:-}" ]; then
   mosn_bootstrap "$MOSN_LEAN_PORT" "$MOSN_LEAN_ADMIN" '"generate_request_id": false,' '"suppress_envoy_headers": true,' >"$WORK/mosn-lean.json"
+fi
+# Istio's wasm filters as pilot writes them (the null VM's plugins, which mosn runs natively).
+istio_filter() { # NAME PLUGIN ROOT_ID
+  echo '{ "name": "'$1'", "typed_config": { "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+    "type_url": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "value": { "config": {
+      "root_id": "'$3'", "vm_config": { "runtime": "envoy.wasm.runtime.null", "code": { "local": { "inline_string": "'$2'" } } },
+      "configuration": { "@type": "type.googleapis.com/google.protobuf.StringValue", "value": "{}" } } } } },'
+}
+if [ -n "${MOSN_ISTIO_PORT:-}" ]; then
+  node='"node": { "id": "sidecar~10.0.0.1~productpage-v1-abc.default~default.svc.cluster.local",
+    "cluster": "productpage.default", "metadata": { "NAME": "productpage-v1-abc", "NAMESPACE": "default",
+    "WORKLOAD_NAME": "productpage-v1", "CLUSTER_ID": "Kubernetes", "LABELS": { "app": "productpage",
+    "version": "v1", "service.istio.io/canonical-name": "productpage", "service.istio.io/canonical-revision": "v1" } } },
+  "tracing": { "http": { "name": "envoy.tracers.zipkin", "typed_config": {
+    "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig", "collector_cluster": "up",
+    "collector_endpoint": "/api/v2/spans", "collector_endpoint_version": "HTTP_JSON",
+    "trace_id_128bit": true, "shared_span_context": false } } },'
+  tracing='"tracing": { "client_sampling": { "value": 100 }, "random_sampling": { "value": 1 },
+    "overall_sampling": { "value": 100 }, "custom_tags": [{ "tag": "istio.mesh_id", "literal": { "value": "cluster.local" } }] },'
+  mosn_bootstrap "$MOSN_ISTIO_PORT" "$MOSN_ISTIO_ADMIN" "$tracing" "" \
+    "$(istio_filter istio.metadata_exchange envoy.wasm.metadata_exchange "") $(istio_filter istio.stats envoy.wasm.stats stats_outbound)" \
+    "$node" >"$WORK/mosn-istio.json"
 fi
