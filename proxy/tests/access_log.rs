@@ -266,6 +266,35 @@ async fn tcp_peer_upstream() -> std::net::SocketAddr {
     addr
 }
 
+/// An HTTP/1.1 upstream that never answers: `/reset` is closed on, anything else held. It
+/// records each connection's far end.
+async fn mute_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let peers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = l.accept().await {
+            seen.lock().unwrap().push(peer.to_string());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+                    .await
+                    .unwrap_or(0);
+                if buf[..n].starts_with(b"GET /reset") {
+                    return;
+                }
+                tokio::time::sleep(HANG).await;
+                drop(s);
+            });
+        }
+    });
+    (addr, peers)
+}
+
 /// The address operators of Istio's default format name the connections really used: the
 /// upstream local address is the far end the upstream saw, over each kind of upstream
 /// connection (inline HTTP/1.1, hyper's HTTP/1.1 for a streamed body, HTTP/2, TCP); the
@@ -281,8 +310,11 @@ async fn address_operators_name_the_connections_used() {
     std::fs::create_dir_all(&dir).unwrap();
     let (http_log, tcp_log) = (dir.join("http.log"), dir.join("tcp.log"));
     let format = |f: &str| json!({"text_format_source": {"inline_string": f}});
+    let (mute, mute_peers) = mute_upstream().await;
     let vhosts = json!([{"name": "r", "domains": ["*"], "routes": [
         {"match": {"prefix": "/h2"}, "route": {"cluster": "h2"}},
+        {"match": {"prefix": "/slow"}, "route": {"cluster": "mute", "timeout": "0.2s"}},
+        {"match": {"prefix": "/reset"}, "route": {"cluster": "mute"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "v1"}}]}]);
     let l = listener(
         "in",
@@ -305,6 +337,7 @@ async fn address_operators_name_the_connections_used() {
             cluster("v1", &[up.addr], json!({})),
             cluster("h2", &[h2], json!({"http2_protocol_options": {}})),
             cluster("tcp", &[tcp], json!({})),
+            cluster("mute", &[mute], json!({})),
         ],
     ))
     .await;
@@ -356,6 +389,20 @@ async fn address_operators_name_the_connections_used() {
         "{}",
         logged[2]
     );
+
+    // A request that timed out (504 UT) or was reset (503 UC) still names the connection it
+    // went out on, as Envoy's log does.
+    assert_eq!(get(addr, "/slow", &[]).await.status, 504);
+    assert_eq!(get(addr, "/reset", &[]).await.status, 503);
+    let logged = lines(&http_log, 5).await;
+    let mute_peers = mute_peers.lock().unwrap().clone();
+    assert_eq!(mute_peers.len(), 2, "{mute_peers:?}");
+    for (line, (path, peer)) in logged[3..]
+        .iter()
+        .zip([("/slow", &mute_peers[0]), ("/reset", &mute_peers[1])])
+    {
+        assert!(line.starts_with(&format!("{path} {peer} ")), "{line}");
+    }
 
     let mut s = tokio::net::TcpStream::connect(p.addr("tcp")).await.unwrap();
     let client = s.local_addr().unwrap();

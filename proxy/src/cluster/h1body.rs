@@ -30,14 +30,12 @@ pub(super) struct Checkin {
     pub(super) wear: Wear,
 }
 
-/// Where an inline connection goes back to, and what it was: the connection itself goes
-/// back as soon as the body is read, possibly before the response is looked at.
+/// Where an inline connection goes back to.
 pub(super) struct Home {
     pub(super) pool: Arc<H1Pool>,
     pub(super) key: super::h1pool::PoolKey,
     /// Requests carried, this one included, and age.
     pub(super) wear: Wear,
-    pub(super) info: Arc<ConnInfo>,
 }
 
 impl Release for Home {
@@ -56,14 +54,12 @@ pub(super) enum Kind {
         inner: Incoming,
         done: bool,
         back: Option<Checkin>,
-        /// Kept apart from `back`, which an upgrade leaves empty.
-        info: Arc<ConnInfo>,
     },
     Raw(RawBody<Home>),
     /// An HTTP/2 stream's body, with the mark that keeps its connection from idling out.
     H2 {
         inner: Incoming,
-        stream: super::h2pool::Stream,
+        _stream: super::h2pool::Stream,
     },
 }
 
@@ -71,26 +67,16 @@ impl PooledBody {
     /// An HTTP/2 stream's body: no connection to return, but the connection is busy until
     /// the body is dropped.
     pub fn h2(inner: Incoming, stream: super::h2pool::Stream) -> Self {
-        PooledBody(Kind::H2 { inner, stream })
-    }
-
-    /// The connection the response came over: its local address and TLS names (`None` when
-    /// its pool was gone before the response came).
-    pub fn conn_info(&self) -> Option<&Arc<ConnInfo>> {
-        match &self.0 {
-            Kind::Raw(b) => b.home().map(|h| &h.info),
-            Kind::Hyper { info, .. } => Some(info),
-            Kind::H2 { stream, .. } => Some(stream.info()),
-        }
+        PooledBody(Kind::H2 {
+            inner,
+            _stream: stream,
+        })
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if let Kind::Hyper {
-            inner, done, back, ..
-        } = &mut self.0
-        {
+        if let Kind::Hyper { inner, done, back } = &mut self.0 {
             if let Some(c) = back.take() {
                 if *done || inner.is_end_stream() {
                     c.pool.checkin(c.key, c.tx, c.wear);
@@ -112,9 +98,7 @@ impl Body for PooledBody {
             Kind::H2 { inner, .. } => Pin::new(inner)
                 .poll_frame(cx)
                 .map(|o| o.map(|r| r.map_err(Into::into))),
-            Kind::Hyper {
-                inner, done, back, ..
-            } => {
+            Kind::Hyper { inner, done, back } => {
                 let r = Pin::new(inner).poll_frame(cx);
                 match &r {
                     Poll::Ready(None) => *done = true,

@@ -357,11 +357,6 @@ impl<R: Release> RawBody<R> {
         body
     }
 
-    /// Where the connection goes back to.
-    pub fn home(&self) -> Option<&R> {
-        self.home.as_ref()
-    }
-
     fn finish(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         // Bytes after the end of the response were never asked for: do not reuse.

@@ -10,6 +10,7 @@
 //! Leaner than hyper-util's pooled client, which this replaced: no per-request pool-key
 //! hashing, URI rewriting, or "when ready" task spawned per request.
 
+use super::conn_info::ConnInfo;
 use super::connector::{ConnectError, CountingConnector, HostMark};
 pub use super::h1body::PooledBody;
 use super::h1body::{Checkin, Home, HyperTx, Kind};
@@ -124,11 +125,15 @@ impl H1Pool {
     /// The request is borrowed from the caller's `Option`, and taken from it only when
     /// hyper's client needs it whole: moving a request (about 240 bytes) through each layer
     /// of the attempt was a `memcpy` per layer.
+    ///
+    /// `conn` is set to the connection the request goes out on as soon as it has one, so the
+    /// caller knows it even when the exchange fails or is given up.
     pub async fn send(
         &self,
         addr: SocketAddr,
         tls: Option<&crate::tls::Dial>,
         req: &mut Option<Request<UpstreamBody>>,
+        conn: &mut Option<Arc<ConnInfo>>,
     ) -> Result<Response<PooledBody>, SendError> {
         debug_assert!(req.is_some(), "a request is sent once per attempt");
         let Some(r) = req.as_mut() else {
@@ -139,12 +144,12 @@ impl H1Pool {
         };
         let key = PoolKey::new(addr, tls);
         if inline(r) {
-            return self.send_inline(key, tls, r).await;
+            return self.send_inline(key, tls, r, conn).await;
         }
         let req = req.take().expect("checked above");
         // Boxed: hyper's handshake and send futures would otherwise make every request's
         // future (and each move of it) several times larger.
-        Box::pin(self.send_hyper(key, tls, req)).await
+        Box::pin(self.send_hyper(key, tls, req, conn)).await
     }
 
     /// A request with a body to stream, or an upgrade, through hyper's client.
@@ -153,6 +158,7 @@ impl H1Pool {
         key: PoolKey,
         tls: Option<&crate::tls::Dial>,
         mut req: Request<UpstreamBody>,
+        conn: &mut Option<Arc<ConnInfo>>,
     ) -> Result<Response<PooledBody>, SendError> {
         loop {
             let (mut tx, wear) = match self.acquire(key, tls, false, Self::take_hyper).await? {
@@ -167,6 +173,7 @@ impl H1Pool {
                 Got::Fresh(io) => (self.handshake(key.addr, io).await?, Wear::new()),
             };
             let reused = wear.uses > 0;
+            *conn = Some(tx.info.clone());
             match tx.tx.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(key, resp, tx, wear.one_more())),
                 Err(mut e) => match e.take_message() {
@@ -186,6 +193,7 @@ impl H1Pool {
         key: PoolKey,
         tls: Option<&crate::tls::Dial>,
         req: &mut Request<UpstreamBody>,
+        info: &mut Option<Arc<ConnInfo>>,
     ) -> Result<Response<PooledBody>, SendError> {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         loop {
@@ -194,6 +202,7 @@ impl H1Pool {
                 Got::Fresh(io) => (Conn::new(io), Wear::new()),
             };
             let reused = wear.uses > 0;
+            *info = Some(conn.info().clone());
             match conn.exchange(req.method(), target, req.headers()).await {
                 Ok(head) => {
                     crate::header_pool::give(std::mem::take(req.headers_mut()));
@@ -201,7 +210,6 @@ impl H1Pool {
                         pool,
                         key,
                         wear: wear.one_more(),
-                        info: conn.info().clone(),
                     });
                     let body = RawBody::new(conn, &head, home);
                     return Ok(Response::from_parts(
@@ -372,7 +380,6 @@ impl H1Pool {
         tx: HyperTx,
         wear: Wear,
     ) -> Response<PooledBody> {
-        let info = tx.info.clone();
         // An upgraded (101) connection is no longer HTTP: it is never reused.
         let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
             .then(|| self.me.upgrade())
@@ -388,7 +395,6 @@ impl H1Pool {
                 inner,
                 done: false,
                 back,
-                info,
             })
         })
     }

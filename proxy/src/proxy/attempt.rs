@@ -5,12 +5,14 @@ use super::body::BoxBody;
 use super::hop_by_hop::strip_hop_by_hop;
 use super::local_reply::{Flag, LocalReply, TRANSPORT_FAILURE};
 use super::router::Downstream;
+use crate::cluster::conn_info::ConnInfo;
 use crate::cluster::connector::{BoxError, ConnectError};
 use crate::cluster::h1pool::{PooledBody, SendError};
 use crate::cluster::host::Host;
 use crate::cluster::Cluster;
 use crate::tls::{Alpn, Dial};
 use http::{HeaderMap, HeaderValue, Request, Response};
+use std::sync::Arc;
 use std::task::Poll;
 
 /// Why one attempt failed.
@@ -169,11 +171,14 @@ pub(super) fn build_request(
 /// The request stays in the caller's `Option` (borrowed, not moved through each layer) until
 /// a client that needs it whole takes it; see [`crate::cluster::h1pool::H1Pool::send`].
 #[inline(always)]
+///
+/// `conn` is set to the connection the request goes out on once it has one.
 pub(super) async fn dispatch(
     cluster: &Cluster,
     host: &Host,
     tls: Option<&Dial>,
     req: &mut Option<Request<BoxBody>>,
+    conn: &mut Option<Arc<ConnInfo>>,
 ) -> Result<Response<PooledBody>, AttemptError> {
     let h2 = req.as_ref().is_some_and(|r| cluster.is_h2(r.version()));
     if h2 {
@@ -185,6 +190,7 @@ pub(super) async fn dispatch(
                 .sender(host.addr, tls)
                 .await
                 .map_err(connect_error)?;
+            *conn = Some(stream.info().clone());
             // Wait for a free stream slot (SETTINGS_MAX_CONCURRENT_STREAMS).
             sender
                 .ready()
@@ -200,7 +206,7 @@ pub(super) async fn dispatch(
     } else {
         cluster
             .h1
-            .send(host.addr, tls, req)
+            .send(host.addr, tls, req, conn)
             .await
             .map_err(|e| match e {
                 SendError::Connect(c) => AttemptError::Connect(connect_reply(&c)),
@@ -210,17 +216,19 @@ pub(super) async fn dispatch(
     }
 }
 
-/// One attempt: [`dispatch`] under the attempt's deadline `until`, on the connection's timer.
+/// One attempt: [`dispatch`] under the attempt's deadline `until`, on the connection's timer;
+/// `conn` names the connection it went out on, if it got one.
 pub(super) async fn send(
     cluster: &Cluster,
     host: &Host,
     req: &mut Option<Request<BoxBody>>,
+    conn: &mut Option<Arc<ConnInfo>>,
     down: Downstream<'_>,
     until: Option<tokio::time::Instant>,
 ) -> Result<Response<PooledBody>, AttemptError> {
     let h2 = req.as_ref().is_some_and(|r| cluster.is_h2(r.version()));
     let tls = tls_dial(cluster, host, down, h2, req.as_ref())?;
-    let mut fut = std::pin::pin!(dispatch(cluster, host, tls.as_deref(), req));
+    let mut fut = std::pin::pin!(dispatch(cluster, host, tls.as_deref(), req, conn));
     let Some(until) = until else { return fut.await };
     let mut timer = down.timer.arm(until);
     // The attempt is polled in place (not moved into a timeout wrapper), the timer only

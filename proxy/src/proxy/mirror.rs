@@ -149,7 +149,7 @@ pub(super) fn launch(
             let _active = cluster.start_request(host.clone());
             // The whole exchange, body included, within the request's timeout.
             let exchange = async {
-                match dispatch(&cluster, &host, tls.as_deref(), &mut req).await {
+                match dispatch(&cluster, &host, tls.as_deref(), &mut req, &mut None).await {
                     Ok(resp) => {
                         let status = resp.status().as_u16();
                         let outlier = cluster.outlier_status(status, resp.headers());

@@ -61,8 +61,8 @@ pub struct Tried {
     pub attempts: u32,
     /// That host's Istio workload metadata (see [`crate::cluster::host::Host`]).
     pub workload: Option<Arc<str>>,
-    /// The connection the last attempt's response came over: its local address and TLS
-    /// names (Istio's outbound principals).
+    /// The connection of the last attempt, once it had one (whether or not a response came
+    /// over it): its local address and TLS names (Istio's outbound principals).
     pub conn: Option<Arc<crate::cluster::conn_info::ConnInfo>>,
 }
 
@@ -244,6 +244,7 @@ pub async fn forward(
             &cluster,
             &host,
             &mut req,
+            &mut report.conn,
             down,
             (if idle_first { idle } else { wait }).map(|w| super::later(now, w)),
         )
@@ -260,7 +261,6 @@ pub async fn forward(
         sent |= !matches!(outcome, Err(AttemptError::Connect(_)));
         match outcome {
             Ok(mut resp) => {
-                report.conn = resp.body().conn_info().cloned();
                 let status = resp.status().as_u16();
                 if status == 101 {
                     if let Some(down) = down_upgrade.take() {

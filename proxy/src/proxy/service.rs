@@ -498,34 +498,33 @@ async fn route_request(
                     cluster, a, retry, parts, body, down, active, &mut tried
                 ));
                 match deadline {
-                    None => fwd.await,
-                    Some(at) => match tokio::time::timeout_at(at, fwd).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            // Envoy: 504 once the request was received whole, else 408, and
-                            // DEADLINE_EXCEEDED to a gRPC client.
-                            ctx.stats.rq_max_duration_reached.inc();
-                            let status = if body_done { 504 } else { 408 };
-                            // No response flag: Envoy sets none for this reply.
-                            let timeout = LocalReply {
-                                status,
-                                body: "downstream duration timeout".into(),
-                                flags: Vec::new(),
-                            };
-                            let mut r = timeout.into_response(&ctx.hcm.server_name, grpc, Some(4));
-                            levels
-                                .iter()
-                                .for_each(|p| p.response.apply(r.headers_mut(), &hctx(false)));
-                            return r;
-                        }
-                    },
+                    None => Some(fwd.await),
+                    Some(at) => tokio::time::timeout_at(at, fwd).await.ok(),
                 }
             };
+            // What the last attempt used, for the log line of a timed-out request too.
             if let Some(i) = info {
                 i.host = tried.host;
                 i.workload = tried.workload.take();
                 i.conn = tried.conn.take();
             }
+            let Some(result) = result else {
+                // Envoy: 504 once the request was received whole, else 408, and
+                // DEADLINE_EXCEEDED to a gRPC client.
+                ctx.stats.rq_max_duration_reached.inc();
+                let status = if body_done { 504 } else { 408 };
+                // No response flag: Envoy sets none for this reply.
+                let timeout = LocalReply {
+                    status,
+                    body: "downstream duration timeout".into(),
+                    flags: Vec::new(),
+                };
+                let mut r = timeout.into_response(&ctx.hcm.server_name, grpc, Some(4));
+                levels
+                    .iter()
+                    .for_each(|p| p.response.apply(r.headers_mut(), &hctx(false)));
+                return r;
+            };
             // As Envoy's router: the attempt count goes on every response once an attempt was
             // made, the upstream's and the proxy's own.
             let count = (vh.attempt_count_in_response && tried.attempts > 0)

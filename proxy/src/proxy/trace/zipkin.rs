@@ -273,7 +273,7 @@ async fn post(
         return Err("the collector cluster's request circuit breaker is open".into());
     }
     let _active = cluster.start_request(host.clone());
-    let resp = dispatch(cluster, &host, tls.as_deref(), &mut Some(req))
+    let resp = dispatch(cluster, &host, tls.as_deref(), &mut Some(req), &mut None)
         .await
         .map_err(|_| "the request to the collector failed".to_string())?;
     let status = resp.status().as_u16();
