@@ -158,6 +158,19 @@ impl Rbac {
         Ok(Rbac { action, policies })
     }
 
+    /// Envoy's details for a denial by the policy `matched` (`none` when none matched), in
+    /// `%RESPONSE_CODE_DETAILS%` (HTTP) or `%CONNECTION_TERMINATION_DETAILS%` (network):
+    /// `rbac_access_denied_matched_policy[ns[NS]-policy[NAME]-rule[N]]` for Istio's policies.
+    /// Blanks become `_`, as Envoy keeps a log line's fields apart.
+    pub fn denial(matched: Option<&str>) -> String {
+        let id: String = matched
+            .unwrap_or("none")
+            .chars()
+            .map(|c| if c.is_whitespace() { '_' } else { c })
+            .collect();
+        format!("rbac_access_denied_matched_policy[{id}]")
+    }
+
     /// Whether `s` may go on, and the name of the policy that matched (if one did).
     pub fn allows(&self, s: &Subject<'_>) -> (bool, Option<&str>) {
         // Where an unknown matcher must match for the filter to fail closed.

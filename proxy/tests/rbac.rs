@@ -145,3 +145,95 @@ async fn jwt_and_ext_authz_fail_closed() {
     assert_eq!(get(p.addr("allow"), "/", &[]).await.status, 200);
     assert_eq!(up.hits(), 2);
 }
+
+/// Denials are logged as Envoy logs them: an HTTP one with no response flag and the policy in
+/// `%RESPONSE_CODE_DETAILS%` (`none` when no ALLOW policy matched; blanks become `_`), a
+/// network one as a line of the TCP proxy's log with the policy in
+/// `%CONNECTION_TERMINATION_DETAILS%`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_are_logged_with_the_policy() {
+    let up = upstream("app").await;
+    let dir = std::env::temp_dir().join(format!("mosn-rbac-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (http_log, tcp_log) = (dir.join("http.log"), dir.join("tcp.log"));
+    let format = |f: &str| json!({"text_format_source": {"inline_string": f}});
+    let logger = file_logger(
+        http_log.to_str().unwrap(),
+        format("%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"),
+    );
+    let vhosts = json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]);
+    let rbac = |action: &str, name: &str, path: &str| {
+        json!({"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": action, "policies": {name: {
+                "permissions": [{"url_path": {"path": {"prefix": path}}}],
+                "principals": [{"any": true}]}}}}})
+    };
+    let allow = listener(
+        "allow",
+        vhosts.clone(),
+        vec![rbac("ALLOW", "ns[default]-policy[p]-rule[0]", "/public")],
+        json!({"access_log": [logger.clone()]}),
+    );
+    let deny = listener(
+        "deny",
+        vhosts,
+        vec![rbac(
+            "DENY",
+            "ns[default]-policy[no admin]-rule[0]",
+            "/admin",
+        )],
+        json!({"access_log": [logger]}),
+    );
+    // A TCP chain whose network RBAC lets in only 10.0.0.0/8: loopback clients are refused.
+    let tcp = json!({"name": "tcp", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [
+            {"name": "envoy.filters.network.rbac", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC", "stat_prefix": "tcp.",
+                "rules": {"policies": {"p": {"permissions": [{"any": true}],
+                    "principals": [{"direct_remote_ip": {"address_prefix": "10.0.0.0", "prefix_len": 8}}]}}}}},
+            {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "tcp", "cluster": "app",
+                "access_log": [file_logger(tcp_log.to_str().unwrap(),
+                    format("%CONNECTION_TERMINATION_DETAILS% %DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %BYTES_RECEIVED% %UPSTREAM_HOST%\n"))]}}]}]});
+    let p = proxy(bootstrap(
+        vec![allow, deny, tcp],
+        vec![cluster("app", &[up.addr], json!({}))],
+    ))
+    .await;
+    assert_eq!(get(p.addr("allow"), "/public", &[]).await.status, 200);
+    assert_eq!(get(p.addr("allow"), "/private", &[]).await.status, 403);
+    assert_eq!(get(p.addr("deny"), "/admin", &[]).await.status, 403);
+    let mut s = tokio::net::TcpStream::connect(p.addr("tcp")).await.unwrap();
+    let client = s.local_addr().unwrap();
+    let _ = read_to_close(&mut s).await;
+
+    let read = |path: &std::path::Path, n: usize| {
+        let deadline = std::time::Instant::now() + HANG;
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.lines().count() >= n || std::time::Instant::now() > deadline {
+                return text.lines().map(str::to_string).collect::<Vec<_>>();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    assert_eq!(
+        read(&http_log, 3),
+        [
+            "/public 200 - via_upstream",
+            "/private 403 - rbac_access_denied_matched_policy[none]",
+            "/admin 403 - rbac_access_denied_matched_policy[ns[default]-policy[no_admin]-rule[0]]",
+        ]
+    );
+    assert_eq!(
+        read(&tcp_log, 1),
+        [format!(
+            "rbac_access_denied_matched_policy[none] {client} 0 -"
+        )]
+    );
+    assert_eq!(up.hits(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,9 +4,10 @@
 //! `destination_principal` with the latter (its `upstream.uri_san_local_certificate` and
 //! `upstream.uri_san_peer_certificate`).
 //!
-//! Worked out once, when the connection is made, and carried with it through whichever pool
-//! holds it (the inline HTTP/1.1 stack, hyper's, HTTP/2's), so that a response can say which
-//! connection it came over.
+//! Worked out once, when the connection is made, and kept with it in whichever pool holds it
+//! (the inline HTTP/1.1 stack, hyper's, HTTP/2's). A request's attempt is told which
+//! connection it goes out on as soon as it has one, so that its log line names it even when the
+//! attempt times out or is reset.
 
 use std::net::SocketAddr;
 
@@ -30,7 +31,7 @@ impl TlsNames {
 }
 
 /// One upstream connection's addresses and TLS names, shared by the connection and the
-/// responses it carried (a reference per response: copying it made each request's futures
+/// requests it carried (a reference per request: copying it made each request's futures
 /// bigger, and the moves of them dearer).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ConnInfo {

@@ -36,8 +36,6 @@ pub enum Flag {
     StreamIdleTimeout,
     /// The request broke the protocol (Envoy's codec and host checks).
     DownstreamProtocolError,
-    /// An RBAC filter denied the request (RBAC).
-    RbacDenied,
     /// ext_authz denied the request (UAEX).
     UnauthorizedExternalService,
 }
@@ -59,13 +57,17 @@ impl Flag {
             Flag::DelayInjected => "DI",
             Flag::FaultInjected => "FI",
             Flag::DownstreamProtocolError => "DPE",
-            Flag::RbacDenied => "RBAC",
             Flag::UnauthorizedExternalService => "UAEX",
             Flag::DownstreamConnectionTermination => "DC",
             Flag::StreamIdleTimeout => "SI",
         }
     }
 }
+
+/// A local reply's own `%RESPONSE_CODE_DETAILS%`, carried on its response for the access log
+/// when its flags do not say it (an RBAC denial names the policy).
+#[derive(Debug, Clone)]
+pub struct Details(pub String);
 
 /// The response flags of a request, carried on its response as an extension for the access
 /// log (`%RESPONSE_FLAGS%`); like Envoy, nothing of them goes to the client.

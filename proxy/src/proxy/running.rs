@@ -298,6 +298,8 @@ impl Accepted {
     /// listener of that address (`use_original_dst`), run the listener filters, pick the filter
     /// chain and run its terminal filter.
     async fn dispatch(self, mut stream: TcpStream, peer: SocketAddr) {
+        // For the log line of a connection refused before it is proxied.
+        let accepted = std::time::Instant::now();
         let local = canonical(stream.local_addr().unwrap_or(self.local));
         let own = self.current.load_full();
         let dst = if own.original_dst {
@@ -373,13 +375,27 @@ impl Accepted {
                     Ok(Err(e)) => {
                         tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS: {e}");
                         self.lstats.ssl_error.inc();
-                        refused_tcp(chain, &self.store, (peer, dst), None, None);
+                        refused_tcp(
+                            chain,
+                            &self.store,
+                            (peer, direct, dst),
+                            None,
+                            None,
+                            (accepted, None),
+                        );
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS handshake timed out");
                         self.lstats.handshake_timeout.inc();
-                        refused_tcp(chain, &self.store, (peer, dst), None, None);
+                        refused_tcp(
+                            chain,
+                            &self.store,
+                            (peer, direct, dst),
+                            None,
+                            None,
+                            (accepted, None),
+                        );
                         return;
                     }
                 }
@@ -410,9 +426,10 @@ impl Accepted {
             refused_tcp(
                 chain,
                 &self.store,
-                (peer, dst),
+                (peer, direct, dst),
                 tls_of(&stream).map(Arc::as_ref),
                 client,
+                (accepted, None),
             );
             return;
         }
@@ -428,7 +445,15 @@ impl Accepted {
                 if let (false, policy) = r.allows(&subject) {
                     tracing::debug!(listener = %target.name, chain = %chain.name, %peer, policy = ?policy, "RBAC: connection denied");
                     self.lstats.rbac_denied.inc();
-                    refused_tcp(chain, &self.store, (peer, dst), subject.tls, client);
+                    let why = crate::rbac::Rbac::denial(policy);
+                    refused_tcp(
+                        chain,
+                        &self.store,
+                        (peer, direct, dst),
+                        subject.tls,
+                        client,
+                        (accepted, Some(&why)),
+                    );
                     return;
                 }
             }
@@ -513,18 +538,19 @@ impl Accepted {
 fn refused_tcp(
     chain: &crate::listener::FilterChain,
     store: &ConfigStore,
-    (peer, dst): (SocketAddr, SocketAddr),
+    (peer, direct, dst): (SocketAddr, SocketAddr, SocketAddr),
     tls: Option<&crate::tls::Peer>,
     client: Option<&crate::proxy::istio::peer::Workload>,
+    why: (std::time::Instant, Option<&str>),
 ) {
     if let Terminal::Tcp(tp) = &chain.terminal {
         let from = tcp_proxy::Downstream {
             peer: Some(peer),
-            direct_peer: Some(peer),
+            direct_peer: Some(direct),
             original_dst: dst,
             tls,
         };
-        tcp_proxy::count_refused(tp, store, from, client);
+        tcp_proxy::count_refused(tp, store, from, client, why);
     }
 }
 

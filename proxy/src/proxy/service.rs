@@ -379,13 +379,17 @@ async fn route_request(
                 let (allowed, policy) = rbac.allows(&subject);
                 if !allowed {
                     tracing::debug!(policy = ?policy, peer = %ctx.peer, "RBAC: access denied");
-                    flags.push(Flag::RbacDenied);
-                    return LocalReply {
+                    // Envoy's RBAC filter sets no response flag: the details name the policy.
+                    let mut r = LocalReply {
                         status: 403,
                         body: "RBAC: access denied".into(),
                         flags,
                     }
                     .into_response(&ctx.hcm.server_name, grpc, None);
+                    let details = crate::rbac::Rbac::denial(policy);
+                    r.extensions_mut()
+                        .insert(super::local_reply::Details(details));
+                    return r;
                 }
             }
             HttpFilter::Jwt(tokens) => {

@@ -188,12 +188,16 @@ pub async fn serve<R, W>(
     }
 }
 
-/// Istio's count of a connection closed before it was proxied (opened and closed, no bytes).
+/// A connection closed before it was proxied (failed TLS, denied by RBAC), accepted at
+/// `since`: Istio's count of it (opened and closed, no bytes) and its access-log line, as
+/// Envoy's tcp_proxy writes one for every connection of its chain. `termination` is
+/// `%CONNECTION_TERMINATION_DETAILS%`.
 pub fn count_refused(
     cfg: &TcpProxyConfig,
     store: &crate::config::ConfigStore,
     from: Downstream<'_>,
     client: Option<&super::istio::peer::Workload>,
+    (since, termination): (Instant, Option<&str>),
 ) {
     if let Some(istio) = &cfg.istio {
         let log = Outcome::default();
@@ -203,6 +207,24 @@ pub fn count_refused(
             ..log.names(from, inbound)
         };
         istio.open(store, opened).close(0, 0);
+    }
+    if cfg.access_logs.is_empty() {
+        return;
+    }
+    let duration = since.elapsed();
+    let entry = super::access_log::Entry {
+        start: SystemTime::now().checked_sub(duration),
+        duration: Some(duration),
+        downstream_local: Some(from.original_dst),
+        downstream_remote: from.peer,
+        downstream_direct_remote: from.direct_peer,
+        tcp: true,
+        downstream_tls: from.tls,
+        termination,
+        ..Default::default()
+    };
+    for l in &cfg.access_logs {
+        l.log(&entry);
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Entry<'a> {
     pub upstream_local: Option<SocketAddr>,
     /// Why the upstream connection could not be made.
     pub transport_failure: Option<&'a str>,
+    /// Why mosn closed the downstream connection (a network RBAC denial).
+    pub termination: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +96,7 @@ enum Op {
     UpstreamPeerUriSan,
     UpstreamLocalUriSan,
     UpstreamTransportFailureReason,
+    ConnectionTerminationDetails,
     /// An operator we do not produce (mTLS, filter state, ...): Envoy's "-".
     Dash,
 }
@@ -236,6 +239,7 @@ fn parse_op(cmd: &str) -> Op {
         "UPSTREAM_PEER_URI_SAN" => Op::UpstreamPeerUriSan,
         "UPSTREAM_LOCAL_URI_SAN" => Op::UpstreamLocalUriSan,
         "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
+        "CONNECTION_TERMINATION_DETAILS" => Op::ConnectionTerminationDetails,
         c => address_op(c).unwrap_or(Op::Dash),
     }
 }
@@ -311,6 +315,7 @@ fn value(op: &Op, e: &Entry<'_>) -> Option<String> {
         Op::UpstreamPeerUriSan => nonempty(e.upstream_tls?.peer.clone())?,
         Op::UpstreamLocalUriSan => nonempty(e.upstream_tls?.local.clone())?,
         Op::UpstreamTransportFailureReason => nonempty(e.transport_failure?.to_string())?,
+        Op::ConnectionTerminationDetails => nonempty(e.termination?.to_string())?,
         Op::Dash => return None,
     })
 }

@@ -214,7 +214,7 @@ pub struct Record {
     transport_failure: Option<String>,
     status: u16,
     flags: String,
-    details: &'static str,
+    details: std::borrow::Cow<'static, str>,
     received: Arc<std::sync::atomic::AtomicU64>,
     info: RouteInfo,
     downstream_local: SocketAddr,
@@ -273,7 +273,7 @@ impl Record {
             transport_failure: None,
             status: 0,
             flags: String::new(),
-            details: "",
+            details: "".into(),
             received: Arc::default(),
             info: RouteInfo::default(),
             downstream_local: local,
@@ -316,7 +316,10 @@ impl Record {
             );
         }
         self.flags = flags.to_string();
-        self.details = details(flags, info.host.is_some(), self.status);
+        self.details = match resp.extensions.get::<crate::proxy::local_reply::Details>() {
+            Some(d) => d.0.clone().into(),
+            None => details(flags, info.host.is_some(), self.status).into(),
+        };
         self.info = info;
     }
 
@@ -371,7 +374,7 @@ impl Record {
             resp_headers: Some(&self.resp_headers),
             status: self.status,
             flags: &self.flags,
-            details: self.details,
+            details: &self.details,
             bytes_received: received,
             bytes_sent,
             upstream_host: self.info.host,
@@ -387,6 +390,7 @@ impl Record {
             upstream_tls: self.info.conn.as_ref().and_then(|c| c.tls.as_ref()),
             upstream_local: self.info.conn.as_ref().and_then(|c| c.local),
             transport_failure: self.transport_failure.as_deref(),
+            termination: None,
         };
         for l in &self.loggers {
             l.log(&e);
@@ -480,7 +484,7 @@ impl Drop for Record {
         if !self.written {
             if self.status == 0 && self.flags.is_empty() {
                 self.flags = "DC".into();
-                self.details = "downstream_remote_disconnect";
+                self.details = "downstream_remote_disconnect".into();
             }
             self.write(0);
         }
