@@ -23,13 +23,19 @@ async fn grpc_call(addr: std::net::SocketAddr, path: &str, extra: &[(&str, &str)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_deadline_ends_the_call_with_deadline_exceeded() {
     let up = upstream("up").await;
+    let log = std::env::temp_dir().join(format!("mosn-max-duration-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let format =
+        "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %UPSTREAM_HOST%\n";
     let px = routes_proxy(
         json!([
             istio_route("/pkg.Svc/"),
             {"match": {"prefix": "/limited"}, "route": {"cluster": "c", "timeout": "0s",
                 "max_stream_duration": {"max_stream_duration": "0.2s"}}},
             {"match": {"prefix": "/hcm"}, "route": {"cluster": "c", "timeout": "0s"}}]),
-        json!({"common_http_protocol_options": {"max_stream_duration": "0.2s"}}),
+        json!({"common_http_protocol_options": {"max_stream_duration": "0.2s"},
+            "access_log": [file_logger(log.to_str().unwrap(),
+                json!({"text_format_source": {"inline_string": format}}))]}),
         vec![cluster("c", &[up.addr], json!({}))],
     )
     .await;
@@ -70,6 +76,17 @@ async fn a_grpc_deadline_ends_the_call_with_deadline_exceeded() {
         assert_eq!(r.body, "downstream duration timeout");
     }
     assert_eq!(px.stat("http.l.downstream_rq_max_duration_reached"), 3);
+    // Logged with Envoy's details and the host the request had gone to.
+    wait_until("five log lines", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 5)
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    for path in ["/limited", "/hcm"] {
+        let want = format!("{path} 504 - max_duration_timeout {}", up.addr);
+        assert!(text.lines().any(|l| l == want), "{want} in {text}");
+    }
+    let _ = std::fs::remove_file(&log);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -527,6 +527,9 @@ async fn route_request(
                 levels
                     .iter()
                     .for_each(|p| p.response.apply(r.headers_mut(), &hctx(false)));
+                // Envoy's details: not "via_upstream", though a host was picked.
+                r.extensions_mut()
+                    .insert(super::local_reply::Details("max_duration_timeout".into()));
                 return r;
             };
             // As Envoy's router: the attempt count goes on every response once an attempt was
