@@ -142,7 +142,8 @@ pub fn id_hex(id: u64) -> String {
 
 /// The trace id as Zipkin writes it: 32 hex digits with a high part, else 16.
 pub fn trace_hex(hi: u64, lo: u64) -> String {
-    String::from_utf8_lossy(&trace_bytes(hi, lo)).into_owned()
+    let (buf, n) = trace_bytes(hi, lo);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// `id` as 16 lowercase hex digits (without the formatting machinery: this runs for every
@@ -156,20 +157,25 @@ fn hex16(id: u64) -> [u8; 16] {
     out
 }
 
-fn trace_bytes(hi: u64, lo: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(32);
-    if hi != 0 {
-        v.extend_from_slice(&hex16(hi));
+/// A trace id's hex digits on the stack (each upstream request writes one), and how many:
+/// 32 for a 128-bit id, 16 for a 64-bit one.
+fn trace_bytes(hi: u64, lo: u64) -> ([u8; 32], usize) {
+    let mut buf = [0u8; 32];
+    if hi == 0 {
+        buf[..16].copy_from_slice(&hex16(lo));
+        return (buf, 16);
     }
-    v.extend_from_slice(&hex16(lo));
-    v
+    buf[..16].copy_from_slice(&hex16(hi));
+    buf[16..].copy_from_slice(&hex16(lo));
+    (buf, 32)
 }
 
 /// Write a span's context into an upstream request (replacing what came): its trace, its own
 /// id, its parent when it has one, and the sampling flag. `x-b3-flags` and `b3` are left.
 pub fn inject(h: &mut HeaderMap, trace: (u64, u64), id: u64, parent: Option<u64>, sampled: bool) {
     let v = |b: &[u8]| HeaderValue::from_bytes(b).expect("hex digits");
-    h.insert(TRACE_ID, v(&trace_bytes(trace.0, trace.1)));
+    let (digits, n) = trace_bytes(trace.0, trace.1);
+    h.insert(TRACE_ID, v(&digits[..n]));
     h.insert(SPAN_ID, v(&hex16(id)));
     if let Some(p) = parent {
         h.insert(PARENT_ID, v(&hex16(p)));
