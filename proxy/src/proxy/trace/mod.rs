@@ -205,10 +205,18 @@ impl TraceConfig {
         if n >= self.overall {
             mark = Some(NO_TRACE);
         }
-        match mark {
-            Some(r) if set_reason(h, r) => r != NO_TRACE,
-            _ => was != NO_TRACE,
+        let Some(r) = mark.filter(|_| id.len() == 36) else {
+            return was != NO_TRACE;
+        };
+        // Rewritten from the bytes already read, only when the mark changes.
+        if id[14] != r {
+            let mut marked = id.to_vec();
+            marked[14] = r;
+            if let Ok(v) = HeaderValue::from_bytes(&marked) {
+                h.insert(REQUEST_ID, v);
+            }
         }
+        r != NO_TRACE
     }
 
     /// The span tags this HCM adds, as (name, value) for a request's headers.
@@ -315,23 +323,6 @@ fn reason_of(id: &[u8]) -> u8 {
         id if id.len() == 36 && matches!(id[14], SAMPLED | FORCED | CLIENT) => id[14],
         _ => NO_TRACE,
     }
-}
-
-/// Mark the request id with `r`; whether it could be (only a 36-byte id carries a mark).
-/// An id that already carries it is left alone.
-fn set_reason(h: &mut HeaderMap, r: u8) -> bool {
-    let Some(id) = h.get(REQUEST_ID).filter(|id| id.len() == 36) else {
-        return false;
-    };
-    if id.as_bytes()[14] == r {
-        return true;
-    }
-    let mut id = id.as_bytes().to_vec();
-    id[14] = r;
-    if let Ok(v) = HeaderValue::from_bytes(&id) {
-        h.insert(REQUEST_ID, v);
-    }
-    true
 }
 
 #[cfg(test)]
