@@ -359,6 +359,17 @@ impl Accepted {
         };
         // The drain of its chain, in the listener it was accepted by or handed to.
         let draining = target.drain_of(index).subscribe();
+        // A connection the chain closes before proxying it: counted and logged (TCP chains).
+        let refuse = |tls, client, why| {
+            refused_tcp(
+                chain,
+                &self.store,
+                (peer, direct, dst),
+                tls,
+                client,
+                (accepted, why),
+            );
+        };
         let stream = match &chain.tls {
             None => Down::Plain(stream),
             Some(tls) => {
@@ -375,27 +386,13 @@ impl Accepted {
                     Ok(Err(e)) => {
                         tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS: {e}");
                         self.lstats.ssl_error.inc();
-                        refused_tcp(
-                            chain,
-                            &self.store,
-                            (peer, direct, dst),
-                            None,
-                            None,
-                            (accepted, None),
-                        );
+                        refuse(None, None, None);
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS handshake timed out");
                         self.lstats.handshake_timeout.inc();
-                        refused_tcp(
-                            chain,
-                            &self.store,
-                            (peer, direct, dst),
-                            None,
-                            None,
-                            (accepted, None),
-                        );
+                        refuse(None, None, None);
                         return;
                     }
                 }
@@ -423,14 +420,7 @@ impl Accepted {
         let client = mx.as_ref().and_then(|m| m.peer.as_ref());
         if mx.as_ref().is_some_and(|m| m.broken) {
             tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "Istio metadata exchange frame cut short; closing");
-            refused_tcp(
-                chain,
-                &self.store,
-                (peer, direct, dst),
-                tls_of(&stream).map(Arc::as_ref),
-                client,
-                (accepted, None),
-            );
+            refuse(tls_of(&stream).map(Arc::as_ref), client, None);
             return;
         }
         if !chain.rbac.is_empty() {
@@ -445,14 +435,10 @@ impl Accepted {
                 if let (false, policy) = r.allows(&subject) {
                     tracing::debug!(listener = %target.name, chain = %chain.name, %peer, policy = ?policy, "RBAC: connection denied");
                     self.lstats.rbac_denied.inc();
-                    let why = crate::rbac::Rbac::denial(policy);
-                    refused_tcp(
-                        chain,
-                        &self.store,
-                        (peer, direct, dst),
+                    refuse(
                         subject.tls,
                         client,
-                        (accepted, Some(&why)),
+                        Some(&crate::rbac::Rbac::denial(policy)),
                     );
                     return;
                 }
