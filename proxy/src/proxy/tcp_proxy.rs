@@ -142,7 +142,6 @@ pub async fn serve<R, W>(
     W: AsyncWrite + Unpin,
 {
     let started = (SystemTime::now(), Instant::now());
-    let (peer, original_dst) = (from.peer, from.original_dst);
     let mut log = Outcome::default();
     proxy(down, from, cfg, (snap, store), stats, drained, &mut log).await;
     if let Some(istio) = &cfg.istio {
@@ -161,31 +160,7 @@ pub async fn serve<R, W>(
         };
         report.close(log.tx, log.rx);
     }
-    if cfg.access_logs.is_empty() {
-        return;
-    }
-    let flags = log.flags.join(",");
-    let entry = super::access_log::Entry {
-        start: Some(started.0),
-        duration: Some(started.1.elapsed()),
-        status: 0,
-        flags: &flags,
-        bytes_received: log.rx,
-        bytes_sent: log.tx,
-        upstream_host: log.host,
-        upstream_cluster: log.cluster.as_deref(),
-        downstream_local: Some(original_dst),
-        downstream_remote: peer,
-        downstream_direct_remote: from.direct_peer,
-        tcp: true,
-        downstream_tls: from.tls,
-        upstream_tls: log.up.as_ref().and_then(|u| u.tls.as_ref()),
-        upstream_local: log.up.as_ref().and_then(|u| u.local),
-        ..Default::default()
-    };
-    for l in &cfg.access_logs {
-        l.log(&entry);
-    }
+    log.write(cfg, from, (Some(started.0), started.1), None);
 }
 
 /// A connection closed before it was proxied (failed TLS, denied by RBAC), accepted at
@@ -208,24 +183,8 @@ pub fn count_refused(
         };
         istio.open(store, opened).close(0, 0);
     }
-    if cfg.access_logs.is_empty() {
-        return;
-    }
-    let duration = since.elapsed();
-    let entry = super::access_log::Entry {
-        start: SystemTime::now().checked_sub(duration),
-        duration: Some(duration),
-        downstream_local: Some(from.original_dst),
-        downstream_remote: from.peer,
-        downstream_direct_remote: from.direct_peer,
-        tcp: true,
-        downstream_tls: from.tls,
-        termination,
-        ..Default::default()
-    };
-    for l in &cfg.access_logs {
-        l.log(&entry);
-    }
+    let start = SystemTime::now().checked_sub(since.elapsed());
+    Outcome::default().write(cfg, from, (start, since), termination);
 }
 
 /// What a proxied connection did, for the access log and Istio's stats.
@@ -245,6 +204,43 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// The connection's line in each of the chain's access logs; `started` is when it was
+    /// accepted (wall clock and monotonic), `termination` why mosn closed it.
+    fn write(
+        &self,
+        cfg: &TcpProxyConfig,
+        from: Downstream<'_>,
+        started: (Option<SystemTime>, Instant),
+        termination: Option<&str>,
+    ) {
+        if cfg.access_logs.is_empty() {
+            return;
+        }
+        let flags = self.flags.join(",");
+        let entry = super::access_log::Entry {
+            start: started.0,
+            duration: Some(started.1.elapsed()),
+            status: 0,
+            flags: &flags,
+            bytes_received: self.rx,
+            bytes_sent: self.tx,
+            upstream_host: self.host,
+            upstream_cluster: self.cluster.as_deref(),
+            downstream_local: Some(from.original_dst),
+            downstream_remote: from.peer,
+            downstream_direct_remote: from.direct_peer,
+            tcp: true,
+            downstream_tls: from.tls,
+            upstream_tls: self.up.as_ref().and_then(|u| u.tls.as_ref()),
+            upstream_local: self.up.as_ref().and_then(|u| u.local),
+            termination,
+            ..Default::default()
+        };
+        for l in &cfg.access_logs {
+            l.log(&entry);
+        }
+    }
+
     /// The principals, as Istio picks them by reporter: inbound the downstream TLS peer's and
     /// this side's certificate names, otherwise the upstream connection's; and the endpoint.
     fn names<'a>(&'a self, from: Downstream<'a>, inbound: bool) -> Opened<'a> {
