@@ -74,9 +74,10 @@ pub async fn handle(
     let sampled = span.as_ref().is_some_and(|s| s.sampled);
     let mut record = (!ctx.hcm.access_logs.is_empty() || sampled || istio.stats).then(|| {
         // Only loggers print the remote address (Istio's stats and spans keep a record too).
-        let effective = match ctx.hcm.access_logs.is_empty() {
-            true => ctx.peer,
-            false => super::upstream_headers::final_remote(&ctx, req.headers()),
+        let effective = if ctx.hcm.access_logs.is_empty() {
+            ctx.peer
+        } else {
+            super::upstream_headers::final_remote(&ctx, req.headers())
         };
         access_log::Record::start(
             &req,

@@ -180,8 +180,8 @@ pub struct RouteInfo {
     pub host: Option<SocketAddr>,
     /// That host's `istio.workload` endpoint metadata.
     pub workload: Option<Arc<str>>,
-    /// The upstream connection the response came over (its local address, and TLS names for
-    /// Istio's outbound principals).
+    /// The connection of the last attempt, once it had one (its local address, and TLS names
+    /// for Istio's outbound principals).
     pub conn: Option<Arc<crate::cluster::conn_info::ConnInfo>>,
 }
 
@@ -249,27 +249,27 @@ impl Record {
         // Only loggers print the request line; a record kept for Istio's stats or a span
         // alone copies none of it (three allocations a request).
         let logged = !loggers.is_empty();
-        Record {
-            start: SystemTime::now(),
-            started: std::time::Instant::now(),
-            method: match logged {
-                true => req.method().to_string(),
-                false => String::new(),
-            },
-            path: match (logged, req.uri().path_and_query()) {
-                (false, _) => String::new(),
-                (true, Some(p)) => p.as_str().to_string(),
-                (true, None) => "/".into(),
-            },
-            authority: match logged {
-                false => String::new(),
-                true => h
-                    .get(http::header::HOST)
+        let (method, path, authority) = if logged {
+            (
+                req.method().to_string(),
+                req.uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".into(), |p| p.as_str().to_string()),
+                h.get(http::header::HOST)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string)
                     .or_else(|| req.uri().authority().map(|a| a.to_string()))
                     .unwrap_or_default(),
-            },
+            )
+        } else {
+            Default::default()
+        };
+        Record {
+            start: SystemTime::now(),
+            started: std::time::Instant::now(),
+            method,
+            path,
+            authority,
             protocol: crate::route::headers::protocol_name(req.version()),
             // Only loggers read the headers (spans and Istio's stats take theirs at the start).
             req_headers: if logged { h.clone() } else { HeaderMap::new() },
