@@ -2,8 +2,10 @@
 # What each proxy costs the processes around it. On this 2-core box wrk, the proxy and the
 # upstream share two CPUs, so the rate is set by the CPU all three spend per request, and a
 # proxy can make its peers dearer by when it wakes them (bench/RESULTS.md, session 13).
-# ROUNDS alternating rounds (default 5) of `wrk -t1 -c$CONNS -d5s` through mosn-lean, the same
-# mosn with its idle spin off (MOSN_IDLE_SPIN_US=0) and nginx, each round measuring:
+# ROUNDS alternating rounds (default 5) of `wrk -t1 -c$CONNS -d5s` through mosn-lean and nginx,
+# each in a session of its own, and through the same mosn-lean left in wrk's session
+# ("shared": how bench/proxy.sh ran mosn until session 20, see own_session in
+# proxy-common.sh), each round measuring:
 #  - CPU per request of the proxy, the upstream's worker and wrk (/proc/PID/stat);
 #  - involuntary context switches per 100 requests of wrk and the upstream (they were
 #    preempted: a peer woken on their CPU ran first), and the upstream's sleeps per 100
@@ -11,7 +13,8 @@
 #  - rescheduling (RES) and function-call (CAL) interrupts per 100 requests, the whole box
 #    (/proc/interrupts): the IPIs that wake or preempt a task on the other CPU.
 # Prints the medians of each and the ratios to nginx.
-# Two switches take the box's scheduler out of the comparison (bench/RESULTS.md, session 18):
+# Two switches take more of the box's scheduler out of the comparison (bench/RESULTS.md,
+# session 18):
 #  - PIN=1: every proxy on CPU 1, wrk and the upstream on CPU 0. The rounds then repeat
 #    within 2-3%, where unpinned ones swing by 10-20%;
 #  - UPSTREAM_POLICY=batch: the upstream runs as SCHED_BATCH, so its wake-ups never preempt
@@ -42,16 +45,16 @@ cleanup() {
 trap cleanup EXIT
 
 UP=18531; MOSN_PORT=18532; NGINX_PORT=18533; ADMIN=18535; MOSN_LEAN_PORT=18536; MOSN_LEAN_ADMIN=18537
-NOSPIN_PORT=18538; NOSPIN_ADMIN=18539
+SHARED_PORT=18538; SHARED_ADMIN=18539
 source "$(dirname "$0")/proxy-common.sh"
-mosn_bootstrap "$NOSPIN_PORT" "$NOSPIN_ADMIN" '"generate_request_id": false,' '"suppress_envoy_headers": true,' >"$WORK/mosn-nospin.json"
+mosn_bootstrap "$SHARED_PORT" "$SHARED_ADMIN" '"generate_request_id": false,' '"suppress_envoy_headers": true,' >"$WORK/mosn-shared.json"
 "${UPX[@]}" nginx -c "$WORK/up.conf" -p "$WORK"
 "${PX[@]}" nginx -c "$WORK/px.conf" -p "$WORK"
-"${PX[@]}" "$MOSN" -c "$WORK/mosn-lean.json" --concurrency 1 -l warning >"$WORK/mosn.log" 2>&1 &
+own_session "${PX[@]}" "$MOSN" -c "$WORK/mosn-lean.json" --concurrency 1 -l warning >"$WORK/mosn.log" 2>&1
 pids+=($!); MOSN_PID=$!
-MOSN_IDLE_SPIN_US=0 "${PX[@]}" "$MOSN" -c "$WORK/mosn-nospin.json" --concurrency 1 -l warning >>"$WORK/mosn.log" 2>&1 &
-pids+=($!); NOSPIN_PID=$!
-for port in $MOSN_LEAN_PORT $NOSPIN_PORT $NGINX_PORT; do
+"${PX[@]}" "$MOSN" -c "$WORK/mosn-shared.json" --concurrency 1 -l warning >>"$WORK/mosn.log" 2>&1 &
+pids+=($!); SHARED_PID=$!
+for port in $MOSN_LEAN_PORT $SHARED_PORT $NGINX_PORT; do
   for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
   curl -fsS "http://127.0.0.1:$port/" | grep -q "hello from upstream" || { echo "nothing answers on $port" >&2; cat "$WORK/mosn.log" >&2; exit 1; }
 done
@@ -78,7 +81,7 @@ round() {
 : >"$WORK/rounds"
 for r in $(seq "$ROUNDS"); do
   round mosn-lean "$MOSN_PID" "$MOSN_LEAN_PORT" | tee -a "$WORK/rounds"
-  round no-spin "$NOSPIN_PID" "$NOSPIN_PORT" | tee -a "$WORK/rounds"
+  round shared "$SHARED_PID" "$SHARED_PORT" | tee -a "$WORK/rounds"
   round nginx "$NGW" "$NGINX_PORT" | tee -a "$WORK/rounds"
 done | awk 'BEGIN { print "path      req/s    µs/req: proxy upstream wrk   per 100 req: wrk preempted, upstream preempted, RES, CAL, upstream sleeps" }
             { printf "%-9s %6d   %12.2f %8.2f %5.2f   %14.1f %19.1f %5.1f %5.1f %6.1f\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }'
@@ -87,10 +90,10 @@ echo "medians over $ROUNDS rounds (wrk -t1 -c$CONNS -d5s each; PIN=$PIN, upstrea
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%s", (b > 0 ? sprintf("%.2fx", a / b) : "-") }'; }
 for col in "2 req/s" "3 proxy_us_per_req" "4 upstream_us_per_req" "5 wrk_us_per_req" "6 wrk_preempted_per_100" "7 upstream_preempted_per_100" "8 RES_per_100" "9 CAL_per_100" "10 upstream_sleeps_per_100"; do
   set -- $col
-  m=$(median_of mosn-lean "$1"); s=$(median_of no-spin "$1"); n=$(median_of nginx "$1")
-  printf "  %-28s mosn-lean %9s  no-spin %9s  nginx %9s  ratios %s %s\n" "$2" "$m" "$s" "$n" "$(ratio "$m" "$n")" "$(ratio "$s" "$n")"
+  m=$(median_of mosn-lean "$1"); s=$(median_of shared "$1"); n=$(median_of nginx "$1")
+  printf "  %-28s mosn-lean %9s  shared %9s  nginx %9s  ratios %s %s\n" "$2" "$m" "$s" "$n" "$(ratio "$m" "$n")" "$(ratio "$s" "$n")"
 done
 # Paired: each round's rate against the nginx round beside it.
-awk '$1 == "mosn-lean" { m[++i] = $2 } $1 == "no-spin" { s[++j] = $2 } $1 == "nginx" { n[++k] = $2 }
+awk '$1 == "mosn-lean" { m[++i] = $2 } $1 == "shared" { s[++j] = $2 } $1 == "nginx" { n[++k] = $2 }
      END { printf "  paired req/s ratios to nginx: mosn-lean"; for (r = 1; r <= k; r++) printf " %.2f", m[r] / n[r]
-           printf "; no-spin"; for (r = 1; r <= k; r++) printf " %.2f", s[r] / n[r]; print "" }' "$WORK/rounds"
+           printf "; shared"; for (r = 1; r <= k; r++) printf " %.2f", s[r] / n[r]; print "" }' "$WORK/rounds"

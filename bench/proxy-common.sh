@@ -11,6 +11,19 @@
 #    Istio sidecar's outbound HCM has it, with Istio's HTTP filters (metadata exchange, stats),
 #    request ids and Zipkin tracing at Istio's default 1% (the spans go to the upstream).
 # NGINX_PROXY_EXTRA goes at the top of px.conf (instructions.sh runs nginx in the foreground).
+# own_session CMD...: starts CMD in the background in a session of its own; $! is CMD's pid.
+# Every proxy runs so, as nginx's daemon puts itself and as a sidecar runs in a container of its
+# own. With autogroup scheduling (kernel.sched_autogroup_enabled, on by default) each session
+# is one scheduling group: a proxy left in wrk's session shares one group's weight with wrk,
+# so on the CPU that wrk shares with the upstream, wrk gets a fraction of the upstream's
+# weight, the upstream preempts it at each wake-up, and both work in small batches. Any proxy
+# pays for it: nginx in wrk's session ran at 58k req/s against 66k in its own
+# (bench/RESULTS.md, session 20). setsid runs CMD in its own process only when the shell is
+# not a process-group leader, i.e. without job control, which a script does not have.
+own_session() {
+  case $- in *m*) echo "own_session: turn job control off (set +m)" >&2; return 1 ;; esac
+  setsid "$@" &
+}
 cat >"$WORK/up.conf" <<CONF
 worker_processes 1; pid $WORK/up.pid; error_log $WORK/up-error.log;
 events { worker_connections 4096; }

@@ -57,9 +57,10 @@ CONF
 
 nginx -c "$WORK/up.conf" -p "$WORK"
 nginx -c "$WORK/px.conf" -p "$WORK"
-haproxy -f "$WORK/haproxy.cfg" >/dev/null 2>&1 & pids+=($!)
-"$MOSN" -c "$WORK/mosn.json" --concurrency 1 -l warning >"$WORK/mosn.log" 2>&1 & pids+=($!); MOSN_PID=$!
-"$MOSN" -c "$WORK/mosn-lean.json" --concurrency 1 -l warning >>"$WORK/mosn.log" 2>&1 & pids+=($!); LEAN_PID=$!
+# nginx daemonizes into a session of its own; the others get one too (own_session says why).
+own_session haproxy -f "$WORK/haproxy.cfg" >/dev/null 2>&1; pids+=($!)
+own_session "$MOSN" -c "$WORK/mosn.json" --concurrency 1 -l warning >"$WORK/mosn.log" 2>&1; pids+=($!); MOSN_PID=$!
+own_session "$MOSN" -c "$WORK/mosn-lean.json" --concurrency 1 -l warning >>"$WORK/mosn.log" 2>&1; pids+=($!); LEAN_PID=$!
 sleep 1
 for p in $MOSN_PORT $MOSN_LEAN_PORT $NGINX_PORT $HAPROXY_PORT; do
   curl -fsS "http://127.0.0.1:$p/" | grep -q "hello from upstream" || { echo "proxy on $p does not answer" >&2; cat "$WORK/mosn.log" >&2; exit 1; }
@@ -241,7 +242,7 @@ print(f"{len(clusters)} clusters, {len(listeners)} listeners, {sum(len(l['filter
 print(port9080)
 PY
 )
-  "$MOSN" -c "$WORK/bookinfo.json" --concurrency 2 -l warning >"$WORK/bookinfo.log" 2>&1 & pids+=($!); BI_PID=$!
+  own_session "$MOSN" -c "$WORK/bookinfo.json" --concurrency 2 -l warning >"$WORK/bookinfo.log" 2>&1; pids+=($!); BI_PID=$!
   sleep 1.5
   bi_idle=$(rss_kb "$BI_PID")
   for h in productpage details ratings reviews; do
