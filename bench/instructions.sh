@@ -4,8 +4,6 @@
 # proxies run the same HTTP/1.1 keep-alive path as bench/proxy.sh (one worker, in front of the
 # same nginx upstream); instrumentation is switched on only while wrk drives 8 connections, so
 # start-up is not counted. Kernel time is not counted either: see bench/proxy.sh for CPU.
-# mosn's idle spin is off here (MOSN_IDLE_SPIN_US=0): under callgrind every worker looks
-# saturated, so the spin would run before each park and count its wait as instructions.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 for t in nginx wrk valgrind callgrind_control; do command -v $t >/dev/null || { echo "$t is needed: apt-get install nginx-light wrk valgrind" >&2; exit 1; }; done
@@ -37,9 +35,9 @@ measure() { # name port command... -> "name requests instructions_per_request"
   ir=$(grep -h '^totals:' "$WORK/$name.cg"* | awk '{s += $2} END {print s}')
   echo "$name $n $((ir / n))"
 }
-read -r _ m_n m_i <<<"$(MOSN_IDLE_SPIN_US=0 measure mosn $MOSN_PORT "$MOSN" -c "$WORK/mosn.json" --concurrency 1 -l warning)"
-read -r _ l_n l_i <<<"$(MOSN_IDLE_SPIN_US=0 measure mosn-lean $MOSN_LEAN_PORT "$MOSN" -c "$WORK/mosn-lean.json" --concurrency 1 -l warning)"
-read -r _ i_n i_i <<<"$(MOSN_IDLE_SPIN_US=0 measure mosn-istio $MOSN_ISTIO_PORT "$MOSN" -c "$WORK/mosn-istio.json" --concurrency 1 -l warning)"
+read -r _ m_n m_i <<<"$(measure mosn $MOSN_PORT "$MOSN" -c "$WORK/mosn.json" --concurrency 1 -l warning)"
+read -r _ l_n l_i <<<"$(measure mosn-lean $MOSN_LEAN_PORT "$MOSN" -c "$WORK/mosn-lean.json" --concurrency 1 -l warning)"
+read -r _ i_n i_i <<<"$(measure mosn-istio $MOSN_ISTIO_PORT "$MOSN" -c "$WORK/mosn-istio.json" --concurrency 1 -l warning)"
 read -r _ n_n n_i <<<"$(measure nginx $NGINX_PORT nginx -c "$WORK/px.conf" -p "$WORK")"
 echo "user-space instructions per request under callgrind (wrk -t1 -c8 -d$DURATION, start-up excluded)"
 printf '%-10s %10s %14s\n' proxy requests instr/request

@@ -209,9 +209,7 @@ const USAGE: &str =
     "usage: mosn [start] -c <bootstrap.json|yaml> [--mode serve|validate|init_only] \
 [--concurrency N] [-l LEVEL] [--component-log-level comp:level,...] [--drain-time-s S] \
 [--config-yaml YAML] [--service-cluster C] [--service-node N] [--version]\n\
-Envoy's other flags are accepted; unknown flags are ignored with a warning.\n\
-Environment: MOSN_IDLE_SPIN_US=N, how long a worker that was busy 80% of the recent time \
-waits before sleeping (default 10, at most 1000; 0 turns it off).";
+Envoy's other flags are accepted; unknown flags are ignored with a warning.";
 
 /// Entry point of the binary; returns the process exit code.
 pub fn run(args: Vec<String>) -> i32 {
@@ -236,6 +234,12 @@ pub fn run(args: Vec<String>) -> i32 {
     );
     for w in &opts.warnings {
         tracing::warn!("{w}");
+    }
+    // A setting that sessions 13-19 read: say that it does nothing now rather than ignore it.
+    if std::env::var_os("MOSN_IDLE_SPIN_US").is_some() {
+        tracing::warn!(
+            "MOSN_IDLE_SPIN_US is no longer read (mosn does not spin before it sleeps); remove it"
+        );
     }
     let boot = match crate::config::load(&opts) {
         Ok(b) => b,

@@ -393,9 +393,7 @@ pub fn run(opts: Options, _boot: LoadedBootstrap, snap: Snapshot, stats: Arc<Sta
         b.worker_threads(server.concurrency);
         b
     };
-    // Installed even with the spin off: they measure the load that `end_of_tick` asks for.
-    let window = crate::idle_spin::window_from_env().unwrap_or_default();
-    crate::idle_spin::install(&mut builder, window);
+    crate::tick_batch::install(&mut builder);
     let rt = match builder.thread_name("mosn-worker").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,54 +1,24 @@
-//! Adaptive idle spinning: when a worker has been busy most of the time, it waits a few
-//! microseconds before it sleeps, so that the events arriving meanwhile are taken in one batch.
+//! Write batching on a saturated worker: its upstream writes wait for the end of its tick, so
+//! that they reach the upstream back to back and it takes them in one wake-up
+//! (bench/RESULTS.md, session 12: at `-c8`, 0.58 upstream wake-ups per request without it, and
+//! 20% fewer requests).
 //!
-//! Why: under load, a worker that sleeps in `epoll_wait` after every small batch is woken once
-//! per message, and so are its peers, since it answers each event as it comes. On a small
-//! machine those wake-ups are what the box runs out of first: Linux treats socket wake-ups as
-//! synchronous and stacks the woken task on its waker's CPU, where the two preempt each other
-//! (bench/RESULTS.md, session 6, `perf sched`). Waiting briefly before sleeping lets events
-//! pile up, which is what a proxy that is never idle (nginx at saturation) gets for free.
+//! Why only when saturated: waiting costs a task poll and a zero-timeout `epoll_wait`, and a
+//! worker with one request per tick has no batch to make. The runtime's park and unpark hooks
+//! measure how busy the worker is (a moving average over park cycles); a sidecar at ordinary
+//! load is idle most of the time and writes at once.
 //!
-//! The wait costs CPU, so it is only done when it is nearly free: when the worker was busy for
-//! at least [`BUSY_PERCENT`] of the recent wall time (a moving average over park cycles). A
-//! sidecar at ordinary load is idle most of the time, the gate stays shut and the worker
-//! sleeps at once, as before. The spin itself counts as neither busy nor idle time, so it does
-//! not keep the gate open on its own.
-//!
-//! `MOSN_IDLE_SPIN_US` sets the wait (default [`DEFAULT_WINDOW_US`]); 0 turns it off. The
-//! hooks stay installed then, to measure the load for [`end_of_tick`].
-//!
-//! [`end_of_tick`] batches the other way round: a saturated worker's upstream writes wait for
-//! the end of its tick, so that they reach the upstream back to back and it takes them in one
-//! wake-up (bench/RESULTS.md, session 12: at `-c8`, 0.58 upstream wake-ups per request
-//! without it, and 20% fewer requests).
+//! Until session 20 a saturated worker also spun for 10 µs before it slept
+//! (`MOSN_IDLE_SPIN_US`). The spin made up for the benchmark running mosn in wrk's session,
+//! where autogroup scheduling gave wrk a fraction of the upstream's weight; with every
+//! process in its own session, as nginx's daemon and a sidecar's container are, it cost
+//! throughput (bench/RESULTS.md, session 20), and it is gone.
 
 use std::cell::Cell;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// The default wait, in microseconds: about one request's work in mosn.
-pub const DEFAULT_WINDOW_US: u64 = 10;
-
-/// The busy share of recent wall time, in percent, from which a worker spins before sleeping.
+/// The busy share of recent wall time, in percent, from which a worker batches its writes.
 pub const BUSY_PERCENT: u64 = 80;
-
-/// The window from `MOSN_IDLE_SPIN_US` (at most 1 ms: a longer wait is no longer a short
-/// spin), or the default; `None` when it is 0 or unreadable.
-pub fn window_from_env() -> Option<Duration> {
-    let us = match std::env::var("MOSN_IDLE_SPIN_US") {
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(us) => us,
-            Err(_) => {
-                eprintln!(
-                    "mosn: warning: MOSN_IDLE_SPIN_US={v:?} is not a whole number of \
-                     microseconds; idle spinning is off (set it to 0 to turn it off quietly)"
-                );
-                return None;
-            }
-        },
-        Err(_) => DEFAULT_WINDOW_US,
-    };
-    (us > 0).then(|| Duration::from_micros(us.min(1_000)))
-}
 
 /// Moving averages of one worker's busy and idle spells, in nanoseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -119,15 +89,14 @@ pub async fn end_of_tick() {
     }
 }
 
-/// Installs the park and unpark hooks on `builder`, which spin for `window` (zero: not at
-/// all) before a park while the worker is saturated, and measure how busy it is.
-pub fn install(builder: &mut tokio::runtime::Builder, window: Duration) {
+/// Installs the park and unpark hooks on `builder`, which measure how busy the worker is.
+pub fn install(builder: &mut tokio::runtime::Builder) {
     builder
-        .on_thread_park(move || before_park(window))
+        .on_thread_park(before_park)
         .on_thread_unpark(after_unpark);
 }
 
-fn before_park(window: Duration) {
+fn before_park() {
     // No task can be waiting in `end_of_tick` when the worker parks. Only one that resumed
     // on another worker (multi-threaded runtime) can have left its count here, which would
     // stop this worker from deferring.
@@ -137,16 +106,7 @@ fn before_park(window: Duration) {
     if let Some(woke) = st.mark {
         st.load.busy(now.duration_since(woke).as_nanos() as u64);
     }
-    let mut asleep = now;
-    if st.load.saturated() {
-        // A blind wait, not a poll: ending it at the first ready event would answer that
-        // event alone, which is the one-message-per-wake-up pattern this exists to avoid.
-        while asleep.duration_since(now) < window {
-            std::hint::spin_loop();
-            asleep = Instant::now();
-        }
-    }
-    st.mark = Some(asleep);
+    st.mark = Some(now);
     STATE.set(st);
 }
 
@@ -190,25 +150,6 @@ mod tests {
         assert!(!edge.saturated(), "{edge:?}");
         cycles(&mut edge, 82_000, 18_000, 200);
         assert!(edge.saturated(), "{edge:?}");
-    }
-
-    #[test]
-    fn only_a_saturated_worker_waits_before_it_sleeps() {
-        let set = |busy_ns, idle_ns| {
-            STATE.set(ThreadState {
-                load: Load { busy_ns, idle_ns },
-                mark: Some(Instant::now()),
-            })
-        };
-        set(90_000, 5_000);
-        let start = Instant::now();
-        before_park(Duration::from_micros(300));
-        assert!(start.elapsed() >= Duration::from_micros(300));
-        // Idle most of the time: no wait, however long the window (a wait would take 2 s).
-        set(5_000, 90_000);
-        let start = Instant::now();
-        before_park(Duration::from_secs(2));
-        assert!(start.elapsed() < Duration::from_secs(2));
     }
 
     /// Runs `tasks` tasks on one tick of a current-thread runtime, each logging its index
@@ -281,12 +222,12 @@ mod tests {
     #[test]
     fn a_runtime_with_the_hooks_runs_and_measures() {
         let mut b = tokio::runtime::Builder::new_current_thread();
-        install(&mut b, Duration::from_micros(10));
+        install(&mut b);
         let rt = b.enable_all().build().unwrap();
         let n = rt.block_on(async {
             let mut n = 0;
             for i in 0..200u64 {
-                tokio::time::sleep(Duration::from_micros(i % 20)).await;
+                tokio::time::sleep(std::time::Duration::from_micros(i % 20)).await;
                 n += 1;
             }
             n

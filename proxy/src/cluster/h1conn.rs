@@ -163,7 +163,7 @@ impl Conn {
         // Write at the end of a saturated worker's tick, with the other connections'
         // requests, so that the upstream takes them in one wake-up as it does behind nginx,
         // which writes its batch of requests in one go.
-        crate::idle_spin::end_of_tick().await;
+        crate::tick_batch::end_of_tick().await;
         let stream = st.io.stream_mut();
         stream
             .write_all(&st.wbuf)
