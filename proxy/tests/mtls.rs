@@ -586,35 +586,3 @@ async fn a_stalled_tls_handshake_is_cut_off() {
     // A client that completes its handshake in time is served.
     assert_eq!(curl(d, addr, &CLIENT).await, Ok((200, "2".into())));
 }
-
-/// Envoy's TLS command operators in an access log of a chain that terminates mTLS: the SNI
-/// curl sent, the client certificate's URI SAN and the one this side presented.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn access_logs_name_the_sni_and_both_certificates() {
-    let dir = pki();
-    let d = dir.path();
-    let up = upstream("app").await;
-    let path = d.join("in.log");
-    let format = "%REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_LOCAL_URI_SAN%\n";
-    let log = file_logger(
-        path.to_str().unwrap(),
-        json!({"text_format_source": {"inline_string": format}}),
-    );
-    let vhosts = json!([{"name": "v", "domains": ["*"],
-        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]);
-    let mut l = listener("in", vhosts, vec![], json!({"access_log": [log]}));
-    l["filter_chains"][0]["transport_socket"] = downstream_tls(json!([]));
-    let mut boot = bootstrap(vec![l], vec![cluster("app", &[up.addr], json!({}))]);
-    boot["static_resources"]["secrets"] = secrets(d);
-    let p = proxy(boot).await;
-    assert_eq!(
-        curl(d, p.addr("in"), &[&CLIENT[..], &["--http1.1"]].concat()).await,
-        Ok((200, "1.1".into()))
-    );
-    let read = || std::fs::read_to_string(&path).unwrap_or_default();
-    wait_until("a log line", || read().lines().count() == 1).await;
-    assert_eq!(
-        read(),
-        format!("server.test {SPIFFE_CLIENT} {SPIFFE_SERVER}\n")
-    );
-}

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         resp_headers: Some(&h),
         status: 503,
         flags: "UF,URX",
-        details: "upstream_reset_before_response_started{connection_failure}",
+        details: "upstream_reset_before_response_started{remote_connection_failure,delayed_connect_error:_111}",
         bytes_sent: 91,
         upstream_host: Some("10.1.0.7:9080".parse().unwrap()),
         upstream_local: Some("[fd00::6]:41234".parse().unwrap()),
@@ -35,6 +35,8 @@ fuzz_target!(|data: &[u8]| {
         downstream_remote: Some("192.0.2.9:0".parse().unwrap()),
         downstream_direct_remote: Some("10.1.0.2:40000".parse().unwrap()),
         transport_failure: Some("delayed connect error: 111"),
+        downstream_transport_failure: Some("TLS_error:|handshake failed:TLS_error_end"),
+        termination: Some("transport socket timeout was reached"),
         ..Default::default()
     };
     let f = Format::parse(s);

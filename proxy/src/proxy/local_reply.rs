@@ -158,6 +158,7 @@ impl LocalReply {
             .body
             .split_once(TRANSPORT_FAILURE)
             .map(|(_, why)| TransportFailure(why.to_string()));
+        let details = reset_reason(&self.body).map(reset_details);
         let mut r = if grpc {
             let mut r = Response::new(full(""));
             let h = r.headers_mut();
@@ -195,8 +196,31 @@ impl LocalReply {
         if let Some(reason) = reason {
             r.extensions_mut().insert(reason);
         }
+        if let Some(details) = details {
+            r.extensions_mut().insert(details);
+        }
         r
     }
+}
+
+/// The reset reason of a reset reply's text (after "reset reason: "), retried or not.
+fn reset_reason(body: &str) -> Option<&str> {
+    body.strip_prefix(RESET_TEXT)
+        .or_else(|| body.strip_prefix(RESET_RETRIED))
+}
+
+/// Envoy's `%RESPONSE_CODE_DETAILS%` for a reset before the response: the reset reason and
+/// the transport's, comma-separated in braces, blanks as `_`, e.g.
+/// `upstream_reset_before_response_started{remote_connection_failure,delayed_connect_error:_111}`.
+fn reset_details(reason: &str) -> Details {
+    let inner = match reason.split_once(TRANSPORT_FAILURE) {
+        Some((reset, transport)) => format!("{},{transport}", reset.trim_end_matches(", ")),
+        None => reason.to_string(),
+    };
+    Details(format!(
+        "upstream_reset_before_response_started{{{}}}",
+        inner.replace(' ', "_")
+    ))
 }
 
 /// gRPC's status for an HTTP status, as Envoy maps a local reply's (`Grpc::Utility::
@@ -302,5 +326,41 @@ mod tests {
         let r = LocalReply::no_healthy_upstream().into_response("envoy", false, None);
         assert_eq!(r.status(), 503);
         assert!(!r.headers().contains_key("grpc-status"));
+    }
+
+    /// As Istio's sidecars log them (Envoy 1.2x), e.g. `503 UF
+    /// upstream_reset_before_response_started{remote_connection_failure,delayed_connect_error:_111}`.
+    #[test]
+    fn resets_carry_envoys_details() {
+        let details = |reply: LocalReply| {
+            let r = reply.into_response("envoy", false, None);
+            r.extensions().get::<Details>().map(|d| d.0.clone())
+        };
+        let refused = LocalReply::reset(
+            &format!("remote connection failure, {TRANSPORT_FAILURE}delayed connect error: 111"),
+            Flag::UpstreamConnectionFailure,
+        );
+        assert_eq!(
+            details(refused.clone()).as_deref(),
+            Some("upstream_reset_before_response_started{remote_connection_failure,delayed_connect_error:_111}")
+        );
+        // After retries the text changes, the details do not.
+        assert_eq!(
+            details(refused.after_retries()).as_deref(),
+            Some("upstream_reset_before_response_started{remote_connection_failure,delayed_connect_error:_111}")
+        );
+        let cases = [
+            ("connection timeout", "connection_timeout"),
+            ("remote refused stream reset", "remote_refused_stream_reset"),
+            ("overflow", "overflow"),
+        ];
+        for (reason, want) in cases {
+            let got = details(LocalReply::reset(reason, Flag::UpstreamRemoteReset));
+            let want = format!("upstream_reset_before_response_started{{{want}}}");
+            assert_eq!(got.as_deref(), Some(want.as_str()));
+        }
+        // Replies that are not resets leave the details to their flags.
+        assert_eq!(details(LocalReply::no_healthy_upstream()), None);
+        assert_eq!(details(LocalReply::timeout()), None);
     }
 }

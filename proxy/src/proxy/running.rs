@@ -12,7 +12,8 @@
 //! listener, which watch the signal of their chain there.
 
 use super::drain::Drain;
-use super::{conn, original_dst, tcp_proxy, Activity, ConnCtx};
+use super::tcp_proxy::{self, Refused};
+use super::{conn, original_dst, Activity, ConnCtx};
 use crate::config::{ConfigStore, ListenerConfig};
 use crate::listener::chain_match::ConnInfo;
 use crate::listener::{inspect, Terminal};
@@ -386,13 +387,20 @@ impl Accepted {
                     Ok(Err(e)) => {
                         tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS: {e}");
                         self.lstats.ssl_error.inc();
-                        refuse(None, None, None);
+                        // Envoy's envelope for the TLS library's reason (BoringSSL's codes
+                        // there, rustls's words here).
+                        let why = format!("TLS_error:|{e}:TLS_error_end");
+                        refuse(None, None, Refused::Transport(&why));
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "TLS handshake timed out");
                         self.lstats.handshake_timeout.inc();
-                        refuse(None, None, None);
+                        refuse(
+                            None,
+                            None,
+                            Refused::Terminated(tcp_proxy::HANDSHAKE_TIMEOUT),
+                        );
                         return;
                     }
                 }
@@ -420,7 +428,7 @@ impl Accepted {
         let client = mx.as_ref().and_then(|m| m.peer.as_ref());
         if mx.as_ref().is_some_and(|m| m.broken) {
             tracing::debug!(listener = %target.name, chain = %chain.name, %peer, "Istio metadata exchange frame cut short; closing");
-            refuse(tls_of(&stream).map(Arc::as_ref), client, None);
+            refuse(tls_of(&stream).map(Arc::as_ref), client, Refused::Unstated);
             return;
         }
         if !chain.rbac.is_empty() {
@@ -438,7 +446,7 @@ impl Accepted {
                     refuse(
                         subject.tls,
                         client,
-                        Some(&crate::rbac::Rbac::denial(policy)),
+                        Refused::Terminated(&crate::rbac::Rbac::denial(policy)),
                     );
                     return;
                 }
@@ -527,7 +535,7 @@ fn refused_tcp(
     (peer, direct, dst): (SocketAddr, SocketAddr, SocketAddr),
     tls: Option<&crate::tls::Peer>,
     client: Option<&crate::proxy::istio::peer::Workload>,
-    why: (std::time::Instant, Option<&str>),
+    why: (std::time::Instant, Refused<'_>),
 ) {
     if let Terminal::Tcp(tp) = &chain.terminal {
         let from = tcp_proxy::Downstream {

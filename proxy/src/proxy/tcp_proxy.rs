@@ -160,19 +160,32 @@ pub async fn serve<R, W>(
         };
         report.close(log.tx, log.rx);
     }
-    log.write(cfg, from, (Some(started.0), started.1), None);
+    log.write(cfg, from, (Some(started.0), started.1), Refused::Unstated);
 }
+
+/// Why mosn closed a connection before it proxied it, as the connection's log line says.
+#[derive(Clone, Copy, Debug)]
+pub enum Refused<'a> {
+    /// Nothing more to say (a metadata exchange cut short).
+    Unstated,
+    /// `%CONNECTION_TERMINATION_DETAILS%`: a network RBAC denial, a handshake that timed out.
+    Terminated(&'a str),
+    /// `%DOWNSTREAM_TRANSPORT_FAILURE_REASON%`: the TLS handshake failed.
+    Transport(&'a str),
+}
+
+/// Envoy's `%CONNECTION_TERMINATION_DETAILS%` for a handshake that did not finish in time.
+pub const HANDSHAKE_TIMEOUT: &str = "transport socket timeout was reached";
 
 /// A connection closed before it was proxied (failed TLS, denied by RBAC), accepted at
 /// `since`: Istio's count of it (opened and closed, no bytes) and its access-log line, as
-/// Envoy's tcp_proxy writes one for every connection of its chain. `termination` is
-/// `%CONNECTION_TERMINATION_DETAILS%`.
+/// Envoy's tcp_proxy writes one for every connection of its chain.
 pub fn count_refused(
     cfg: &TcpProxyConfig,
     store: &crate::config::ConfigStore,
     from: Downstream<'_>,
     client: Option<&super::istio::peer::Workload>,
-    (since, termination): (Instant, Option<&str>),
+    (since, why): (Instant, Refused<'_>),
 ) {
     if let Some(istio) = &cfg.istio {
         let log = Outcome::default();
@@ -184,7 +197,7 @@ pub fn count_refused(
         istio.open(store, opened).close(0, 0);
     }
     let start = SystemTime::now().checked_sub(since.elapsed());
-    Outcome::default().write(cfg, from, (start, since), termination);
+    Outcome::default().write(cfg, from, (start, since), why);
 }
 
 /// What a proxied connection did, for the access log and Istio's stats.
@@ -205,17 +218,22 @@ struct Outcome {
 
 impl Outcome {
     /// The connection's line in each of the chain's access logs; `started` is when it was
-    /// accepted (wall clock and monotonic), `termination` why mosn closed it.
+    /// accepted (wall clock and monotonic), `why` why mosn closed it unproxied.
     fn write(
         &self,
         cfg: &TcpProxyConfig,
         from: Downstream<'_>,
         started: (Option<SystemTime>, Instant),
-        termination: Option<&str>,
+        why: Refused<'_>,
     ) {
         if cfg.access_logs.is_empty() {
             return;
         }
+        let (termination, transport) = match why {
+            Refused::Unstated => (None, None),
+            Refused::Terminated(t) => (Some(t), None),
+            Refused::Transport(t) => (None, Some(t)),
+        };
         let flags = self.flags.join(",");
         let entry = super::access_log::Entry {
             start: started.0,
@@ -234,6 +252,7 @@ impl Outcome {
             upstream_tls: self.up.as_ref().and_then(|u| u.tls.as_ref()),
             upstream_local: self.up.as_ref().and_then(|u| u.local),
             termination,
+            downstream_transport_failure: transport,
             ..Default::default()
         };
         for l in &cfg.access_logs {

@@ -67,7 +67,10 @@ pub struct Entry<'a> {
     pub upstream_local: Option<SocketAddr>,
     /// Why the upstream connection could not be made.
     pub transport_failure: Option<&'a str>,
-    /// Why mosn closed the downstream connection (a network RBAC denial).
+    /// Why the downstream connection's transport failed (its TLS handshake).
+    pub downstream_transport_failure: Option<&'a str>,
+    /// Why mosn closed the downstream connection (a network RBAC denial, a handshake that
+    /// timed out).
     pub termination: Option<&'a str>,
 }
 
@@ -96,6 +99,7 @@ enum Op {
     UpstreamPeerUriSan,
     UpstreamLocalUriSan,
     UpstreamTransportFailureReason,
+    DownstreamTransportFailureReason,
     ConnectionTerminationDetails,
     /// An operator we do not produce (mTLS, filter state, ...): Envoy's "-".
     Dash,
@@ -239,6 +243,7 @@ fn parse_op(cmd: &str) -> Op {
         "UPSTREAM_PEER_URI_SAN" => Op::UpstreamPeerUriSan,
         "UPSTREAM_LOCAL_URI_SAN" => Op::UpstreamLocalUriSan,
         "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
+        "DOWNSTREAM_TRANSPORT_FAILURE_REASON" => Op::DownstreamTransportFailureReason,
         "CONNECTION_TERMINATION_DETAILS" => Op::ConnectionTerminationDetails,
         c => address_op(c).unwrap_or(Op::Dash),
     }
@@ -314,7 +319,11 @@ fn value(op: &Op, e: &Entry<'_>) -> Option<String> {
         Op::DownstreamPeerFingerprint256 => nonempty(e.downstream_tls?.hash.clone()?)?,
         Op::UpstreamPeerUriSan => nonempty(e.upstream_tls?.peer.clone())?,
         Op::UpstreamLocalUriSan => nonempty(e.upstream_tls?.local.clone())?,
-        Op::UpstreamTransportFailureReason => nonempty(e.transport_failure?.to_string())?,
+        // Blanks as `_`, as Envoy writes both reasons.
+        Op::UpstreamTransportFailureReason => nonempty(e.transport_failure?.replace(' ', "_"))?,
+        Op::DownstreamTransportFailureReason => {
+            nonempty(e.downstream_transport_failure?.replace(' ', "_"))?
+        }
         Op::ConnectionTerminationDetails => nonempty(e.termination?.to_string())?,
         Op::Dash => return None,
     })

@@ -395,6 +395,7 @@ impl Record {
             upstream_tls: self.info.conn.as_ref().and_then(|c| c.tls.as_ref()),
             upstream_local: self.info.conn.as_ref().and_then(|c| c.local),
             transport_failure: self.transport_failure.as_deref(),
+            downstream_transport_failure: None,
             termination: None,
         };
         for l in &self.loggers {
@@ -412,7 +413,7 @@ fn details(flags: &str, upstream: bool, status: u16) -> &'static str {
         "NR" => "route_not_found",
         "NC" => "cluster_not_found",
         "UH" => "no_healthy_upstream",
-        "UF" => "upstream_reset_before_response_started{connection_failure}",
+        "UF" => "upstream_reset_before_response_started{remote_connection_failure}",
         "UO" => "upstream_reset_before_response_started{overflow}",
         "UR" => "upstream_reset_before_response_started{remote_reset}",
         "UC" => "upstream_reset_before_response_started{connection_termination}",

@@ -159,7 +159,17 @@ fn transport_failure_reason() {
         transport_failure: Some("delayed connect error: 111"),
         ..entry(&h)
     };
-    assert_eq!(f.render(&e), "\"delayed connect error: 111\"");
+    assert_eq!(f.render(&e), "\"delayed_connect_error:_111\"");
+    let f = Format::parse("\"%DOWNSTREAM_TRANSPORT_FAILURE_REASON%\"");
+    assert_eq!(f.render(&e), "\"-\"");
+    let e = Entry {
+        downstream_transport_failure: Some("TLS_error:|peer sent no certificates:TLS_error_end"),
+        ..entry(&h)
+    };
+    assert_eq!(
+        f.render(&e),
+        "\"TLS_error:|peer_sent_no_certificates:TLS_error_end\""
+    );
 }
 
 #[test]
