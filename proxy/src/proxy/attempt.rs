@@ -3,7 +3,7 @@
 
 use super::body::BoxBody;
 use super::hop_by_hop::strip_hop_by_hop;
-use super::local_reply::{Flag, LocalReply, TRANSPORT_FAILURE};
+use super::local_reply::{Flag, LocalReply};
 use super::router::Downstream;
 use crate::cluster::conn_info::ConnInfo;
 use crate::cluster::connector::{BoxError, ConnectError};
@@ -284,10 +284,7 @@ fn connect_reply(c: &ConnectError) -> LocalReply {
         ConnectError::Timeout => {
             LocalReply::reset("connection timeout", Flag::UpstreamConnectionFailure)
         }
-        ConnectError::Failed(why) => LocalReply::reset(
-            &format!("remote connection failure, {TRANSPORT_FAILURE}{why}"),
-            Flag::UpstreamConnectionFailure,
-        ),
+        ConnectError::Failed(why) => LocalReply::connect_failure(why),
     }
 }
 
@@ -299,10 +296,7 @@ fn connect_error(e: BoxError) -> AttemptError {
         }
         src = s.source();
     }
-    AttemptError::Connect(LocalReply::reset(
-        &format!("remote connection failure, {TRANSPORT_FAILURE}{e}"),
-        Flag::UpstreamConnectionFailure,
-    ))
+    AttemptError::Connect(LocalReply::connect_failure(&e.to_string()))
 }
 
 #[cfg(test)]

@@ -144,11 +144,7 @@ pub fn check<B>(opts: &Http1Options, req: &mut Request<B>) -> Result<(), Refusal
     if !req.headers().contains_key(HOST) && req.uri().authority().is_none() {
         return Err(Refusal {
             // Envoy's HCM sends this one without a response flag.
-            reply: LocalReply {
-                status: 400,
-                body: String::new(),
-                flags: Vec::new(),
-            },
+            reply: LocalReply::with_flags(400, "", vec![]),
             protocol_error: false,
             grpc: crate::route::matcher::is_grpc(req.headers()),
         });
@@ -159,11 +155,11 @@ pub fn check<B>(opts: &Http1Options, req: &mut Request<B>) -> Result<(), Refusal
 /// The codec's answer: the status's reason phrase as the text, as Envoy's `sendProtocolError`.
 fn codec_error(status: http::StatusCode) -> Refusal {
     Refusal {
-        reply: LocalReply {
-            status: status.as_u16(),
-            body: status.canonical_reason().unwrap_or_default().to_string(),
-            flags: vec![Flag::DownstreamProtocolError],
-        },
+        reply: LocalReply::new(
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default(),
+            Flag::DownstreamProtocolError,
+        ),
         protocol_error: true,
         grpc: false,
     }

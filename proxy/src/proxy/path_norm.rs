@@ -123,11 +123,7 @@ impl PathNorm {
             return Ok(());
         }
         let failed = || Refused {
-            reply: LocalReply {
-                status: 400,
-                body: String::new(),
-                flags: Vec::new(),
-            },
+            reply: LocalReply::with_flags(400, "", vec![]),
             location: None,
         };
         let unescaped = match self.escaped_slashes {
@@ -145,11 +141,7 @@ impl PathNorm {
         };
         if unescaped.is_some() && self.escaped_slashes == EscapedSlashes::Redirect {
             return Err(Refused {
-                reply: LocalReply {
-                    status: 307,
-                    body: String::new(),
-                    flags: Vec::new(),
-                },
+                reply: LocalReply::with_flags(307, "", vec![]),
                 location: Some(new),
             });
         }

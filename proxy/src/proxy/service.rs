@@ -348,12 +348,11 @@ async fn route_request(
                     flags.push(Flag::FaultInjected);
                     // A gRPC abort reaches a gRPC client trailers-only with its code, and
                     // anything else as a plain 200 with the text (Envoy's sendLocalReply).
-                    return LocalReply {
-                        status,
-                        body: d.body,
-                        flags,
-                    }
-                    .into_response(&ctx.hcm.server_name, grpc, grpc_abort);
+                    return LocalReply::with_flags(status, d.body, flags).into_response(
+                        &ctx.hcm.server_name,
+                        grpc,
+                        grpc_abort,
+                    );
                 }
             }
             HttpFilter::Cors => {
@@ -381,27 +380,20 @@ async fn route_request(
                 if !allowed {
                     tracing::debug!(policy = ?policy, peer = %ctx.peer, "RBAC: access denied");
                     // Envoy's RBAC filter sets no response flag: the details name the policy.
-                    let mut r = LocalReply {
-                        status: 403,
-                        body: "RBAC: access denied".into(),
-                        flags,
-                    }
-                    .into_response(&ctx.hcm.server_name, grpc, None);
-                    let details = crate::rbac::Rbac::denial(policy);
-                    r.extensions_mut()
-                        .insert(super::local_reply::Details(details));
-                    return r;
+                    return LocalReply::with_flags(403, "RBAC: access denied", flags)
+                        .details(crate::rbac::Rbac::denial(policy))
+                        .into_response(&ctx.hcm.server_name, grpc, None);
                 }
             }
             HttpFilter::Jwt(tokens) => {
                 if tokens.present(req.headers(), path) {
                     tracing::debug!(peer = %ctx.peer, "jwt_authn: a token mosn cannot verify; 401");
                     // Envoy sets no response flag for a failed JWT.
-                    let reply = LocalReply {
-                        status: 401,
-                        body: "Jwt verification fails".into(),
-                        flags: std::mem::take(&mut flags),
-                    };
+                    let reply = LocalReply::with_flags(
+                        401,
+                        "Jwt verification fails",
+                        std::mem::take(&mut flags),
+                    );
                     return reply.into_response(&ctx.hcm.server_name, grpc, None);
                 }
             }
@@ -519,18 +511,13 @@ async fn route_request(
                 ctx.stats.rq_max_duration_reached.inc();
                 let status = if body_done { 504 } else { 408 };
                 // No response flag: Envoy sets none for this reply.
-                let timeout = LocalReply {
-                    status,
-                    body: "downstream duration timeout".into(),
-                    flags: Vec::new(),
-                };
+                // Envoy's details: not "via_upstream", though a host was picked.
+                let timeout = LocalReply::with_flags(status, "downstream duration timeout", vec![])
+                    .details("max_duration_timeout");
                 let mut r = timeout.into_response(&ctx.hcm.server_name, grpc, Some(4));
                 levels
                     .iter()
                     .for_each(|p| p.response.apply(r.headers_mut(), &hctx(false)));
-                // Envoy's details: not "via_upstream", though a host was picked.
-                r.extensions_mut()
-                    .insert(super::local_reply::Details("max_duration_timeout".into()));
                 return r;
             };
             // As Envoy's router: the attempt count goes on every response once an attempt was
