@@ -303,12 +303,10 @@ impl Record {
     /// upstream answered) and what routing found.
     pub fn response(&mut self, resp: &http::response::Parts, flags: &str, info: RouteInfo) {
         self.status = resp.status.as_u16();
+        let local = resp.extensions.get::<crate::proxy::local_reply::ForLog>();
         if !self.loggers.is_empty() {
             self.resp_headers = resp.headers.clone();
-            self.transport_failure = resp
-                .extensions
-                .get::<crate::proxy::local_reply::TransportFailure>()
-                .map(|t| t.0.clone());
+            self.transport_failure = local.and_then(|l| l.transport_failure.clone());
         }
         if self.istio.is_some() {
             let grpc = resp
@@ -321,8 +319,8 @@ impl Record {
             );
         }
         self.flags = flags.to_string();
-        self.details = match resp.extensions.get::<crate::proxy::local_reply::Details>() {
-            Some(d) => d.0.clone().into(),
+        self.details = match local.and_then(|l| l.details.clone()) {
+            Some(d) => d.into(),
             None => details(flags, info.host.is_some(), self.status).into(),
         };
         self.info = info;
