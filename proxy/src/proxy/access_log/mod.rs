@@ -402,7 +402,10 @@ impl Record {
     }
 }
 
-/// `%RESPONSE_CODE_DETAILS%` for the common cases, in Envoy's words.
+/// `%RESPONSE_CODE_DETAILS%` for the common cases, in Envoy's words. A reset before the
+/// response carries its own (`LocalReply::reset`, `connect_failure`), so the reset flags
+/// (UF, UR, UC, UPE) have no row; UO does, for an upstream answer whose retry the breakers
+/// dropped.
 fn details(flags: &str, upstream: bool, status: u16) -> &'static str {
     match flags.split(',').next().unwrap_or("") {
         "" if upstream => "via_upstream",
@@ -411,11 +414,7 @@ fn details(flags: &str, upstream: bool, status: u16) -> &'static str {
         "NR" => "route_not_found",
         "NC" => "cluster_not_found",
         "UH" => "no_healthy_upstream",
-        "UF" => "upstream_reset_before_response_started{remote_connection_failure}",
         "UO" => "upstream_reset_before_response_started{overflow}",
-        "UR" => "upstream_reset_before_response_started{remote_reset}",
-        "UC" => "upstream_reset_before_response_started{connection_termination}",
-        "UPE" => "upstream_reset_before_response_started{protocol_error}",
         "UT" => "response_timeout",
         "FI" | "DI" => "fault_filter_abort",
         "SI" => "stream_idle_timeout",
