@@ -101,20 +101,19 @@ fn before_park() {
     // on another worker (multi-threaded runtime) can have left its count here, which would
     // stop this worker from deferring.
     DEFERRED.set(0);
-    let mut st = STATE.get();
-    let now = Instant::now();
-    if let Some(woke) = st.mark {
-        st.load.busy(now.duration_since(woke).as_nanos() as u64);
-    }
-    st.mark = Some(now);
-    STATE.set(st);
+    end_spell(Load::busy);
 }
 
 fn after_unpark() {
+    end_spell(Load::idle);
+}
+
+/// Ends the spell since the last hook, recording it with `record` (busy or idle).
+fn end_spell(record: fn(&mut Load, u64)) {
     let mut st = STATE.get();
     let now = Instant::now();
-    if let Some(slept) = st.mark {
-        st.load.idle(now.duration_since(slept).as_nanos() as u64);
+    if let Some(began) = st.mark {
+        record(&mut st.load, now.duration_since(began).as_nanos() as u64);
     }
     st.mark = Some(now);
     STATE.set(st);
