@@ -6,28 +6,10 @@ mod common;
 use common::mtls::*;
 use common::*;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Istio 1.10's default text format (meshConfig.accessLogFile with no accessLogFormat).
 const ISTIO_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
-
-/// Wait until the file holds `n` lines.
-async fn lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + HANG;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let v: Vec<String> = text.lines().map(str::to_string).collect();
-        if v.len() >= n {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} lines: {text}",
-            v.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_and_json_access_logs() {
@@ -89,7 +71,7 @@ async fn text_and_json_access_logs() {
     let (posted, _) = read_to_close(&mut s).await;
     assert!(posted.starts_with("HTTP/1.1 200"), "{posted}");
 
-    let t = lines(&text, 3).await;
+    let t = log_lines(&text, 3).await;
     // [2026-11-25T21:16:02.123Z] "GET /ok/1 HTTP/1.1" 200 - via_upstream - "-" 0 N D ...
     assert!(
         t[0].starts_with('[') && t[0].contains("Z] \"GET /ok/1 HTTP/1.1\" 200 - "),
@@ -115,7 +97,7 @@ async fn text_and_json_access_logs() {
     );
     assert!(t[2].contains(&format!("\"{dead}\" dead ")), "{}", t[2]);
 
-    let j: Vec<Value> = lines(&jsonl, 4)
+    let j: Vec<Value> = log_lines(&jsonl, 4)
         .await
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -216,7 +198,7 @@ async fn filters_pick_what_each_logger_writes() {
         get(addr, path, &h).await;
     }
     // Every logger has had every request (the CEL one writes them all); give the others time.
-    lines(&dir.join("cel"), requests.len()).await;
+    log_lines(&dir.join("cel"), requests.len()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name))
@@ -367,7 +349,7 @@ async fn address_operators_name_the_connections_used() {
     assert_eq!(h2_resp.status, 200);
     let h2_peer = h2_resp.header("x-peer").unwrap().to_string();
 
-    let logged = lines(&http_log, 3).await;
+    let logged = log_lines(&http_log, 3).await;
     let port = |a: &str| a.rsplit(':').next().unwrap().to_string();
     assert_eq!(
         logged[0],
@@ -395,7 +377,7 @@ async fn address_operators_name_the_connections_used() {
     // went out on, as Envoy's log does.
     assert_eq!(get(addr, "/slow", &[]).await.status, 504);
     assert_eq!(get(addr, "/reset", &[]).await.status, 503);
-    let logged = lines(&http_log, 5).await;
+    let logged = log_lines(&http_log, 5).await;
     let mute_peers = mute_peers.lock().unwrap().clone();
     assert_eq!(mute_peers.len(), 2, "{mute_peers:?}");
     for (line, (path, peer)) in logged[3..]
@@ -409,7 +391,7 @@ async fn address_operators_name_the_connections_used() {
     let client = s.local_addr().unwrap();
     let (seen, _) = read_to_close(&mut s).await;
     drop(s);
-    assert_eq!(lines(&tcp_log, 1).await[0], format!("{seen} {client}"));
+    assert_eq!(log_lines(&tcp_log, 1).await[0], format!("{seen} {client}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -481,14 +463,7 @@ async fn refused_handshakes_are_logged_with_their_reason() {
     let silent_addr = silent.local_addr().unwrap();
     let _ = read_to_close(&mut silent).await;
 
-    let deadline = std::time::Instant::now() + HANG;
-    let lines = loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if text.lines().count() >= 2 || std::time::Instant::now() > deadline {
-            break text.lines().map(str::to_string).collect::<Vec<_>>();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let lines = log_lines(&path, 2).await;
     assert_eq!(lines.len(), 2, "{lines:?}");
     let (reason, rest) = lines[0].split_once(' ').unwrap();
     assert!(

@@ -210,18 +210,8 @@ async fn denials_are_logged_with_the_policy() {
     let client = s.local_addr().unwrap();
     let _ = read_to_close(&mut s).await;
 
-    let read = |path: &std::path::Path, n: usize| {
-        let deadline = std::time::Instant::now() + HANG;
-        loop {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            if text.lines().count() >= n || std::time::Instant::now() > deadline {
-                return text.lines().map(str::to_string).collect::<Vec<_>>();
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    };
     assert_eq!(
-        read(&http_log, 3),
+        log_lines(&http_log, 3).await,
         [
             "/public 200 - via_upstream",
             "/private 403 - rbac_access_denied_matched_policy[none]",
@@ -229,7 +219,7 @@ async fn denials_are_logged_with_the_policy() {
         ]
     );
     assert_eq!(
-        read(&tcp_log, 1),
+        log_lines(&tcp_log, 1).await,
         [format!(
             "rbac_access_denied_matched_policy[none] {client} 0 -"
         )]

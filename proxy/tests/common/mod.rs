@@ -286,6 +286,25 @@ pub async fn read_to_close(s: &mut tokio::net::TcpStream) -> (String, bool) {
     (String::from_utf8_lossy(&seen).into_owned(), closed)
 }
 
+/// Wait until the file holds `n` lines, and return them (more if more came); fail naming
+/// what it holds if it does not within [`HANG`].
+pub async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + HANG;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let v: Vec<String> = text.lines().map(str::to_string).collect();
+        if v.len() >= n {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {n} lines: {text}",
+            v.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// An `envoy.access_loggers.file` logger writing to `path`; `format` is its `log_format`
 /// (null for Envoy's default).
 pub fn file_logger(path: &str, format: Value) -> Value {
