@@ -166,7 +166,8 @@ pub async fn serve<R, W>(
 /// Why mosn closed a connection before it proxied it, as the connection's log line says.
 #[derive(Clone, Copy, Debug)]
 pub enum Refused<'a> {
-    /// Nothing more to say (a metadata exchange cut short).
+    /// Nothing to add to the line: a connection that was proxied (`serve` writes its line
+    /// with this too), or one whose metadata exchange was cut short.
     Unstated,
     /// `%CONNECTION_TERMINATION_DETAILS%`: a network RBAC denial, a handshake that timed out.
     Terminated(&'a str),
